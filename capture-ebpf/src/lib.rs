@@ -1,0 +1,140 @@
+//! The record layout shared by wgo's eBPF programs and its userspace agent.
+//!
+//! Everything on the wire between kernel and userspace is `#[repr(C)]` with plain
+//! integer fields: no `bool`, `Option` or enums, so both sides agree on every byte.
+//! The `size_of` asserts below fail the build on either side if the layout drifts.
+#![no_std]
+
+/// Largest number of packet bytes (IP header + L4 header + payload) one record carries.
+pub const MAX_CAPTURE: usize = 512;
+/// Largest snaplen (L4 payload bytes) the agent accepts; headers come on top of it.
+pub const MAX_SNAPLEN: u32 = 256;
+/// Snaplen used when the user gives none.
+pub const DEFAULT_SNAPLEN: u32 = 64;
+/// Largest IPv4 (60) or IPv6 (40) header plus the largest TCP header (60).
+pub const MAX_HEADERS: u32 = 120;
+
+/// What a record describes. Numbers are stable: they are stored in dumps.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Packet = 1,
+}
+
+/// Which way a packet went, seen from the recorded node's sockets.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Ingress = 1,
+    Egress = 2,
+}
+
+impl Direction {
+    pub const fn from_u32(v: u32) -> Option<Direction> {
+        match v {
+            1 => Some(Direction::Ingress),
+            2 => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Fixed part of every record; `cap_len` packet bytes follow it in the ring map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, ns.
+    pub ktime_ns: u64,
+    /// Per-CPU sequence number, starting at 0, one per packet seen (recorded or dropped).
+    pub seq: u64,
+    /// [`EventKind`] as u32.
+    pub kind: u32,
+    /// CPU that ran the hook.
+    pub cpu: u32,
+    /// [`Direction`] as u32.
+    pub direction: u32,
+    /// Length of the packet from its IP header on (`skb->len`).
+    pub orig_len: u32,
+    /// Bytes of packet that follow this header.
+    pub cap_len: u32,
+    /// 4 or 6.
+    pub ip_version: u32,
+}
+
+/// What the programs copy into the ring map: header plus the packet bytes.
+/// Only the first `header.cap_len` bytes of `data` are sent to userspace.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PacketRecord {
+    pub header: RecordHeader,
+    pub data: [u8; MAX_CAPTURE],
+}
+
+/// Read-only settings the agent writes into the program before loading it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// L4 payload bytes to copy after the headers.
+    pub snaplen: u32,
+    /// Ask for a userspace wakeup once a ring holds more than this many bytes;
+    /// below it the programs never wake the agent, which drains on a timer.
+    pub wakeup_bytes: u32,
+}
+
+pub const RECORD_HEADER_SIZE: usize = 40;
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_SIZE);
+const _: () = assert!(core::mem::size_of::<PacketRecord>() == RECORD_HEADER_SIZE + MAX_CAPTURE);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8);
+const _: () = assert!((MAX_HEADERS + MAX_SNAPLEN) as usize <= MAX_CAPTURE);
+
+/// Names of the maps and programs, shared so a rename breaks the build, not the loader.
+pub mod names {
+    pub const RINGS: &str = "RINGS";
+    pub const SEQ: &str = "SEQ";
+    pub const DROPS: &str = "DROPS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const INGRESS: &str = "wgo_ingress";
+    pub const EGRESS: &str = "wgo_egress";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and byte arrays, no padding, any bit pattern valid.
+    unsafe impl aya::Pod for super::RecordHeader {}
+    unsafe impl aya::Pod for super::CaptureConfig {}
+}
+
+impl RecordHeader {
+    /// Reads a header from the start of a record as the kernel wrote it (native endianness).
+    pub fn from_bytes(b: &[u8]) -> Option<RecordHeader> {
+        if b.len() < RECORD_HEADER_SIZE {
+            return None;
+        }
+        let u64_at = |o: usize| u64::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3], b[o + 4], b[o + 5], b[o + 6], b[o + 7]]);
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        Some(RecordHeader {
+            ktime_ns: u64_at(0),
+            seq: u64_at(8),
+            kind: u32_at(16),
+            cpu: u32_at(20),
+            direction: u32_at(24),
+            orig_len: u32_at(28),
+            cap_len: u32_at(32),
+            ip_version: u32_at(36),
+        })
+    }
+
+    /// The header's bytes as the kernel writes them.
+    pub fn to_bytes(&self) -> [u8; RECORD_HEADER_SIZE] {
+        let mut b = [0u8; RECORD_HEADER_SIZE];
+        b[0..8].copy_from_slice(&self.ktime_ns.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.seq.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.kind.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.cpu.to_ne_bytes());
+        b[24..28].copy_from_slice(&self.direction.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.orig_len.to_ne_bytes());
+        b[32..36].copy_from_slice(&self.cap_len.to_ne_bytes());
+        b[36..40].copy_from_slice(&self.ip_version.to_ne_bytes());
+        b
+    }
+}

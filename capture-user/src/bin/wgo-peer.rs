@@ -1,0 +1,143 @@
+//! wgo-peer: traffic for wgo's tests, benchmarks and demo: echo servers, clients, floods.
+//! Works over IPv4 and IPv6. Every client loop is bounded by a count or a duration.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Traffic generator and echo peer for wgo's tests and demo")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo every UDP datagram back to its sender.
+    UdpEcho { #[arg(long)] bind: SocketAddr },
+    /// Send COUNT requests of SIZE bytes, one at a time, each waiting for its echo.
+    UdpRequest {
+        #[arg(long)] to: SocketAddr,
+        #[arg(long, default_value_t = 1)] count: u64,
+        #[arg(long, default_value_t = 32)] size: usize,
+        /// Text the payload starts with (the rest is a counter and filler).
+        #[arg(long, default_value = "wgo-udp")] tag: String,
+    },
+    /// Request/response transactions for DURATION seconds; prints the count.
+    UdpRr {
+        #[arg(long)] to: SocketAddr,
+        #[arg(long)] duration: f64,
+        #[arg(long, default_value_t = 64)] size: usize,
+    },
+    /// Send datagrams as fast as possible for DURATION seconds (no replies expected).
+    UdpFlood {
+        #[arg(long)] to: SocketAddr,
+        #[arg(long)] duration: f64,
+        #[arg(long, default_value_t = 64)] size: usize,
+    },
+    /// Echo TCP streams.
+    TcpEcho { #[arg(long)] bind: SocketAddr },
+    /// Connect, send BYTES bytes of a known pattern, read them back, close.
+    TcpSend {
+        #[arg(long)] to: SocketAddr,
+        #[arg(long, default_value_t = 1000)] bytes: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::UdpEcho { bind } => {
+            let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let (n, from) = sock.recv_from(&mut buf)?;
+                sock.send_to(&buf[..n], from)?;
+            }
+        }
+        Cmd::UdpRequest { to, count, size, tag } => {
+            let sock = client_socket(to)?;
+            sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = vec![0u8; 65536];
+            for i in 0..count {
+                let msg = payload(&tag, i, size);
+                sock.send(&msg)?;
+                let n = sock.recv(&mut buf).with_context(|| format!("no echo for request {i} from {to}"))?;
+                anyhow::ensure!(buf[..n] == msg[..], "echo of request {i} differs");
+            }
+            println!("{count} requests answered");
+        }
+        Cmd::UdpRr { to, duration, size } => {
+            let sock = client_socket(to)?;
+            sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+            let msg = vec![0x5a; size];
+            let mut buf = vec![0u8; 65536];
+            let end = Instant::now() + Duration::from_secs_f64(duration);
+            let mut done = 0u64;
+            while Instant::now() < end {
+                sock.send(&msg)?;
+                if sock.recv(&mut buf).is_ok() {
+                    done += 1;
+                }
+            }
+            println!("{done}");
+        }
+        Cmd::UdpFlood { to, duration, size } => {
+            let sock = client_socket(to)?;
+            let msg = vec![0xa5; size];
+            let end = Instant::now() + Duration::from_secs_f64(duration);
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                for _ in 0..256 {
+                    // A full socket buffer is expected under a flood; keep going.
+                    if sock.send(&msg).is_ok() {
+                        sent += 1;
+                    }
+                }
+            }
+            println!("{sent}");
+        }
+        Cmd::TcpEcho { bind } => {
+            let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+            for stream in listener.incoming() {
+                let mut s = stream?;
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        Cmd::TcpSend { to, bytes } => {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connecting to {to}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let data: Vec<u8> = (0..bytes).map(|i| b"wgo-tcp-"[i % 8]).collect();
+            s.write_all(&data)?;
+            let mut back = vec![0u8; bytes];
+            s.read_exact(&mut back).context("reading the echo")?;
+            anyhow::ensure!(back == data, "TCP echo differs");
+            println!("{bytes} bytes echoed");
+        }
+    }
+    Ok(())
+}
+
+fn client_socket(to: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+    let sock = UdpSocket::bind(bind)?;
+    sock.connect(to).with_context(|| format!("connecting to {to}"))?;
+    Ok(sock)
+}
+
+/// `TAG #i ` followed by filler up to `size` bytes.
+fn payload(tag: &str, i: u64, size: usize) -> Vec<u8> {
+    let mut p = format!("{tag} #{i} ").into_bytes();
+    p.resize(size.max(p.len()), b'.');
+    p
+}

@@ -1,0 +1,136 @@
+//! Finding and checking cgroup v2 directories.
+//!
+//! The cgroup2 mount point differs between hosts (`/sys/fs/cgroup` on unified hosts,
+//! `/sys/fs/cgroup/unified` on hybrid ones), so it is always read from mountinfo.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); wgo needs cgroup v2")]
+    NoCgroup2Mount,
+    #[error("cgroup path {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{path} is on a cgroup v1 hierarchy; wgo needs a cgroup v2 directory (cgroup2 is mounted at {mount})")]
+    Version1 { path: PathBuf, mount: String },
+    #[error("{0} is not a cgroup directory (not on a cgroup2 filesystem)")]
+    NotCgroup(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+
+/// Where cgroup2 is mounted, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| CgroupError::Io { path: "/proc/self/mountinfo".into(), source })?;
+    parse_cgroup2_mount(&info).ok_or(CgroupError::NoCgroup2Mount)
+}
+
+fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // Fields: id parent maj:min root mountpoint opts [optional...] - fstype source superopts
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        (fstype == "cgroup2").then(|| left.split_whitespace().nth(4).map(unescape_mount))?
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> PathBuf {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(b) => out.push(b as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    PathBuf::from(out)
+}
+
+/// Resolves a user-given cgroup: absolute paths are taken as they are, relative ones
+/// are taken under the cgroup2 mount. The result must be a cgroup v2 directory.
+pub fn resolve(path: &Path) -> Result<PathBuf, CgroupError> {
+    let full = if path.is_absolute() { path.to_path_buf() } else { cgroup2_mount()?.join(path) };
+    check_v2(&full)?;
+    Ok(full)
+}
+
+/// Checks that `path` exists and is a directory on a cgroup2 filesystem.
+pub fn check_v2(path: &Path) -> Result<(), CgroupError> {
+    let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => CgroupError::Missing(path.to_path_buf()),
+        _ => CgroupError::Io { path: path.to_path_buf(), source },
+    })?;
+    if !meta.is_dir() {
+        return Err(CgroupError::NotCgroup(path.to_path_buf()));
+    }
+    match fs_magic(path)? {
+        CGROUP2_SUPER_MAGIC => Ok(()),
+        CGROUP_SUPER_MAGIC => Err(CgroupError::Version1 {
+            path: path.to_path_buf(),
+            mount: cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_else(|_| "nowhere".into()),
+        }),
+        _ => Err(CgroupError::NotCgroup(path.to_path_buf())),
+    }
+}
+
+fn fs_magic(path: &Path) -> Result<i64, CgroupError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| CgroupError::NotCgroup(path.to_path_buf()))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated, st is a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(CgroupError::Io { path: path.to_path_buf(), source: std::io::Error::last_os_error() });
+    }
+    Ok(st.f_type as i64)
+}
+
+/// Moves process `pid` into the cgroup at `path`.
+pub fn add_process(path: &Path, pid: u32) -> Result<(), CgroupError> {
+    let procs = path.join("cgroup.procs");
+    std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Io { path: procs, source })
+}
+
+/// Process ids currently in the cgroup at `path` (not its children).
+pub fn processes(path: &Path) -> Result<Vec<u32>, CgroupError> {
+    let procs = path.join("cgroup.procs");
+    let text = std::fs::read_to_string(&procs).map_err(|source| CgroupError::Io { path: procs, source })?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_hybrid_and_unified_mounts() {
+        let hybrid = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                      37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "25 20 0:22 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(parse_cgroup2_mount(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let escaped = "25 20 0:22 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_cgroup2_mount(escaped), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(parse_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"), None);
+    }
+
+    #[test]
+    fn rejects_missing_and_non_cgroup_paths() {
+        assert!(matches!(check_v2(Path::new("/nonexistent/wgo")), Err(CgroupError::Missing(_))));
+        assert!(matches!(check_v2(Path::new("/tmp")), Err(CgroupError::NotCgroup(_))));
+    }
+}

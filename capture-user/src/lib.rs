@@ -1,0 +1,15 @@
+//! wgo, "what's going on?": a distributed flight recorder for networked systems.
+//!
+//! Data flows one way: kernel record → agent ring ([`ring`]) → dump file ([`dump`])
+//! → ship → merge → graph → timeline. Only [`capture`] touches aya and needs root;
+//! everything else is plain code that `cargo test` covers without privileges.
+
+pub mod capture;
+pub mod cgroup;
+pub mod clock;
+pub mod dump;
+pub mod packet;
+pub mod pcapng;
+pub mod record;
+pub mod ring;
+pub mod testbed;

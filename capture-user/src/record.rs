@@ -1,0 +1,172 @@
+//! Recording one cgroup into the agent ring: the part `wgo record` and `wgo agent` share.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use capture_ebpf::Direction;
+
+use crate::capture::{Capture, CaptureError, CaptureOptions};
+use crate::clock;
+use crate::dump::DumpInfo;
+use crate::packet::{Packet, Proto};
+use crate::ring::{Ring, RingError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub cgroup: PathBuf,
+    pub node: String,
+    pub snaplen: u32,
+    pub ring_seconds: f64,
+    pub ring_bytes: usize,
+    pub kernel_ring_bytes: u32,
+}
+
+pub struct Recorder {
+    capture: Capture,
+    ring: Ring,
+    info: DumpInfo,
+    reported_drops: u64,
+    last_drop_check: Instant,
+}
+
+impl Recorder {
+    pub fn start(opts: &RecordOptions) -> Result<Recorder, RecordError> {
+        crate::capture::check_root()?;
+        let cgroup = crate::cgroup::resolve(&opts.cgroup)?;
+        let ring = Ring::new(opts.ring_bytes, (opts.ring_seconds * 1e9) as u64)?;
+        let capture = Capture::attach(
+            &cgroup,
+            &CaptureOptions { snaplen: opts.snaplen, kernel_ring_bytes: opts.kernel_ring_bytes },
+        )?;
+        let info = DumpInfo {
+            node: opts.node.clone(),
+            cgroup: cgroup.display().to_string(),
+            snaplen: opts.snaplen,
+            start_wall_ns: clock::wall_ns(),
+            ..DumpInfo::default()
+        };
+        Ok(Recorder { capture, ring, info, reported_drops: 0, last_drop_check: Instant::now() })
+    }
+
+    /// Moves whatever the kernel has into the ring, waiting up to `timeout_ms` for it.
+    pub fn poll(&mut self, timeout_ms: i32) -> Result<u64, RecordError> {
+        let offset = clock::wall_minus_mono_ns();
+        let ring = &mut self.ring;
+        let n = self.capture.drain(timeout_ms, |h, data| ring.push(clock::to_wall(h.ktime_ns, offset), h, data))?;
+        if self.last_drop_check.elapsed() >= Duration::from_secs(1) {
+            self.last_drop_check = Instant::now();
+            self.warn_new_drops();
+        }
+        Ok(n)
+    }
+
+    /// Says on stderr (rate-limited by the caller's cadence) when the kernel ring lost records.
+    fn warn_new_drops(&mut self) {
+        let Ok(per_cpu) = self.capture.drops_per_cpu() else { return };
+        let total: u64 = per_cpu.iter().sum();
+        if total > self.reported_drops {
+            tracing::warn!(
+                "kernel ring dropped {} records so far ({}); the agent drains too slowly for this load: raise --kernel-ring-bytes",
+                total,
+                fmt_per_cpu(&per_cpu)
+            );
+            self.reported_drops = total;
+        }
+    }
+
+    /// Records until `stop` is set or `deadline` passes.
+    pub fn run(&mut self, stop: &AtomicBool, deadline: Option<Instant>) -> Result<(), RecordError> {
+        while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
+            self.poll(20)?;
+        }
+        Ok(())
+    }
+
+    pub fn program_ids(&self) -> Vec<(String, u32)> {
+        self.capture.program_ids()
+    }
+
+    /// Detaches the programs, drains what is left, and hands back the ring and its metadata.
+    pub fn finish(mut self) -> Result<(Ring, DumpInfo), RecordError> {
+        self.poll(0)?;
+        self.info.drops_per_cpu = self.capture.drops_per_cpu()?;
+        self.warn_new_drops();
+        drop(self.capture);
+        self.info.end_wall_ns = clock::wall_ns();
+        self.info.wall_minus_mono_ns = clock::wall_minus_mono_ns();
+        self.info.ring = self.ring.stats();
+        Ok((self.ring, self.info))
+    }
+}
+
+pub fn fmt_per_cpu(per_cpu: &[u64]) -> String {
+    per_cpu.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, n)| format!("cpu{c}={n}")).collect::<Vec<_>>().join(" ")
+}
+
+/// A few lines saying what a ring holds: packets by protocol and direction, top conversations.
+pub fn summarize(ring: &Ring, info: &DumpInfo) -> String {
+    let mut by_kind: BTreeMap<(Proto, &str), (u64, u64)> = BTreeMap::new();
+    let mut flows: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unparsed = 0u64;
+    for rec in ring.iter() {
+        let Ok(p) = Packet::parse(rec.data, rec.header.orig_len) else {
+            unparsed += 1;
+            continue;
+        };
+        let dir = match Direction::from_u32(rec.header.direction) {
+            Some(Direction::Ingress) => "in",
+            _ => "out",
+        };
+        let e = by_kind.entry((p.proto, dir)).or_default();
+        e.0 += 1;
+        e.1 += rec.header.orig_len as u64;
+        let flow = if p.proto == Proto::Icmp {
+            format!("{} {} -> {}", p.proto, p.src, p.dst)
+        } else {
+            format!("{} {}:{} -> {}:{}", p.proto, p.src, p.sport, p.dst, p.dport)
+        };
+        *flows.entry(flow).or_default() += 1;
+    }
+    let s = ring.stats();
+    let mut out = String::new();
+    let _ = writeln!(out, "node {}: {} packets recorded from {}", info.node, s.records, info.cgroup);
+    for ((proto, dir), (n, bytes)) in &by_kind {
+        let _ = writeln!(out, "  {proto:<5} {dir:<3} {n:>8} packets {bytes:>10} bytes");
+    }
+    let mut top: Vec<_> = flows.into_iter().collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    if !top.is_empty() {
+        let _ = writeln!(out, "  top conversations:");
+        for (flow, n) in top.iter().take(5) {
+            let _ = writeln!(out, "    {n:>8}  {flow}");
+        }
+    }
+    if unparsed > 0 {
+        let _ = writeln!(out, "  {unparsed} records could not be parsed as IP");
+    }
+    let drops = info.kernel_drops();
+    if drops > 0 {
+        let _ = writeln!(out, "  LOST: kernel ring dropped {drops} records ({})", fmt_per_cpu(&info.drops_per_cpu));
+    }
+    if s.evicted_by_age + s.evicted_by_size > 0 {
+        let _ = writeln!(
+            out,
+            "  evicted from the ring: {} older than the window, {} to stay within the byte bound",
+            s.evicted_by_age, s.evicted_by_size
+        );
+    }
+    out
+}

@@ -1,0 +1,42 @@
+//! Building the eBPF object and the `wgo` binary that embeds it.
+
+use std::path::{Path, PathBuf};
+
+use crate::exec::exec;
+use crate::setup::clean_command;
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Where the eBPF object lands.
+pub fn bpf_object() -> PathBuf {
+    root().join("target/bpf/bpfel-unknown-none/bpf/capture")
+}
+
+pub fn bpf() -> anyhow::Result<PathBuf> {
+    exec(
+        clean_command("cargo")
+            .current_dir(root())
+            // BTF for the btf maps; cpu v3 for atomic fetch-add.
+            .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3")
+            .args(["+nightly", "build", "--quiet", "-p", "capture-ebpf", "--bin", "capture", "--features", "programs"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--profile", "bpf"])
+            .args(["--target-dir", "target/bpf"]),
+    )?;
+    Ok(bpf_object())
+}
+
+/// Builds the eBPF object, then wgo (release) with it embedded.
+pub fn all() -> anyhow::Result<()> {
+    crate::setup::toolchain()?;
+    let object = bpf()?;
+    exec(
+        clean_command("cargo")
+            .current_dir(root())
+            .env("WGO_BPF_OBJECT", &object)
+            .args(["build", "--quiet", "--release", "-p", "capture-user", "--bins"]),
+    )?;
+    eprintln!("xtask: built {}", root().join("target/release/wgo").display());
+    Ok(())
+}

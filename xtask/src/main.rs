@@ -1,0 +1,49 @@
+//! `cargo xtask`: set up a machine, build eBPF and wgo, run tests, the demo and benchmarks.
+
+mod bench;
+mod build;
+mod demo;
+mod exec;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "wgo's build, test, demo and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (nightly rust-src, bpf-linker), build eBPF and wgo.
+    Build,
+    /// Build, install test packages, run every test (needs root for the BPF tests).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build and run the demo: real traffic in network namespaces, recorded and summarised.
+    Demo,
+    /// Run a benchmark and print its figures.
+    Bench {
+        #[arg(value_enum)]
+        which: bench::Which,
+    },
+}
+
+fn main() {
+    let result = match Cli::parse().cmd {
+        Cmd::Build => build::all(),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Demo => demo::run(),
+        Cmd::Bench { which } => bench::run(which),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
