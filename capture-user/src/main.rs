@@ -114,12 +114,21 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
         print!("{}", wgo::record::summarize(&ring, &info));
         println!("wrote {} packets to {}", written.packets, args.out.display());
+        tracing::info!("peak memory {} KiB", peak_rss_kib());
         anyhow::Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Peak resident set size of this process, KiB.
+fn peak_rss_kib() -> i64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss
 }
 
 fn tmp_path(out: &std::path::Path) -> PathBuf {

@@ -1,0 +1,218 @@
+//! Root integration tests for `wgo record`: real packets in real namespaces, read back
+//! with tshark. Run by `cargo xtask test` (feature `bpf-tests`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use wgo::testbed::{Testbed, run};
+
+#[test]
+fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
+    require_root();
+    let dir = tempdir("protocols");
+    let bed = Testbed::new(2).unwrap();
+    let (n1, n2) = (bed.node("node1"), bed.node("node2"));
+    let _udp = n2.spawn(n2.command(PEER).unwrap().args(["udp-echo", "--bind", "[::]:7000"])).unwrap();
+    let _tcp = n2.spawn(n2.command(PEER).unwrap().args(["tcp-echo", "--bind", "[::]:7001"])).unwrap();
+    // node1 serves too, so that it also receives requests and sends replies.
+    let _srv = n1.spawn(n1.command(PEER).unwrap().args(["udp-echo", "--bind", "[::]:7100"])).unwrap();
+    let outside = bed.side_cgroup("outside").unwrap();
+
+    let out = dir.join("node1.pcapng");
+    let rec = start_record(n1, &out, &["--snaplen", "64", "--ring-seconds", "120"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let v4 = |port: u16| format!("{}:{port}", n2.ipv4);
+    let v6 = |port: u16| format!("[{}]:{port}", n2.ipv6);
+    for to in [v4(7000), v6(7000)] {
+        run(n1.command(PEER).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--size", "100", "--tag", "TASK"])).unwrap();
+        // The same traffic from outside the cgroup must not be recorded.
+        run(n1.command_in(PEER, Some(&outside)).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--tag", "OUTSIDE"])).unwrap();
+    }
+    for to in [v4(7001), v6(7001)] {
+        run(n1.command(PEER).unwrap().args(["tcp-send", "--to", &to, "--bytes", "3000"])).unwrap();
+    }
+    run(n1.command("ping").unwrap().args(["-c", "2", "-i", "0.2", &n2.ipv4.to_string()])).unwrap();
+    run(n1.command("ping").unwrap().args(["-6", "-c", "2", "-i", "0.2", &n2.ipv6.to_string()])).unwrap();
+    for to in [format!("{}:7100", n1.ipv4), format!("[{}]:7100", n1.ipv6)] {
+        run(n2.command(PEER).unwrap().args(["udp-request", "--to", &to, "--count", "2", "--size", "40", "--tag", "INBOUND"])).unwrap();
+    }
+    assert!(attached_programs(&n1.cgroup).contains("wgo_ingress"), "programs attached while recording");
+    let (status, stdout, stderr) = rec.stop(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "wgo record failed: {stderr}");
+    assert!(stdout.contains("wrote"), "{stdout}");
+    assert!(!attached_programs(&n1.cgroup).contains("wgo_"), "programs detached on exit");
+
+    let pkts = tshark(&out);
+    let (a1, a2) = (n1.ipv4.to_string(), n2.ipv4.to_string());
+    let (b1, b2) = (n1.ipv6.to_string(), n2.ipv6.to_string());
+    let starts = |p: &Tshark, s: &str| p.payload.starts_with(s.as_bytes());
+
+    // UDP requests out, echoes in, with exact lengths and the snaplen cut.
+    for (src, dst, l3) in [(&a1, &a2, 20), (&b1, &b2, 40)] {
+        let reqs: Vec<_> = pkts.iter().filter(|p| p.outbound && p.proto == "UDP" && &p.src == src && &p.dst == dst && p.dport == Some(7000)).collect();
+        let reps: Vec<_> = pkts.iter().filter(|p| !p.outbound && p.proto == "UDP" && &p.src == dst && &p.dst == src && p.sport == Some(7000)).collect();
+        assert_eq!(reqs.len(), 3, "UDP requests {src} -> {dst}: {reqs:?}");
+        assert_eq!(reps.len(), 3, "UDP replies {dst} -> {src}: {reps:?}");
+        for (i, p) in reqs.iter().chain(reps.iter()).enumerate() {
+            assert_eq!(p.len, l3 + 8 + 100, "{p:?}");
+            assert_eq!(p.cap_len, l3 + 8 + 64, "snaplen 64 keeps 64 payload bytes: {p:?}");
+            assert_eq!(p.payload.len(), 64);
+            assert!(starts(p, &format!("TASK #{} ", i % 3)), "payload {:?}", String::from_utf8_lossy(&p.payload));
+        }
+    }
+    // Node1 as a server: requests in, replies out.
+    for (src, dst) in [(&a2, &a1), (&b2, &b1)] {
+        let ins = pkts.iter().filter(|p| !p.outbound && &p.src == src && &p.dst == dst && p.dport == Some(7100) && starts(p, "INBOUND")).count();
+        let outs = pkts.iter().filter(|p| p.outbound && &p.src == dst && &p.dst == src && p.sport == Some(7100) && starts(p, "INBOUND")).count();
+        assert_eq!((ins, outs), (2, 2), "server side over {src}");
+    }
+    // TCP: a handshake and the stream's bytes, both ways.
+    for (src, dst) in [(&a1, &a2), (&b1, &b2)] {
+        let out_tcp: Vec<_> = pkts.iter().filter(|p| p.outbound && p.proto == "TCP" && &p.src == src && &p.dst == dst).collect();
+        let in_tcp: Vec<_> = pkts.iter().filter(|p| !p.outbound && p.proto == "TCP" && &p.src == dst && &p.dst == src).collect();
+        assert!(out_tcp.iter().any(|p| p.tcp_flags == Some(0x002)), "SYN out over {src}");
+        assert!(in_tcp.iter().any(|p| p.tcp_flags == Some(0x012)), "SYN-ACK in over {src}");
+        assert!(out_tcp.iter().any(|p| starts(p, "wgo-tcp-")), "data out over {src}");
+        assert!(in_tcp.iter().any(|p| starts(p, "wgo-tcp-")), "echoed data in over {src}");
+    }
+    // ICMP echo request out, reply in, both families.
+    for (src, dst, req, rep) in [(&a1, &a2, 8, 0), (&b1, &b2, 128, 129)] {
+        let reqs = pkts.iter().filter(|p| p.outbound && &p.src == src && &p.dst == dst && p.icmp_type == Some(req)).count();
+        let reps = pkts.iter().filter(|p| !p.outbound && &p.src == dst && &p.dst == src && p.icmp_type == Some(rep)).count();
+        assert_eq!((reqs, reps), (2, 2), "ICMP echo over {src}");
+    }
+    // Traffic from outside the cgroup never appears.
+    assert!(!pkts.iter().any(|p| starts(p, "OUTSIDE")), "outside traffic was recorded");
+    // Per-CPU sequence numbers are gap-free from 0 when nothing was dropped.
+    let stats = dump_stats(&out);
+    assert_eq!(stats.isb_drops, 0);
+    assert_eq!(stats.node, "node1");
+    let mut per_cpu: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for p in &pkts {
+        per_cpu.entry(p.cpu).or_default().push(p.seq);
+    }
+    for (cpu, mut seqs) in per_cpu {
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "cpu {cpu} sequence numbers");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn tiny_kernel_ring_under_a_flood_counts_drops_and_keeps_recording() {
+    require_root();
+    let dir = tempdir("overflow");
+    let bed = Testbed::new(2).unwrap();
+    let (n1, n2) = (bed.node("node1"), bed.node("node2"));
+    let _echo = n2.spawn(n2.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap();
+    let out = dir.join("flood.pcapng");
+    let rec = start_record(n1, &out, &["--kernel-ring-bytes", "4096", "--ring-seconds", "120"]);
+    let to = format!("{}:7000", n2.ipv4);
+    run(n1.command(PEER).unwrap().args(["udp-flood", "--to", &to, "--duration", "3", "--size", "200"])).unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // past the agent's 1 s drop-report cadence
+    assert!(rec.stderr().contains("dropped"), "drops reported on stderr while running: {}", rec.stderr());
+    // Still recording after the flood.
+    run(n1.command(PEER).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--tag", "AFTER"])).unwrap();
+    let (status, stdout, stderr) = rec.stop(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("LOST: kernel ring dropped"), "{stdout}");
+
+    let stats = dump_stats(&out);
+    assert!(stats.isb_drops > 0, "the statistics block counts drops");
+    let pkts = tshark(&out);
+    assert!(pkts.iter().filter(|p| p.payload.starts_with(b"AFTER")).count() >= 3, "recording went on after the flood");
+    // Every drop left a gap in its CPU's sequence numbers (or came after its last record).
+    let mut per_cpu: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    for p in &pkts {
+        let e = per_cpu.entry(p.cpu).or_insert((0, 0));
+        e.0 = e.0.max(p.seq + 1);
+        e.1 += 1;
+    }
+    let gaps: u64 = per_cpu.values().map(|(top, n)| top - n).sum();
+    assert!(gaps > 0 && gaps <= stats.isb_drops, "gaps {gaps}, drops {}", stats.isb_drops);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn peak_memory_stays_within_ring_bytes_under_a_long_flood() {
+    require_root();
+    let dir = tempdir("memory");
+    let bed = Testbed::new(2).unwrap();
+    let (n1, n2) = (bed.node("node1"), bed.node("node2"));
+    let _echo = n2.spawn(n2.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap();
+    let ring_mib = 32u64;
+    let kernel_ring_mib = 4u64;
+    let out = dir.join("memory.pcapng");
+    let rec = start_record(n1, &out, &["--ring-bytes", &(ring_mib << 20).to_string(), "--ring-seconds", "600"]);
+    let to = format!("{}:7000", n2.ipv4);
+    run(n1.command(PEER).unwrap().args(["udp-flood", "--to", &to, "--duration", "8", "--size", "64"])).unwrap();
+    let (status, _, stderr) = rec.stop(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "{stderr}");
+    let stats = dump_stats(&out);
+    assert!(stats.evicted_by_size > 0, "the flood must overfill the ring for this test to mean anything");
+    let peak_kib: u64 = stderr
+        .lines()
+        .find_map(|l| l.split("peak memory ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory line: {stderr}"));
+    // Fixed overhead: the binary and its libraries, plus each CPU's mmapped kernel ring.
+    let cpus = wgo::capture::possible_cpus() as u64;
+    let bound_kib = (ring_mib + kernel_ring_mib * cpus + 32) * 1024;
+    println!("peak RSS {peak_kib} KiB with a {ring_mib} MiB ring ({} packets kept); bound {bound_kib} KiB", stats.packets);
+    assert!(peak_kib <= bound_kib, "peak RSS {peak_kib} KiB exceeds ring + overhead {bound_kib} KiB");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_invocations_fail_clearly() {
+    require_root();
+    let dir = tempdir("errors");
+    let out = dir.join("x.pcapng");
+    let wgo = |args: &[&str]| {
+        let o = Command::new(WGO).arg("record").args(args).arg("--out").arg(&out).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = wgo(&["--cgroup", "/sys/fs/cgroup/does-not-exist-wgo", "--duration", "1"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("does not exist"), "{err}");
+
+    let (code, err) = wgo(&["--cgroup", "/tmp", "--duration", "1"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("not a cgroup"), "{err}");
+
+    let (code, err) = wgo(&["--cgroup", "/", "--snaplen", "257"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("257") && err.contains("snaplen"), "{err}");
+
+    // A cgroup v1 hierarchy, where the host has one (hybrid layout).
+    let v1 = ["/sys/fs/cgroup/freezer", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/systemd"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).join("cgroup.procs").exists() && !std::path::Path::new(p).join("cgroup.controllers").exists());
+    match v1 {
+        Some(p) => {
+            let (code, err) = wgo(&["--cgroup", p, "--duration", "1"]);
+            assert_ne!(code, Some(0));
+            assert!(err.contains("cgroup v1"), "{err}");
+        }
+        None => println!("skipping the cgroup v1 check: this host mounts no v1 hierarchy"),
+    }
+
+    // Not root: run as nobody.
+    let bed = Testbed::new(1).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", WGO, "record", "--cgroup"])
+        .arg(&bed.nodes[0].cgroup)
+        .args(["--duration", "1", "--out", "/tmp/wgo-nobody.pcapng"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err.contains("must run as root"), "{err}");
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
