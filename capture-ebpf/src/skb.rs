@@ -149,27 +149,42 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32), Skip> {
     let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
     let (version, l3, l4proto) = match proto {
         ETH_P_IP => {
-            let vihl: u8 = ctx.load(0).map_err(|_| Skip::Truncated)?;
-            let l4proto: u8 = ctx.load(9).map_err(|_| Skip::Truncated)?;
+            let vihl = bytes_at(ctx, 0)?[0];
+            let l4proto = bytes_at(ctx, 8)?[1];
             (4, ((vihl & 0x0f) as u32) * 4, l4proto)
         }
         ETH_P_IPV6 => {
             // Extension headers are not walked: their packets are recorded with IPv6's 40 bytes
             // counted as the header and the rest as payload.
-            let next: u8 = ctx.load(6).map_err(|_| Skip::Truncated)?;
+            let next = bytes_at(ctx, 6)?[0];
             (6, 40, next)
         }
         _ => return Err(Skip::NotIp),
     };
     let l4 = match l4proto {
         IPPROTO_TCP => {
-            let off: u8 = ctx.load(l3 as usize + 12).map_err(|_| Skip::Truncated)?;
+            let off = bytes_at(ctx, l3 as usize + 12)?[0];
             ((off >> 4) as u32) * 4
         }
         IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => 8,
         _ => return Err(Skip::NotRecordedProto),
     };
     Ok((version, (l3 + l4).min(len)))
+}
+
+/// Two packet bytes: read directly when they are in the linear area (no helper call),
+/// through bpf_skb_load_bytes otherwise. Two, not one: with a one-byte window LLVM
+/// folds `p + 1 <= end` into `p < end`, which the verifier cannot use as a bound.
+#[inline(always)]
+fn bytes_at(ctx: &SkBuffContext, off: usize) -> Result<[u8; 2], Skip> {
+    let skb = ctx.skb.skb;
+    let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if data + off + 2 <= end {
+        let p = (data + off) as *const u8;
+        Ok(unsafe { [*p, *p.add(1)] })
+    } else {
+        ctx.load(off).map_err(|_| Skip::Truncated)
+    }
 }
 
 #[inline(always)]
