@@ -4,6 +4,7 @@
 //! → ship → merge → graph → timeline. Only [`capture`] touches aya and needs root;
 //! everything else is plain code that `cargo test` covers without privileges.
 
+pub mod analysis;
 pub mod capture;
 pub mod cgroup;
 pub mod clock;

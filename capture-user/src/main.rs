@@ -20,6 +20,24 @@ struct Cli {
 enum Command {
     /// Record every packet a cgroup's sockets send or receive, then write the ring as pcapng.
     Record(RecordArgs),
+    /// Merge per-node dumps into one causally ordered story and say what went wrong.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Dump files (one node each), or a directory of them (with manifest.json if a trigger made it).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Protocol spec (TOML) naming the application's messages, rules and invariants.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write all packets, merged in global order with corrected times, as pcapng.
+    #[arg(long)]
+    pcapng: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -78,6 +96,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(args) => record(args),
+        Command::Report(args) => report(args),
     };
     if let Err(e) = result {
         eprintln!("wgo: error: {e:#}");
@@ -129,6 +148,70 @@ fn peak_rss_kib() -> i64 {
     // SAFETY: ru is a valid out-pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     ru.ru_maxrss
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    use wgo::analysis::{self, trace::Trace};
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for input in &args.inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("reading {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pcapng"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                anyhow::bail!("{} holds no .pcapng dumps", input.display());
+            }
+            files.extend(found);
+            let manifest = input.join("manifest.json");
+            if manifest.exists() {
+                missing.extend(read_missing(&manifest)?);
+            }
+        } else if input.exists() {
+            files.push(input.clone());
+        } else {
+            anyhow::bail!("{} does not exist", input.display());
+        }
+    }
+    let spec = match &args.spec {
+        Some(p) => Some(analysis::spec::Spec::load(p)?),
+        None => None,
+    };
+    let trace = Trace::read_files(&files)?;
+    let a = analysis::analyze(trace, analysis::Inputs { spec, missing_nodes: missing });
+    if let Some(p) = &args.json {
+        write_atomically(p, |f| a.write_json(f))?;
+    }
+    if let Some(p) = &args.pcapng {
+        write_atomically(p, |f| a.write_pcapng(f))?;
+    }
+    print!("{}", a.summary());
+    for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng)] {
+        if let Some(p) = p {
+            println!("{flag}: {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+/// Node names a trigger's manifest lists as expected but missing.
+fn read_missing(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(v["missing"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default())
+}
+
+fn write_atomically(path: &std::path::Path, write: impl FnOnce(std::fs::File) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let tmp = tmp_path(path);
+    let f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Err(e) = write(f) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn tmp_path(out: &std::path::Path) -> PathBuf {

@@ -227,6 +227,8 @@ pub enum Block<'a> {
 #[derive(Debug)]
 pub struct PacketBlock<'a> {
     pub interface: u32,
+    /// The interface's link type.
+    pub linktype: u16,
     pub time_ns: u64,
     pub orig_len: u32,
     pub data: &'a [u8],
@@ -437,15 +439,17 @@ impl<R: Read> Reader<R> {
                     what: format!("packet refers to interface {interface}, which was never described"),
                 })?;
                 let time_ns = iface.to_ns(raw_time);
+                let linktype = iface.linktype;
                 let data = &self.buf[28..28 + caplen];
-                Block::Packet(PacketBlock { interface, time_ns, orig_len, data, options: opts_from(big_endian, body_end, 28 + caplen.next_multiple_of(4), &self.buf), offset })
+                Block::Packet(PacketBlock { interface, linktype, time_ns, orig_len, data, options: opts_from(big_endian, body_end, 28 + caplen.next_multiple_of(4), &self.buf), offset })
             }
             BT_SPB => {
                 let orig_len = self.u32(&self.buf[8..12]);
                 let iface = self.interfaces.first().ok_or_else(|| ReadError::Corrupt { offset, what: "simple packet before any interface".into() })?;
                 let caplen = (orig_len as usize).min(body_end - 12).min(iface.snaplen.max(1) as usize);
                 let data = &self.buf[12..12 + caplen];
-                Block::Packet(PacketBlock { interface: 0, time_ns: 0, orig_len, data, options: OptIter { buf: &[], big_endian }, offset })
+                let linktype = iface.linktype;
+                Block::Packet(PacketBlock { interface: 0, linktype, time_ns: 0, orig_len, data, options: OptIter { buf: &[], big_endian }, offset })
             }
             BT_ISB => {
                 if total < 24 {

@@ -1,0 +1,421 @@
+//! What went wrong: losses (network vs recorder, never confused), duplicates,
+//! retransmissions, retry storms, unanswered requests, partitions, silent nodes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use rustc_hash::FxHashMap;
+
+use super::matching::{Matching, TimeMap, address_owners, is_group_address};
+use super::rules::Violation;
+use super::trace::{Dir, EventId, NodeId, ProtoCode, Trace};
+
+/// Time window for partition detection, ns.
+pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
+/// A payload sent this many times by one node within `STORM_WINDOW_NS` is a retry storm.
+pub const STORM_COUNT: usize = 5;
+pub const STORM_WINDOW_NS: i64 = 1_000_000_000;
+/// Identical payloads on one flow this close together are retransmissions.
+pub const RETRY_WINDOW_NS: i64 = 5_000_000_000;
+/// How long after a send its receive may come: bounds the search for recorder gaps.
+pub const MAX_DELAY_NS: i64 = 1_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    NetworkLoss,
+    RecorderLoss,
+    Duplicate,
+    Retransmission,
+    RetryStorm,
+    Unanswered,
+    Partition,
+    MissingNode,
+    Contradiction,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::NetworkLoss => "network_loss",
+            Kind::RecorderLoss => "recorder_loss",
+            Kind::Duplicate => "duplicate",
+            Kind::Retransmission => "retransmission",
+            Kind::RetryStorm => "retry_storm",
+            Kind::Unanswered => "unanswered",
+            Kind::Partition => "partition",
+            Kind::MissingNode => "missing_node",
+            Kind::Contradiction => "contradiction",
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Anomaly {
+    pub kind: Kind,
+    pub events: Vec<EventId>,
+    pub text: String,
+    /// Nodes involved (for losses: sender then receiver; for partitions: one list per island).
+    #[serde(skip)]
+    pub nodes: Vec<NodeId>,
+    #[serde(skip)]
+    pub islands: Vec<Vec<NodeId>>,
+    /// Time span, reference clock ns.
+    #[serde(skip)]
+    pub span: Option<(i64, i64)>,
+}
+
+impl Anomaly {
+    fn new(kind: Kind, events: Vec<EventId>, text: String) -> Anomaly {
+        Anomaly { kind, events, text, nodes: Vec::new(), islands: Vec::new(), span: None }
+    }
+}
+
+/// A stretch of time on one node where its recorder lost records (reference clock).
+#[derive(Clone, Debug)]
+pub struct RecorderGap {
+    pub node: NodeId,
+    pub cpu: u16,
+    pub lost: u64,
+    pub from: i64,
+    pub to: i64,
+    pub events: (EventId, EventId),
+}
+
+pub struct Context<'a> {
+    pub trace: &'a Trace,
+    pub matching: &'a Matching,
+    pub clocks: &'a dyn TimeMap,
+    pub describe: &'a dyn Fn(EventId) -> String,
+    pub invariant_violations: &'a [Violation],
+    pub unanswered_invariants: &'a BTreeSet<String>,
+    pub missing_nodes: &'a [String],
+    pub contradictions: Vec<String>,
+}
+
+pub fn recorder_gaps(trace: &Trace, clocks: &dyn TimeMap) -> Vec<RecorderGap> {
+    let mut gaps = Vec::new();
+    for (n, r) in trace.node_ranges.iter().enumerate() {
+        let mut per_cpu: BTreeMap<u16, Vec<(u64, usize)>> = BTreeMap::new();
+        for i in r.clone() {
+            let e = &trace.events[i];
+            if e.seq != u64::MAX {
+                per_cpu.entry(e.cpu).or_default().push((e.seq, i));
+            }
+        }
+        for (cpu, mut v) in per_cpu {
+            v.sort_unstable();
+            for w in v.windows(2) {
+                let ((s0, i0), (s1, i1)) = (w[0], w[1]);
+                if s1 > s0 + 1 {
+                    let (a, b) = (&trace.events[i0], &trace.events[i1]);
+                    gaps.push(RecorderGap {
+                        node: n as NodeId,
+                        cpu,
+                        lost: s1 - s0 - 1,
+                        from: clocks.corrected(a.node, a.t_raw),
+                        to: clocks.corrected(b.node, b.t_raw),
+                        events: (i0 as EventId, i1 as EventId),
+                    });
+                }
+            }
+        }
+    }
+    gaps
+}
+
+pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
+    let trace = ctx.trace;
+    let m = ctx.matching;
+    let corr = |id: EventId| {
+        let e = &trace.events[id as usize];
+        ctx.clocks.corrected(e.node, e.t_raw)
+    };
+    let node_name = |n: NodeId| trace.nodes[n as usize].name.as_str();
+    let mut out = Vec::new();
+
+    // Recorder loss first: network loss must not be claimed where the recorder was blind.
+    let gaps = recorder_gaps(trace, ctx.clocks);
+    let mut gaps_by_node: HashMap<NodeId, Vec<&RecorderGap>> = HashMap::new();
+    for g in &gaps {
+        gaps_by_node.entry(g.node).or_default().push(g);
+        let mut a = Anomaly::new(
+            Kind::RecorderLoss,
+            vec![g.events.0, g.events.1],
+            format!("{}'s recorder lost {} records on cpu {} (sequence gap)", node_name(g.node), g.lost, g.cpu),
+        );
+        a.nodes = vec![g.node];
+        a.span = Some((g.from, g.to));
+        out.push(a);
+    }
+    for (n, info) in trace.nodes.iter().enumerate() {
+        let in_gaps: u64 = gaps.iter().filter(|g| g.node == n as NodeId).map(|g| g.lost).sum();
+        if info.kernel_drops > in_gaps {
+            let mut a = Anomaly::new(
+                Kind::RecorderLoss,
+                Vec::new(),
+                format!(
+                    "{}'s kernel ring dropped {} records{}",
+                    info.name,
+                    info.kernel_drops - in_gaps,
+                    if in_gaps > 0 { " besides the sequence gaps" } else { " (after its last record on that CPU)" }
+                ),
+            );
+            a.nodes = vec![n as NodeId];
+            out.push(a);
+        }
+    }
+    let blind = |node: NodeId, t: i64| {
+        gaps_by_node.get(&node).is_some_and(|v| v.iter().any(|g| g.from - MAX_DELAY_NS <= t && t <= g.to + ctx.clocks.uncertainty(node)))
+    };
+    let window = |node: NodeId| {
+        let w = trace.nodes[node as usize].window;
+        (ctx.clocks.corrected(node, w.0), ctx.clocks.corrected(node, w.1))
+    };
+
+    // Which nodes receive traffic for each group (broadcast/multicast) address and port.
+    let owners = address_owners(trace);
+    let mut group_receivers: FxHashMap<(u32, u16), BTreeSet<NodeId>> = FxHashMap::default();
+    for e in &trace.events {
+        if e.dir == Dir::Recv && is_group_address(trace.addr(e.dst)) {
+            group_receivers.entry((e.dst, e.dport)).or_default().insert(e.node);
+        }
+    }
+    let mut received_by: FxHashMap<EventId, Vec<NodeId>> = FxHashMap::default();
+    for &(s, r) in &m.messages {
+        received_by.entry(s).or_default().push(trace.events[r as usize].node);
+    }
+
+    // Network loss: sends a recording receiver never saw.
+    let mut losses: Vec<(EventId, NodeId)> = Vec::new();
+    let mut not_judged = 0usize;
+    for &s in &m.unmatched_sends {
+        let e = &trace.events[s as usize];
+        if e.proto == ProtoCode::Tcp && e.payload_len == 0 {
+            continue; // pure ACKs are not judged: nothing waits for them
+        }
+        let t = corr(s);
+        let dst = trace.addr(e.dst);
+        let receivers: Vec<NodeId> = if is_group_address(dst) {
+            let got = received_by.get(&s).cloned().unwrap_or_default();
+            group_receivers.get(&(e.dst, e.dport)).map_or_else(Vec::new, |set| set.iter().copied().filter(|n| *n != e.node && !got.contains(n)).collect())
+        } else {
+            owners.get(&e.dst).copied().filter(|n| *n != e.node).into_iter().collect()
+        };
+        for r in receivers {
+            let (w0, w1) = window(r);
+            if t < w0 || t + ctx.clocks.uncertainty(r) > w1 || blind(r, t) {
+                not_judged += 1;
+                continue;
+            }
+            losses.push((s, r));
+        }
+    }
+    // Group network losses by link and kind for readable texts.
+    for &(s, r) in &losses {
+        let e = &trace.events[s as usize];
+        let mut a = Anomaly::new(
+            Kind::NetworkLoss,
+            vec![s],
+            format!("{} never reached {} (network loss on {}→{})", (ctx.describe)(s), node_name(r), node_name(e.node), node_name(r)),
+        );
+        a.nodes = vec![e.node, r];
+        a.span = Some((corr(s), corr(s)));
+        out.push(a);
+    }
+    let _ = not_judged;
+
+    for &(first, again) in &m.duplicates {
+        let mut a = Anomaly::new(Kind::Duplicate, vec![first, again], format!("{} twice (network duplicate)", (ctx.describe)(again)));
+        a.nodes = vec![trace.events[again as usize].node];
+        out.push(a);
+    }
+
+    // Retransmissions and storms: the same payload again from one node on one flow.
+    let mut by_payload: FxHashMap<(NodeId, u32, u32, u16, u16, u64), Vec<EventId>> = FxHashMap::default();
+    for (i, e) in trace.events.iter().enumerate() {
+        if e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp {
+            by_payload.entry((e.node, e.src, e.dst, e.sport, e.dport, e.hash)).or_default().push(i as EventId);
+        }
+    }
+    let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
+    for &(first, again) in &m.retransmissions {
+        if trace.events[again as usize].proto == ProtoCode::Tcp {
+            tcp_resent.entry(first).or_default().push(again);
+        }
+    }
+    let mut runs: Vec<Vec<EventId>> = tcp_resent.into_iter().map(|(f, mut v)| {
+        v.insert(0, f);
+        v
+    }).collect();
+    for (_, ids) in by_payload {
+        if ids.len() < 2 {
+            continue;
+        }
+        // Split into runs of sends no more than RETRY_WINDOW_NS apart.
+        let mut run = vec![ids[0]];
+        for w in ids.windows(2) {
+            if trace.events[w[1] as usize].t_raw - trace.events[w[0] as usize].t_raw <= RETRY_WINDOW_NS {
+                run.push(w[1]);
+            } else {
+                if run.len() > 1 {
+                    runs.push(std::mem::take(&mut run));
+                }
+                run = vec![w[1]];
+            }
+        }
+        if run.len() > 1 {
+            runs.push(run);
+        }
+    }
+    runs.sort();
+    for run in runs {
+        let e = &trace.events[run[0] as usize];
+        let mut a = Anomaly::new(
+            Kind::Retransmission,
+            run.clone(),
+            format!("{} was sent {} times (retransmissions)", (ctx.describe)(run[0]), run.len()),
+        );
+        a.nodes = vec![e.node];
+        a.span = Some((corr(run[0]), corr(*run.last().expect("non-empty"))));
+        out.push(a);
+        // A storm: STORM_COUNT or more of them within STORM_WINDOW_NS.
+        let times: Vec<i64> = run.iter().map(|&id| trace.events[id as usize].t_raw).collect();
+        let dense = (0..times.len()).any(|i| times.get(i + STORM_COUNT - 1).is_some_and(|t| t - times[i] <= STORM_WINDOW_NS));
+        if dense {
+            let mut a = Anomaly::new(
+                Kind::RetryStorm,
+                run.clone(),
+                format!("retry storm: {} sent {} times, at least {STORM_COUNT} within {} ms", (ctx.describe)(run[0]), run.len(), STORM_WINDOW_NS / 1_000_000),
+            );
+            a.nodes = vec![e.node];
+            out.push(a);
+        }
+    }
+
+    for v in ctx.invariant_violations {
+        if ctx.unanswered_invariants.contains(&v.name) {
+            out.push(Anomaly::new(Kind::Unanswered, v.events.clone(), v.text.clone()));
+        }
+    }
+
+    out.extend(partitions(trace, m, &losses, &corr));
+
+    for name in ctx.missing_nodes {
+        out.push(Anomaly::new(Kind::MissingNode, Vec::new(), format!("{name} never answered the trigger: no dump from it")));
+    }
+    for text in &ctx.contradictions {
+        out.push(Anomaly::new(Kind::Contradiction, Vec::new(), text.clone()));
+    }
+    out
+}
+
+/// Windows in which the nodes that still talk split into islands, with losses across.
+fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &dyn Fn(EventId) -> i64) -> Vec<Anomaly> {
+    let n = trace.nodes.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let win = |t: i64| t.div_euclid(PARTITION_WINDOW_NS);
+    let mut delivered: BTreeMap<i64, BTreeSet<(NodeId, NodeId)>> = BTreeMap::new();
+    for &(s, r) in &m.messages {
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+        if a != b {
+            delivered.entry(win(corr(s))).or_default().insert((a.min(b), a.max(b)));
+        }
+    }
+    let mut failed: BTreeMap<i64, Vec<(NodeId, NodeId, EventId)>> = BTreeMap::new();
+    for &(s, r) in losses {
+        failed.entry(win(corr(s))).or_default().push((trace.events[s as usize].node, r, s));
+    }
+    // Islands per window with losses: components of the "delivered" graph.
+    let mut found: Vec<(i64, Vec<Vec<NodeId>>, Vec<EventId>)> = Vec::new();
+    for (w, fails) in &failed {
+        let mut parent: Vec<usize> = (0..n).collect();
+        fn root(p: &mut [usize], x: usize) -> usize {
+            let mut x = x;
+            while p[x] != x {
+                p[x] = p[p[x]];
+                x = p[x];
+            }
+            x
+        }
+        let mut active = BTreeSet::new();
+        for &(a, b) in delivered.get(w).into_iter().flatten() {
+            active.insert(a);
+            active.insert(b);
+            let (ra, rb) = (root(&mut parent, a as usize), root(&mut parent, b as usize));
+            parent[ra] = rb;
+        }
+        let crossing: Vec<EventId> = fails
+            .iter()
+            .filter(|(a, b, _)| {
+                let (ra, rb) = (root(&mut parent, *a as usize), root(&mut parent, *b as usize));
+                ra != rb
+            })
+            .map(|f| f.2)
+            .collect();
+        if crossing.is_empty() {
+            continue;
+        }
+        for &(a, b, _) in fails {
+            active.insert(a);
+            active.insert(b);
+        }
+        let mut islands: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+        for &x in &active {
+            islands.entry(root(&mut parent, x as usize)).or_default().push(x);
+        }
+        if islands.len() < 2 {
+            continue;
+        }
+        let mut isl: Vec<Vec<NodeId>> = islands.into_values().collect();
+        isl.sort();
+        found.push((*w, isl, crossing));
+    }
+    // Merge consecutive windows with the same islands (a window without losses between
+    // two with the same split does not end it).
+    let mut out: Vec<Anomaly> = Vec::new();
+    let mut cur: Option<(i64, i64, Vec<Vec<NodeId>>, Vec<EventId>)> = None;
+    for (w, isl, ev) in found {
+        match &mut cur {
+            Some((_, end, ci, cev)) if *ci == isl && w - *end <= 2 => {
+                *end = w;
+                cev.extend(ev);
+            }
+            _ => {
+                if let Some(c) = cur.take() {
+                    out.push(partition_anomaly(trace, c));
+                }
+                cur = Some((w, w, isl, ev));
+            }
+        }
+    }
+    if let Some(c) = cur {
+        out.push(partition_anomaly(trace, c));
+    }
+    out
+}
+
+fn partition_anomaly(trace: &Trace, (w0, w1, islands, events): (i64, i64, Vec<Vec<NodeId>>, Vec<EventId>)) -> Anomaly {
+    let names: Vec<String> = islands
+        .iter()
+        .map(|isl| format!("{{{}}}", isl.iter().map(|n| trace.nodes[*n as usize].name.as_str()).collect::<Vec<_>>().join(", ")))
+        .collect();
+    let from = w0 * PARTITION_WINDOW_NS;
+    let to = (w1 + 1) * PARTITION_WINDOW_NS;
+    let mut a = Anomaly::new(
+        Kind::Partition,
+        events,
+        format!(
+            "partition into {} islands {} from {} to {} ({} ms): messages between them were lost",
+            islands.len(),
+            names.join(" | "),
+            super::fmt_time(from),
+            super::fmt_time(to),
+            (to - from) / 1_000_000
+        ),
+    );
+    a.islands = islands;
+    a.span = Some((from, to));
+    a
+}

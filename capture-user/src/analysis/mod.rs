@@ -1,0 +1,121 @@
+//! The collector's analysis: from per-node dumps to one causally ordered story.
+//! Pure code: no aya, no root.
+//!
+//! Pipeline: read dumps ([`trace`]) → match certain messages ([`matching`]) → estimate
+//! clocks from them ([`clocks`]) → match the rest by corrected time → rule edges
+//! ([`rules`], from a [`spec`]) → happens-before order ([`order`]) → invariants and
+//! anomalies ([`anomalies`]) → JSON, merged pcapng and a summary ([`output`]).
+
+pub mod trace;
+pub mod matching;
+pub mod clocks;
+pub mod spec;
+pub mod order;
+pub mod rules;
+pub mod anomalies;
+pub mod output;
+
+/// A reference-clock time as UTC `HH:MM:SS.mmmuuu` (what people read in summaries).
+pub fn fmt_time(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let sub = ns.rem_euclid(1_000_000_000);
+    let day = secs.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}.{:06}", day / 3600, day / 60 % 60, day % 60, sub / 1000)
+}
+
+use std::collections::BTreeSet;
+
+use anomalies::Anomaly;
+use clocks::Clocks;
+use matching::Matching;
+use order::{EdgeKind, Order};
+use rules::Violation;
+use spec::Spec;
+use trace::{EventId, Trace};
+
+/// Everything the collector worked out.
+pub struct Analysis {
+    pub trace: Trace,
+    pub spec: Spec,
+    /// Message type per event (`rules::UNKNOWN` if none).
+    pub classes: Vec<u16>,
+    pub matching: Matching,
+    pub clocks: Clocks,
+    pub order: Order,
+    pub rule_edges: usize,
+    pub violations: Vec<Violation>,
+    pub anomalies: Vec<Anomaly>,
+}
+
+#[derive(Default)]
+pub struct Inputs {
+    pub spec: Option<Spec>,
+    /// Nodes expected by the trigger that sent no dump.
+    pub missing_nodes: Vec<String>,
+}
+
+pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
+    let spec = inputs.spec.unwrap_or_default();
+    let classes = rules::classify(&trace, &spec);
+    // Clocks from certain matches only: a wrong time-resolved match would poison the bounds.
+    let certain = matching::match_messages(&trace, None);
+    let clocks = clocks::estimate(&trace, &certain.messages);
+    let matching = matching::match_messages(&trace, Some(&clocks));
+    let (rule_edges, mut violations) = rules::rule_edges(&trace, &spec, &classes, &clocks);
+    let mut cross: Vec<(EventId, EventId, EdgeKind)> =
+        matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).collect();
+    let n_rule = rule_edges.len();
+    cross.extend(rule_edges);
+    let order = order::order(&trace, &clocks, &cross);
+    let inv = rules::check_invariants(&trace, &spec, &classes, &order.t_ns, &clocks);
+    let unanswered: BTreeSet<String> = spec
+        .invariants
+        .iter()
+        .filter(|i| matches!(i, spec::InvariantDef::Answered { .. }))
+        .map(|i| i.name().to_string())
+        .collect();
+    let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
+    let contradictions = order
+        .cycles
+        .iter()
+        .map(|c| {
+            let parts: Vec<String> = c.edges.iter().map(|&(a, b, k)| edge_text(&trace, &spec, &matching, &describe, a, b, k)).collect();
+            let (a, b, k) = c.dropped;
+            format!(
+                "contradiction: {} cannot all hold; ignored {}",
+                parts.join(", and "),
+                edge_text(&trace, &spec, &matching, &describe, a, b, k)
+            )
+        })
+        .collect();
+    let anomalies = anomalies::find(&anomalies::Context {
+        trace: &trace,
+        matching: &matching,
+        clocks: &clocks,
+        describe: &describe,
+        invariant_violations: &inv,
+        unanswered_invariants: &unanswered,
+        missing_nodes: &inputs.missing_nodes,
+        contradictions,
+    });
+    violations.extend(inv);
+    Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, violations, anomalies }
+}
+
+fn edge_text(trace: &Trace, spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {
+    match k {
+        EdgeKind::Program => format!("{} before {} (program order)", describe(a), describe(b)),
+        EdgeKind::Message(i) => {
+            let kind = m.kinds.get(i as usize).map_or("match", |k| match k {
+                matching::MessageKind::Keyed => "match",
+                matching::MessageKind::KeyedByTime => "match by time",
+                matching::MessageKind::TcpRange => "TCP byte-range match",
+            });
+            format!("{} before {} ({kind})", describe(a), describe(b))
+        }
+        EdgeKind::Rule(r) => {
+            let _ = trace;
+            format!("{} before {} (rule {})", describe(a), describe(b), spec.rules[r as usize].name)
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The happens-before graph and the global order.
+//!
+//! Edges: program order on each node, matched messages (send → receive) and rule
+//! edges from the protocol spec. The order is Kahn's algorithm with corrected time as
+//! priority. A cycle means some edges contradict each other: the shortest cycle
+//! through a cross-node edge is reported by naming its message and rule edges, the
+//! weakest of them is dropped, and ordering goes on. Whether two neighbours in the
+//! order are causally related is read off vector clocks computed along the way, so
+//! nothing is quadratic and no transitive closure is built.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+use petgraph::Direction::{Incoming, Outgoing};
+use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
+use petgraph::visit::EdgeRef;
+
+use super::matching::TimeMap;
+use super::trace::{EventId, Trace};
+
+pub const NO_GROUP: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeKind {
+    Program,
+    /// Index into the matching's messages.
+    Message(u32),
+    /// Index into the spec's rules.
+    Rule(u32),
+}
+
+#[derive(Clone, Debug)]
+pub struct CycleReport {
+    /// The cross-node edges of the shortest contradicting cycle found: (from, to, kind).
+    pub edges: Vec<(EventId, EventId, EdgeKind)>,
+    /// The edge dropped to break it.
+    pub dropped: (EventId, EventId, EdgeKind),
+}
+
+pub struct Order {
+    /// Event ids in global order.
+    pub order: Vec<EventId>,
+    /// Corrected time made causally consistent: never earlier than a predecessor's.
+    pub t_ns: Vec<i64>,
+    /// For each event: its concurrency group (events whose order is not determined), or NO_GROUP.
+    pub group: Vec<u32>,
+    pub cycles: Vec<CycleReport>,
+}
+
+/// Builds the graph and orders it. `cross` holds message and rule edges.
+pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, EdgeKind)]) -> Order {
+    let n = trace.events.len();
+    let mut g: DiGraph<(), EdgeKind, u32> = DiGraph::with_capacity(n, n + cross.len());
+    for _ in 0..n {
+        g.add_node(());
+    }
+    // Position of each event on its node, for vector clocks.
+    let mut pos = vec![0u32; n];
+    for r in &trace.node_ranges {
+        for i in r.clone() {
+            pos[i] = (i - r.start) as u32;
+            if i > r.start {
+                g.add_edge(NodeIndex::new(i - 1), NodeIndex::new(i), EdgeKind::Program);
+            }
+        }
+    }
+    for &(a, b, k) in cross {
+        if a != b {
+            g.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), k);
+        }
+    }
+    let t_corr: Vec<i64> = trace.events.iter().map(|e| clocks.corrected(e.node, e.t_raw)).collect();
+    let unc = |id: usize| clocks.uncertainty(trace.events[id].node);
+    let mut indeg: Vec<u32> = (0..n).map(|i| g.edges_directed(NodeIndex::new(i), Incoming).count() as u32).collect();
+    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = (0..n).filter(|&i| indeg[i] == 0).map(|i| Reverse((t_corr[i], i as u32))).collect();
+    let mut done = vec![false; n];
+    let mut removed = vec![false; g.edge_count()];
+    let mut out = Order { order: Vec::with_capacity(n), t_ns: vec![0; n], group: vec![NO_GROUP; n], cycles: Vec::new() };
+
+    let nodes = trace.nodes.len();
+    let mut node_vc: Vec<Vec<u32>> = vec![vec![0; nodes]; nodes];
+    // Vector clocks of events with cross-edge successors not yet ordered: (clock, successors left).
+    let mut pending: HashMap<u32, (Vec<u32>, u32)> = HashMap::new();
+    let mut prev: Option<usize> = None;
+    let mut next_group = 0u32;
+
+    while out.order.len() < n {
+        let Some(Reverse((_, id))) = heap.pop() else {
+            // Stalled: a cycle among what is left. Report it, drop its weakest edge, go on.
+            let Some(report) = break_cycle(&g, &done, &removed, &t_corr) else {
+                // Nothing left to break (cannot happen with a consistent graph): keep every
+                // event anyway, in corrected time.
+                let mut rest: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+                rest.sort_by_key(|&i| t_corr[i]);
+                for i in rest {
+                    out.t_ns[i] = t_corr[i];
+                    out.order.push(i as EventId);
+                }
+                break;
+            };
+            let (a, b, _) = report.dropped;
+            let e = g
+                .edges_connecting(NodeIndex::new(a as usize), NodeIndex::new(b as usize))
+                .find(|e| *e.weight() == report.dropped.2 && !removed[e.id().index()])
+                .map(|e| e.id());
+            if let Some(e) = e {
+                removed[e.index()] = true;
+                indeg[b as usize] -= 1;
+                if indeg[b as usize] == 0 {
+                    heap.push(Reverse((t_corr[b as usize], b)));
+                }
+                if let Some(p) = pending.get_mut(&a) {
+                    p.1 = p.1.saturating_sub(1);
+                }
+            }
+            out.cycles.push(report);
+            continue;
+        };
+        let i = id as usize;
+        done[i] = true;
+        out.order.push(id);
+        let node = trace.events[i].node as usize;
+        // Causally consistent time and vector clock from all predecessors.
+        let mut t = t_corr[i];
+        let mut vc = node_vc[node].clone();
+        for e in g.edges_directed(NodeIndex::new(i), Incoming) {
+            if removed[e.id().index()] {
+                continue;
+            }
+            let p = e.source().index();
+            t = t.max(out.t_ns[p]);
+            if *e.weight() != EdgeKind::Program {
+                if let Some((pvc, left)) = pending.get_mut(&(p as u32)) {
+                    for (x, y) in vc.iter_mut().zip(pvc.iter()) {
+                        *x = (*x).max(*y);
+                    }
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        pending.remove(&(p as u32));
+                    }
+                }
+            }
+        }
+        vc[node] = pos[i] + 1;
+        out.t_ns[i] = t;
+        // Concurrent with the previous event: different node, no path, within clock error.
+        if let Some(a) = prev {
+            let na = trace.events[a].node as usize;
+            let related = vc[na] > pos[a];
+            if na != node && !related && (t_corr[i] - t_corr[a]).abs() <= unc(a) + unc(i) {
+                if out.group[a] == NO_GROUP {
+                    out.group[a] = next_group;
+                    next_group += 1;
+                }
+                out.group[i] = out.group[a];
+            }
+        }
+        prev = Some(i);
+        let mut cross_out = 0;
+        for e in g.edges_directed(NodeIndex::new(i), Outgoing) {
+            if removed[e.id().index()] {
+                continue;
+            }
+            let s = e.target().index();
+            if *e.weight() != EdgeKind::Program {
+                cross_out += 1;
+            }
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                heap.push(Reverse((t_corr[s], s as u32)));
+            }
+        }
+        if cross_out > 0 {
+            pending.insert(id, (vc.clone(), cross_out));
+        }
+        node_vc[node] = vc;
+    }
+    out
+}
+
+/// Finds the shortest cycle through a cross-node edge among events not yet ordered.
+fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, done: &[bool], removed: &[bool], t_corr: &[i64]) -> Option<CycleReport> {
+    let live = |e: EdgeIndex| !removed[e.index()];
+    // Every unordered node with unordered predecessors lies on or behind a cycle; start
+    // from the earliest cross edge between unordered events.
+    let mut best: Option<Vec<(EventId, EventId, EdgeKind)>> = None;
+    let mut tried = 0;
+    for e in g.edge_references() {
+        if *e.weight() == EdgeKind::Program || !live(e.id()) {
+            continue;
+        }
+        let (u, v) = (e.source().index(), e.target().index());
+        if done[u] || done[v] {
+            continue;
+        }
+        tried += 1;
+        if tried > 64 {
+            break;
+        }
+        // Shortest path v ⇝ u through unordered events closes a cycle with u → v.
+        let mut prev: HashMap<usize, (usize, EdgeKind)> = HashMap::new();
+        let mut q = VecDeque::from([v]);
+        let mut found = false;
+        while let Some(x) = q.pop_front() {
+            if x == u {
+                found = true;
+                break;
+            }
+            if prev.len() > 100_000 {
+                break;
+            }
+            for f in g.edges_directed(NodeIndex::new(x), Outgoing) {
+                let y = f.target().index();
+                if done[y] || !live(f.id()) || y == v || prev.contains_key(&y) {
+                    continue;
+                }
+                prev.insert(y, (x, *f.weight()));
+                q.push_back(y);
+            }
+        }
+        if !found {
+            continue;
+        }
+        let mut edges = vec![(u as EventId, v as EventId, *e.weight())];
+        let mut x = u;
+        while x != v {
+            let (p, k) = prev[&x];
+            if k != EdgeKind::Program {
+                edges.push((p as EventId, x as EventId, k));
+            }
+            x = p;
+        }
+        if best.as_ref().is_none_or(|b| edges.len() < b.len()) {
+            best = Some(edges);
+        }
+    }
+    let edges = best?;
+    // Drop a rule edge before a message edge; among equals, the one that runs most backwards in time.
+    let dropped = *edges
+        .iter()
+        .max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr[*a as usize] - t_corr[*b as usize]))
+        .expect("a cycle has a cross edge");
+    Some(CycleReport { edges, dropped })
+}

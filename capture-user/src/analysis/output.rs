@@ -1,0 +1,276 @@
+//! The collector's outputs: JSON, a merged pcapng, and a summary for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write;
+
+use super::Analysis;
+use super::anomalies::Kind;
+use super::order::NO_GROUP;
+use super::rules::UNKNOWN;
+use super::trace::{Dir, Event, ProtoCode, Trace};
+use crate::dump::WGO_PEN;
+use crate::pcapng::{self, Options, Writer};
+
+fn endpoint(trace: &Trace, addr: u32, port: u16, proto: ProtoCode) -> String {
+    let a = trace.addr(addr);
+    if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
+        return a.to_string();
+    }
+    match a {
+        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+impl Analysis {
+    /// The event's display label: from the spec, else protocol and ports.
+    pub fn label(&self, id: usize) -> String {
+        let e = &self.trace.events[id];
+        match self.classes[id] {
+            UNKNOWN => match e.proto {
+                ProtoCode::Icmp => "ICMP".into(),
+                p => format!("{} {}→{}", p.name(), e.sport, e.dport),
+            },
+            c => self.spec.label(c as usize, self.trace.payload(e)),
+        }
+    }
+
+    /// Anomaly kinds per event.
+    pub fn event_anomalies(&self) -> BTreeMap<u32, Vec<Kind>> {
+        let mut m: BTreeMap<u32, Vec<Kind>> = BTreeMap::new();
+        for a in &self.anomalies {
+            for &e in &a.events {
+                let v = m.entry(e).or_default();
+                if !v.contains(&a.kind) {
+                    v.push(a.kind);
+                }
+            }
+        }
+        m
+    }
+
+    /// Writes the JSON report (documented in the README), streaming the events.
+    pub fn write_json<W: Write>(&self, out: W) -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+        let t = &self.trace;
+        let nodes: Vec<serde_json::Value> = t
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let c = &self.clocks.nodes[i];
+                serde_json::json!({
+                    "name": n.name,
+                    "offset_ns": c.offset_ns,
+                    "uncertainty_ns": c.uncertainty_ns,
+                    "quality": c.quality,
+                    "drift_ppm": (c.drift * 1e6 * 1000.0).round() / 1000.0,
+                    "events": t.node_ranges[i].len(),
+                    "file": n.file,
+                    "skipped": n.skipped,
+                    "kernel_drops": n.kernel_drops,
+                })
+            })
+            .collect();
+        write!(w, "{{\"reference\":{},\"nodes\":", serde_json::to_string(&t.nodes[self.clocks.reference as usize].name)?)?;
+        serde_json::to_writer(&mut w, &nodes)?;
+        w.write_all(b",\"events\":[")?;
+        for (k, &id) in self.order.order.iter().enumerate() {
+            let i = id as usize;
+            let e = &t.events[i];
+            if k > 0 {
+                w.write_all(b",")?;
+            }
+            let fields: serde_json::Map<String, serde_json::Value> = match self.classes[i] {
+                UNKNOWN => serde_json::Map::new(),
+                c => self
+                    .spec
+                    .fields(c as usize, t.payload(e))
+                    .into_iter()
+                    .map(|(name, v, label)| {
+                        let v = match (v, label) {
+                            (_, Some(l)) => serde_json::Value::String(l),
+                            (super::spec::Value::Int(n), None) => serde_json::Value::from(n),
+                            (super::spec::Value::Text(s), None) => serde_json::Value::String(s),
+                        };
+                        (name, v)
+                    })
+                    .collect(),
+            };
+            let ev = serde_json::json!({
+                "id": id,
+                "node": t.nodes[e.node as usize].name,
+                "dir": if e.dir == Dir::Send { "send" } else { "recv" },
+                "t_raw_ns": e.t_raw,
+                "t_ns": self.order.t_ns[i],
+                "cpu": e.cpu,
+                "seq": if e.seq == u64::MAX { None } else { Some(e.seq) },
+                "proto": e.proto.name(),
+                "src": endpoint(t, e.src, e.sport, e.proto),
+                "dst": endpoint(t, e.dst, e.dport, e.proto),
+                "len": e.orig_len,
+                "label": self.label(i),
+                "fields": fields,
+                "concurrent": if self.order.group[i] == NO_GROUP { None } else { Some(self.order.group[i]) },
+            });
+            serde_json::to_writer(&mut w, &ev)?;
+        }
+        w.write_all(b"],\"messages\":[")?;
+        for (k, (s, r)) in self.matching.messages.iter().enumerate() {
+            if k > 0 {
+                w.write_all(b",")?;
+            }
+            write!(w, "{{\"send\":{s},\"recv\":{r}}}")?;
+        }
+        w.write_all(b"],\"anomalies\":")?;
+        serde_json::to_writer(&mut w, &self.anomalies)?;
+        w.write_all(b",\"violations\":")?;
+        serde_json::to_writer(&mut w, &self.violations)?;
+        w.write_all(b"}\n")?;
+        w.flush()
+    }
+
+    /// Writes every node's packets in global order, with corrected times and comments.
+    pub fn write_pcapng<W: Write>(&self, out: W) -> std::io::Result<()> {
+        let t = &self.trace;
+        let mut shb = Options::new();
+        shb.str(pcapng::SHB_USERAPPL, concat!("wgo ", env!("CARGO_PKG_VERSION"))).str(
+            pcapng::OPT_COMMENT,
+            &format!("wgo merged report of {} nodes; times corrected to {}'s clock", t.nodes.len(), t.nodes[self.clocks.reference as usize].name),
+        );
+        let mut w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, out), &shb)?;
+        for (i, n) in t.nodes.iter().enumerate() {
+            let c = &self.clocks.nodes[i];
+            let mut idb = Options::new();
+            idb.str(pcapng::IF_NAME, &n.name)
+                .str(
+                    pcapng::IF_DESCRIPTION,
+                    &format!(
+                        "{}: clock offset {} ns ± {} ({:?})",
+                        n.name,
+                        c.offset_ns,
+                        c.uncertainty_ns.map_or("unknown".into(), |u| u.to_string()),
+                        c.quality
+                    ),
+                )
+                .bytes(pcapng::IF_TSRESOL, &[9]);
+            w.interface(pcapng::LINKTYPE_RAW, 65535, &idb)?;
+        }
+        let marks = self.event_anomalies();
+        for &id in &self.order.order {
+            let i = id as usize;
+            let e: &Event = &t.events[i];
+            let mut comment = self.label(i);
+            if let Some(kinds) = marks.get(&id) {
+                for k in kinds {
+                    comment.push_str(" [");
+                    comment.push_str(k.name());
+                    comment.push(']');
+                }
+            }
+            let _ = write!(comment, " (raw {} ns)", e.t_raw);
+            w.packet(e.node as u32, self.order.t_ns[i].max(0) as u64, e.orig_len, t.data(e), |o| {
+                o.u32(pcapng::EPB_FLAGS, if e.dir == Dir::Send { 2 } else { 1 })
+                    .u32(pcapng::EPB_QUEUE, e.cpu as u32)
+                    .str(pcapng::OPT_COMMENT, &comment)
+                    .custom(WGO_PEN, &e.t_raw.to_le_bytes());
+                if e.seq != u64::MAX {
+                    o.u64(pcapng::EPB_PACKETID, e.seq);
+                }
+            })?;
+        }
+        w.into_inner().flush()
+    }
+
+    /// A short account for people: clocks, then what went wrong, most important first.
+    pub fn summary(&self) -> String {
+        let t = &self.trace;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} nodes, {} events, {} messages matched, {} rule edges; clocks relative to {}:",
+            t.nodes.len(),
+            t.events.len(),
+            self.matching.messages.len(),
+            self.rule_edges,
+            t.nodes[self.clocks.reference as usize].name
+        );
+        for (i, n) in t.nodes.iter().enumerate() {
+            let c = &self.clocks.nodes[i];
+            let unc = c.uncertainty_ns.map_or("unknown".to_string(), |u| format!("± {}", fmt_ns(u)));
+            let _ = writeln!(s, "  {:<12} offset {:>12} {:<14} {:?}, {} events", n.name, fmt_ns(c.offset_ns), unc, c.quality, t.node_ranges[i].len());
+            for sk in &n.skipped {
+                let _ = writeln!(s, "    skipped: {sk}");
+            }
+        }
+        let mut by_kind: BTreeMap<Kind, Vec<&super::anomalies::Anomaly>> = BTreeMap::new();
+        for a in &self.anomalies {
+            by_kind.entry(a.kind).or_default().push(a);
+        }
+        if by_kind.is_empty() && self.violations.is_empty() {
+            let _ = writeln!(s, "nothing went wrong that wgo can see");
+        }
+        // Losses per link, then everything else.
+        if let Some(losses) = by_kind.get(&Kind::NetworkLoss) {
+            let mut links: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+            for a in losses {
+                let (from, to) = (t.nodes[a.nodes[0] as usize].name.clone(), t.nodes[a.nodes[1] as usize].name.clone());
+                let what = a.events.first().map_or("message".into(), |&e| self.kind_name(e as usize));
+                *links.entry((from, to)).or_default().entry(what).or_default() += 1;
+            }
+            let _ = writeln!(s, "network loss: {} messages never arrived", losses.len());
+            for ((from, to), kinds) in links {
+                let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                let _ = writeln!(s, "  {from} → {to}: {}", list.join(", "));
+            }
+        }
+        for (kind, list) in &by_kind {
+            if *kind == Kind::NetworkLoss {
+                continue;
+            }
+            let _ = writeln!(s, "{}: {}", kind.name().replace('_', " "), list.len());
+            for a in list.iter().take(5) {
+                let _ = writeln!(s, "  {}", a.text);
+            }
+            if list.len() > 5 {
+                let _ = writeln!(s, "  … and {} more", list.len() - 5);
+            }
+        }
+        if !self.violations.is_empty() {
+            let mut by_name: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for v in &self.violations {
+                by_name.entry(&v.name).or_default().push(&v.text);
+            }
+            for (name, texts) in by_name {
+                let _ = writeln!(s, "violated {name}: {}", texts.len());
+                for t in texts.iter().take(3) {
+                    let _ = writeln!(s, "  {t}");
+                }
+            }
+        }
+        s
+    }
+
+    /// Message type name of an event, or its protocol.
+    pub fn kind_name(&self, id: usize) -> String {
+        match self.classes[id] {
+            UNKNOWN => self.trace.events[id].proto.name().to_string(),
+            c => self.spec.messages[c as usize].name.clone(),
+        }
+    }
+}
+
+pub fn fmt_ns(ns: i64) -> String {
+    let a = ns.unsigned_abs();
+    let sign = if ns < 0 { "-" } else { "" };
+    if a >= 1_000_000_000 {
+        format!("{sign}{:.3} s", a as f64 / 1e9)
+    } else if a >= 1_000_000 {
+        format!("{sign}{:.3} ms", a as f64 / 1e6)
+    } else if a >= 1_000 {
+        format!("{sign}{:.1} µs", a as f64 / 1e3)
+    } else {
+        format!("{sign}{a} ns")
+    }
+}

@@ -1,0 +1,182 @@
+//! Applying a protocol spec: which message each event is, rule edges, invariant checks.
+
+use std::collections::HashMap;
+
+use super::matching::TimeMap;
+use super::order::EdgeKind;
+use super::spec::{EventSel, InvariantDef, Spec, Value};
+use super::trace::{Dir, EventId, NodeId, Trace};
+
+pub const UNKNOWN: u16 = u16::MAX;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Violation {
+    /// The rule or invariant's name.
+    pub name: String,
+    pub events: Vec<EventId>,
+    pub text: String,
+}
+
+/// The message type of every event (UNKNOWN where none matched).
+pub fn classify(trace: &Trace, spec: &Spec) -> Vec<u16> {
+    trace.events.iter().map(|e| spec.classify(trace, e).map_or(UNKNOWN, |m| m as u16)).collect()
+}
+
+fn selected(trace: &Trace, classes: &[u16], sel: &EventSel, id: usize) -> bool {
+    classes[id] == sel.message as u16 && sel.dir.is_none_or(|d| d == trace.events[id].dir)
+}
+
+fn key_of(trace: &Trace, spec: &Spec, message: usize, fields: impl Iterator<Item = usize>, id: usize) -> Option<Vec<Value>> {
+    let payload = trace.payload(&trace.events[id]);
+    fields.map(|f| spec.field(message, f, payload)).collect()
+}
+
+/// Describes an event for people: `TASK #5 received by node2`.
+pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> String {
+    let e = &trace.events[id as usize];
+    let what = match classes.get(id as usize) {
+        Some(&c) if c != UNKNOWN => spec.label(c as usize, trace.payload(e)),
+        _ => format!("{} {}:{} -> {}:{}", e.proto.name(), trace.addr(e.src), e.sport, trace.addr(e.dst), e.dport),
+    };
+    let verb = if e.dir == Dir::Send { "sent by" } else { "received by" };
+    format!("{what} {verb} {}", trace.nodes[e.node as usize].name)
+}
+
+/// Edges from the spec's rules, and a violation for each event whose rule found no earlier event.
+pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn TimeMap) -> (Vec<(EventId, EventId, EdgeKind)>, Vec<Violation>) {
+    let mut edges = Vec::new();
+    let mut violations = Vec::new();
+    for (ri, rule) in spec.rules.iter().enumerate() {
+        // Earliest "after" event per (node if same_node, key).
+        let mut first: HashMap<(Option<NodeId>, Vec<Value>), (i64, EventId)> = HashMap::new();
+        for id in 0..trace.events.len() {
+            if !selected(trace, classes, &rule.after, id) {
+                continue;
+            }
+            let e = &trace.events[id];
+            let Some(k) = key_of(trace, spec, rule.after.message, rule.key.iter().map(|k| k.1), id) else { continue };
+            let t = if rule.same_node { e.t_raw } else { clocks.corrected(e.node, e.t_raw) };
+            let slot = first.entry((rule.same_node.then_some(e.node), k)).or_insert((t, id as EventId));
+            if t < slot.0 {
+                *slot = (t, id as EventId);
+            }
+        }
+        for id in 0..trace.events.len() {
+            if !selected(trace, classes, &rule.event, id) {
+                continue;
+            }
+            let e = &trace.events[id];
+            let Some(k) = key_of(trace, spec, rule.event.message, rule.key.iter().map(|k| k.0), id) else { continue };
+            match first.get(&(rule.same_node.then_some(e.node), k)) {
+                Some(&(_, a)) => edges.push((a, id as EventId, EdgeKind::Rule(ri as u32))),
+                None => {
+                    let node = &trace.nodes[e.node as usize];
+                    let after = &spec.messages[rule.after.message].name;
+                    let where_ = if rule.same_node { format!(" on {}", node.name) } else { String::new() };
+                    violations.push(Violation {
+                        name: rule.name.clone(),
+                        events: vec![id as EventId],
+                        text: format!(
+                            "{}: no {after} {}{where_} precedes it in the recording (rule {} requires one)",
+                            describe(trace, spec, classes, id as EventId),
+                            dir_word(rule.after.dir),
+                            rule.name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    (edges, violations)
+}
+
+fn dir_word(d: Option<Dir>) -> &'static str {
+    match d {
+        Some(Dir::Send) => "sent",
+        Some(Dir::Recv) => "received",
+        None => "seen",
+    }
+}
+
+/// Checks the spec's invariants on the ordered events (`t_ns`: causally consistent time).
+pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64], clocks: &dyn TimeMap) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for inv in &spec.invariants {
+        match inv {
+            InvariantDef::Answered { name, request, response, key, within_ns } => {
+                // Responses received, per (node, key), sorted by time.
+                let mut responses: HashMap<(NodeId, Vec<Value>), Vec<i64>> = HashMap::new();
+                for id in 0..trace.events.len() {
+                    let e = &trace.events[id];
+                    if classes[id] != *response as u16 || e.dir != Dir::Recv {
+                        continue;
+                    }
+                    if let Some(k) = key_of(trace, spec, *response, key.iter().map(|k| k.1), id) {
+                        responses.entry((e.node, k)).or_default().push(t_ns[id]);
+                    }
+                }
+                for v in responses.values_mut() {
+                    v.sort_unstable();
+                }
+                for id in 0..trace.events.len() {
+                    let e = &trace.events[id];
+                    if classes[id] != *request as u16 || e.dir != Dir::Send {
+                        continue;
+                    }
+                    let node = &trace.nodes[e.node as usize];
+                    // Undecidable when the recording ends before the deadline.
+                    let end = clocks.corrected(e.node, node.window.1);
+                    if t_ns[id] + within_ns > end {
+                        continue;
+                    }
+                    let Some(k) = key_of(trace, spec, *request, key.iter().map(|k| k.0), id) else { continue };
+                    let answered = responses.get(&(e.node, k)).is_some_and(|ts| {
+                        let i = ts.partition_point(|&t| t < t_ns[id]);
+                        ts.get(i).is_some_and(|&t| t <= t_ns[id] + within_ns)
+                    });
+                    if !answered {
+                        out.push(Violation {
+                            name: name.clone(),
+                            events: vec![id as EventId],
+                            text: format!(
+                                "{} got no {} within {} ms",
+                                describe(trace, spec, classes, id as EventId),
+                                spec.messages[*response].name,
+                                within_ns / 1_000_000
+                            ),
+                        });
+                    }
+                }
+            }
+            InvariantDef::Monotonic { name, message, field, dir } => {
+                for r in &trace.node_ranges {
+                    let mut last: Option<(Value, usize)> = None;
+                    for id in r.clone() {
+                        if classes[id] != *message as u16 || dir.is_some_and(|d| d != trace.events[id].dir) {
+                            continue;
+                        }
+                        let Some(v) = spec.field(*message, *field, trace.payload(&trace.events[id])) else { continue };
+                        if let Some((prev, pid)) = &last {
+                            if v < *prev {
+                                out.push(Violation {
+                                    name: name.clone(),
+                                    events: vec![*pid as EventId, id as EventId],
+                                    text: format!(
+                                        "{} went from {prev} to {v} on {}: {} after {}",
+                                        spec.messages[*message].fields[*field].name,
+                                        trace.nodes[trace.events[id].node as usize].name,
+                                        describe(trace, spec, classes, id as EventId),
+                                        describe(trace, spec, classes, *pid as EventId)
+                                    ),
+                                });
+                            }
+                        }
+                        last = Some((v, id));
+                    }
+                }
+            }
+        }
+        let _ = inv.name();
+    }
+    out
+}

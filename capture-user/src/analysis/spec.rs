@@ -1,0 +1,539 @@
+//! Protocol specs: how an application teaches wgo its packets (TOML).
+//!
+//! ```toml
+//! name = "demo"
+//!
+//! [[message]]
+//! name = "TASK"
+//! transport = "udp"                  # optional: udp or tcp
+//! port = 7000                        # optional: source or destination port
+//! match = [{ offset = 0, ascii = "TASK" }]   # or hex = "5441534b", or u8 = 7
+//! display = "TASK #{task}"
+//! fields = [
+//!   { name = "task", offset = 4, width = 4 },                 # big-endian by default
+//!   { name = "kind", offset = 8, width = 1, labels = { 1 = "PREPARE", 2 = "COMMIT" } },
+//! ]
+//!
+//! [[rule]]                            # happens-before edges
+//! name = "ack-after-task"
+//! event = { message = "ACK", dir = "send" }
+//! after = { message = "TASK", dir = "recv" }
+//! same_node = true
+//! key = ["task"]
+//!
+//! [[invariant]]                       # checked, violations reported
+//! name = "every-task-acked"
+//! kind = "answered"                   # request sent, response received by the same node
+//! request = "TASK"
+//! response = "ACK"
+//! key = ["task"]
+//! within_ms = 200
+//!
+//! [[invariant]]
+//! name = "ballots-never-decrease"
+//! kind = "monotonic"
+//! message = "VOTE"
+//! field = "ballot"
+//! dir = "send"
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::trace::{Dir, Event, ProtoCode, Trace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{file}: line {line}: {message}")]
+    At { file: String, line: usize, message: String },
+    #[error("{file}: {source}")]
+    Io { file: String, source: std::io::Error },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    message: Vec<MessageToml>,
+    #[serde(default)]
+    rule: Vec<RuleToml>,
+    #[serde(default)]
+    invariant: Vec<InvariantToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageToml {
+    name: Spanned<String>,
+    #[serde(default)]
+    transport: Option<Spanned<String>>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(rename = "match", default)]
+    matches: Vec<Spanned<MatchToml>>,
+    #[serde(default)]
+    display: Option<Spanned<String>>,
+    #[serde(default)]
+    fields: Vec<Spanned<FieldToml>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchToml {
+    offset: usize,
+    #[serde(default)]
+    ascii: Option<String>,
+    #[serde(default)]
+    hex: Option<String>,
+    #[serde(default)]
+    u8: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldToml {
+    name: String,
+    offset: usize,
+    width: usize,
+    #[serde(default)]
+    endian: Option<String>,
+    #[serde(default)]
+    ascii: bool,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndToml {
+    message: Spanned<String>,
+    #[serde(default)]
+    dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleToml {
+    name: Spanned<String>,
+    event: EndToml,
+    after: EndToml,
+    #[serde(default)]
+    same_node: bool,
+    #[serde(default)]
+    key: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvariantToml {
+    name: Spanned<String>,
+    kind: Spanned<String>,
+    #[serde(default)]
+    request: Option<Spanned<String>>,
+    #[serde(default)]
+    response: Option<Spanned<String>>,
+    #[serde(default)]
+    key: Vec<Spanned<String>>,
+    #[serde(default)]
+    within_ms: Option<f64>,
+    #[serde(default)]
+    message: Option<Spanned<String>>,
+    #[serde(default)]
+    field: Option<Spanned<String>>,
+    #[serde(default)]
+    dir: Option<Spanned<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endian {
+    Big,
+    Little,
+}
+
+#[derive(Clone, Debug)]
+pub struct FieldDef {
+    pub name: String,
+    pub offset: usize,
+    pub width: usize,
+    pub endian: Endian,
+    pub ascii: bool,
+    pub labels: BTreeMap<u64, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MessageDef {
+    pub name: String,
+    pub transport: Option<ProtoCode>,
+    pub port: Option<u16>,
+    /// (offset, bytes) that must all be present.
+    pub pattern: Vec<(usize, Vec<u8>)>,
+    pub display: Option<String>,
+    pub fields: Vec<FieldDef>,
+}
+
+/// Which events an end of a rule selects.
+#[derive(Clone, Debug)]
+pub struct EventSel {
+    pub message: usize,
+    pub dir: Option<Dir>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RuleDef {
+    pub name: String,
+    pub event: EventSel,
+    pub after: EventSel,
+    pub same_node: bool,
+    /// Field indices in (event message, after message), compared for equality.
+    pub key: Vec<(usize, usize)>,
+    pub line: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum InvariantDef {
+    Answered { name: String, request: usize, response: usize, key: Vec<(usize, usize)>, within_ns: i64 },
+    Monotonic { name: String, message: usize, field: usize, dir: Option<Dir> },
+}
+
+impl InvariantDef {
+    pub fn name(&self) -> &str {
+        match self {
+            InvariantDef::Answered { name, .. } | InvariantDef::Monotonic { name, .. } => name,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Spec {
+    pub name: String,
+    pub messages: Vec<MessageDef>,
+    pub rules: Vec<RuleDef>,
+    pub invariants: Vec<InvariantDef>,
+}
+
+/// A decoded field value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Value {
+    Int(u64),
+    Text(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+fn line_of(text: &str, span: Range<usize>) -> usize {
+    text[..span.start.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+impl Spec {
+    pub fn load(path: &std::path::Path) -> Result<Spec, SpecError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io { file: file.clone(), source })?;
+        Spec::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Spec, SpecError> {
+        let err = |span: Range<usize>, message: String| SpecError::At { file: file.to_string(), line: line_of(text, span), message };
+        let raw: SpecFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(text, s));
+            SpecError::At { file: file.to_string(), line, message: e.message().to_string() }
+        })?;
+        let mut spec = Spec { name: raw.name.unwrap_or_else(|| "protocol".into()), ..Spec::default() };
+        for m in &raw.message {
+            if spec.messages.iter().any(|x| x.name == *m.name.get_ref()) {
+                return Err(err(m.name.span(), format!("message {} is defined twice", m.name.get_ref())));
+            }
+            let transport = match m.transport.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+                None => None,
+                Some(("udp", _)) => Some(ProtoCode::Udp),
+                Some(("tcp", _)) => Some(ProtoCode::Tcp),
+                Some((other, span)) => return Err(err(span, format!("transport must be \"udp\" or \"tcp\", not {other:?}"))),
+            };
+            let mut pattern = Vec::new();
+            for p in &m.matches {
+                let span = p.span();
+                let p = p.get_ref();
+                let bytes = match (&p.ascii, &p.hex, p.u8) {
+                    (Some(a), None, None) => a.as_bytes().to_vec(),
+                    (None, Some(h), None) => parse_hex(h).ok_or_else(|| err(span.clone(), format!("{h:?} is not hex bytes")))?,
+                    (None, None, Some(b)) => vec![b],
+                    _ => return Err(err(span, "a match needs exactly one of ascii, hex or u8".into())),
+                };
+                pattern.push((p.offset, bytes));
+            }
+            if pattern.is_empty() && m.port.is_none() {
+                return Err(err(m.name.span(), format!("message {} has no match and no port: it would match every packet", m.name.get_ref())));
+            }
+            let mut fields = Vec::new();
+            for f in &m.fields {
+                let span = f.span();
+                let f = f.get_ref();
+                if !f.ascii && ![1, 2, 4, 8].contains(&f.width) {
+                    return Err(err(span, format!("field {}: width must be 1, 2, 4 or 8 bytes (or set ascii = true), not {}", f.name, f.width)));
+                }
+                if f.ascii && f.width == 0 {
+                    return Err(err(span, format!("field {}: an ascii field needs a width", f.name)));
+                }
+                let endian = match f.endian.as_deref() {
+                    None | Some("big") => Endian::Big,
+                    Some("little") => Endian::Little,
+                    Some(o) => return Err(err(span, format!("field {}: endian must be \"big\" or \"little\", not {o:?}", f.name))),
+                };
+                let mut labels = BTreeMap::new();
+                for (k, v) in &f.labels {
+                    let n: u64 = k.parse().map_err(|_| err(span.clone(), format!("field {}: label key {k:?} is not a number", f.name)))?;
+                    labels.insert(n, v.clone());
+                }
+                fields.push(FieldDef { name: f.name.clone(), offset: f.offset, width: f.width, endian, ascii: f.ascii, labels });
+            }
+            if let Some(d) = &m.display {
+                for name in placeholders(d.get_ref()) {
+                    if !fields.iter().any(|f| f.name == name) {
+                        return Err(err(d.span(), format!("display of {} uses {{{name}}}, which is not one of its fields", m.name.get_ref())));
+                    }
+                }
+            }
+            spec.messages.push(MessageDef {
+                name: m.name.get_ref().clone(),
+                transport,
+                port: m.port,
+                pattern,
+                display: m.display.as_ref().map(|d| d.get_ref().clone()),
+                fields,
+            });
+        }
+        let msg = |spec: &Spec, name: &Spanned<String>| {
+            spec.messages
+                .iter()
+                .position(|m| m.name == *name.get_ref())
+                .ok_or_else(|| err(name.span(), format!("no message is named {}", name.get_ref())))
+        };
+        let dir = |d: &Option<Spanned<String>>| match d.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
+            None | Some(("any", _)) => Ok(None),
+            Some(("send", _)) => Ok(Some(Dir::Send)),
+            Some(("recv", _)) => Ok(Some(Dir::Recv)),
+            Some((o, span)) => Err(err(span, format!("dir must be \"send\", \"recv\" or \"any\", not {o:?}"))),
+        };
+        let key = |spec: &Spec, a: usize, b: usize, key: &[Spanned<String>]| {
+            key.iter()
+                .map(|k| {
+                    let fa = spec.messages[a].fields.iter().position(|f| f.name == *k.get_ref());
+                    let fb = spec.messages[b].fields.iter().position(|f| f.name == *k.get_ref());
+                    match (fa, fb) {
+                        (Some(x), Some(y)) => Ok((x, y)),
+                        _ => Err(err(k.span(), format!("key {} must be a field of both {} and {}", k.get_ref(), spec.messages[a].name, spec.messages[b].name))),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        for r in &raw.rule {
+            let event = EventSel { message: msg(&spec, &r.event.message)?, dir: dir(&r.event.dir)? };
+            let after = EventSel { message: msg(&spec, &r.after.message)?, dir: dir(&r.after.dir)? };
+            let k = key(&spec, event.message, after.message, &r.key)?;
+            spec.rules.push(RuleDef { name: r.name.get_ref().clone(), event, after, same_node: r.same_node, key: k, line: line_of(text, r.name.span()) });
+        }
+        for inv in &raw.invariant {
+            let need = |f: &Option<Spanned<String>>, what: &str| {
+                f.clone().ok_or_else(|| err(inv.kind.span(), format!("invariant {} of kind {} needs {what}", inv.name.get_ref(), inv.kind.get_ref())))
+            };
+            let def = match inv.kind.get_ref().as_str() {
+                "answered" => {
+                    let request = msg(&spec, &need(&inv.request, "request")?)?;
+                    let response = msg(&spec, &need(&inv.response, "response")?)?;
+                    let within = inv.within_ms.ok_or_else(|| err(inv.kind.span(), format!("invariant {} needs within_ms", inv.name.get_ref())))?;
+                    if within <= 0.0 {
+                        return Err(err(inv.kind.span(), "within_ms must be positive".into()));
+                    }
+                    InvariantDef::Answered {
+                        name: inv.name.get_ref().clone(),
+                        request,
+                        response,
+                        key: key(&spec, request, response, &inv.key)?,
+                        within_ns: (within * 1e6) as i64,
+                    }
+                }
+                "monotonic" => {
+                    let message = msg(&spec, &need(&inv.message, "message")?)?;
+                    let field_name = need(&inv.field, "field")?;
+                    let field = spec.messages[message]
+                        .fields
+                        .iter()
+                        .position(|f| f.name == *field_name.get_ref())
+                        .ok_or_else(|| err(field_name.span(), format!("{} has no field {}", spec.messages[message].name, field_name.get_ref())))?;
+                    InvariantDef::Monotonic { name: inv.name.get_ref().clone(), message, field, dir: dir(&inv.dir)? }
+                }
+                other => return Err(err(inv.kind.span(), format!("invariant kind must be \"answered\" or \"monotonic\", not {other:?}"))),
+            };
+            spec.invariants.push(def);
+        }
+        Ok(spec)
+    }
+
+    /// Which message an event is, if any (first definition that matches wins).
+    pub fn classify(&self, trace: &Trace, e: &Event) -> Option<usize> {
+        let payload = trace.payload(e);
+        self.messages.iter().position(|m| {
+            m.transport.is_none_or(|t| t == e.proto)
+                && m.port.is_none_or(|p| p == e.sport || p == e.dport)
+                && (e.proto == ProtoCode::Udp || e.proto == ProtoCode::Tcp)
+                && m.pattern.iter().all(|(off, bytes)| payload.get(*off..off + bytes.len()) == Some(bytes.as_slice()))
+        })
+    }
+
+    pub fn field(&self, message: usize, field: usize, payload: &[u8]) -> Option<Value> {
+        let f = &self.messages[message].fields[field];
+        let b = payload.get(f.offset..f.offset + f.width)?;
+        if f.ascii {
+            let s: String = b.iter().take_while(|&&c| c != 0).map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect();
+            return Some(Value::Text(s));
+        }
+        let mut v = 0u64;
+        match f.endian {
+            Endian::Big => b.iter().for_each(|&x| v = (v << 8) | x as u64),
+            Endian::Little => b.iter().rev().for_each(|&x| v = (v << 8) | x as u64),
+        }
+        Some(Value::Int(v))
+    }
+
+    /// Every field, with its label when it has one.
+    pub fn fields(&self, message: usize, payload: &[u8]) -> Vec<(String, Value, Option<String>)> {
+        let m = &self.messages[message];
+        (0..m.fields.len())
+            .filter_map(|i| {
+                let v = self.field(message, i, payload)?;
+                let label = match &v {
+                    Value::Int(n) => m.fields[i].labels.get(n).cloned(),
+                    Value::Text(_) => None,
+                };
+                Some((m.fields[i].name.clone(), v, label))
+            })
+            .collect()
+    }
+
+    /// The display text, e.g. `TASK #1273`.
+    pub fn label(&self, message: usize, payload: &[u8]) -> String {
+        let m = &self.messages[message];
+        let Some(fmt) = &m.display else { return m.name.clone() };
+        let values = self.fields(message, payload);
+        let mut out = String::with_capacity(fmt.len() + 8);
+        let mut rest = fmt.as_str();
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let Some(close) = rest[open..].find('}') else { break };
+            let name = &rest[open + 1..open + close];
+            match values.iter().find(|(n, ..)| n == name) {
+                Some((_, v, label)) => out.push_str(&label.clone().unwrap_or_else(|| v.to_string())),
+                None => out.push('?'),
+            }
+            rest = &rest[open + close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+fn placeholders(fmt: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = fmt;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        out.push(rest[open + 1..open + close].to_string());
+        rest = &rest[open + close + 1..];
+    }
+    out
+}
+
+fn parse_hex(h: &str) -> Option<Vec<u8>> {
+    let digits: String = h.chars().filter(|c| !c.is_whitespace()).collect();
+    if digits.len() % 2 != 0 {
+        return None;
+    }
+    (0..digits.len() / 2).map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "t"
+
+[[message]]
+name = "TASK"
+match = [{ offset = 0, ascii = "TASK" }]
+display = "TASK #{task}"
+fields = [{ name = "task", offset = 4, width = 4 }]
+
+[[message]]
+name = "ACK"
+match = [{ offset = 0, hex = "41 43 4b 21" }]
+display = "ACK #{task} {kind}"
+fields = [
+  { name = "task", offset = 4, width = 4 },
+  { name = "kind", offset = 8, width = 1, labels = { 1 = "ok", 2 = "retry" } },
+]
+
+[[rule]]
+name = "ack-after-task"
+event = { message = "ACK", dir = "send" }
+after = { message = "TASK", dir = "recv" }
+same_node = true
+key = ["task"]
+
+[[invariant]]
+name = "acked"
+kind = "answered"
+request = "TASK"
+response = "ACK"
+key = ["task"]
+within_ms = 200
+"#;
+
+    #[test]
+    fn parses_and_decodes() {
+        let s = Spec::parse(SPEC, "t.toml").unwrap();
+        assert_eq!(s.messages.len(), 2);
+        assert_eq!(s.rules[0].key, vec![(0, 0)]);
+        let mut ack = b"ACK!".to_vec();
+        ack.extend_from_slice(&1273u32.to_be_bytes());
+        ack.push(2);
+        assert_eq!(s.label(1, &ack), "ACK #1273 retry");
+        assert_eq!(s.field(1, 0, &ack), Some(Value::Int(1273)));
+        assert!(matches!(&s.invariants[0], InvariantDef::Answered { within_ns: 200_000_000, .. }));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad = SPEC.replace("after = { message = \"TASK\"", "after = { message = \"TASKS\"");
+        let e = Spec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml: line 22:") && e.contains("no message is named TASKS"), "{e}");
+
+        let bad = SPEC.replace("width = 4 }]", "width = 3 }]");
+        let e = Spec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("width must be 1, 2, 4 or 8"), "{e}");
+
+        let e = Spec::parse("[[message]]\nname = 1\n", "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml: line 2:"), "{e}");
+
+        let e = Spec::parse("[[message]\n", "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml: line 1:"), "{e}");
+
+        let bad = SPEC.replace("key = [\"task\"]\n\n[[invariant]]", "key = [\"kind\"]\n\n[[invariant]]");
+        let e = Spec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("key kind must be a field of both ACK and TASK"), "{e}");
+
+        let e = Spec::parse("[[message]]\nname = \"X\"\nbogus = 1\n", "x.toml").unwrap_err().to_string();
+        assert!(e.contains("line 3") || e.contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,461 @@
+//! The merged input: every node's packets as compact events, read from pcapng dumps.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHasher;
+
+use crate::packet::{Packet, Proto};
+use crate::pcapng::{self, Block, Reader};
+
+/// Payload bytes that go into an event's match hash.
+pub const MATCH_BYTES: usize = 16;
+
+pub type EventId = u32;
+pub type NodeId = u16;
+pub type AddrId = u32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Dir {
+    Recv = 0,
+    Send = 1,
+}
+
+/// One packet seen by one node. Kept small: a trace can hold millions.
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// The node's wall clock, ns since the epoch.
+    pub t_raw: i64,
+    /// Per-CPU sequence number (u64::MAX when the dump has none).
+    pub seq: u64,
+    /// Hash of the 5-tuple-independent part of the packet: lengths and first payload bytes.
+    pub hash: u64,
+    /// Where the captured bytes (from the IP header on) start in the trace's arena.
+    pub data_off: u64,
+    pub src: AddrId,
+    pub dst: AddrId,
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    /// L4 payload length on the wire.
+    pub payload_len: u32,
+    /// Packet length from the IP header on.
+    pub orig_len: u32,
+    pub data_len: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub ip_id: u16,
+    pub node: NodeId,
+    pub cpu: u16,
+    pub dir: Dir,
+    pub proto: ProtoCode,
+    pub tcp_flags: u8,
+    /// Offset of the L4 payload within the captured bytes.
+    pub payload_off: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<Event>() <= 80);
+
+/// Protocol as one byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum ProtoCode {
+    Udp = 17,
+    Tcp = 6,
+    Icmp = 1,
+    Other = 0,
+}
+
+impl ProtoCode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtoCode::Udp => "UDP",
+            ProtoCode::Tcp => "TCP",
+            ProtoCode::Icmp => "ICMP",
+            ProtoCode::Other => "IP",
+        }
+    }
+}
+
+/// What was read about one node besides its packets.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub file: PathBuf,
+    pub snaplen: Option<u32>,
+    /// Records the node's kernel ring dropped, per CPU (when the dump says).
+    pub drops_per_cpu: Vec<u64>,
+    pub kernel_drops: u64,
+    pub evicted: u64,
+    /// When the node's recording covers, on its own clock: first and last event (or the
+    /// statistics block's start/end when wider).
+    pub window: (i64, i64),
+    /// When the node heard the trigger, on its own clock (from the dump or manifest).
+    pub trigger_heard: Option<i64>,
+    /// What could not be read, with offsets.
+    pub skipped: Vec<String>,
+    /// Addresses this node sends from.
+    pub addrs: Vec<AddrId>,
+    /// Whether direction came from the dump (true) or was inferred from addresses.
+    pub direction_recorded: bool,
+}
+
+#[derive(Default)]
+pub struct Trace {
+    pub nodes: Vec<NodeInfo>,
+    /// Events grouped by node (see `node_events`), each node's sorted by raw time.
+    pub events: Vec<Event>,
+    pub node_ranges: Vec<Range<usize>>,
+    pub arena: Vec<u8>,
+    pub addrs: Vec<IpAddr>,
+    addr_ids: HashMap<IpAddr, AddrId>,
+    /// Non-IP or unparseable packets passed over, per node.
+    pub unparsed: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{file}: {source}")]
+    Open { file: PathBuf, source: std::io::Error },
+    #[error("{file}: {what}")]
+    Unusable { file: PathBuf, what: String },
+    #[error("two dumps are from node {name}: {first} and {second}")]
+    DuplicateNode { name: String, first: PathBuf, second: PathBuf },
+    #[error("no dumps given")]
+    Empty,
+}
+
+impl Trace {
+    pub fn node_events(&self, node: NodeId) -> &[Event] {
+        &self.events[self.node_ranges[node as usize].clone()]
+    }
+
+    pub fn data(&self, e: &Event) -> &[u8] {
+        &self.arena[e.data_off as usize..e.data_off as usize + e.data_len as usize]
+    }
+
+    pub fn payload(&self, e: &Event) -> &[u8] {
+        self.data(e).get(e.payload_off as usize..).unwrap_or(&[])
+    }
+
+    pub fn addr(&self, id: AddrId) -> IpAddr {
+        self.addrs[id as usize]
+    }
+
+    pub fn intern(&mut self, a: IpAddr) -> AddrId {
+        if let Some(&id) = self.addr_ids.get(&a) {
+            return id;
+        }
+        let id = self.addrs.len() as AddrId;
+        self.addrs.push(a);
+        self.addr_ids.insert(a, id);
+        id
+    }
+
+    pub fn addr_id(&self, a: &IpAddr) -> Option<AddrId> {
+        self.addr_ids.get(a).copied()
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| n.name == name).map(|i| i as NodeId)
+    }
+
+    /// Reads dumps, one node per file.
+    pub fn read_files(files: &[PathBuf]) -> Result<Trace, TraceError> {
+        if files.is_empty() {
+            return Err(TraceError::Empty);
+        }
+        let mut b = TraceBuilder::default();
+        for f in files {
+            b.read_file(f)?;
+        }
+        Ok(b.finish())
+    }
+}
+
+/// A packet handed to the builder.
+pub struct RawPacket<'a> {
+    pub t_raw: i64,
+    pub seq: Option<u64>,
+    pub cpu: u32,
+    /// None: infer from the node's addresses.
+    pub dir: Option<Dir>,
+    pub orig_len: u32,
+    /// From the IP header on.
+    pub data: &'a [u8],
+}
+
+/// Builds a trace node by node; also used by tests and benchmarks to make synthetic traces.
+#[derive(Default)]
+pub struct TraceBuilder {
+    trace: Trace,
+    /// Events of the node being built whose direction is still unknown.
+    pending_dir: Vec<usize>,
+}
+
+impl TraceBuilder {
+    pub fn begin_node(&mut self, info: NodeInfo) -> Result<NodeId, TraceError> {
+        if let Some(prev) = self.trace.nodes.iter().find(|n| n.name == info.name) {
+            return Err(TraceError::DuplicateNode { name: info.name.clone(), first: prev.file.clone(), second: info.file.clone() });
+        }
+        let id = self.trace.nodes.len();
+        self.trace.nodes.push(info);
+        self.trace.node_ranges.push(self.trace.events.len()..self.trace.events.len());
+        self.trace.unparsed.push(0);
+        Ok(id as NodeId)
+    }
+
+    fn current(&self) -> NodeId {
+        (self.trace.nodes.len() - 1) as NodeId
+    }
+
+    /// Adds a packet to the node begun last. Returns false if it is not IP.
+    pub fn packet(&mut self, p: &RawPacket<'_>) -> bool {
+        let node = self.current();
+        let Ok(pkt) = Packet::parse(p.data, p.orig_len) else {
+            self.trace.unparsed[node as usize] += 1;
+            return false;
+        };
+        let data = &p.data[..p.data.len().min(u16::MAX as usize)];
+        let payload = pkt.payload(data);
+        let mut h = FxHasher::default();
+        h.write_u32(pkt.payload_len);
+        h.write(&payload[..payload.len().min(MATCH_BYTES)]);
+        let (proto, tcp) = match pkt.proto {
+            Proto::Udp => (ProtoCode::Udp, None),
+            Proto::Tcp => (ProtoCode::Tcp, pkt.tcp),
+            Proto::Icmp => (ProtoCode::Icmp, None),
+            Proto::Other(_) => (ProtoCode::Other, None),
+        };
+        if proto == ProtoCode::Icmp {
+            // ICMP has no ports: its id/sequence (bytes 4..8) tell echo exchanges apart.
+            h.write(data.get(pkt.payload_offset.saturating_sub(8)..pkt.payload_offset).unwrap_or(&[]));
+        }
+        let src = self.trace.intern(pkt.src);
+        let dst = self.trace.intern(pkt.dst);
+        let data_off = self.trace.arena.len() as u64;
+        self.trace.arena.extend_from_slice(data);
+        let event = Event {
+            t_raw: p.t_raw,
+            seq: p.seq.unwrap_or(u64::MAX),
+            hash: h.finish(),
+            data_off,
+            src,
+            dst,
+            tcp_seq: tcp.map_or(0, |t| t.seq),
+            tcp_ack: tcp.map_or(0, |t| t.ack),
+            payload_len: pkt.payload_len,
+            orig_len: p.orig_len,
+            data_len: data.len() as u16,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            ip_id: pkt.ip_id,
+            node,
+            cpu: p.cpu.min(u16::MAX as u32) as u16,
+            dir: p.dir.unwrap_or(Dir::Recv),
+            proto,
+            tcp_flags: tcp.map_or(0, |t| t.flags),
+            payload_off: pkt.payload_offset.min(255) as u8,
+        };
+        if p.dir.is_none() {
+            self.pending_dir.push(self.trace.events.len());
+        }
+        self.trace.events.push(event);
+        self.trace.node_ranges[node as usize].end = self.trace.events.len();
+        true
+    }
+
+    /// Ends the node begun last: infers missing directions, sorts, records addresses and window.
+    pub fn end_node(&mut self) {
+        let node = self.current() as usize;
+        let range = self.trace.node_ranges[node].clone();
+        if !self.pending_dir.is_empty() {
+            // Without direction flags (plain tcpdump), the node's own address is the one
+            // that appears in the most packets; packets from it are sends.
+            let mut count: HashMap<AddrId, u64> = HashMap::new();
+            for e in &self.trace.events[range.clone()] {
+                *count.entry(e.src).or_default() += 1;
+                *count.entry(e.dst).or_default() += 1;
+            }
+            let max = count.values().copied().max().unwrap_or(0);
+            let local: Vec<AddrId> = count.iter().filter(|(_, n)| **n == max).map(|(a, _)| *a).collect();
+            for &i in &self.pending_dir {
+                let e = &mut self.trace.events[i];
+                e.dir = if local.contains(&e.src) { Dir::Send } else { Dir::Recv };
+            }
+            self.pending_dir.clear();
+        } else {
+            self.trace.nodes[node].direction_recorded = true;
+        }
+        let events = &mut self.trace.events[range.clone()];
+        events.sort_by_key(|e| (e.t_raw, e.cpu, e.seq));
+        let mut addrs: Vec<AddrId> = events.iter().filter(|e| e.dir == Dir::Send).map(|e| e.src).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        let info = &mut self.trace.nodes[node];
+        info.addrs = addrs;
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            let (lo, hi) = info.window;
+            info.window = if lo == 0 && hi == 0 { (first.t_raw, last.t_raw) } else { (lo.min(first.t_raw), hi.max(last.t_raw)) };
+        }
+    }
+
+    /// Reads one dump as one node. A damaged file keeps what was read before the damage.
+    pub fn read_file(&mut self, file: &Path) -> Result<NodeId, TraceError> {
+        let f = std::fs::File::open(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
+        let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, f));
+        let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
+        // The section header (first block) names the node; packets follow.
+        let mut info = Some(NodeInfo { name: stem, file: file.to_path_buf(), ..NodeInfo::default() });
+        let mut node = None;
+        let mut stats = NodeInfo::default();
+        let mut isb_window: Option<(i64, i64)> = None;
+        let mut skipped = Vec::new();
+        loop {
+            let block = match reader.next_block() {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(e) => {
+                    if e.offset() == 0 {
+                        return Err(TraceError::Unusable { file: file.to_path_buf(), what: e.to_string() });
+                    }
+                    skipped.push(format!("{}: {e}; the rest of the file was skipped", file.display()));
+                    break;
+                }
+            };
+            match block {
+                Block::Section { options } => {
+                    if let Some(info) = info.as_mut() {
+                        for (k, v) in options.wgo_comments() {
+                            match k {
+                                "node" => info.name = v.to_string(),
+                                "snaplen" => info.snaplen = v.parse().ok(),
+                                "trigger_heard_ns" => info.trigger_heard = v.parse().ok(),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                Block::Packet(p) => {
+                    if let Some(info) = info.take() {
+                        node = Some(self.begin_node(info)?);
+                    }
+                    let Some(ip) = ip_payload(p.linktype, p.data) else {
+                        let cur = self.current() as usize;
+                        self.trace.unparsed[cur] += 1;
+                        continue;
+                    };
+                    let o = p.options;
+                    let dir = match o.find(pcapng::EPB_FLAGS).and_then(|v| o.read_u32(v)).map(|f| f & 3) {
+                        Some(1) => Some(Dir::Recv),
+                        Some(2) => Some(Dir::Send),
+                        _ => sll_direction(p.linktype, p.data),
+                    };
+                    let skew = p.data.len() - ip.len();
+                    self.packet(&RawPacket {
+                        t_raw: p.time_ns as i64,
+                        seq: o.find(pcapng::EPB_PACKETID).and_then(|v| o.read_u64(v)),
+                        cpu: o.find(pcapng::EPB_QUEUE).and_then(|v| o.read_u32(v)).unwrap_or(0),
+                        dir,
+                        orig_len: p.orig_len.saturating_sub(skew as u32),
+                        data: ip,
+                    });
+                }
+                Block::Statistics { options, .. } => {
+                    for (k, v) in options.wgo_comments() {
+                        match k {
+                            "drops_per_cpu" => stats.drops_per_cpu = v.split(',').filter_map(|x| x.parse().ok()).collect(),
+                            "kernel_drops" => stats.kernel_drops = v.parse().unwrap_or(0),
+                            "evicted_by_age" | "evicted_by_size" => stats.evicted += v.parse::<u64>().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                    if let Some(d) = options.find(pcapng::ISB_IFDROP).and_then(|v| options.read_u64(v)) {
+                        stats.kernel_drops = stats.kernel_drops.max(d);
+                    }
+                    let start = options.find(pcapng::ISB_STARTTIME).and_then(|v| options.read_time(v));
+                    let end = options.find(pcapng::ISB_ENDTIME).and_then(|v| options.read_time(v));
+                    if let (Some(s), Some(e)) = (start, end) {
+                        isb_window = Some((s as i64, e as i64));
+                    }
+                }
+                Block::Interface { .. } | Block::Other { .. } => {}
+            }
+        }
+        let node = match (node, info) {
+            (Some(n), _) => n,
+            (None, Some(info)) => self.begin_node(info)?,
+            (None, None) => unreachable!("info is taken only when the node begins"),
+        };
+        {
+            let n = &mut self.trace.nodes[node as usize];
+            n.drops_per_cpu = stats.drops_per_cpu;
+            n.kernel_drops = stats.kernel_drops;
+            n.evicted = stats.evicted;
+            n.skipped = skipped;
+            if let Some(w) = isb_window {
+                n.window = w;
+            }
+        }
+        self.end_node();
+        Ok(node)
+    }
+
+    pub fn finish(self) -> Trace {
+        self.trace
+    }
+}
+
+/// The IP packet inside a frame of the given link type, or None for non-IP frames.
+pub fn ip_payload(linktype: u16, data: &[u8]) -> Option<&[u8]> {
+    let ip = match linktype {
+        pcapng::LINKTYPE_RAW | pcapng::LINKTYPE_IPV4 | pcapng::LINKTYPE_IPV6 => data,
+        pcapng::LINKTYPE_ETHERNET => {
+            let mut off = 12;
+            let mut ethertype = u16::from_be_bytes([*data.get(12)?, *data.get(13)?]);
+            while ethertype == 0x8100 || ethertype == 0x88a8 {
+                off += 4;
+                ethertype = u16::from_be_bytes([*data.get(off)?, *data.get(off + 1)?]);
+            }
+            if ethertype != 0x0800 && ethertype != 0x86dd {
+                return None;
+            }
+            data.get(off + 2..)?
+        }
+        pcapng::LINKTYPE_LINUX_SLL => {
+            let proto = u16::from_be_bytes([*data.get(14)?, *data.get(15)?]);
+            if proto != 0x0800 && proto != 0x86dd {
+                return None;
+            }
+            data.get(16..)?
+        }
+        LINKTYPE_LINUX_SLL2 => {
+            let proto = u16::from_be_bytes([*data.first()?, *data.get(1)?]);
+            if proto != 0x0800 && proto != 0x86dd {
+                return None;
+            }
+            data.get(20..)?
+        }
+        _ => return None,
+    };
+    matches!(ip.first()? >> 4, 4 | 6).then_some(ip)
+}
+
+const LINKTYPE_LINUX_SLL2: u16 = 276;
+
+/// Linux cooked captures say which way a packet went.
+fn sll_direction(linktype: u16, data: &[u8]) -> Option<Dir> {
+    let packet_type = match linktype {
+        pcapng::LINKTYPE_LINUX_SLL => u16::from_be_bytes([*data.first()?, *data.get(1)?]),
+        LINKTYPE_LINUX_SLL2 => *data.get(10)? as u16,
+        _ => return None,
+    };
+    match packet_type {
+        0..=3 => Some(Dir::Recv),
+        4 => Some(Dir::Send),
+        _ => None,
+    }
+}
