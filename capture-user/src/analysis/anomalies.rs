@@ -16,8 +16,9 @@ pub const STORM_COUNT: usize = 5;
 pub const STORM_WINDOW_NS: i64 = 1_000_000_000;
 /// Identical payloads on one flow this close together are retransmissions.
 pub const RETRY_WINDOW_NS: i64 = 5_000_000_000;
-/// How long after a send its receive may come: bounds the search for recorder gaps.
-pub const MAX_DELAY_NS: i64 = 1_000_000_000;
+/// Longest one-way delay assumed: a send this close before a recorder gap on its
+/// receiver may have arrived inside the gap, so its absence is not called network loss.
+pub const MAX_DELAY_NS: i64 = 100_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -188,7 +189,14 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     // Network loss: sends a recording receiver never saw.
     let mut losses: Vec<(EventId, NodeId)> = Vec::new();
     let mut not_judged = 0usize;
-    for &s in &m.unmatched_sends {
+    // Unmatched sends, and group sends that some but maybe not all of their receivers got.
+    let mut candidates: Vec<EventId> = m.unmatched_sends.clone();
+    candidates.extend(
+        received_by.keys().copied().filter(|&s| is_group_address(trace.addr(trace.events[s as usize].dst))),
+    );
+    candidates.sort_unstable();
+    candidates.dedup();
+    for &s in &candidates {
         let e = &trace.events[s as usize];
         if e.proto == ProtoCode::Tcp && e.payload_len == 0 {
             continue; // pure ACKs are not judged: nothing waits for them

@@ -119,3 +119,4 @@ fn edge_text(trace: &Trace, spec: &Spec, m: &Matching, describe: &dyn Fn(EventId
         }
     }
 }
+pub mod sim;

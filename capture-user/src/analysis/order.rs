@@ -81,7 +81,8 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
     let mut node_vc: Vec<Vec<u32>> = vec![vec![0; nodes]; nodes];
     // Vector clocks of events with cross-edge successors not yet ordered: (clock, successors left).
     let mut pending: HashMap<u32, (Vec<u32>, u32)> = HashMap::new();
-    let mut prev: Option<usize> = None;
+    // The current run of pairwise-concurrent events (at most one per node).
+    let mut run: Vec<usize> = Vec::new();
     let mut next_group = 0u32;
 
     while out.order.len() < n {
@@ -143,19 +144,17 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
         }
         vc[node] = pos[i] + 1;
         out.t_ns[i] = t;
-        // Concurrent with the previous event: different node, no path, within clock error.
-        if let Some(a) = prev {
-            let na = trace.events[a].node as usize;
-            let related = vc[na] > pos[a];
-            if na != node && !related && (t_corr[i] - t_corr[a]).abs() <= unc(a) + unc(i) {
-                if out.group[a] == NO_GROUP {
-                    out.group[a] = next_group;
-                    next_group += 1;
-                }
-                out.group[i] = out.group[a];
-            }
+        // Concurrent with every event of the current run: no path from any of them, and
+        // within clock error of each. Otherwise the run ends here and a new one starts.
+        let joins = !run.is_empty()
+            && run.iter().all(|&a| {
+                let na = trace.events[a].node as usize;
+                vc[na] <= pos[a] && (t_corr[i] - t_corr[a]).abs() <= unc(a) + unc(i)
+            });
+        if !joins {
+            close_run(&mut run, &mut out.group, &mut next_group);
         }
-        prev = Some(i);
+        run.push(i);
         let mut cross_out = 0;
         for e in g.edges_directed(NodeIndex::new(i), Outgoing) {
             if removed[e.id().index()] {
@@ -175,70 +174,96 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
         }
         node_vc[node] = vc;
     }
+    close_run(&mut run, &mut out.group, &mut next_group);
     out
 }
 
-/// Finds the shortest cycle through a cross-node edge among events not yet ordered.
+/// Gives a run of two or more concurrent events a group id.
+fn close_run(run: &mut Vec<usize>, group: &mut [u32], next: &mut u32) {
+    if run.len() >= 2 {
+        for &e in run.iter() {
+            group[e] = *next;
+        }
+        *next += 1;
+    }
+    run.clear();
+}
+
+/// Finds a short cycle among the events not yet ordered and names its cross-node edges.
+///
+/// When Kahn's algorithm stalls, every unordered event has a live predecessor that is
+/// unordered too, so walking predecessors backwards must close a cycle. Each cross edge
+/// on it is then tried for the shortest cycle through it (BFS).
 fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, done: &[bool], removed: &[bool], t_corr: &[i64]) -> Option<CycleReport> {
     let live = |e: EdgeIndex| !removed[e.index()];
-    // Every unordered node with unordered predecessors lies on or behind a cycle; start
-    // from the earliest cross edge between unordered events.
+    let start = (0..done.len()).filter(|&i| !done[i]).min_by_key(|&i| t_corr[i])?;
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut path: Vec<(usize, usize, EdgeKind)> = Vec::new(); // (from, to, kind), walked backwards
+    let mut x = start;
+    let cycle_from = loop {
+        if let Some(&k) = seen.get(&x) {
+            break k;
+        }
+        seen.insert(x, path.len());
+        // Prefer a cross edge: it leads to the contradiction faster than program order.
+        let mut best = None;
+        for e in g.edges_directed(NodeIndex::new(x), Incoming) {
+            let p = e.source().index();
+            if done[p] || !live(e.id()) {
+                continue;
+            }
+            if best.is_none() || *e.weight() != EdgeKind::Program {
+                best = Some((p, *e.weight()));
+            }
+        }
+        let (p, k) = best?;
+        path.push((p, x, k));
+        x = p;
+    };
+    let cycle: Vec<(usize, usize, EdgeKind)> = path[cycle_from..].to_vec();
+    // Shortest cycle through each of its cross edges.
     let mut best: Option<Vec<(EventId, EventId, EdgeKind)>> = None;
-    let mut tried = 0;
-    for e in g.edge_references() {
-        if *e.weight() == EdgeKind::Program || !live(e.id()) {
-            continue;
-        }
-        let (u, v) = (e.source().index(), e.target().index());
-        if done[u] || done[v] {
-            continue;
-        }
-        tried += 1;
-        if tried > 64 {
-            break;
-        }
-        // Shortest path v ⇝ u through unordered events closes a cycle with u → v.
+    for &(u, v, kind) in cycle.iter().filter(|c| c.2 != EdgeKind::Program) {
         let mut prev: HashMap<usize, (usize, EdgeKind)> = HashMap::new();
         let mut q = VecDeque::from([v]);
-        let mut found = false;
-        while let Some(x) = q.pop_front() {
-            if x == u {
+        let mut found = v == u;
+        while let Some(y) = q.pop_front() {
+            if y == u {
                 found = true;
                 break;
             }
-            if prev.len() > 100_000 {
+            if prev.len() > 1_000_000 {
                 break;
             }
-            for f in g.edges_directed(NodeIndex::new(x), Outgoing) {
-                let y = f.target().index();
-                if done[y] || !live(f.id()) || y == v || prev.contains_key(&y) {
+            for f in g.edges_directed(NodeIndex::new(y), Outgoing) {
+                let z = f.target().index();
+                if done[z] || !live(f.id()) || z == v || prev.contains_key(&z) {
                     continue;
                 }
-                prev.insert(y, (x, *f.weight()));
-                q.push_back(y);
+                prev.insert(z, (y, *f.weight()));
+                q.push_back(z);
             }
         }
         if !found {
             continue;
         }
-        let mut edges = vec![(u as EventId, v as EventId, *e.weight())];
-        let mut x = u;
-        while x != v {
-            let (p, k) = prev[&x];
+        let mut edges = vec![(u as EventId, v as EventId, kind)];
+        let mut y = u;
+        while y != v {
+            let (p, k) = prev[&y];
             if k != EdgeKind::Program {
-                edges.push((p as EventId, x as EventId, k));
+                edges.push((p as EventId, y as EventId, k));
             }
-            x = p;
+            y = p;
         }
         if best.as_ref().is_none_or(|b| edges.len() < b.len()) {
             best = Some(edges);
         }
     }
-    let edges = best?;
+    let edges = best.unwrap_or_else(|| cycle.iter().filter(|c| c.2 != EdgeKind::Program).map(|&(a, b, k)| (a as EventId, b as EventId, k)).collect());
     // Drop a rule edge before a message edge; among equals, the one that runs most backwards in time.
     let dropped = *edges
         .iter()
-        .max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr[*a as usize] - t_corr[*b as usize]))
-        .expect("a cycle has a cross edge");
+        .max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr[*a as usize] - t_corr[*b as usize]))?;
     Some(CycleReport { edges, dropped })
 }
