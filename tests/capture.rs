@@ -216,3 +216,64 @@ fn bad_invocations_fail_clearly() {
     assert!(!out.exists());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
+    require_root();
+    let dir = tempdir("report");
+    let bed = Testbed::new(3).unwrap();
+    let servers: Vec<_> = bed
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            [
+                n.spawn(n.command(PEER).unwrap().args(["udp-echo", "--bind", "[::]:7000"])).unwrap(),
+                n.spawn(n.command(PEER).unwrap().args(["tcp-echo", "--bind", "[::]:7001"])).unwrap(),
+            ]
+        })
+        .collect();
+    let recs: Vec<_> = bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for a in &bed.nodes {
+        for b in &bed.nodes {
+            if a.name != b.name {
+                run(a.command(PEER).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "20", "--tag", "REQ"])).unwrap();
+                run(a.command(PEER).unwrap().args(["tcp-send", "--to", &format!("[{}]:7001", b.ipv6), "--bytes", "50000"])).unwrap();
+            }
+        }
+    }
+    for r in recs {
+        let (status, _, err) = r.stop(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "{err}");
+    }
+    drop(servers);
+    let json = dir.join("report.json");
+    let out = Command::new(WGO).arg("report").arg(&dir).arg("--json").arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let nodes = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        let off = n["offset_ns"].as_i64().unwrap();
+        let unc = n["uncertainty_ns"].as_i64().expect("every node's clock is estimated");
+        // One machine, one clock: the truth is 0, and it must lie within the uncertainty.
+        assert!(off.abs() <= unc, "{}: offset {off} ns outside ± {unc} ns of the true 0", n["name"]);
+        assert!(unc < 5_000_000, "{}: uncertainty {unc} ns is not near zero", n["name"]);
+        assert_eq!(n["quality"], "accurate");
+    }
+    let events = v["events"].as_array().unwrap();
+    let mut pos = std::collections::HashMap::new();
+    for (k, e) in events.iter().enumerate() {
+        pos.insert(e["id"].as_u64().unwrap(), (k, e["t_raw_ns"].as_i64().unwrap(), e["t_ns"].as_i64().unwrap()));
+    }
+    let messages = v["messages"].as_array().unwrap();
+    assert!(messages.len() > 200, "{} messages matched", messages.len());
+    for m in messages {
+        let (s, r) = (pos[&m["send"].as_u64().unwrap()], pos[&m["recv"].as_u64().unwrap()]);
+        assert!(r.0 > s.0, "receive ordered before its send: {m}");
+        assert!(r.1 >= s.1, "receive before its send on the shared clock: {m}");
+        assert!(r.2 >= s.2, "corrected receive time before its send: {m}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

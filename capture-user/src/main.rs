@@ -180,15 +180,19 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         Some(p) => Some(analysis::spec::Spec::load(p)?),
         None => None,
     };
+    let mut phase = analysis::Phase::new();
     let trace = Trace::read_files(&files)?;
+    phase.done("read");
     let a = analysis::analyze(trace, analysis::Inputs { spec, missing_nodes: missing });
     if let Some(p) = &args.json {
         write_atomically(p, |f| a.write_json(f))?;
+        phase.done("json");
     }
     if let Some(p) = &args.pcapng {
         write_atomically(p, |f| a.write_pcapng(f))?;
     }
     print!("{}", a.summary());
+    tracing::info!("peak memory {} KiB", peak_rss_kib());
     for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng)] {
         if let Some(p) = p {
             println!("{flag}: {}", p.display());

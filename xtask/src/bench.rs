@@ -14,11 +14,14 @@ use crate::setup::clean_command;
 pub enum Which {
     /// Capture overhead (on vs off vs tcpdump), per-hook cost, drain rate.
     Capture,
+    /// Collector speed and memory, 1 M to 10 M events, from reading dumps to JSON.
+    Collector,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Capture => capture(),
+        Which::Collector => collector(),
     }
 }
 
@@ -191,4 +194,66 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
+}
+
+fn collector() -> anyhow::Result<()> {
+    crate::build::all()?;
+    let wgo = root().join("target/release/wgo");
+    let peer = root().join("target/release/wgo-peer");
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-collector-{}", std::process::id()));
+    println!("wgo report DIR --spec sim.toml --json out.json on simulated 5-node dumps; baseline: cat of the same files (warm cache)");
+    println!("{:>10}  {:>8}  {:>12}  {:>10}  {:>10}  {:>12}", "events", "seconds", "events/s", "vs cat", "B/event", "time/1M-run");
+    let mut first: Option<(f64, f64)> = None;
+    for target in [1_000_000u64, 3_000_000, 10_000_000] {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
+        let events: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("synth output")?;
+        let files: Vec<std::path::PathBuf> = std::fs::read_dir(&tmp)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pcapng"))
+            .collect();
+        let cat = || -> anyhow::Result<f64> {
+            let t = std::time::Instant::now();
+            testbed::run(Command::new("cat").args(&files).stdout(std::process::Stdio::null()))?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        cat()?; // warm the page cache
+        let cat_s = cat()?;
+        let t = std::time::Instant::now();
+        let rep = testbed::run(
+            Command::new(&wgo)
+                .arg("report")
+                .arg(&tmp)
+                .arg("--spec")
+                .arg(tmp.join("sim.toml"))
+                .arg("--json")
+                .arg(tmp.join("out.json"))
+                .env("WGO_LOG", "info"),
+        )?;
+        let secs = t.elapsed().as_secs_f64();
+        let err = String::from_utf8_lossy(&rep.stderr);
+        let peak_kib: f64 = err
+            .lines()
+            .find_map(|l| l.split("peak memory ").nth(1))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .context("wgo report logged no peak memory")?;
+        let per_event = peak_kib * 1024.0 / events;
+        let growth = match first {
+            None => {
+                first = Some((events, secs));
+                1.0
+            }
+            Some((e1, s1)) => (secs / s1) / (events / e1),
+        };
+        println!(
+            "{events:>10.0}  {secs:>8.2}  {:>12.0}  {:>9.1}x  {per_event:>10.0}  {growth:>11.2}x",
+            events / secs,
+            secs / cat_s
+        );
+    }
+    println!("(vs cat: report time over the time to read the same bytes; time/1M-run: time per event relative to the 1 M run, 1.00x is linear)");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
 }

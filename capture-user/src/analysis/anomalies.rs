@@ -181,19 +181,19 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             group_receivers.entry((e.dst, e.dport)).or_default().insert(e.node);
         }
     }
-    let mut received_by: FxHashMap<EventId, Vec<NodeId>> = FxHashMap::default();
-    for &(s, r) in &m.messages {
-        received_by.entry(s).or_default().push(trace.events[r as usize].node);
-    }
+    // Receivers of a send: messages are sorted by send, so they are one contiguous run.
+    let received_by = |s: EventId| {
+        let from = m.messages.partition_point(|&(x, _)| x < s);
+        let to = m.messages.partition_point(|&(x, _)| x <= s);
+        m.messages[from..to].iter().map(|&(_, r)| trace.events[r as usize].node).collect::<Vec<NodeId>>()
+    };
 
     // Network loss: sends a recording receiver never saw.
     let mut losses: Vec<(EventId, NodeId)> = Vec::new();
     let mut not_judged = 0usize;
     // Unmatched sends, and group sends that some but maybe not all of their receivers got.
     let mut candidates: Vec<EventId> = m.unmatched_sends.clone();
-    candidates.extend(
-        received_by.keys().copied().filter(|&s| is_group_address(trace.addr(trace.events[s as usize].dst))),
-    );
+    candidates.extend(m.messages.iter().map(|&(s, _)| s).filter(|&s| is_group_address(trace.addr(trace.events[s as usize].dst))));
     candidates.sort_unstable();
     candidates.dedup();
     for &s in &candidates {
@@ -204,7 +204,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         let t = corr(s);
         let dst = trace.addr(e.dst);
         let receivers: Vec<NodeId> = if is_group_address(dst) {
-            let got = received_by.get(&s).cloned().unwrap_or_default();
+            let got = received_by(s);
             group_receivers.get(&(e.dst, e.dport)).map_or_else(Vec::new, |set| set.iter().copied().filter(|n| *n != e.node && !got.contains(n)).collect())
         } else {
             owners.get(&e.dst).copied().filter(|n| *n != e.node).into_iter().collect()
@@ -239,12 +239,19 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     }
 
     // Retransmissions and storms: the same payload again from one node on one flow.
-    let mut by_payload: FxHashMap<(NodeId, u32, u32, u16, u16, u64), Vec<EventId>> = FxHashMap::default();
-    for (i, e) in trace.events.iter().enumerate() {
-        if e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp {
-            by_payload.entry((e.node, e.src, e.dst, e.sport, e.dport, e.hash)).or_default().push(i as EventId);
-        }
-    }
+    // Sends grouped by (node, flow, payload) by sorting, each group in time order.
+    let flow_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, e.hash);
+    let mut sends: Vec<EventId> = (0..trace.events.len() as EventId)
+        .filter(|&i| {
+            let e = &trace.events[i as usize];
+            e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp
+        })
+        .collect();
+    sends.sort_unstable_by_key(|&i| {
+        let e = &trace.events[i as usize];
+        (flow_key(e), e.t_raw, i)
+    });
+    let by_payload = sends.chunk_by(|&a, &b| flow_key(&trace.events[a as usize]) == flow_key(&trace.events[b as usize]));
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
@@ -255,7 +262,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         v.insert(0, f);
         v
     }).collect();
-    for (_, ids) in by_payload {
+    for ids in by_payload {
         if ids.len() < 2 {
             continue;
         }

@@ -99,82 +99,125 @@ pub trait TimeMap {
     fn uncertainty(&self, node: NodeId) -> i64;
 }
 
+/// Events grouped for matching, built once and used by both passes: keyed events
+/// sorted by key (sends first, then by time), and TCP data events by flow.
+pub struct MatchIndex {
+    keyed: Vec<EventId>,
+    /// Start of each key group in `keyed` (plus a final end).
+    key_groups: Vec<u32>,
+    tcp: Vec<EventId>,
+    tcp_groups: Vec<u32>,
+}
+
+impl MatchIndex {
+    pub fn new(trace: &Trace) -> MatchIndex {
+        let is_tcp_data = |e: &Event| e.proto == ProtoCode::Tcp && e.payload_len > 0;
+        let key_hash = |e: &Event| {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            Key::of(e).hash(&mut h);
+            h.finish()
+        };
+        let flow_hash = |e: &Event| {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            (e.src, e.sport, e.dst, e.dport).hash(&mut h);
+            h.finish()
+        };
+        let mut keyed: Vec<(u64, u8, i64, EventId)> = Vec::new();
+        let mut tcp: Vec<(u64, u8, i64, EventId)> = Vec::new();
+        for (i, e) in trace.events.iter().enumerate() {
+            // Sends (dir 1) sort before receives within a key: 1 - dir.
+            let (d, t, id) = (1 - e.dir as u8, e.t_raw, i as EventId);
+            if is_tcp_data(e) {
+                tcp.push((flow_hash(e), d, t, id));
+            } else {
+                keyed.push((key_hash(e), d, t, id));
+            }
+        }
+        keyed.sort_unstable();
+        tcp.sort_unstable();
+        // Groups end where the full key (or flow) changes. Keys whose 64-bit hashes collide
+        // (vanishingly rare) may interleave and split into several groups: that can leave
+        // messages unmatched, never match wrong ones.
+        let groups = |v: &[(u64, u8, i64, EventId)], same: &dyn Fn(&Event, &Event) -> bool| {
+            let mut g = Vec::new();
+            for k in 0..v.len() {
+                if k == 0 || v[k].0 != v[k - 1].0 || !same(&trace.events[v[k].3 as usize], &trace.events[v[k - 1].3 as usize]) {
+                    g.push(k as u32);
+                }
+            }
+            g.push(v.len() as u32);
+            g
+        };
+        let key_groups = groups(&keyed, &|a, b| Key::of(a) == Key::of(b));
+        let tcp_groups = groups(&tcp, &|a, b| (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport));
+        let keyed: Vec<EventId> = keyed.into_iter().map(|x| x.3).collect();
+        let tcp: Vec<EventId> = tcp.into_iter().map(|x| x.3).collect();
+        MatchIndex { keyed, key_groups, tcp, tcp_groups }
+    }
+}
+
 /// Matches messages. Without `clocks`, keys with several identical sends stay unmatched
 /// (their receives go to `unmatched_recvs`) so that clock estimation only sees certain pairs.
-pub fn match_messages(trace: &Trace, clocks: Option<&dyn TimeMap>) -> Matching {
+pub fn match_messages(trace: &Trace, index: &MatchIndex, clocks: Option<&dyn TimeMap>) -> Matching {
     let n = trace.events.len();
     let mut m = Matching { send_of: vec![NONE; n], ..Matching::default() };
-    let mut keyed: HashMap<Key, (Vec<EventId>, Vec<EventId>)> = HashMap::new();
-    let mut tcp_flows: HashMap<(AddrId, u16, AddrId, u16), (Vec<EventId>, Vec<EventId>)> = HashMap::new();
-    for (i, e) in trace.events.iter().enumerate() {
-        let id = i as EventId;
-        if e.proto == ProtoCode::Tcp && e.payload_len > 0 {
-            let f = tcp_flows.entry((e.src, e.sport, e.dst, e.dport)).or_default();
-            if e.dir == Dir::Send { f.0.push(id) } else { f.1.push(id) }
-        } else {
-            let k = keyed.entry(Key::of(e)).or_default();
-            if e.dir == Dir::Send { k.0.push(id) } else { k.1.push(id) }
-        }
-    }
-
     let mut matched_send = vec![false; n];
-    for (_, (sends, recvs)) in keyed {
+    let ev = |id: EventId| &trace.events[id as usize];
+    let mut first_on_node: Vec<(NodeId, EventId)> = Vec::new();
+    for w in index.key_groups.windows(2) {
+        let group = &index.keyed[w[0] as usize..w[1] as usize];
+        let n_sends = group.iter().take_while(|&&id| ev(id).dir == Dir::Send).count();
+        let (sends, recvs) = group.split_at(n_sends);
         if sends.is_empty() {
-            m.unmatched_recvs.extend(recvs);
+            m.unmatched_recvs.extend_from_slice(recvs);
             continue;
         }
-        let group = is_group_address(trace.addr(trace.events[sends[0] as usize].dst));
+        let is_group = is_group_address(trace.addr(ev(sends[0]).dst));
         if sends.len() == 1 {
             let s = sends[0];
             // One receive per node; more on the same node are network duplicates.
-            let mut first_on_node: HashMap<NodeId, EventId> = HashMap::new();
-            let mut recvs = recvs;
-            recvs.sort_by_key(|r| trace.events[*r as usize].t_raw);
-            for r in recvs {
-                let node = trace.events[r as usize].node;
+            first_on_node.clear();
+            for &r in recvs {
+                let node = ev(r).node;
                 m.send_of[r as usize] = s;
                 m.messages.push((s, r));
                 m.kinds.push(MessageKind::Keyed);
                 matched_send[s as usize] = true;
-                if let Some(first) = first_on_node.get(&node) {
-                    m.duplicates.push((*first, r));
+                if let Some(&(_, first)) = first_on_node.iter().find(|(nd, _)| *nd == node) {
+                    m.duplicates.push((first, r));
                 } else {
-                    first_on_node.insert(node, r);
+                    first_on_node.push((node, r));
                 }
             }
             continue;
         }
         // Identical sends: retransmissions of the same bytes on the same flow.
-        let mut sends = sends;
-        sends.sort_by_key(|s| trace.events[*s as usize].t_raw);
-        for w in sends.windows(2) {
-            m.retransmissions.push((sends[0], w[1]));
+        for &again in &sends[1..] {
+            m.retransmissions.push((sends[0], again));
         }
         let Some(clocks) = clocks else {
             m.ambiguous_keys += 1;
-            m.unmatched_recvs.extend(recvs);
+            m.unmatched_recvs.extend_from_slice(recvs);
             continue;
         };
         // Each receive goes to the latest send that, in corrected time, could precede it;
         // for unicast each send is received at most once (per node for groups).
-        let corr = |id: EventId| {
-            let e = &trace.events[id as usize];
-            clocks.corrected(e.node, e.t_raw)
-        };
-        let mut recvs = recvs;
+        let corr = |id: EventId| clocks.corrected(ev(id).node, ev(id).t_raw);
+        let mut recvs = recvs.to_vec();
         recvs.sort_by_key(|r| corr(*r));
         let mut taken: HashMap<(EventId, NodeId), EventId> = HashMap::new();
         for r in recvs {
-            let re = &trace.events[r as usize];
+            let re = ev(r);
             let t = corr(r);
             let slack = clocks.uncertainty(re.node);
             let mut chosen = None;
             for &s in sends.iter().rev() {
-                let se = &trace.events[s as usize];
-                if corr(s) - clocks.uncertainty(se.node) > t + slack {
+                if corr(s) - clocks.uncertainty(ev(s).node) > t + slack {
                     continue;
                 }
-                let slot = (s, if group { re.node } else { 0 });
+                let slot = (s, if is_group { re.node } else { 0 });
                 if !taken.contains_key(&slot) {
                     chosen = Some(s);
                     taken.insert(slot, r);
@@ -183,7 +226,7 @@ pub fn match_messages(trace: &Trace, clocks: Option<&dyn TimeMap>) -> Matching {
                 chosen.get_or_insert(s);
             }
             let s = chosen.unwrap_or(sends[0]);
-            let slot = (s, if group { re.node } else { 0 });
+            let slot = (s, if is_group { re.node } else { 0 });
             if taken.get(&slot).is_some_and(|first| *first != r) {
                 m.duplicates.push((taken[&slot], r));
             }
@@ -194,8 +237,11 @@ pub fn match_messages(trace: &Trace, clocks: Option<&dyn TimeMap>) -> Matching {
         }
     }
 
-    for ((..), (sends, recvs)) in tcp_flows {
-        match_tcp_flow(trace, &sends, &recvs, &mut m, &mut matched_send);
+    for w in index.tcp_groups.windows(2) {
+        let group = &index.tcp[w[0] as usize..w[1] as usize];
+        let n_sends = group.iter().take_while(|&&id| ev(id).dir == Dir::Send).count();
+        let (sends, recvs) = group.split_at(n_sends);
+        match_tcp_flow(trace, sends, recvs, &mut m, &mut matched_send);
     }
 
     for (i, e) in trace.events.iter().enumerate() {
@@ -203,10 +249,10 @@ pub fn match_messages(trace: &Trace, clocks: Option<&dyn TimeMap>) -> Matching {
             m.unmatched_sends.push(i as EventId);
         }
     }
-    let mut order: Vec<usize> = (0..m.messages.len()).collect();
-    order.sort_by_key(|&i| m.messages[i]);
-    m.messages = order.iter().map(|&i| m.messages[i]).collect();
-    m.kinds = order.iter().map(|&i| m.kinds[i]).collect();
+    let mut order: Vec<u32> = (0..m.messages.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| m.messages[i as usize]);
+    m.messages = order.iter().map(|&i| m.messages[i as usize]).collect();
+    m.kinds = order.iter().map(|&i| m.kinds[i as usize]).collect();
     m.unmatched_recvs.sort_unstable();
     m.duplicates.sort_unstable();
     m.retransmissions.sort_unstable();

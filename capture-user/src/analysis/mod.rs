@@ -55,19 +55,31 @@ pub struct Inputs {
 }
 
 pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
+    let mut phase = Phase::new();
     let spec = inputs.spec.unwrap_or_default();
     let classes = rules::classify(&trace, &spec);
+    phase.done("classify");
     // Clocks from certain matches only: a wrong time-resolved match would poison the bounds.
-    let certain = matching::match_messages(&trace, None);
+    let index = matching::MatchIndex::new(&trace);
+    let certain = matching::match_messages(&trace, &index, None);
+    phase.done("match (certain)");
     let clocks = clocks::estimate(&trace, &certain.messages);
-    let matching = matching::match_messages(&trace, Some(&clocks));
+    drop(certain);
+    phase.done("clocks");
+    let matching = matching::match_messages(&trace, &index, Some(&clocks));
+    drop(index);
+    phase.done("match (all)");
     let (rule_edges, mut violations) = rules::rule_edges(&trace, &spec, &classes, &clocks);
+    phase.done("rules");
     let mut cross: Vec<(EventId, EventId, EdgeKind)> =
         matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).collect();
     let n_rule = rule_edges.len();
     cross.extend(rule_edges);
     let order = order::order(&trace, &clocks, &cross);
+    drop(cross);
+    phase.done("order");
     let inv = rules::check_invariants(&trace, &spec, &classes, &order.t_ns, &clocks);
+    phase.done("invariants");
     let unanswered: BTreeSet<String> = spec
         .invariants
         .iter()
@@ -99,6 +111,7 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
         contradictions,
     });
     violations.extend(inv);
+    phase.done("anomalies");
     Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, violations, anomalies }
 }
 
@@ -120,3 +133,22 @@ fn edge_text(trace: &Trace, spec: &Spec, m: &Matching, describe: &dyn Fn(EventId
     }
 }
 pub mod sim;
+
+/// Logs how long each phase took (at debug level: `WGO_LOG=debug`).
+pub struct Phase(std::time::Instant);
+
+impl Phase {
+    pub fn new() -> Phase {
+        Phase(std::time::Instant::now())
+    }
+    pub fn done(&mut self, what: &str) {
+        tracing::debug!("{what}: {:.3} s", self.0.elapsed().as_secs_f64());
+        self.0 = std::time::Instant::now();
+    }
+}
+
+impl Default for Phase {
+    fn default() -> Phase {
+        Phase::new()
+    }
+}

@@ -78,9 +78,13 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
     let mut out = Order { order: Vec::with_capacity(n), t_ns: vec![0; n], group: vec![NO_GROUP; n], cycles: Vec::new() };
 
     let nodes = trace.nodes.len();
-    let mut node_vc: Vec<Vec<u32>> = vec![vec![0; nodes]; nodes];
-    // Vector clocks of events with cross-edge successors not yet ordered: (clock, successors left).
-    let mut pending: HashMap<u32, (Vec<u32>, u32)> = HashMap::new();
+    // Vector clocks, flat: node k's latest clock at [k*nodes..], and a slab of clocks of
+    // events whose cross-edge successors are not ordered yet (slot, successors left).
+    let mut node_vc: Vec<u32> = vec![0; nodes * nodes];
+    let mut slab: Vec<u32> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let mut pending: HashMap<u32, (usize, u32)> = HashMap::new();
+    let mut vc: Vec<u32> = vec![0; nodes];
     // The current run of pairwise-concurrent events (at most one per node).
     let mut run: Vec<usize> = Vec::new();
     let mut next_group = 0u32;
@@ -112,6 +116,10 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
                 }
                 if let Some(p) = pending.get_mut(&a) {
                     p.1 = p.1.saturating_sub(1);
+                    if p.1 == 0 {
+                        free.push(p.0);
+                        pending.remove(&a);
+                    }
                 }
             }
             out.cycles.push(report);
@@ -123,7 +131,7 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
         let node = trace.events[i].node as usize;
         // Causally consistent time and vector clock from all predecessors.
         let mut t = t_corr[i];
-        let mut vc = node_vc[node].clone();
+        vc.copy_from_slice(&node_vc[node * nodes..(node + 1) * nodes]);
         for e in g.edges_directed(NodeIndex::new(i), Incoming) {
             if removed[e.id().index()] {
                 continue;
@@ -131,12 +139,13 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
             let p = e.source().index();
             t = t.max(out.t_ns[p]);
             if *e.weight() != EdgeKind::Program {
-                if let Some((pvc, left)) = pending.get_mut(&(p as u32)) {
-                    for (x, y) in vc.iter_mut().zip(pvc.iter()) {
+                if let Some((slot, left)) = pending.get_mut(&(p as u32)) {
+                    for (x, y) in vc.iter_mut().zip(&slab[*slot * nodes..(*slot + 1) * nodes]) {
                         *x = (*x).max(*y);
                     }
                     *left = left.saturating_sub(1);
                     if *left == 0 {
+                        free.push(*slot);
                         pending.remove(&(p as u32));
                     }
                 }
@@ -170,9 +179,14 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
             }
         }
         if cross_out > 0 {
-            pending.insert(id, (vc.clone(), cross_out));
+            let slot = free.pop().unwrap_or_else(|| {
+                slab.resize(slab.len() + nodes, 0);
+                slab.len() / nodes - 1
+            });
+            slab[slot * nodes..(slot + 1) * nodes].copy_from_slice(&vc);
+            pending.insert(id, (slot, cross_out));
         }
-        node_vc[node] = vc;
+        node_vc[node * nodes..(node + 1) * nodes].copy_from_slice(&vc);
     }
     close_run(&mut run, &mut out.group, &mut next_group);
     out

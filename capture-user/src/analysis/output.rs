@@ -8,19 +8,45 @@ use super::Analysis;
 use super::anomalies::Kind;
 use super::order::NO_GROUP;
 use super::rules::UNKNOWN;
-use super::trace::{Dir, Event, ProtoCode, Trace};
+use super::trace::{Dir, Event, ProtoCode};
 use crate::dump::WGO_PEN;
 use crate::pcapng::{self, Options, Writer};
 
-fn endpoint(trace: &Trace, addr: u32, port: u16, proto: ProtoCode) -> String {
-    let a = trace.addr(addr);
+/// `addr:port` (IPv6 bracketed), or just the address for ICMP.
+fn push_endpoint(buf: &mut String, addr: &str, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
     if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
-        return a.to_string();
+        buf.push_str(addr.trim_start_matches('[').trim_end_matches(']'));
+    } else {
+        buf.push_str(addr);
+        buf.push(':');
+        buf.push_str(num.format(port));
     }
-    match a {
-        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_json_str(&mut out, s);
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(buf: &mut String, s: &str) {
+    buf.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => buf.push_str("\\\""),
+            '\\' => buf.push_str("\\\\"),
+            '\n' => buf.push_str("\\n"),
+            '\r' => buf.push_str("\\r"),
+            '\t' => buf.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write as _;
+                let _ = write!(buf, "\\u{:04x}", c as u32);
+            }
+            c => buf.push(c),
+        }
     }
+    buf.push('"');
 }
 
 impl Analysis {
@@ -73,55 +99,104 @@ impl Analysis {
                 })
             })
             .collect();
-        write!(w, "{{\"reference\":{},\"nodes\":", serde_json::to_string(&t.nodes[self.clocks.reference as usize].name)?)?;
+        write!(w, "{{\"reference\":{},\"nodes\":", json_str(&t.nodes[self.clocks.reference as usize].name))?;
         serde_json::to_writer(&mut w, &nodes)?;
         w.write_all(b",\"events\":[")?;
+        // Everything repeated per event is escaped once here.
+        let node_names: Vec<String> = t.nodes.iter().map(|n| json_str(&n.name)).collect();
+        let addrs: Vec<String> = t.addrs.iter().map(|a| match a {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        }).collect();
+        let field_names: Vec<Vec<String>> = self.spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect();
+        let mut buf = String::with_capacity(512);
+        let mut label = String::with_capacity(64);
+        let mut num = itoa::Buffer::new();
         for (k, &id) in self.order.order.iter().enumerate() {
             let i = id as usize;
             let e = &t.events[i];
+            buf.clear();
             if k > 0 {
-                w.write_all(b",")?;
+                buf.push(',');
             }
-            let fields: serde_json::Map<String, serde_json::Value> = match self.classes[i] {
-                UNKNOWN => serde_json::Map::new(),
-                c => self
-                    .spec
-                    .fields(c as usize, t.payload(e))
-                    .into_iter()
-                    .map(|(name, v, label)| {
-                        let v = match (v, label) {
-                            (_, Some(l)) => serde_json::Value::String(l),
-                            (super::spec::Value::Int(n), None) => serde_json::Value::from(n),
-                            (super::spec::Value::Text(s), None) => serde_json::Value::String(s),
-                        };
-                        (name, v)
-                    })
-                    .collect(),
-            };
-            let ev = serde_json::json!({
-                "id": id,
-                "node": t.nodes[e.node as usize].name,
-                "dir": if e.dir == Dir::Send { "send" } else { "recv" },
-                "t_raw_ns": e.t_raw,
-                "t_ns": self.order.t_ns[i],
-                "cpu": e.cpu,
-                "seq": if e.seq == u64::MAX { None } else { Some(e.seq) },
-                "proto": e.proto.name(),
-                "src": endpoint(t, e.src, e.sport, e.proto),
-                "dst": endpoint(t, e.dst, e.dport, e.proto),
-                "len": e.orig_len,
-                "label": self.label(i),
-                "fields": fields,
-                "concurrent": if self.order.group[i] == NO_GROUP { None } else { Some(self.order.group[i]) },
-            });
-            serde_json::to_writer(&mut w, &ev)?;
+            buf.push_str("{\"id\":");
+            buf.push_str(num.format(id));
+            buf.push_str(",\"node\":");
+            buf.push_str(&node_names[e.node as usize]);
+            buf.push_str(if e.dir == Dir::Send { ",\"dir\":\"send\",\"t_raw_ns\":" } else { ",\"dir\":\"recv\",\"t_raw_ns\":" });
+            buf.push_str(num.format(e.t_raw));
+            buf.push_str(",\"t_ns\":");
+            buf.push_str(num.format(self.order.t_ns[i]));
+            buf.push_str(",\"cpu\":");
+            buf.push_str(num.format(e.cpu));
+            buf.push_str(",\"seq\":");
+            if e.seq == u64::MAX { buf.push_str("null") } else { buf.push_str(num.format(e.seq)) }
+            buf.push_str(",\"proto\":\"");
+            buf.push_str(e.proto.name());
+            buf.push_str("\",\"src\":\"");
+            push_endpoint(&mut buf, &addrs[e.src as usize], e.sport, e.proto, &mut num);
+            buf.push_str("\",\"dst\":\"");
+            push_endpoint(&mut buf, &addrs[e.dst as usize], e.dport, e.proto, &mut num);
+            buf.push_str("\",\"len\":");
+            buf.push_str(num.format(e.orig_len));
+            buf.push_str(",\"label\":");
+            label.clear();
+            match self.classes[i] {
+                UNKNOWN => match e.proto {
+                    ProtoCode::Icmp => label.push_str("ICMP"),
+                    p => {
+                        label.push_str(p.name());
+                        label.push(' ');
+                        label.push_str(num.format(e.sport));
+                        label.push('→');
+                        label.push_str(num.format(e.dport));
+                    }
+                },
+                c => self.spec.write_label(c as usize, t.payload(e), &mut label),
+            }
+            push_json_str(&mut buf, &label);
+            buf.push_str(",\"fields\":{");
+            if self.classes[i] != UNKNOWN {
+                let c = self.classes[i] as usize;
+                let payload = t.payload(e);
+                let mut first = true;
+                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
+                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
+                    if !first {
+                        buf.push(',');
+                    }
+                    first = false;
+                    buf.push_str(&field_names[c][fi]);
+                    buf.push(':');
+                    match v {
+                        super::spec::Value::Int(n) => match f.labels.get(&n) {
+                            Some(l) => push_json_str(&mut buf, l),
+                            None => buf.push_str(num.format(n)),
+                        },
+                        super::spec::Value::Text(s) => push_json_str(&mut buf, &s),
+                    }
+                }
+            }
+            buf.push_str("},\"concurrent\":");
+            match self.order.group[i] {
+                NO_GROUP => buf.push_str("null"),
+                g => buf.push_str(num.format(g)),
+            }
+            buf.push('}');
+            w.write_all(buf.as_bytes())?;
         }
         w.write_all(b"],\"messages\":[")?;
         for (k, (s, r)) in self.matching.messages.iter().enumerate() {
+            buf.clear();
             if k > 0 {
-                w.write_all(b",")?;
+                buf.push(',');
             }
-            write!(w, "{{\"send\":{s},\"recv\":{r}}}")?;
+            buf.push_str("{\"send\":");
+            buf.push_str(num.format(*s));
+            buf.push_str(",\"recv\":");
+            buf.push_str(num.format(*r));
+            buf.push('}');
+            w.write_all(buf.as_bytes())?;
         }
         w.write_all(b"],\"anomalies\":")?;
         serde_json::to_writer(&mut w, &self.anomalies)?;

@@ -436,3 +436,28 @@ pub fn true_offset(truth: &Truth, node: usize, reference: usize, t: i64) -> i64 
 }
 
 
+
+/// Writes each node of a trace as a dump, as `wgo record` would (for benchmarks).
+pub fn write_dumps(trace: &Trace, dir: &std::path::Path) -> std::io::Result<()> {
+    use crate::pcapng::{self, Options, Writer};
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    for (n, info) in trace.nodes.iter().enumerate() {
+        let f = std::fs::File::create(dir.join(format!("{}.pcapng", info.name)))?;
+        let mut shb = Options::new();
+        shb.str(pcapng::OPT_COMMENT, &format!("wgo:node={}\nwgo:snaplen=64", info.name));
+        let mut w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, f), &shb)?;
+        let mut idb = Options::new();
+        idb.str(pcapng::IF_NAME, &info.name).bytes(pcapng::IF_TSRESOL, &[9]);
+        w.interface(pcapng::LINKTYPE_RAW, 512, &idb)?;
+        for e in trace.node_events(n as u16) {
+            w.packet(0, e.t_raw as u64, e.orig_len, trace.data(e), |o| {
+                o.u32(pcapng::EPB_FLAGS, if e.dir == Dir::Send { 2 } else { 1 })
+                    .u64(pcapng::EPB_PACKETID, e.seq)
+                    .u32(pcapng::EPB_QUEUE, e.cpu as u32);
+            })?;
+        }
+        w.into_inner().flush()?;
+    }
+    Ok(())
+}

@@ -423,23 +423,37 @@ impl Spec {
 
     /// The display text, e.g. `TASK #1273`.
     pub fn label(&self, message: usize, payload: &[u8]) -> String {
+        let mut out = String::new();
+        self.write_label(message, payload, &mut out);
+        out
+    }
+
+    /// Appends the display text to `out` (no allocation for integer fields).
+    pub fn write_label(&self, message: usize, payload: &[u8], out: &mut String) {
+        use std::fmt::Write as _;
         let m = &self.messages[message];
-        let Some(fmt) = &m.display else { return m.name.clone() };
-        let values = self.fields(message, payload);
-        let mut out = String::with_capacity(fmt.len() + 8);
+        let Some(fmt) = &m.display else {
+            out.push_str(&m.name);
+            return;
+        };
         let mut rest = fmt.as_str();
         while let Some(open) = rest.find('{') {
             out.push_str(&rest[..open]);
             let Some(close) = rest[open..].find('}') else { break };
             let name = &rest[open + 1..open + close];
-            match values.iter().find(|(n, ..)| n == name) {
-                Some((_, v, label)) => out.push_str(&label.clone().unwrap_or_else(|| v.to_string())),
+            match m.fields.iter().position(|f| f.name == name).and_then(|i| self.field(message, i, payload).map(|v| (i, v))) {
+                Some((i, Value::Int(n))) => match m.fields[i].labels.get(&n) {
+                    Some(l) => out.push_str(l),
+                    None => {
+                        let _ = write!(out, "{n}");
+                    }
+                },
+                Some((_, Value::Text(t))) => out.push_str(&t),
                 None => out.push('?'),
             }
             rest = &rest[open + close + 1..];
         }
         out.push_str(rest);
-        out
     }
 }
 

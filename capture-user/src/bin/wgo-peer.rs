@@ -41,6 +41,12 @@ enum Cmd {
     },
     /// Echo TCP streams.
     TcpEcho { #[arg(long)] bind: SocketAddr },
+    /// Write simulated cluster dumps (about EVENTS events) and their protocol spec, for benchmarks.
+    Synth {
+        #[arg(long)] events: u64,
+        #[arg(long)] out: std::path::PathBuf,
+        #[arg(long, default_value_t = 5)] nodes: usize,
+    },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
         #[arg(long)] to: SocketAddr,
@@ -113,6 +119,24 @@ fn main() -> anyhow::Result<()> {
                     }
                 });
             }
+        }
+        Cmd::Synth { events, out, nodes } => {
+            use wgo::analysis::sim;
+            // Heartbeats dominate: n(n-1) pairs, 2 events each, every 100 µs.
+            let per_sec = (nodes * (nodes - 1) * 2) as f64 * 10_000.0;
+            let duration_ns = (events as f64 / per_sec * 1e9) as i64 + 1_000_000_000;
+            let cfg = sim::Config {
+                nodes,
+                duration_ns,
+                heartbeat_every_ns: 100_000,
+                drop_rate: 0.01,
+                partition: Some((nodes / 2, duration_ns / 2, duration_ns / 2 + 500_000_000)),
+                ..sim::Config::default()
+            };
+            let (trace, _) = sim::generate(&cfg);
+            sim::write_dumps(&trace, &out).with_context(|| format!("writing dumps to {}", out.display()))?;
+            std::fs::write(out.join("sim.toml"), sim::SPEC)?;
+            println!("{}", trace.events.len());
         }
         Cmd::TcpSend { to, bytes } => {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connecting to {to}"))?;
