@@ -93,6 +93,7 @@ pub mod names {
     pub const SEQ: &str = "SEQ";
     pub const DROPS: &str = "DROPS";
     pub const CONFIG: &str = "CONFIG";
+    pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
     pub const INGRESS: &str = "wgo_ingress";
     pub const EGRESS: &str = "wgo_egress";
 }

@@ -42,6 +42,11 @@ static DROPS: PerCpuArray<u64, 1> = PerCpuArray::new();
 #[btf_map]
 static CONFIG: Array<CaptureConfig, 1> = Array::new();
 
+/// Local UDP/TCP ports whose packets are not recorded (non-zero entry): the agent's own
+/// trigger and shipping sockets.
+#[btf_map]
+static EXCLUDED_PORTS: Array<u8, 65536> = Array::new();
+
 #[cgroup_skb]
 pub fn wgo_ingress(ctx: SkBuffContext) -> i32 {
     let _ = try_record(&ctx, Direction::Ingress);
@@ -61,12 +66,21 @@ enum Skip {
     Truncated,
     NoRing,
     RingFull,
+    Excluded,
 }
 
 #[inline(always)]
 fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
     let len = ctx.len();
-    let (ip_version, headers) = header_len(ctx, len)?;
+    let (ip_version, headers, l3, ports) = header_len(ctx, len)?;
+    if ports {
+        // The local port: source on the way out, destination on the way in.
+        let at = l3 as usize + if matches!(direction, Direction::Egress) { 0 } else { 2 };
+        let p = bytes_at(ctx, at)?;
+        if EXCLUDED_PORTS.get(u16::from_be_bytes(p) as u32).is_some_and(|x| *x != 0) {
+            return Err(Skip::Excluded);
+        }
+    }
     let cfg = CONFIG.get(0).ok_or(Skip::NoRing)?;
     let want = headers.saturating_add(cfg.snaplen).min(len);
 
@@ -142,9 +156,10 @@ fn load_packet(ctx: &SkBuffContext, dst: &mut [u8], want: usize) -> usize {
     if ret == 0 { n } else { 0 }
 }
 
-/// IP version and the length of the IP plus L4 headers, for packets we record.
+/// IP version, the length of the IP plus L4 headers, where L4 starts, and whether it
+/// has ports (UDP/TCP), for packets we record.
 #[inline(always)]
-fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32), Skip> {
+fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Skip> {
     // __sk_buff.protocol holds a big-endian u16 in a u32.
     let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
     let (version, l3, l4proto) = match proto {
@@ -169,7 +184,7 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32), Skip> {
         IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => 8,
         _ => return Err(Skip::NotRecordedProto),
     };
-    Ok((version, (l3 + l4).min(len)))
+    Ok((version, (l3 + l4).min(len), l3, matches!(l4proto, IPPROTO_TCP | IPPROTO_UDP)))
 }
 
 /// Two packet bytes: read directly when they are in the linear area (no helper call),

@@ -142,6 +142,17 @@ impl Capture {
         Ok(count)
     }
 
+    /// Stops recording packets whose local UDP/TCP port is `port` (the agent's own sockets).
+    pub fn exclude_port(&mut self, port: u16) -> Result<(), CaptureError> {
+        let mut map: Array<&mut MapData, u8> = self
+            .ebpf
+            .map_mut(names::EXCLUDED_PORTS)
+            .ok_or_else(|| CaptureError::Map("map EXCLUDED_PORTS missing".into()))?
+            .try_into()
+            .map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS: {e}")))?;
+        map.set(port as u32, 1, 0).map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS[{port}]: {e}")))
+    }
+
     /// Records each CPU's kernel ring could not take.
     pub fn drops_per_cpu(&self) -> Result<Vec<u64>, CaptureError> {
         let drops: PerCpuArray<&MapData, u64> = self

@@ -95,6 +95,16 @@ impl Recorder {
         Ok(())
     }
 
+    /// Stops recording the agent's own socket on this local port.
+    pub fn exclude_port(&mut self, port: u16) -> Result<(), RecordError> {
+        Ok(self.capture.exclude_port(port)?)
+    }
+
+    /// Metadata added to the dump (e.g. when the trigger was heard).
+    pub fn annotate(&mut self, key: &str, value: String) {
+        self.info.extra.push((key.to_string(), value));
+    }
+
     pub fn program_ids(&self) -> Vec<(String, u32)> {
         self.capture.program_ids()
     }

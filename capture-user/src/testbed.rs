@@ -79,6 +79,22 @@ impl Node {
         Ok(cmd)
     }
 
+    /// Runs `f` on a thread that joined this node's network namespace (setns on a network
+    /// namespace changes only the calling thread), e.g. to send crafted datagrams.
+    pub fn in_netns<R: Send>(&self, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
+        let fd = self.netns_file.as_raw_fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow::anyhow!("setns into {}: {}", self.netns, std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.netns))?
+        })
+    }
+
     /// Spawns a process inside the node that is killed when the guard drops.
     pub fn spawn(&self, cmd: &mut Command) -> anyhow::Result<ChildGuard> {
         let child = cmd.spawn().with_context(|| format!("spawning {cmd:?} in node {}", self.name))?;

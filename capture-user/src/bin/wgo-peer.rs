@@ -39,6 +39,13 @@ enum Cmd {
         #[arg(long)] duration: f64,
         #[arg(long, default_value_t = 64)] size: usize,
     },
+    /// A small request/ACK application: send `REQ #n` to the peers in turn every
+    /// INTERVAL, answer every REQ with `ACK #n`. Runs until killed.
+    Chatter {
+        #[arg(long)] bind: SocketAddr,
+        #[arg(long, value_delimiter = ',')] peers: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 20)] interval_ms: u64,
+    },
     /// Echo TCP streams.
     TcpEcho { #[arg(long)] bind: SocketAddr },
     /// Write simulated cluster dumps (about EVENTS events) and their protocol spec, for benchmarks.
@@ -105,6 +112,28 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             println!("{sent}");
+        }
+        Cmd::Chatter { bind, peers, interval_ms } => {
+            let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
+            sock.set_read_timeout(Some(Duration::from_millis(interval_ms.max(1))))?;
+            let mut buf = [0u8; 2048];
+            let mut n = 0u64;
+            let mut next = Instant::now();
+            loop {
+                if Instant::now() >= next && !peers.is_empty() {
+                    let to = peers[(n as usize) % peers.len()];
+                    // A peer that is down or cut off is expected in a misbehaving cluster.
+                    let _ = sock.send_to(&payload("REQ", n, 32), to);
+                    n += 1;
+                    next += Duration::from_millis(interval_ms);
+                }
+                if let Ok((len, from)) = sock.recv_from(&mut buf) {
+                    if let Some(rest) = buf[..len].strip_prefix(b"REQ #") {
+                        let num: String = rest.iter().take_while(|c| c.is_ascii_digit()).map(|&c| c as char).collect();
+                        let _ = sock.send_to(&payload("ACK", num.parse().unwrap_or(0), 32), from);
+                    }
+                }
+            }
         }
         Cmd::TcpEcho { bind } => {
             let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;

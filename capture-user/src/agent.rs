@@ -1,0 +1,271 @@
+//! The agent: records a cgroup until a valid trigger arrives, then dumps to its spool,
+//! ships to the collector, applies the stop policy to the application, and exits.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+use crate::clock;
+use crate::protocol::{Heard, ProtoError, Secret, Trigger};
+use crate::record::{RecordOptions, Recorder};
+use crate::ship::{self, ShipOptions, SpoolEntry};
+
+/// What happens to the application once its dump is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StopPolicy {
+    /// Ask its processes to exit (SIGTERM).
+    Exit,
+    /// Freeze it (cgroup freezer): it stays, stopped, for inspection.
+    Freeze,
+    /// Kill every process in it (cgroup.kill).
+    Kill,
+    /// Leave it running.
+    None,
+}
+
+/// Reads the shared secret, refusing a file others can read.
+pub fn load_secret(path: &Path) -> anyhow::Result<Secret> {
+    let meta = std::fs::metadata(path).with_context(|| format!("secret file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!("secret file {} is readable by others (mode {mode:o}); make it private with chmod 600", path.display());
+    }
+    let mut bytes = std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
+    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        bytes.pop();
+    }
+    Secret::new(bytes).with_context(|| format!("secret in {} is shorter than 16 bytes", path.display()))
+}
+
+pub struct AgentOptions {
+    pub record: RecordOptions,
+    pub secret: Secret,
+    pub trigger_port: u16,
+    pub on_trigger: StopPolicy,
+    pub app_cgroup: Option<PathBuf>,
+    pub spool: PathBuf,
+    pub ship_rate: u64,
+    pub ship_deadline: Duration,
+    /// Triggers whose send time is further than this from our clock are stale.
+    pub trigger_window: Duration,
+}
+
+/// Counts of ignored trigger datagrams, by reason.
+#[derive(Default, Debug)]
+struct Ignored {
+    malformed: u64,
+    unsigned: u64,
+    stale: u64,
+    replayed: u64,
+    logged: Option<Instant>,
+}
+
+impl Ignored {
+    fn count(&mut self, e: &ProtoError, from: SocketAddr) {
+        match e {
+            ProtoError::Signature => self.unsigned += 1,
+            ProtoError::Stale(_) => self.stale += 1,
+            _ => self.malformed += 1,
+        }
+        self.log(&format!("{e} from {from}"));
+    }
+    fn log(&mut self, last: &str) {
+        // Rate-limited: at most one line per 10 s.
+        if self.logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(
+                "ignored trigger datagram: {last} (so far: {} malformed, {} badly signed, {} stale, {} replayed)",
+                self.malformed, self.unsigned, self.stale, self.replayed
+            );
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+struct HeardTrigger {
+    trigger: Trigger,
+    from: SocketAddr,
+    heard_ns: i64,
+}
+
+/// Listens for triggers; passes the first valid, unhandled one to the agent.
+fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: BTreeSet<u64>, tx: mpsc::Sender<HeardTrigger>, stop: &AtomicBool) {
+    let mut ignored = Ignored::default();
+    let mut handled = handled;
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+        let now = clock::wall_ns() as i64;
+        match Trigger::decode(&buf[..n], &secret, now, window_ns) {
+            Ok(t) if handled.contains(&t.id) => {
+                // Our own repeated copies land here too; a replay after restart as well.
+                ignored.replayed += 1;
+                ignored.log(&format!("trigger {:016x} from {from} was already handled", t.id));
+            }
+            Ok(t) => {
+                handled.insert(t.id);
+                let _ = tx.send(HeardTrigger { trigger: t, from, heard_ns: now });
+            }
+            Err(e) => ignored.count(&e, from),
+        }
+    }
+}
+
+pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.spool).with_context(|| format!("creating spool {}", opts.spool.display()))?;
+    if let Some(app) = &opts.app_cgroup {
+        crate::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
+    }
+    let handled: BTreeSet<u64> = ship::spool_entries(&opts.spool)?.iter().map(|e| e.trigger_id).collect();
+    let sock = UdpSocket::bind(("0.0.0.0", opts.trigger_port)).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut recorder = Recorder::start(&opts.record)?;
+    recorder.exclude_port(opts.trigger_port)?;
+    let (tx, rx) = mpsc::channel();
+    let listener_stop = AtomicBool::new(false);
+    let node = opts.record.node.clone();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
+        let ls = &listener_stop;
+        scope.spawn(move || listen(sock, secret, window, handled, tx, ls));
+        tracing::info!("agent {node} recording {}; waiting for a trigger on UDP port {}", opts.record.cgroup.display(), opts.trigger_port);
+        let heard = loop {
+            if stop.load(Ordering::Relaxed) {
+                listener_stop.store(true, Ordering::Relaxed);
+                tracing::info!("agent {node} stopping on a signal; no trigger was heard");
+                return Ok(());
+            }
+            recorder.poll(20)?;
+            if let Ok(h) = rx.try_recv() {
+                break h;
+            }
+        };
+        // Further triggers (and our own repeats) are ignored from here on.
+        let result = on_trigger(&opts, recorder, heard);
+        listener_stop.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger) -> anyhow::Result<()> {
+    let t = heard.trigger;
+    let node = &opts.record.node;
+    let collector = t.collector.unwrap_or_else(|| SocketAddr::new(heard.from.ip(), t.port));
+    tracing::info!("trigger {:016x} from {}: dumping, shipping to {collector}", t.id, heard.from);
+    // Say we heard it at once, so the collector knows who to wait for.
+    if let Ok(s) = UdpSocket::bind(if collector.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }) {
+        let msg = Heard { trigger_id: t.id, heard_ns: heard.heard_ns, node: node.clone() }.encode(&opts.secret);
+        for _ in 0..3 {
+            let _ = s.send_to(&msg, collector);
+        }
+    }
+    // 1-2. Snapshot the ring and put it in the spool before anything else can go wrong.
+    recorder.annotate("trigger_id", format!("{:016x}", t.id));
+    recorder.annotate("trigger_heard_ns", heard.heard_ns.to_string());
+    recorder.annotate("trigger_sent_ns", t.sent_ns.to_string());
+    let (ring, info) = recorder.finish()?;
+    let mut entry = SpoolEntry {
+        node: node.clone(),
+        trigger_id: t.id,
+        heard_ns: heard.heard_ns,
+        collector: collector.to_string(),
+        size: 0,
+        sha256: String::new(),
+        shipped: false,
+    };
+    let path = entry.dump_path(&opts.spool);
+    let tmp = path.with_extension("pcapng.partial");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut hashing = HashingWriter { inner: std::io::BufWriter::new(file), hash: Sha256::new(), len: 0 };
+    crate::dump::write_dump(&mut hashing, &info, ring.iter())?;
+    hashing.flush()?;
+    entry.size = hashing.len;
+    entry.sha256 = ship::hex(&hashing.hash.finalize());
+    hashing.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    drop(ring);
+    std::fs::rename(&tmp, &path)?;
+    entry.save(&opts.spool)?;
+    tracing::info!("dump of {} bytes saved in {}", entry.size, path.display());
+
+    // 3. Ship it.
+    let shipped = ship_entry(&mut entry, &opts.spool, collector, &opts.secret, opts.ship_rate, opts.ship_deadline, &mut |_| {});
+    // 4. Only then stop the application.
+    if let Some(app) = &opts.app_cgroup {
+        apply_policy(app, opts.on_trigger)?;
+    }
+    shipped.with_context(|| format!("the dump stays in {}; send it later with `wgo ship --spool {}`", path.display(), opts.spool.display()))
+}
+
+/// Ships a spool entry and marks it shipped.
+pub fn ship_entry(
+    entry: &mut SpoolEntry,
+    spool: &Path,
+    to: SocketAddr,
+    secret: &Secret,
+    rate: u64,
+    deadline: Duration,
+    on_local_port: &mut dyn FnMut(u16),
+) -> anyhow::Result<()> {
+    let mut progress = |_: u64, _: u64| {};
+    let mut o = ShipOptions { secret, rate, deadline: Instant::now() + deadline, on_local_port, on_progress: &mut progress };
+    ship::ship(entry, spool, to, &mut o)?;
+    entry.shipped = true;
+    entry.save(spool)?;
+    tracing::info!("{}: dump of {} bytes delivered to {to}", entry.node, entry.size);
+    Ok(())
+}
+
+/// Stops (or not) the application's cgroup.
+pub fn apply_policy(app: &Path, policy: StopPolicy) -> anyhow::Result<()> {
+    match policy {
+        StopPolicy::None => {}
+        StopPolicy::Freeze => {
+            std::fs::write(app.join("cgroup.freeze"), "1").with_context(|| format!("freezing {}", app.display()))?;
+            // Wait until the kernel reports the whole cgroup frozen.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !std::fs::read_to_string(app.join("cgroup.events")).unwrap_or_default().contains("frozen 1") {
+                if Instant::now() > deadline {
+                    bail!("{} did not freeze within 5 s", app.display());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            tracing::info!("froze {}", app.display());
+        }
+        StopPolicy::Kill => {
+            std::fs::write(app.join("cgroup.kill"), "1").with_context(|| format!("killing {}", app.display()))?;
+            tracing::info!("killed every process in {}", app.display());
+        }
+        StopPolicy::Exit => {
+            for pid in crate::cgroup::processes(app)? {
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            tracing::info!("asked every process in {} to exit", app.display());
+        }
+    }
+    Ok(())
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}

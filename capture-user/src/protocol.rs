@@ -1,0 +1,426 @@
+//! Wire formats of the trigger ("dump, ship and die") and of shipping dumps.
+//! Pure parsing and building, no I/O: fuzzed on its own (see `fuzz/`).
+//!
+//! Trigger (UDP, 72 bytes): `WGOT` | version u8 | 3 reserved | trigger id u64 |
+//! sent at (sender's wall clock, ns) i64 | collector: family u8 (4/6/0 = use the
+//! datagram's source) | port u16 | 16 address bytes | 1 pad | HMAC-SHA256 (32) of the rest.
+//! Heard (UDP, agent → collector): `WGOH` | version | trigger id | heard at i64 |
+//! name length u8 | name | HMAC (32).
+//!
+//! Shipping (TCP), every message a frame `len u32 BE | kind u8 | body`:
+//! 1. agent → `Hello { node, nonce }`
+//! 2. collector → `Challenge { nonce, mac = H(k, "collector" | agent nonce | collector nonce) }`
+//! 3. agent → `Offer { trigger id, heard at, size, sha256, mac = H(k, "agent" | both nonces | node | offer) }`
+//! 4. collector → `Resume { offset }` or `Refuse { reason }`
+//! 5. agent → raw bytes from `offset` to `size`
+//! 6. collector → `Done { ok, mac }` after checking the SHA-256 of the whole file.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub const TRIGGER_MAGIC: &[u8; 4] = b"WGOT";
+pub const HEARD_MAGIC: &[u8; 4] = b"WGOH";
+pub const VERSION: u8 = 1;
+pub const TRIGGER_LEN: usize = 4 + 1 + 3 + 8 + 8 + 1 + 2 + 16 + 1 + 32;
+pub const MAX_FRAME: usize = 64 * 1024;
+pub const MAX_NAME: usize = 64;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("wrong length {0}")]
+    Length(usize),
+    #[error("not a wgo message (bad magic)")]
+    Magic,
+    #[error("unsupported version {0}")]
+    Version(u8),
+    #[error("bad signature")]
+    Signature,
+    #[error("stale: sent {0} s from now, outside the accepted window")]
+    Stale(i64),
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// A shared secret, at least 16 bytes.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Option<Secret> {
+        (bytes.len() >= 16).then_some(Secret(bytes))
+    }
+    fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+    /// Constant-time check of a MAC.
+    fn verify(&self, parts: &[&[u8]], tag: &[u8]) -> bool {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        for p in parts {
+            m.update(p);
+        }
+        m.verify_slice(tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    pub id: u64,
+    pub sent_ns: i64,
+    /// Where to ship; None: to the datagram's source address at `port`.
+    pub collector: Option<SocketAddr>,
+    pub port: u16,
+}
+
+impl Trigger {
+    pub fn encode(&self, secret: &Secret) -> Vec<u8> {
+        let mut b = Vec::with_capacity(TRIGGER_LEN);
+        b.extend_from_slice(TRIGGER_MAGIC);
+        b.extend_from_slice(&[VERSION, 0, 0, 0]);
+        b.extend_from_slice(&self.id.to_be_bytes());
+        b.extend_from_slice(&self.sent_ns.to_be_bytes());
+        let (family, addr) = match self.collector.map(|a| a.ip()) {
+            None => (0u8, [0u8; 16]),
+            Some(IpAddr::V4(v4)) => {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&v4.octets());
+                (4, a)
+            }
+            Some(IpAddr::V6(v6)) => (6, v6.octets()),
+        };
+        b.push(family);
+        b.extend_from_slice(&self.port.to_be_bytes());
+        b.extend_from_slice(&addr);
+        b.push(0);
+        let mac = secret.mac(&[&b]);
+        b.extend_from_slice(&mac);
+        b
+    }
+
+    /// Parses and authenticates a trigger datagram; `now_ns` and `window_ns` reject stale ones.
+    pub fn decode(b: &[u8], secret: &Secret, now_ns: i64, window_ns: i64) -> Result<Trigger, ProtoError> {
+        if b.len() != TRIGGER_LEN {
+            return Err(ProtoError::Length(b.len()));
+        }
+        if &b[..4] != TRIGGER_MAGIC {
+            return Err(ProtoError::Magic);
+        }
+        if b[4] != VERSION {
+            return Err(ProtoError::Version(b[4]));
+        }
+        let (body, tag) = b.split_at(TRIGGER_LEN - 32);
+        if !secret.verify(&[body], tag) {
+            return Err(ProtoError::Signature);
+        }
+        let id = u64::from_be_bytes(b[8..16].try_into().expect("8"));
+        let sent_ns = i64::from_be_bytes(b[16..24].try_into().expect("8"));
+        let family = b[24];
+        let port = u16::from_be_bytes([b[25], b[26]]);
+        let addr: [u8; 16] = b[27..43].try_into().expect("16");
+        let collector = match family {
+            0 => None,
+            4 => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])), port)),
+            6 => Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(addr)), port)),
+            _ => return Err(ProtoError::Malformed("address family")),
+        };
+        if port == 0 {
+            return Err(ProtoError::Malformed("collector port 0"));
+        }
+        let skew = sent_ns.saturating_sub(now_ns);
+        if skew.abs() > window_ns {
+            return Err(ProtoError::Stale(skew / 1_000_000_000));
+        }
+        Ok(Trigger { id, sent_ns, collector, port })
+    }
+}
+
+/// An agent's "I heard trigger N at time T" datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heard {
+    pub trigger_id: u64,
+    pub heard_ns: i64,
+    pub node: String,
+}
+
+impl Heard {
+    pub fn encode(&self, secret: &Secret) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        b.extend_from_slice(HEARD_MAGIC);
+        b.push(VERSION);
+        b.extend_from_slice(&self.trigger_id.to_be_bytes());
+        b.extend_from_slice(&self.heard_ns.to_be_bytes());
+        let name = &self.node.as_bytes()[..self.node.len().min(MAX_NAME)];
+        b.push(name.len() as u8);
+        b.extend_from_slice(name);
+        let mac = secret.mac(&[&b]);
+        b.extend_from_slice(&mac);
+        b
+    }
+
+    pub fn decode(b: &[u8], secret: &Secret) -> Result<Heard, ProtoError> {
+        if b.len() < 4 + 1 + 8 + 8 + 1 + 32 {
+            return Err(ProtoError::Length(b.len()));
+        }
+        if &b[..4] != HEARD_MAGIC {
+            return Err(ProtoError::Magic);
+        }
+        if b[4] != VERSION {
+            return Err(ProtoError::Version(b[4]));
+        }
+        let n = b[21] as usize;
+        if b.len() != 22 + n + 32 || n > MAX_NAME {
+            return Err(ProtoError::Length(b.len()));
+        }
+        let (body, tag) = b.split_at(22 + n);
+        if !secret.verify(&[body], tag) {
+            return Err(ProtoError::Signature);
+        }
+        let node = std::str::from_utf8(&b[22..22 + n]).map_err(|_| ProtoError::Malformed("node name is not UTF-8"))?;
+        check_name(node)?;
+        Ok(Heard {
+            trigger_id: u64::from_be_bytes(b[5..13].try_into().expect("8")),
+            heard_ns: i64::from_be_bytes(b[13..21].try_into().expect("8")),
+            node: node.to_string(),
+        })
+    }
+}
+
+/// Node names become file names: letters, digits, `-`, `_`, `.`; not `.`/`..`.
+pub fn check_name(name: &str) -> Result<(), ProtoError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+    if ok { Ok(()) } else { Err(ProtoError::Malformed("node name")) }
+}
+
+/// Shipping frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello { node: String, nonce: [u8; 16] },
+    Challenge { nonce: [u8; 16], mac: [u8; 32] },
+    Offer(Offer),
+    Resume { offset: u64 },
+    Refuse { reason: String },
+    Done { ok: bool, mac: [u8; 32] },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub trigger_id: u64,
+    pub heard_ns: i64,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub mac: [u8; 32],
+}
+
+impl Offer {
+    fn fields(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(56);
+        b.extend_from_slice(&self.trigger_id.to_be_bytes());
+        b.extend_from_slice(&self.heard_ns.to_be_bytes());
+        b.extend_from_slice(&self.size.to_be_bytes());
+        b.extend_from_slice(&self.sha256);
+        b
+    }
+}
+
+/// MACs of the handshake, each binding both nonces (and for the agent, its offer).
+pub fn collector_mac(secret: &Secret, agent_nonce: &[u8; 16], collector_nonce: &[u8; 16]) -> [u8; 32] {
+    secret.mac(&[b"collector", agent_nonce, collector_nonce])
+}
+
+pub fn agent_mac(secret: &Secret, agent_nonce: &[u8; 16], collector_nonce: &[u8; 16], node: &str, offer: &Offer) -> [u8; 32] {
+    secret.mac(&[b"agent", collector_nonce, agent_nonce, node.as_bytes(), &offer.fields()])
+}
+
+pub fn done_mac(secret: &Secret, agent_nonce: &[u8; 16], ok: bool) -> [u8; 32] {
+    secret.mac(&[b"done", agent_nonce, &[ok as u8]])
+}
+
+pub fn check_collector_mac(secret: &Secret, agent_nonce: &[u8; 16], collector_nonce: &[u8; 16], mac: &[u8; 32]) -> bool {
+    secret.verify(&[b"collector", agent_nonce, collector_nonce], mac)
+}
+
+pub fn check_agent_mac(secret: &Secret, agent_nonce: &[u8; 16], collector_nonce: &[u8; 16], node: &str, offer: &Offer) -> bool {
+    secret.verify(&[b"agent", collector_nonce, agent_nonce, node.as_bytes(), &offer.fields()], &offer.mac)
+}
+
+pub fn check_done_mac(secret: &Secret, agent_nonce: &[u8; 16], ok: bool, mac: &[u8; 32]) -> bool {
+    secret.verify(&[b"done", agent_nonce, &[ok as u8]], mac)
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        let kind = match self {
+            Frame::Hello { node, nonce } => {
+                body.extend_from_slice(nonce);
+                body.extend_from_slice(node.as_bytes());
+                1
+            }
+            Frame::Challenge { nonce, mac } => {
+                body.extend_from_slice(nonce);
+                body.extend_from_slice(mac);
+                2
+            }
+            Frame::Offer(o) => {
+                body.extend_from_slice(&o.fields());
+                body.extend_from_slice(&o.mac);
+                3
+            }
+            Frame::Resume { offset } => {
+                body.extend_from_slice(&offset.to_be_bytes());
+                4
+            }
+            Frame::Refuse { reason } => {
+                body.extend_from_slice(&reason.as_bytes()[..reason.len().min(1024)]);
+                5
+            }
+            Frame::Done { ok, mac } => {
+                body.push(*ok as u8);
+                body.extend_from_slice(mac);
+                6
+            }
+        };
+        let mut out = Vec::with_capacity(5 + body.len());
+        out.extend_from_slice(&(1 + body.len() as u32).to_be_bytes());
+        out.push(kind);
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes one frame's payload (after the length prefix): kind byte and body.
+    pub fn decode(b: &[u8]) -> Result<Frame, ProtoError> {
+        let (&kind, body) = b.split_first().ok_or(ProtoError::Length(0))?;
+        let exact = |n: usize| if body.len() == n { Ok(()) } else { Err(ProtoError::Length(body.len())) };
+        Ok(match kind {
+            1 => {
+                if body.len() < 17 || body.len() > 16 + MAX_NAME {
+                    return Err(ProtoError::Length(body.len()));
+                }
+                let node = std::str::from_utf8(&body[16..]).map_err(|_| ProtoError::Malformed("node name is not UTF-8"))?;
+                check_name(node)?;
+                Frame::Hello { node: node.to_string(), nonce: body[..16].try_into().expect("16") }
+            }
+            2 => {
+                exact(48)?;
+                Frame::Challenge { nonce: body[..16].try_into().expect("16"), mac: body[16..].try_into().expect("32") }
+            }
+            3 => {
+                exact(88)?;
+                Frame::Offer(Offer {
+                    trigger_id: u64::from_be_bytes(body[0..8].try_into().expect("8")),
+                    heard_ns: i64::from_be_bytes(body[8..16].try_into().expect("8")),
+                    size: u64::from_be_bytes(body[16..24].try_into().expect("8")),
+                    sha256: body[24..56].try_into().expect("32"),
+                    mac: body[56..88].try_into().expect("32"),
+                })
+            }
+            4 => {
+                exact(8)?;
+                Frame::Resume { offset: u64::from_be_bytes(body.try_into().expect("8")) }
+            }
+            5 => Frame::Refuse { reason: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned() },
+            6 => {
+                exact(33)?;
+                Frame::Done { ok: body[0] == 1, mac: body[1..].try_into().expect("32") }
+            }
+            _ => return Err(ProtoError::Malformed("frame kind")),
+        })
+    }
+}
+
+/// Reads one frame from a stream, refusing oversized lengths before allocating.
+pub fn read_frame(r: &mut impl std::io::Read) -> std::io::Result<Frame> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame length {len} out of range")));
+    }
+    let mut b = vec![0u8; len];
+    r.read_exact(&mut b)?;
+    Frame::decode(&b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the kernel's random source works");
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new(b"0123456789abcdef-secret".to_vec()).unwrap()
+    }
+
+    #[test]
+    fn trigger_round_trip_and_rejections() {
+        let s = secret();
+        let t = Trigger { id: 42, sent_ns: 1_000_000_000_000, collector: Some("10.0.0.1:7300".parse().unwrap()), port: 7300 };
+        let b = t.encode(&s);
+        assert_eq!(b.len(), TRIGGER_LEN);
+        assert_eq!(Trigger::decode(&b, &s, 1_000_000_000_000, 60_000_000_000), Ok(t));
+        let other = Secret::new(b"another-secret-of-16+".to_vec()).unwrap();
+        assert_eq!(Trigger::decode(&b, &other, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Signature));
+        assert!(matches!(Trigger::decode(&b, &s, 1_000_000_000_000 + 3_600_000_000_000, 60_000_000_000), Err(ProtoError::Stale(_))));
+        let mut tampered = b.clone();
+        tampered[10] ^= 1;
+        assert_eq!(Trigger::decode(&tampered, &s, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Signature));
+        assert_eq!(Trigger::decode(&b[..10], &s, 0, 1), Err(ProtoError::Length(10)));
+        assert_eq!(Trigger::decode(&[0u8; TRIGGER_LEN], &s, 0, 1), Err(ProtoError::Magic));
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let offer = Offer { trigger_id: 7, heard_ns: -3, size: 1 << 40, sha256: [9; 32], mac: [1; 32] };
+        for f in [
+            Frame::Hello { node: "node-1".into(), nonce: [3; 16] },
+            Frame::Challenge { nonce: [4; 16], mac: [5; 32] },
+            Frame::Offer(offer),
+            Frame::Resume { offset: 12345 },
+            Frame::Refuse { reason: "no".into() },
+            Frame::Done { ok: true, mac: [6; 32] },
+        ] {
+            let b = f.encode();
+            assert_eq!(read_frame(&mut &b[..]).unwrap(), f);
+        }
+        assert!(Frame::decode(&[1, 0, 0]).is_err());
+        assert!(Frame::decode(&[1; 20]).is_err(), "name with bad characters");
+        assert!(read_frame(&mut &[0xff, 0xff, 0xff, 0xff][..]).is_err());
+    }
+
+    #[test]
+    fn macs_bind_nonces_and_offer() {
+        let s = secret();
+        let (a, c) = ([1u8; 16], [2u8; 16]);
+        assert!(check_collector_mac(&s, &a, &c, &collector_mac(&s, &a, &c)));
+        assert!(!check_collector_mac(&s, &c, &a, &collector_mac(&s, &a, &c)));
+        let mut o = Offer { trigger_id: 1, heard_ns: 2, size: 3, sha256: [4; 32], mac: [0; 32] };
+        o.mac = agent_mac(&s, &a, &c, "n1", &o);
+        assert!(check_agent_mac(&s, &a, &c, "n1", &o));
+        assert!(!check_agent_mac(&s, &a, &c, "n2", &o));
+        o.size = 4;
+        assert!(!check_agent_mac(&s, &a, &c, "n1", &o));
+        let h = Heard { trigger_id: 5, heard_ns: 6, node: "n1".into() };
+        assert_eq!(Heard::decode(&h.encode(&s), &s), Ok(h));
+    }
+}

@@ -1,0 +1,295 @@
+//! Root integration tests for "dump, ship and die": agents on a bridged netns cluster,
+//! a signed trigger, shipping (with a cut link and a killed collector), stop policies.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wgo::protocol::{Secret, Trigger};
+use wgo::testbed::{ChildGuard, Testbed, WgoProcess, run};
+
+const SECRET: &[u8] = b"correct horse battery staple, wgo test";
+const TRIGGER_PORT: u16 = 7301;
+const COLLECT_PORT: u16 = 7300;
+
+struct Cluster {
+    bed: Testbed,
+    dir: PathBuf,
+    secret_file: PathBuf,
+    _apps: Vec<ChildGuard>,
+}
+
+impl Cluster {
+    /// `n` nodes, each running the request/ACK app in its (recorded) cgroup.
+    fn new(name: &str, n: usize) -> Cluster {
+        require_root();
+        let dir = tempdir(name);
+        let secret_file = dir.join("secret");
+        std::fs::write(&secret_file, SECRET).unwrap();
+        std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let bed = Testbed::new(n).unwrap();
+        let peers: Vec<String> = bed.nodes.iter().map(|x| format!("{}:7000", x.ipv4)).collect();
+        let apps = bed
+            .nodes
+            .iter()
+            .map(|node| {
+                let others: Vec<&str> = peers.iter().filter(|p| !p.starts_with(&format!("{}:", node.ipv4))).map(String::as_str).collect();
+                node.spawn(node.command(PEER).unwrap().args(["chatter", "--bind", "0.0.0.0:7000", "--peers", &others.join(","), "--interval-ms", "10"])).unwrap()
+            })
+            .collect();
+        Cluster { bed, dir, secret_file, _apps: apps }
+    }
+
+    fn spool(&self, node: &str) -> PathBuf {
+        self.dir.join(format!("spool-{node}"))
+    }
+
+    /// Starts an agent in the node's namespace but in a cgroup of its own (so it is neither
+    /// recorded nor frozen with the app).
+    fn agent(&self, node: &str, extra: &[&str]) -> WgoProcess {
+        let n = self.bed.node(node);
+        let side = self.bed.side_cgroup(&format!("agent-{node}")).unwrap();
+        let mut cmd = n.command_in(WGO, Some(&side)).unwrap();
+        cmd.args(["agent", "--node", node, "--cgroup"])
+            .arg(&n.cgroup)
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .arg("--spool-dir")
+            .arg(self.spool(node))
+            .args(["--ring-seconds", "60", "--trigger-port", &TRIGGER_PORT.to_string()])
+            .args(extra)
+            .env("WGO_LOG", "info");
+        WgoProcess::spawn(&mut cmd, "waiting for a trigger", Duration::from_secs(15)).unwrap()
+    }
+
+    /// A collector process on node1 (`wgo trigger` or `wgo collect`).
+    fn collector(&self, verb: &str, out: &Path, expect: &str, wait: &str) -> WgoProcess {
+        let n = self.bed.node("node1");
+        let side = self.bed.side_cgroup("collector").unwrap();
+        let mut cmd = n.command_in(WGO, Some(&side)).unwrap();
+        cmd.arg(verb)
+            .arg("--secret-file")
+            .arg(&self.secret_file)
+            .args(["--listen", &format!("{}:{COLLECT_PORT}", n.ipv4), "--expect", expect, "--wait", wait, "--out"])
+            .arg(out)
+            .env("WGO_LOG", "info");
+        if verb == "trigger" {
+            cmd.args(["--broadcast", &format!("{}:{TRIGGER_PORT}", wgo::testbed::BROADCAST_V4)]);
+        }
+        let ready = if verb == "trigger" { "sending" } else { "" };
+        WgoProcess::spawn(&mut cmd, ready, Duration::from_secs(10)).unwrap()
+    }
+
+    fn names(&self) -> String {
+        self.bed.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Sends datagrams to every agent's trigger port by broadcast, from node1.
+    fn send_raw(&self, datagrams: Vec<Vec<u8>>) {
+        self.bed
+            .node("node1")
+            .in_netns(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_broadcast(true).unwrap();
+                let to = SocketAddr::new(wgo::testbed::BROADCAST_V4.into(), TRIGGER_PORT);
+                for d in datagrams {
+                    s.send_to(&d, to).unwrap();
+                }
+            })
+            .unwrap();
+    }
+}
+
+fn frozen(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("cgroup.events")).unwrap().contains("frozen 1")
+}
+
+fn sha(path: &Path) -> String {
+    wgo::ship::hex(&wgo::ship::file_sha256(path).unwrap())
+}
+
+fn now_ns() -> i64 {
+    wgo::clock::wall_ns() as i64
+}
+
+#[test]
+fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
+    let c = Cluster::new("trigger", 4);
+    let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "freeze"])).collect();
+    std::thread::sleep(Duration::from_secs(1)); // some traffic to record
+
+    // Forgeries and garbage change nothing.
+    let good = Secret::new(SECRET.to_vec()).unwrap();
+    let wrong = Secret::new(b"not the right secret at all".to_vec()).unwrap();
+    let collector: SocketAddr = format!("{}:{COLLECT_PORT}", c.bed.node("node1").ipv4).parse().unwrap();
+    let mk = |id: u64, sent: i64, s: &Secret| Trigger { id, sent_ns: sent, collector: Some(collector), port: COLLECT_PORT }.encode(s);
+    let mut junk: Vec<Vec<u8>> = vec![mk(1, now_ns(), &wrong), mk(2, now_ns() - 3_600_000_000_000, &good), b"garbage".to_vec(), vec![0u8; 72], vec![]];
+    let mut rng = wgo::analysis::sim::Rng::new(99);
+    for _ in 0..300 {
+        let len = (rng.next() % 200) as usize;
+        junk.push((0..len).map(|_| rng.next() as u8).collect());
+    }
+    let mut tweaked = mk(3, now_ns(), &good);
+    tweaked[9] ^= 0x40;
+    junk.push(tweaked);
+    c.send_raw(junk);
+    std::thread::sleep(Duration::from_millis(500));
+    for (n, a) in c.bed.nodes.iter().zip(&agents) {
+        assert!(!frozen(&n.cgroup), "{}: frozen by a forged trigger", n.name);
+        assert!(a.stderr().contains("ignored trigger datagram"), "{}: logs what it ignored: {}", n.name, a.stderr());
+        assert!(!a.stderr().contains("dumping"), "{}: acted on a forgery", n.name);
+    }
+
+    // The real trigger.
+    let out = c.dir.join("collected");
+    let trig = c.collector("trigger", &out, &c.names(), "60");
+    let (status, stdout, stderr) = trig.wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "wgo trigger failed: {stdout}\n{stderr}");
+    for a in agents {
+        let (status, _, err) = a.wait(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "agent failed: {err}");
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["complete"], true);
+    assert_eq!(manifest["missing"].as_array().unwrap().len(), 0);
+    let trigger_id = u64::from_str_radix(manifest["trigger_id"].as_str().unwrap(), 16).unwrap();
+    for n in &c.bed.nodes {
+        let got = out.join(format!("{}.pcapng", n.name));
+        let spooled = c.spool(&n.name).join(format!("{}-{trigger_id:016x}.pcapng", n.name));
+        let entry = manifest["nodes"].as_array().unwrap().iter().find(|x| x["name"] == n.name.as_str()).unwrap();
+        assert_eq!(sha(&got), sha(&spooled), "{}: collected copy equals the spool copy", n.name);
+        assert_eq!(entry["sha256"].as_str().unwrap(), sha(&got));
+        assert!(entry["heard_ns"].as_i64().unwrap() > 0);
+        assert!(frozen(&n.cgroup), "{}: app frozen after its dump shipped", n.name);
+    }
+    // The dumps tell a story: every node, messages matched.
+    let rep = run(Command::new(WGO).arg("report").arg(&out)).unwrap();
+    let text = String::from_utf8_lossy(&rep.stdout);
+    assert!(text.starts_with("4 nodes"), "{text}");
+
+    // A replay of the real trigger to a restarted agent is ignored.
+    std::fs::write(c.bed.node("node2").cgroup.join("cgroup.freeze"), "0").unwrap();
+    let again = c.agent("node2", &["--on-trigger", "freeze"]);
+    c.send_raw(vec![mk(trigger_id, now_ns(), &good)]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(again.stderr().contains("already handled"), "{}", again.stderr());
+    assert!(!frozen(&c.bed.node("node2").cgroup));
+    let (status, _, err) = again.stop(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn kill_policy_kills_the_apps() {
+    let c = Cluster::new("kill", 2);
+    // A secret others can read is refused before anything starts.
+    let open = c.dir.join("open-secret");
+    std::fs::write(&open, SECRET).unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = Command::new(WGO).args(["agent", "--node", "x", "--cgroup"]).arg(&c.bed.nodes[0].cgroup).arg("--secret-file").arg(&open).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("readable by others"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "kill"])).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.dir.join("collected");
+    let (status, _, err) = c.collector("trigger", &out, "2", "60").wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "{err}");
+    for a in agents {
+        assert!(a.wait(Duration::from_secs(30)).unwrap().0.success());
+    }
+    for n in &c.bed.nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !wgo::cgroup::processes(&n.cgroup).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "{}: app still running", n.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn cut_off_node_keeps_its_dump_and_ships_it_later() {
+    let c = Cluster::new("cutoff", 4);
+    let mut agents: Vec<WgoProcess> = c.bed.nodes.iter().take(3).map(|n| c.agent(&n.name, &[])).collect();
+    // node4 ships slowly and gives up soon, so its link can be cut mid-shipment.
+    let slow = c.agent("node4", &["--ship-rate", "4096", "--ship-deadline", "4"]);
+    std::thread::sleep(Duration::from_secs(1));
+    let out = c.dir.join("collected");
+    let trig = c.collector("trigger", &out, &c.names(), "10");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !slow.stderr().contains("saved in") {
+        assert!(Instant::now() < deadline, "node4 never dumped: {}", slow.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.bed.set_link("node4", false).unwrap();
+    let (status, stdout, stderr) = trig.wait(Duration::from_secs(60)).unwrap();
+    assert!(!status.success(), "wgo trigger must fail with node4 missing");
+    assert!(stderr.contains("missing dumps from: node4"), "names the missing node: {stderr}\n{stdout}");
+    let (status, _, err) = slow.wait(Duration::from_secs(60)).unwrap();
+    assert!(!status.success() && err.contains("wgo ship"), "node4's agent says how to ship later: {err}");
+    for a in agents.drain(..) {
+        assert!(a.wait(Duration::from_secs(30)).unwrap().0.success());
+    }
+    let entries = wgo::ship::spool_entries(&c.spool("node4")).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert!(!entries[0].shipped);
+
+    // Link back, a collector listening again, and `wgo ship` delivers it.
+    c.bed.set_link("node4", true).unwrap();
+    let collect = c.collector("collect", &out, "node4", "60");
+    std::thread::sleep(Duration::from_millis(300));
+    let n4 = c.bed.node("node4");
+    let side = c.bed.side_cgroup("agent-node4").unwrap();
+    run(n4.command_in(WGO, Some(&side)).unwrap().args(["ship", "--spool"]).arg(c.spool("node4")).arg("--secret-file").arg(&c.secret_file)).unwrap();
+    let (status, _, err) = collect.wait(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "{err}");
+    assert_eq!(sha(&out.join("node4.pcapng")), entries[0].sha256);
+    assert!(wgo::ship::spool_entries(&c.spool("node4")).unwrap()[0].shipped);
+}
+
+#[test]
+fn killed_collector_restarts_and_transfers_resume() {
+    let c = Cluster::new("resume", 3);
+    let agents: Vec<WgoProcess> =
+        c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--ship-rate", "16384", "--ship-deadline", "120", "--on-trigger", "none"])).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = c.dir.join("collected");
+    let trig = c.collector("trigger", &out, &c.names(), "120");
+    // Kill it hard once bytes are flowing.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(out.join(".partial")).map(|d| d.flatten().all(|e| e.metadata().map(|m| m.len()).unwrap_or(0) < 4096)).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "no transfer started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    trig.signal(libc::SIGKILL);
+    let _ = trig.wait(Duration::from_secs(10));
+    // Garbage connections to the restarted collector must not stop it.
+    let collect = c.collector("collect", &out, &c.names(), "120");
+    let target: SocketAddr = format!("{}:{COLLECT_PORT}", c.bed.node("node1").ipv4).parse().unwrap();
+    c.bed
+        .node("node2")
+        .in_netns(move || {
+            use std::io::Write;
+            for k in 0..20u8 {
+                if let Ok(mut s) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                    let _ = s.write_all(&[0xff, 0xff, 0xff, 0xff, k, 1, 2, 3]);
+                }
+            }
+        })
+        .unwrap();
+    let (status, stdout, err) = collect.wait(Duration::from_secs(120)).unwrap();
+    assert!(status.success(), "{stdout}\n{err}");
+    for a in agents {
+        let (s, _, e) = a.wait(Duration::from_secs(30)).unwrap();
+        assert!(s.success(), "{e}");
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let id = manifest["trigger_id"].as_str().unwrap().to_string();
+    for n in &c.bed.nodes {
+        let spooled = c.spool(&n.name).join(format!("{}-{id}.pcapng", n.name));
+        assert_eq!(sha(&out.join(format!("{}.pcapng", n.name))), sha(&spooled), "{} complete after the restart", n.name);
+    }
+}
