@@ -200,7 +200,8 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> R
         if done || Instant::now() > deadline {
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Short: both a new connection and the last arrival are noticed within it.
+        std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = heard_thread.join();
@@ -262,8 +263,14 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
     }
     let part = out.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]));
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0).min(offer.size);
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&part)?;
+    let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&part)?;
     f.set_len(have)?;
+    // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
+    let mut hash = <sha2::Sha256 as sha2::Digest>::new();
+    {
+        let mut prefix = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&part)?);
+        std::io::copy(&mut prefix, &mut HashSink(&mut hash))?;
+    }
     s.write_all(&Frame::Resume { offset: have }.encode())?;
 
     let bar = state.lock().expect("lock").bars.as_ref().map(|m| {
@@ -278,7 +285,7 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
         b
     });
     let mut got = have;
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; 1 << 20];
     while got < offer.size {
         let want = buf.len().min((offer.size - got) as usize);
         let n = s.read(&mut buf[..want])?;
@@ -287,6 +294,7 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
             return Err(bad(&format!("{node} disconnected at {got} of {} bytes (it will resume)", offer.size)));
         }
         f.write_all(&buf[..n])?;
+        sha2::Digest::update(&mut hash, &buf[..n]);
         got += n as u64;
         if let Some(b) = &bar {
             b.set_position(got);
@@ -294,7 +302,8 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
     }
     f.sync_all()?;
     drop(f);
-    let ok = crate::ship::file_sha256(&part)? == offer.sha256;
+    let digest: [u8; 32] = sha2::Digest::finalize(hash).into();
+    let ok = digest == offer.sha256;
     if ok {
         let dest = out.join(format!("{node}.pcapng"));
         std::fs::rename(&part, &dest)?;
@@ -321,6 +330,18 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
     }
     s.write_all(&Frame::Done { ok, mac: protocol::done_mac(secret, &nonce, ok) }.encode())?;
     Ok(())
+}
+
+struct HashSink<'a>(&'a mut sha2::Sha256);
+
+impl std::io::Write for HashSink<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(self.0, b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Sends a trigger `copies` times, to a broadcast address and/or unicast hosts.

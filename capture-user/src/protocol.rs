@@ -288,7 +288,7 @@ impl Frame {
                 4
             }
             Frame::Refuse { reason } => {
-                body.extend_from_slice(&reason.as_bytes()[..reason.len().min(1024)]);
+                body.extend_from_slice(truncate(reason, MAX_REASON).as_bytes());
                 5
             }
             Frame::Done { ok, mac } => {
@@ -335,7 +335,7 @@ impl Frame {
                 exact(8)?;
                 Frame::Resume { offset: u64::from_be_bytes(body.try_into().expect("8")) }
             }
-            5 => Frame::Refuse { reason: String::from_utf8_lossy(&body[..body.len().min(1024)]).into_owned() },
+            5 => Frame::Refuse { reason: truncate(&String::from_utf8_lossy(body), MAX_REASON).to_string() },
             6 => {
                 exact(33)?;
                 Frame::Done { ok: body[0] == 1, mac: body[1..].try_into().expect("32") }
@@ -343,6 +343,18 @@ impl Frame {
             _ => return Err(ProtoError::Malformed("frame kind")),
         })
     }
+}
+
+/// Longest refusal reason sent, bytes.
+const MAX_REASON: usize = 1024;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Reads one frame from a stream, refusing oversized lengths before allocating.
@@ -404,6 +416,10 @@ mod tests {
             assert_eq!(read_frame(&mut &b[..]).unwrap(), f);
         }
         assert!(Frame::decode(&[1, 0, 0]).is_err());
+        // A long reason in multi-byte characters survives a round trip.
+        let long = Frame::Refuse { reason: "é".repeat(600) };
+        let once = Frame::decode(&long.encode()[4..]).unwrap();
+        assert_eq!(Frame::decode(&once.encode()[4..]).unwrap(), once);
         assert!(Frame::decode(&[1; 20]).is_err(), "name with bad characters");
         assert!(read_frame(&mut &[0xff, 0xff, 0xff, 0xff][..]).is_err());
     }

@@ -16,12 +16,15 @@ pub enum Which {
     Capture,
     /// Collector speed and memory, 1 M to 10 M events, from reading dumps to JSON.
     Collector,
+    /// Unthrottled shipping over loopback against a plain TCP copy of the same bytes.
+    Shipping,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Capture => capture(),
         Which::Collector => collector(),
+        Which::Shipping => shipping(),
     }
 }
 
@@ -255,5 +258,80 @@ fn collector() -> anyhow::Result<()> {
     }
     println!("(vs cat: report time over the time to read the same bytes; time/1M-run: time per event relative to the 1 M run, 1.00x is linear)");
     let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn shipping() -> anyhow::Result<()> {
+    const SIZE: usize = 256 << 20;
+    const ROUNDS: usize = 5;
+    crate::build::all()?;
+    let wgo = root().join("target/release/wgo");
+    let peer = root().join("target/release/wgo-peer");
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-ship-{}", std::process::id()));
+    let spool = tmp.join("spool");
+    std::fs::create_dir_all(&spool)?;
+    let secret = tmp.join("secret");
+    std::fs::write(&secret, "shipping benchmark secret")?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    // A dump-sized file of incompressible bytes, spooled as an agent would.
+    let dump = spool.join(format!("node1-{:016x}.pcapng", 1));
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let bytes: Vec<u8> = (0..SIZE / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(&dump, &bytes)?;
+    drop(bytes);
+    let sum = testbed::run(Command::new("sha256sum").arg(&dump))?;
+    let digest = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().context("sha256sum output")?.to_string();
+    let entry = |shipped: bool| {
+        serde_json::json!({"node": "node1", "trigger_id": 1, "heard_ns": 0, "collector": "127.0.0.1:7399", "size": SIZE, "sha256": digest, "shipped": shipped})
+    };
+    let (mut plain, mut shipped) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Plain TCP copy to disk with fsync, the same work minus wgo's protocol and hashing.
+        let sink_out = tmp.join("sink.bin");
+        let sink = ChildGuard::from(
+            Command::new(&peer).args(["tcp-sink", "--bind", "127.0.0.1:7398", "--out"]).arg(&sink_out).stdout(std::process::Stdio::null()).spawn()?,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        testbed::run(Command::new(&peer).args(["tcp-source", "--to", "127.0.0.1:7398", "--file"]).arg(&dump))?;
+        sink.wait_timeout(Duration::from_secs(60))?;
+        plain.push(t.elapsed().as_secs_f64());
+        let _ = std::fs::remove_file(&sink_out);
+
+        std::fs::write(spool.join("node1-0000000000000001.json"), serde_json::to_vec(&entry(false))?)?;
+        let out = tmp.join("collected");
+        let _ = std::fs::remove_dir_all(&out);
+        let collect = WgoProcess::spawn(
+            Command::new(&wgo)
+                .args(["collect", "--listen", "127.0.0.1:7399", "--expect", "node1", "--wait", "120", "--secret-file"])
+                .arg(&secret)
+                .arg("--out")
+                .arg(&out),
+            "",
+            Duration::from_secs(5),
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        testbed::run(Command::new(&wgo).args(["ship", "--ship-rate", "0", "--secret-file"]).arg(&secret).arg("--spool").arg(&spool))?;
+        let (status, _, err) = collect.wait(Duration::from_secs(120))?;
+        if !status.success() {
+            bail!("wgo collect failed: {err}");
+        }
+        shipped.push(t.elapsed().as_secs_f64());
+        eprintln!("round {}: plain copy {:.3} s, wgo ship {:.3} s", round + 1, plain[round], shipped[round]);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (p, w) = (median(&plain), median(&shipped));
+    let mib = SIZE as f64 / (1 << 20) as f64;
+    println!("Shipping {mib:.0} MiB over loopback, unthrottled, to disk with fsync, {ROUNDS} rounds, medians:");
+    println!("  plain TCP copy (baseline)   {:.3} s  {:>7.0} MiB/s   1.000x", p, mib / p);
+    println!("  wgo ship -> wgo collect     {:.3} s  {:>7.0} MiB/s   {:.3}x", w, mib / w, p / w);
     Ok(())
 }

@@ -23,7 +23,7 @@ enum Cmd {
     /// Build, install test packages, run every test (needs root for the BPF tests).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Build and run the demo: real traffic in network namespaces, recorded and summarised.

@@ -116,6 +116,15 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// cargo-fuzz, for the short fuzz runs in the test suite.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    if cargo_bin_dir().join("cargo-fuzz").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz");
+    exec(clean_command("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
 /// Installs the Debian packages whose commands are missing.
 pub fn packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = wanted.iter().filter(|(cmd, _)| !has_command(cmd)).map(|(_, pkg)| *pkg).collect();

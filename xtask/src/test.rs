@@ -1,7 +1,10 @@
-//! The whole test suite: unit tests, and the root/BPF integration tests.
+//! The whole test suite: unit tests, the root/BPF integration tests, short fuzz runs.
 
 use crate::exec::exec;
 use crate::setup::clean_command;
+
+/// How long each fuzz target runs in the test suite, seconds.
+const FUZZ_SECONDS: u32 = 20;
 
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::build::all()?;
@@ -14,5 +17,53 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .args(extra)
             // One at a time: floods and benchmarks-in-tests must not disturb each other.
             .args(["--", "--test-threads=1"]),
-    )
+    )?;
+    if extra.is_empty() {
+        fuzz()?;
+    }
+    Ok(())
+}
+
+/// Runs each fuzz target briefly, from a corpus seeded with valid messages.
+pub fn fuzz() -> anyhow::Result<()> {
+    crate::setup::cargo_fuzz()?;
+    let root = crate::build::root();
+    seed_corpus(&root.join("fuzz/corpus"))?;
+    for target in ["trigger", "frames"] {
+        eprintln!("xtask: fuzzing {target} for {FUZZ_SECONDS} s");
+        exec(
+            clean_command("cargo")
+                .current_dir(&root)
+                .env("WGO_BPF_OBJECT", crate::build::bpf_object())
+                .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", target])
+                .arg(format!("fuzz/corpus/{target}"))
+                .args(["--", &format!("-max_total_time={FUZZ_SECONDS}"), "-print_final_stats=1"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
+    use wgo::protocol::{Frame, Heard, Offer, Secret, Trigger};
+    let secret = Secret::new(b"fuzzing secret, 16+ bytes".to_vec()).expect("long enough");
+    let trig = dir.join("trigger");
+    std::fs::create_dir_all(&trig)?;
+    let t = Trigger { id: 7, sent_ns: 1, collector: Some("10.0.0.1:7300".parse()?), port: 7300 };
+    std::fs::write(trig.join("valid"), t.encode(&secret))?;
+    std::fs::write(trig.join("heard"), Heard { trigger_id: 7, heard_ns: 2, node: "node1".into() }.encode(&secret))?;
+    let frames = dir.join("frames");
+    std::fs::create_dir_all(&frames)?;
+    let mut all = Vec::new();
+    for f in [
+        Frame::Hello { node: "node1".into(), nonce: [1; 16] },
+        Frame::Challenge { nonce: [2; 16], mac: [3; 32] },
+        Frame::Offer(Offer { trigger_id: 7, heard_ns: 2, size: 100, sha256: [4; 32], mac: [5; 32] }),
+        Frame::Resume { offset: 9 },
+        Frame::Refuse { reason: "no".into() },
+        Frame::Done { ok: true, mac: [6; 32] },
+    ] {
+        all.extend(f.encode());
+    }
+    std::fs::write(frames.join("session"), all)?;
+    Ok(())
 }

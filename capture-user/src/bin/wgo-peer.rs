@@ -46,6 +46,16 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')] peers: Vec<SocketAddr>,
         #[arg(long, default_value_t = 20)] interval_ms: u64,
     },
+    /// Receive one TCP stream into FILE and fsync it (a plain-copy baseline for shipping).
+    TcpSink {
+        #[arg(long)] bind: SocketAddr,
+        #[arg(long)] out: std::path::PathBuf,
+    },
+    /// Send FILE over one TCP connection (a plain-copy baseline for shipping).
+    TcpSource {
+        #[arg(long)] to: SocketAddr,
+        #[arg(long)] file: std::path::PathBuf,
+    },
     /// Echo TCP streams.
     TcpEcho { #[arg(long)] bind: SocketAddr },
     /// Write simulated cluster dumps (about EVENTS events) and their protocol spec, for benchmarks.
@@ -134,6 +144,19 @@ fn main() -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Cmd::TcpSink { bind, out } => {
+            let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+            let (mut s, _) = listener.accept()?;
+            let mut f = std::fs::File::create(&out)?;
+            let n = std::io::copy(&mut s, &mut f)?;
+            f.sync_all()?;
+            println!("{n}");
+        }
+        Cmd::TcpSource { to, file } => {
+            let mut s = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+            let mut f = std::fs::File::open(&file)?;
+            std::io::copy(&mut f, &mut s)?;
         }
         Cmd::TcpEcho { bind } => {
             let listener = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
