@@ -159,6 +159,12 @@ struct ReportArgs {
     /// Write all packets, merged in global order with corrected times, as pcapng.
     #[arg(long)]
     pcapng: Option<PathBuf>,
+    /// Write the browser timeline (one self-contained HTML file).
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Open the timeline in the user's browser (or print its path when there is none).
+    #[arg(long, requires = "html")]
+    open: bool,
 }
 
 #[derive(clap::Args)]
@@ -447,14 +453,43 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.pcapng {
         write_atomically(p, |f| a.write_pcapng(f))?;
     }
+    if let Some(p) = &args.html {
+        let title = args.inputs.iter().map(|i| i.display().to_string()).collect::<Vec<_>>().join(" ");
+        write_atomically(p, |f| a.write_html(f, &title))?;
+        phase.done("html");
+    }
     print!("{}", a.summary());
     tracing::info!("peak memory {} KiB", peak_rss_kib());
-    for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng)] {
+    for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
         if let Some(p) = p {
             println!("{flag}: {}", p.display());
         }
     }
+    if args.open {
+        if let Some(p) = &args.html {
+            open_in_browser(p);
+        }
+    }
     Ok(())
+}
+
+/// Opens a file in the user's browser: $BROWSER (left running), then xdg-open (which
+/// returns once it handed the file over, failing when it found no browser).
+fn open_in_browser(path: &std::path::Path) {
+    use std::process::{Command, Stdio};
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Ok(b) = std::env::var("BROWSER") {
+        if Command::new(&b).arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok() {
+            println!("opened {} with {b}", path.display());
+            return;
+        }
+    }
+    let ok = Command::new("xdg-open").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if ok {
+        println!("opened {} in your browser", path.display());
+    } else {
+        println!("no browser found; open {} yourself", path.display());
+    }
 }
 
 /// Node names a trigger's manifest lists as expected but missing.

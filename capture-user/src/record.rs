@@ -37,6 +37,10 @@ pub struct RecordOptions {
 pub struct Recorder {
     capture: Capture,
     ring: Ring,
+    /// One drain's records, sorted by kernel time before they enter the ring: the per-CPU
+    /// rings interleave, and dumps read best in time order.
+    batch: Vec<(u64, capture_ebpf::RecordHeader, std::ops::Range<usize>)>,
+    batch_bytes: Vec<u8>,
     info: DumpInfo,
     reported_drops: u64,
     last_drop_check: Instant,
@@ -58,14 +62,24 @@ impl Recorder {
             start_wall_ns: clock::wall_ns(),
             ..DumpInfo::default()
         };
-        Ok(Recorder { capture, ring, info, reported_drops: 0, last_drop_check: Instant::now() })
+        Ok(Recorder { capture, ring, batch: Vec::new(), batch_bytes: Vec::new(), info, reported_drops: 0, last_drop_check: Instant::now() })
     }
 
     /// Moves whatever the kernel has into the ring, waiting up to `timeout_ms` for it.
     pub fn poll(&mut self, timeout_ms: i32) -> Result<u64, RecordError> {
         let offset = clock::wall_minus_mono_ns();
-        let ring = &mut self.ring;
-        let n = self.capture.drain(timeout_ms, |h, data| ring.push(clock::to_wall(h.ktime_ns, offset), h, data))?;
+        let (batch, bytes) = (&mut self.batch, &mut self.batch_bytes);
+        batch.clear();
+        bytes.clear();
+        let n = self.capture.drain(timeout_ms, |h, data| {
+            let at = bytes.len();
+            bytes.extend_from_slice(data);
+            batch.push((h.ktime_ns, *h, at..bytes.len()));
+        })?;
+        self.batch.sort_by_key(|(t, h, _)| (*t, h.cpu, h.seq));
+        for (t, h, r) in &self.batch {
+            self.ring.push(clock::to_wall(*t, offset), h, &self.batch_bytes[r.clone()]);
+        }
         if self.last_drop_check.elapsed() >= Duration::from_secs(1) {
             self.last_drop_check = Instant::now();
             self.warn_new_drops();

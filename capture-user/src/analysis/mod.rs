@@ -9,6 +9,7 @@
 pub mod trace;
 pub mod matching;
 pub mod clocks;
+pub mod html;
 pub mod spec;
 pub mod order;
 pub mod rules;
@@ -43,6 +44,8 @@ pub struct Analysis {
     pub clocks: Clocks,
     pub order: Order,
     pub rule_edges: usize,
+    /// (earlier, later) pairs from the spec's rules.
+    pub rule_edge_list: Vec<(EventId, EventId)>,
     pub violations: Vec<Violation>,
     pub anomalies: Vec<Anomaly>,
 }
@@ -74,6 +77,7 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     let mut cross: Vec<(EventId, EventId, EdgeKind)> =
         matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).collect();
     let n_rule = rule_edges.len();
+    let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
     cross.extend(rule_edges);
     let order = order::order(&trace, &clocks, &cross);
     drop(cross);
@@ -112,7 +116,7 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     });
     violations.extend(inv);
     phase.done("anomalies");
-    Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, violations, anomalies }
+    Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }
 }
 
 fn edge_text(trace: &Trace, spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {

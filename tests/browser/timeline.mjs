@@ -1,0 +1,88 @@
+// Headless-Chromium checks and benchmarks of a wgo timeline page.
+//   node timeline.mjs check REPORT.html EXPECT.json SCREENSHOT.png
+//   node timeline.mjs bench REPORT.html
+// EXPECT.json: { nodes, messages, events, click: { id, field, value } }
+import { chromium } from "playwright-core";
+import { readFileSync, statSync } from "node:fs";
+import { resolve } from "node:path";
+
+const [mode, report, expectFile, shot] = process.argv.slice(2);
+const url = "file://" + resolve(report);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const fail = async (msg) => { console.error("FAIL: " + msg); await browser.close(); process.exit(1); };
+try {
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  const t0 = Date.now();
+  await page.goto(url);
+  await page.waitForFunction(() => window.wgo && (window.wgo.ready || window.wgo.error), null, { timeout: 120000 });
+  const loadMs = Date.now() - t0;
+  const err = await page.evaluate(() => window.wgo.error);
+  if (err) await fail("page failed to load: " + err);
+
+  if (mode === "bench") {
+    // Frame times of pan and zoom steps over the whole data set.
+    const frames = await page.evaluate(() => {
+      const W = window.wgo; W.frames.length = 0;
+      W.fit(); for (let i = 0; i < 5; i++) W.pan(0.1);
+      for (let i = 0; i < 5; i++) W.zoom(0.5);
+      for (let i = 0; i < 5; i++) W.pan(-0.2);
+      for (let i = 0; i < 5; i++) W.zoom(2);
+      return W.frames.slice();
+    });
+    frames.sort((a, b) => a - b);
+    const info = await page.evaluate(() => ({ events: window.wgo.events, decodeMs: window.wgo.decodeMs }));
+    console.log(JSON.stringify({ events: info.events, bytes: statSync(report).size, loadMs, decodeMs: Math.round(info.decodeMs), frameMedianMs: +frames[frames.length >> 1].toFixed(1), frameMaxMs: +frames[frames.length - 1].toFixed(1) }));
+    await browser.close();
+    process.exit(0);
+  }
+
+  const expect = JSON.parse(readFileSync(expectFile, "utf8"));
+  const lanes = await page.evaluate(() => window.wgo.lanes());
+  if (lanes !== expect.nodes) await fail(`lanes ${lanes}, nodes ${expect.nodes}`);
+  const drawn = await page.evaluate(() => { window.wgo.fit(); return { arrows: window.wgo.arrowsDrawn, events: window.wgo.eventsDrawn, mode: window.wgo.mode }; });
+  if (drawn.mode !== "detail") await fail(`expected every event drawn in detail at full view, got ${drawn.mode}`);
+  if (drawn.arrows !== expect.messages) await fail(`arrows ${drawn.arrows}, matched messages ${expect.messages}`);
+  if (drawn.events !== expect.events) await fail(`events drawn ${drawn.events}, events ${expect.events}`);
+
+  // Click an event: its decoded fields and hex dump show.
+  const k = await page.evaluate((id) => window.wgo.indexOfId(id), expect.click.id);
+  await page.evaluate((k) => window.wgo.focus(k, 2e5), k);
+  const at = await page.evaluate((k) => window.wgo.screenOf(k), k);
+  await page.mouse.click(at.x, at.y);
+  const selected = await page.evaluate(() => window.wgo.selected());
+  if (selected !== k) await fail(`clicked event ${k} at ${at.x},${at.y}, selected ${selected}`);
+  const details = await page.textContent("#details");
+  if (!details.includes(expect.click.field) || !details.includes(String(expect.click.value))) await fail(`details lack field ${expect.click.field}=${expect.click.value}: ${details}`);
+  const hex = await page.textContent("#details pre.hex");
+  if (!/^0000  [0-9a-f]{2} /.test(hex)) await fail(`no hex dump: ${hex}`);
+
+  // The node filter hides that node's events, and only those.
+  const before = await page.evaluate(() => window.wgo.shownCount());
+  await page.click('[data-node="0"]');
+  const after = await page.evaluate(() => window.wgo.shownCount());
+  if (before - after !== expect.node0_events) await fail(`hiding node 0 hid ${before - after} events, it has ${expect.node0_events}`);
+  await page.click('[data-node="0"]');
+  // The type filter shows only that type.
+  await page.selectOption("#type", "0");
+  const onlyType = await page.evaluate(() => window.wgo.shownCount());
+  if (onlyType !== expect.type0_events) await fail(`type filter shows ${onlyType}, expected ${expect.type0_events}`);
+  await page.selectOption("#type", "-1");
+
+  if (errors.length) await fail("page errors: " + errors.join("; "));
+  const foreign = requests.filter((u) => u !== url);
+  if (foreign.length) await fail("the page made network requests: " + foreign.join(", "));
+
+  await page.evaluate((k) => { window.wgo.focus(k, 4e6); }, k);
+  await page.screenshot({ path: shot });
+  console.log(`ok: ${lanes} lanes, ${drawn.arrows} arrows, click → fields + hex, filters, no requests; loaded in ${loadMs} ms; screenshot ${shot}`);
+  await browser.close();
+} catch (e) {
+  await fail(String(e && e.stack || e));
+}

@@ -1,0 +1,77 @@
+//! The timeline page of a real multi-node capture, checked in headless Chromium
+//! (tests/browser/timeline.mjs). Saves docs/timeline.png, which the README shows.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use wgo::testbed::{Testbed, run};
+
+const SPEC: &str = r#"
+name = "timeline test"
+
+[[message]]
+name = "TASK"
+transport = "udp"
+match = [{ offset = 0, ascii = "TASK #" }]
+display = "TASK #{task}"
+fields = [{ name = "task", offset = 6, width = 1, ascii = true }]
+"#;
+
+#[test]
+fn timeline_of_a_real_capture_works_in_chromium() {
+    require_root();
+    let dir = tempdir("timeline");
+    let bed = Testbed::new(3).unwrap();
+    let servers: Vec<_> = bed.nodes.iter().map(|n| n.spawn(n.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap()).collect();
+    let recs: Vec<_> = bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for a in &bed.nodes {
+        for b in &bed.nodes {
+            if a.name != b.name {
+                run(a.command(PEER).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "8", "--tag", "TASK"])).unwrap();
+            }
+        }
+    }
+    for r in recs {
+        assert!(r.stop(Duration::from_secs(30)).unwrap().0.success());
+    }
+    drop(servers);
+    let spec = dir.join("spec.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let (html, json) = (dir.join("timeline.html"), dir.join("report.json"));
+    let out = Command::new(WGO).arg("report").arg(&dir).arg("--spec").arg(&spec).arg("--html").arg(&html).arg("--json").arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let events = v["events"].as_array().unwrap();
+    let node0 = v["nodes"][0]["name"].as_str().unwrap();
+    let click = events.iter().find(|e| e["label"].as_str().unwrap().starts_with("TASK #") && e["fields"]["task"].is_string()).expect("a TASK event");
+    let expect = serde_json::json!({
+        "nodes": v["nodes"].as_array().unwrap().len(),
+        "messages": v["messages"].as_array().unwrap().len(),
+        "events": events.len(),
+        "node0_events": events.iter().filter(|e| e["node"] == node0).count(),
+        "type0_events": events.iter().filter(|e| e["label"].as_str().unwrap().starts_with("TASK #")).count(),
+        "click": { "id": click["id"], "field": "task", "value": format!("TASK #{}", click["fields"]["task"].as_str().unwrap()) },
+    });
+    let expect_file = dir.join("expect.json");
+    std::fs::write(&expect_file, expect.to_string()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shot = root.join("docs/timeline.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let o = Command::new("node")
+        .arg(root.join("tests/browser/timeline.mjs"))
+        .arg("check")
+        .arg(&html)
+        .arg(&expect_file)
+        .arg(&shot)
+        .output()
+        .expect("node runs (cargo xtask test installs the browser test's packages)");
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+    assert!(o.status.success(), "browser check failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
