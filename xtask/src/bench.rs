@@ -18,6 +18,8 @@ pub enum Which {
     Collector,
     /// Unthrottled shipping over loopback against a plain TCP copy of the same bytes.
     Shipping,
+    /// Timeline page load and frame times in headless Chromium, 10 k to 1 M events.
+    Timeline,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -25,6 +27,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Capture => capture(),
         Which::Collector => collector(),
         Which::Shipping => shipping(),
+        Which::Timeline => timeline(),
     }
 }
 
@@ -333,5 +336,40 @@ fn shipping() -> anyhow::Result<()> {
     println!("Shipping {mib:.0} MiB over loopback, unthrottled, to disk with fsync, {ROUNDS} rounds, medians:");
     println!("  plain TCP copy (baseline)   {:.3} s  {:>7.0} MiB/s   1.000x", p, mib / p);
     println!("  wgo ship -> wgo collect     {:.3} s  {:>7.0} MiB/s   {:.3}x", w, mib / w, p / w);
+    Ok(())
+}
+
+fn timeline() -> anyhow::Result<()> {
+    crate::build::all()?;
+    crate::setup::packages(crate::setup::TEST_PACKAGES)?;
+    crate::setup::browser_test_packages()?;
+    let wgo = root().join("target/release/wgo");
+    let peer = root().join("target/release/wgo-peer");
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-timeline-{}", std::process::id()));
+    println!("Timeline in headless Chromium (1600x1000): load = navigation to ready (decode + first frame);");
+    println!("frames = pan and zoom steps over all events; ratios against the 10 k page of the same run.");
+    println!("{:>9}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>8}", "events", "file MB", "load ms", "vs 10k", "frame ms", "max ms", "vs 10k");
+    let mut base: Option<(f64, f64)> = None;
+    for target in [10_000u64, 100_000, 1_000_000] {
+        let _ = std::fs::remove_dir_all(&tmp);
+        testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
+        let html = tmp.join("timeline.html");
+        testbed::run(Command::new(&wgo).arg("report").arg(&tmp).arg("--spec").arg(tmp.join("sim.toml")).arg("--html").arg(&html))?;
+        let out = testbed::run(Command::new("node").arg(root().join("tests/browser/timeline.mjs")).arg("bench").arg(&html))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bench output")?;
+        let (load, frame) = (v["loadMs"].as_f64().unwrap_or(0.0), v["frameMedianMs"].as_f64().unwrap_or(0.0));
+        let (bl, bf) = *base.get_or_insert((load, frame));
+        println!(
+            "{:>9}  {:>9.1}  {:>8.0}  {:>7.1}x  {:>9.1}  {:>9.1}  {:>7.1}x",
+            v["events"].as_u64().unwrap_or(0),
+            v["bytes"].as_f64().unwrap_or(0.0) / 1e6,
+            load,
+            load / bl,
+            frame,
+            v["frameMaxMs"].as_f64().unwrap_or(0.0),
+            frame / bf.max(0.1)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

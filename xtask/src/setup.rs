@@ -18,7 +18,20 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("tshark", "tshark"),
     ("tcpdump", "tcpdump"),
+    ("chromium", "chromium"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
 ];
+
+/// The browser tests' npm packages (playwright-core drives Debian's Chromium).
+pub fn browser_test_packages() -> anyhow::Result<()> {
+    let dir = crate::build::root().join("tests/browser");
+    if dir.join("node_modules/playwright-core").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the browser tests' npm packages");
+    exec(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund"]))
+}
 pub const DEMO_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ping", "iputils-ping"), ("nft", "nftables")];
 
 /// A rustup/cargo command with the variables `cargo run` sets for xtask removed, so

@@ -9,6 +9,7 @@ const FUZZ_SECONDS: u32 = 20;
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::build::all()?;
     crate::setup::packages(crate::setup::TEST_PACKAGES)?;
+    crate::setup::browser_test_packages()?;
     exec(
         clean_command("cargo")
             .current_dir(crate::build::root())

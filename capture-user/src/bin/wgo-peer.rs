@@ -174,13 +174,15 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Synth { events, out, nodes } => {
             use wgo::analysis::sim;
-            // Heartbeats dominate: n(n-1) pairs, 2 events each, every 100 µs.
-            let per_sec = (nodes * (nodes - 1) * 2) as f64 * 10_000.0;
-            let duration_ns = (events as f64 / per_sec * 1e9) as i64 + 1_000_000_000;
+            // Heartbeats dominate: n(n-1) pairs, 2 events each per interval. At least 2 s
+            // (room for tasks, retries and a partition), at most 400 k events a second.
+            let per_interval = (nodes * (nodes - 1) * 2) as f64;
+            let duration_ns = (2e9f64).max(events as f64 / 400_000.0 * 1e9) as i64;
+            let heartbeat_every_ns = ((per_interval * duration_ns as f64 / events.max(1) as f64) as i64).max(1_000);
             let cfg = sim::Config {
                 nodes,
                 duration_ns,
-                heartbeat_every_ns: 100_000,
+                heartbeat_every_ns,
                 drop_rate: 0.01,
                 partition: Some((nodes / 2, duration_ns / 2, duration_ns / 2 + 500_000_000)),
                 ..sim::Config::default()
