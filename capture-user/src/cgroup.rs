@@ -111,6 +111,15 @@ pub fn processes(path: &Path) -> Result<Vec<u32>, CgroupError> {
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
+/// Whether any BPF program is attached to the cgroup (asks bpftool).
+pub fn has_bpf_programs(path: &Path) -> bool {
+    std::process::Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(path)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() > 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod clock;
 pub mod collector;
+pub mod demo;
 pub mod dump;
 pub mod packet;
 pub mod pcapng;

@@ -108,9 +108,21 @@ impl Node {
         ip(&full)
     }
 
-    /// Runs `nft ARGS` in this node's namespace.
-    pub fn nft(&self, script: &str) -> anyhow::Result<Output> {
-        run(Command::new("ip").args(["netns", "exec", &self.netns, "nft", script]))
+    /// Runs an nft script (`nft -f -`) in this node's namespace.
+    pub fn nft(&self, script: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft")?;
+        child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft in {} failed: {}\nscript:\n{script}", self.name, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 // Headless-Chromium checks and benchmarks of a wgo timeline page.
 //   node timeline.mjs check REPORT.html EXPECT.json SCREENSHOT.png
 //   node timeline.mjs bench REPORT.html
+//   node timeline.mjs shot REPORT.html SCREENSHOT.png VIOLATION-TEXT   (centres on that violation)
 // EXPECT.json: { nodes, messages, events, click: { id, field, value } }
 import { chromium } from "playwright-core";
 import { readFileSync, statSync } from "node:fs";
@@ -26,6 +27,22 @@ try {
   const err = await page.evaluate(() => window.wgo.error);
   if (err) await fail("page failed to load: " + err);
 
+  if (mode === "shot") {
+    const needle = process.argv[5] || "";
+    const k = await page.evaluate((needle) => {
+      const W = window.wgo;
+      const v = W.header.violations.find((x) => x.text.includes(needle));
+      if (!v) return -1;
+      const k = v.events[0];
+      W.focus(k, 60e6); W.select(k);
+      return k;
+    }, needle);
+    if (k < 0) await fail(`no violation mentions ${needle}`);
+    await page.screenshot({ path: expectFile });
+    console.log(`screenshot ${expectFile} centred on event ${k}`);
+    await browser.close();
+    process.exit(0);
+  }
   if (mode === "bench") {
     // Frame times of pan and zoom steps over the whole data set.
     const frames = await page.evaluate(() => {

@@ -16,6 +16,8 @@ pub const STORM_COUNT: usize = 5;
 pub const STORM_WINDOW_NS: i64 = 1_000_000_000;
 /// Identical payloads on one flow this close together are retransmissions.
 pub const RETRY_WINDOW_NS: i64 = 5_000_000_000;
+/// A receiver must have kept recording this long after a send for its absence to be judged.
+pub const JUDGE_MARGIN_NS: i64 = 20_000_000;
 /// Longest one-way delay assumed: a send this close before a recorder gap on its
 /// receiver may have arrived inside the gap, so its absence is not called network loss.
 pub const MAX_DELAY_NS: i64 = 100_000_000;
@@ -211,7 +213,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         };
         for r in receivers {
             let (w0, w1) = window(r);
-            if t < w0 || t + ctx.clocks.uncertainty(r) > w1 || blind(r, t) {
+            if t < w0 || t + ctx.clocks.uncertainty(r) + JUDGE_MARGIN_NS > w1 || blind(r, t) {
                 not_judged += 1;
                 continue;
             }

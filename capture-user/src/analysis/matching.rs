@@ -175,6 +175,15 @@ pub fn match_messages(trace: &Trace, index: &MatchIndex, clocks: Option<&dyn Tim
             continue;
         }
         let is_group = is_group_address(trace.addr(ev(sends[0]).dst));
+        // A node's own broadcast looped back to it is no message between nodes.
+        let own: Vec<NodeId> = sends.iter().map(|&s| ev(s).node).collect();
+        let filtered: Vec<EventId>;
+        let recvs = if is_group {
+            filtered = recvs.iter().copied().filter(|&r| !own.contains(&ev(r).node)).collect();
+            &filtered[..]
+        } else {
+            recvs
+        };
         if sends.len() == 1 {
             let s = sends[0];
             // One receive per node; more on the same node are network duplicates.

@@ -199,7 +199,22 @@ impl Analysis {
             w.write_all(buf.as_bytes())?;
         }
         w.write_all(b"],\"anomalies\":")?;
-        serde_json::to_writer(&mut w, &self.anomalies)?;
+        let name = |n: &u16| t.nodes[*n as usize].name.clone();
+        let anomalies: Vec<serde_json::Value> = self
+            .anomalies
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "kind": a.kind,
+                    "events": a.events,
+                    "text": a.text,
+                    "nodes": a.nodes.iter().map(name).collect::<Vec<_>>(),
+                    "islands": a.islands.iter().map(|i| i.iter().map(name).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                    "span_ns": a.span,
+                })
+            })
+            .collect();
+        serde_json::to_writer(&mut w, &anomalies)?;
         w.write_all(b",\"violations\":")?;
         serde_json::to_writer(&mut w, &self.violations)?;
         w.write_all(b"}\n")?;

@@ -8,6 +8,21 @@ use super::spec::{EventSel, InvariantDef, Spec, Value};
 use super::trace::{Dir, EventId, NodeId, Trace};
 
 pub const UNKNOWN: u16 = u16::MAX;
+/// How far back receives count as what set off a "never" event, ns.
+pub const NEVER_CAUSE_WINDOW_NS: i64 = 1_000_000;
+/// A receive after this long without word from its sender is called out as such.
+pub const SILENCE_NS: i64 = 200_000_000;
+/// Identical "never" events this close together (one message to several peers) count once.
+pub const NEVER_SAME_NS: i64 = 1_000_000;
+/// A rule's earlier event may predate the recording: events this soon after a node's
+/// recording starts are not called violations for lacking one.
+pub const RULE_HORIZON_NS: i64 = 1_000_000_000;
+
+/// The node that sent what event `id` received (by its source address).
+fn sender_name(trace: &Trace, id: usize) -> Option<String> {
+    let src = trace.events[id].src;
+    trace.nodes.iter().find(|n| n.addrs.contains(&src)).map(|n| n.name.clone())
+}
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Violation {
@@ -22,8 +37,10 @@ pub fn classify(trace: &Trace, spec: &Spec) -> Vec<u16> {
     trace.events.iter().map(|e| spec.classify(trace, e).map_or(UNKNOWN, |m| m as u16)).collect()
 }
 
-fn selected(trace: &Trace, classes: &[u16], sel: &EventSel, id: usize) -> bool {
-    classes[id] == sel.message as u16 && sel.dir.is_none_or(|d| d == trace.events[id].dir)
+fn selected(trace: &Trace, spec: &Spec, classes: &[u16], sel: &EventSel, id: usize) -> bool {
+    classes[id] == sel.message as u16
+        && sel.dir.is_none_or(|d| d == trace.events[id].dir)
+        && sel.filter.iter().all(|(f, v)| spec.field(sel.message, *f, trace.payload(&trace.events[id])).as_ref() == Some(v))
 }
 
 fn key_of(trace: &Trace, spec: &Spec, message: usize, fields: impl Iterator<Item = usize>, id: usize) -> Option<Vec<Value>> {
@@ -50,7 +67,7 @@ pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn Time
         // Earliest "after" event per (node if same_node, key).
         let mut first: HashMap<(Option<NodeId>, Vec<Value>), (i64, EventId)> = HashMap::new();
         for id in 0..trace.events.len() {
-            if !selected(trace, classes, &rule.after, id) {
+            if !selected(trace, spec, classes, &rule.after, id) {
                 continue;
             }
             let e = &trace.events[id];
@@ -62,13 +79,14 @@ pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn Time
             }
         }
         for id in 0..trace.events.len() {
-            if !selected(trace, classes, &rule.event, id) {
+            if !selected(trace, spec, classes, &rule.event, id) {
                 continue;
             }
             let e = &trace.events[id];
             let Some(k) = key_of(trace, spec, rule.event.message, rule.key.iter().map(|k| k.0), id) else { continue };
             match first.get(&(rule.same_node.then_some(e.node), k)) {
                 Some(&(_, a)) => edges.push((a, id as EventId, EdgeKind::Rule(ri as u32))),
+                None if e.t_raw - trace.nodes[e.node as usize].window.0 < RULE_HORIZON_NS => {}
                 None => {
                     let node = &trace.nodes[e.node as usize];
                     let after = &spec.messages[rule.after.message].name;
@@ -145,6 +163,57 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                                 within_ns / 1_000_000
                             ),
                         });
+                    }
+                }
+            }
+            InvariantDef::Never { name, sel } => {
+                for r in &trace.node_ranges {
+                    let mut last: Option<usize> = None;
+                    for id in r.clone() {
+                        if !selected(trace, spec, classes, sel, id) {
+                            continue;
+                        }
+                        // The same message sent to several peers at once is one event here.
+                        let e = &trace.events[id];
+                        if last.is_some_and(|l| trace.events[l].hash == e.hash && e.t_raw - trace.events[l].t_raw < NEVER_SAME_NS) {
+                            continue;
+                        }
+                        last = Some(id);
+                        // What the node had just received explains it, more often than not.
+                        let causes: Vec<usize> = (r.start..id)
+                            .rev()
+                            .take(64)
+                            .filter(|&p| trace.events[p].dir == Dir::Recv && e.t_raw - trace.events[p].t_raw <= NEVER_CAUSE_WINDOW_NS)
+                            .take(5)
+                            .collect();
+                        let text = if causes.is_empty() {
+                            describe(trace, spec, classes, id as EventId)
+                        } else {
+                            let list: Vec<String> = causes
+                                .iter()
+                                .map(|&p| {
+                                    // A sender heard from again after a silence is often the story.
+                                    let src = trace.events[p].src;
+                                    let silence = (r.start..p)
+                                        .rev()
+                                        .find(|&q| trace.events[q].dir == Dir::Recv && trace.events[q].src == src)
+                                        .map(|q| trace.events[p].t_raw - trace.events[q].t_raw)
+                                        .filter(|&gap| gap >= SILENCE_NS)
+                                        .map(|gap| format!(", the first from it in {}", super::output::fmt_ns(gap)))
+                                        .unwrap_or_default();
+                                    format!(
+                                        "{} (from {}, {} before{silence})",
+                                        describe(trace, spec, classes, p as EventId),
+                                        sender_name(trace, p).unwrap_or_else(|| "an unrecorded node".into()),
+                                        super::output::fmt_ns(e.t_raw - trace.events[p].t_raw)
+                                    )
+                                })
+                                .collect();
+                            format!("{}, right after {}", describe(trace, spec, classes, id as EventId), list.join("; "))
+                        };
+                        let mut events = vec![id as EventId];
+                        events.extend(causes.iter().map(|&p| p as EventId));
+                        out.push(Violation { name: name.clone(), events, text });
                     }
                 }
             }

@@ -35,7 +35,16 @@
 //! message = "VOTE"
 //! field = "ballot"
 //! dir = "send"
+//!
+//! [[invariant]]                       # each such event is reported, with what its node
+//! name = "no-aborted-ballots"         # had just received
+//! kind = "never"
+//! message = "VOTE"
+//! where = { phase = "ABORT" }         # a number, or one of the field's labels
+//! dir = "send"
 //! ```
+//!
+//! Rule ends take `where` too: `event = { message = "VOTE", dir = "send", where = { phase = "PROMISE" } }`.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -114,6 +123,9 @@ struct EndToml {
     message: Spanned<String>,
     #[serde(default)]
     dir: Option<Spanned<String>>,
+    /// Field values the event must have: a number, or one of the field's labels.
+    #[serde(default, rename = "where")]
+    filter: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +159,8 @@ struct InvariantToml {
     field: Option<Spanned<String>>,
     #[serde(default)]
     dir: Option<Spanned<String>>,
+    #[serde(default, rename = "where")]
+    filter: BTreeMap<String, Spanned<toml::Value>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,6 +195,8 @@ pub struct MessageDef {
 pub struct EventSel {
     pub message: usize,
     pub dir: Option<Dir>,
+    /// (field index, value) pairs the event's fields must equal.
+    pub filter: Vec<(usize, Value)>,
 }
 
 #[derive(Clone, Debug)]
@@ -198,12 +214,14 @@ pub struct RuleDef {
 pub enum InvariantDef {
     Answered { name: String, request: usize, response: usize, key: Vec<(usize, usize)>, within_ns: i64 },
     Monotonic { name: String, message: usize, field: usize, dir: Option<Dir> },
+    /// Events that should never happen; each is reported with what its node had just received.
+    Never { name: String, sel: EventSel },
 }
 
 impl InvariantDef {
     pub fn name(&self) -> &str {
         match self {
-            InvariantDef::Answered { name, .. } | InvariantDef::Monotonic { name, .. } => name,
+            InvariantDef::Answered { name, .. } | InvariantDef::Monotonic { name, .. } | InvariantDef::Never { name, .. } => name,
         }
     }
 }
@@ -337,9 +355,31 @@ impl Spec {
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let filter = |spec: &Spec, message: usize, f: &BTreeMap<String, Spanned<toml::Value>>| {
+            f.iter()
+                .map(|(name, v)| {
+                    let m = &spec.messages[message];
+                    let fi = m.fields.iter().position(|x| x.name == *name).ok_or_else(|| err(v.span(), format!("{} has no field {name}", m.name)))?;
+                    let value = match v.get_ref() {
+                        toml::Value::Integer(n) if *n >= 0 => Value::Int(*n as u64),
+                        toml::Value::String(s) if m.fields[fi].ascii => Value::Text(s.clone()),
+                        toml::Value::String(s) => match m.fields[fi].labels.iter().find(|(_, l)| *l == s) {
+                            Some((n, _)) => Value::Int(*n),
+                            None => return Err(err(v.span(), format!("field {name} of {} has no label {s:?}", m.name))),
+                        },
+                        _ => return Err(err(v.span(), format!("where {name}: give a non-negative number or a label"))),
+                    };
+                    Ok((fi, value))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let sel = |spec: &Spec, e: &EndToml| -> Result<EventSel, SpecError> {
+            let message = msg(spec, &e.message)?;
+            Ok(EventSel { message, dir: dir(&e.dir)?, filter: filter(spec, message, &e.filter)? })
+        };
         for r in &raw.rule {
-            let event = EventSel { message: msg(&spec, &r.event.message)?, dir: dir(&r.event.dir)? };
-            let after = EventSel { message: msg(&spec, &r.after.message)?, dir: dir(&r.after.dir)? };
+            let event = sel(&spec, &r.event)?;
+            let after = sel(&spec, &r.after)?;
             let k = key(&spec, event.message, after.message, &r.key)?;
             spec.rules.push(RuleDef { name: r.name.get_ref().clone(), event, after, same_node: r.same_node, key: k, line: line_of(text, r.name.span()) });
         }
@@ -373,7 +413,14 @@ impl Spec {
                         .ok_or_else(|| err(field_name.span(), format!("{} has no field {}", spec.messages[message].name, field_name.get_ref())))?;
                     InvariantDef::Monotonic { name: inv.name.get_ref().clone(), message, field, dir: dir(&inv.dir)? }
                 }
-                other => return Err(err(inv.kind.span(), format!("invariant kind must be \"answered\" or \"monotonic\", not {other:?}"))),
+                "never" => {
+                    let message = msg(&spec, &need(&inv.message, "message")?)?;
+                    InvariantDef::Never {
+                        name: inv.name.get_ref().clone(),
+                        sel: EventSel { message, dir: dir(&inv.dir)?, filter: filter(&spec, message, &inv.filter)? },
+                    }
+                }
+                other => return Err(err(inv.kind.span(), format!("invariant kind must be \"answered\", \"monotonic\" or \"never\", not {other:?}"))),
             };
             spec.invariants.push(def);
         }
@@ -525,6 +572,35 @@ within_ms = 200
         assert_eq!(s.label(1, &ack), "ACK #1273 retry");
         assert_eq!(s.field(1, 0, &ack), Some(Value::Int(1273)));
         assert!(matches!(&s.invariants[0], InvariantDef::Answered { within_ns: 200_000_000, .. }));
+    }
+
+    #[test]
+    fn where_filters_and_never_invariants() {
+        let text = r#"
+[[message]]
+name = "VOTE"
+match = [{ offset = 0, ascii = "VOTE" }]
+fields = [
+  { name = "phase", offset = 4, width = 1, labels = { 1 = "PREPARE", 4 = "ABORT" } },
+  { name = "ballot", offset = 5, width = 4 },
+]
+
+[[invariant]]
+name = "no-aborts"
+kind = "never"
+message = "VOTE"
+where = { phase = "ABORT" }
+dir = "send"
+"#;
+        let s = Spec::parse(text, "v.toml").unwrap();
+        match &s.invariants[0] {
+            InvariantDef::Never { sel, .. } => assert_eq!(sel.filter, vec![(0, Value::Int(4))]),
+            other => panic!("{other:?}"),
+        }
+        let e = Spec::parse(&text.replace("\"ABORT\" }\ndir", "\"ABORTED\" }\ndir"), "v.toml").unwrap_err().to_string();
+        assert!(e.contains("line 14") && e.contains("no label \"ABORTED\""), "{e}");
+        let e = Spec::parse(&text.replace("where = { phase", "where = { stage"), "v.toml").unwrap_err().to_string();
+        assert!(e.contains("VOTE has no field stage"), "{e}");
     }
 
     #[test]

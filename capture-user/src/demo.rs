@@ -1,0 +1,212 @@
+//! The demo: a five-node cluster misbehaves, wgo catches it and explains it.
+//!
+//! The faults are the demo's own, injected from outside the application: a lossy link,
+//! a node that stalls and comes back as an "ex-member" mid-vote, then a partition.
+//! wgo is told nothing about them: the explanation comes from the packets and the spec.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::testbed::{ChildGuard, Testbed, WgoProcess, run};
+
+pub struct DemoOptions<'a> {
+    pub wgo: PathBuf,
+    pub app: PathBuf,
+    pub spec: PathBuf,
+    /// Where dumps, manifest, report and timeline go.
+    pub out: PathBuf,
+    pub stop: &'a AtomicBool,
+    pub log: &'a dyn Fn(&str),
+}
+
+pub struct DemoOutcome {
+    /// What went wrong, one line per fault, as wgo found it.
+    pub headline: String,
+    /// `wgo report`'s own summary.
+    pub report: String,
+    pub timeline: PathBuf,
+    pub json: PathBuf,
+}
+
+const NODES: usize = 5;
+const TRIGGER_PORT: u16 = 7301;
+
+/// Sleeps, giving up early (with an error) when asked to stop.
+fn pause(stop: &AtomicBool, d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+    }
+    Ok(())
+}
+
+pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
+    let log = o.log;
+    let _ = std::fs::remove_dir_all(&o.out);
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let secret = o.out.join("secret");
+    std::fs::write(&secret, crate::ship::hex(&crate::protocol::random_bytes::<24>()))?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+
+    log("starting a cluster of 5 nodes: network namespaces and cgroups on a bridge");
+    let bed = Testbed::new(NODES)?;
+    let agents: Vec<WgoProcess> = bed
+        .nodes
+        .iter()
+        .map(|n| {
+            let side = bed.side_cgroup(&format!("agent-{}", n.name))?;
+            let mut cmd = n.command_in(&o.wgo, Some(&side))?;
+            cmd.args(["agent", "--node", &n.name, "--cgroup"])
+                .arg(&n.cgroup)
+                .arg("--secret-file")
+                .arg(&secret)
+                .arg("--spool-dir")
+                .arg(o.out.join("spool").join(&n.name))
+                .args(["--on-trigger", "freeze", "--ring-seconds", "30", "--trigger-port", &TRIGGER_PORT.to_string()])
+                .env("WGO_LOG", "warn");
+            // The agents log at warn: "waiting" is an info line, so wait on the programs instead.
+            let p = WgoProcess::spawn(&mut cmd, "", Duration::from_secs(10))?;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !crate::cgroup::has_bpf_programs(&n.cgroup) {
+                if Instant::now() > deadline {
+                    bail!("agent on {} did not attach: {}", n.name, p.stderr());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(p)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    log("started a wgo agent per node (stop policy: freeze)");
+    let apps: Vec<ChildGuard> = bed
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| n.spawn(n.command(&o.app)?.args(["--index", &(i + 1).to_string(), "--nodes", &NODES.to_string()])))
+        .collect::<anyhow::Result<_>>()?;
+    log("running the demo app on every node: TASK/ACK, heartbeats, ballots, WHOHAS/IHAVE");
+    pause(o.stop, Duration::from_millis(1500))?;
+
+    let (n1, n3) = (bed.node("node1"), bed.node("node3"));
+    log("fault 1: the link node1 → node3 drops 30% of UDP (tasks get retried)");
+    n3.nft(&format!(
+        "table inet wgo_lossy {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {} udp dport 7000 numgen random mod 10 < 3 drop\n  }}\n}}\n",
+        n1.ipv4
+    ))?;
+    pause(o.stop, Duration::from_millis(2500))?;
+    n3.nft("delete table inet wgo_lossy")?;
+
+    log("fault 2: node5 stalls for 1.2 s, falls out of the membership, and comes back mid-vote");
+    let app5 = apps[4].id() as i32;
+    unsafe { libc::kill(app5, libc::SIGSTOP) };
+    let stalled = pause(o.stop, Duration::from_millis(1200));
+    unsafe { libc::kill(app5, libc::SIGCONT) };
+    stalled?;
+    pause(o.stop, Duration::from_millis(800))?;
+
+    log("fault 3: partition into {node1, node2} and {node3, node4, node5} for 2 s");
+    let islands: [&[usize]; 2] = [&[0, 1], &[2, 3, 4]];
+    for (i, isl) in islands.iter().enumerate() {
+        let others: Vec<String> = islands[1 - i].iter().map(|&k| bed.nodes[k].ipv4.to_string()).collect();
+        for &k in isl.iter() {
+            bed.nodes[k].nft(&format!(
+                "table inet wgo_split {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {{ {} }} drop\n  }}\n}}\n",
+                others.join(", ")
+            ))?;
+        }
+    }
+    let split = pause(o.stop, Duration::from_millis(2000));
+    for n in &bed.nodes {
+        n.nft("delete table inet wgo_split")?;
+    }
+    split?;
+    pause(o.stop, Duration::from_millis(700))?;
+
+    log("pressing the button: trigger from node1, collecting all five dumps");
+    let collected = o.out.join("collected");
+    let names: Vec<&str> = bed.nodes.iter().map(|n| n.name.as_str()).collect();
+    let side = bed.side_cgroup("collector")?;
+    let mut trig = n1.command_in(&o.wgo, Some(&side))?;
+    trig.arg("trigger")
+        .arg("--secret-file")
+        .arg(&secret)
+        .args(["--broadcast", &format!("{}:{TRIGGER_PORT}", crate::testbed::BROADCAST_V4)])
+        .args(["--listen", &format!("{}:7300", n1.ipv4), "--expect", &names.join(","), "--wait", "60", "--out"])
+        .arg(&collected)
+        .env("WGO_LOG", "warn");
+    let out = run(&mut trig).context("wgo trigger")?;
+    log(&String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
+    for a in agents {
+        let (status, _, err) = a.wait(Duration::from_secs(30))?;
+        if !status.success() {
+            bail!("an agent failed: {err}");
+        }
+    }
+    let frozen = bed.nodes.iter().filter(|n| std::fs::read_to_string(n.cgroup.join("cgroup.events")).unwrap_or_default().contains("frozen 1")).count();
+    log(&format!("the agents shipped their dumps and froze the application on {frozen} of {NODES} nodes"));
+
+    let (timeline, json) = (o.out.join("timeline.html"), o.out.join("report.json"));
+    let rep = run(Command::new(&o.wgo).arg("report").arg(&collected).arg("--spec").arg(&o.spec).arg("--html").arg(&timeline).arg("--json").arg(&json).env("WGO_LOG", "warn"))?;
+    let report = String::from_utf8_lossy(&rep.stdout).into_owned();
+    let headline = headline(&json)?;
+    drop(apps);
+    drop(bed);
+    log("removed the namespaces, cgroups, links and processes");
+    Ok(DemoOutcome { headline, report, timeline, json })
+}
+
+/// What went wrong, from the report alone: the lossiest link, the aborted ballots and why, the islands.
+pub fn headline(json: &Path) -> anyhow::Result<String> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json)?).context("reading the report")?;
+    let label: std::collections::HashMap<u64, String> =
+        v["events"].as_array().into_iter().flatten().map(|e| (e["id"].as_u64().unwrap_or(0), e["label"].as_str().unwrap_or("").to_string())).collect();
+    let all: Vec<&serde_json::Value> = v["anomalies"].as_array().into_iter().flatten().collect();
+    let kind = |k: &'static str| all.iter().copied().filter(move |a| a["kind"] == k);
+    let mut lines = Vec::new();
+    // The link that lost the most TASKs.
+    let mut links: std::collections::BTreeMap<(String, String), (usize, usize)> = std::collections::BTreeMap::new();
+    for a in kind("network_loss") {
+        let nodes = a["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() < 2 {
+            continue;
+        }
+        let key = (nodes[0].as_str().unwrap_or("?").to_string(), nodes[1].as_str().unwrap_or("?").to_string());
+        let is_task = a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK"));
+        let e = links.entry(key).or_default();
+        if is_task { e.0 += 1 } else { e.1 += 1 }
+    }
+    if let Some(((from, to), (tasks, other))) = links.iter().filter(|(_, c)| c.0 > 0).max_by_key(|(_, c)| c.0) {
+        let retried = kind("retransmission").filter(|a| a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK"))).count();
+        lines.push(format!("lossy link {from} → {to}: {tasks} TASKs lost (and {other} other messages); {retried} TASKs had to be retried"));
+    }
+    // Aborted ballots, with what set them off.
+    let aborts: Vec<&str> = v["violations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["name"] == "no-aborted-ballots")
+        .filter_map(|x| x["text"].as_str())
+        .collect();
+    let rejoin: Vec<&&str> = aborts.iter().filter(|t| t.contains("member rejoined")).collect();
+    if let Some(first) = rejoin.first() {
+        lines.push(format!("aborted ballot: {first} — an ex-member's heartbeat arrived mid-vote ({} such aborts, {} aborts in all)", rejoin.len(), aborts.len()));
+    }
+    for a in kind("partition") {
+        let islands: Vec<String> = a["islands"].as_array().into_iter().flatten().map(|i| {
+            format!("{{{}}}", i.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
+        }).collect();
+        if islands.len() >= 2 {
+            lines.push(a["text"].as_str().unwrap_or("").to_string());
+        }
+    }
+    if lines.is_empty() {
+        lines.push("nothing went wrong that wgo could see".into());
+    }
+    Ok(lines.iter().enumerate().map(|(i, l)| format!("  {}. {l}", i + 1)).collect::<Vec<_>>().join("\n"))
+}
