@@ -293,3 +293,36 @@ fn killed_collector_restarts_and_transfers_resume() {
         assert_eq!(sha(&out.join(format!("{}.pcapng", n.name))), sha(&spooled), "{} complete after the restart", n.name);
     }
 }
+
+#[test]
+fn an_agent_inside_the_recorded_cgroup_keeps_its_own_traffic_out() {
+    let c = Cluster::new("own-traffic", 2);
+    // node1's agent runs inside the cgroup it records (policy none: it must not stop itself).
+    let n1 = c.bed.node("node1");
+    let mut cmd = n1.command(WGO).unwrap();
+    cmd.args(["agent", "--node", "node1", "--cgroup"])
+        .arg(&n1.cgroup)
+        .arg("--secret-file")
+        .arg(&c.secret_file)
+        .arg("--spool-dir")
+        .arg(c.spool("node1"))
+        .args(["--on-trigger", "none", "--ring-seconds", "60", "--trigger-port", &TRIGGER_PORT.to_string()])
+        .env("WGO_LOG", "info");
+    let inside = WgoProcess::spawn(&mut cmd, "waiting for a trigger", Duration::from_secs(15)).unwrap();
+    let outside = c.agent("node2", &["--on-trigger", "none"]);
+    c.send_raw((0..20u8).map(|k| vec![k; 40]).collect());
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.dir.join("collected");
+    let (status, _, err) = c.collector("trigger", &out, "2", "60").wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "{err}");
+    for a in [inside, outside] {
+        assert!(a.wait(Duration::from_secs(30)).unwrap().0.success());
+    }
+    let pkts = tshark(&out.join("node1.pcapng"));
+    assert!(pkts.iter().any(|p| p.dport == Some(7000)), "the app's traffic is recorded");
+    for p in &pkts {
+        for port in [TRIGGER_PORT, COLLECT_PORT] {
+            assert!(p.sport != Some(port) && p.dport != Some(port), "the agent's own traffic was recorded: {p:?}");
+        }
+    }
+}

@@ -159,18 +159,19 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger) 
     let node = &opts.record.node;
     let collector = t.collector.unwrap_or_else(|| SocketAddr::new(heard.from.ip(), t.port));
     tracing::info!("trigger {:016x} from {}: dumping, shipping to {collector}", t.id, heard.from);
-    // Say we heard it at once, so the collector knows who to wait for.
+    // 1. Snapshot the ring first: nothing the agent sends from here on is recorded.
+    recorder.annotate("trigger_id", format!("{:016x}", t.id));
+    recorder.annotate("trigger_heard_ns", heard.heard_ns.to_string());
+    recorder.annotate("trigger_sent_ns", t.sent_ns.to_string());
+    let (ring, info) = recorder.finish()?;
+    // Say we heard it, so the collector knows who to wait for.
     if let Ok(s) = UdpSocket::bind(if collector.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }) {
         let msg = Heard { trigger_id: t.id, heard_ns: heard.heard_ns, node: node.clone() }.encode(&opts.secret);
         for _ in 0..3 {
             let _ = s.send_to(&msg, collector);
         }
     }
-    // 1-2. Snapshot the ring and put it in the spool before anything else can go wrong.
-    recorder.annotate("trigger_id", format!("{:016x}", t.id));
-    recorder.annotate("trigger_heard_ns", heard.heard_ns.to_string());
-    recorder.annotate("trigger_sent_ns", t.sent_ns.to_string());
-    let (ring, info) = recorder.finish()?;
+    // 2. Put the dump in the spool before anything else can go wrong.
     let mut entry = SpoolEntry {
         node: node.clone(),
         trigger_id: t.id,
