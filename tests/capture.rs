@@ -236,20 +236,14 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
             ]
         })
         .collect();
-    let recs: Vec<_> = bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
-    std::thread::sleep(Duration::from_millis(200));
-    for a in &bed.nodes {
-        for b in &bed.nodes {
-            if a.name != b.name {
+    record_all(&bed, &dir, || {
+        for a in &bed.nodes {
+            for b in bed.nodes.iter().filter(|b| b.name != a.name) {
                 run(a.command(PEER).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "20", "--tag", "REQ"])).unwrap();
                 run(a.command(PEER).unwrap().args(["tcp-send", "--to", &format!("[{}]:7001", b.ipv6), "--bytes", "50000"])).unwrap();
             }
         }
-    }
-    for r in recs {
-        let (status, _, err) = r.stop(Duration::from_secs(30)).unwrap();
-        assert!(status.success(), "{err}");
-    }
+    });
     drop(servers);
     let json = dir.join("report.json");
     let out = Command::new(WGO).arg("report").arg(&dir).arg("--json").arg(&json).output().unwrap();

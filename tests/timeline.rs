@@ -5,7 +5,6 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use wgo::testbed::{Testbed, run};
@@ -27,18 +26,13 @@ fn timeline_of_a_real_capture_works_in_chromium() {
     let dir = tempdir("timeline");
     let bed = Testbed::new(3).unwrap();
     let servers: Vec<_> = bed.nodes.iter().map(|n| n.spawn(n.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap()).collect();
-    let recs: Vec<_> = bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
-    std::thread::sleep(Duration::from_millis(200));
-    for a in &bed.nodes {
-        for b in &bed.nodes {
-            if a.name != b.name {
+    record_all(&bed, &dir, || {
+        for a in &bed.nodes {
+            for b in bed.nodes.iter().filter(|b| b.name != a.name) {
                 run(a.command(PEER).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "8", "--tag", "TASK"])).unwrap();
             }
         }
-    }
-    for r in recs {
-        assert!(r.stop(Duration::from_secs(30)).unwrap().0.success());
-    }
+    });
     drop(servers);
     let spec = dir.join("spec.toml");
     std::fs::write(&spec, SPEC).unwrap();

@@ -38,6 +38,17 @@ pub fn start_record(node: &Node, out: &Path, extra: &[&str]) -> WgoProcess {
     .expect("wgo record starts")
 }
 
+/// Records every node into DIR/<node>.pcapng while `traffic` runs, then stops them all.
+pub fn record_all(bed: &wgo::testbed::Testbed, dir: &Path, traffic: impl FnOnce()) {
+    let recs: Vec<WgoProcess> = bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    traffic();
+    for r in recs {
+        let (status, _, err) = r.stop(Duration::from_secs(30)).expect("wgo record stops");
+        assert!(status.success(), "wgo record failed: {err}");
+    }
+}
+
 /// One packet as tshark decodes it from our pcapng.
 #[derive(Debug, Clone)]
 pub struct Tshark {
