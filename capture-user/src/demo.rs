@@ -169,9 +169,14 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
     let all: Vec<&serde_json::Value> = v["anomalies"].as_array().into_iter().flatten().collect();
     let kind = |k: &'static str| all.iter().copied().filter(move |a| a["kind"] == k);
     let mut lines = Vec::new();
-    // The link that lost the most TASKs.
+    // The link that lost the most TASKs while the cluster was not partitioned (a partition
+    // loses everything across it, and is reported on its own).
+    let partitions: Vec<(i64, i64)> = kind("partition")
+        .filter_map(|a| Some((a["span_ns"][0].as_i64()?, a["span_ns"][1].as_i64()?)))
+        .collect();
+    let in_partition = |a: &serde_json::Value| a["span_ns"][0].as_i64().is_some_and(|t| partitions.iter().any(|&(x, y)| x <= t && t < y));
     let mut links: std::collections::BTreeMap<(String, String), (usize, usize)> = std::collections::BTreeMap::new();
-    for a in kind("network_loss") {
+    for a in kind("network_loss").filter(|a| !in_partition(a)) {
         let nodes = a["nodes"].as_array().cloned().unwrap_or_default();
         if nodes.len() < 2 {
             continue;
@@ -183,7 +188,7 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
     }
     if let Some(((from, to), (tasks, other))) = links.iter().filter(|(_, c)| c.0 > 0).max_by_key(|(_, c)| c.0) {
         let retried = kind("retransmission").filter(|a| a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK"))).count();
-        lines.push(format!("lossy link {from} → {to}: {tasks} TASKs lost (and {other} other messages); {retried} TASKs had to be retried"));
+        lines.push(format!("lossy link {from} → {to}: {tasks} TASKs lost outside the partition (and {other} other messages); {retried} TASKs had to be retried"));
     }
     // Aborted ballots, with what set them off.
     let aborts: Vec<&str> = v["violations"]
