@@ -241,19 +241,21 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     }
 
     // Retransmissions and storms: the same payload again from one node on one flow.
-    // Sends grouped by (node, flow, payload) by sorting, each group in time order.
-    let flow_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, e.hash);
-    let mut sends: Vec<EventId> = (0..trace.events.len() as EventId)
-        .filter(|&i| {
-            let e = &trace.events[i as usize];
-            e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp
-        })
+    // Sends grouped by (node, flow, payload) by sorting, each group in time order. Keys are
+    // computed once, not in every comparison.
+    let mut keyed_sends: Vec<((NodeId, u32, u32, u16, u16, u64), i64, EventId)> = trace
+        .events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp)
+        .map(|(i, e)| ((e.node, e.src, e.dst, e.sport, e.dport, e.hash), e.t_raw, i as EventId))
         .collect();
-    sends.sort_unstable_by_key(|&i| {
-        let e = &trace.events[i as usize];
-        (flow_key(e), e.t_raw, i)
+    keyed_sends.sort_unstable();
+    let sends: Vec<EventId> = keyed_sends.iter().map(|x| x.2).collect();
+    let by_payload = sends.chunk_by(|&a, &b| {
+        let (x, y) = (&trace.events[a as usize], &trace.events[b as usize]);
+        (x.node, x.src, x.dst, x.sport, x.dport, x.hash) == (y.node, y.src, y.dst, y.sport, y.dport, y.hash)
     });
-    let by_payload = sends.chunk_by(|&a, &b| flow_key(&trace.events[a as usize]) == flow_key(&trace.events[b as usize]));
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
