@@ -104,6 +104,7 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
         assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "cpu {cpu} sequence numbers");
     }
     let _ = std::fs::remove_dir_all(dir);
+
 }
 
 #[test]
@@ -236,6 +237,18 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
             ]
         })
         .collect();
+    // A plain tcpdump capture of node1's interface too, converted to pcapng (one node per file).
+    let tcpdump_dir = tempdir("report-tcpdump");
+    let pcap = tcpdump_dir.join("node1.pcap");
+    let tcpdump = wgo::testbed::ChildGuard::from(
+        Command::new("ip")
+            .args(["netns", "exec", &bed.nodes[0].netns, "tcpdump", "-q", "-U", "-i", "eth0", "-w"])
+            .arg(&pcap)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
     record_all(&bed, &dir, || {
         for a in &bed.nodes {
             for b in bed.nodes.iter().filter(|b| b.name != a.name) {
@@ -244,6 +257,9 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
             }
         }
     });
+    std::thread::sleep(Duration::from_millis(300));
+    tcpdump.signal(libc::SIGINT);
+    drop(tcpdump);
     drop(servers);
     let json = dir.join("report.json");
     let out = Command::new(WGO).arg("report").arg(&dir).arg("--json").arg(&json).output().unwrap();
@@ -274,4 +290,19 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
         assert!(r.2 >= s.2, "corrected receive time before its send: {m}");
     }
     let _ = std::fs::remove_dir_all(dir);
+
+    // The tcpdump file: Ethernet frames, no direction flags; wgo infers node1's address.
+    let ng = tcpdump_dir.join("node1-tcpdump.pcapng");
+    run(Command::new("editcap").args(["-F", "pcapng"]).arg(&pcap).arg(&ng)).unwrap();
+    let json = tcpdump_dir.join("r.json");
+    let out = Command::new(WGO).arg("report").arg(&ng).arg("--json").arg(&json).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let events = v["events"].as_array().unwrap();
+    let ip1 = bed.nodes[0].ipv4.to_string();
+    let sends = events.iter().filter(|e| e["dir"] == "send" && e["src"].as_str().unwrap().starts_with(&format!("{ip1}:"))).count();
+    let recvs = events.iter().filter(|e| e["dir"] == "recv" && e["dst"].as_str().unwrap().starts_with(&format!("{ip1}:"))).count();
+    assert!(sends >= 40 && recvs >= 40, "directions inferred from node1's address: {sends} sends, {recvs} receives");
+    assert!(events.iter().all(|e| e["seq"].is_null()), "tcpdump has no sequence numbers");
+    let _ = std::fs::remove_dir_all(tcpdump_dir);
 }

@@ -192,3 +192,27 @@ fn contradicting_rule_is_reported_as_a_cycle_naming_it() {
     }
     println!("{}", texts[0]);
 }
+
+#[test]
+fn a_truncated_dump_keeps_what_was_read_and_says_where_it_stopped() {
+    let (trace, _) = sim::generate(&Config { nodes: 2, seed: 3, partition: None, recorder_gap: false, duplicate: false, ..Config::default() });
+    let dir = std::env::temp_dir().join(format!("wgo-truncated-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    sim::write_dumps(&trace, &dir).unwrap();
+    let f = dir.join("node2.pcapng");
+    let full = std::fs::metadata(&f).unwrap().len();
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..(full as usize) * 2 / 3 + 5]).unwrap();
+    let files = vec![dir.join("node1.pcapng"), f.clone()];
+    let t = wgo::analysis::trace::Trace::read_files(&files).unwrap();
+    let n2 = t.node_by_name("node2").unwrap();
+    let kept = t.node_events(n2).len();
+    let all = trace.node_events(1).len();
+    assert!(kept > all / 2 && kept < all, "kept {kept} of {all}");
+    let skipped = &t.nodes[n2 as usize].skipped;
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("node2.pcapng") && skipped[0].contains("at byte"), "{skipped:?}");
+    let a = analyze(t, Inputs::default());
+    assert!(a.summary().contains("skipped:"), "the summary says what was skipped");
+    let _ = std::fs::remove_dir_all(dir);
+}
