@@ -98,12 +98,6 @@ fn fs_magic(path: &Path) -> Result<i64, CgroupError> {
     Ok(st.f_type as i64)
 }
 
-/// Moves process `pid` into the cgroup at `path`.
-pub fn add_process(path: &Path, pid: u32) -> Result<(), CgroupError> {
-    let procs = path.join("cgroup.procs");
-    std::fs::write(&procs, pid.to_string()).map_err(|source| CgroupError::Io { path: procs, source })
-}
-
 /// Process ids currently in the cgroup at `path` (not its children).
 pub fn processes(path: &Path) -> Result<Vec<u32>, CgroupError> {
     let procs = path.join("cgroup.procs");

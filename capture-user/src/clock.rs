@@ -11,10 +11,6 @@ pub fn wall_ns() -> u64 {
     now(libc::CLOCK_REALTIME) as u64
 }
 
-pub fn mono_ns() -> u64 {
-    now(libc::CLOCK_MONOTONIC) as u64
-}
-
 /// Wall clock minus monotonic clock, ns. Sampled around one wall-clock read so the
 /// error is half the time between the two monotonic reads. Re-sampled on every drain
 /// so NTP slews are followed.

@@ -192,7 +192,6 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
 
     // Network loss: sends a recording receiver never saw.
     let mut losses: Vec<(EventId, NodeId)> = Vec::new();
-    let mut not_judged = 0usize;
     // Unmatched sends, and group sends that some but maybe not all of their receivers got.
     let mut candidates: Vec<EventId> = m.unmatched_sends.clone();
     candidates.extend(m.messages.iter().map(|&(s, _)| s).filter(|&s| is_group_address(trace.addr(trace.events[s as usize].dst))));
@@ -214,7 +213,6 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         for r in receivers {
             let (w0, w1) = window(r);
             if t < w0 || t + ctx.clocks.uncertainty(r) + JUDGE_MARGIN_NS > w1 || blind(r, t) {
-                not_judged += 1;
                 continue;
             }
             losses.push((s, r));
@@ -232,7 +230,6 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         a.span = Some((corr(s), corr(s)));
         out.push(a);
     }
-    let _ = not_judged;
 
     for &(first, again) in &m.duplicates {
         let mut a = Anomaly::new(Kind::Duplicate, vec![first, again], format!("{} twice (network duplicate)", (ctx.describe)(again)));

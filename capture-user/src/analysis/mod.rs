@@ -95,12 +95,12 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
         .cycles
         .iter()
         .map(|c| {
-            let parts: Vec<String> = c.edges.iter().map(|&(a, b, k)| edge_text(&trace, &spec, &matching, &describe, a, b, k)).collect();
+            let parts: Vec<String> = c.edges.iter().map(|&(a, b, k)| edge_text(&spec, &matching, &describe, a, b, k)).collect();
             let (a, b, k) = c.dropped;
             format!(
                 "contradiction: {} cannot all hold; ignored {}",
                 parts.join(", and "),
-                edge_text(&trace, &spec, &matching, &describe, a, b, k)
+                edge_text(&spec, &matching, &describe, a, b, k)
             )
         })
         .collect();
@@ -119,7 +119,7 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }
 }
 
-fn edge_text(trace: &Trace, spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {
+fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {
     match k {
         EdgeKind::Program => format!("{} before {} (program order)", describe(a), describe(b)),
         EdgeKind::Message(i) => {
@@ -130,10 +130,7 @@ fn edge_text(trace: &Trace, spec: &Spec, m: &Matching, describe: &dyn Fn(EventId
             });
             format!("{} before {} ({kind})", describe(a), describe(b))
         }
-        EdgeKind::Rule(r) => {
-            let _ = trace;
-            format!("{} before {} (rule {})", describe(a), describe(b), spec.rules[r as usize].name)
-        }
+        EdgeKind::Rule(r) => format!("{} before {} (rule {})", describe(a), describe(b), spec.rules[r as usize].name),
     }
 }
 pub mod sim;

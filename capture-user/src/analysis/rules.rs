@@ -245,7 +245,6 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                 }
             }
         }
-        let _ = inv.name();
     }
     out
 }

@@ -155,10 +155,6 @@ impl Trace {
         id
     }
 
-    pub fn addr_id(&self, a: &IpAddr) -> Option<AddrId> {
-        self.addr_ids.get(a).copied()
-    }
-
     pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
         self.nodes.iter().position(|n| n.name == name).map(|i| i as NodeId)
     }
