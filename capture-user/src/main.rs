@@ -234,8 +234,14 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         kernel_ring_bytes: args.capture.kernel_ring_bytes,
     };
     // Fail before recording, not after, if the dump cannot be written.
-    let tmp = tmp_path(&args.out);
-    std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", args.out.display()))?;
+    let special = is_special_output(&args.out);
+    let tmp = if special { args.out.clone() } else { tmp_path(&args.out) };
+    if special {
+        std::fs::OpenOptions::new().write(true).open(&tmp)
+    } else {
+        std::fs::File::create(&tmp)
+    }
+    .with_context(|| format!("cannot write {}", args.out.display()))?;
 
     let stop = stop_flag()?;
     let result = (|| {
@@ -245,15 +251,18 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
         recorder.run(&stop, deadline)?;
         let (ring, info) = recorder.finish()?;
-        let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let file = if special { std::fs::OpenOptions::new().write(true).open(&tmp) } else { std::fs::File::create(&tmp) }
+            .with_context(|| format!("writing {}", tmp.display()))?;
         let written = wgo::dump::write_dump(file, &info, ring.iter())?;
-        std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
+        if !special {
+            std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
+        }
         print!("{}", wgo::record::summarize(&ring, &info));
         println!("wrote {} packets to {}", written.packets, args.out.display());
         tracing::info!("peak memory {} KiB", peak_rss_kib());
         anyhow::Ok(())
     })();
-    if result.is_err() {
+    if result.is_err() && !special {
         let _ = std::fs::remove_file(&tmp);
     }
     result
@@ -446,6 +455,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     let trace = Trace::read_files(&files)?;
     phase.done("read");
     let a = analysis::analyze(trace, analysis::Inputs { spec, missing_nodes: missing });
+    let mut phase = analysis::Phase::new();
     if let Some(p) = &args.json {
         write_atomically(p, |f| a.write_json(f))?;
         phase.done("json");
@@ -499,7 +509,17 @@ fn read_missing(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(v["missing"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default())
 }
 
+/// True for an existing output that is not a regular file (/dev/null, a FIFO, a terminal):
+/// it is written in place, never replaced by a rename.
+fn is_special_output(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
 fn write_atomically(path: &std::path::Path, write: impl FnOnce(std::fs::File) -> std::io::Result<()>) -> anyhow::Result<()> {
+    if is_special_output(path) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
+        return write(f).with_context(|| format!("writing {}", path.display()));
+    }
     let tmp = tmp_path(path);
     let f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
     if let Err(e) = write(f) {

@@ -2,8 +2,8 @@
 //!
 //! - UDP, ICMP and TCP segments without data: by key (5-tuple, IP id, lengths, first
 //!   payload bytes, TCP seq/ack/flags). Keys with one send are certain; keys with
-//!   several (identical retransmissions) are resolved by corrected time, so this runs
-//!   twice: once before the clocks are known, once after.
+//!   several (identical retransmissions) are resolved by corrected time, once the
+//!   clocks are known ([`resolve_by_time`]).
 //! - TCP data: by sequence range. A receive happens after the first send of its last
 //!   byte, which holds however segmentation offload split or receive coalescing merged them.
 //! - Broadcast and multicast: one send, at most one receive per node.
@@ -71,8 +71,8 @@ pub struct Matching {
     pub unmatched_sends: Vec<EventId>,
     /// Receives no recorded send was found for (sender not recorded, or its record lost).
     pub unmatched_recvs: Vec<EventId>,
-    /// Keys left for the timed pass.
-    pub ambiguous_keys: usize,
+    /// Key groups with several identical sends, left for [`resolve_by_time`].
+    pub ambiguous: Vec<u32>,
 }
 
 /// Maps an address to the recorded node that sends from it.
@@ -99,18 +99,30 @@ pub trait TimeMap {
     fn uncertainty(&self, node: NodeId) -> i64;
 }
 
+/// One keyed event in the index, with what matching needs of it, so that the passes
+/// do not go back to the (large, randomly reached) event array.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: EventId,
+    node: NodeId,
+    send: bool,
+}
+
 /// Events grouped for matching, built once and used by both passes: keyed events
 /// sorted by key (sends first, then by time), and TCP data events by flow.
 pub struct MatchIndex {
-    keyed: Vec<EventId>,
+    keyed: Vec<Entry>,
     /// Start of each key group in `keyed` (plus a final end).
     key_groups: Vec<u32>,
+    /// Per key group: its destination is a broadcast or multicast address.
+    group_dst: Vec<bool>,
     tcp: Vec<EventId>,
     tcp_groups: Vec<u32>,
 }
 
 impl MatchIndex {
     pub fn new(trace: &Trace) -> MatchIndex {
+        use rayon::slice::ParallelSliceMut;
         let is_tcp_data = |e: &Event| e.proto == ProtoCode::Tcp && e.payload_len > 0;
         let key_hash = |e: &Event| {
             use std::hash::{Hash, Hasher};
@@ -124,26 +136,26 @@ impl MatchIndex {
             (e.src, e.sport, e.dst, e.dport).hash(&mut h);
             h.finish()
         };
-        let mut keyed: Vec<(u64, u8, i64, EventId)> = Vec::new();
-        let mut tcp: Vec<(u64, u8, i64, EventId)> = Vec::new();
+        // Sort keys: (hash, receive flag and time, id). Sends sort before receives within a key.
+        let rank = |e: &Event| ((e.dir == Dir::Recv) as u64) << 63 | (e.t_raw as u64 & (u64::MAX >> 1));
+        let mut keyed: Vec<(u64, u64, EventId)> = Vec::with_capacity(trace.events.len());
+        let mut tcp: Vec<(u64, u64, EventId)> = Vec::new();
         for (i, e) in trace.events.iter().enumerate() {
-            // Sends (dir 1) sort before receives within a key: 1 - dir.
-            let (d, t, id) = (1 - e.dir as u8, e.t_raw, i as EventId);
             if is_tcp_data(e) {
-                tcp.push((flow_hash(e), d, t, id));
+                tcp.push((flow_hash(e), rank(e), i as EventId));
             } else {
-                keyed.push((key_hash(e), d, t, id));
+                keyed.push((key_hash(e), rank(e), i as EventId));
             }
         }
-        keyed.sort_unstable();
-        tcp.sort_unstable();
+        keyed.par_sort_unstable();
+        tcp.par_sort_unstable();
         // Groups end where the full key (or flow) changes. Keys whose 64-bit hashes collide
         // (vanishingly rare) may interleave and split into several groups: that can leave
         // messages unmatched, never match wrong ones.
-        let groups = |v: &[(u64, u8, i64, EventId)], same: &dyn Fn(&Event, &Event) -> bool| {
+        let groups = |v: &[(u64, u64, EventId)], same: &dyn Fn(&Event, &Event) -> bool| {
             let mut g = Vec::new();
             for k in 0..v.len() {
-                if k == 0 || v[k].0 != v[k - 1].0 || !same(&trace.events[v[k].3 as usize], &trace.events[v[k - 1].3 as usize]) {
+                if k == 0 || v[k].0 != v[k - 1].0 || !same(&trace.events[v[k].2 as usize], &trace.events[v[k - 1].2 as usize]) {
                     g.push(k as u32);
                 }
             }
@@ -152,103 +164,79 @@ impl MatchIndex {
         };
         let key_groups = groups(&keyed, &|a, b| Key::of(a) == Key::of(b));
         let tcp_groups = groups(&tcp, &|a, b| (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport));
-        let keyed: Vec<EventId> = keyed.into_iter().map(|x| x.3).collect();
-        let tcp: Vec<EventId> = tcp.into_iter().map(|x| x.3).collect();
-        MatchIndex { keyed, key_groups, tcp, tcp_groups }
+        let group_addr: Vec<bool> = trace.addrs.iter().map(|a| is_group_address(*a)).collect();
+        let group_dst = key_groups[..key_groups.len() - 1]
+            .iter()
+            .map(|&k| group_addr[trace.events[keyed[k as usize].2 as usize].dst as usize])
+            .collect();
+        let keyed = keyed
+            .into_iter()
+            .map(|(_, rank, id)| Entry { id, node: trace.events[id as usize].node, send: rank >> 63 == 0 })
+            .collect();
+        let tcp: Vec<EventId> = tcp.into_iter().map(|x| x.2).collect();
+        MatchIndex { keyed, key_groups, group_dst, tcp, tcp_groups }
+    }
+
+    fn key_group(&self, g: usize) -> &[Entry] {
+        &self.keyed[self.key_groups[g] as usize..self.key_groups[g + 1] as usize]
     }
 }
 
-/// Matches messages. Without `clocks`, keys with several identical sends stay unmatched
-/// (their receives go to `unmatched_recvs`) so that clock estimation only sees certain pairs.
-pub fn match_messages(trace: &Trace, index: &MatchIndex, clocks: Option<&dyn TimeMap>) -> Matching {
+/// A key group split into its sends and its receives; for broadcast and multicast, a
+/// node's own send looped back to it is dropped from the receives (no message between nodes).
+fn split_group(group: &[Entry], is_group: bool) -> (&[Entry], Vec<Entry>) {
+    let n_sends = group.iter().take_while(|e| e.send).count();
+    let (sends, recvs) = group.split_at(n_sends);
+    let recvs = if is_group { recvs.iter().copied().filter(|r| !sends.iter().any(|s| s.node == r.node)).collect() } else { recvs.to_vec() };
+    (sends, recvs)
+}
+
+/// Matches messages that need no clocks: keys with one send, and TCP bytes. Keys with
+/// several identical sends are left for [`resolve_by_time`] (their receives stay out of
+/// `messages`), so that clock estimation only sees certain pairs.
+pub fn match_messages(trace: &Trace, index: &MatchIndex) -> Matching {
     let n = trace.events.len();
     let mut m = Matching { send_of: vec![NONE; n], ..Matching::default() };
     let mut matched_send = vec![false; n];
-    let ev = |id: EventId| &trace.events[id as usize];
     let mut first_on_node: Vec<(NodeId, EventId)> = Vec::new();
-    for w in index.key_groups.windows(2) {
-        let group = &index.keyed[w[0] as usize..w[1] as usize];
-        let n_sends = group.iter().take_while(|&&id| ev(id).dir == Dir::Send).count();
-        let (sends, recvs) = group.split_at(n_sends);
-        if sends.is_empty() {
-            m.unmatched_recvs.extend_from_slice(recvs);
+    for g in 0..index.group_dst.len() {
+        let group = index.key_group(g);
+        let is_group = index.group_dst[g];
+        let n_sends = group.iter().take_while(|e| e.send).count();
+        if n_sends == 0 {
+            m.unmatched_recvs.extend(group.iter().map(|e| e.id));
             continue;
         }
-        let is_group = is_group_address(trace.addr(ev(sends[0]).dst));
-        // A node's own broadcast looped back to it is no message between nodes.
-        let own: Vec<NodeId> = sends.iter().map(|&s| ev(s).node).collect();
-        let filtered: Vec<EventId>;
-        let recvs = if is_group {
-            filtered = recvs.iter().copied().filter(|&r| !own.contains(&ev(r).node)).collect();
-            &filtered[..]
-        } else {
-            recvs
-        };
-        if sends.len() == 1 {
-            let s = sends[0];
-            // One receive per node; more on the same node are network duplicates.
-            first_on_node.clear();
-            for &r in recvs {
-                let node = ev(r).node;
-                m.send_of[r as usize] = s;
-                m.messages.push((s, r));
-                m.kinds.push(MessageKind::Keyed);
-                matched_send[s as usize] = true;
-                if let Some(&(_, first)) = first_on_node.iter().find(|(nd, _)| *nd == node) {
-                    m.duplicates.push((first, r));
-                } else {
-                    first_on_node.push((node, r));
-                }
+        if n_sends > 1 {
+            // Identical sends: retransmissions of the same bytes on the same flow.
+            for again in &group[1..n_sends] {
+                m.retransmissions.push((group[0].id, again.id));
             }
+            m.ambiguous.push(g as u32);
             continue;
         }
-        // Identical sends: retransmissions of the same bytes on the same flow.
-        for &again in &sends[1..] {
-            m.retransmissions.push((sends[0], again));
-        }
-        let Some(clocks) = clocks else {
-            m.ambiguous_keys += 1;
-            m.unmatched_recvs.extend_from_slice(recvs);
-            continue;
-        };
-        // Each receive goes to the latest send that, in corrected time, could precede it;
-        // for unicast each send is received at most once (per node for groups).
-        let corr = |id: EventId| clocks.corrected(ev(id).node, ev(id).t_raw);
-        let mut recvs = recvs.to_vec();
-        recvs.sort_by_key(|r| corr(*r));
-        let mut taken: HashMap<(EventId, NodeId), EventId> = HashMap::new();
-        for r in recvs {
-            let re = ev(r);
-            let t = corr(r);
-            let slack = clocks.uncertainty(re.node);
-            let mut chosen = None;
-            for &s in sends.iter().rev() {
-                if corr(s) - clocks.uncertainty(ev(s).node) > t + slack {
-                    continue;
-                }
-                let slot = (s, if is_group { re.node } else { 0 });
-                if !taken.contains_key(&slot) {
-                    chosen = Some(s);
-                    taken.insert(slot, r);
-                    break;
-                }
-                chosen.get_or_insert(s);
+        let s = group[0];
+        // One receive per node; more on the same node are network duplicates.
+        first_on_node.clear();
+        for r in &group[1..] {
+            if is_group && r.node == s.node {
+                continue;
             }
-            let s = chosen.unwrap_or(sends[0]);
-            let slot = (s, if is_group { re.node } else { 0 });
-            if taken.get(&slot).is_some_and(|first| *first != r) {
-                m.duplicates.push((taken[&slot], r));
+            m.send_of[r.id as usize] = s.id;
+            m.messages.push((s.id, r.id));
+            m.kinds.push(MessageKind::Keyed);
+            matched_send[s.id as usize] = true;
+            if let Some(&(_, first)) = first_on_node.iter().find(|(nd, _)| *nd == r.node) {
+                m.duplicates.push((first, r.id));
+            } else {
+                first_on_node.push((r.node, r.id));
             }
-            m.send_of[r as usize] = s;
-            m.messages.push((s, r));
-            m.kinds.push(MessageKind::KeyedByTime);
-            matched_send[s as usize] = true;
         }
     }
 
     for w in index.tcp_groups.windows(2) {
         let group = &index.tcp[w[0] as usize..w[1] as usize];
-        let n_sends = group.iter().take_while(|&&id| ev(id).dir == Dir::Send).count();
+        let n_sends = group.iter().take_while(|&&id| trace.events[id as usize].dir == Dir::Send).count();
         let (sends, recvs) = group.split_at(n_sends);
         match_tcp_flow(trace, sends, recvs, &mut m, &mut matched_send);
     }
@@ -258,15 +246,71 @@ pub fn match_messages(trace: &Trace, index: &MatchIndex, clocks: Option<&dyn Tim
             m.unmatched_sends.push(i as EventId);
         }
     }
-    let mut order: Vec<u32> = (0..m.messages.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| m.messages[i as usize]);
-    m.messages = order.iter().map(|&i| m.messages[i as usize]).collect();
-    m.kinds = order.iter().map(|&i| m.kinds[i as usize]).collect();
+    sort_messages(&mut m.messages, &mut m.kinds);
     m.unmatched_recvs.sort_unstable();
     m.duplicates.sort_unstable();
     m.retransmissions.sort_unstable();
     m.retransmissions.dedup();
     m
+}
+
+/// Sorts messages (and their kinds alongside) by (send, receive).
+fn sort_messages(messages: &mut Vec<(EventId, EventId)>, kinds: &mut Vec<MessageKind>) {
+    let mut both: Vec<((EventId, EventId), MessageKind)> = messages.iter().copied().zip(kinds.iter().copied()).collect();
+    both.sort_unstable_by_key(|x| x.0);
+    *messages = both.iter().map(|x| x.0).collect();
+    *kinds = both.iter().map(|x| x.1).collect();
+}
+
+/// Matches the receives of keys with several identical sends, by corrected time: each
+/// receive goes to the latest send that could precede it, and each send is received at
+/// most once (per node for broadcast and multicast); further receives are duplicates.
+pub fn resolve_by_time(m: &mut Matching, trace: &Trace, index: &MatchIndex, clocks: &dyn TimeMap) {
+    let ev = |id: EventId| &trace.events[id as usize];
+    let corr = |id: EventId| clocks.corrected(ev(id).node, ev(id).t_raw);
+    let mut messages = Vec::new();
+    let mut newly_matched = Vec::new();
+    for &g in &m.ambiguous {
+        let is_group = index.group_dst[g as usize];
+        let (sends, mut recvs) = split_group(index.key_group(g as usize), is_group);
+        recvs.sort_by_key(|r| corr(r.id));
+        let mut taken: HashMap<(EventId, NodeId), EventId> = HashMap::new();
+        for r in recvs {
+            let t = corr(r.id);
+            let slack = clocks.uncertainty(r.node);
+            let mut chosen = None;
+            for s in sends.iter().rev() {
+                if corr(s.id) - clocks.uncertainty(s.node) > t + slack {
+                    continue;
+                }
+                let slot = (s.id, if is_group { r.node } else { 0 });
+                if !taken.contains_key(&slot) {
+                    chosen = Some(s.id);
+                    taken.insert(slot, r.id);
+                    break;
+                }
+                chosen.get_or_insert(s.id);
+            }
+            let s = chosen.unwrap_or(sends[0].id);
+            let slot = (s, if is_group { r.node } else { 0 });
+            if let Some(&first) = taken.get(&slot).filter(|first| **first != r.id) {
+                m.duplicates.push((first, r.id));
+            }
+            m.send_of[r.id as usize] = s;
+            messages.push((s, r.id));
+            newly_matched.push(s);
+        }
+    }
+    m.ambiguous.clear();
+    if messages.is_empty() {
+        return;
+    }
+    m.kinds.extend(std::iter::repeat_n(MessageKind::KeyedByTime, messages.len()));
+    m.messages.extend(messages);
+    sort_messages(&mut m.messages, &mut m.kinds);
+    newly_matched.sort_unstable();
+    m.unmatched_sends.retain(|s| newly_matched.binary_search(s).is_err());
+    m.duplicates.sort_unstable();
 }
 
 /// Matches one direction of a TCP connection by sequence range.

@@ -64,14 +64,14 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     phase.done("classify");
     // Clocks from certain matches only: a wrong time-resolved match would poison the bounds.
     let index = matching::MatchIndex::new(&trace);
-    let certain = matching::match_messages(&trace, &index, None);
+    phase.done("match index");
+    let mut matching = matching::match_messages(&trace, &index);
     phase.done("match (certain)");
-    let clocks = clocks::estimate(&trace, &certain.messages);
-    drop(certain);
+    let clocks = clocks::estimate(&trace, &matching.messages);
     phase.done("clocks");
-    let matching = matching::match_messages(&trace, &index, Some(&clocks));
+    matching::resolve_by_time(&mut matching, &trace, &index, &clocks);
     drop(index);
-    phase.done("match (all)");
+    phase.done("match (by time)");
     let (rule_edges, mut violations) = rules::rule_edges(&trace, &spec, &classes, &clocks);
     phase.done("rules");
     let mut cross: Vec<(EventId, EventId, EdgeKind)> =
@@ -143,9 +143,24 @@ impl Phase {
         Phase(std::time::Instant::now())
     }
     pub fn done(&mut self, what: &str) {
-        tracing::debug!("{what}: {:.3} s", self.0.elapsed().as_secs_f64());
+        tracing::debug!("{what}: {:.3} s, resident {} MiB, phase peak {} MiB", self.0.elapsed().as_secs_f64(), resident_mib(), phase_peak_mib());
         self.0 = std::time::Instant::now();
     }
+}
+
+/// Current resident memory (0 where /proc is unavailable).
+fn resident_mib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    pages * 4096 >> 20
+}
+
+/// Peak resident memory since the last call (resets the kernel's high-water mark).
+fn phase_peak_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    kib >> 10
 }
 
 impl Default for Phase {

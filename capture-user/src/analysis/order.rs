@@ -47,32 +47,51 @@ pub struct Order {
     pub cycles: Vec<CycleReport>,
 }
 
-/// Builds the graph and orders it. `cross` holds message and rule edges.
+/// Program order on each node, implicit in the event layout: events of a node are
+/// contiguous and in time order, so an event's program predecessor is the one before it.
+struct ProgramOrder<'a> {
+    trace: &'a Trace,
+}
+
+impl ProgramOrder<'_> {
+    fn range(&self, i: usize) -> std::ops::Range<usize> {
+        self.trace.node_ranges[self.trace.events[i].node as usize].clone()
+    }
+    fn pred(&self, i: usize) -> Option<usize> {
+        (i > self.range(i).start).then(|| i - 1)
+    }
+    fn succ(&self, i: usize) -> Option<usize> {
+        (i + 1 < self.range(i).end).then_some(i + 1)
+    }
+    /// Position of the event on its node.
+    fn pos(&self, i: usize) -> u32 {
+        (i - self.range(i).start) as u32
+    }
+}
+
+/// Builds the graph and orders it. `cross` holds message and rule edges; the petgraph
+/// graph holds those, and program order stays implicit (one edge per event would
+/// double the graph's memory for edges that the event layout already says).
 pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, EdgeKind)]) -> Order {
     let n = trace.events.len();
-    let mut g: DiGraph<(), EdgeKind, u32> = DiGraph::with_capacity(n, n + cross.len());
+    let program = ProgramOrder { trace };
+    let mut g: DiGraph<(), EdgeKind, u32> = DiGraph::with_capacity(n, cross.len());
     for _ in 0..n {
         g.add_node(());
     }
-    // Position of each event on its node, for vector clocks.
-    let mut pos = vec![0u32; n];
-    for r in &trace.node_ranges {
-        for i in r.clone() {
-            pos[i] = (i - r.start) as u32;
-            if i > r.start {
-                g.add_edge(NodeIndex::new(i - 1), NodeIndex::new(i), EdgeKind::Program);
-            }
-        }
-    }
+    let mut indeg: Vec<u32> = (0..n).map(|i| program.pred(i).is_some() as u32).collect();
     for &(a, b, k) in cross {
         if a != b {
             g.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), k);
+            indeg[b as usize] += 1;
         }
     }
-    let t_corr: Vec<i64> = trace.events.iter().map(|e| clocks.corrected(e.node, e.t_raw)).collect();
+    let t_corr = |i: usize| {
+        let e = &trace.events[i];
+        clocks.corrected(e.node, e.t_raw)
+    };
     let unc = |id: usize| clocks.uncertainty(trace.events[id].node);
-    let mut indeg: Vec<u32> = (0..n).map(|i| g.edges_directed(NodeIndex::new(i), Incoming).count() as u32).collect();
-    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = (0..n).filter(|&i| indeg[i] == 0).map(|i| Reverse((t_corr[i], i as u32))).collect();
+    let mut heap: BinaryHeap<Reverse<(i64, u32)>> = (0..n).filter(|&i| indeg[i] == 0).map(|i| Reverse((t_corr(i), i as u32))).collect();
     let mut done = vec![false; n];
     let mut removed = vec![false; g.edge_count()];
     let mut out = Order { order: Vec::with_capacity(n), t_ns: vec![0; n], group: vec![NO_GROUP; n], cycles: Vec::new() };
@@ -92,13 +111,13 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
     while out.order.len() < n {
         let Some(Reverse((_, id))) = heap.pop() else {
             // Stalled: a cycle among what is left. Report it, drop its weakest edge, go on.
-            let Some(report) = break_cycle(&g, &done, &removed, &t_corr) else {
+            let Some(report) = break_cycle(&g, &program, &done, &removed, &t_corr) else {
                 // Nothing left to break (cannot happen with a consistent graph): keep every
                 // event anyway, in corrected time.
                 let mut rest: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
-                rest.sort_by_key(|&i| t_corr[i]);
+                rest.sort_by_key(|&i| t_corr(i));
                 for i in rest {
-                    out.t_ns[i] = t_corr[i];
+                    out.t_ns[i] = t_corr(i);
                     out.order.push(i as EventId);
                 }
                 break;
@@ -112,7 +131,7 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
                 removed[e.index()] = true;
                 indeg[b as usize] -= 1;
                 if indeg[b as usize] == 0 {
-                    heap.push(Reverse((t_corr[b as usize], b)));
+                    heap.push(Reverse((t_corr(b as usize), b)));
                 }
                 if let Some(p) = pending.get_mut(&a) {
                     p.1 = p.1.saturating_sub(1);
@@ -130,7 +149,10 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
         out.order.push(id);
         let node = trace.events[i].node as usize;
         // Causally consistent time and vector clock from all predecessors.
-        let mut t = t_corr[i];
+        let mut t = t_corr(i);
+        if let Some(p) = program.pred(i) {
+            t = t.max(out.t_ns[p]);
+        }
         vc.copy_from_slice(&node_vc[node * nodes..(node + 1) * nodes]);
         for e in g.edges_directed(NodeIndex::new(i), Incoming) {
             if removed[e.id().index()] {
@@ -138,44 +160,47 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
             }
             let p = e.source().index();
             t = t.max(out.t_ns[p]);
-            if *e.weight() != EdgeKind::Program {
-                if let Some((slot, left)) = pending.get_mut(&(p as u32)) {
-                    for (x, y) in vc.iter_mut().zip(&slab[*slot * nodes..(*slot + 1) * nodes]) {
-                        *x = (*x).max(*y);
-                    }
-                    *left = left.saturating_sub(1);
-                    if *left == 0 {
-                        free.push(*slot);
-                        pending.remove(&(p as u32));
-                    }
+            if let Some((slot, left)) = pending.get_mut(&(p as u32)) {
+                for (x, y) in vc.iter_mut().zip(&slab[*slot * nodes..(*slot + 1) * nodes]) {
+                    *x = (*x).max(*y);
+                }
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    free.push(*slot);
+                    pending.remove(&(p as u32));
                 }
             }
         }
-        vc[node] = pos[i] + 1;
+        let pos_i = program.pos(i);
+        vc[node] = pos_i + 1;
         out.t_ns[i] = t;
         // Concurrent with every event of the current run: no path from any of them, and
         // within clock error of each. Otherwise the run ends here and a new one starts.
         let joins = !run.is_empty()
             && run.iter().all(|&a| {
                 let na = trace.events[a].node as usize;
-                vc[na] <= pos[a] && (t_corr[i] - t_corr[a]).abs() <= unc(a) + unc(i)
+                vc[na] <= program.pos(a) && (t_corr(i) - t_corr(a)).abs() <= unc(a) + unc(i)
             });
         if !joins {
             close_run(&mut run, &mut out.group, &mut next_group);
         }
         run.push(i);
+        if let Some(s) = program.succ(i) {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                heap.push(Reverse((t_corr(s), s as u32)));
+            }
+        }
         let mut cross_out = 0;
         for e in g.edges_directed(NodeIndex::new(i), Outgoing) {
             if removed[e.id().index()] {
                 continue;
             }
             let s = e.target().index();
-            if *e.weight() != EdgeKind::Program {
-                cross_out += 1;
-            }
+            cross_out += 1;
             indeg[s] -= 1;
             if indeg[s] == 0 {
-                heap.push(Reverse((t_corr[s], s as u32)));
+                heap.push(Reverse((t_corr(s), s as u32)));
             }
         }
         if cross_out > 0 {
@@ -208,9 +233,9 @@ fn close_run(run: &mut Vec<usize>, group: &mut [u32], next: &mut u32) {
 /// When Kahn's algorithm stalls, every unordered event has a live predecessor that is
 /// unordered too, so walking predecessors backwards must close a cycle. Each cross edge
 /// on it is then tried for the shortest cycle through it (BFS).
-fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, done: &[bool], removed: &[bool], t_corr: &[i64]) -> Option<CycleReport> {
+fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, program: &ProgramOrder<'_>, done: &[bool], removed: &[bool], t_corr: &dyn Fn(usize) -> i64) -> Option<CycleReport> {
     let live = |e: EdgeIndex| !removed[e.index()];
-    let start = (0..done.len()).filter(|&i| !done[i]).min_by_key(|&i| t_corr[i])?;
+    let start = (0..done.len()).filter(|&i| !done[i]).min_by_key(|&i| t_corr(i))?;
     let mut seen: HashMap<usize, usize> = HashMap::new();
     let mut path: Vec<(usize, usize, EdgeKind)> = Vec::new(); // (from, to, kind), walked backwards
     let mut x = start;
@@ -220,7 +245,7 @@ fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, done: &[bool], removed: &[bool], 
         }
         seen.insert(x, path.len());
         // Prefer a cross edge: it leads to the contradiction faster than program order.
-        let mut best = None;
+        let mut best = program.pred(x).filter(|&p| !done[p]).map(|p| (p, EdgeKind::Program));
         for e in g.edges_directed(NodeIndex::new(x), Incoming) {
             let p = e.source().index();
             if done[p] || !live(e.id()) {
@@ -249,12 +274,12 @@ fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, done: &[bool], removed: &[bool], 
             if prev.len() > 1_000_000 {
                 break;
             }
-            for f in g.edges_directed(NodeIndex::new(y), Outgoing) {
-                let z = f.target().index();
-                if done[z] || !live(f.id()) || z == v || prev.contains_key(&z) {
+            let live_out = g.edges_directed(NodeIndex::new(y), Outgoing).filter(|f| live(f.id())).map(|f| (f.target().index(), *f.weight()));
+            for (z, k) in program.succ(y).map(|z| (z, EdgeKind::Program)).into_iter().chain(live_out) {
+                if done[z] || z == v || prev.contains_key(&z) {
                     continue;
                 }
-                prev.insert(z, (y, *f.weight()));
+                prev.insert(z, (y, k));
                 q.push_back(z);
             }
         }
@@ -278,6 +303,6 @@ fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, done: &[bool], removed: &[bool], 
     // Drop a rule edge before a message edge; among equals, the one that runs most backwards in time.
     let dropped = *edges
         .iter()
-        .max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr[*a as usize] - t_corr[*b as usize]))?;
+        .max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr(*a as usize) - t_corr(*b as usize)))?;
     Some(CycleReport { edges, dropped })
 }
