@@ -177,9 +177,10 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
 
     // Which nodes receive traffic for each group (broadcast/multicast) address and port.
     let owners = address_owners(trace);
+    let group_addr: Vec<bool> = trace.addrs.iter().map(|a| is_group_address(*a)).collect();
     let mut group_receivers: FxHashMap<(u32, u16), BTreeSet<NodeId>> = FxHashMap::default();
     for e in &trace.events {
-        if e.dir == Dir::Recv && is_group_address(trace.addr(e.dst)) {
+        if e.dir == Dir::Recv && group_addr[e.dst as usize] {
             group_receivers.entry((e.dst, e.dport)).or_default().insert(e.node);
         }
     }
@@ -194,7 +195,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     let mut losses: Vec<(EventId, NodeId)> = Vec::new();
     // Unmatched sends, and group sends that some but maybe not all of their receivers got.
     let mut candidates: Vec<EventId> = m.unmatched_sends.clone();
-    candidates.extend(m.messages.iter().map(|&(s, _)| s).filter(|&s| is_group_address(trace.addr(trace.events[s as usize].dst))));
+    candidates.extend(m.messages.iter().map(|&(s, _)| s).filter(|&s| group_addr[trace.events[s as usize].dst as usize]));
     candidates.sort_unstable();
     candidates.dedup();
     for &s in &candidates {
@@ -203,8 +204,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             continue; // pure ACKs are not judged: nothing waits for them
         }
         let t = corr(s);
-        let dst = trace.addr(e.dst);
-        let receivers: Vec<NodeId> = if is_group_address(dst) {
+        let receivers: Vec<NodeId> = if group_addr[e.dst as usize] {
             let got = received_by(s);
             group_receivers.get(&(e.dst, e.dport)).map_or_else(Vec::new, |set| set.iter().copied().filter(|n| *n != e.node && !got.contains(n)).collect())
         } else {
@@ -248,11 +248,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         .map(|(i, e)| ((e.node, e.src, e.dst, e.sport, e.dport, e.hash), e.t_raw, i as EventId))
         .collect();
     keyed_sends.sort_unstable();
-    let sends: Vec<EventId> = keyed_sends.iter().map(|x| x.2).collect();
-    let by_payload = sends.chunk_by(|&a, &b| {
-        let (x, y) = (&trace.events[a as usize], &trace.events[b as usize]);
-        (x.node, x.src, x.dst, x.sport, x.dport, x.hash) == (y.node, y.src, y.dst, y.sport, y.dport, y.hash)
-    });
+    let by_payload = keyed_sends.chunk_by(|a, b| a.0 == b.0);
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
@@ -263,20 +259,20 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         v.insert(0, f);
         v
     }).collect();
-    for ids in by_payload {
-        if ids.len() < 2 {
+    for sends in by_payload {
+        if sends.len() < 2 {
             continue;
         }
         // Split into runs of sends no more than RETRY_WINDOW_NS apart.
-        let mut run = vec![ids[0]];
-        for w in ids.windows(2) {
-            if trace.events[w[1] as usize].t_raw - trace.events[w[0] as usize].t_raw <= RETRY_WINDOW_NS {
-                run.push(w[1]);
+        let mut run = vec![sends[0].2];
+        for w in sends.windows(2) {
+            if w[1].1 - w[0].1 <= RETRY_WINDOW_NS {
+                run.push(w[1].2);
             } else {
                 if run.len() > 1 {
                     runs.push(std::mem::take(&mut run));
                 }
-                run = vec![w[1]];
+                run = vec![w[1].2];
             }
         }
         if run.len() > 1 {
@@ -332,11 +328,15 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
         return Vec::new();
     }
     let win = |t: i64| t.div_euclid(PARTITION_WINDOW_NS);
-    let mut delivered: BTreeMap<i64, BTreeSet<(NodeId, NodeId)>> = BTreeMap::new();
+    let mut delivered: FxHashMap<i64, BTreeSet<(NodeId, NodeId)>> = FxHashMap::default();
+    // Messages come sorted by send, so runs of them share window and pair: skip repeats.
+    let mut last = None;
     for &(s, r) in &m.messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
-        if a != b {
-            delivered.entry(win(corr(s))).or_default().insert((a.min(b), a.max(b)));
+        let key = (win(corr(s)), a.min(b), a.max(b));
+        if a != b && last != Some(key) {
+            delivered.entry(key.0).or_default().insert((key.1, key.2));
+            last = Some(key);
         }
     }
     let mut failed: BTreeMap<i64, Vec<(NodeId, NodeId, EventId)>> = BTreeMap::new();

@@ -143,7 +143,9 @@ impl Phase {
         Phase(std::time::Instant::now())
     }
     pub fn done(&mut self, what: &str) {
-        tracing::debug!("{what}: {:.3} s, resident {} MiB, phase peak {} MiB", self.0.elapsed().as_secs_f64(), resident_mib(), phase_peak_mib());
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!("{what}: {:.3} s, resident {} MiB, phase peak {} MiB", self.0.elapsed().as_secs_f64(), resident_mib(), phase_peak_mib());
+        }
         self.0 = std::time::Instant::now();
     }
 }
@@ -152,13 +154,27 @@ impl Phase {
 fn resident_mib() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    pages * 4096 >> 20
+    (pages * 4096) >> 20
 }
 
-/// Peak resident memory since the last call (resets the kernel's high-water mark).
-fn phase_peak_mib() -> u64 {
+/// The highest resident-memory mark seen before the last reset (phase logging resets it).
+static PEAK_BEFORE_RESET_KIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn high_water_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+/// Peak resident memory of the process so far, KiB.
+pub fn peak_resident_kib() -> u64 {
+    high_water_kib().max(PEAK_BEFORE_RESET_KIB.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Peak resident memory since the last call; resets the kernel's high-water mark, so
+/// the process-wide peak is kept in [`peak_resident_kib`].
+fn phase_peak_mib() -> u64 {
+    let kib = high_water_kib();
+    PEAK_BEFORE_RESET_KIB.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     kib >> 10
 }

@@ -199,22 +199,33 @@ impl Analysis {
             w.write_all(buf.as_bytes())?;
         }
         w.write_all(b"],\"anomalies\":")?;
-        let name = |n: &u16| t.nodes[*n as usize].name.clone();
-        let anomalies: Vec<serde_json::Value> = self
-            .anomalies
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "kind": a.kind,
-                    "events": a.events,
-                    "text": a.text,
-                    "nodes": a.nodes.iter().map(name).collect::<Vec<_>>(),
-                    "islands": a.islands.iter().map(|i| i.iter().map(name).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                    "span_ns": a.span,
-                })
-            })
-            .collect();
-        serde_json::to_writer(&mut w, &anomalies)?;
+        // One anomaly at a time: a report can hold millions of them.
+        #[derive(serde::Serialize)]
+        struct AnomalyJson<'a> {
+            kind: Kind,
+            events: &'a [u32],
+            text: &'a str,
+            nodes: Vec<&'a str>,
+            islands: Vec<Vec<&'a str>>,
+            span_ns: Option<(i64, i64)>,
+        }
+        let name = |n: &u16| t.nodes[*n as usize].name.as_str();
+        w.write_all(b"[")?;
+        for (k, a) in self.anomalies.iter().enumerate() {
+            if k > 0 {
+                w.write_all(b",")?;
+            }
+            let json = AnomalyJson {
+                kind: a.kind,
+                events: &a.events,
+                text: &a.text,
+                nodes: a.nodes.iter().map(name).collect(),
+                islands: a.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
+                span_ns: a.span,
+            };
+            serde_json::to_writer(&mut w, &json)?;
+        }
+        w.write_all(b"]")?;
         w.write_all(b",\"violations\":")?;
         serde_json::to_writer(&mut w, &self.violations)?;
         w.write_all(b"}\n")?;
