@@ -89,10 +89,7 @@ pub struct Context<'a> {
     pub matching: &'a Matching,
     pub clocks: &'a dyn TimeMap,
     pub describe: &'a dyn Fn(EventId) -> String,
-    pub invariant_violations: &'a [Violation],
-    pub unanswered_invariants: &'a BTreeSet<String>,
     pub missing_nodes: &'a [String],
-    pub contradictions: Vec<String>,
 }
 
 pub fn recorder_gaps(trace: &Trace, clocks: &dyn TimeMap) -> Vec<RecorderGap> {
@@ -238,17 +235,24 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     }
 
     // Retransmissions and storms: the same payload again from one node on one flow.
-    // Sends grouped by (node, flow, payload) by sorting, each group in time order. Keys are
-    // computed once, not in every comparison.
-    let mut keyed_sends: Vec<((NodeId, u32, u32, u16, u16, u64), i64, EventId)> = trace
+    // Sends grouped by (node, flow, payload) by sorting a hash of that key; a node's
+    // events are in time order, so sorting by id next keeps each group in time order.
+    let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, e.hash);
+    let mut keyed_sends: Vec<(u64, EventId)> = trace
         .events
         .iter()
         .enumerate()
         .filter(|(_, e)| e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp)
-        .map(|(i, e)| ((e.node, e.src, e.dst, e.sport, e.dport, e.hash), e.t_raw, i as EventId))
+        .map(|(i, e)| {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            send_key(e).hash(&mut h);
+            (h.finish(), i as EventId)
+        })
         .collect();
     keyed_sends.sort_unstable();
-    let by_payload = keyed_sends.chunk_by(|a, b| a.0 == b.0);
+    let by_payload = keyed_sends
+        .chunk_by(|a, b| a.0 == b.0 && send_key(&trace.events[a.1 as usize]) == send_key(&trace.events[b.1 as usize]));
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
@@ -264,15 +268,15 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             continue;
         }
         // Split into runs of sends no more than RETRY_WINDOW_NS apart.
-        let mut run = vec![sends[0].2];
+        let mut run = vec![sends[0].1];
         for w in sends.windows(2) {
-            if w[1].1 - w[0].1 <= RETRY_WINDOW_NS {
-                run.push(w[1].2);
+            if trace.events[w[1].1 as usize].t_raw - trace.events[w[0].1 as usize].t_raw <= RETRY_WINDOW_NS {
+                run.push(w[1].1);
             } else {
                 if run.len() > 1 {
                     runs.push(std::mem::take(&mut run));
                 }
-                run = vec![w[1].2];
+                run = vec![w[1].1];
             }
         }
         if run.len() > 1 {
@@ -304,21 +308,22 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         }
     }
 
-    for v in ctx.invariant_violations {
-        if ctx.unanswered_invariants.contains(&v.name) {
-            out.push(Anomaly::new(Kind::Unanswered, v.events.clone(), v.text.clone()));
-        }
-    }
-
     out.extend(partitions(trace, m, &losses, &corr));
 
     for name in ctx.missing_nodes {
         out.push(Anomaly::new(Kind::MissingNode, Vec::new(), format!("{name} never answered the trigger: no dump from it")));
     }
-    for text in &ctx.contradictions {
-        out.push(Anomaly::new(Kind::Contradiction, Vec::new(), text.clone()));
-    }
     out
+}
+
+/// Adds the anomalies that need the global order: unanswered requests (from violated
+/// "answered" invariants, placed before partitions) and contradicting edges (last).
+/// Kept apart from [`find`] so that the two can run while the order is built.
+pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswered: &BTreeSet<String>, contradictions: Vec<String>) {
+    let at = out.iter().position(|a| matches!(a.kind, Kind::Partition | Kind::MissingNode)).unwrap_or(out.len());
+    let found = violations.iter().filter(|v| unanswered.contains(&v.name)).map(|v| Anomaly::new(Kind::Unanswered, v.events.clone(), v.text.clone()));
+    out.splice(at..at, found);
+    out.extend(contradictions.into_iter().map(|text| Anomaly::new(Kind::Contradiction, Vec::new(), text)));
 }
 
 /// Windows in which the nodes that still talk split into islands, with losses across.

@@ -13,7 +13,6 @@ use std::net::IpAddr;
 
 use super::trace::{AddrId, Dir, Event, EventId, NodeId, ProtoCode, Trace};
 
-pub const NONE: EventId = EventId::MAX;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct Key {
@@ -58,8 +57,6 @@ pub enum MessageKind {
 
 #[derive(Clone, Debug, Default)]
 pub struct Matching {
-    /// For each event: the send it was matched to (receives only), else NONE.
-    pub send_of: Vec<EventId>,
     /// (send, receive), sorted.
     pub messages: Vec<(EventId, EventId)>,
     pub kinds: Vec<MessageKind>,
@@ -196,7 +193,7 @@ fn split_group(group: &[Entry], is_group: bool) -> (&[Entry], Vec<Entry>) {
 /// `messages`), so that clock estimation only sees certain pairs.
 pub fn match_messages(trace: &Trace, index: &MatchIndex) -> Matching {
     let n = trace.events.len();
-    let mut m = Matching { send_of: vec![NONE; n], ..Matching::default() };
+    let mut m = Matching::default();
     let mut matched_send = vec![false; n];
     let mut first_on_node: Vec<(NodeId, EventId)> = Vec::new();
     for g in 0..index.group_dst.len() {
@@ -222,7 +219,6 @@ pub fn match_messages(trace: &Trace, index: &MatchIndex) -> Matching {
             if is_group && r.node == s.node {
                 continue;
             }
-            m.send_of[r.id as usize] = s.id;
             m.messages.push((s.id, r.id));
             m.kinds.push(MessageKind::Keyed);
             matched_send[s.id as usize] = true;
@@ -296,7 +292,6 @@ pub fn resolve_by_time(m: &mut Matching, trace: &Trace, index: &MatchIndex, cloc
             if let Some(&first) = taken.get(&slot).filter(|first| **first != r.id) {
                 m.duplicates.push((first, r.id));
             }
-            m.send_of[r.id as usize] = s;
             messages.push((s, r.id));
             newly_matched.push(s);
         }
@@ -357,7 +352,6 @@ fn match_tcp_flow(trace: &Trace, sends: &[EventId], recvs: &[EventId], m: &mut M
         let last = rel(e.tcp_seq) + e.payload_len as i64 - 1;
         match cover.range(..=last).next_back() {
             Some((_, (end, s))) if *end > last => {
-                m.send_of[r as usize] = *s;
                 m.messages.push((*s, r));
                 m.kinds.push(MessageKind::TcpRange);
                 matched_send[*s as usize] = true;

@@ -79,9 +79,22 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     let n_rule = rule_edges.len();
     let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
     cross.extend(rule_edges);
-    let order = order::order(&trace, &clocks, &cross);
-    drop(cross);
-    phase.done("order");
+    // The order and most anomalies do not depend on each other: built side by side.
+    let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
+    let (order, mut anomalies) = rayon::join(
+        || order::order(&trace, &clocks, cross),
+        || {
+            let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
+            anomalies::find(&anomalies::Context {
+                trace: &trace,
+                matching: &matching,
+                clocks: &clocks,
+                describe: &describe,
+                missing_nodes: &inputs.missing_nodes,
+            })
+        },
+    );
+    phase.done("order and anomalies");
     let inv = rules::check_invariants(&trace, &spec, &classes, &order.t_ns, &clocks);
     phase.done("invariants");
     let unanswered: BTreeSet<String> = spec
@@ -90,7 +103,6 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
         .filter(|i| matches!(i, spec::InvariantDef::Answered { .. }))
         .map(|i| i.name().to_string())
         .collect();
-    let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
     let contradictions = order
         .cycles
         .iter()
@@ -104,18 +116,8 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
             )
         })
         .collect();
-    let anomalies = anomalies::find(&anomalies::Context {
-        trace: &trace,
-        matching: &matching,
-        clocks: &clocks,
-        describe: &describe,
-        invariant_violations: &inv,
-        unanswered_invariants: &unanswered,
-        missing_nodes: &inputs.missing_nodes,
-        contradictions,
-    });
+    anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
     violations.extend(inv);
-    phase.done("anomalies");
     Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }
 }
 

@@ -72,7 +72,7 @@ impl ProgramOrder<'_> {
 /// Builds the graph and orders it. `cross` holds message and rule edges; the petgraph
 /// graph holds those, and program order stays implicit (one edge per event would
 /// double the graph's memory for edges that the event layout already says).
-pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, EdgeKind)]) -> Order {
+pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, EdgeKind)>) -> Order {
     let n = trace.events.len();
     let program = ProgramOrder { trace };
     let mut g: DiGraph<(), EdgeKind, u32> = DiGraph::with_capacity(n, cross.len());
@@ -80,12 +80,13 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, Ed
         g.add_node(());
     }
     let mut indeg: Vec<u32> = (0..n).map(|i| program.pred(i).is_some() as u32).collect();
-    for &(a, b, k) in cross {
+    for &(a, b, k) in &cross {
         if a != b {
             g.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), k);
             indeg[b as usize] += 1;
         }
     }
+    drop(cross); // the graph holds them now
     let t_corr = |i: usize| {
         let e = &trace.events[i];
         clocks.corrected(e.node, e.t_raw)

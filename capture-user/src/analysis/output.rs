@@ -8,7 +8,7 @@ use super::Analysis;
 use super::anomalies::Kind;
 use super::order::NO_GROUP;
 use super::rules::UNKNOWN;
-use super::trace::{Dir, Event, ProtoCode};
+use super::trace::{Dir, Event, EventId, ProtoCode};
 use crate::dump::WGO_PEN;
 use crate::pcapng::{self, Options, Writer};
 
@@ -49,6 +49,13 @@ fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
+/// Node names, addresses and field names, escaped once for every event's JSON.
+struct JsonNames {
+    nodes: Vec<String>,
+    addrs: Vec<String>,
+    fields: Vec<Vec<String>>,
+}
+
 impl Analysis {
     /// The event's display label: from the spec, else protocol and ports.
     pub fn label(&self, id: usize) -> String {
@@ -77,7 +84,7 @@ impl Analysis {
     }
 
     /// Writes the JSON report (documented in the README), streaming the events.
-    pub fn write_json<W: Write>(&self, out: W) -> std::io::Result<()> {
+    pub fn write_json<W: Write + Send>(&self, out: W) -> std::io::Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
         let t = &self.trace;
         let nodes: Vec<serde_json::Value> = t
@@ -103,89 +110,47 @@ impl Analysis {
         serde_json::to_writer(&mut w, &nodes)?;
         w.write_all(b",\"events\":[")?;
         // Everything repeated per event is escaped once here.
-        let node_names: Vec<String> = t.nodes.iter().map(|n| json_str(&n.name)).collect();
-        let addrs: Vec<String> = t.addrs.iter().map(|a| match a {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        }).collect();
-        let field_names: Vec<Vec<String>> = self.spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect();
-        let mut buf = String::with_capacity(512);
-        let mut label = String::with_capacity(64);
-        let mut num = itoa::Buffer::new();
-        for (k, &id) in self.order.order.iter().enumerate() {
-            let i = id as usize;
-            let e = &t.events[i];
-            buf.clear();
-            if k > 0 {
-                buf.push(',');
-            }
-            buf.push_str("{\"id\":");
-            buf.push_str(num.format(id));
-            buf.push_str(",\"node\":");
-            buf.push_str(&node_names[e.node as usize]);
-            buf.push_str(if e.dir == Dir::Send { ",\"dir\":\"send\",\"t_raw_ns\":" } else { ",\"dir\":\"recv\",\"t_raw_ns\":" });
-            buf.push_str(num.format(e.t_raw));
-            buf.push_str(",\"t_ns\":");
-            buf.push_str(num.format(self.order.t_ns[i]));
-            buf.push_str(",\"cpu\":");
-            buf.push_str(num.format(e.cpu));
-            buf.push_str(",\"seq\":");
-            if e.seq == u64::MAX { buf.push_str("null") } else { buf.push_str(num.format(e.seq)) }
-            buf.push_str(",\"proto\":\"");
-            buf.push_str(e.proto.name());
-            buf.push_str("\",\"src\":\"");
-            push_endpoint(&mut buf, &addrs[e.src as usize], e.sport, e.proto, &mut num);
-            buf.push_str("\",\"dst\":\"");
-            push_endpoint(&mut buf, &addrs[e.dst as usize], e.dport, e.proto, &mut num);
-            buf.push_str("\",\"len\":");
-            buf.push_str(num.format(e.orig_len));
-            buf.push_str(",\"label\":");
-            label.clear();
-            match self.classes[i] {
-                UNKNOWN => match e.proto {
-                    ProtoCode::Icmp => label.push_str("ICMP"),
-                    p => {
-                        label.push_str(p.name());
-                        label.push(' ');
-                        label.push_str(num.format(e.sport));
-                        label.push('→');
-                        label.push_str(num.format(e.dport));
-                    }
-                },
-                c => self.spec.write_label(c as usize, t.payload(e), &mut label),
-            }
-            push_json_str(&mut buf, &label);
-            buf.push_str(",\"fields\":{");
-            if self.classes[i] != UNKNOWN {
-                let c = self.classes[i] as usize;
-                let payload = t.payload(e);
-                let mut first = true;
-                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
-                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
-                    if !first {
-                        buf.push(',');
-                    }
-                    first = false;
-                    buf.push_str(&field_names[c][fi]);
-                    buf.push(':');
-                    match v {
-                        super::spec::Value::Int(n) => match f.labels.get(&n) {
-                            Some(l) => push_json_str(&mut buf, l),
-                            None => buf.push_str(num.format(n)),
-                        },
-                        super::spec::Value::Text(s) => push_json_str(&mut buf, &s),
+        let cx = JsonNames {
+            nodes: t.nodes.iter().map(|n| json_str(&n.name)).collect(),
+            addrs: t
+                .addrs
+                .iter()
+                .map(|a| match a {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect(),
+            fields: self.spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect(),
+        };
+        // Events are formatted in parallel, a chunk per task, while a writer thread writes
+        // the finished chunks in order. (Parallel writes into one file only contend on
+        // its inode lock.)
+        const CHUNK: usize = 1 << 14;
+        let chunks: Vec<(usize, &[EventId])> = self.order.order.chunks(CHUNK).enumerate().collect();
+        let batch = 2 * rayon::current_num_threads();
+        w = std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<String>(batch);
+            let writer = scope.spawn(move || -> std::io::Result<std::io::BufWriter<W>> {
+                for buf in rx {
+                    w.write_all(buf.as_bytes())?;
+                }
+                Ok(w)
+            });
+            'groups: for group in chunks.chunks(batch) {
+                use rayon::prelude::*;
+                let bufs: Vec<String> = group.par_iter().map(|&(c, ids)| self.events_json(&cx, c == 0, ids)).collect();
+                for buf in bufs {
+                    if tx.send(buf).is_err() {
+                        break 'groups; // the writer failed; its error is returned below
                     }
                 }
             }
-            buf.push_str("},\"concurrent\":");
-            match self.order.group[i] {
-                NO_GROUP => buf.push_str("null"),
-                g => buf.push_str(num.format(g)),
-            }
-            buf.push('}');
-            w.write_all(buf.as_bytes())?;
-        }
+            drop(tx);
+            writer.join().expect("JSON writer thread panicked")
+        })?;
         w.write_all(b"],\"messages\":[")?;
+        let mut buf = String::with_capacity(64);
+        let mut num = itoa::Buffer::new();
         for (k, (s, r)) in self.matching.messages.iter().enumerate() {
             buf.clear();
             if k > 0 {
@@ -230,6 +195,86 @@ impl Analysis {
         serde_json::to_writer(&mut w, &self.violations)?;
         w.write_all(b"}\n")?;
         w.flush()
+    }
+
+    /// The JSON of a run of events in global order (`first`: no leading comma).
+    fn events_json(&self, cx: &JsonNames, first: bool, ids: &[EventId]) -> String {
+        let t = &self.trace;
+        let mut buf = String::with_capacity(ids.len() * 300);
+        let mut label = String::with_capacity(64);
+        let mut num = itoa::Buffer::new();
+        for (k, &id) in ids.iter().enumerate() {
+            let i = id as usize;
+            let e = &t.events[i];
+            if k > 0 || !first {
+                buf.push(',');
+            }
+            buf.push_str("{\"id\":");
+            buf.push_str(num.format(id));
+            buf.push_str(",\"node\":");
+            buf.push_str(&cx.nodes[e.node as usize]);
+            buf.push_str(if e.dir == Dir::Send { ",\"dir\":\"send\",\"t_raw_ns\":" } else { ",\"dir\":\"recv\",\"t_raw_ns\":" });
+            buf.push_str(num.format(e.t_raw));
+            buf.push_str(",\"t_ns\":");
+            buf.push_str(num.format(self.order.t_ns[i]));
+            buf.push_str(",\"cpu\":");
+            buf.push_str(num.format(e.cpu));
+            buf.push_str(",\"seq\":");
+            if e.seq == u64::MAX { buf.push_str("null") } else { buf.push_str(num.format(e.seq)) }
+            buf.push_str(",\"proto\":\"");
+            buf.push_str(e.proto.name());
+            buf.push_str("\",\"src\":\"");
+            push_endpoint(&mut buf, &cx.addrs[e.src as usize], e.sport, e.proto, &mut num);
+            buf.push_str("\",\"dst\":\"");
+            push_endpoint(&mut buf, &cx.addrs[e.dst as usize], e.dport, e.proto, &mut num);
+            buf.push_str("\",\"len\":");
+            buf.push_str(num.format(e.orig_len));
+            buf.push_str(",\"label\":");
+            label.clear();
+            match self.classes[i] {
+                UNKNOWN => match e.proto {
+                    ProtoCode::Icmp => label.push_str("ICMP"),
+                    p => {
+                        label.push_str(p.name());
+                        label.push(' ');
+                        label.push_str(num.format(e.sport));
+                        label.push('→');
+                        label.push_str(num.format(e.dport));
+                    }
+                },
+                c => self.spec.write_label(c as usize, t.payload(e), &mut label),
+            }
+            push_json_str(&mut buf, &label);
+            buf.push_str(",\"fields\":{");
+            if self.classes[i] != UNKNOWN {
+                let c = self.classes[i] as usize;
+                let payload = t.payload(e);
+                let mut first = true;
+                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
+                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
+                    if !first {
+                        buf.push(',');
+                    }
+                    first = false;
+                    buf.push_str(&cx.fields[c][fi]);
+                    buf.push(':');
+                    match v {
+                        super::spec::Value::Int(n) => match f.labels.get(&n) {
+                            Some(l) => push_json_str(&mut buf, l),
+                            None => buf.push_str(num.format(n)),
+                        },
+                        super::spec::Value::Text(s) => push_json_str(&mut buf, &s),
+                    }
+                }
+            }
+            buf.push_str("},\"concurrent\":");
+            match self.order.group[i] {
+                NO_GROUP => buf.push_str("null"),
+                g => buf.push_str(num.format(g)),
+            }
+            buf.push('}');
+        }
+        buf
     }
 
     /// Writes every node's packets in global order, with corrected times and comments.

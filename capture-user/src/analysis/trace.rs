@@ -182,7 +182,7 @@ impl Trace {
         for part in parts.drain(..) {
             b.append(part)?;
         }
-        tracing::debug!("merge {:?}", t0.elapsed());
+        tracing::debug!("joining the files took {:.3} s", t0.elapsed().as_secs_f64());
         Ok(b.finish())
     }
 }
