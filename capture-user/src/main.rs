@@ -423,6 +423,10 @@ fn ship(args: ShipArgs) -> anyhow::Result<()> {
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {
     use wgo::analysis::{self, trace::Trace};
+    // Large per-event arrays come and go between phases: give each its own mapping, so
+    // that freeing one returns its memory instead of leaving it in the heap.
+    // SAFETY: mallopt only tunes the allocator; called before the big allocations.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     let mut files = Vec::new();
     let mut missing = Vec::new();
     for input in &args.inputs {

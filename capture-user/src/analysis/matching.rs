@@ -119,56 +119,58 @@ pub struct MatchIndex {
 
 impl MatchIndex {
     pub fn new(trace: &Trace) -> MatchIndex {
-        use rayon::slice::ParallelSliceMut;
+        use rayon::prelude::*;
+        use std::hash::{Hash, Hasher};
         let is_tcp_data = |e: &Event| e.proto == ProtoCode::Tcp && e.payload_len > 0;
-        let key_hash = |e: &Event| {
-            use std::hash::{Hash, Hasher};
+        // Two independent hashes of the key (or flow): 64 bits to sort by and 15 more to
+        // tell keys apart, so that grouping never goes back to the event array. Keys
+        // whose 79-bit fingerprints collide (about 1 in 10^10 at 10 M events) would merge.
+        let fingerprint = |key: &dyn Fn(&mut dyn Hasher)| {
             let mut h = rustc_hash::FxHasher::default();
-            Key::of(e).hash(&mut h);
-            h.finish()
+            key(&mut h);
+            let mut check = std::hash::DefaultHasher::new();
+            key(&mut check);
+            (h.finish(), check.finish() as u32 & 0xfffe_0000)
         };
-        let flow_hash = |e: &Event| {
-            use std::hash::{Hash, Hasher};
-            let mut h = rustc_hash::FxHasher::default();
-            (e.src, e.sport, e.dst, e.dport).hash(&mut h);
-            h.finish()
-        };
-        // Sort keys: (hash, receive flag and time, id). Sends sort before receives within a key.
-        let rank = |e: &Event| ((e.dir == Dir::Recv) as u64) << 63 | (e.t_raw as u64 & (u64::MAX >> 1));
-        let mut keyed: Vec<(u64, u64, EventId)> = Vec::with_capacity(trace.events.len());
-        let mut tcp: Vec<(u64, u64, EventId)> = Vec::new();
-        for (i, e) in trace.events.iter().enumerate() {
-            if is_tcp_data(e) {
-                tcp.push((flow_hash(e), rank(e), i as EventId));
+        let group_addr: Vec<bool> = trace.addrs.iter().map(|a| is_group_address(*a)).collect();
+        // Sort keys: (hash, receive flag and time, id, check | group bit | node). Sends sort
+        // before receives within a key; the node and group bit ride along for matching.
+        let entry = |i: usize, e: &Event| {
+            let (hash, check) = if is_tcp_data(e) {
+                fingerprint(&|mut h| (e.src, e.sport, e.dst, e.dport).hash(&mut h))
             } else {
-                keyed.push((key_hash(e), rank(e), i as EventId));
-            }
-        }
+                fingerprint(&|mut h| Key::of(e).hash(&mut h))
+            };
+            let rank = ((e.dir == Dir::Recv) as u64) << 63 | (e.t_raw as u64 & (u64::MAX >> 1));
+            let tag = check | (group_addr[e.dst as usize] as u32) << 16 | e.node as u32;
+            (hash, rank, i as EventId, tag)
+        };
+        let (mut tcp, mut keyed): (Vec<(u64, u64, EventId, u32)>, Vec<(u64, u64, EventId, u32)>) =
+            trace.events.par_iter().enumerate().partition_map(|(i, e)| {
+                if is_tcp_data(e) {
+                    rayon::iter::Either::Left(entry(i, e))
+                } else {
+                    rayon::iter::Either::Right(entry(i, e))
+                }
+            });
         keyed.par_sort_unstable();
         tcp.par_sort_unstable();
-        // Groups end where the full key (or flow) changes. Keys whose 64-bit hashes collide
-        // (vanishingly rare) may interleave and split into several groups: that can leave
-        // messages unmatched, never match wrong ones.
-        let groups = |v: &[(u64, u64, EventId)], same: &dyn Fn(&Event, &Event) -> bool| {
+        let groups = |v: &[(u64, u64, EventId, u32)]| {
             let mut g = Vec::new();
             for k in 0..v.len() {
-                if k == 0 || v[k].0 != v[k - 1].0 || !same(&trace.events[v[k].2 as usize], &trace.events[v[k - 1].2 as usize]) {
+                if k == 0 || v[k].0 != v[k - 1].0 || v[k].3 >> 17 != v[k - 1].3 >> 17 {
                     g.push(k as u32);
                 }
             }
             g.push(v.len() as u32);
             g
         };
-        let key_groups = groups(&keyed, &|a, b| Key::of(a) == Key::of(b));
-        let tcp_groups = groups(&tcp, &|a, b| (a.src, a.sport, a.dst, a.dport) == (b.src, b.sport, b.dst, b.dport));
-        let group_addr: Vec<bool> = trace.addrs.iter().map(|a| is_group_address(*a)).collect();
-        let group_dst = key_groups[..key_groups.len() - 1]
-            .iter()
-            .map(|&k| group_addr[trace.events[keyed[k as usize].2 as usize].dst as usize])
-            .collect();
+        let key_groups = groups(&keyed);
+        let tcp_groups = groups(&tcp);
+        let group_dst = key_groups[..key_groups.len() - 1].iter().map(|&k| keyed[k as usize].3 >> 16 & 1 == 1).collect();
         let keyed = keyed
             .into_iter()
-            .map(|(_, rank, id)| Entry { id, node: trace.events[id as usize].node, send: rank >> 63 == 0 })
+            .map(|(_, rank, id, tag)| Entry { id, node: tag as u16, send: rank >> 63 == 0 })
             .collect();
         let tcp: Vec<EventId> = tcp.into_iter().map(|x| x.2).collect();
         MatchIndex { keyed, key_groups, group_dst, tcp, tcp_groups }
