@@ -216,3 +216,39 @@ fn a_truncated_dump_keeps_what_was_read_and_says_where_it_stopped() {
     assert!(a.summary().contains("skipped:"), "the summary says what was skipped");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `wgo report --json PATH` where PATH is a FIFO (or /dev/null): the JSON goes through it,
+/// and the path stays what it was instead of being replaced by a regular file.
+#[test]
+fn report_writes_json_through_a_fifo_and_leaves_it_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let (trace, _) = sim::generate(&Config { nodes: 3, seed: 5, ..Config::default() });
+    let dir = std::env::temp_dir().join(format!("wgo-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    sim::write_dumps(&trace, &dir).unwrap();
+    std::fs::write(dir.join("sim.toml"), SPEC).unwrap();
+    let fifo = dir.join("out.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgo"))
+        .arg("report")
+        .arg(&dir)
+        .arg("--spec")
+        .arg(dir.join("sim.toml"))
+        .arg("--json")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Checked before joining the reader: had the FIFO been replaced, the reader would wait forever.
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO is still a FIFO");
+    assert!(!dir.join("out.fifo.partial").exists());
+    let json: serde_json::Value = serde_json::from_slice(&reader.join().unwrap()).expect("valid JSON through the FIFO");
+    assert_eq!(json["events"].as_array().unwrap().len(), trace.events.len());
+    let _ = std::fs::remove_dir_all(dir);
+}
