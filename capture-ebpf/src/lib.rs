@@ -76,22 +76,66 @@ pub struct PacketRecord {
 pub struct CaptureConfig {
     /// L4 payload bytes to copy after the headers.
     pub snaplen: u32,
-    /// Ask for a userspace wakeup once a ring holds more than this many bytes;
-    /// below it the programs never wake the agent, which drains on a timer.
+    /// Wake the agent when a ring's fill crosses this many bytes; below it the programs
+    /// never wake the agent, which drains on a timer.
     pub wakeup_bytes: u32,
+    /// Capacity of each CPU's ring, bytes: a power of two, at most [`MAX_RING_BYTES`].
+    pub ring_bytes: u32,
+}
+
+/// Largest per-CPU ring. Each CPU's ring lives in one value of an mmappable array map,
+/// whose size is fixed when the program is built.
+pub const MAX_RING_BYTES: u32 = 2 << 20;
+/// A CPU's ring area: the ring plus room for its last record to run past the end, so
+/// that a record is never split.
+pub const RING_AREA_BYTES: usize = MAX_RING_BYTES as usize + 4096;
+/// Every record in a ring starts with a frame: its length in bytes (u32, a multiple of
+/// [`RECORD_ALIGN`], frame included), then 4 reserved bytes. The length is written last;
+/// zero means the record is reserved but not yet complete.
+pub const FRAME_SIZE: usize = 8;
+pub const RECORD_ALIGN: usize = 8;
+/// Largest framed record.
+pub const MAX_RECORD: usize = FRAME_SIZE + RECORD_HEADER_SIZE + MAX_CAPTURE;
+
+/// One CPU's ring bytes.
+#[repr(C)]
+pub struct RingArea {
+    pub bytes: [u8; RING_AREA_BYTES],
+}
+
+/// One CPU's ring positions and counters, shared with userspace through an mmapped
+/// array map. Producer and consumer fields sit on separate cache lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingState {
+    /// Bytes ever reserved on this CPU (the producer's position).
+    pub head: u64,
+    /// Next per-CPU sequence number: one per packet seen, recorded or dropped.
+    pub seq: u64,
+    /// Records the ring had no room for.
+    pub drops: u64,
+    pub producer_pad: [u64; 5],
+    /// Bytes ever consumed (written by userspace only).
+    pub tail: u64,
+    pub consumer_pad: [u64; 7],
 }
 
 pub const RECORD_HEADER_SIZE: usize = 40;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_SIZE);
 const _: () = assert!(core::mem::size_of::<PacketRecord>() == RECORD_HEADER_SIZE + MAX_CAPTURE);
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 12);
+const _: () = assert!(core::mem::size_of::<RingState>() == 128);
+const _: () = assert!(core::mem::size_of::<RingArea>() == RING_AREA_BYTES);
+const _: () = assert!(RING_AREA_BYTES >= MAX_RING_BYTES as usize + MAX_RECORD);
+const _: () = assert!(MAX_RING_BYTES.is_power_of_two());
 const _: () = assert!((MAX_HEADERS + MAX_SNAPLEN) as usize <= MAX_CAPTURE);
+const _: () = assert!(RECORD_HEADER_SIZE % RECORD_ALIGN == 0 && FRAME_SIZE % RECORD_ALIGN == 0);
 
 /// Names of the maps and programs, shared so a rename breaks the build, not the loader.
 pub mod names {
-    pub const RINGS: &str = "RINGS";
-    pub const SEQ: &str = "SEQ";
-    pub const DROPS: &str = "DROPS";
+    pub const RING_AREAS: &str = "RING_AREAS";
+    pub const RING_STATE: &str = "RING_STATE";
+    pub const WAKE: &str = "WAKE";
     pub const CONFIG: &str = "CONFIG";
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
     pub const INGRESS: &str = "wgo_ingress";
@@ -103,6 +147,7 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding, any bit pattern valid.
     unsafe impl aya::Pod for super::RecordHeader {}
     unsafe impl aya::Pod for super::CaptureConfig {}
+    unsafe impl aya::Pod for super::RingState {}
 }
 
 impl RecordHeader {

@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod ring;
 mod skb;
 
 #[cfg(not(test))]

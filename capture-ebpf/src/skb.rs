@@ -1,19 +1,17 @@
 //! cgroup_skb ingress/egress hooks.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, PerCpuArray, RingBuf},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_ringbuf_query},
+    btf_maps::Array,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_map, cgroup_skb},
     programs::SkBuffContext,
 };
 use capture_ebpf::{CaptureConfig, Direction, EventKind, MAX_CAPTURE, RECORD_HEADER_SIZE, RecordHeader};
 
+use crate::ring::Ring;
+
 /// Let the packet through: these programs only watch.
 const PASS: i32 = 1;
-/// Upper bound on CPUs; userspace shrinks it to the machine's count at load time.
-const MAX_CPUS: usize = 1024;
 
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
@@ -21,23 +19,6 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
-
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
-const BPF_RB_AVAIL_DATA: u64 = 0;
-
-/// One ring per CPU so that CPUs never contend on a ring's lock.
-/// Userspace creates the inner rings and puts them in here.
-#[btf_map]
-static RINGS: ArrayOfMaps<RingBuf<u8, 4096>, MAX_CPUS> = ArrayOfMaps::new();
-
-/// Next sequence number, per CPU.
-#[btf_map]
-static SEQ: PerCpuArray<u64, 1> = PerCpuArray::new();
-
-/// Records the ring could not take, per CPU.
-#[btf_map]
-static DROPS: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 #[btf_map]
 static CONFIG: Array<CaptureConfig, 1> = Array::new();
@@ -82,78 +63,40 @@ fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
         }
     }
     let cfg = CONFIG.get(0).ok_or(Skip::NoRing)?;
-    let want = headers.saturating_add(cfg.snaplen).min(len);
+    let want = headers.saturating_add(cfg.snaplen).min(len).min(MAX_CAPTURE as u32);
 
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let seq = next_seq();
+    let ring = Ring::of_cpu(cpu).ok_or(Skip::NoRing)?;
+    let seq = ring.next_seq();
+    let ktime_ns = unsafe { bpf_ktime_get_ns() };
+    let slot = ring.reserve(cfg.ring_bytes, RECORD_HEADER_SIZE as u32 + want).ok_or(Skip::RingFull)?;
+    let body = slot.body();
+    let cap = load_packet(ctx, unsafe { body.add(RECORD_HEADER_SIZE) }, want as usize);
     let header = RecordHeader {
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns,
         seq,
         kind: EventKind::Packet as u32,
         cpu,
         direction: direction as u32,
         orig_len: len,
-        cap_len: 0,
+        cap_len: cap as u32,
         ip_version,
     };
-    let ring = RINGS.get(cpu).ok_or(Skip::NoRing)?;
-    let ring_ptr = core::ptr::from_ref(ring).cast_mut().cast();
-    // Wake the agent only when the ring is filling up; otherwise it drains on a timer.
-    let flags = if unsafe { bpf_ringbuf_query(ring_ptr, BPF_RB_AVAIL_DATA) } > cfg.wakeup_bytes as u64 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    // Reservations must be constant-sized for the verifier: pick the smallest class that fits.
-    let res = if want <= 128 {
-        emit::<128>(ctx, ring, header, want, flags)
-    } else if want <= 256 {
-        emit::<256>(ctx, ring, header, want, flags)
-    } else {
-        emit::<MAX_CAPTURE>(ctx, ring, header, want, flags)
-    };
-    if res.is_err() {
-        count_drop();
-    }
-    res
-}
-
-/// Reserves a record with room for `N` packet bytes, fills it, and submits it.
-#[inline(always)]
-fn emit<const N: usize>(
-    ctx: &SkBuffContext,
-    ring: &RingBuf<u8, 4096>,
-    mut header: RecordHeader,
-    want: u32,
-    flags: u64,
-) -> Result<(), Skip> {
-    let mut entry = ring.reserve_bytes(RECORD_HEADER_SIZE + N, 0).ok_or(Skip::RingFull)?;
-    let buf: &mut [u8] = &mut entry;
-    let cap = load_packet(ctx, &mut buf[RECORD_HEADER_SIZE..], want as usize);
-    header.cap_len = cap as u32;
-    let header_bytes: &[u8; RECORD_HEADER_SIZE] = unsafe { &*core::ptr::from_ref(&header).cast() };
-    buf[..RECORD_HEADER_SIZE].copy_from_slice(header_bytes);
-    entry.submit(flags);
+    unsafe { core::ptr::write_unaligned(body.cast::<RecordHeader>(), header) };
+    slot.commit(cfg.wakeup_bytes, cpu);
     Ok(())
 }
 
-/// Copies up to `want` bytes of the packet into `dst`; returns how many it copied.
+/// Copies `want` bytes of the packet to `dst`; returns how many it copied (0 if it failed:
+/// the record then carries its header alone).
 #[inline(always)]
-fn load_packet(ctx: &SkBuffContext, dst: &mut [u8], want: usize) -> usize {
-    let n = want.min(dst.len());
-    // The explicit bounds keep the verifier sure the length is in (0, dst.len()].
-    if n == 0 || n > MAX_CAPTURE {
+fn load_packet(ctx: &SkBuffContext, dst: *mut u8, want: usize) -> usize {
+    // The explicit bounds keep the verifier sure the length is in (0, MAX_CAPTURE].
+    if want == 0 || want > MAX_CAPTURE {
         return 0;
     }
-    let ret = unsafe {
-        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-            ctx.skb.skb.cast(),
-            0,
-            dst.as_mut_ptr().cast(),
-            n as u32,
-        )
-    };
-    if ret == 0 { n } else { 0 }
+    let ret = unsafe { aya_ebpf::helpers::generated::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, dst.cast(), want as u32) };
+    if ret == 0 { want } else { 0 }
 }
 
 /// IP version, the length of the IP plus L4 headers, where L4 starts, and whether it
@@ -199,23 +142,5 @@ fn bytes_at(ctx: &SkBuffContext, off: usize) -> Result<[u8; 2], Skip> {
         Ok(unsafe { [*p, *p.add(1)] })
     } else {
         ctx.load(off).map_err(|_| Skip::Truncated)
-    }
-}
-
-#[inline(always)]
-fn next_seq() -> u64 {
-    match SEQ.get_ptr_mut(0) {
-        // Atomic: an ingress softirq can interrupt an egress hook on the same CPU.
-        // SeqCst, not Relaxed: LLVM's BPF backend lowers a relaxed add to a non-fetching
-        // `lock +=` even when the old value is used, which made every seq 1.
-        Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) },
-        None => 0,
-    }
-}
-
-#[inline(always)]
-fn count_drop() {
-    if let Some(p) = DROPS.get_ptr_mut(0) {
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) };
     }
 }

@@ -1,17 +1,24 @@
 //! Loading, attaching and draining the eBPF capture programs. The only module that uses aya.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use aya::maps::{Array, ArrayOfMaps, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use aya::{Ebpf, EbpfLoader};
-use capture_ebpf::{CaptureConfig, RECORD_HEADER_SIZE, RecordHeader, names};
+use capture_ebpf::{
+    CaptureConfig, FRAME_SIZE, MAX_RECORD, MAX_RING_BYTES, RECORD_ALIGN, RECORD_HEADER_SIZE, RING_AREA_BYTES, RecordHeader, RingState,
+    names,
+};
 
 /// The eBPF object, embedded at build time by build.rs (empty when built without it).
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capture.bpf.o"));
 
-const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+/// Keeps ring offsets inside the area and aligned; the same mask as the kernel side's.
+const OFFSET_MASK: u64 = (MAX_RING_BYTES as u64 - 1) & !(RECORD_ALIGN as u64 - 1);
+/// Consumed space is handed back to the producer at least this often while draining.
+const RELEASE_EVERY: u64 = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -23,8 +30,10 @@ pub enum CaptureError {
     Load(String),
     #[error("could not attach to cgroup {path}: {reason}")]
     Attach { path: PathBuf, reason: String },
-    #[error("kernel ring size {0} bytes must be a power of two and at least 4096")]
+    #[error("kernel ring size {0} bytes must be a power of two from 4096 to {MAX_RING_BYTES}")]
     BadKernelRing(u32),
+    #[error("the kernel ring of cpu {cpu} holds a malformed record at position {pos} (length {len})")]
+    Corrupt { cpu: usize, pos: u64, len: u64 },
     #[error("{0}")]
     Map(String),
     #[error("polling the kernel rings: {0}")]
@@ -34,17 +43,51 @@ pub enum CaptureError {
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
     pub snaplen: u32,
-    /// Size of each CPU's kernel ring map, bytes (power of two, >= page size).
+    /// Size of each CPU's kernel ring, bytes (power of two, 4096 to [`MAX_RING_BYTES`]).
     pub kernel_ring_bytes: u32,
+}
+
+/// A BPF array map's values mapped into this process (the map is `BPF_F_MMAPABLE`).
+struct Mapped {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    fn new(map: &MapData, len: usize, what: &str) -> Result<Mapped, CaptureError> {
+        let page = 4096;
+        let len = len.div_ceil(page) * page;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a fresh shared mapping of the map's fd; checked for failure below.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(CaptureError::Map(format!("mapping {what}: {}", std::io::Error::last_os_error())));
+        }
+        Ok(Mapped { ptr: ptr.cast(), len })
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from mmap in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }
 
 /// Programs attached to one cgroup. Dropping it detaches them.
 pub struct Capture {
-    // Field order matters for drop: rings and cgroup fd before the Ebpf that owns the links.
-    rings: Vec<RingBuf<MapData>>,
+    // Field order matters for drop: mappings, wakeup ring and cgroup fd before the Ebpf
+    // that owns the links.
+    areas: Mapped,
+    states: Mapped,
+    wake: RingBuf<MapData>,
     _cgroup: std::fs::File,
     ebpf: Ebpf,
     cpus: usize,
+    capacity: u64,
 }
 
 pub fn check_root() -> Result<(), CaptureError> {
@@ -64,35 +107,35 @@ impl Capture {
             return Err(CaptureError::NoObject);
         }
         let ring_bytes = opts.kernel_ring_bytes;
-        if ring_bytes < 4096 || !ring_bytes.is_power_of_two() {
+        if !(4096..=MAX_RING_BYTES).contains(&ring_bytes) || !ring_bytes.is_power_of_two() {
             return Err(CaptureError::BadKernelRing(ring_bytes));
         }
         let cpus = possible_cpus();
         let mut ebpf = EbpfLoader::new()
-              .map_max_entries(names::RINGS, cpus as u32)
+            .map_max_entries(names::RING_AREAS, cpus as u32)
+            .map_max_entries(names::RING_STATE, cpus as u32)
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
-
-        let mut outer: ArrayOfMaps<&mut MapData> = ebpf
-            .map_mut(names::RINGS)
-            .ok_or_else(|| CaptureError::Map("map RINGS missing from the object".into()))?
-            .try_into()
-            .map_err(|e| CaptureError::Map(format!("RINGS: {e}")))?;
-        let mut rings = Vec::with_capacity(cpus);
-        for cpu in 0..cpus {
-            let obj = aya_obj::Map::new_from_params(BPF_MAP_TYPE_RINGBUF, 0, 0, ring_bytes, 0);
-            let data = MapData::create(obj, &format!("wgo_ring{cpu}"), None)
-                .map_err(|e| CaptureError::Load(format!("creating ring for cpu {cpu}: {}", error_chain(&e))))?;
-            outer.set(cpu as u32, &data, 0).map_err(|e| CaptureError::Map(format!("RINGS[{cpu}]: {e}")))?;
-            rings.push(RingBuf::try_from(Map::RingBuf(data)).map_err(|e| CaptureError::Map(e.to_string()))?);
-        }
+        let map = |ebpf: &Ebpf, name: &str| -> Result<MapData, CaptureError> {
+            let m = ebpf.map(name).ok_or_else(|| CaptureError::Map(format!("map {name} missing from the object")))?;
+            let data = match m {
+                aya::maps::Map::Array(d) | aya::maps::Map::RingBuf(d) => d,
+                _ => return Err(CaptureError::Map(format!("map {name} has an unexpected type"))),
+            };
+            // A second handle on the same map, for the mapping and reads below.
+            MapData::from_id(data.info().map_err(|e| CaptureError::Map(format!("{name}: {e}")))?.id())
+                .map_err(|e| CaptureError::Map(format!("{name}: {e}")))
+        };
+        let areas = Mapped::new(&map(&ebpf, names::RING_AREAS)?, cpus * RING_AREA_BYTES, "the kernel rings")?;
+        let states = Mapped::new(&map(&ebpf, names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
+        let wake = RingBuf::try_from(aya::maps::Map::RingBuf(map(&ebpf, names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
 
         let mut config: Array<&mut MapData, CaptureConfig> = ebpf
             .map_mut(names::CONFIG)
             .ok_or_else(|| CaptureError::Map("map CONFIG missing".into()))?
             .try_into()
             .map_err(|e| CaptureError::Map(format!("CONFIG: {e}")))?;
-        let cfg = CaptureConfig { snaplen: opts.snaplen, wakeup_bytes: ring_bytes / 4 };
+        let cfg = CaptureConfig { snaplen: opts.snaplen, wakeup_bytes: ring_bytes / 4, ring_bytes };
         config.set(0, cfg, 0).map_err(|e| CaptureError::Map(format!("CONFIG: {e}")))?;
 
         let cgroup_file = std::fs::File::open(cgroup)
@@ -109,36 +152,68 @@ impl Capture {
             prog.attach(&cgroup_file, kind, CgroupAttachMode::Single)
                 .map_err(|e| CaptureError::Attach { path: cgroup.to_path_buf(), reason: error_chain(&e) })?;
         }
-        Ok(Capture { rings, _cgroup: cgroup_file, ebpf, cpus })
+        Ok(Capture { areas, states, wake, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64 })
     }
 
     /// Waits up to `timeout_ms` for a ring to ask for a wakeup, then hands every
     /// available record to `sink`. Returns how many records it drained.
     pub fn drain(&mut self, timeout_ms: i32, mut sink: impl FnMut(&RecordHeader, &[u8])) -> Result<u64, CaptureError> {
-        let mut fds: Vec<libc::pollfd> = self
-            .rings
-            .iter()
-            .map(|r| libc::pollfd { fd: r.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .collect();
-        // SAFETY: fds is a valid array of pollfd for its length.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n < 0 {
+        let mut fd = libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut fd, 1, timeout_ms) } < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
                 return Err(CaptureError::Poll(err));
             }
         }
-        // Drain every ring, not just the ones that woke us: the others drain on this timer.
+        while self.wake.next().is_some() {}
+        // Every ring, not just the one that asked: the others drain on this timer.
         let mut count = 0;
-        for ring in &mut self.rings {
-            while let Some(item) = ring.next() {
-                if let Some(h) = RecordHeader::from_bytes(&item) {
-                    let end = (RECORD_HEADER_SIZE + h.cap_len as usize).min(item.len());
-                    sink(&h, &item[RECORD_HEADER_SIZE..end]);
-                    count += 1;
-                }
+        for cpu in 0..self.cpus {
+            count += self.drain_cpu(cpu, &mut sink)?;
+        }
+        Ok(count)
+    }
+
+    /// Hands one CPU's committed records to `sink`, zeroes their bytes (so that a frame
+    /// length of zero always means "not yet written"), and gives the space back.
+    fn drain_cpu(&mut self, cpu: usize, sink: &mut impl FnMut(&RecordHeader, &[u8])) -> Result<u64, CaptureError> {
+        // SAFETY: both mappings cover `cpus` entries, and cpu < cpus.
+        let (state, area) = unsafe {
+            (self.states.ptr.add(cpu * size_of::<RingState>()).cast::<RingState>(), self.areas.ptr.add(cpu * RING_AREA_BYTES))
+        };
+        // SAFETY: tail is an aligned u64 in the shared mapping; only this process writes it.
+        let tail_cell = unsafe { AtomicU64::from_ptr(&raw mut (*state).tail) };
+        let mut tail = tail_cell.load(Ordering::Relaxed);
+        let mut released = tail;
+        let mut count = 0;
+        loop {
+            let off = (tail & (self.capacity - 1) & OFFSET_MASK) as usize;
+            // SAFETY: off + MAX_RECORD <= RING_AREA_BYTES (asserted in capture-ebpf), and
+            // the frame is an aligned u64 the kernel writes atomically.
+            let len = unsafe { AtomicU64::from_ptr(area.add(off).cast::<u64>()) }.load(Ordering::Acquire);
+            if len == 0 {
+                break;
+            }
+            if len < (FRAME_SIZE + RECORD_HEADER_SIZE) as u64 || len > MAX_RECORD.next_multiple_of(RECORD_ALIGN) as u64 || len % RECORD_ALIGN as u64 != 0 {
+                return Err(CaptureError::Corrupt { cpu, pos: tail, len });
+            }
+            // SAFETY: [off, off + len) lies inside this CPU's area (checked bound above).
+            let record = unsafe { std::slice::from_raw_parts_mut(area.add(off), len as usize) };
+            if let Some(h) = RecordHeader::from_bytes(&record[FRAME_SIZE..]) {
+                let start = FRAME_SIZE + RECORD_HEADER_SIZE;
+                let end = (start + h.cap_len as usize).min(record.len());
+                sink(&h, &record[start..end]);
+                count += 1;
+            }
+            record.fill(0);
+            tail += len;
+            if tail - released >= RELEASE_EVERY {
+                tail_cell.store(tail, Ordering::Release);
+                released = tail;
             }
         }
+        tail_cell.store(tail, Ordering::Release);
         Ok(count)
     }
 
@@ -155,18 +230,14 @@ impl Capture {
 
     /// Records each CPU's kernel ring could not take.
     pub fn drops_per_cpu(&self) -> Result<Vec<u64>, CaptureError> {
-        let drops: PerCpuArray<&MapData, u64> = self
-            .ebpf
-            .map(names::DROPS)
-            .ok_or_else(|| CaptureError::Map("map DROPS missing".into()))?
-            .try_into()
-            .map_err(|e| CaptureError::Map(format!("DROPS: {e}")))?;
-        let values = drops.get(&0, 0).map_err(|e| CaptureError::Map(format!("DROPS: {e}")))?;
-        let mut out = vec![0; self.cpus];
-        for (cpu, v) in values.iter().enumerate().take(self.cpus) {
-            out[cpu] = *v;
-        }
-        Ok(out)
+        Ok((0..self.cpus)
+            .map(|cpu| {
+                // SAFETY: the states mapping covers `cpus` entries; drops is an aligned u64
+                // the kernel updates atomically.
+                unsafe { AtomicU64::from_ptr(&raw mut (*self.states.ptr.add(cpu * size_of::<RingState>()).cast::<RingState>()).drops) }
+                    .load(Ordering::Relaxed)
+            })
+            .collect())
     }
 
     /// Program ids, for run-time statistics and for checking detachment.

@@ -45,8 +45,8 @@ struct CaptureFlags {
     /// Keep at most this many bytes of history.
     #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(wgo::ring::MIN_RING_BYTES as u64..))]
     ring_bytes: u64,
-    /// Size of each CPU's kernel ring map (power of two, at least 4096).
-    #[arg(long, default_value_t = 4 << 20, value_parser = kernel_ring_bytes)]
+    /// Size of each CPU's kernel ring (power of two, 4096 to 2 MiB).
+    #[arg(long, default_value_t = capture_ebpf::MAX_RING_BYTES, value_parser = kernel_ring_bytes)]
     kernel_ring_bytes: u32,
 }
 
@@ -194,8 +194,8 @@ fn positive_f64(s: &str) -> Result<f64, String> {
 
 fn kernel_ring_bytes(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
-        Ok(v) if v >= 4096 && v.is_power_of_two() => Ok(v),
-        _ => Err(format!("'{s}' is not a power of two of at least 4096")),
+        Ok(v) if (4096..=capture_ebpf::MAX_RING_BYTES).contains(&v) && v.is_power_of_two() => Ok(v),
+        _ => Err(format!("'{s}' is not a power of two from 4096 to {}", capture_ebpf::MAX_RING_BYTES)),
     }
 }
 
