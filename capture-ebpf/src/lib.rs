@@ -89,10 +89,18 @@ pub const MAX_RING_BYTES: u32 = 2 << 20;
 /// A CPU's ring area: the ring plus room for its last record to run past the end, so
 /// that a record is never split.
 pub const RING_AREA_BYTES: usize = MAX_RING_BYTES as usize + 4096;
-/// Every record in a ring starts with a frame: its length in bytes (u32, a multiple of
-/// [`RECORD_ALIGN`], frame included), then 4 reserved bytes. The length is written last;
-/// zero means the record is reserved but not yet complete.
+/// Every record in a ring starts with a frame, written last, when the record is complete:
+/// a u64 holding the record's length in bytes (frame included, a multiple of
+/// [`RECORD_ALIGN`]) in its high half, and the low 32 bits of the record's ring position
+/// divided by 8 in its low half. The position tells a fresh frame from stale bytes of an
+/// earlier lap around the ring, so the reader never has to clear what it read.
 pub const FRAME_SIZE: usize = 8;
+
+/// The frame of a complete record at ring position `pos` (see [`FRAME_SIZE`]).
+#[inline(always)]
+pub const fn frame(pos: u64, len: u64) -> u64 {
+    len << 32 | (pos >> 3) as u32 as u64
+}
 pub const RECORD_ALIGN: usize = 8;
 /// Largest framed record.
 pub const MAX_RECORD: usize = FRAME_SIZE + RECORD_HEADER_SIZE + MAX_CAPTURE;
@@ -115,7 +123,8 @@ pub struct RingState {
     /// Records the ring had no room for.
     pub drops: u64,
     pub producer_pad: [u64; 5],
-    /// Bytes ever consumed (written by userspace only).
+    /// Bytes ever consumed (written by userspace only). Records between tail and head are
+    /// reserved; each is complete once its frame matches its position.
     pub tail: u64,
     pub consumer_pad: [u64; 7],
 }

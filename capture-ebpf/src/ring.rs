@@ -12,7 +12,7 @@ use aya_ebpf::{
     btf_maps::{Array, RingBuf},
     macros::btf_map,
 };
-use capture_ebpf::{FRAME_SIZE, MAX_RING_BYTES, RECORD_ALIGN, RingArea, RingState};
+use capture_ebpf::{FRAME_SIZE, MAX_RING_BYTES, RECORD_ALIGN, RingArea, RingState, frame};
 
 /// Upper bound on CPUs; userspace shrinks the maps to the machine's count at load time.
 const MAX_CPUS: usize = 1024;
@@ -43,6 +43,7 @@ pub struct Ring {
 /// Space reserved in a ring for one record; [`Slot::commit`] hands it to userspace.
 pub struct Slot {
     record: *mut u8,
+    pos: u64,
     len: u64,
     fill_after: u64,
 }
@@ -83,7 +84,7 @@ impl Ring {
             if won {
                 let off = head & (capacity - 1) & OFFSET_MASK;
                 let record = unsafe { self.area.add(off as usize) };
-                return Some(Slot { record, len, fill_after });
+                return Some(Slot { record, pos: head, len, fill_after });
             }
         }
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*self.state).drops, 1) };
@@ -98,12 +99,12 @@ impl Slot {
         unsafe { self.record.add(FRAME_SIZE) }
     }
 
-    /// Publishes the record by writing its length into the frame, last; wakes the agent
-    /// if this record took the ring's fill across `wakeup_bytes`.
+    /// Publishes the record by writing its frame last; wakes the agent if this record
+    /// took the ring's fill across `wakeup_bytes`.
     #[inline(always)]
     pub fn commit(self, wakeup_bytes: u32, cpu: u32) {
-        // An atomic exchange orders every store to the body before the length.
-        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.record.cast::<u64>(), self.len) };
+        // An atomic exchange orders every store to the body before the frame.
+        unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.record.cast::<u64>(), frame(self.pos, self.len)) };
         let threshold = wakeup_bytes as u64;
         if self.fill_after >= threshold && self.fill_after - self.len < threshold {
             let _ = WAKE.output(cpu, BPF_RB_FORCE_WAKEUP);

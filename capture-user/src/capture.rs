@@ -175,38 +175,39 @@ impl Capture {
         Ok(count)
     }
 
-    /// Hands one CPU's committed records to `sink`, zeroes their bytes (so that a frame
-    /// length of zero always means "not yet written"), and gives the space back.
+    /// Hands one CPU's complete records to `sink` and gives their space back.
     fn drain_cpu(&mut self, cpu: usize, sink: &mut impl FnMut(&RecordHeader, &[u8])) -> Result<u64, CaptureError> {
         // SAFETY: both mappings cover `cpus` entries, and cpu < cpus.
         let (state, area) = unsafe {
             (self.states.ptr.add(cpu * size_of::<RingState>()).cast::<RingState>(), self.areas.ptr.add(cpu * RING_AREA_BYTES))
         };
-        // SAFETY: tail is an aligned u64 in the shared mapping; only this process writes it.
-        let tail_cell = unsafe { AtomicU64::from_ptr(&raw mut (*state).tail) };
+        // SAFETY: head and tail are aligned u64s in the shared mapping; the kernel advances
+        // head atomically, and only this process writes tail.
+        let (head_cell, tail_cell) = unsafe { (AtomicU64::from_ptr(&raw mut (*state).head), AtomicU64::from_ptr(&raw mut (*state).tail)) };
+        let head = head_cell.load(Ordering::Acquire);
         let mut tail = tail_cell.load(Ordering::Relaxed);
         let mut released = tail;
         let mut count = 0;
-        loop {
+        while tail < head {
             let off = (tail & (self.capacity - 1) & OFFSET_MASK) as usize;
             // SAFETY: off + MAX_RECORD <= RING_AREA_BYTES (asserted in capture-ebpf), and
             // the frame is an aligned u64 the kernel writes atomically.
-            let len = unsafe { AtomicU64::from_ptr(area.add(off).cast::<u64>()) }.load(Ordering::Acquire);
-            if len == 0 {
-                break;
+            let frame = unsafe { AtomicU64::from_ptr(area.add(off).cast::<u64>()) }.load(Ordering::Acquire);
+            let len = frame >> 32;
+            if frame != capture_ebpf::frame(tail, len) {
+                break; // reserved, not complete yet (a hook is still writing it)
             }
             if len < (FRAME_SIZE + RECORD_HEADER_SIZE) as u64 || len > MAX_RECORD.next_multiple_of(RECORD_ALIGN) as u64 || len % RECORD_ALIGN as u64 != 0 {
                 return Err(CaptureError::Corrupt { cpu, pos: tail, len });
             }
             // SAFETY: [off, off + len) lies inside this CPU's area (checked bound above).
-            let record = unsafe { std::slice::from_raw_parts_mut(area.add(off), len as usize) };
+            let record = unsafe { std::slice::from_raw_parts(area.add(off), len as usize) };
             if let Some(h) = RecordHeader::from_bytes(&record[FRAME_SIZE..]) {
                 let start = FRAME_SIZE + RECORD_HEADER_SIZE;
                 let end = (start + h.cap_len as usize).min(record.len());
                 sink(&h, &record[start..end]);
                 count += 1;
             }
-            record.fill(0);
             tail += len;
             if tail - released >= RELEASE_EVERY {
                 tail_cell.store(tail, Ordering::Release);
