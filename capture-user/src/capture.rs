@@ -185,36 +185,12 @@ impl Capture {
         // head atomically, and only this process writes tail.
         let (head_cell, tail_cell) = unsafe { (AtomicU64::from_ptr(&raw mut (*state).head), AtomicU64::from_ptr(&raw mut (*state).tail)) };
         let head = head_cell.load(Ordering::Acquire);
-        let mut tail = tail_cell.load(Ordering::Relaxed);
-        let mut released = tail;
-        let mut count = 0;
-        while tail < head {
-            let off = (tail & (self.capacity - 1) & OFFSET_MASK) as usize;
-            // SAFETY: off + MAX_RECORD <= RING_AREA_BYTES (asserted in capture-ebpf), and
-            // the frame is an aligned u64 the kernel writes atomically.
-            let frame = unsafe { AtomicU64::from_ptr(area.add(off).cast::<u64>()) }.load(Ordering::Acquire);
-            let len = frame >> 32;
-            if frame != capture_ebpf::frame(tail, len) {
-                break; // reserved, not complete yet (a hook is still writing it)
-            }
-            if len < (FRAME_SIZE + RECORD_HEADER_SIZE) as u64 || len > MAX_RECORD.next_multiple_of(RECORD_ALIGN) as u64 || len % RECORD_ALIGN as u64 != 0 {
-                return Err(CaptureError::Corrupt { cpu, pos: tail, len });
-            }
-            // SAFETY: [off, off + len) lies inside this CPU's area (checked bound above).
-            let record = unsafe { std::slice::from_raw_parts(area.add(off), len as usize) };
-            if let Some(h) = RecordHeader::from_bytes(&record[FRAME_SIZE..]) {
-                let start = FRAME_SIZE + RECORD_HEADER_SIZE;
-                let end = (start + h.cap_len as usize).min(record.len());
-                sink(&h, &record[start..end]);
-                count += 1;
-            }
-            tail += len;
-            if tail - released >= RELEASE_EVERY {
-                tail_cell.store(tail, Ordering::Release);
-                released = tail;
-            }
-        }
-        tail_cell.store(tail, Ordering::Release);
+        let tail = tail_cell.load(Ordering::Relaxed);
+        let mut release = |t: u64| tail_cell.store(t, Ordering::Release);
+        // SAFETY: area is this CPU's mapped, page-aligned ring area of RING_AREA_BYTES.
+        let (tail, count) = unsafe { read_ring(area, self.capacity, head, tail, sink, &mut release) }
+            .map_err(|(pos, len)| CaptureError::Corrupt { cpu, pos, len })?;
+        release(tail);
         Ok(count)
     }
 
@@ -251,6 +227,128 @@ impl Capture {
                 Some((name.to_string(), info.id()))
             })
             .collect()
+    }
+}
+
+/// Reads one CPU's ring as the agent does: the complete records from `tail` up to `head`
+/// or to the first record still being written, handed to `sink` in order. Returns the new
+/// tail and the number of records; calls `release` with the tail now and then while
+/// reading, so the producer gets space back early. A malformed frame gives its position
+/// and length. Pure (no maps), so that tests and the drain benchmark use it as it is.
+///
+/// # Safety
+/// `area` must point to `RING_AREA_BYTES` readable, 8-byte-aligned bytes laid out as
+/// `capture-ebpf/src/ring.rs` writes them, for a ring of `capacity` bytes (a power of two
+/// up to `MAX_RING_BYTES`), and nothing may write the records between `tail` and `head`
+/// except to complete their frames.
+pub unsafe fn read_ring(
+    area: *const u8,
+    capacity: u64,
+    head: u64,
+    mut tail: u64,
+    sink: &mut impl FnMut(&RecordHeader, &[u8]),
+    release: &mut impl FnMut(u64),
+) -> Result<(u64, u64), (u64, u64)> {
+    let mut released = tail;
+    let mut count = 0;
+    while tail < head {
+        let off = (tail & (capacity - 1) & OFFSET_MASK) as usize;
+        // SAFETY: off + MAX_RECORD <= RING_AREA_BYTES (asserted in capture-ebpf), and the
+        // frame is an aligned u64 that the kernel writes atomically.
+        let frame = unsafe { AtomicU64::from_ptr(area.add(off).cast::<u64>().cast_mut()) }.load(Ordering::Acquire);
+        let len = frame >> 32;
+        if frame != capture_ebpf::frame(tail, len) {
+            break; // reserved, not complete yet (a hook is still writing it)
+        }
+        if len < (FRAME_SIZE + RECORD_HEADER_SIZE) as u64 || len > MAX_RECORD.next_multiple_of(RECORD_ALIGN) as u64 || len % RECORD_ALIGN as u64 != 0 {
+            return Err((tail, len));
+        }
+        // SAFETY: [off, off + len) lies inside the area (bound checked above), and a
+        // complete record is not written again until the tail passes it.
+        let record = unsafe { std::slice::from_raw_parts(area.add(off), len as usize) };
+        if let Some(h) = RecordHeader::from_bytes(&record[FRAME_SIZE..]) {
+            let start = FRAME_SIZE + RECORD_HEADER_SIZE;
+            let end = (start + h.cap_len as usize).min(record.len());
+            sink(&h, &record[start..end]);
+            count += 1;
+        }
+        tail += len;
+        if tail - released >= RELEASE_EVERY {
+            release(tail);
+            released = tail;
+        }
+    }
+    Ok((tail, count))
+}
+
+/// Writes a record into a ring area as the kernel side does (for tests and benchmarks).
+/// Returns the record's length in the ring.
+pub fn write_test_record(area: &mut [u64], capacity: u64, pos: u64, header: &RecordHeader, data: &[u8]) -> u64 {
+    let len = (FRAME_SIZE + RECORD_HEADER_SIZE + data.len()).next_multiple_of(RECORD_ALIGN) as u64;
+    let off = (pos & (capacity - 1) & OFFSET_MASK) as usize;
+    // SAFETY: plain bytes of an u64 slice.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(area.as_mut_ptr().cast::<u8>(), area.len() * 8) };
+    bytes[off + FRAME_SIZE..off + FRAME_SIZE + RECORD_HEADER_SIZE].copy_from_slice(&header.to_bytes());
+    bytes[off + FRAME_SIZE + RECORD_HEADER_SIZE..][..data.len()].copy_from_slice(data);
+    area[off / 8] = capture_ebpf::frame(pos, len);
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(seq: u64, cap_len: u32) -> RecordHeader {
+        RecordHeader { ktime_ns: 1000 + seq, seq, kind: 1, cpu: 0, direction: 2, orig_len: cap_len, cap_len, ip_version: 4 }
+    }
+
+    fn read(area: &[u64], capacity: u64, head: u64, tail: u64) -> (Result<(u64, u64), (u64, u64)>, Vec<(u64, Vec<u8>)>) {
+        let mut got = Vec::new();
+        // SAFETY: the area is RING_AREA_BYTES of aligned memory owned by the test.
+        let r = unsafe { read_ring(area.as_ptr().cast(), capacity, head, tail, &mut |h, d| got.push((h.seq, d.to_vec())), &mut |_| {}) };
+        (r, got)
+    }
+
+    #[test]
+    fn ring_reader_takes_complete_records_across_laps_and_stops_at_an_incomplete_one() {
+        let capacity = 4096;
+        let mut area = vec![0u64; RING_AREA_BYTES / 8];
+        let mut pos = 0;
+        // Three laps' worth of 100-byte records: stale frames of earlier laps stay behind.
+        let mut seq = 0;
+        let mut tail = 0;
+        for _lap in 0..3 {
+            let start = pos;
+            while pos - start + 160 <= capacity {
+                pos += write_test_record(&mut area, capacity, pos, &header(seq, 100), &[seq as u8; 100]);
+                seq += 1;
+            }
+            let (r, got) = read(&area, capacity, pos, tail);
+            assert_eq!(r, Ok((pos, got.len() as u64)));
+            assert!(got.iter().all(|(s, d)| d.len() == 100 && d[0] == *s as u8));
+            tail = pos;
+        }
+        // A reserved record whose frame is not written yet: reading stops before it, even
+        // though stale bytes of an earlier lap lie where its frame goes.
+        let reserved = pos;
+        pos += ((FRAME_SIZE + RECORD_HEADER_SIZE + 100) as u64).next_multiple_of(RECORD_ALIGN as u64);
+        let after = write_test_record(&mut area, capacity, pos, &header(seq + 1, 100), &[7; 100]);
+        let (r, got) = read(&area, capacity, pos + after, reserved);
+        assert_eq!(r, Ok((reserved, 0)));
+        assert!(got.is_empty());
+        // Once its frame is written, both come out in order.
+        write_test_record(&mut area, capacity, reserved, &header(seq, 100), &[9; 100]);
+        let (r, got) = read(&area, capacity, pos + after, reserved);
+        assert_eq!(r, Ok((pos + after, 2)));
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![seq, seq + 1]);
+    }
+
+    #[test]
+    fn ring_reader_reports_a_malformed_frame_with_its_position() {
+        let capacity = 4096;
+        let mut area = vec![0u64; RING_AREA_BYTES / 8];
+        area[0] = capture_ebpf::frame(0, 4); // shorter than a header
+        assert_eq!(read(&area, capacity, 64, 0).0, Err((0, 4)));
     }
 }
 
