@@ -128,7 +128,7 @@ impl MatchIndex {
         let fingerprint = |key: &dyn Fn(&mut dyn Hasher)| {
             let mut h = rustc_hash::FxHasher::default();
             key(&mut h);
-            let mut check = std::hash::DefaultHasher::new();
+            let mut check = std::hash::BuildHasher::build_hasher(&foldhash::quality::FixedState::with_seed(0x5767_6f5f_6368_6b21));
             key(&mut check);
             (h.finish(), check.finish() as u32 & 0xfffe_0000)
         };

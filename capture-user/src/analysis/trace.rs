@@ -112,7 +112,7 @@ pub struct Trace {
     /// Captured bytes, one arena per node (so that traces read apart join without copying).
     arenas: Vec<Vec<u8>>,
     pub addrs: Vec<IpAddr>,
-    addr_ids: HashMap<IpAddr, AddrId>,
+    addr_ids: rustc_hash::FxHashMap<IpAddr, AddrId>,
     /// Non-IP or unparseable packets passed over, per node.
     pub unparsed: Vec<u64>,
 }
