@@ -141,21 +141,23 @@ pub fn estimate(trace: &Trace, messages: &[(EventId, EventId)]) -> Clocks {
             }
         }
     }
-    let mut pairs = Vec::new();
-    for a in 0..n {
-        for b in a + 1..n {
-            let p = &mut points[a * n + b];
-            if p.upper.is_empty() || p.lower.is_empty() {
-                continue;
+    use rayon::prelude::*;
+    let pairs: Vec<PairEstimate> = points
+        .par_iter_mut()
+        .enumerate()
+        .filter_map(|(k, p)| {
+            let (a, b) = (k / n, k % n);
+            if a >= b || p.upper.is_empty() || p.lower.is_empty() {
+                return None;
             }
             let mut est = estimate_pair(&mut p.upper, &mut p.lower, trace.nodes[a].window, trace.nodes[b].window);
             est.a = a as NodeId;
             est.b = b as NodeId;
             est.both_directions = p.two_way[0] && p.two_way[1];
             est.messages = p.messages;
-            pairs.push(est);
-        }
-    }
+            Some(est)
+        })
+        .collect();
     chain(trace, pairs)
 }
 

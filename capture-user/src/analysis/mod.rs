@@ -82,8 +82,15 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     // The order and most anomalies do not depend on each other: built side by side.
     let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
     let (order, mut anomalies) = rayon::join(
-        || order::order(&trace, &clocks, cross),
         || {
+            let t = std::time::Instant::now();
+            let order = order::order(&trace, &clocks, cross);
+            tracing::debug!("  order alone: {:.3} s", t.elapsed().as_secs_f64());
+            order
+        },
+        || {
+            let t = std::time::Instant::now();
+            let _done = Defer(move || tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64()));
             let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
             anomalies::find(&anomalies::Context {
                 trace: &trace,
@@ -136,6 +143,15 @@ fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a:
     }
 }
 pub mod sim;
+
+/// Runs a closure when dropped (for timing a block's end).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
 
 /// Logs how long each phase took (at debug level: `WGO_LOG=debug`).
 pub struct Phase(std::time::Instant);

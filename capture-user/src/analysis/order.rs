@@ -103,7 +103,7 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
     let mut node_vc: Vec<u32> = vec![0; nodes * nodes];
     let mut slab: Vec<u32> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
-    let mut pending: HashMap<u32, (usize, u32)> = HashMap::new();
+    let mut pending: rustc_hash::FxHashMap<u32, (usize, u32)> = rustc_hash::FxHashMap::default();
     let mut vc: Vec<u32> = vec![0; nodes];
     // The current run of pairwise-concurrent events (at most one per node).
     let mut run: Vec<usize> = Vec::new();
