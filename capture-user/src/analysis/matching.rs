@@ -105,6 +105,9 @@ struct Entry {
     send: bool,
 }
 
+/// (key hash, receive flag and time, event, check bits | group bit | node): see `MatchIndex::new`.
+type SortKey = (u64, u64, EventId, u32);
+
 /// Events grouped for matching, built once and used by both passes: keyed events
 /// sorted by key (sends first, then by time), and TCP data events by flow.
 pub struct MatchIndex {
@@ -145,7 +148,7 @@ impl MatchIndex {
             let tag = check | (group_addr[e.dst as usize] as u32) << 16 | e.node as u32;
             (hash, rank, i as EventId, tag)
         };
-        let (mut tcp, mut keyed): (Vec<(u64, u64, EventId, u32)>, Vec<(u64, u64, EventId, u32)>) =
+        let (mut tcp, mut keyed): (Vec<SortKey>, Vec<SortKey>) =
             trace.events.par_iter().enumerate().partition_map(|(i, e)| {
                 if is_tcp_data(e) {
                     rayon::iter::Either::Left(entry(i, e))
@@ -155,7 +158,7 @@ impl MatchIndex {
             });
         keyed.par_sort_unstable();
         tcp.par_sort_unstable();
-        let groups = |v: &[(u64, u64, EventId, u32)]| {
+        let groups = |v: &[SortKey]| {
             let mut g = Vec::new();
             for k in 0..v.len() {
                 if k == 0 || v[k].0 != v[k - 1].0 || v[k].3 >> 17 != v[k - 1].3 >> 17 {
@@ -282,9 +285,9 @@ pub fn resolve_by_time(m: &mut Matching, trace: &Trace, index: &MatchIndex, cloc
                     continue;
                 }
                 let slot = (s.id, if is_group { r.node } else { 0 });
-                if !taken.contains_key(&slot) {
+                if let std::collections::hash_map::Entry::Vacant(free) = taken.entry(slot) {
                     chosen = Some(s.id);
-                    taken.insert(slot, r.id);
+                    free.insert(r.id);
                     break;
                 }
                 chosen.get_or_insert(s.id);

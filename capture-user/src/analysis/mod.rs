@@ -90,15 +90,16 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
         },
         || {
             let t = std::time::Instant::now();
-            let _done = Defer(move || tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64()));
             let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
-            anomalies::find(&anomalies::Context {
+            let found = anomalies::find(&anomalies::Context {
                 trace: &trace,
                 matching: &matching,
                 clocks: &clocks,
                 describe: &describe,
                 missing_nodes: &inputs.missing_nodes,
-            })
+            });
+            tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64());
+            found
         },
     );
     phase.done("order and anomalies");
@@ -143,15 +144,6 @@ fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a:
     }
 }
 pub mod sim;
-
-/// Runs a closure when dropped (for timing a block's end).
-struct Defer<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for Defer<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
 
 /// Logs how long each phase took (at debug level: `WGO_LOG=debug`).
 pub struct Phase(std::time::Instant);

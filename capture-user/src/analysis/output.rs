@@ -59,13 +59,25 @@ struct JsonNames {
 impl Analysis {
     /// The event's display label: from the spec, else protocol and ports.
     pub fn label(&self, id: usize) -> String {
+        let mut out = String::new();
+        self.push_label(id, &mut out, &mut itoa::Buffer::new());
+        out
+    }
+
+    fn push_label(&self, id: usize, out: &mut String, num: &mut itoa::Buffer) {
         let e = &self.trace.events[id];
         match self.classes[id] {
             UNKNOWN => match e.proto {
-                ProtoCode::Icmp => "ICMP".into(),
-                p => format!("{} {}→{}", p.name(), e.sport, e.dport),
+                ProtoCode::Icmp => out.push_str("ICMP"),
+                p => {
+                    out.push_str(p.name());
+                    out.push(' ');
+                    out.push_str(num.format(e.sport));
+                    out.push('→');
+                    out.push_str(num.format(e.dport));
+                }
             },
-            c => self.spec.label(c as usize, self.trace.payload(e)),
+            c => self.spec.write_label(c as usize, self.trace.payload(e), out),
         }
     }
 
@@ -231,19 +243,7 @@ impl Analysis {
             buf.push_str(num.format(e.orig_len));
             buf.push_str(",\"label\":");
             label.clear();
-            match self.classes[i] {
-                UNKNOWN => match e.proto {
-                    ProtoCode::Icmp => label.push_str("ICMP"),
-                    p => {
-                        label.push_str(p.name());
-                        label.push(' ');
-                        label.push_str(num.format(e.sport));
-                        label.push('→');
-                        label.push_str(num.format(e.dport));
-                    }
-                },
-                c => self.spec.write_label(c as usize, t.payload(e), &mut label),
-            }
+            self.push_label(i, &mut label, &mut num);
             push_json_str(&mut buf, &label);
             buf.push_str(",\"fields\":{");
             if self.classes[i] != UNKNOWN {
