@@ -116,20 +116,6 @@ impl Capture {
             .map_max_entries(names::RING_STATE, cpus as u32)
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
-        let map = |ebpf: &Ebpf, name: &str| -> Result<MapData, CaptureError> {
-            let m = ebpf.map(name).ok_or_else(|| CaptureError::Map(format!("map {name} missing from the object")))?;
-            let data = match m {
-                aya::maps::Map::Array(d) | aya::maps::Map::RingBuf(d) => d,
-                _ => return Err(CaptureError::Map(format!("map {name} has an unexpected type"))),
-            };
-            // A second handle on the same map, for the mapping and reads below.
-            MapData::from_id(data.info().map_err(|e| CaptureError::Map(format!("{name}: {e}")))?.id())
-                .map_err(|e| CaptureError::Map(format!("{name}: {e}")))
-        };
-        let areas = Mapped::new(&map(&ebpf, names::RING_AREAS)?, cpus * RING_AREA_BYTES, "the kernel rings")?;
-        let states = Mapped::new(&map(&ebpf, names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
-        let wake = RingBuf::try_from(aya::maps::Map::RingBuf(map(&ebpf, names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
-
         let mut config: Array<&mut MapData, CaptureConfig> = ebpf
             .map_mut(names::CONFIG)
             .ok_or_else(|| CaptureError::Map("map CONFIG missing".into()))?
@@ -152,6 +138,19 @@ impl Capture {
             prog.attach(&cgroup_file, kind, CgroupAttachMode::Single)
                 .map_err(|e| CaptureError::Attach { path: cgroup.to_path_buf(), reason: error_chain(&e) })?;
         }
+        // Taken out of the Ebpf only now: loading the programs needs them in it. From here
+        // the programs and the mappings keep them alive.
+        let mut take = |name: &str| -> Result<MapData, CaptureError> {
+            match ebpf.take_map(name) {
+                Some(aya::maps::Map::Array(d) | aya::maps::Map::RingBuf(d)) => Ok(d),
+                Some(_) => Err(CaptureError::Map(format!("map {name} has an unexpected type"))),
+                None => Err(CaptureError::Map(format!("map {name} missing from the object"))),
+            }
+        };
+        let areas = Mapped::new(&take(names::RING_AREAS)?, cpus * RING_AREA_BYTES, "the kernel rings")?;
+        let states = Mapped::new(&take(names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
+        let wake = RingBuf::try_from(aya::maps::Map::RingBuf(take(names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
+
         Ok(Capture { areas, states, wake, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64 })
     }
 
