@@ -7,7 +7,7 @@ use wgo::analysis::anomalies::Kind;
 use wgo::analysis::sim::{self, Config, SPEC, Truth};
 use wgo::analysis::spec::Spec;
 use wgo::analysis::trace::Dir;
-use wgo::analysis::{Analysis, Inputs, analyze};
+use wgo::analysis::{Analysis, Inputs, analyze, analyze_to_json};
 
 /// Event ids by (uid, attempt) for sends and by (uid, node) for receives.
 struct Ids {
@@ -191,6 +191,31 @@ fn contradicting_rule_is_reported_as_a_cycle_naming_it() {
         assert!(t.contains("ignored") && t.contains("(rule wrong-way)"), "drops the rule edge, not a message: {t}");
     }
     println!("{}", texts[0]);
+}
+
+#[test]
+fn json_written_while_ordering_equals_json_written_after() {
+    let contradicting = format!(
+        "{SPEC}\n[[rule]]\nname = \"wrong-way\"\nevent = {{ message = \"TASK\", dir = \"recv\" }}\nafter = {{ message = \"ACK\", dir = \"recv\" }}\nkey = [\"task\"]\n"
+    );
+    // Long enough for many batches of placed events; one with cycles broken mid-order.
+    for (cfg, spec) in [
+        (Config { seed: 5, heartbeat_every_ns: 2_000_000, ..Config::default() }, SPEC.to_string()),
+        (Config { nodes: 3, seed: 11, partition: None, duration_ns: 1_500_000_000, ..Config::default() }, contradicting),
+    ] {
+        let spec = || Some(Spec::parse(&spec, "sim.toml").unwrap());
+        let mut streamed = Vec::new();
+        let a = analyze_to_json(sim::generate(&cfg).0, Inputs { spec: spec(), missing_nodes: vec![] }, &mut streamed).unwrap();
+        let mut after = Vec::new();
+        analyze(sim::generate(&cfg).0, Inputs { spec: spec(), missing_nodes: vec![] }).write_json(&mut after).unwrap();
+        println!("{} events, {} bytes of JSON, {} cycles", a.trace.events.len(), streamed.len(), a.order.cycles.len());
+        assert!(a.trace.events.len() > 50_000 || !a.order.cycles.is_empty());
+        assert!(streamed == after, "the two JSON reports differ");
+        let v: serde_json::Value = serde_json::from_slice(&streamed).expect("valid JSON");
+        let ids: Vec<u64> = v["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        let order: Vec<u64> = a.order.order.iter().map(|&i| i as u64).collect();
+        assert_eq!(ids, order, "events in global order, each once");
+    }
 }
 
 #[test]

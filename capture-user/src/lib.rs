@@ -12,6 +12,7 @@ pub mod clock;
 pub mod collector;
 pub mod demo;
 pub mod dump;
+pub mod outfile;
 pub mod packet;
 pub mod pcapng;
 pub mod protocol;

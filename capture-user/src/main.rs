@@ -234,8 +234,8 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         kernel_ring_bytes: args.capture.kernel_ring_bytes,
     };
     // Fail before recording, not after, if the dump cannot be written.
-    let special = is_special_output(&args.out);
-    let tmp = if special { args.out.clone() } else { tmp_path(&args.out) };
+    let special = wgo::outfile::is_special(&args.out);
+    let tmp = if special { args.out.clone() } else { wgo::outfile::partial_path(&args.out) };
     if special {
         std::fs::OpenOptions::new().write(true).open(&tmp)
     } else {
@@ -423,6 +423,7 @@ fn ship(args: ShipArgs) -> anyhow::Result<()> {
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {
     use wgo::analysis::{self, trace::Trace};
+    use wgo::outfile::write_atomically;
     // Large per-event arrays come and go between phases: give each its own mapping, so
     // that freeing one returns its memory instead of leaving it in the heap.
     // SAFETY: mallopt only tunes the allocator; called before the big allocations.
@@ -458,12 +459,20 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     let mut phase = analysis::Phase::new();
     let trace = Trace::read_files(&files)?;
     phase.done("read");
-    let a = analysis::analyze(trace, analysis::Inputs { spec, missing_nodes: missing });
+    let inputs = analysis::Inputs { spec, missing_nodes: missing };
+    // With --json, the events are written while the analysis orders them.
+    let a = match &args.json {
+        Some(p) => {
+            let mut done = None;
+            write_atomically(p, |f| {
+                done = Some(analysis::analyze_to_json(trace, inputs, f)?);
+                Ok(())
+            })?;
+            done.expect("analysis finished")
+        }
+        None => analysis::analyze(trace, inputs),
+    };
     let mut phase = analysis::Phase::new();
-    if let Some(p) = &args.json {
-        write_atomically(p, |f| a.write_json(f))?;
-        phase.done("json");
-    }
     if let Some(p) = &args.pcapng {
         write_atomically(p, |f| a.write_pcapng(f))?;
     }
@@ -511,30 +520,4 @@ fn read_missing(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
     Ok(v["missing"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default())
-}
-
-/// True for an existing output that is not a regular file (/dev/null, a FIFO, a terminal):
-/// it is written in place, never replaced by a rename.
-fn is_special_output(path: &std::path::Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
-}
-
-fn write_atomically(path: &std::path::Path, write: impl FnOnce(std::fs::File) -> std::io::Result<()>) -> anyhow::Result<()> {
-    if is_special_output(path) {
-        let f = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("cannot write {}", path.display()))?;
-        return write(f).with_context(|| format!("writing {}", path.display()));
-    }
-    let tmp = tmp_path(path);
-    let f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", path.display()))?;
-    if let Err(e) = write(f) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
-fn tmp_path(out: &std::path::Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    out.with_file_name(name)
 }

@@ -58,6 +58,21 @@ pub struct Inputs {
 }
 
 pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
+    analyze_inner(trace, inputs, None::<std::io::Sink>).0
+}
+
+/// Analyzes and writes the JSON report (as [`Analysis::write_json`] would) to `out`.
+/// The events are written while the order is being built, so the output's I/O
+/// overlaps the analysis instead of following it.
+pub fn analyze_to_json<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
+    let (a, written) = analyze_inner(trace, inputs, Some(std::io::BufWriter::with_capacity(1 << 20, out)));
+    let mut w = written.expect("a writer was given")?;
+    a.write_json_tail(&mut w)?;
+    std::io::Write::flush(&mut w)?;
+    Ok(a)
+}
+
+fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: Option<W>) -> (Analysis, Option<std::io::Result<W>>) {
     let mut phase = Phase::new();
     let spec = inputs.spec.unwrap_or_default();
     let classes = rules::classify(&trace, &spec);
@@ -79,29 +94,49 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
     let n_rule = rule_edges.len();
     let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
     cross.extend(rule_edges);
-    // The order and most anomalies do not depend on each other: built side by side.
+    // The order and most anomalies do not depend on each other: built side by side,
+    // while the JSON's events are written as the order places them.
     let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
-    let (order, mut anomalies) = rayon::join(
-        || {
+    let event_json = output::EventJson::new(&trace, &spec, &classes);
+    let ((order, mut anomalies), json) = std::thread::scope(|scope| {
+        let (trace, clocks, event_json) = (&trace, &clocks, &event_json);
+        let (placed_tx, placed_rx) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(16);
+        let writer = json.map(|mut w| {
+            scope.spawn(move || {
+                event_json.write_head(&mut w, clocks)?;
+                event_json.write_events_from(w, placed_rx)
+            })
+        });
+        let placed_tx = writer.is_some().then_some(placed_tx);
+        let found = rayon::join(
+        move || {
             let t = std::time::Instant::now();
-            let order = order::order(&trace, &clocks, cross);
+            let order = order::order(trace, clocks, cross, &mut |batch| {
+                if let Some(tx) = &placed_tx {
+                    // A failed writer is reported when it is joined; the order goes on.
+                    let _ = tx.send(batch.to_vec());
+                }
+            });
             tracing::debug!("  order alone: {:.3} s", t.elapsed().as_secs_f64());
             order
         },
         || {
             let t = std::time::Instant::now();
-            let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
+            let describe = |id: EventId| rules::describe(trace, &spec, &classes, id);
             let found = anomalies::find(&anomalies::Context {
-                trace: &trace,
+                trace,
                 matching: &matching,
-                clocks: &clocks,
+                clocks,
                 describe: &describe,
                 missing_nodes: &inputs.missing_nodes,
             });
             tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64());
             found
         },
-    );
+        );
+        (found, writer.map(|h| h.join().expect("JSON writer thread panicked")))
+    });
+    drop(event_json);
     phase.done("order and anomalies");
     let inv = rules::check_invariants(&trace, &spec, &classes, &order.t_ns, &clocks);
     phase.done("invariants");
@@ -126,7 +161,7 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
         .collect();
     anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
     violations.extend(inv);
-    Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }
+    (Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }, json)
 }
 
 fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {

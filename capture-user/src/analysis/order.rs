@@ -69,10 +69,24 @@ impl ProgramOrder<'_> {
     }
 }
 
+/// An event whose place in the order is final: its id, time and concurrency group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placed {
+    pub id: EventId,
+    pub t_ns: i64,
+    pub group: u32,
+}
+
+/// Events are handed to `on_placed` in runs of at least this many (the last run may be shorter).
+const PLACED_BATCH: usize = 1 << 14;
+
 /// Builds the graph and orders it. `cross` holds message and rule edges; the petgraph
 /// graph holds those, and program order stays implicit (one edge per event would
 /// double the graph's memory for edges that the event layout already says).
-pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, EdgeKind)>) -> Order {
+///
+/// `on_placed` receives the events in order as soon as their place, time and group are
+/// final, so that output can be written while the rest is still being ordered.
+pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, EdgeKind)>, on_placed: &mut dyn FnMut(&[Placed])) -> Order {
     let n = trace.events.len();
     let program = ProgramOrder { trace };
     let mut g: DiGraph<(), EdgeKind, u32> = DiGraph::with_capacity(n, cross.len());
@@ -108,6 +122,15 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
     // The current run of pairwise-concurrent events (at most one per node).
     let mut run: Vec<usize> = Vec::new();
     let mut next_group = 0u32;
+    // Events before this position of the order were handed to `on_placed`.
+    let mut placed = 0usize;
+    let mut batch: Vec<Placed> = Vec::with_capacity(PLACED_BATCH);
+    let mut hand_over = |out: &Order, upto: usize, placed: &mut usize| {
+        batch.clear();
+        batch.extend(out.order[*placed..upto].iter().map(|&id| Placed { id, t_ns: out.t_ns[id as usize], group: out.group[id as usize] }));
+        *placed = upto;
+        on_placed(&batch);
+    };
 
     while out.order.len() < n {
         let Some(Reverse((_, id))) = heap.pop() else {
@@ -184,6 +207,10 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
             });
         if !joins {
             close_run(&mut run, &mut out.group, &mut next_group);
+            // Everything before this event is final now: its run is closed.
+            if out.order.len() - 1 - placed >= PLACED_BATCH {
+                hand_over(&out, out.order.len() - 1, &mut placed);
+            }
         }
         run.push(i);
         if let Some(s) = program.succ(i) {
@@ -215,6 +242,9 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
         node_vc[node * nodes..(node + 1) * nodes].copy_from_slice(&vc);
     }
     close_run(&mut run, &mut out.group, &mut next_group);
+    if placed < out.order.len() {
+        hand_over(&out, out.order.len(), &mut placed);
+    }
     out
 }
 

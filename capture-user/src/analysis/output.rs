@@ -6,9 +6,11 @@ use std::io::Write;
 
 use super::Analysis;
 use super::anomalies::Kind;
-use super::order::NO_GROUP;
+use super::clocks::Clocks;
+use super::order::{NO_GROUP, Placed};
 use super::rules::UNKNOWN;
-use super::trace::{Dir, Event, EventId, ProtoCode};
+use super::spec::Spec;
+use super::trace::{Dir, Event, EventId, ProtoCode, Trace};
 use crate::dump::WGO_PEN;
 use crate::pcapng::{self, Options, Writer};
 
@@ -49,36 +51,168 @@ fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
-/// Node names, addresses and field names, escaped once for every event's JSON.
-struct JsonNames {
+/// Formats events as JSON. Node names, addresses and field names are escaped once
+/// here, not for every event.
+pub struct EventJson<'a> {
+    trace: &'a Trace,
+    spec: &'a Spec,
+    classes: &'a [u16],
     nodes: Vec<String>,
     addrs: Vec<String>,
     fields: Vec<Vec<String>>,
+}
+
+impl<'a> EventJson<'a> {
+    pub fn new(trace: &'a Trace, spec: &'a Spec, classes: &'a [u16]) -> EventJson<'a> {
+        EventJson {
+            trace,
+            spec,
+            classes,
+            nodes: trace.nodes.iter().map(|n| json_str(&n.name)).collect(),
+            addrs: trace
+                .addrs
+                .iter()
+                .map(|a| match a {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect(),
+            fields: spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect(),
+        }
+    }
+
+    /// The report's opening, up to the start of the events array.
+    pub fn write_head<W: Write>(&self, w: &mut W, clocks: &Clocks) -> std::io::Result<()> {
+        let t = self.trace;
+        let nodes: Vec<serde_json::Value> = t
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let c = &clocks.nodes[i];
+                serde_json::json!({
+                    "name": n.name,
+                    "offset_ns": c.offset_ns,
+                    "uncertainty_ns": c.uncertainty_ns,
+                    "quality": c.quality,
+                    "drift_ppm": (c.drift * 1e6 * 1000.0).round() / 1000.0,
+                    "events": t.node_ranges[i].len(),
+                    "file": n.file,
+                    "skipped": n.skipped,
+                    "kernel_drops": n.kernel_drops,
+                })
+            })
+            .collect();
+        write!(w, "{{\"reference\":{},\"nodes\":", json_str(&t.nodes[clocks.reference as usize].name))?;
+        serde_json::to_writer(&mut *w, &nodes)?;
+        w.write_all(b",\"events\":[")
+    }
+
+    /// Appends placed events as JSON to `buf`; `first`: the first in the array (no comma).
+    pub fn push_events(&self, buf: &mut String, first: bool, events: impl Iterator<Item = Placed>) {
+        let t = self.trace;
+        let mut label = String::with_capacity(64);
+        let mut num = itoa::Buffer::new();
+        for (k, p) in events.enumerate() {
+            let i = p.id as usize;
+            let e = &t.events[i];
+            if k > 0 || !first {
+                buf.push(',');
+            }
+            buf.push_str("{\"id\":");
+            buf.push_str(num.format(p.id));
+            buf.push_str(",\"node\":");
+            buf.push_str(&self.nodes[e.node as usize]);
+            buf.push_str(if e.dir == Dir::Send { ",\"dir\":\"send\",\"t_raw_ns\":" } else { ",\"dir\":\"recv\",\"t_raw_ns\":" });
+            buf.push_str(num.format(e.t_raw));
+            buf.push_str(",\"t_ns\":");
+            buf.push_str(num.format(p.t_ns));
+            buf.push_str(",\"cpu\":");
+            buf.push_str(num.format(e.cpu));
+            buf.push_str(",\"seq\":");
+            if e.seq == u64::MAX { buf.push_str("null") } else { buf.push_str(num.format(e.seq)) }
+            buf.push_str(",\"proto\":\"");
+            buf.push_str(e.proto.name());
+            buf.push_str("\",\"src\":\"");
+            push_endpoint(buf, &self.addrs[e.src as usize], e.sport, e.proto, &mut num);
+            buf.push_str("\",\"dst\":\"");
+            push_endpoint(buf, &self.addrs[e.dst as usize], e.dport, e.proto, &mut num);
+            buf.push_str("\",\"len\":");
+            buf.push_str(num.format(e.orig_len));
+            buf.push_str(",\"label\":");
+            label.clear();
+            push_label(t, self.spec, self.classes, i, &mut label, &mut num);
+            push_json_str(buf, &label);
+            buf.push_str(",\"fields\":{");
+            if self.classes[i] != UNKNOWN {
+                let c = self.classes[i] as usize;
+                let payload = t.payload(e);
+                let mut first = true;
+                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
+                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
+                    if !first {
+                        buf.push(',');
+                    }
+                    first = false;
+                    buf.push_str(&self.fields[c][fi]);
+                    buf.push(':');
+                    match v {
+                        super::spec::Value::Int(n) => match f.labels.get(&n) {
+                            Some(l) => push_json_str(buf, l),
+                            None => buf.push_str(num.format(n)),
+                        },
+                        super::spec::Value::Text(s) => push_json_str(buf, &s),
+                    }
+                }
+            }
+            buf.push_str("},\"concurrent\":");
+            match p.group {
+                NO_GROUP => buf.push_str("null"),
+                g => buf.push_str(num.format(g)),
+            }
+            buf.push('}');
+        }
+    }
+
+    /// Writes batches of placed events as they arrive (from the order, while it is
+    /// being built), one after another; returns the writer when the batches end.
+    pub fn write_events_from<W: Write>(&self, mut w: W, batches: std::sync::mpsc::Receiver<Vec<Placed>>) -> std::io::Result<W> {
+        let mut buf = String::new();
+        let mut first = true;
+        for batch in batches {
+            buf.clear();
+            self.push_events(&mut buf, first, batch.iter().copied());
+            first &= batch.is_empty();
+            w.write_all(buf.as_bytes())?;
+        }
+        Ok(w)
+    }
+}
+
+/// An event's display label: from the spec, else protocol and ports.
+fn push_label(trace: &Trace, spec: &Spec, classes: &[u16], id: usize, out: &mut String, num: &mut itoa::Buffer) {
+    let e = &trace.events[id];
+    match classes[id] {
+        UNKNOWN => match e.proto {
+            ProtoCode::Icmp => out.push_str("ICMP"),
+            p => {
+                out.push_str(p.name());
+                out.push(' ');
+                out.push_str(num.format(e.sport));
+                out.push('→');
+                out.push_str(num.format(e.dport));
+            }
+        },
+        c => spec.write_label(c as usize, trace.payload(e), out),
+    }
 }
 
 impl Analysis {
     /// The event's display label: from the spec, else protocol and ports.
     pub fn label(&self, id: usize) -> String {
         let mut out = String::new();
-        self.push_label(id, &mut out, &mut itoa::Buffer::new());
+        push_label(&self.trace, &self.spec, &self.classes, id, &mut out, &mut itoa::Buffer::new());
         out
-    }
-
-    fn push_label(&self, id: usize, out: &mut String, num: &mut itoa::Buffer) {
-        let e = &self.trace.events[id];
-        match self.classes[id] {
-            UNKNOWN => match e.proto {
-                ProtoCode::Icmp => out.push_str("ICMP"),
-                p => {
-                    out.push_str(p.name());
-                    out.push(' ');
-                    out.push_str(num.format(e.sport));
-                    out.push('→');
-                    out.push_str(num.format(e.dport));
-                }
-            },
-            c => self.spec.write_label(c as usize, self.trace.payload(e), out),
-        }
     }
 
     /// Anomaly kinds per event.
@@ -95,62 +229,43 @@ impl Analysis {
         m
     }
 
-    /// Writes the JSON report (documented in the README), streaming the events.
+    /// Writes the JSON report (documented in the README). [`super::analyze_to_json`]
+    /// writes the same bytes while the analysis runs.
     pub fn write_json<W: Write + Send>(&self, out: W) -> std::io::Result<()> {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
-        let t = &self.trace;
-        let nodes: Vec<serde_json::Value> = t
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let c = &self.clocks.nodes[i];
-                serde_json::json!({
-                    "name": n.name,
-                    "offset_ns": c.offset_ns,
-                    "uncertainty_ns": c.uncertainty_ns,
-                    "quality": c.quality,
-                    "drift_ppm": (c.drift * 1e6 * 1000.0).round() / 1000.0,
-                    "events": t.node_ranges[i].len(),
-                    "file": n.file,
-                    "skipped": n.skipped,
-                    "kernel_drops": n.kernel_drops,
-                })
-            })
-            .collect();
-        write!(w, "{{\"reference\":{},\"nodes\":", json_str(&t.nodes[self.clocks.reference as usize].name))?;
-        serde_json::to_writer(&mut w, &nodes)?;
-        w.write_all(b",\"events\":[")?;
-        // Everything repeated per event is escaped once here.
-        let cx = JsonNames {
-            nodes: t.nodes.iter().map(|n| json_str(&n.name)).collect(),
-            addrs: t
-                .addrs
-                .iter()
-                .map(|a| match a {
-                    std::net::IpAddr::V4(v4) => v4.to_string(),
-                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                })
-                .collect(),
-            fields: self.spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect(),
-        };
+        let cx = EventJson::new(&self.trace, &self.spec, &self.classes);
+        cx.write_head(&mut w, &self.clocks)?;
         // Events are formatted in parallel, a chunk per task, while a writer thread writes
         // the finished chunks in order. (Parallel writes into one file only contend on
         // its inode lock.)
         const CHUNK: usize = 1 << 14;
         let chunks: Vec<(usize, &[EventId])> = self.order.order.chunks(CHUNK).enumerate().collect();
         let batch = 2 * rayon::current_num_threads();
+        // Written buffers are used again: a fresh one each time would be megabytes of
+        // new pages to fault in and clear, per chunk.
+        let spare: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
         w = std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<String>(batch);
+            let spare = &spare;
             let writer = scope.spawn(move || -> std::io::Result<std::io::BufWriter<W>> {
-                for buf in rx {
+                for mut buf in rx {
                     w.write_all(buf.as_bytes())?;
+                    buf.clear();
+                    spare.lock().expect("spare buffers").push(buf);
                 }
                 Ok(w)
             });
             'groups: for group in chunks.chunks(batch) {
                 use rayon::prelude::*;
-                let bufs: Vec<String> = group.par_iter().map(|&(c, ids)| self.events_json(&cx, c == 0, ids)).collect();
+                let bufs: Vec<String> = group
+                    .par_iter()
+                    .map(|&(c, ids)| {
+                        let mut buf = spare.lock().expect("spare buffers").pop().unwrap_or_default();
+                        let placed = ids.iter().map(|&id| Placed { id, t_ns: self.order.t_ns[id as usize], group: self.order.group[id as usize] });
+                        cx.push_events(&mut buf, c == 0, placed);
+                        buf
+                    })
+                    .collect();
                 for buf in bufs {
                     if tx.send(buf).is_err() {
                         break 'groups; // the writer failed; its error is returned below
@@ -160,6 +275,13 @@ impl Analysis {
             drop(tx);
             writer.join().expect("JSON writer thread panicked")
         })?;
+        self.write_json_tail(&mut w)?;
+        w.flush()
+    }
+
+    /// The report after the events array: messages, anomalies, violations.
+    pub fn write_json_tail<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        let t = &self.trace;
         w.write_all(b"],\"messages\":[")?;
         let mut buf = String::with_capacity(64);
         let mut num = itoa::Buffer::new();
@@ -200,81 +322,12 @@ impl Analysis {
                 islands: a.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
                 span_ns: a.span,
             };
-            serde_json::to_writer(&mut w, &json)?;
+            serde_json::to_writer(&mut *w, &json)?;
         }
         w.write_all(b"]")?;
         w.write_all(b",\"violations\":")?;
-        serde_json::to_writer(&mut w, &self.violations)?;
-        w.write_all(b"}\n")?;
-        w.flush()
-    }
-
-    /// The JSON of a run of events in global order (`first`: no leading comma).
-    fn events_json(&self, cx: &JsonNames, first: bool, ids: &[EventId]) -> String {
-        let t = &self.trace;
-        let mut buf = String::with_capacity(ids.len() * 300);
-        let mut label = String::with_capacity(64);
-        let mut num = itoa::Buffer::new();
-        for (k, &id) in ids.iter().enumerate() {
-            let i = id as usize;
-            let e = &t.events[i];
-            if k > 0 || !first {
-                buf.push(',');
-            }
-            buf.push_str("{\"id\":");
-            buf.push_str(num.format(id));
-            buf.push_str(",\"node\":");
-            buf.push_str(&cx.nodes[e.node as usize]);
-            buf.push_str(if e.dir == Dir::Send { ",\"dir\":\"send\",\"t_raw_ns\":" } else { ",\"dir\":\"recv\",\"t_raw_ns\":" });
-            buf.push_str(num.format(e.t_raw));
-            buf.push_str(",\"t_ns\":");
-            buf.push_str(num.format(self.order.t_ns[i]));
-            buf.push_str(",\"cpu\":");
-            buf.push_str(num.format(e.cpu));
-            buf.push_str(",\"seq\":");
-            if e.seq == u64::MAX { buf.push_str("null") } else { buf.push_str(num.format(e.seq)) }
-            buf.push_str(",\"proto\":\"");
-            buf.push_str(e.proto.name());
-            buf.push_str("\",\"src\":\"");
-            push_endpoint(&mut buf, &cx.addrs[e.src as usize], e.sport, e.proto, &mut num);
-            buf.push_str("\",\"dst\":\"");
-            push_endpoint(&mut buf, &cx.addrs[e.dst as usize], e.dport, e.proto, &mut num);
-            buf.push_str("\",\"len\":");
-            buf.push_str(num.format(e.orig_len));
-            buf.push_str(",\"label\":");
-            label.clear();
-            self.push_label(i, &mut label, &mut num);
-            push_json_str(&mut buf, &label);
-            buf.push_str(",\"fields\":{");
-            if self.classes[i] != UNKNOWN {
-                let c = self.classes[i] as usize;
-                let payload = t.payload(e);
-                let mut first = true;
-                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
-                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
-                    if !first {
-                        buf.push(',');
-                    }
-                    first = false;
-                    buf.push_str(&cx.fields[c][fi]);
-                    buf.push(':');
-                    match v {
-                        super::spec::Value::Int(n) => match f.labels.get(&n) {
-                            Some(l) => push_json_str(&mut buf, l),
-                            None => buf.push_str(num.format(n)),
-                        },
-                        super::spec::Value::Text(s) => push_json_str(&mut buf, &s),
-                    }
-                }
-            }
-            buf.push_str("},\"concurrent\":");
-            match self.order.group[i] {
-                NO_GROUP => buf.push_str("null"),
-                g => buf.push_str(num.format(g)),
-            }
-            buf.push('}');
-        }
-        buf
+        serde_json::to_writer(&mut *w, &self.violations)?;
+        w.write_all(b"}\n")
     }
 
     /// Writes every node's packets in global order, with corrected times and comments.
