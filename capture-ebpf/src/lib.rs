@@ -138,7 +138,7 @@ const _: () = assert!(core::mem::size_of::<RingArea>() == RING_AREA_BYTES);
 const _: () = assert!(RING_AREA_BYTES >= MAX_RING_BYTES as usize + MAX_RECORD);
 const _: () = assert!(MAX_RING_BYTES.is_power_of_two());
 const _: () = assert!((MAX_HEADERS + MAX_SNAPLEN) as usize <= MAX_CAPTURE);
-const _: () = assert!(RECORD_HEADER_SIZE % RECORD_ALIGN == 0 && FRAME_SIZE % RECORD_ALIGN == 0);
+const _: () = assert!(RECORD_HEADER_SIZE.is_multiple_of(RECORD_ALIGN) && FRAME_SIZE.is_multiple_of(RECORD_ALIGN));
 
 /// Names of the maps and programs, shared so a rename breaks the build, not the loader.
 pub mod names {

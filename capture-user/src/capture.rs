@@ -293,6 +293,22 @@ pub fn write_test_record(area: &mut [u64], capacity: u64, pos: u64, header: &Rec
     len
 }
 
+/// Turns on the kernel's per-program run-time statistics while the fd lives.
+pub fn enable_bpf_stats() -> Result<OwnedFd, CaptureError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| CaptureError::Map(format!("enabling BPF stats: {e}")))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,20 +365,4 @@ mod tests {
         area[0] = capture_ebpf::frame(0, 4); // shorter than a header
         assert_eq!(read(&area, capacity, 64, 0).0, Err((0, 4)));
     }
-}
-
-/// Turns on the kernel's per-program run-time statistics while the fd lives.
-pub fn enable_bpf_stats() -> Result<OwnedFd, CaptureError> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| CaptureError::Map(format!("enabling BPF stats: {e}")))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }

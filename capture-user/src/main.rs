@@ -488,11 +488,10 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
             println!("{flag}: {}", p.display());
         }
     }
-    if args.open {
-        if let Some(p) = &args.html {
+    if args.open
+        && let Some(p) = &args.html {
             open_in_browser(p);
         }
-    }
     Ok(())
 }
 
@@ -501,12 +500,11 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
 fn open_in_browser(path: &std::path::Path) {
     use std::process::{Command, Stdio};
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    if let Ok(b) = std::env::var("BROWSER") {
-        if Command::new(&b).arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok() {
+    if let Ok(b) = std::env::var("BROWSER")
+        && Command::new(&b).arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok() {
             println!("opened {} with {b}", path.display());
             return;
         }
-    }
     let ok = Command::new("xdg-open").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if ok {
         println!("opened {} in your browser", path.display());

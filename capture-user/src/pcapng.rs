@@ -381,7 +381,7 @@ impl<R: Read> Reader<R> {
         }
         let kind = self.u32(&self.buf[0..4]);
         let total = self.u32(&self.buf[4..8]) as usize;
-        if total < 12 || total % 4 != 0 || total > MAX_BLOCK {
+        if total < 12 || !total.is_multiple_of(4) || total > MAX_BLOCK {
             return Err(self.corrupt(format!("block of type {kind:#x} has impossible length {total}")));
         }
         let have = self.buf.len();

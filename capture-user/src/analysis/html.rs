@@ -38,13 +38,13 @@ struct Blob {
 
 impl Blob {
     fn column<T: Copy>(&mut self, name: &str, ty: &str, values: &[T], to_le: impl Fn(T) -> Vec<u8>) {
-        let size = std::mem::size_of::<T>();
+        let _size = std::mem::size_of::<T>();
         // Typed arrays need their offset aligned to the element size.
-        while self.bytes.len() % 8 != 0 {
+        while !self.bytes.len().is_multiple_of(8) {
             self.bytes.push(0);
         }
         let offset = self.bytes.len();
-        self.bytes.reserve(values.len() * size);
+        self.bytes.reserve(std::mem::size_of_val(values));
         for &v in values {
             self.bytes.extend_from_slice(&to_le(v));
         }

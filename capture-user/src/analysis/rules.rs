@@ -225,8 +225,8 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                             continue;
                         }
                         let Some(v) = spec.field(*message, *field, trace.payload(&trace.events[id])) else { continue };
-                        if let Some((prev, pid)) = &last {
-                            if v < *prev {
+                        if let Some((prev, pid)) = &last
+                            && v < *prev {
                                 out.push(Violation {
                                     name: name.clone(),
                                     events: vec![*pid as EventId, id as EventId],
@@ -239,7 +239,6 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                                     ),
                                 });
                             }
-                        }
                         last = Some((v, id));
                     }
                 }

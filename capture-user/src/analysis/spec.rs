@@ -517,7 +517,7 @@ fn placeholders(fmt: &str) -> Vec<String> {
 
 fn parse_hex(h: &str) -> Option<Vec<u8>> {
     let digits: String = h.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     (0..digits.len() / 2).map(|i| u8::from_str_radix(&digits[2 * i..2 * i + 2], 16).ok()).collect()

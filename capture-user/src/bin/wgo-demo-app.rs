@@ -184,8 +184,8 @@ fn main() -> anyhow::Result<()> {
                 let (phase, b, voter) = (m[4], u32_at(5), m[9]);
                 if phase == PREPARE && !leader {
                     promises_due.push((now + Duration::from_millis(60), b));
-                } else if phase == PROMISE && leader {
-                    if let Some(cur) = ballot.as_mut().filter(|cur| cur.number == b) {
+                } else if phase == PROMISE && leader
+                    && let Some(cur) = ballot.as_mut().filter(|cur| cur.number == b) {
                         cur.promised.insert(voter);
                         // Majority of the members plus the coordinator itself.
                         if (cur.promised.len() + 1) * 2 > cur.members.len() + 1 {
@@ -195,7 +195,6 @@ fn main() -> anyhow::Result<()> {
                             }
                         }
                     }
-                }
             }
             b"WHO?" if m.len() >= 9 => {
                 let block = u32_at(4);

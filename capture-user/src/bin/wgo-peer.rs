@@ -137,12 +137,11 @@ fn main() -> anyhow::Result<()> {
                     n += 1;
                     next += Duration::from_millis(interval_ms);
                 }
-                if let Ok((len, from)) = sock.recv_from(&mut buf) {
-                    if let Some(rest) = buf[..len].strip_prefix(b"REQ #") {
+                if let Ok((len, from)) = sock.recv_from(&mut buf)
+                    && let Some(rest) = buf[..len].strip_prefix(b"REQ #") {
                         let num: String = rest.iter().take_while(|c| c.is_ascii_digit()).map(|&c| c as char).collect();
                         let _ = sock.send_to(&payload("ACK", num.parse().unwrap_or(0), 32), from);
                     }
-                }
             }
         }
         Cmd::TcpSink { bind, out } => {
