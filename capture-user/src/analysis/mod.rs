@@ -100,7 +100,7 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
     let event_json = output::EventJson::new(&trace, &spec, &classes);
     let ((order, mut anomalies), json) = std::thread::scope(|scope| {
         let (trace, clocks, event_json) = (&trace, &clocks, &event_json);
-        let (placed_tx, placed_rx) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(16);
+        let (placed_tx, placed_rx) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(4);
         let writer = json.map(|mut w| {
             scope.spawn(move || {
                 event_json.write_head(&mut w, clocks)?;

@@ -180,10 +180,13 @@ impl<'a> EventJson<'a> {
         let mut buf = String::new();
         let mut first = true;
         for batch in batches {
-            buf.clear();
-            self.push_events(&mut buf, first, batch.iter().copied());
-            first &= batch.is_empty();
-            w.write_all(buf.as_bytes())?;
+            // In pieces: a whole batch's text would be megabytes held for nothing.
+            for piece in batch.chunks(1024) {
+                buf.clear();
+                self.push_events(&mut buf, first, piece.iter().copied());
+                first = false;
+                w.write_all(buf.as_bytes())?;
+            }
         }
         Ok(w)
     }
