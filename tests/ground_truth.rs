@@ -215,6 +215,17 @@ fn json_written_while_ordering_equals_json_written_after() {
         let ids: Vec<u64> = v["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
         let order: Vec<u64> = a.order.order.iter().map(|&i| i as u64).collect();
         assert_eq!(ids, order, "events in global order, each once");
+        // Every anomaly has its text, network losses too (theirs is made as it is written).
+        let anomalies = v["anomalies"].as_array().unwrap();
+        assert_eq!(anomalies.len(), a.anomalies.len());
+        for x in anomalies {
+            let text = x["text"].as_str().unwrap();
+            assert!(!text.is_empty(), "an anomaly without text: {x}");
+            if x["kind"] == "network_loss" {
+                assert!(text.contains("never reached") && text.contains("network loss on node"), "{text}");
+            }
+        }
+        assert!(anomalies.iter().any(|x| x["kind"] == "network_loss") || !a.order.cycles.is_empty());
     }
 }
 

@@ -482,6 +482,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         phase.done("html");
     }
     print!("{}", a.summary());
+    phase.done("summary");
     tracing::info!("peak memory {} KiB", analysis::peak_resident_kib().max(peak_rss_kib() as u64));
     for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
         if let Some(p) = p {

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 const ALIGN: usize = 4096;
 /// Bytes per write: from 1 to 4 MiB, the block size made no difference here.
 const BLOCK: usize = 1 << 20;
-/// Buffers in flight: one filling, one being written, one queued.
-const BUFFERS: usize = 3;
+/// Buffers: one filling while the other is written.
+const BUFFERS: usize = 2;
 
 /// A page-aligned heap buffer of `BLOCK` bytes.
 struct AlignedBuf {

@@ -52,25 +52,38 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+/// An anomaly's events: most have one or two, kept inline.
+pub type EventList = smallvec::SmallVec<[EventId; 2]>;
+/// An anomaly's nodes: most name one or two, kept inline.
+pub type NodeList = smallvec::SmallVec<[NodeId; 4]>;
+
+/// One thing that went wrong. Small: a meltdown can hold millions of losses.
+#[derive(Clone, Debug)]
 pub struct Anomaly {
     pub kind: Kind,
-    pub events: Vec<EventId>,
+    pub events: EventList,
+    /// What happened, for people. Empty for network losses, whose text is made when
+    /// asked for: see `Analysis::anomaly_text`.
     pub text: String,
-    /// Nodes involved (for losses: sender then receiver; for partitions: one list per island).
-    #[serde(skip)]
-    pub nodes: Vec<NodeId>,
-    #[serde(skip)]
+    /// Nodes involved (for losses: sender then receiver).
+    pub nodes: NodeList,
+    /// For partitions: one list of nodes per island.
     pub islands: Vec<Vec<NodeId>>,
     /// Time span, reference clock ns.
-    #[serde(skip)]
     pub span: Option<(i64, i64)>,
 }
 
 impl Anomaly {
     fn new(kind: Kind, events: Vec<EventId>, text: String) -> Anomaly {
-        Anomaly { kind, events, text, nodes: Vec::new(), islands: Vec::new(), span: None }
+        Anomaly { kind, events: EventList::from_vec(events), text, nodes: NodeList::new(), islands: Vec::new(), span: None }
     }
+}
+
+/// The text of a network loss (made on demand: see [`Anomaly::text`]).
+pub fn loss_text(trace: &Trace, describe: &dyn Fn(EventId) -> String, a: &Anomaly) -> String {
+    let name = |n: NodeId| trace.nodes[n as usize].name.as_str();
+    let (from, to) = (a.nodes[0], a.nodes[1]);
+    format!("{} never reached {} (network loss on {}→{})", describe(a.events[0]), name(to), name(from), name(to))
 }
 
 /// A stretch of time on one node where its recorder lost records (reference clock).
@@ -143,7 +156,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             vec![g.events.0, g.events.1],
             format!("{}'s recorder lost {} records on cpu {} (sequence gap)", node_name(g.node), g.lost, g.cpu),
         );
-        a.nodes = vec![g.node];
+        a.nodes = NodeList::from_slice(&[g.node]);
         a.span = Some((g.from, g.to));
         out.push(a);
     }
@@ -160,7 +173,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
                     if in_gaps > 0 { " besides the sequence gaps" } else { " (after its last record on that CPU)" }
                 ),
             );
-            a.nodes = vec![n as NodeId];
+            a.nodes = NodeList::from_slice(&[n as NodeId]);
             out.push(a);
         }
     }
@@ -218,26 +231,22 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     // Group network losses by link and kind for readable texts.
     for &(s, r) in &losses {
         let e = &trace.events[s as usize];
-        let mut a = Anomaly::new(
-            Kind::NetworkLoss,
-            vec![s],
-            format!("{} never reached {} (network loss on {}→{})", (ctx.describe)(s), node_name(r), node_name(e.node), node_name(r)),
-        );
-        a.nodes = vec![e.node, r];
+        let mut a = Anomaly::new(Kind::NetworkLoss, vec![s], String::new());
+        a.nodes = NodeList::from_slice(&[e.node, r]);
         a.span = Some((corr(s), corr(s)));
         out.push(a);
     }
 
     for &(first, again) in &m.duplicates {
         let mut a = Anomaly::new(Kind::Duplicate, vec![first, again], format!("{} twice (network duplicate)", (ctx.describe)(again)));
-        a.nodes = vec![trace.events[again as usize].node];
+        a.nodes = NodeList::from_slice(&[trace.events[again as usize].node]);
         out.push(a);
     }
 
     // Retransmissions and storms: the same payload again from one node on one flow.
     // Sends grouped by (node, flow, payload) by sorting a hash of that key; a node's
     // events are in time order, so sorting by id next keeps each group in time order.
-    let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, e.hash);
+    let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, trace.content_hash(e));
     let mut keyed_sends: Vec<(u64, EventId)> = trace
         .events
         .iter()
@@ -291,7 +300,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             run.clone(),
             format!("{} was sent {} times (retransmissions)", (ctx.describe)(run[0]), run.len()),
         );
-        a.nodes = vec![e.node];
+        a.nodes = NodeList::from_slice(&[e.node]);
         a.span = Some((corr(run[0]), corr(*run.last().expect("non-empty"))));
         out.push(a);
         // A storm: STORM_COUNT or more of them within STORM_WINDOW_NS.
@@ -303,7 +312,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
                 run.clone(),
                 format!("retry storm: {} sent {} times, at least {STORM_COUNT} within {} ms", (ctx.describe)(run[0]), run.len(), STORM_WINDOW_NS / 1_000_000),
             );
-            a.nodes = vec![e.node];
+            a.nodes = NodeList::from_slice(&[e.node]);
             out.push(a);
         }
     }

@@ -132,9 +132,9 @@ impl Analysis {
             .map(|a| {
                 json!({
                     "kind": a.kind.name(),
-                    "text": a.text,
+                    "text": self.anomaly_text(a),
                     "events": a.events.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>(),
-                    "nodes": a.nodes,
+                    "nodes": a.nodes.as_slice(),
                     "islands": a.islands,
                     "span": a.span.map(|(x, y)| [(x - t0) as f64, (y - t0) as f64]),
                 })

@@ -29,7 +29,7 @@ struct Key {
 }
 
 impl Key {
-    fn of(e: &Event) -> Key {
+    fn of(trace: &Trace, e: &Event) -> Key {
         Key {
             src: e.src,
             dst: e.dst,
@@ -38,7 +38,7 @@ impl Key {
             ip_id: e.ip_id,
             proto: e.proto as u8,
             tcp_flags: e.tcp_flags,
-            hash: e.hash,
+            hash: trace.content_hash(e),
             tcp_seq: e.tcp_seq,
             tcp_ack: e.tcp_ack,
         }
@@ -142,7 +142,7 @@ impl MatchIndex {
             let (hash, check) = if is_tcp_data(e) {
                 fingerprint(&|mut h| (e.src, e.sport, e.dst, e.dport).hash(&mut h))
             } else {
-                fingerprint(&|mut h| Key::of(e).hash(&mut h))
+                fingerprint(&|mut h| Key::of(trace, e).hash(&mut h))
             };
             let rank = ((e.dir == Dir::Recv) as u64) << 63 | (e.t_raw as u64 & (u64::MAX >> 1));
             let tag = check | (group_addr[e.dst as usize] as u32) << 16 | e.node as u32;

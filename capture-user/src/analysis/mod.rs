@@ -66,9 +66,11 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
 /// overlaps the analysis instead of following it.
 pub fn analyze_to_json<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
     let (a, written) = analyze_inner(trace, inputs, Some(std::io::BufWriter::with_capacity(1 << 20, out)));
+    let mut phase = Phase::new();
     let mut w = written.expect("a writer was given")?;
     a.write_json_tail(&mut w)?;
     std::io::Write::flush(&mut w)?;
+    phase.done("rest of the JSON");
     Ok(a)
 }
 
@@ -89,17 +91,14 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
     phase.done("match (by time)");
     let (rule_edges, mut violations) = rules::rule_edges(&trace, &spec, &classes, &clocks);
     phase.done("rules");
-    let mut cross: Vec<(EventId, EventId, EdgeKind)> =
-        matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).collect();
     let n_rule = rule_edges.len();
     let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
-    cross.extend(rule_edges);
     // The order and most anomalies do not depend on each other: built side by side,
     // while the JSON's events are written as the order places them.
     let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
     let event_json = output::EventJson::new(&trace, &spec, &classes);
     let ((order, mut anomalies), json) = std::thread::scope(|scope| {
-        let (trace, clocks, event_json) = (&trace, &clocks, &event_json);
+        let (trace, clocks, event_json, matching) = (&trace, &clocks, &event_json, &matching);
         let (placed_tx, placed_rx) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(4);
         let writer = json.map(|mut w| {
             scope.spawn(move || {
@@ -111,6 +110,8 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
         let found = rayon::join(
         move || {
             let t = std::time::Instant::now();
+            // Straight into the graph: a list of them first would be 16 bytes a message.
+            let cross = matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).chain(rule_edges);
             let order = order::order(trace, clocks, cross, &mut |batch| {
                 if let Some(tx) = &placed_tx {
                     // A failed writer is reported when it is joined; the order goes on.
@@ -125,7 +126,7 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
             let describe = |id: EventId| rules::describe(trace, &spec, &classes, id);
             let found = anomalies::find(&anomalies::Context {
                 trace,
-                matching: &matching,
+                matching,
                 clocks,
                 describe: &describe,
                 missing_nodes: &inputs.missing_nodes,
@@ -161,6 +162,7 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
         .collect();
     anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
     violations.extend(inv);
+    phase.done("anomalies from the order");
     (Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }, json)
 }
 

@@ -69,6 +69,30 @@ impl ProgramOrder<'_> {
     }
 }
 
+/// A cross edge's kind in four bytes: the graph holds one per message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CrossEdge(u32);
+
+impl CrossEdge {
+    const RULE: u32 = 1 << 31;
+    /// None for program order, which the graph never holds.
+    fn pack(k: EdgeKind) -> Option<CrossEdge> {
+        match k {
+            EdgeKind::Message(i) if i < Self::RULE => Some(CrossEdge(i)),
+            EdgeKind::Rule(r) if r < Self::RULE => Some(CrossEdge(r | Self::RULE)),
+            _ => None,
+        }
+    }
+    fn kind(self) -> EdgeKind {
+        if self.0 & Self::RULE != 0 { EdgeKind::Rule(self.0 & !Self::RULE) } else { EdgeKind::Message(self.0) }
+    }
+}
+
+type Graph = DiGraph<(), CrossEdge, u32>;
+
+/// In-degree of an event already ordered.
+const DONE: u32 = u32::MAX;
+
 /// An event whose place in the order is final: its id, time and concurrency group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed {
@@ -78,7 +102,7 @@ pub struct Placed {
 }
 
 /// Events are handed to `on_placed` in runs of at least this many (the last run may be shorter).
-const PLACED_BATCH: usize = 1 << 14;
+const PLACED_BATCH: usize = 1 << 12;
 
 /// Builds the graph and orders it. `cross` holds message and rule edges; the petgraph
 /// graph holds those, and program order stays implicit (one edge per event would
@@ -86,28 +110,27 @@ const PLACED_BATCH: usize = 1 << 14;
 ///
 /// `on_placed` receives the events in order as soon as their place, time and group are
 /// final, so that output can be written while the rest is still being ordered.
-pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, EdgeKind)>, on_placed: &mut dyn FnMut(&[Placed])) -> Order {
+pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: impl Iterator<Item = (EventId, EventId, EdgeKind)>, on_placed: &mut dyn FnMut(&[Placed])) -> Order {
     let n = trace.events.len();
     let program = ProgramOrder { trace };
-    let mut g: DiGraph<(), EdgeKind, u32> = DiGraph::with_capacity(n, cross.len());
+    let mut g: Graph = DiGraph::with_capacity(n, cross.size_hint().0);
     for _ in 0..n {
         g.add_node(());
     }
+    // In-degree left of each event not yet ordered, DONE for those ordered.
     let mut indeg: Vec<u32> = (0..n).map(|i| program.pred(i).is_some() as u32).collect();
-    for &(a, b, k) in &cross {
-        if a != b {
+    for (a, b, k) in cross {
+        if let Some(k) = CrossEdge::pack(k).filter(|_| a != b) {
             g.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), k);
             indeg[b as usize] += 1;
         }
     }
-    drop(cross); // the graph holds them now
     let t_corr = |i: usize| {
         let e = &trace.events[i];
         clocks.corrected(e.node, e.t_raw)
     };
     let unc = |id: usize| clocks.uncertainty(trace.events[id].node);
     let mut heap: BinaryHeap<Reverse<(i64, u32)>> = (0..n).filter(|&i| indeg[i] == 0).map(|i| Reverse((t_corr(i), i as u32))).collect();
-    let mut done = vec![false; n];
     let mut removed = vec![false; g.edge_count()];
     let mut out = Order { order: Vec::with_capacity(n), t_ns: vec![0; n], group: vec![NO_GROUP; n], cycles: Vec::new() };
 
@@ -135,10 +158,10 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
     while out.order.len() < n {
         let Some(Reverse((_, id))) = heap.pop() else {
             // Stalled: a cycle among what is left. Report it, drop its weakest edge, go on.
-            let Some(report) = break_cycle(&g, &program, &done, &removed, &t_corr) else {
+            let Some(report) = break_cycle(&g, &program, &indeg, &removed, &t_corr) else {
                 // Nothing left to break (cannot happen with a consistent graph): keep every
                 // event anyway, in corrected time.
-                let mut rest: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+                let mut rest: Vec<usize> = (0..n).filter(|&i| indeg[i] != DONE).collect();
                 rest.sort_by_key(|&i| t_corr(i));
                 for i in rest {
                     out.t_ns[i] = t_corr(i);
@@ -149,7 +172,7 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
             let (a, b, _) = report.dropped;
             let e = g
                 .edges_connecting(NodeIndex::new(a as usize), NodeIndex::new(b as usize))
-                .find(|e| *e.weight() == report.dropped.2 && !removed[e.id().index()])
+                .find(|e| e.weight().kind() == report.dropped.2 && !removed[e.id().index()])
                 .map(|e| e.id());
             if let Some(e) = e {
                 removed[e.index()] = true;
@@ -169,7 +192,7 @@ pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: Vec<(EventId, EventId, 
             continue;
         };
         let i = id as usize;
-        done[i] = true;
+        indeg[i] = DONE;
         out.order.push(id);
         let node = trace.events[i].node as usize;
         // Causally consistent time and vector clock from all predecessors.
@@ -264,9 +287,10 @@ fn close_run(run: &mut Vec<usize>, group: &mut [u32], next: &mut u32) {
 /// When Kahn's algorithm stalls, every unordered event has a live predecessor that is
 /// unordered too, so walking predecessors backwards must close a cycle. Each cross edge
 /// on it is then tried for the shortest cycle through it (BFS).
-fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, program: &ProgramOrder<'_>, done: &[bool], removed: &[bool], t_corr: &dyn Fn(usize) -> i64) -> Option<CycleReport> {
+fn break_cycle(g: &Graph, program: &ProgramOrder<'_>, indeg: &[u32], removed: &[bool], t_corr: &dyn Fn(usize) -> i64) -> Option<CycleReport> {
     let live = |e: EdgeIndex| !removed[e.index()];
-    let start = (0..done.len()).filter(|&i| !done[i]).min_by_key(|&i| t_corr(i))?;
+    let done = |i: usize| indeg[i] == DONE;
+    let start = (0..indeg.len()).filter(|&i| !done(i)).min_by_key(|&i| t_corr(i))?;
     let mut seen: HashMap<usize, usize> = HashMap::new();
     let mut path: Vec<(usize, usize, EdgeKind)> = Vec::new(); // (from, to, kind), walked backwards
     let mut x = start;
@@ -276,15 +300,13 @@ fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, program: &ProgramOrder<'_>, done:
         }
         seen.insert(x, path.len());
         // Prefer a cross edge: it leads to the contradiction faster than program order.
-        let mut best = program.pred(x).filter(|&p| !done[p]).map(|p| (p, EdgeKind::Program));
+        let mut best = program.pred(x).filter(|&p| !done(p)).map(|p| (p, EdgeKind::Program));
         for e in g.edges_directed(NodeIndex::new(x), Incoming) {
             let p = e.source().index();
-            if done[p] || !live(e.id()) {
+            if done(p) || !live(e.id()) {
                 continue;
             }
-            if best.is_none() || *e.weight() != EdgeKind::Program {
-                best = Some((p, *e.weight()));
-            }
+            best = Some((p, e.weight().kind()));
         }
         let (p, k) = best?;
         path.push((p, x, k));
@@ -305,9 +327,9 @@ fn break_cycle(g: &DiGraph<(), EdgeKind, u32>, program: &ProgramOrder<'_>, done:
             if prev.len() > 1_000_000 {
                 break;
             }
-            let live_out = g.edges_directed(NodeIndex::new(y), Outgoing).filter(|f| live(f.id())).map(|f| (f.target().index(), *f.weight()));
+            let live_out = g.edges_directed(NodeIndex::new(y), Outgoing).filter(|f| live(f.id())).map(|f| (f.target().index(), f.weight().kind()));
             for (z, k) in program.succ(y).map(|z| (z, EdgeKind::Program)).into_iter().chain(live_out) {
-                if done[z] || z == v || prev.contains_key(&z) {
+                if done(z) || z == v || prev.contains_key(&z) {
                     continue;
                 }
                 prev.insert(z, (y, k));

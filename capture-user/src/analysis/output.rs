@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 use super::Analysis;
-use super::anomalies::Kind;
+use super::anomalies::{Anomaly, Kind};
 use super::clocks::Clocks;
 use super::order::{NO_GROUP, Placed};
 use super::rules::UNKNOWN;
@@ -218,6 +218,16 @@ impl Analysis {
         out
     }
 
+    /// An anomaly's text (network losses get theirs only when asked).
+    pub fn anomaly_text<'a>(&self, a: &'a Anomaly) -> std::borrow::Cow<'a, str> {
+        if a.kind == Kind::NetworkLoss && a.text.is_empty() {
+            let describe = |id: EventId| super::rules::describe(&self.trace, &self.spec, &self.classes, id);
+            std::borrow::Cow::Owned(super::anomalies::loss_text(&self.trace, &describe, a))
+        } else {
+            std::borrow::Cow::Borrowed(&a.text)
+        }
+    }
+
     /// Anomaly kinds per event.
     pub fn event_anomalies(&self) -> BTreeMap<u32, Vec<Kind>> {
         let mut m: BTreeMap<u32, Vec<Kind>> = BTreeMap::new();
@@ -320,7 +330,7 @@ impl Analysis {
             let json = AnomalyJson {
                 kind: a.kind,
                 events: &a.events,
-                text: &a.text,
+                text: &self.anomaly_text(a),
                 nodes: a.nodes.iter().map(name).collect(),
                 islands: a.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
                 span_ns: a.span,
@@ -433,7 +443,7 @@ impl Analysis {
             }
             let _ = writeln!(s, "{}: {}", kind.name().replace('_', " "), list.len());
             for a in list.iter().take(5) {
-                let _ = writeln!(s, "  {}", a.text);
+                let _ = writeln!(s, "  {}", self.anomaly_text(a));
             }
             if list.len() > 5 {
                 let _ = writeln!(s, "  … and {} more", list.len() - 5);

@@ -175,7 +175,7 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                         }
                         // The same message sent to several peers at once is one event here.
                         let e = &trace.events[id];
-                        if last.is_some_and(|l| trace.events[l].hash == e.hash && e.t_raw - trace.events[l].t_raw < NEVER_SAME_NS) {
+                        if last.is_some_and(|l| trace.content_hash(&trace.events[l]) == trace.content_hash(e) && e.t_raw - trace.events[l].t_raw < NEVER_SAME_NS) {
                             continue;
                         }
                         last = Some(id);

@@ -32,8 +32,6 @@ pub struct Event {
     pub t_raw: i64,
     /// Per-CPU sequence number (u64::MAX when the dump has none).
     pub seq: u64,
-    /// Hash of the 5-tuple-independent part of the packet: lengths and first payload bytes.
-    pub hash: u64,
     /// Where the captured bytes (from the IP header on) start in its node's arena.
     pub data_off: u64,
     pub src: AddrId,
@@ -57,7 +55,7 @@ pub struct Event {
     pub payload_off: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Event>() <= 80);
+const _: () = assert!(std::mem::size_of::<Event>() <= 64);
 
 /// Protocol as one byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -140,6 +138,22 @@ impl Trace {
 
     pub fn payload(&self, e: &Event) -> &[u8] {
         self.data(e).get(e.payload_off as usize..).unwrap_or(&[])
+    }
+
+    /// Hash of the part of a packet that the network does not change and that tells
+    /// messages of one flow apart: the payload length and first payload bytes (for
+    /// ICMP, which has no ports, also its id and sequence). Computed when needed rather
+    /// than stored: eight bytes per event add up over millions of them.
+    pub fn content_hash(&self, e: &Event) -> u64 {
+        let mut h = FxHasher::default();
+        h.write_u32(e.payload_len);
+        let payload = self.payload(e);
+        h.write(&payload[..payload.len().min(MATCH_BYTES)]);
+        if e.proto == ProtoCode::Icmp {
+            let off = e.payload_off as usize;
+            h.write(self.data(e).get(off.saturating_sub(8)..off).unwrap_or(&[]));
+        }
+        h.finish()
     }
 
     pub fn addr(&self, id: AddrId) -> IpAddr {
@@ -232,20 +246,12 @@ impl TraceBuilder {
             return false;
         };
         let data = &p.data[..p.data.len().min(u16::MAX as usize)];
-        let payload = pkt.payload(data);
-        let mut h = FxHasher::default();
-        h.write_u32(pkt.payload_len);
-        h.write(&payload[..payload.len().min(MATCH_BYTES)]);
         let (proto, tcp) = match pkt.proto {
             Proto::Udp => (ProtoCode::Udp, None),
             Proto::Tcp => (ProtoCode::Tcp, pkt.tcp),
             Proto::Icmp => (ProtoCode::Icmp, None),
             Proto::Other(_) => (ProtoCode::Other, None),
         };
-        if proto == ProtoCode::Icmp {
-            // ICMP has no ports: its id/sequence (bytes 4..8) tell echo exchanges apart.
-            h.write(data.get(pkt.payload_offset.saturating_sub(8)..pkt.payload_offset).unwrap_or(&[]));
-        }
         let src = self.trace.intern(pkt.src);
         let dst = self.trace.intern(pkt.dst);
         let arena = &mut self.trace.arenas[node as usize];
@@ -254,7 +260,6 @@ impl TraceBuilder {
         let event = Event {
             t_raw: p.t_raw,
             seq: p.seq.unwrap_or(u64::MAX),
-            hash: h.finish(),
             data_off,
             src,
             dst,
