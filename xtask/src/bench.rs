@@ -270,7 +270,7 @@ fn collector() -> anyhow::Result<()> {
         );
     }
     println!("(vs cat: report time over the time to read the same bytes; time/1M-run: time per event relative to the 1 M run, 1.00x is linear;");
-    println!(" ev/s json→null: the same report with its JSON written to /dev/null, i.e. without the file's page-cache writes)");
+    println!(" ev/s json→null: the same report with its JSON written to /dev/null, i.e. without the file's disk writes)");
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

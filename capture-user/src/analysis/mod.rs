@@ -107,8 +107,7 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
             })
         });
         let placed_tx = writer.is_some().then_some(placed_tx);
-        let found = rayon::join(
-        move || {
+        let order_pass = move || {
             let t = std::time::Instant::now();
             // Straight into the graph: a list of them first would be 16 bytes a message.
             let cross = matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).chain(rule_edges);
@@ -120,21 +119,15 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
             });
             tracing::debug!("  order alone: {:.3} s", t.elapsed().as_secs_f64());
             order
-        },
-        || {
+        };
+        let anomaly_pass = || {
             let t = std::time::Instant::now();
             let describe = |id: EventId| rules::describe(trace, &spec, &classes, id);
-            let found = anomalies::find(&anomalies::Context {
-                trace,
-                matching,
-                clocks,
-                describe: &describe,
-                missing_nodes: &inputs.missing_nodes,
-            });
+            let found = anomalies::find(&anomalies::Context { trace, matching, clocks, describe: &describe, missing_nodes: &inputs.missing_nodes });
             tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64());
             found
-        },
-        );
+        };
+        let found = rayon::join(order_pass, anomaly_pass);
         (found, writer.map(|h| h.join().expect("JSON writer thread panicked")))
     });
     drop(event_json);
