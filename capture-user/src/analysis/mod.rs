@@ -65,7 +65,8 @@ pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
 /// The events are written while the order is being built, so the output's I/O
 /// overlaps the analysis instead of following it.
 pub fn analyze_to_json<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
-    let (a, written) = analyze_inner(trace, inputs, Some(std::io::BufWriter::with_capacity(1 << 20, out)));
+    // Small: the events come in pieces larger than this, which pass straight through.
+    let (a, written) = analyze_inner(trace, inputs, Some(std::io::BufWriter::with_capacity(64 << 10, out)));
     let mut phase = Phase::new();
     let mut w = written.expect("a writer was given")?;
     a.write_json_tail(&mut w)?;
