@@ -102,10 +102,13 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
         let (trace, clocks, event_json, matching) = (&trace, &clocks, &event_json, &matching);
         let (placed_tx, placed_rx) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(4);
         let writer = json.map(|mut w| {
-            scope.spawn(move || {
-                event_json.write_head(&mut w, clocks)?;
-                event_json.write_events_from(w, placed_rx)
-            })
+            std::thread::Builder::new()
+                .name("wgo-json".into())
+                .spawn_scoped(scope, move || {
+                    event_json.write_head(&mut w, clocks)?;
+                    event_json.write_events_from(w, placed_rx)
+                })
+                .expect("spawning the JSON writer")
         });
         let placed_tx = writer.is_some().then_some(placed_tx);
         let order_pass = move || {

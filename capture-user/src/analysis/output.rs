@@ -34,20 +34,28 @@ fn json_str(s: &str) -> String {
 /// Appends `s` as a JSON string literal.
 fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => buf.push_str("\\\""),
-            '\\' => buf.push_str("\\\\"),
-            '\n' => buf.push_str("\\n"),
-            '\r' => buf.push_str("\\r"),
-            '\t' => buf.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                use std::fmt::Write as _;
-                let _ = write!(buf, "\\u{:04x}", c as u32);
-            }
-            c => buf.push(c),
+    // Runs that need no escaping are copied whole; every escaped byte is ASCII, so the
+    // cuts fall on character boundaries.
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        buf.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(buf, "\\u{:04x}", b);
+        } else {
+            buf.push_str(escaped);
         }
+        start = i + 1;
     }
+    buf.push_str(&s[start..]);
     buf.push('"');
 }
 
@@ -484,5 +492,18 @@ pub fn fmt_ns(ns: i64) -> String {
         format!("{sign}{:.1} µs", a as f64 / 1e3)
     } else {
         format!("{sign}{a} ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_strings_escape_what_json_requires_and_keep_the_rest() {
+        for s in ["", "plain", "TASK #17 → node2", "quote \" and \\ back", "tab\tnew\nline\r", "\u{1}ctl\u{1f}", "é\"ü"] {
+            let json = super::json_str(s);
+            let back: String = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(back, s);
+        }
+        assert_eq!(super::json_str("a\"b\u{1}"), r#""a\"b\u0001""#);
     }
 }

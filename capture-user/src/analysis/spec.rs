@@ -188,6 +188,38 @@ pub struct MessageDef {
     pub pattern: Vec<(usize, Vec<u8>)>,
     pub display: Option<String>,
     pub fields: Vec<FieldDef>,
+    /// The display format split once, so that labelling millions of events does not
+    /// parse it again for each.
+    label_parts: Vec<LabelPart>,
+}
+
+#[derive(Clone, Debug)]
+enum LabelPart {
+    Text(String),
+    /// A field's index.
+    Field(usize),
+}
+
+/// Splits a display format into text and fields (by index); an unclosed brace is text.
+fn label_parts(fmt: &str, fields: &[FieldDef]) -> Vec<LabelPart> {
+    let mut parts = Vec::new();
+    let mut rest = fmt;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { break };
+        if open > 0 {
+            parts.push(LabelPart::Text(rest[..open].to_string()));
+        }
+        let name = &rest[open + 1..open + close];
+        match fields.iter().position(|f| f.name == name) {
+            Some(i) => parts.push(LabelPart::Field(i)),
+            None => parts.push(LabelPart::Text("?".into())),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(LabelPart::Text(rest.to_string()));
+    }
+    parts
 }
 
 /// Which events an end of a rule selects.
@@ -322,6 +354,7 @@ impl Spec {
                     }
                 }
             }
+            let label_parts = m.display.as_ref().map_or_else(Vec::new, |d| label_parts(d.get_ref(), &fields));
             spec.messages.push(MessageDef {
                 name: m.name.get_ref().clone(),
                 transport,
@@ -329,6 +362,7 @@ impl Spec {
                 pattern,
                 display: m.display.as_ref().map(|d| d.get_ref().clone()),
                 fields,
+                label_parts,
             });
         }
         let msg = |spec: &Spec, name: &Spanned<String>| {
@@ -477,30 +511,24 @@ impl Spec {
 
     /// Appends the display text to `out` (no allocation for integer fields).
     pub fn write_label(&self, message: usize, payload: &[u8], out: &mut String) {
-        use std::fmt::Write as _;
         let m = &self.messages[message];
-        let Some(fmt) = &m.display else {
+        if m.display.is_none() {
             out.push_str(&m.name);
             return;
-        };
-        let mut rest = fmt.as_str();
-        while let Some(open) = rest.find('{') {
-            out.push_str(&rest[..open]);
-            let Some(close) = rest[open..].find('}') else { break };
-            let name = &rest[open + 1..open + close];
-            match m.fields.iter().position(|f| f.name == name).and_then(|i| self.field(message, i, payload).map(|v| (i, v))) {
-                Some((i, Value::Int(n))) => match m.fields[i].labels.get(&n) {
-                    Some(l) => out.push_str(l),
-                    None => {
-                        let _ = write!(out, "{n}");
-                    }
-                },
-                Some((_, Value::Text(t))) => out.push_str(&t),
-                None => out.push('?'),
-            }
-            rest = &rest[open + close + 1..];
         }
-        out.push_str(rest);
+        for part in &m.label_parts {
+            match part {
+                LabelPart::Text(t) => out.push_str(t),
+                LabelPart::Field(i) => match self.field(message, *i, payload) {
+                    Some(Value::Int(n)) => match m.fields[*i].labels.get(&n) {
+                        Some(l) => out.push_str(l),
+                        None => out.push_str(itoa::Buffer::new().format(n)),
+                    },
+                    Some(Value::Text(t)) => out.push_str(&t),
+                    None => out.push('?'),
+                },
+            }
+        }
     }
 }
 
