@@ -590,6 +590,18 @@ within_ms = 200
 "#;
 
     #[test]
+    fn labels_keep_text_around_fields_and_an_unclosed_brace_as_text() {
+        let spec = SPEC.replace("display = \"ACK #{task} {kind}\"", "display = \"{kind}: ACK #{task} {oops\"");
+        let s = Spec::parse(&spec, "t.toml").unwrap();
+        let mut ack = b"ACK!".to_vec();
+        ack.extend_from_slice(&7u32.to_be_bytes());
+        ack.push(1);
+        assert_eq!(s.label(1, &ack), "ok: ACK #7 {oops");
+        // A payload too short for a field shows "?" there.
+        assert_eq!(s.label(1, b"ACK!"), "?: ACK #? {oops");
+    }
+
+    #[test]
     fn parses_and_decodes() {
         let s = Spec::parse(SPEC, "t.toml").unwrap();
         assert_eq!(s.messages.len(), 2);
