@@ -247,21 +247,6 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     // Sends grouped by (node, flow, payload) by sorting a hash of that key; a node's
     // events are in time order, so sorting by id next keeps each group in time order.
     let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, trace.content_hash(e));
-    let mut keyed_sends: Vec<(u64, EventId)> = trace
-        .events
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp)
-        .map(|(i, e)| {
-            use std::hash::{Hash, Hasher};
-            let mut h = rustc_hash::FxHasher::default();
-            send_key(e).hash(&mut h);
-            (h.finish(), i as EventId)
-        })
-        .collect();
-    keyed_sends.sort_unstable();
-    let by_payload = keyed_sends
-        .chunk_by(|a, b| a.0 == b.0 && send_key(&trace.events[a.1 as usize]) == send_key(&trace.events[b.1 as usize]));
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
@@ -272,26 +257,44 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         v.insert(0, f);
         v
     }).collect();
-    for sends in by_payload {
-        if sends.len() < 2 {
-            continue;
-        }
-        // Split into runs of sends no more than RETRY_WINDOW_NS apart.
-        let mut run = vec![sends[0].1];
-        for w in sends.windows(2) {
-            if trace.events[w[1].1 as usize].t_raw - trace.events[w[0].1 as usize].t_raw <= RETRY_WINDOW_NS {
-                run.push(w[1].1);
-            } else {
-                if run.len() > 1 {
-                    runs.push(std::mem::take(&mut run));
+    // One node at a time (the key holds the node), so the sort needs a node's worth of memory.
+    let mut keyed_sends: Vec<(u64, EventId)> = Vec::new();
+    for range in &trace.node_ranges {
+        keyed_sends.clear();
+        keyed_sends.extend(range.clone().filter_map(|i| {
+            let e = &trace.events[i];
+            (e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp).then(|| {
+                use std::hash::{Hash, Hasher};
+                let mut h = rustc_hash::FxHasher::default();
+                send_key(e).hash(&mut h);
+                (h.finish(), i as EventId)
+            })
+        }));
+        keyed_sends.sort_unstable();
+        let by_payload = keyed_sends
+            .chunk_by(|a, b| a.0 == b.0 && send_key(&trace.events[a.1 as usize]) == send_key(&trace.events[b.1 as usize]));
+        for sends in by_payload {
+            if sends.len() < 2 {
+                continue;
+            }
+            // Split into runs of sends no more than RETRY_WINDOW_NS apart.
+            let mut run = vec![sends[0].1];
+            for w in sends.windows(2) {
+                if trace.events[w[1].1 as usize].t_raw - trace.events[w[0].1 as usize].t_raw <= RETRY_WINDOW_NS {
+                    run.push(w[1].1);
+                } else {
+                    if run.len() > 1 {
+                        runs.push(std::mem::take(&mut run));
+                    }
+                    run = vec![w[1].1];
                 }
-                run = vec![w[1].1];
+            }
+            if run.len() > 1 {
+                runs.push(run);
             }
         }
-        if run.len() > 1 {
-            runs.push(run);
-        }
     }
+    drop(keyed_sends);
     runs.sort();
     for run in runs {
         let e = &trace.events[run[0] as usize];
