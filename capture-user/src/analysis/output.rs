@@ -59,6 +59,10 @@ fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
 }
 
+/// Events formatted into one piece of text before it is written: a whole batch's text
+/// would be megabytes held for nothing.
+const EVENTS_PER_PIECE: usize = 1024;
+
 /// Formats events as JSON. Node names, addresses and field names are escaped once
 /// here, not for every event.
 pub struct EventJson<'a> {
@@ -188,8 +192,7 @@ impl<'a> EventJson<'a> {
         let mut buf = String::new();
         let mut first = true;
         for batch in batches {
-            // In pieces: a whole batch's text would be megabytes held for nothing.
-            for piece in batch.chunks(1024) {
+            for piece in batch.chunks(EVENTS_PER_PIECE) {
                 buf.clear();
                 self.push_events(&mut buf, first, piece.iter().copied());
                 first = false;
@@ -252,50 +255,17 @@ impl Analysis {
 
     /// Writes the JSON report (documented in the README). [`super::analyze_to_json`]
     /// writes the same bytes while the analysis runs.
-    pub fn write_json<W: Write + Send>(&self, out: W) -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, out);
+    pub fn write_json<W: Write>(&self, out: W) -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(64 << 10, out);
         let cx = EventJson::new(&self.trace, &self.spec, &self.classes);
         cx.write_head(&mut w, &self.clocks)?;
-        // Events are formatted in parallel, a chunk per task, while a writer thread writes
-        // the finished chunks in order. (Parallel writes into one file only contend on
-        // its inode lock.)
-        const CHUNK: usize = 1 << 14;
-        let chunks: Vec<(usize, &[EventId])> = self.order.order.chunks(CHUNK).enumerate().collect();
-        let batch = 2 * rayon::current_num_threads();
-        // Written buffers are used again: a fresh one each time would be megabytes of
-        // new pages to fault in and clear, per chunk.
-        let spare: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        w = std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<String>(batch);
-            let spare = &spare;
-            let writer = scope.spawn(move || -> std::io::Result<std::io::BufWriter<W>> {
-                for mut buf in rx {
-                    w.write_all(buf.as_bytes())?;
-                    buf.clear();
-                    spare.lock().expect("spare buffers").push(buf);
-                }
-                Ok(w)
-            });
-            'groups: for group in chunks.chunks(batch) {
-                use rayon::prelude::*;
-                let bufs: Vec<String> = group
-                    .par_iter()
-                    .map(|&(c, ids)| {
-                        let mut buf = spare.lock().expect("spare buffers").pop().unwrap_or_default();
-                        let placed = ids.iter().map(|&id| Placed { id, t_ns: self.order.t_ns[id as usize], group: self.order.group[id as usize] });
-                        cx.push_events(&mut buf, c == 0, placed);
-                        buf
-                    })
-                    .collect();
-                for buf in bufs {
-                    if tx.send(buf).is_err() {
-                        break 'groups; // the writer failed; its error is returned below
-                    }
-                }
-            }
-            drop(tx);
-            writer.join().expect("JSON writer thread panicked")
-        })?;
+        let mut buf = String::new();
+        for (k, ids) in self.order.order.chunks(EVENTS_PER_PIECE).enumerate() {
+            buf.clear();
+            let placed = ids.iter().map(|&id| Placed { id, t_ns: self.order.t_ns[id as usize], group: self.order.group[id as usize] });
+            cx.push_events(&mut buf, k == 0, placed);
+            w.write_all(buf.as_bytes())?;
+        }
         self.write_json_tail(&mut w)?;
         w.flush()
     }
