@@ -198,9 +198,9 @@ fn json_written_while_ordering_equals_json_written_after() {
     let contradicting = format!(
         "{SPEC}\n[[rule]]\nname = \"wrong-way\"\nevent = {{ message = \"TASK\", dir = \"recv\" }}\nafter = {{ message = \"ACK\", dir = \"recv\" }}\nkey = [\"task\"]\n"
     );
-    // Long enough for many batches of placed events; one with cycles broken mid-order.
+    // Long enough for several batches of placed events (4096 each); one with cycles broken mid-order.
     for (cfg, spec) in [
-        (Config { seed: 5, heartbeat_every_ns: 2_000_000, ..Config::default() }, SPEC.to_string()),
+        (Config { seed: 5, heartbeat_every_ns: 15_000_000, ..Config::default() }, SPEC.to_string()),
         (Config { nodes: 3, seed: 11, partition: None, duration_ns: 1_500_000_000, ..Config::default() }, contradicting),
     ] {
         let spec = || Some(Spec::parse(&spec, "sim.toml").unwrap());
@@ -209,7 +209,7 @@ fn json_written_while_ordering_equals_json_written_after() {
         let mut after = Vec::new();
         analyze(sim::generate(&cfg).0, Inputs { spec: spec(), missing_nodes: vec![] }).write_json(&mut after).unwrap();
         println!("{} events, {} bytes of JSON, {} cycles", a.trace.events.len(), streamed.len(), a.order.cycles.len());
-        assert!(a.trace.events.len() > 50_000 || !a.order.cycles.is_empty());
+        assert!(a.trace.events.len() > 9_000 || !a.order.cycles.is_empty(), "several batches of placed events");
         assert!(streamed == after, "the two JSON reports differ");
         let v: serde_json::Value = serde_json::from_slice(&streamed).expect("valid JSON");
         let ids: Vec<u64> = v["events"].as_array().unwrap().iter().map(|e| e["id"].as_u64().unwrap()).collect();
