@@ -253,9 +253,9 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
         let st = state.lock().expect("lock");
         if let Some(id) = st.trigger_id
             && id != offer.trigger_id {
-                drop(st);
-                return refuse(&mut s, format!("this collector waits for trigger {id:016x}, not {:016x}", offer.trigger_id));
-            }
+            drop(st);
+            return refuse(&mut s, format!("this collector waits for trigger {id:016x}, not {:016x}", offer.trigger_id));
+        }
     }
     if offer.size > MAX_DUMP_BYTES {
         return refuse(&mut s, format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES));
@@ -351,8 +351,8 @@ pub fn send_trigger(bytes: &[u8], broadcast: Option<SocketAddr>, to: &[SocketAdd
     for k in 0..copies {
         if let Some(b) = broadcast
             && let Err(e) = sock.send_to(bytes, b) {
-                tracing::warn!("broadcast to {b}: {e}");
-            }
+            tracing::warn!("broadcast to {b}: {e}");
+        }
         for a in to {
             let s = if a.is_ipv6() { sock6.as_ref().expect("bound") } else { &sock };
             if let Err(e) = s.send_to(bytes, a) {

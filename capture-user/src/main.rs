@@ -236,12 +236,8 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
     // Fail before recording, not after, if the dump cannot be written.
     let special = wgo::outfile::is_special(&args.out);
     let tmp = if special { args.out.clone() } else { wgo::outfile::partial_path(&args.out) };
-    if special {
-        std::fs::OpenOptions::new().write(true).open(&tmp)
-    } else {
-        std::fs::File::create(&tmp)
-    }
-    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    let open = || if special { std::fs::OpenOptions::new().write(true).open(&tmp) } else { std::fs::File::create(&tmp) };
+    open().with_context(|| format!("cannot write {}", args.out.display()))?;
 
     let stop = stop_flag()?;
     let result = (|| {
@@ -251,8 +247,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
         recorder.run(&stop, deadline)?;
         let (ring, info) = recorder.finish()?;
-        let file = if special { std::fs::OpenOptions::new().write(true).open(&tmp) } else { std::fs::File::create(&tmp) }
-            .with_context(|| format!("writing {}", tmp.display()))?;
+        let file = open().with_context(|| format!("writing {}", tmp.display()))?;
         let written = wgo::dump::write_dump(file, &info, ring.iter())?;
         if !special {
             std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
@@ -491,8 +486,8 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
     }
     if args.open
         && let Some(p) = &args.html {
-            open_in_browser(p);
-        }
+        open_in_browser(p);
+    }
     Ok(())
 }
 
@@ -503,9 +498,9 @@ fn open_in_browser(path: &std::path::Path) {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if let Ok(b) = std::env::var("BROWSER")
         && Command::new(&b).arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok() {
-            println!("opened {} with {b}", path.display());
-            return;
-        }
+        println!("opened {} with {b}", path.display());
+        return;
+    }
     let ok = Command::new("xdg-open").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if ok {
         println!("opened {} in your browser", path.display());

@@ -112,10 +112,10 @@ impl Ring {
     fn grow(&mut self) {
         if self.chunks.len() + 1 > self.max_chunks
             && let Some(old) = self.chunks.pop_front() {
-                self.stats.evicted_by_size += old.records;
-                self.stats.records -= old.records;
-                self.spare = Some(old.buf);
-            }
+            self.stats.evicted_by_size += old.records;
+            self.stats.records -= old.records;
+            self.spare = Some(old.buf);
+        }
         let mut buf = self.spare.take().unwrap_or_else(|| Vec::with_capacity(self.chunk_size));
         buf.clear();
         self.chunks.push_back(Chunk { buf, start: 0, records: 0 });

@@ -38,7 +38,6 @@ struct Blob {
 
 impl Blob {
     fn column<T: Copy>(&mut self, name: &str, ty: &str, values: &[T], to_le: impl Fn(T) -> Vec<u8>) {
-        let _size = std::mem::size_of::<T>();
         // Typed arrays need their offset aligned to the element size.
         while !self.bytes.len().is_multiple_of(8) {
             self.bytes.push(0);

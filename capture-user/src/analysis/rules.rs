@@ -227,18 +227,18 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                         let Some(v) = spec.field(*message, *field, trace.payload(&trace.events[id])) else { continue };
                         if let Some((prev, pid)) = &last
                             && v < *prev {
-                                out.push(Violation {
-                                    name: name.clone(),
-                                    events: vec![*pid as EventId, id as EventId],
-                                    text: format!(
-                                        "{} went from {prev} to {v} on {}: {} after {}",
-                                        spec.messages[*message].fields[*field].name,
-                                        trace.nodes[trace.events[id].node as usize].name,
-                                        describe(trace, spec, classes, id as EventId),
-                                        describe(trace, spec, classes, *pid as EventId)
-                                    ),
-                                });
-                            }
+                            out.push(Violation {
+                                name: name.clone(),
+                                events: vec![*pid as EventId, id as EventId],
+                                text: format!(
+                                    "{} went from {prev} to {v} on {}: {} after {}",
+                                    spec.messages[*message].fields[*field].name,
+                                    trace.nodes[trace.events[id].node as usize].name,
+                                    describe(trace, spec, classes, id as EventId),
+                                    describe(trace, spec, classes, *pid as EventId)
+                                ),
+                            });
+                        }
                         last = Some((v, id));
                     }
                 }

@@ -186,15 +186,15 @@ fn main() -> anyhow::Result<()> {
                     promises_due.push((now + Duration::from_millis(60), b));
                 } else if phase == PROMISE && leader
                     && let Some(cur) = ballot.as_mut().filter(|cur| cur.number == b) {
-                        cur.promised.insert(voter);
-                        // Majority of the members plus the coordinator itself.
-                        if (cur.promised.len() + 1) * 2 > cur.members.len() + 1 {
-                            let done = ballot.take().expect("current");
-                            for &j in &done.members {
-                                send(addr(j), &vote(COMMIT, done.number, 0));
-                            }
+                    cur.promised.insert(voter);
+                    // Majority of the members plus the coordinator itself.
+                    if (cur.promised.len() + 1) * 2 > cur.members.len() + 1 {
+                        let done = ballot.take().expect("current");
+                        for &j in &done.members {
+                            send(addr(j), &vote(COMMIT, done.number, 0));
                         }
                     }
+                }
             }
             b"WHO?" if m.len() >= 9 => {
                 let block = u32_at(4);

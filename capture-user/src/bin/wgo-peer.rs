@@ -139,9 +139,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Ok((len, from)) = sock.recv_from(&mut buf)
                     && let Some(rest) = buf[..len].strip_prefix(b"REQ #") {
-                        let num: String = rest.iter().take_while(|c| c.is_ascii_digit()).map(|&c| c as char).collect();
-                        let _ = sock.send_to(&payload("ACK", num.parse().unwrap_or(0), 32), from);
-                    }
+                    let num: String = rest.iter().take_while(|c| c.is_ascii_digit()).map(|&c| c as char).collect();
+                    let _ = sock.send_to(&payload("ACK", num.parse().unwrap_or(0), 32), from);
+                }
             }
         }
         Cmd::TcpSink { bind, out } => {
