@@ -1,14 +1,13 @@
 //! Root integration tests for `wgo record`: real packets in real namespaces, read back
 //! with tshark. Run by `cargo xtask test` (feature `bpf-tests`).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
-use wgo::testbed::{Testbed, run};
+use wgo_tests::bins::{peer, wgo};
+use wgo_tests::helpers::*;
+use wgo_tests::testbed::{Testbed, run};
 
 #[test]
 fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
@@ -16,10 +15,10 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
     let dir = tempdir("protocols");
     let bed = Testbed::new(2).unwrap();
     let (n1, n2) = (bed.node("node1"), bed.node("node2"));
-    let _udp = n2.spawn(n2.command(PEER).unwrap().args(["udp-echo", "--bind", "[::]:7000"])).unwrap();
-    let _tcp = n2.spawn(n2.command(PEER).unwrap().args(["tcp-echo", "--bind", "[::]:7001"])).unwrap();
+    let _udp = n2.spawn(n2.command(peer()).unwrap().args(["udp-echo", "--bind", "[::]:7000"])).unwrap();
+    let _tcp = n2.spawn(n2.command(peer()).unwrap().args(["tcp-echo", "--bind", "[::]:7001"])).unwrap();
     // node1 serves too, so that it also receives requests and sends replies.
-    let _srv = n1.spawn(n1.command(PEER).unwrap().args(["udp-echo", "--bind", "[::]:7100"])).unwrap();
+    let _srv = n1.spawn(n1.command(peer()).unwrap().args(["udp-echo", "--bind", "[::]:7100"])).unwrap();
     let outside = bed.side_cgroup("outside").unwrap();
 
     let out = dir.join("node1.pcapng");
@@ -28,17 +27,17 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
     let v4 = |port: u16| format!("{}:{port}", n2.ipv4);
     let v6 = |port: u16| format!("[{}]:{port}", n2.ipv6);
     for to in [v4(7000), v6(7000)] {
-        run(n1.command(PEER).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--size", "100", "--tag", "TASK"])).unwrap();
+        run(n1.command(peer()).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--size", "100", "--tag", "TASK"])).unwrap();
         // The same traffic from outside the cgroup must not be recorded.
-        run(n1.command_in(PEER, Some(&outside)).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--tag", "OUTSIDE"])).unwrap();
+        run(n1.command_in(peer(), Some(&outside)).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--tag", "OUTSIDE"])).unwrap();
     }
     for to in [v4(7001), v6(7001)] {
-        run(n1.command(PEER).unwrap().args(["tcp-send", "--to", &to, "--bytes", "3000"])).unwrap();
+        run(n1.command(peer()).unwrap().args(["tcp-send", "--to", &to, "--bytes", "3000"])).unwrap();
     }
     run(n1.command("ping").unwrap().args(["-c", "2", "-i", "0.2", &n2.ipv4.to_string()])).unwrap();
     run(n1.command("ping").unwrap().args(["-6", "-c", "2", "-i", "0.2", &n2.ipv6.to_string()])).unwrap();
     for to in [format!("{}:7100", n1.ipv4), format!("[{}]:7100", n1.ipv6)] {
-        run(n2.command(PEER).unwrap().args(["udp-request", "--to", &to, "--count", "2", "--size", "40", "--tag", "INBOUND"])).unwrap();
+        run(n2.command(peer()).unwrap().args(["udp-request", "--to", &to, "--count", "2", "--size", "40", "--tag", "INBOUND"])).unwrap();
     }
     assert!(attached_programs(&n1.cgroup).contains("wgo_ingress"), "programs attached while recording");
     let (status, stdout, stderr) = rec.stop(Duration::from_secs(30)).unwrap();
@@ -53,8 +52,10 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
 
     // UDP requests out, echoes in, with exact lengths and the snaplen cut.
     for (src, dst, l3) in [(&a1, &a2, 20), (&b1, &b2, 40)] {
-        let reqs: Vec<_> = pkts.iter().filter(|p| p.outbound && p.proto == "UDP" && &p.src == src && &p.dst == dst && p.dport == Some(7000)).collect();
-        let reps: Vec<_> = pkts.iter().filter(|p| !p.outbound && p.proto == "UDP" && &p.src == dst && &p.dst == src && p.sport == Some(7000)).collect();
+        let reqs: Vec<_> =
+            pkts.iter().filter(|p| p.outbound && p.proto == "UDP" && &p.src == src && &p.dst == dst && p.dport == Some(7000)).collect();
+        let reps: Vec<_> =
+            pkts.iter().filter(|p| !p.outbound && p.proto == "UDP" && &p.src == dst && &p.dst == src && p.sport == Some(7000)).collect();
         assert_eq!(reqs.len(), 3, "UDP requests {src} -> {dst}: {reqs:?}");
         assert_eq!(reps.len(), 3, "UDP replies {dst} -> {src}: {reps:?}");
         for set in [&reqs, &reps] {
@@ -70,8 +71,10 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
     }
     // Node1 as a server: requests in, replies out.
     for (src, dst) in [(&a2, &a1), (&b2, &b1)] {
-        let ins = pkts.iter().filter(|p| !p.outbound && &p.src == src && &p.dst == dst && p.dport == Some(7100) && starts(p, "INBOUND")).count();
-        let outs = pkts.iter().filter(|p| p.outbound && &p.src == dst && &p.dst == src && p.sport == Some(7100) && starts(p, "INBOUND")).count();
+        let ins =
+            pkts.iter().filter(|p| !p.outbound && &p.src == src && &p.dst == dst && p.dport == Some(7100) && starts(p, "INBOUND")).count();
+        let outs =
+            pkts.iter().filter(|p| p.outbound && &p.src == dst && &p.dst == src && p.sport == Some(7100) && starts(p, "INBOUND")).count();
         assert_eq!((ins, outs), (2, 2), "server side over {src}");
     }
     // TCP: a handshake and the stream's bytes, both ways.
@@ -104,7 +107,6 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
         assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "cpu {cpu} sequence numbers");
     }
     let _ = std::fs::remove_dir_all(dir);
-
 }
 
 #[test]
@@ -113,15 +115,15 @@ fn tiny_kernel_ring_under_a_flood_counts_drops_and_keeps_recording() {
     let dir = tempdir("overflow");
     let bed = Testbed::new(2).unwrap();
     let (n1, n2) = (bed.node("node1"), bed.node("node2"));
-    let _echo = n2.spawn(n2.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap();
+    let _echo = n2.spawn(n2.command(peer()).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap();
     let out = dir.join("flood.pcapng");
     let rec = start_record(n1, &out, &["--kernel-ring-bytes", "4096", "--ring-seconds", "120"]);
     let to = format!("{}:7000", n2.ipv4);
-    run(n1.command(PEER).unwrap().args(["udp-flood", "--to", &to, "--duration", "3", "--size", "200"])).unwrap();
+    run(n1.command(peer()).unwrap().args(["udp-flood", "--to", &to, "--duration", "3", "--size", "200"])).unwrap();
     std::thread::sleep(Duration::from_millis(1500)); // past the agent's 1 s drop-report cadence
     assert!(rec.stderr().contains("dropped"), "drops reported on stderr while running: {}", rec.stderr());
     // Still recording after the flood.
-    run(n1.command(PEER).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--tag", "AFTER"])).unwrap();
+    run(n1.command(peer()).unwrap().args(["udp-request", "--to", &to, "--count", "3", "--tag", "AFTER"])).unwrap();
     let (status, stdout, stderr) = rec.stop(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "{stderr}");
     assert!(stdout.contains("LOST: kernel ring dropped"), "{stdout}");
@@ -148,13 +150,13 @@ fn peak_memory_stays_within_ring_bytes_under_a_long_flood() {
     let dir = tempdir("memory");
     let bed = Testbed::new(2).unwrap();
     let (n1, n2) = (bed.node("node1"), bed.node("node2"));
-    let _echo = n2.spawn(n2.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap();
+    let _echo = n2.spawn(n2.command(peer()).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap();
     let ring_mib = 32u64;
     let kernel_ring_mib = 4u64;
     let out = dir.join("memory.pcapng");
     let rec = start_record(n1, &out, &["--ring-bytes", &(ring_mib << 20).to_string(), "--ring-seconds", "600"]);
     let to = format!("{}:7000", n2.ipv4);
-    run(n1.command(PEER).unwrap().args(["udp-flood", "--to", &to, "--duration", "8", "--size", "64"])).unwrap();
+    run(n1.command(peer()).unwrap().args(["udp-flood", "--to", &to, "--duration", "8", "--size", "64"])).unwrap();
     let (status, _, stderr) = rec.stop(Duration::from_secs(120)).unwrap();
     assert!(status.success(), "{stderr}");
     let stats = dump_stats(&out);
@@ -166,7 +168,7 @@ fn peak_memory_stays_within_ring_bytes_under_a_long_flood() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no peak memory line: {stderr}"));
     // Fixed overhead: the binary and its libraries, plus each CPU's mmapped kernel ring.
-    let cpus = wgo::capture::possible_cpus() as u64;
+    let cpus = wgo::node::capture::possible_cpus() as u64;
     let bound_kib = (ring_mib + kernel_ring_mib * cpus + 32) * 1024;
     println!("peak RSS {peak_kib} KiB with a {ring_mib} MiB ring ({} packets kept); bound {bound_kib} KiB", stats.packets);
     assert!(peak_kib <= bound_kib, "peak RSS {peak_kib} KiB exceeds ring + overhead {bound_kib} KiB");
@@ -178,19 +180,19 @@ fn bad_invocations_fail_clearly() {
     require_root();
     let dir = tempdir("errors");
     let out = dir.join("x.pcapng");
-    let wgo = |args: &[&str]| {
-        let o = Command::new(WGO).arg("record").args(args).arg("--out").arg(&out).output().unwrap();
+    let record = |args: &[&str]| {
+        let o = Command::new(wgo()).arg("record").args(args).arg("--out").arg(&out).output().unwrap();
         (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
     };
-    let (code, err) = wgo(&["--cgroup", "/sys/fs/cgroup/does-not-exist-wgo", "--duration", "1"]);
+    let (code, err) = record(&["--cgroup", "/sys/fs/cgroup/does-not-exist-wgo", "--duration", "1"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("does not exist"), "{err}");
 
-    let (code, err) = wgo(&["--cgroup", "/tmp", "--duration", "1"]);
+    let (code, err) = record(&["--cgroup", "/tmp", "--duration", "1"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("not a cgroup"), "{err}");
 
-    let (code, err) = wgo(&["--cgroup", "/", "--snaplen", "257"]);
+    let (code, err) = record(&["--cgroup", "/", "--snaplen", "257"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("257") && err.contains("snaplen"), "{err}");
 
@@ -200,7 +202,7 @@ fn bad_invocations_fail_clearly() {
         .find(|p| std::path::Path::new(p).join("cgroup.procs").exists() && !std::path::Path::new(p).join("cgroup.controllers").exists());
     match v1 {
         Some(p) => {
-            let (code, err) = wgo(&["--cgroup", p, "--duration", "1"]);
+            let (code, err) = record(&["--cgroup", p, "--duration", "1"]);
             assert_ne!(code, Some(0));
             assert!(err.contains("cgroup v1"), "{err}");
         }
@@ -210,7 +212,9 @@ fn bad_invocations_fail_clearly() {
     // Not root: run as nobody.
     let bed = Testbed::new(1).unwrap();
     let o = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", WGO, "record", "--cgroup"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(wgo())
+        .args(["record", "--cgroup"])
         .arg(&bed.nodes[0].cgroup)
         .args(["--duration", "1", "--out", "/tmp/wgo-nobody.pcapng"])
         .output()
@@ -232,15 +236,15 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
         .iter()
         .flat_map(|n| {
             [
-                n.spawn(n.command(PEER).unwrap().args(["udp-echo", "--bind", "[::]:7000"])).unwrap(),
-                n.spawn(n.command(PEER).unwrap().args(["tcp-echo", "--bind", "[::]:7001"])).unwrap(),
+                n.spawn(n.command(peer()).unwrap().args(["udp-echo", "--bind", "[::]:7000"])).unwrap(),
+                n.spawn(n.command(peer()).unwrap().args(["tcp-echo", "--bind", "[::]:7001"])).unwrap(),
             ]
         })
         .collect();
     // A plain tcpdump capture of node1's interface too, converted to pcapng (one node per file).
     let tcpdump_dir = tempdir("report-tcpdump");
     let pcap = tcpdump_dir.join("node1.pcap");
-    let tcpdump = wgo::testbed::ChildGuard::from(
+    let tcpdump = wgo_tests::testbed::ChildGuard::from(
         Command::new("ip")
             .args(["netns", "exec", &bed.nodes[0].netns, "tcpdump", "-q", "-U", "-i", "eth0", "-w"])
             .arg(&pcap)
@@ -252,8 +256,9 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
     record_all(&bed, &dir, || {
         for a in &bed.nodes {
             for b in bed.nodes.iter().filter(|b| b.name != a.name) {
-                run(a.command(PEER).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "20", "--tag", "REQ"])).unwrap();
-                run(a.command(PEER).unwrap().args(["tcp-send", "--to", &format!("[{}]:7001", b.ipv6), "--bytes", "50000"])).unwrap();
+                run(a.command(peer()).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "20", "--tag", "REQ"]))
+                    .unwrap();
+                run(a.command(peer()).unwrap().args(["tcp-send", "--to", &format!("[{}]:7001", b.ipv6), "--bytes", "50000"])).unwrap();
             }
         }
     });
@@ -262,7 +267,7 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
     drop(tcpdump);
     drop(servers);
     let json = dir.join("report.json");
-    let out = Command::new(WGO).arg("report").arg(&dir).arg("--json").arg(&json).output().unwrap();
+    let out = Command::new(wgo()).arg("report").arg(&dir).arg("--json").arg(&json).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     println!("{}", String::from_utf8_lossy(&out.stdout));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
@@ -295,7 +300,7 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
     let ng = tcpdump_dir.join("node1-tcpdump.pcapng");
     run(Command::new("editcap").args(["-F", "pcapng"]).arg(&pcap).arg(&ng)).unwrap();
     let json = tcpdump_dir.join("r.json");
-    let out = Command::new(WGO).arg("report").arg(&ng).arg("--json").arg(&json).output().unwrap();
+    let out = Command::new(wgo()).arg("report").arg(&ng).arg("--json").arg(&json).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let events = v["events"].as_array().unwrap();

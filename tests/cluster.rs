@@ -1,16 +1,15 @@
 //! Root integration tests for "dump, ship and die": agents on a bridged netns cluster,
 //! a signed trigger, shipping (with a cut link and a killed collector), stop policies.
 
-mod common;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
-use wgo::protocol::{Secret, Trigger};
-use wgo::testbed::{ChildGuard, Testbed, WgoProcess, run};
+use wgo::transport::wire::{Secret, Trigger};
+use wgo_tests::bins::{peer, wgo};
+use wgo_tests::helpers::*;
+use wgo_tests::testbed::{ChildGuard, Testbed, WgoProcess, run};
 
 const SECRET: &[u8] = b"correct horse battery staple, wgo test";
 const TRIGGER_PORT: u16 = 7301;
@@ -38,7 +37,16 @@ impl Cluster {
             .iter()
             .map(|node| {
                 let others: Vec<&str> = peers.iter().filter(|p| !p.starts_with(&format!("{}:", node.ipv4))).map(String::as_str).collect();
-                node.spawn(node.command(PEER).unwrap().args(["chatter", "--bind", "0.0.0.0:7000", "--peers", &others.join(","), "--interval-ms", "10"])).unwrap()
+                node.spawn(node.command(peer()).unwrap().args([
+                    "chatter",
+                    "--bind",
+                    "0.0.0.0:7000",
+                    "--peers",
+                    &others.join(","),
+                    "--interval-ms",
+                    "10",
+                ]))
+                .unwrap()
             })
             .collect();
         Cluster { bed, dir, secret_file, _apps: apps }
@@ -53,7 +61,7 @@ impl Cluster {
     fn agent(&self, node: &str, extra: &[&str]) -> WgoProcess {
         let n = self.bed.node(node);
         let side = self.bed.side_cgroup(&format!("agent-{node}")).unwrap();
-        let mut cmd = n.command_in(WGO, Some(&side)).unwrap();
+        let mut cmd = n.command_in(wgo(), Some(&side)).unwrap();
         cmd.args(["agent", "--node", node, "--cgroup"])
             .arg(&n.cgroup)
             .arg("--secret-file")
@@ -70,7 +78,7 @@ impl Cluster {
     fn collector(&self, verb: &str, out: &Path, expect: &str, wait: &str) -> WgoProcess {
         let n = self.bed.node("node1");
         let side = self.bed.side_cgroup("collector").unwrap();
-        let mut cmd = n.command_in(WGO, Some(&side)).unwrap();
+        let mut cmd = n.command_in(wgo(), Some(&side)).unwrap();
         cmd.arg(verb)
             .arg("--secret-file")
             .arg(&self.secret_file)
@@ -78,7 +86,7 @@ impl Cluster {
             .arg(out)
             .env("WGO_LOG", "info");
         if verb == "trigger" {
-            cmd.args(["--broadcast", &format!("{}:{TRIGGER_PORT}", wgo::testbed::BROADCAST_V4)]);
+            cmd.args(["--broadcast", &format!("{}:{TRIGGER_PORT}", wgo_tests::testbed::BROADCAST_V4)]);
         }
         let ready = if verb == "trigger" { "sending" } else { "" };
         WgoProcess::spawn(&mut cmd, ready, Duration::from_secs(10)).unwrap()
@@ -95,7 +103,7 @@ impl Cluster {
             .in_netns(move || {
                 let s = UdpSocket::bind("0.0.0.0:0").unwrap();
                 s.set_broadcast(true).unwrap();
-                let to = SocketAddr::new(wgo::testbed::BROADCAST_V4.into(), TRIGGER_PORT);
+                let to = SocketAddr::new(wgo_tests::testbed::BROADCAST_V4.into(), TRIGGER_PORT);
                 for d in datagrams {
                     s.send_to(&d, to).unwrap();
                 }
@@ -109,7 +117,7 @@ fn frozen(cgroup: &Path) -> bool {
 }
 
 fn sha(path: &Path) -> String {
-    wgo::ship::hex(&wgo::ship::file_sha256(path).unwrap())
+    wgo::transport::spool::hex(&wgo::transport::spool::file_sha256(path).unwrap())
 }
 
 fn now_ns() -> i64 {
@@ -127,11 +135,12 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     let wrong = Secret::new(b"not the right secret at all".to_vec()).unwrap();
     let collector: SocketAddr = format!("{}:{COLLECT_PORT}", c.bed.node("node1").ipv4).parse().unwrap();
     let mk = |id: u64, sent: i64, s: &Secret| Trigger { id, sent_ns: sent, collector: Some(collector), port: COLLECT_PORT }.encode(s);
-    let mut junk: Vec<Vec<u8>> = vec![mk(1, now_ns(), &wrong), mk(2, now_ns() - 3_600_000_000_000, &good), b"garbage".to_vec(), vec![0u8; 72], vec![]];
-    let mut rng = wgo::analysis::sim::Rng::new(99);
+    let mut junk: Vec<Vec<u8>> =
+        vec![mk(1, now_ns(), &wrong), mk(2, now_ns() - 3_600_000_000_000, &good), b"garbage".to_vec(), vec![0u8; 72], vec![]];
+    let mut rng = wgo_tests::sim::Rng::new(99);
     for _ in 0..300 {
-        let len = (rng.next() % 200) as usize;
-        junk.push((0..len).map(|_| rng.next() as u8).collect());
+        let len = (rng.next_u64() % 200) as usize;
+        junk.push((0..len).map(|_| rng.next_u64() as u8).collect());
     }
     let mut tweaked = mk(3, now_ns(), &good);
     tweaked[9] ^= 0x40;
@@ -167,7 +176,7 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
         assert!(frozen(&n.cgroup), "{}: app frozen after its dump shipped", n.name);
     }
     // The dumps tell a story: every node, messages matched.
-    let rep = run(Command::new(WGO).arg("report").arg(&out)).unwrap();
+    let rep = run(Command::new(wgo()).arg("report").arg(&out)).unwrap();
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.starts_with("4 nodes"), "{text}");
 
@@ -189,7 +198,13 @@ fn kill_policy_kills_the_apps() {
     let open = c.dir.join("open-secret");
     std::fs::write(&open, SECRET).unwrap();
     std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let o = Command::new(WGO).args(["agent", "--node", "x", "--cgroup"]).arg(&c.bed.nodes[0].cgroup).arg("--secret-file").arg(&open).output().unwrap();
+    let o = Command::new(wgo())
+        .args(["agent", "--node", "x", "--cgroup"])
+        .arg(&c.bed.nodes[0].cgroup)
+        .arg("--secret-file")
+        .arg(&open)
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("readable by others"), "{}", String::from_utf8_lossy(&o.stderr));
 
@@ -203,7 +218,7 @@ fn kill_policy_kills_the_apps() {
     }
     for n in &c.bed.nodes {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !wgo::cgroup::processes(&n.cgroup).unwrap().is_empty() {
+        while !wgo::node::cgroup::processes(&n.cgroup).unwrap().is_empty() {
             assert!(Instant::now() < deadline, "{}: app still running", n.name);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -233,7 +248,7 @@ fn cut_off_node_keeps_its_dump_and_ships_it_later() {
     for a in agents.drain(..) {
         assert!(a.wait(Duration::from_secs(30)).unwrap().0.success());
     }
-    let entries = wgo::ship::spool_entries(&c.spool("node4")).unwrap();
+    let entries = wgo::transport::spool::spool_entries(&c.spool("node4")).unwrap();
     assert_eq!(entries.len(), 1);
     assert!(!entries[0].shipped);
 
@@ -243,11 +258,18 @@ fn cut_off_node_keeps_its_dump_and_ships_it_later() {
     std::thread::sleep(Duration::from_millis(300));
     let n4 = c.bed.node("node4");
     let side = c.bed.side_cgroup("agent-node4").unwrap();
-    run(n4.command_in(WGO, Some(&side)).unwrap().args(["ship", "--spool"]).arg(c.spool("node4")).arg("--secret-file").arg(&c.secret_file)).unwrap();
+    run(n4
+        .command_in(wgo(), Some(&side))
+        .unwrap()
+        .args(["ship", "--spool"])
+        .arg(c.spool("node4"))
+        .arg("--secret-file")
+        .arg(&c.secret_file))
+    .unwrap();
     let (status, _, err) = collect.wait(Duration::from_secs(60)).unwrap();
     assert!(status.success(), "{err}");
     assert_eq!(sha(&out.join("node4.pcapng")), entries[0].sha256);
-    assert!(wgo::ship::spool_entries(&c.spool("node4")).unwrap()[0].shipped);
+    assert!(wgo::transport::spool::spool_entries(&c.spool("node4")).unwrap()[0].shipped);
 }
 
 #[test]
@@ -260,7 +282,10 @@ fn killed_collector_restarts_and_transfers_resume() {
     let trig = c.collector("trigger", &out, &c.names(), "120");
     // Kill it hard once bytes are flowing.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_dir(out.join(".partial")).map(|d| d.flatten().all(|e| e.metadata().map(|m| m.len()).unwrap_or(0) < 4096)).unwrap_or(true) {
+    while std::fs::read_dir(out.join(".partial"))
+        .map(|d| d.flatten().all(|e| e.metadata().map(|m| m.len()).unwrap_or(0) < 4096))
+        .unwrap_or(true)
+    {
         assert!(Instant::now() < deadline, "no transfer started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -299,7 +324,7 @@ fn an_agent_inside_the_recorded_cgroup_keeps_its_own_traffic_out() {
     let c = Cluster::new("own-traffic", 2);
     // node1's agent runs inside the cgroup it records (policy none: it must not stop itself).
     let n1 = c.bed.node("node1");
-    let mut cmd = n1.command(WGO).unwrap();
+    let mut cmd = n1.command(wgo()).unwrap();
     cmd.args(["agent", "--node", "node1", "--cgroup"])
         .arg(&n1.cgroup)
         .arg("--secret-file")

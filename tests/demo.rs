@@ -1,37 +1,61 @@
-//! The demo end to end: its summary must name each injected fault correctly.
+//! The demo end to end, as `cargo xtask demo` runs it, with nothing on PATH but the
+//! commands the demo declares (a forgotten one fails here): its summary must name each
+//! injected fault correctly.
 
-mod common;
+use std::path::Path;
+use std::process::Command;
 
-use std::sync::atomic::AtomicBool;
+use wgo_tests::bins;
+use wgo_tests::helpers::{require_root, tempdir};
 
-use common::*;
+/// A directory holding links to just `commands`, found on the current PATH.
+fn hermetic_path(dir: &Path, commands: &[(&str, &str)]) -> std::path::PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for (cmd, package) in commands {
+        let found = std::env::split_paths(&path).map(|d| d.join(cmd)).find(|p| p.is_file());
+        let found = found.unwrap_or_else(|| panic!("{cmd} (Debian package {package}) is not on PATH"));
+        std::os::unix::fs::symlink(&found, bin.join(cmd)).unwrap();
+    }
+    bin
+}
 
 #[test]
 fn demo_names_the_lossy_link_the_aborted_ballot_and_the_islands() {
     require_root();
     let dir = tempdir("demo");
-    let stop = AtomicBool::new(false);
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = wgo::demo::run_demo(&wgo::demo::DemoOptions {
-        wgo: WGO.into(),
-        app: env!("CARGO_BIN_EXE_wgo-demo-app").into(),
-        spec: root.join("examples/demo.toml"),
-        out: dir.join("demo"),
-        stop: &stop,
-        log: &|s| println!("demo: {s}"),
-    })
-    .expect("the demo runs");
-    println!("{}\n{}", out.headline, out.report);
-    let h = &out.headline;
+    let root = bins::root();
+    let path = hermetic_path(&dir, wgo_tests::demo::COMMANDS);
+    let out = Command::new(bins::path("wgo-demo"))
+        .arg("--wgo")
+        .arg(bins::wgo())
+        .arg("--app")
+        .arg(bins::path("wgo-demo-app"))
+        .arg("--spec")
+        .arg(root.join("examples/demo.toml"))
+        .arg("--out")
+        .arg(dir.join("demo"))
+        .env_clear()
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("{stderr}\n{stdout}");
+    assert!(out.status.success(), "the demo runs with PATH={}: {stderr}", path.display());
+    let h = stdout.split("wgo report says:").next().unwrap();
     assert!(h.contains("lossy link node1 → node3") && h.contains("TASKs lost"), "names the lossy link: {h}");
-    assert!(h.contains("aborted ballot") && h.contains("member rejoined") && h.contains("from node5"), "names the aborted ballot and why: {h}");
+    assert!(
+        h.contains("aborted ballot") && h.contains("member rejoined") && h.contains("from node5"),
+        "names the aborted ballot and why: {h}"
+    );
     assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "names the two islands: {h}");
     // The README's screenshot: the moment the ex-member's heartbeat aborts a ballot.
     let shot = root.join("docs/timeline.png");
-    let o = std::process::Command::new("node")
+    let o = Command::new("node")
         .arg(root.join("tests/browser/timeline.mjs"))
         .arg("shot")
-        .arg(&out.timeline)
+        .arg(dir.join("demo/timeline.html"))
         .arg(&shot)
         .arg("member rejoined")
         .output()

@@ -4,10 +4,13 @@
 use std::collections::{BTreeSet, HashMap};
 
 use wgo::analysis::anomalies::Kind;
-use wgo::analysis::sim::{self, Config, SPEC, Truth};
 use wgo::analysis::spec::Spec;
 use wgo::analysis::trace::Dir;
-use wgo::analysis::{Analysis, Inputs, analyze, analyze_to_json};
+use wgo::analysis::{Analysis, Inputs, analyze};
+use wgo::report::json::{analyze_to_json, write_json};
+use wgo::report::text::summary;
+use wgo_tests::bins::wgo;
+use wgo_tests::sim::{self, Config, SPEC, Truth};
 
 /// Event ids by (uid, attempt) for sends and by (uid, node) for receives.
 struct Ids {
@@ -54,7 +57,7 @@ fn check(cfg: &Config) {
     let ids = ids(&a);
     let t = &a.trace;
     println!("seed {}: {} nodes, {} events, {} messages", cfg.seed, t.nodes.len(), t.events.len(), a.matching.messages.len());
-    println!("{}", a.summary());
+    println!("{}", summary(&a));
 
     // Offsets within the reported uncertainty of the truth.
     let reference = a.clocks.reference as usize;
@@ -66,7 +69,13 @@ fn check(cfg: &Config) {
         let t_true = truth.start_ns + ((mid - truth.start_ns - off) as f64 / (1.0 + drift)) as i64;
         let expected = sim::true_offset(&truth, n, reference, t_true);
         println!("  node{}: offset {} (truth {expected}), ± {unc}, {:?}", n + 1, c.offset_ns, c.quality);
-        assert!((c.offset_ns - expected).abs() <= unc, "node{} offset {} vs truth {expected}: off by {} > uncertainty {unc}", n + 1, c.offset_ns, (c.offset_ns - expected).abs());
+        assert!(
+            (c.offset_ns - expected).abs() <= unc,
+            "node{} offset {} vs truth {expected}: off by {} > uncertainty {unc}",
+            n + 1,
+            c.offset_ns,
+            (c.offset_ns - expected).abs()
+        );
     }
 
     // No receive ordered before its send (UDP/broadcast and TCP split/merge).
@@ -121,15 +130,12 @@ fn check(cfg: &Config) {
         let ts = a.clocks.nodes[e.node as usize].to_ref.apply(e.t_raw);
         gaps.iter().any(|g| g.node as usize == node && g.from - wgo::analysis::anomalies::MAX_DELAY_NS <= ts && ts <= g.to + 1_000_000)
     };
-    let found: BTreeSet<(u64, u32, usize)> =
-        of_kind(Kind::NetworkLoss).map(|x| (ids.uid[x.events[0] as usize], ids.attempt[x.events[0] as usize], x.nodes[1] as usize)).collect();
-    // Losses into a recorder gap are rightly not called network loss.
-    let expected: BTreeSet<(u64, u32, usize)> = truth
-        .network_losses
-        .iter()
-        .copied()
-        .filter(|&(u, k, r)| !blind(r, ids.sends[&u][k as usize]))
+    let found: BTreeSet<(u64, u32, usize)> = of_kind(Kind::NetworkLoss)
+        .map(|x| (ids.uid[x.events[0] as usize], ids.attempt[x.events[0] as usize], x.nodes[1] as usize))
         .collect();
+    // Losses into a recorder gap are rightly not called network loss.
+    let expected: BTreeSet<(u64, u32, usize)> =
+        truth.network_losses.iter().copied().filter(|&(u, k, r)| !blind(r, ids.sends[&u][k as usize])).collect();
     compare("network loss", &found, &expected);
     for u in &truth.unrecorded_receives {
         assert!(!found.iter().any(|f| f.0 == *u), "an unrecorded receive ({u}) was called network loss");
@@ -145,15 +151,21 @@ fn check(cfg: &Config) {
     compare("retransmission", &found, &truth.retransmissions.iter().copied().collect());
     let found: BTreeSet<u64> = of_kind(Kind::RetryStorm).map(|x| ids.uid[x.events[0] as usize]).collect();
     compare("retry storm", &found, &truth.storms.iter().copied().collect());
-    let found: BTreeSet<(u64, u32)> = of_kind(Kind::Unanswered).map(|x| (ids.uid[x.events[0] as usize], ids.attempt[x.events[0] as usize])).collect();
+    let found: BTreeSet<(u64, u32)> =
+        of_kind(Kind::Unanswered).map(|x| (ids.uid[x.events[0] as usize], ids.attempt[x.events[0] as usize])).collect();
     compare("unanswered", &found, &truth.unanswered.iter().copied().collect());
     let parts: Vec<_> = of_kind(Kind::Partition).collect();
     let expected: BTreeSet<Vec<Vec<usize>>> = truth.partition.iter().map(|(a, b, ..)| vec![a.clone(), b.clone()]).collect();
-    let found: BTreeSet<Vec<Vec<usize>>> = parts.iter().map(|p| p.islands.iter().map(|i| i.iter().map(|&n| n as usize).collect()).collect()).collect();
+    let found: BTreeSet<Vec<Vec<usize>>> =
+        parts.iter().map(|p| p.islands.iter().map(|i| i.iter().map(|&n| n as usize).collect()).collect()).collect();
     compare("partition", &found, &expected);
     if let (Some(p), Some((_, _, p0, p1))) = (parts.first(), &truth.partition) {
         let (f0, f1) = p.span.unwrap();
-        let to_ref = |t: i64| t + sim::true_offset(&truth, reference, reference, t) + truth.clocks[reference].0 + (truth.clocks[reference].1 * (t - truth.start_ns) as f64) as i64;
+        let to_ref = |t: i64| {
+            t + sim::true_offset(&truth, reference, reference, t)
+                + truth.clocks[reference].0
+                + (truth.clocks[reference].1 * (t - truth.start_ns) as f64) as i64
+        };
         let (r0, r1) = (to_ref(*p0), to_ref(*p1));
         let slack = 2 * wgo::analysis::anomalies::PARTITION_WINDOW_NS;
         assert!((f0 - r0).abs() <= slack && (f1 - r1).abs() <= slack, "partition {f0}..{f1} vs truth {r0}..{r1}");
@@ -207,7 +219,7 @@ fn json_written_while_ordering_equals_json_written_after() {
         let mut streamed = Vec::new();
         let a = analyze_to_json(sim::generate(&cfg).0, Inputs { spec: spec(), missing_nodes: vec![] }, &mut streamed).unwrap();
         let mut after = Vec::new();
-        analyze(sim::generate(&cfg).0, Inputs { spec: spec(), missing_nodes: vec![] }).write_json(&mut after).unwrap();
+        write_json(&analyze(sim::generate(&cfg).0, Inputs { spec: spec(), missing_nodes: vec![] }), &mut after).unwrap();
         println!("{} events, {} bytes of JSON, {} cycles", a.trace.events.len(), streamed.len(), a.order.cycles.len());
         assert!(a.trace.events.len() > 9_000 || !a.order.cycles.is_empty(), "several batches of placed events");
         assert!(streamed == after, "the two JSON reports differ");
@@ -231,7 +243,8 @@ fn json_written_while_ordering_equals_json_written_after() {
 
 #[test]
 fn a_truncated_dump_keeps_what_was_read_and_says_where_it_stopped() {
-    let (trace, _) = sim::generate(&Config { nodes: 2, seed: 3, partition: None, recorder_gap: false, duplicate: false, ..Config::default() });
+    let (trace, _) =
+        sim::generate(&Config { nodes: 2, seed: 3, partition: None, recorder_gap: false, duplicate: false, ..Config::default() });
     let dir = std::env::temp_dir().join(format!("wgo-truncated-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     sim::write_dumps(&trace, &dir).unwrap();
@@ -249,7 +262,7 @@ fn a_truncated_dump_keeps_what_was_read_and_says_where_it_stopped() {
     assert_eq!(skipped.len(), 1);
     assert!(skipped[0].contains("node2.pcapng") && skipped[0].contains("at byte"), "{skipped:?}");
     let a = analyze(t, Inputs::default());
-    assert!(a.summary().contains("skipped:"), "the summary says what was skipped");
+    assert!(summary(&a).contains("skipped:"), "the summary says what was skipped");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -271,7 +284,7 @@ fn report_writes_json_through_a_fifo_and_leaves_it_in_place() {
         let fifo = fifo.clone();
         std::thread::spawn(move || std::fs::read(fifo).unwrap())
     };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wgo"))
+    let out = std::process::Command::new(wgo())
         .arg("report")
         .arg(&dir)
         .arg("--spec")

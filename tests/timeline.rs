@@ -1,13 +1,12 @@
 //! The timeline page of a real multi-node capture, checked in headless Chromium
 //! (tests/browser/timeline.mjs).
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
-use wgo::testbed::{Testbed, run};
+use wgo_tests::bins::{peer, wgo};
+use wgo_tests::helpers::*;
+use wgo_tests::testbed::{Testbed, run};
 
 const SPEC: &str = r#"
 name = "timeline test"
@@ -25,11 +24,13 @@ fn timeline_of_a_real_capture_works_in_chromium() {
     require_root();
     let dir = tempdir("timeline");
     let bed = Testbed::new(3).unwrap();
-    let servers: Vec<_> = bed.nodes.iter().map(|n| n.spawn(n.command(PEER).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap()).collect();
+    let servers: Vec<_> =
+        bed.nodes.iter().map(|n| n.spawn(n.command(peer()).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7000"])).unwrap()).collect();
     record_all(&bed, &dir, || {
         for a in &bed.nodes {
             for b in bed.nodes.iter().filter(|b| b.name != a.name) {
-                run(a.command(PEER).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "8", "--tag", "TASK"])).unwrap();
+                run(a.command(peer()).unwrap().args(["udp-request", "--to", &format!("{}:7000", b.ipv4), "--count", "8", "--tag", "TASK"]))
+                    .unwrap();
             }
         }
     });
@@ -37,13 +38,26 @@ fn timeline_of_a_real_capture_works_in_chromium() {
     let spec = dir.join("spec.toml");
     std::fs::write(&spec, SPEC).unwrap();
     let (html, json) = (dir.join("timeline.html"), dir.join("report.json"));
-    let out = Command::new(WGO).arg("report").arg(&dir).arg("--spec").arg(&spec).arg("--html").arg(&html).arg("--json").arg(&json).output().unwrap();
+    let out = Command::new(wgo())
+        .arg("report")
+        .arg(&dir)
+        .arg("--spec")
+        .arg(&spec)
+        .arg("--html")
+        .arg(&html)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let events = v["events"].as_array().unwrap();
     let node0 = v["nodes"][0]["name"].as_str().unwrap();
-    let click = events.iter().find(|e| e["label"].as_str().unwrap().starts_with("TASK #") && e["fields"]["task"].is_string()).expect("a TASK event");
+    let click = events
+        .iter()
+        .find(|e| e["label"].as_str().unwrap().starts_with("TASK #") && e["fields"]["task"].is_string())
+        .expect("a TASK event");
     let expect = serde_json::json!({
         "nodes": v["nodes"].as_array().unwrap().len(),
         "messages": v["messages"].as_array().unwrap().len(),

@@ -155,7 +155,9 @@ pub mod names {
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding, any bit pattern valid.
     unsafe impl aya::Pod for super::RecordHeader {}
+    // SAFETY: as above (the size asserts below check there is no padding).
     unsafe impl aya::Pod for super::CaptureConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::RingState {}
 }
 

@@ -78,9 +78,8 @@ impl Ring {
             if fill_after > capacity {
                 break;
             }
-            let (_, won) = unsafe {
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(head_ptr, head, head + len)
-            };
+            let (_, won) =
+                unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(head_ptr, head, head + len) };
             if won {
                 let off = head & (capacity - 1) & OFFSET_MASK;
                 let record = unsafe { self.area.add(off as usize) };

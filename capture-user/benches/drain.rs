@@ -1,4 +1,4 @@
-//! Drain rate: records read from a kernel-format ring area (`wgo::capture::read_ring`, what
+//! Drain rate: records read from a kernel-format ring area (`wgo::node::capture::read_ring`, what
 //! the agent runs on the mmapped rings), sorted per drain batch and pushed into the agent
 //! ring (what the recorder does), against copying the same bytes into a Vec.
 
@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use capture_ebpf::{MAX_RING_BYTES, RING_AREA_BYTES, RecordHeader};
-use wgo::capture::{read_ring, write_test_record};
-use wgo::ring::Ring;
+use wgo::node::capture::{read_ring, write_test_record};
+use wgo::node::ring::Ring;
 
 const RECORDS: u64 = 1_000_000;
 const RUNS: usize = 7;
@@ -31,7 +31,16 @@ fn main() {
             // Fill the ring as the kernel would (not timed)...
             let lap = pos;
             while seq < RECORDS && pos - lap + 256 <= capacity {
-                let h = RecordHeader { ktime_ns: 1_000 + seq * 100, seq, kind: 1, cpu: 0, direction: 2, orig_len: 92, cap_len: 92, ip_version: 4 };
+                let h = RecordHeader {
+                    ktime_ns: 1_000 + seq * 100,
+                    seq,
+                    kind: 1,
+                    cpu: 0,
+                    direction: 2,
+                    orig_len: 92,
+                    cap_len: 92,
+                    ip_version: 4,
+                };
                 pos += write_test_record(&mut area, capacity, pos, &h, &packet);
                 seq += 1;
             }
@@ -45,7 +54,8 @@ fn main() {
                 batch.push((h.ktime_ns, *h, at..bytes.len()));
             };
             // SAFETY: area is RING_AREA_BYTES of aligned memory written as the kernel writes it.
-            let (t2, _) = unsafe { read_ring(area.as_ptr().cast(), capacity, pos, tail, &mut sink, &mut |_| {}) }.expect("well-formed ring");
+            let (t2, _) =
+                unsafe { read_ring(area.as_ptr().cast(), capacity, pos, tail, &mut sink, &mut |_| {}) }.expect("well-formed ring");
             batch.sort_by_key(|(t, h, _)| (*t, h.cpu, h.seq));
             for (t, h, r) in &batch {
                 ring.push(*t, h, &bytes[r.clone()]);
@@ -54,6 +64,7 @@ fn main() {
             assert_eq!(t2, pos, "every record drained");
             tail = t2;
             // Baseline: copy the same header and packet bytes.
+            // SAFETY: the u64 area viewed as its bytes; u8 has no alignment or validity needs.
             let raw: &[u8] = unsafe { std::slice::from_raw_parts(area.as_ptr().cast(), area.len() * 8) };
             let t = Instant::now();
             for chunk in raw.chunks_exact(144).take(batch.len()) {

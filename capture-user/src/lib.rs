@@ -1,22 +1,25 @@
 //! wgo, "what's going on?": a distributed flight recorder for networked systems.
 //!
-//! Data flows one way: kernel record → agent ring ([`ring`]) → dump file ([`dump`])
-//! → ship → merge → graph → timeline. Only [`capture`] touches aya and needs root;
-//! everything else is plain code that `cargo test` covers without privileges.
+//! The modules follow the data flow, and each uses only those before it:
+//!
+//! | module | holds | may use |
+//! |---|---|---|
+//! | [`packet`], [`clock`], [`outfile`] | IP headers, the node's clocks, safe output files | std only |
+//! | [`dump`] | the dump format (pcapng): writer and reader, the one owner of its keys and flags | `capture-ebpf` types |
+//! | [`transport`] | the signed trigger, wire frames, spool, shipping, the collector and its manifest | `clock` |
+//! | [`node`] | the agent's side: kernel attach (aya), agent ring, recorder, cgroups, stop policy, the agent | `dump`, `transport`, `packet`, `clock` |
+//! | [`analysis`] | merge, match, clocks, happens-before graph, anomalies: no aya, no root | `dump`, `packet` |
+//! | [`report`] | JSON, merged pcapng, HTML timeline, text summary | `analysis`, `dump`, `outfile` |
+//!
+//! Only `node::capture` touches aya and needs root; everything else is plain code that
+//! `cargo test` covers without privileges. The `wgo` binary (`src/main.rs`, one file per
+//! subcommand in `src/cli/`) sits on top of them all.
 
-pub mod agent;
 pub mod analysis;
-pub mod capture;
-pub mod cgroup;
 pub mod clock;
-pub mod collector;
-pub mod demo;
 pub mod dump;
+pub mod node;
 pub mod outfile;
 pub mod packet;
-pub mod pcapng;
-pub mod protocol;
-pub mod record;
-pub mod ring;
-pub mod ship;
-pub mod testbed;
+pub mod report;
+pub mod transport;

@@ -224,7 +224,10 @@ pub enum OutputError {
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut (dyn Write + Send)) -> io::Result<()>) -> Result<(), OutputError> {
     let werr = |source| OutputError::Write { path: path.to_path_buf(), source };
     if is_special(path) {
-        let mut f = std::fs::OpenOptions::new().write(true).open(path).map_err(|source| OutputError::Create { path: path.to_path_buf(), source })?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|source| OutputError::Create { path: path.to_path_buf(), source })?;
         return write(&mut f).and_then(|()| f.flush()).map_err(werr);
     }
     let tmp = partial_path(path);

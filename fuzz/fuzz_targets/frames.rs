@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wgo::protocol::{Frame, read_frame};
+use wgo::transport::wire::{Frame, read_frame};
 
 fuzz_target!(|data: &[u8]| {
     let mut r = data;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wgo::protocol::{Heard, Secret, Trigger};
+use wgo::transport::wire::{Heard, Secret, Trigger};
 
 fuzz_target!(|data: &[u8]| {
     let secret = Secret::new(b"fuzzing secret, 16+ bytes".to_vec()).unwrap();

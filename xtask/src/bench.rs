@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use wgo::testbed::{self, ChildGuard, Testbed, WgoProcess};
+use wgo_tests::testbed::{self, ChildGuard, Testbed, WgoProcess};
 
 use crate::build::root;
 use crate::exec::exec;
@@ -38,6 +38,7 @@ const STREAMS: usize = 4;
 fn capture() -> anyhow::Result<()> {
     crate::build::all()?;
     crate::setup::packages(crate::setup::TEST_PACKAGES)?;
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the capture benchmark loads eBPF in network namespaces: run it as root");
     }
@@ -87,11 +88,14 @@ fn capture() -> anyhow::Result<()> {
         let with_wgo = measure(&rr)?;
         {
             // Per-hook cost in its own short phase: the stats themselves cost time.
-            let _stats = wgo::capture::enable_bpf_stats()?;
+            let _stats = wgo::node::capture::enable_bpf_stats()?;
             let before = hook_stats(&rec.stderr())?;
-            rr_short(&client, &peer, &to)?;
+            rr_short(client, &peer, &to)?;
             let after = hook_stats(&rec.stderr())?;
-            hook.push(((after[0].0 - before[0].0) / (after[0].1 - before[0].1).max(1.0), (after[1].0 - before[1].0) / (after[1].1 - before[1].1).max(1.0)));
+            hook.push((
+                (after[0].0 - before[0].0) / (after[0].1 - before[0].1).max(1.0),
+                (after[1].0 - before[1].0) / (after[1].1 - before[1].1).max(1.0),
+            ));
         }
         let (status, _, err) = rec.stop(Duration::from_secs(60))?;
         if !status.success() {
@@ -111,7 +115,11 @@ fn capture() -> anyhow::Result<()> {
         drop(tcpdump);
         eprintln!(
             "round {}: off {:.0}/s, wgo {:.0}/s | off {:.0}/s, tcpdump {:.0}/s",
-            round + 1, base_on.tps, with_wgo.tps, base_dump.tps, with_dump.tps
+            round + 1,
+            base_on.tps,
+            with_wgo.tps,
+            base_dump.tps,
+            with_dump.tps
         );
         off.push(base_on);
         off.push(base_dump);
@@ -145,12 +153,14 @@ fn capture() -> anyhow::Result<()> {
     );
     drop(bed);
 
-    exec(
-        clean_command("cargo")
-            .current_dir(root())
-            .env("WGO_BPF_OBJECT", crate::build::bpf_object())
-            .args(["bench", "--quiet", "-p", "capture-user", "--bench", "drain"]),
-    )
+    exec(clean_command("cargo").current_dir(root()).env("WGO_BPF_OBJECT", crate::build::bpf_object()).args([
+        "bench",
+        "--quiet",
+        "-p",
+        "capture-user",
+        "--bench",
+        "drain",
+    ]))
 }
 
 #[derive(Clone, Copy)]
@@ -166,6 +176,7 @@ fn busy_cpu_ns() -> anyhow::Result<f64> {
     let f: Vec<f64> = cpu.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0.0)).collect();
     // user nice system idle iowait irq softirq steal ...
     let busy = f[0] + f[1] + f[2] + f[5] + f[6];
+    // SAFETY: sysconf has no preconditions.
     let tick_ns = 1e9 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(busy * tick_ns)
 }
@@ -177,7 +188,7 @@ fn measure(rr: &dyn Fn() -> anyhow::Result<f64>) -> anyhow::Result<Sample> {
     Ok(Sample { tps, cpu_ns_per_tx: busy / (tps * SECONDS) })
 }
 
-fn rr_short(client: &wgo::testbed::Node, peer: &std::path::Path, to: &str) -> anyhow::Result<()> {
+fn rr_short(client: &wgo_tests::testbed::Node, peer: &std::path::Path, to: &str) -> anyhow::Result<()> {
     testbed::run(client.command(peer)?.args(["udp-rr", "--to", to, "--duration", "1", "--size", "64"]))?;
     Ok(())
 }
@@ -209,17 +220,17 @@ fn collector() -> anyhow::Result<()> {
     let tmp = std::env::temp_dir().join(format!("wgo-bench-collector-{}", std::process::id()));
     println!("wgo report DIR --spec sim.toml --json out.json on simulated 5-node dumps, median of 3 runs (peak memory: the highest);");
     println!("baseline: cat of the same files (warm cache). Dumps and earlier outputs are synced to disk before each run.");
-    println!("{:>10}  {:>8}  {:>12}  {:>10}  {:>10}  {:>12}  {:>14}", "events", "seconds", "events/s", "vs cat", "B/event", "time/1M-run", "ev/s json→null");
+    println!(
+        "{:>10}  {:>8}  {:>12}  {:>10}  {:>10}  {:>12}  {:>14}",
+        "events", "seconds", "events/s", "vs cat", "B/event", "time/1M-run", "ev/s json→null"
+    );
     let mut first: Option<(f64, f64)> = None;
     for target in [1_000_000u64, 3_000_000, 10_000_000] {
         let _ = std::fs::remove_dir_all(&tmp);
         let out = testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
         let events: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("synth output")?;
-        let files: Vec<std::path::PathBuf> = std::fs::read_dir(&tmp)?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "pcapng"))
-            .collect();
+        let files: Vec<std::path::PathBuf> =
+            std::fs::read_dir(&tmp)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcapng")).collect();
         let cat = || -> anyhow::Result<f64> {
             let t = std::time::Instant::now();
             testbed::run(Command::new("cat").args(&files).stdout(std::process::Stdio::null()))?;
@@ -238,7 +249,14 @@ fn collector() -> anyhow::Result<()> {
                 testbed::run(&mut Command::new("sync"))?;
                 let t = std::time::Instant::now();
                 let rep = testbed::run(
-                    Command::new(&wgo).arg("report").arg(&tmp).arg("--spec").arg(tmp.join("sim.toml")).arg("--json").arg(json).env("WGO_LOG", "info"),
+                    Command::new(&wgo)
+                        .arg("report")
+                        .arg(&tmp)
+                        .arg("--spec")
+                        .arg(tmp.join("sim.toml"))
+                        .arg("--json")
+                        .arg(json)
+                        .env("WGO_LOG", "info"),
                 )?;
                 times.push(t.elapsed().as_secs_f64());
                 let err = String::from_utf8_lossy(&rep.stderr);
@@ -269,7 +287,9 @@ fn collector() -> anyhow::Result<()> {
             events / null_secs
         );
     }
-    println!("(vs cat: report time over the time to read the same bytes; time/1M-run: time per event relative to the 1 M run, 1.00x is linear;");
+    println!(
+        "(vs cat: report time over the time to read the same bytes; time/1M-run: time per event relative to the 1 M run, 1.00x is linear;"
+    );
     println!(" ev/s json→null: the same report with its JSON written to /dev/null, i.e. without the file's disk writes)");
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
@@ -302,15 +322,17 @@ fn shipping() -> anyhow::Result<()> {
     drop(bytes);
     let sum = testbed::run(Command::new("sha256sum").arg(&dump))?;
     let digest = String::from_utf8_lossy(&sum.stdout).split_whitespace().next().context("sha256sum output")?.to_string();
-    let entry = |shipped: bool| {
-        serde_json::json!({"node": "node1", "trigger_id": 1, "heard_ns": 0, "collector": "127.0.0.1:7399", "size": SIZE, "sha256": digest, "shipped": shipped})
-    };
+    let entry = |shipped: bool| serde_json::json!({"node": "node1", "trigger_id": 1, "heard_ns": 0, "collector": "127.0.0.1:7399", "size": SIZE, "sha256": digest, "shipped": shipped});
     let (mut plain, mut shipped) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // Plain TCP copy to disk with fsync, the same work minus wgo's protocol and hashing.
         let sink_out = tmp.join("sink.bin");
         let sink = ChildGuard::from(
-            Command::new(&peer).args(["tcp-sink", "--bind", "127.0.0.1:7398", "--out"]).arg(&sink_out).stdout(std::process::Stdio::null()).spawn()?,
+            Command::new(&peer)
+                .args(["tcp-sink", "--bind", "127.0.0.1:7398", "--out"])
+                .arg(&sink_out)
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
         );
         std::thread::sleep(Duration::from_millis(200));
         let t = std::time::Instant::now();

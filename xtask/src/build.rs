@@ -14,6 +14,11 @@ pub fn bpf_object() -> PathBuf {
     root().join("target/bpf/bpfel-unknown-none/bpf/capture")
 }
 
+/// Where `all` puts wgo and the test programs.
+pub fn bin_dir() -> PathBuf {
+    root().join("target/release")
+}
+
 pub fn bpf() -> anyhow::Result<PathBuf> {
     exec(
         clean_command("cargo")
@@ -27,16 +32,20 @@ pub fn bpf() -> anyhow::Result<PathBuf> {
     Ok(bpf_object())
 }
 
-/// Builds the eBPF object, then wgo (release) with it embedded.
+/// Builds the eBPF object, then wgo (release) with it embedded, and the test programs.
 pub fn all() -> anyhow::Result<()> {
     crate::setup::toolchain()?;
     let object = bpf()?;
-    exec(
-        clean_command("cargo")
-            .current_dir(root())
-            .env("WGO_BPF_OBJECT", &object)
-            .args(["build", "--quiet", "--release", "-p", "capture-user", "--bins"]),
-    )?;
-    eprintln!("xtask: built {}", root().join("target/release/wgo").display());
+    exec(clean_command("cargo").current_dir(root()).env("WGO_BPF_OBJECT", &object).args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "capture-user",
+        "-p",
+        "wgo-tests",
+        "--bins",
+    ]))?;
+    eprintln!("xtask: built {}", bin_dir().join("wgo").display());
     Ok(())
 }

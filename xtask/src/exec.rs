@@ -15,8 +15,7 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs `cmd` and returns its stdout; fails with its stderr.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let Output { status, stdout, stderr } =
-        cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start {cmd:?}"))?;
+    let Output { status, stdout, stderr } = cmd.stdin(Stdio::null()).output().with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}: {}", String::from_utf8_lossy(&stderr).trim());
     }

@@ -32,7 +32,6 @@ pub fn browser_test_packages() -> anyhow::Result<()> {
     eprintln!("xtask: installing the browser tests' npm packages");
     exec(Command::new("npm").current_dir(&dir).args(["ci", "--no-audit", "--no-fund"]))
 }
-pub const DEMO_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("ping", "iputils-ping"), ("nft", "nftables")];
 
 /// A rustup/cargo command with the variables `cargo run` sets for xtask removed, so
 /// toolchain selection is decided by the `+toolchain` argument alone.

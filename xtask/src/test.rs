@@ -1,4 +1,5 @@
-//! The whole test suite: unit tests, the root/BPF integration tests, short fuzz runs.
+//! The whole test suite: formatting and lints, unit tests, the root/BPF integration
+//! tests (against the release binaries `build::all` made), short fuzz runs.
 
 use crate::exec::exec;
 use crate::setup::clean_command;
@@ -10,11 +11,15 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::build::all()?;
     crate::setup::packages(crate::setup::TEST_PACKAGES)?;
     crate::setup::browser_test_packages()?;
+    if extra.is_empty() {
+        lint()?;
+    }
     exec(
         clean_command("cargo")
             .current_dir(crate::build::root())
             .env("WGO_BPF_OBJECT", crate::build::bpf_object())
-            .args(["test", "--workspace", "--features", "capture-user/bpf-tests"])
+            .env("WGO_BIN_DIR", crate::build::bin_dir())
+            .args(["test", "--workspace", "--features", "wgo-tests/bpf-tests"])
             .args(extra)
             // One at a time: floods and benchmarks-in-tests must not disturb each other.
             .args(["--", "--test-threads=1"]),
@@ -23,6 +28,24 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         fuzz()?;
     }
     Ok(())
+}
+
+/// `cargo fmt --check` and clippy with every warning an error, on every target.
+pub fn lint() -> anyhow::Result<()> {
+    let root = crate::build::root();
+    eprintln!("xtask: checking formatting and lints");
+    exec(clean_command("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    exec(clean_command("cargo").current_dir(&root).env("WGO_BPF_OBJECT", crate::build::bpf_object()).args([
+        "clippy",
+        "--quiet",
+        "--workspace",
+        "--all-targets",
+        "--features",
+        "wgo-tests/bpf-tests",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 /// Runs each fuzz target briefly, from a corpus seeded with valid messages.
@@ -45,7 +68,7 @@ pub fn fuzz() -> anyhow::Result<()> {
 }
 
 fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
-    use wgo::protocol::{Frame, Heard, Offer, Secret, Trigger};
+    use wgo::transport::wire::{Frame, Heard, Offer, Secret, Trigger};
     let secret = Secret::new(b"fuzzing secret, 16+ bytes".to_vec()).expect("long enough");
     let trig = dir.join("trigger");
     std::fs::create_dir_all(&trig)?;

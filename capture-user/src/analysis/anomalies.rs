@@ -216,7 +216,9 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         let t = corr(s);
         let receivers: Vec<NodeId> = if group_addr[e.dst as usize] {
             let got = received_by(s);
-            group_receivers.get(&(e.dst, e.dport)).map_or_else(Vec::new, |set| set.iter().copied().filter(|n| *n != e.node && !got.contains(n)).collect())
+            group_receivers
+                .get(&(e.dst, e.dport))
+                .map_or_else(Vec::new, |set| set.iter().copied().filter(|n| *n != e.node && !got.contains(n)).collect())
         } else {
             owners.get(&e.dst).copied().filter(|n| *n != e.node).into_iter().collect()
         };
@@ -253,10 +255,13 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             tcp_resent.entry(first).or_default().push(again);
         }
     }
-    let mut runs: Vec<Vec<EventId>> = tcp_resent.into_iter().map(|(f, mut v)| {
-        v.insert(0, f);
-        v
-    }).collect();
+    let mut runs: Vec<Vec<EventId>> = tcp_resent
+        .into_iter()
+        .map(|(f, mut v)| {
+            v.insert(0, f);
+            v
+        })
+        .collect();
     // One node at a time (the key holds the node), so the sort needs a node's worth of memory.
     let mut keyed_sends: Vec<(u64, EventId)> = Vec::new();
     for range in &trace.node_ranges {
@@ -271,8 +276,8 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             })
         }));
         keyed_sends.sort_unstable();
-        let by_payload = keyed_sends
-            .chunk_by(|a, b| a.0 == b.0 && send_key(&trace.events[a.1 as usize]) == send_key(&trace.events[b.1 as usize]));
+        let by_payload =
+            keyed_sends.chunk_by(|a, b| a.0 == b.0 && send_key(&trace.events[a.1 as usize]) == send_key(&trace.events[b.1 as usize]));
         for sends in by_payload {
             if sends.len() < 2 {
                 continue;
@@ -313,7 +318,12 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             let mut a = Anomaly::new(
                 Kind::RetryStorm,
                 run.clone(),
-                format!("retry storm: {} sent {} times, at least {STORM_COUNT} within {} ms", (ctx.describe)(run[0]), run.len(), STORM_WINDOW_NS / 1_000_000),
+                format!(
+                    "retry storm: {} sent {} times, at least {STORM_COUNT} within {} ms",
+                    (ctx.describe)(run[0]),
+                    run.len(),
+                    STORM_WINDOW_NS / 1_000_000
+                ),
             );
             a.nodes = NodeList::from_slice(&[e.node]);
             out.push(a);
@@ -333,7 +343,10 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
 /// Kept apart from [`find`] so that the two can run while the order is built.
 pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswered: &BTreeSet<String>, contradictions: Vec<String>) {
     let at = out.iter().position(|a| matches!(a.kind, Kind::Partition | Kind::MissingNode)).unwrap_or(out.len());
-    let found = violations.iter().filter(|v| unanswered.contains(&v.name)).map(|v| Anomaly::new(Kind::Unanswered, v.events.clone(), v.text.clone()));
+    let found = violations
+        .iter()
+        .filter(|v| unanswered.contains(&v.name))
+        .map(|v| Anomaly::new(Kind::Unanswered, v.events.clone(), v.text.clone()));
     out.splice(at..at, found);
     out.extend(contradictions.into_iter().map(|text| Anomaly::new(Kind::Contradiction, Vec::new(), text)));
 }
@@ -408,7 +421,9 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
     // Merge consecutive windows with the same islands (a window without losses between
     // two with the same split does not end it).
     let mut out: Vec<Anomaly> = Vec::new();
-    let mut cur: Option<(i64, i64, Vec<Vec<NodeId>>, Vec<EventId>)> = None;
+    // (first window, last window, islands, crossing losses) of the partition being merged.
+    type Open = (i64, i64, Vec<Vec<NodeId>>, Vec<EventId>);
+    let mut cur: Option<Open> = None;
     for (w, isl, ev) in found {
         match &mut cur {
             Some((_, end, ci, cev)) if *ci == isl && w - *end <= 2 => {
@@ -443,8 +458,8 @@ fn partition_anomaly(trace: &Trace, (w0, w1, islands, events): (i64, i64, Vec<Ve
             "partition into {} islands {} from {} to {} ({} ms): messages between them were lost",
             islands.len(),
             names.join(" | "),
-            super::fmt_time(from),
-            super::fmt_time(to),
+            super::fmt::fmt_time(from),
+            super::fmt::fmt_time(to),
             (to - from) / 1_000_000
         ),
     );

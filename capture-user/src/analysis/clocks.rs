@@ -249,11 +249,8 @@ fn estimate_pair(upper: &mut [(i64, i64)], lower: &mut [(i64, i64)], wa: (i64, i
     // range of θ(x0), its drift within half of [b1, b2] from the middle one. So away from
     // x0 the error grows by that half-width times the distance, up to the farthest point
     // of either node's recording (b's window moved onto a's clock by θ).
-    let far = [wa.0, wa.1, wb.0 - theta as i64, wb.1 - theta as i64, xmin, xmax]
-        .iter()
-        .map(|&t| (t - x0).unsigned_abs())
-        .max()
-        .unwrap_or(0) as f64;
+    let far = [wa.0, wa.1, wb.0 - theta as i64, wb.1 - theta as i64, xmin, xmax].iter().map(|&t| (t - x0).unsigned_abs()).max().unwrap_or(0)
+        as f64;
     PairEstimate {
         a: 0,
         b: 0,
@@ -322,15 +319,17 @@ fn chain(trace: &Trace, pairs: Vec<PairEstimate>) -> Clocks {
                     } else {
                         Quality::Approximate
                     };
-                    NodeClock { to_ref: map, offset_ns: mid - map.apply(mid), drift: 1.0 / map.slope - 1.0, uncertainty_ns: Some(unc), quality }
+                    NodeClock {
+                        to_ref: map,
+                        offset_ns: mid - map.apply(mid),
+                        drift: 1.0 / map.slope - 1.0,
+                        uncertainty_ns: Some(unc),
+                        quality,
+                    }
                 }
-                None => NodeClock {
-                    to_ref: Affine::IDENTITY,
-                    offset_ns: 0,
-                    drift: 0.0,
-                    uncertainty_ns: None,
-                    quality: Quality::Insufficient,
-                },
+                None => {
+                    NodeClock { to_ref: Affine::IDENTITY, offset_ns: 0, drift: 0.0, uncertainty_ns: None, quality: Quality::Insufficient }
+                }
             }
         })
         .collect();

@@ -13,7 +13,6 @@ use std::net::IpAddr;
 
 use super::trace::{AddrId, Dir, Event, EventId, NodeId, ProtoCode, Trace};
 
-
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct Key {
     src: AddrId,
@@ -148,14 +147,9 @@ impl MatchIndex {
             let tag = check | (group_addr[e.dst as usize] as u32) << 16 | e.node as u32;
             (hash, rank, i as EventId, tag)
         };
-        let (mut tcp, mut keyed): (Vec<SortKey>, Vec<SortKey>) =
-            trace.events.par_iter().enumerate().partition_map(|(i, e)| {
-                if is_tcp_data(e) {
-                    rayon::iter::Either::Left(entry(i, e))
-                } else {
-                    rayon::iter::Either::Right(entry(i, e))
-                }
-            });
+        let (mut tcp, mut keyed): (Vec<SortKey>, Vec<SortKey>) = trace.events.par_iter().enumerate().partition_map(|(i, e)| {
+            if is_tcp_data(e) { rayon::iter::Either::Left(entry(i, e)) } else { rayon::iter::Either::Right(entry(i, e)) }
+        });
         keyed.par_sort_unstable();
         tcp.par_sort_unstable();
         let groups = |v: &[SortKey]| {
@@ -171,10 +165,7 @@ impl MatchIndex {
         let key_groups = groups(&keyed);
         let tcp_groups = groups(&tcp);
         let group_dst = key_groups[..key_groups.len() - 1].iter().map(|&k| keyed[k as usize].3 >> 16 & 1 == 1).collect();
-        let keyed = keyed
-            .into_iter()
-            .map(|(_, rank, id, tag)| Entry { id, node: tag as u16, send: rank >> 63 == 0 })
-            .collect();
+        let keyed = keyed.into_iter().map(|(_, rank, id, tag)| Entry { id, node: tag as u16, send: rank >> 63 == 0 }).collect();
         let tcp: Vec<EventId> = tcp.into_iter().map(|x| x.2).collect();
         MatchIndex { keyed, key_groups, group_dst, tcp, tcp_groups }
     }
@@ -331,7 +322,8 @@ fn match_tcp_flow(trace: &Trace, sends: &[EventId], recvs: &[EventId], m: &mut M
         let (mut a, b) = (rel(e.tcp_seq), rel(e.tcp_seq) + e.payload_len as i64);
         let mut resent = None;
         // Walk the covered intervals that overlap [a, b) and fill the gaps between them.
-        let overlapping: Vec<(i64, (i64, EventId))> = cover.range(..b).rev().take_while(|(_, (end, _))| *end > a).map(|(k, v)| (*k, *v)).collect();
+        let overlapping: Vec<(i64, (i64, EventId))> =
+            cover.range(..b).rev().take_while(|(_, (end, _))| *end > a).map(|(k, v)| (*k, *v)).collect();
         let mut gaps = Vec::new();
         let mut iv: Vec<_> = overlapping.into_iter().rev().collect();
         iv.retain(|(start, (end, _))| *end > a && *start < b);
@@ -365,10 +357,13 @@ fn match_tcp_flow(trace: &Trace, sends: &[EventId], recvs: &[EventId], m: &mut M
         }
     }
     // Sends whose bytes arrived inside another receive (coalesced) count as delivered.
-    let mut received: Vec<(i64, i64)> = recvs.iter().map(|&r| {
-        let e = ev(r);
-        (rel(e.tcp_seq), rel(e.tcp_seq) + e.payload_len as i64)
-    }).collect();
+    let mut received: Vec<(i64, i64)> = recvs
+        .iter()
+        .map(|&r| {
+            let e = ev(r);
+            (rel(e.tcp_seq), rel(e.tcp_seq) + e.payload_len as i64)
+        })
+        .collect();
     received.sort_unstable();
     let mut union: BTreeMap<i64, i64> = BTreeMap::new();
     let mut cur: Option<(i64, i64)> = None;

@@ -1,28 +1,20 @@
 //! The collector's analysis: from per-node dumps to one causally ordered story.
-//! Pure code: no aya, no root.
+//! Pure code: no aya, no root. It may use `dump` (to read dumps) and `packet`.
 //!
-//! Pipeline: read dumps ([`trace`]) → match certain messages ([`matching`]) → estimate
-//! clocks from them ([`clocks`]) → match the rest by corrected time → rule edges
-//! ([`rules`], from a [`spec`]) → happens-before order ([`order`]) → invariants and
-//! anomalies ([`anomalies`]) → JSON, merged pcapng and a summary ([`output`]).
+//! A one-way chain, each module using only those before it: [`fmt`] → [`trace`] (read
+//! dumps) → [`spec`] → [`matching`] (certain messages) → [`clocks`] (estimated from
+//! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
+//! → [`order`] (happens-before) → [`anomalies`]. This file runs the chain; `report`
+//! turns its [`Analysis`] into JSON, pcapng, HTML and text.
 
-pub mod trace;
-pub mod matching;
+pub mod anomalies;
 pub mod clocks;
-pub mod html;
-pub mod spec;
+pub mod fmt;
+pub mod matching;
 pub mod order;
 pub mod rules;
-pub mod anomalies;
-pub mod output;
-
-/// A reference-clock time as UTC `HH:MM:SS.mmmuuu` (what people read in summaries).
-pub fn fmt_time(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let sub = ns.rem_euclid(1_000_000_000);
-    let day = secs.rem_euclid(86_400);
-    format!("{:02}:{:02}:{:02}.{:06}", day / 3600, day / 60 % 60, day % 60, sub / 1000)
-}
+pub mod spec;
+pub mod trace;
 
 use std::collections::BTreeSet;
 
@@ -58,24 +50,30 @@ pub struct Inputs {
 }
 
 pub fn analyze(trace: Trace, inputs: Inputs) -> Analysis {
-    analyze_inner(trace, inputs, None::<std::io::Sink>).0
+    analyze_streaming(trace, inputs, None::<fn(Streamed<'_>) -> ()>).0
 }
 
-/// Analyzes and writes the JSON report (as [`Analysis::write_json`] would) to `out`.
-/// The events are written while the order is being built, so the output's I/O
-/// overlaps the analysis instead of following it.
-pub fn analyze_to_json<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
-    // Small: the events come in pieces larger than this, which pass straight through.
-    let (a, written) = analyze_inner(trace, inputs, Some(std::io::BufWriter::with_capacity(64 << 10, out)));
-    let mut phase = Phase::new();
-    let mut w = written.expect("a writer was given")?;
-    a.write_json_tail(&mut w)?;
-    std::io::Write::flush(&mut w)?;
-    phase.done("rest of the JSON");
-    Ok(a)
+/// What a stream of placed events sees: the inputs of every event's text, the clocks,
+/// and the events in their final order, in batches, as the order places them.
+pub struct Streamed<'a> {
+    pub trace: &'a Trace,
+    pub spec: &'a Spec,
+    pub classes: &'a [u16],
+    pub clocks: &'a Clocks,
+    pub batches: std::sync::mpsc::Receiver<Vec<order::Placed>>,
 }
 
-fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: Option<W>) -> (Analysis, Option<std::io::Result<W>>) {
+/// Analyzes, handing the events to `stream` (run on a thread of its own) while the order
+/// places them, so that writing them out overlaps the analysis instead of following it.
+pub fn analyze_streaming<R: Send>(
+    trace: Trace,
+    inputs: Inputs,
+    stream: Option<impl FnOnce(Streamed<'_>) -> R + Send>,
+) -> (Analysis, Option<R>) {
+    analyze_inner(trace, inputs, stream)
+}
+
+fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOnce(Streamed<'_>) -> R + Send>) -> (Analysis, Option<R>) {
     let mut phase = Phase::new();
     let spec = inputs.spec.unwrap_or_default();
     let classes = rules::classify(&trace, &spec);
@@ -94,21 +92,19 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
     phase.done("rules");
     let n_rule = rule_edges.len();
     let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
+    let rule_edges = rule_edges.into_iter().map(|(a, b, r)| (a, b, EdgeKind::Rule(r)));
     // The order and most anomalies do not depend on each other: built side by side,
     // while the JSON's events are written as the order places them.
     let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
-    let event_json = output::EventJson::new(&trace, &spec, &classes);
-    let ((order, mut anomalies), json) = std::thread::scope(|scope| {
-        let (trace, clocks, event_json, matching) = (&trace, &clocks, &event_json, &matching);
-        let (placed_tx, placed_rx) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(4);
-        let writer = json.map(|mut w| {
+    let ((order, mut anomalies), streamed) = std::thread::scope(|scope| {
+        let (trace, clocks, matching) = (&trace, &clocks, &matching);
+        let (spec_ref, classes_ref) = (&spec, &classes[..]);
+        let (placed_tx, batches) = std::sync::mpsc::sync_channel::<Vec<order::Placed>>(4);
+        let writer = stream.map(|f| {
             std::thread::Builder::new()
-                .name("wgo-json".into())
-                .spawn_scoped(scope, move || {
-                    event_json.write_head(&mut w, clocks)?;
-                    event_json.write_events_from(w, placed_rx)
-                })
-                .expect("spawning the JSON writer")
+                .name("wgo-stream".into())
+                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, batches }))
+                .expect("spawning the event stream")
         });
         let placed_tx = writer.is_some().then_some(placed_tx);
         let order_pass = move || {
@@ -117,7 +113,7 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
             let cross = matching.messages.iter().enumerate().map(|(i, &(s, r))| (s, r, EdgeKind::Message(i as u32))).chain(rule_edges);
             let order = order::order(trace, clocks, cross, &mut |batch| {
                 if let Some(tx) = &placed_tx {
-                    // A failed writer is reported when it is joined; the order goes on.
+                    // A failed stream is reported when it is joined; the order goes on.
                     let _ = tx.send(batch.to_vec());
                 }
             });
@@ -127,40 +123,32 @@ fn analyze_inner<W: std::io::Write + Send>(trace: Trace, inputs: Inputs, json: O
         let anomaly_pass = || {
             let t = std::time::Instant::now();
             let describe = |id: EventId| rules::describe(trace, &spec, &classes, id);
-            let found = anomalies::find(&anomalies::Context { trace, matching, clocks, describe: &describe, missing_nodes: &inputs.missing_nodes });
+            let found =
+                anomalies::find(&anomalies::Context { trace, matching, clocks, describe: &describe, missing_nodes: &inputs.missing_nodes });
             tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64());
             found
         };
         let found = rayon::join(order_pass, anomaly_pass);
-        (found, writer.map(|h| h.join().expect("JSON writer thread panicked")))
+        (found, writer.map(|h| h.join().expect("the event stream panicked")))
     });
-    drop(event_json);
     phase.done("order and anomalies");
     let inv = rules::check_invariants(&trace, &spec, &classes, &order.t_ns, &clocks);
     phase.done("invariants");
-    let unanswered: BTreeSet<String> = spec
-        .invariants
-        .iter()
-        .filter(|i| matches!(i, spec::InvariantDef::Answered { .. }))
-        .map(|i| i.name().to_string())
-        .collect();
+    let unanswered: BTreeSet<String> =
+        spec.invariants.iter().filter(|i| matches!(i, spec::InvariantDef::Answered { .. })).map(|i| i.name().to_string()).collect();
     let contradictions = order
         .cycles
         .iter()
         .map(|c| {
             let parts: Vec<String> = c.edges.iter().map(|&(a, b, k)| edge_text(&spec, &matching, &describe, a, b, k)).collect();
             let (a, b, k) = c.dropped;
-            format!(
-                "contradiction: {} cannot all hold; ignored {}",
-                parts.join(", and "),
-                edge_text(&spec, &matching, &describe, a, b, k)
-            )
+            format!("contradiction: {} cannot all hold; ignored {}", parts.join(", and "), edge_text(&spec, &matching, &describe, a, b, k))
         })
         .collect();
     anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
     violations.extend(inv);
     phase.done("anomalies from the order");
-    (Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }, json)
+    (Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }, streamed)
 }
 
 fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {
@@ -177,7 +165,65 @@ fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a:
         EdgeKind::Rule(r) => format!("{} before {} (rule {})", describe(a), describe(b), spec.rules[r as usize].name),
     }
 }
-pub mod sim;
+
+/// An event's display label: from the spec, else protocol and ports.
+pub fn push_label(trace: &Trace, spec: &Spec, classes: &[u16], id: usize, out: &mut String, num: &mut itoa::Buffer) {
+    let e = &trace.events[id];
+    match classes[id] {
+        rules::UNKNOWN => match e.proto {
+            trace::ProtoCode::Icmp => out.push_str("ICMP"),
+            p => {
+                out.push_str(p.name());
+                out.push(' ');
+                out.push_str(num.format(e.sport));
+                out.push('→');
+                out.push_str(num.format(e.dport));
+            }
+        },
+        c => spec.write_label(c as usize, trace.payload(e), out),
+    }
+}
+
+impl Analysis {
+    /// The event's display label: from the spec, else protocol and ports.
+    pub fn label(&self, id: usize) -> String {
+        let mut out = String::new();
+        push_label(&self.trace, &self.spec, &self.classes, id, &mut out, &mut itoa::Buffer::new());
+        out
+    }
+
+    /// An anomaly's text (network losses get theirs only when asked).
+    pub fn anomaly_text<'a>(&self, a: &'a Anomaly) -> std::borrow::Cow<'a, str> {
+        if a.kind == anomalies::Kind::NetworkLoss && a.text.is_empty() {
+            let describe = |id: EventId| rules::describe(&self.trace, &self.spec, &self.classes, id);
+            std::borrow::Cow::Owned(anomalies::loss_text(&self.trace, &describe, a))
+        } else {
+            std::borrow::Cow::Borrowed(&a.text)
+        }
+    }
+
+    /// Anomaly kinds per event.
+    pub fn event_anomalies(&self) -> std::collections::BTreeMap<u32, Vec<anomalies::Kind>> {
+        let mut m: std::collections::BTreeMap<u32, Vec<anomalies::Kind>> = std::collections::BTreeMap::new();
+        for a in &self.anomalies {
+            for &e in &a.events {
+                let v = m.entry(e).or_default();
+                if !v.contains(&a.kind) {
+                    v.push(a.kind);
+                }
+            }
+        }
+        m
+    }
+
+    /// Message type name of an event, or its protocol.
+    pub fn kind_name(&self, id: usize) -> String {
+        match self.classes[id] {
+            rules::UNKNOWN => self.trace.events[id].proto.name().to_string(),
+            c => self.spec.messages[c as usize].name.clone(),
+        }
+    }
+}
 
 /// Logs how long each phase took (at debug level: `WGO_LOG=debug`).
 pub struct Phase(std::time::Instant);
@@ -188,7 +234,12 @@ impl Phase {
     }
     pub fn done(&mut self, what: &str) {
         if tracing::enabled!(tracing::Level::DEBUG) {
-            tracing::debug!("{what}: {:.3} s, resident {} MiB, phase peak {} MiB", self.0.elapsed().as_secs_f64(), resident_mib(), phase_peak_mib());
+            tracing::debug!(
+                "{what}: {:.3} s, resident {} MiB, phase peak {} MiB",
+                self.0.elapsed().as_secs_f64(),
+                resident_mib(),
+                phase_peak_mib()
+            );
         }
         self.0 = std::time::Instant::now();
     }

@@ -110,7 +110,12 @@ const PLACED_BATCH: usize = 1 << 12;
 ///
 /// `on_placed` receives the events in order as soon as their place, time and group are
 /// final, so that output can be written while the rest is still being ordered.
-pub fn order(trace: &Trace, clocks: &dyn TimeMap, cross: impl Iterator<Item = (EventId, EventId, EdgeKind)>, on_placed: &mut dyn FnMut(&[Placed])) -> Order {
+pub fn order(
+    trace: &Trace,
+    clocks: &dyn TimeMap,
+    cross: impl Iterator<Item = (EventId, EventId, EdgeKind)>,
+    on_placed: &mut dyn FnMut(&[Placed]),
+) -> Order {
     let n = trace.events.len();
     let program = ProgramOrder { trace };
     let mut g: Graph = DiGraph::with_capacity(n, cross.size_hint().0);
@@ -287,7 +292,13 @@ fn close_run(run: &mut Vec<usize>, group: &mut [u32], next: &mut u32) {
 /// When Kahn's algorithm stalls, every unordered event has a live predecessor that is
 /// unordered too, so walking predecessors backwards must close a cycle. Each cross edge
 /// on it is then tried for the shortest cycle through it (BFS).
-fn break_cycle(g: &Graph, program: &ProgramOrder<'_>, indeg: &[u32], removed: &[bool], t_corr: &dyn Fn(usize) -> i64) -> Option<CycleReport> {
+fn break_cycle(
+    g: &Graph,
+    program: &ProgramOrder<'_>,
+    indeg: &[u32],
+    removed: &[bool],
+    t_corr: &dyn Fn(usize) -> i64,
+) -> Option<CycleReport> {
     let live = |e: EdgeIndex| !removed[e.index()];
     let done = |i: usize| indeg[i] == DONE;
     let start = (0..indeg.len()).filter(|&i| !done(i)).min_by_key(|&i| t_corr(i))?;
@@ -327,7 +338,8 @@ fn break_cycle(g: &Graph, program: &ProgramOrder<'_>, indeg: &[u32], removed: &[
             if prev.len() > 1_000_000 {
                 break;
             }
-            let live_out = g.edges_directed(NodeIndex::new(y), Outgoing).filter(|f| live(f.id())).map(|f| (f.target().index(), f.weight().kind()));
+            let live_out =
+                g.edges_directed(NodeIndex::new(y), Outgoing).filter(|f| live(f.id())).map(|f| (f.target().index(), f.weight().kind()));
             for (z, k) in program.succ(y).map(|z| (z, EdgeKind::Program)).into_iter().chain(live_out) {
                 if done(z) || z == v || prev.contains_key(&z) {
                     continue;
@@ -352,10 +364,9 @@ fn break_cycle(g: &Graph, program: &ProgramOrder<'_>, indeg: &[u32], removed: &[
             best = Some(edges);
         }
     }
-    let edges = best.unwrap_or_else(|| cycle.iter().filter(|c| c.2 != EdgeKind::Program).map(|&(a, b, k)| (a as EventId, b as EventId, k)).collect());
+    let edges = best
+        .unwrap_or_else(|| cycle.iter().filter(|c| c.2 != EdgeKind::Program).map(|&(a, b, k)| (a as EventId, b as EventId, k)).collect());
     // Drop a rule edge before a message edge; among equals, the one that runs most backwards in time.
-    let dropped = *edges
-        .iter()
-        .max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr(*a as usize) - t_corr(*b as usize)))?;
+    let dropped = *edges.iter().max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr(*a as usize) - t_corr(*b as usize)))?;
     Some(CycleReport { edges, dropped })
 }

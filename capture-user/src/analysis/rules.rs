@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 
 use super::matching::TimeMap;
-use super::order::EdgeKind;
 use super::spec::{EventSel, InvariantDef, Spec, Value};
 use super::trace::{Dir, EventId, NodeId, Trace};
 
@@ -60,7 +59,10 @@ pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> Str
 }
 
 /// Edges from the spec's rules, and a violation for each event whose rule found no earlier event.
-pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn TimeMap) -> (Vec<(EventId, EventId, EdgeKind)>, Vec<Violation>) {
+/// A rule's edge: (earlier, later, index of the rule in the spec).
+pub type RuleEdge = (EventId, EventId, u32);
+
+pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn TimeMap) -> (Vec<RuleEdge>, Vec<Violation>) {
     let mut edges = Vec::new();
     let mut violations = Vec::new();
     for (ri, rule) in spec.rules.iter().enumerate() {
@@ -85,7 +87,7 @@ pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn Time
             let e = &trace.events[id];
             let Some(k) = key_of(trace, spec, rule.event.message, rule.key.iter().map(|k| k.0), id) else { continue };
             match first.get(&(rule.same_node.then_some(e.node), k)) {
-                Some(&(_, a)) => edges.push((a, id as EventId, EdgeKind::Rule(ri as u32))),
+                Some(&(_, a)) => edges.push((a, id as EventId, ri as u32)),
                 None if e.t_raw - trace.nodes[e.node as usize].window.0 < RULE_HORIZON_NS => {}
                 None => {
                     let node = &trace.nodes[e.node as usize];
@@ -175,7 +177,9 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                         }
                         // The same message sent to several peers at once is one event here.
                         let e = &trace.events[id];
-                        if last.is_some_and(|l| trace.content_hash(&trace.events[l]) == trace.content_hash(e) && e.t_raw - trace.events[l].t_raw < NEVER_SAME_NS) {
+                        if last.is_some_and(|l| {
+                            trace.content_hash(&trace.events[l]) == trace.content_hash(e) && e.t_raw - trace.events[l].t_raw < NEVER_SAME_NS
+                        }) {
                             continue;
                         }
                         last = Some(id);
@@ -199,13 +203,13 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                                         .find(|&q| trace.events[q].dir == Dir::Recv && trace.events[q].src == src)
                                         .map(|q| trace.events[p].t_raw - trace.events[q].t_raw)
                                         .filter(|&gap| gap >= SILENCE_NS)
-                                        .map(|gap| format!(", the first from it in {}", super::output::fmt_ns(gap)))
+                                        .map(|gap| format!(", the first from it in {}", super::fmt::fmt_ns(gap)))
                                         .unwrap_or_default();
                                     format!(
                                         "{} (from {}, {} before{silence})",
                                         describe(trace, spec, classes, p as EventId),
                                         sender_name(trace, p).unwrap_or_else(|| "an unrecorded node".into()),
-                                        super::output::fmt_ns(e.t_raw - trace.events[p].t_raw)
+                                        super::fmt::fmt_ns(e.t_raw - trace.events[p].t_raw)
                                     )
                                 })
                                 .collect();
@@ -226,7 +230,8 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                         }
                         let Some(v) = spec.field(*message, *field, trace.payload(&trace.events[id])) else { continue };
                         if let Some((prev, pid)) = &last
-                            && v < *prev {
+                            && v < *prev
+                        {
                             out.push(Violation {
                                 name: name.clone(),
                                 events: vec![*pid as EventId, id as EventId],

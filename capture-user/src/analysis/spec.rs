@@ -244,10 +244,24 @@ pub struct RuleDef {
 
 #[derive(Clone, Debug)]
 pub enum InvariantDef {
-    Answered { name: String, request: usize, response: usize, key: Vec<(usize, usize)>, within_ns: i64 },
-    Monotonic { name: String, message: usize, field: usize, dir: Option<Dir> },
+    Answered {
+        name: String,
+        request: usize,
+        response: usize,
+        key: Vec<(usize, usize)>,
+        within_ns: i64,
+    },
+    Monotonic {
+        name: String,
+        message: usize,
+        field: usize,
+        dir: Option<Dir>,
+    },
     /// Events that should never happen; each is reported with what its node had just received.
-    Never { name: String, sel: EventSel },
+    Never {
+        name: String,
+        sel: EventSel,
+    },
 }
 
 impl InvariantDef {
@@ -323,14 +337,20 @@ impl Spec {
                 pattern.push((p.offset, bytes));
             }
             if pattern.is_empty() && m.port.is_none() {
-                return Err(err(m.name.span(), format!("message {} has no match and no port: it would match every packet", m.name.get_ref())));
+                return Err(err(
+                    m.name.span(),
+                    format!("message {} has no match and no port: it would match every packet", m.name.get_ref()),
+                ));
             }
             let mut fields = Vec::new();
             for f in &m.fields {
                 let span = f.span();
                 let f = f.get_ref();
                 if !f.ascii && ![1, 2, 4, 8].contains(&f.width) {
-                    return Err(err(span, format!("field {}: width must be 1, 2, 4 or 8 bytes (or set ascii = true), not {}", f.name, f.width)));
+                    return Err(err(
+                        span,
+                        format!("field {}: width must be 1, 2, 4 or 8 bytes (or set ascii = true), not {}", f.name, f.width),
+                    ));
                 }
                 if f.ascii && f.width == 0 {
                     return Err(err(span, format!("field {}: an ascii field needs a width", f.name)));
@@ -350,7 +370,10 @@ impl Spec {
             if let Some(d) = &m.display {
                 for name in placeholders(d.get_ref()) {
                     if !fields.iter().any(|f| f.name == name) {
-                        return Err(err(d.span(), format!("display of {} uses {{{name}}}, which is not one of its fields", m.name.get_ref())));
+                        return Err(err(
+                            d.span(),
+                            format!("display of {} uses {{{name}}}, which is not one of its fields", m.name.get_ref()),
+                        ));
                     }
                 }
             }
@@ -384,7 +407,10 @@ impl Spec {
                     let fb = spec.messages[b].fields.iter().position(|f| f.name == *k.get_ref());
                     match (fa, fb) {
                         (Some(x), Some(y)) => Ok((x, y)),
-                        _ => Err(err(k.span(), format!("key {} must be a field of both {} and {}", k.get_ref(), spec.messages[a].name, spec.messages[b].name))),
+                        _ => Err(err(
+                            k.span(),
+                            format!("key {} must be a field of both {} and {}", k.get_ref(), spec.messages[a].name, spec.messages[b].name),
+                        )),
                     }
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -393,7 +419,11 @@ impl Spec {
             f.iter()
                 .map(|(name, v)| {
                     let m = &spec.messages[message];
-                    let fi = m.fields.iter().position(|x| x.name == *name).ok_or_else(|| err(v.span(), format!("{} has no field {name}", m.name)))?;
+                    let fi = m
+                        .fields
+                        .iter()
+                        .position(|x| x.name == *name)
+                        .ok_or_else(|| err(v.span(), format!("{} has no field {name}", m.name)))?;
                     let value = match v.get_ref() {
                         toml::Value::Integer(n) if *n >= 0 => Value::Int(*n as u64),
                         toml::Value::String(s) if m.fields[fi].ascii => Value::Text(s.clone()),
@@ -415,17 +445,27 @@ impl Spec {
             let event = sel(&spec, &r.event)?;
             let after = sel(&spec, &r.after)?;
             let k = key(&spec, event.message, after.message, &r.key)?;
-            spec.rules.push(RuleDef { name: r.name.get_ref().clone(), event, after, same_node: r.same_node, key: k, line: line_of(text, r.name.span()) });
+            spec.rules.push(RuleDef {
+                name: r.name.get_ref().clone(),
+                event,
+                after,
+                same_node: r.same_node,
+                key: k,
+                line: line_of(text, r.name.span()),
+            });
         }
         for inv in &raw.invariant {
             let need = |f: &Option<Spanned<String>>, what: &str| {
-                f.clone().ok_or_else(|| err(inv.kind.span(), format!("invariant {} of kind {} needs {what}", inv.name.get_ref(), inv.kind.get_ref())))
+                f.clone().ok_or_else(|| {
+                    err(inv.kind.span(), format!("invariant {} of kind {} needs {what}", inv.name.get_ref(), inv.kind.get_ref()))
+                })
             };
             let def = match inv.kind.get_ref().as_str() {
                 "answered" => {
                     let request = msg(&spec, &need(&inv.request, "request")?)?;
                     let response = msg(&spec, &need(&inv.response, "response")?)?;
-                    let within = inv.within_ms.ok_or_else(|| err(inv.kind.span(), format!("invariant {} needs within_ms", inv.name.get_ref())))?;
+                    let within =
+                        inv.within_ms.ok_or_else(|| err(inv.kind.span(), format!("invariant {} needs within_ms", inv.name.get_ref())))?;
                     if within <= 0.0 {
                         return Err(err(inv.kind.span(), "within_ms must be positive".into()));
                     }
@@ -440,11 +480,9 @@ impl Spec {
                 "monotonic" => {
                     let message = msg(&spec, &need(&inv.message, "message")?)?;
                     let field_name = need(&inv.field, "field")?;
-                    let field = spec.messages[message]
-                        .fields
-                        .iter()
-                        .position(|f| f.name == *field_name.get_ref())
-                        .ok_or_else(|| err(field_name.span(), format!("{} has no field {}", spec.messages[message].name, field_name.get_ref())))?;
+                    let field = spec.messages[message].fields.iter().position(|f| f.name == *field_name.get_ref()).ok_or_else(|| {
+                        err(field_name.span(), format!("{} has no field {}", spec.messages[message].name, field_name.get_ref()))
+                    })?;
                     InvariantDef::Monotonic { name: inv.name.get_ref().clone(), message, field, dir: dir(&inv.dir)? }
                 }
                 "never" => {
@@ -454,7 +492,12 @@ impl Spec {
                         sel: EventSel { message, dir: dir(&inv.dir)?, filter: filter(&spec, message, &inv.filter)? },
                     }
                 }
-                other => return Err(err(inv.kind.span(), format!("invariant kind must be \"answered\", \"monotonic\" or \"never\", not {other:?}"))),
+                other => {
+                    return Err(err(
+                        inv.kind.span(),
+                        format!("invariant kind must be \"answered\", \"monotonic\" or \"never\", not {other:?}"),
+                    ));
+                }
             };
             spec.invariants.push(def);
         }
@@ -476,7 +519,8 @@ impl Spec {
         let f = &self.messages[message].fields[field];
         let b = payload.get(f.offset..f.offset + f.width)?;
         if f.ascii {
-            let s: String = b.iter().take_while(|&&c| c != 0).map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect();
+            let s: String =
+                b.iter().take_while(|&&c| c != 0).map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect();
             return Some(Value::Text(s));
         }
         let mut v = 0u64;

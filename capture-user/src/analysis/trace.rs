@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHasher;
 
+use capture_ebpf::Direction;
+
+use crate::dump::{DumpReader, Item};
 use crate::packet::{Packet, Proto};
-use crate::pcapng::{self, Block, Reader};
 
 /// Payload bytes that go into an event's match hash.
 pub const MATCH_BYTES: usize = 16;
@@ -324,17 +326,15 @@ impl TraceBuilder {
     /// Reads one dump as one node. A damaged file keeps what was read before the damage.
     pub fn read_file(&mut self, file: &Path) -> Result<NodeId, TraceError> {
         let f = std::fs::File::open(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
-        let mut reader = Reader::new(std::io::BufReader::with_capacity(1 << 20, f));
+        let mut reader = DumpReader::new(std::io::BufReader::with_capacity(1 << 20, f));
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
         // The section header (first block) names the node; packets follow.
         let mut info = Some(NodeInfo { name: stem, file: file.to_path_buf(), ..NodeInfo::default() });
         let mut node = None;
-        let mut stats = NodeInfo::default();
-        let mut isb_window: Option<(i64, i64)> = None;
         let mut skipped = Vec::new();
         loop {
-            let block = match reader.next_block() {
-                Ok(Some(b)) => b,
+            let item = match reader.next_item() {
+                Ok(Some(item)) => item,
                 Ok(None) => break,
                 Err(e) => {
                     if e.offset() == 0 {
@@ -344,63 +344,37 @@ impl TraceBuilder {
                     break;
                 }
             };
-            match block {
-                Block::Section { options } => {
+            if node.is_none()
+                && matches!(item, Item::Packet(_) | Item::NotIp)
+                && let Some(info) = info.take()
+            {
+                node = Some(self.begin_node(info)?);
+            }
+            match item {
+                Item::Section(s) => {
                     if let Some(info) = info.as_mut() {
-                        for (k, v) in options.wgo_comments() {
-                            match k {
-                                "node" => info.name = v.to_string(),
-                                "snaplen" => info.snaplen = v.parse().ok(),
-                                "trigger_heard_ns" => info.trigger_heard = v.parse().ok(),
-                                _ => {}
-                            }
+                        if let Some(name) = s.node {
+                            info.name = name;
                         }
+                        info.snaplen = s.snaplen.or(info.snaplen);
+                        info.trigger_heard = s.trigger_heard_ns.or(info.trigger_heard);
                     }
                 }
-                Block::Packet(p) => {
-                    if let Some(info) = info.take() {
-                        node = Some(self.begin_node(info)?);
-                    }
-                    let Some(ip) = ip_payload(p.linktype, p.data) else {
-                        let cur = self.current() as usize;
-                        self.trace.unparsed[cur] += 1;
-                        continue;
-                    };
-                    let o = p.options;
-                    let dir = match o.find(pcapng::EPB_FLAGS).and_then(|v| o.read_u32(v)).map(|f| f & 3) {
-                        Some(1) => Some(Dir::Recv),
-                        Some(2) => Some(Dir::Send),
-                        _ => sll_direction(p.linktype, p.data),
-                    };
-                    let skew = p.data.len() - ip.len();
+                Item::Other => {}
+                Item::NotIp => {
+                    let cur = self.current() as usize;
+                    self.trace.unparsed[cur] += 1;
+                }
+                Item::Packet(p) => {
                     self.packet(&RawPacket {
                         t_raw: p.time_ns as i64,
-                        seq: o.find(pcapng::EPB_PACKETID).and_then(|v| o.read_u64(v)),
-                        cpu: o.find(pcapng::EPB_QUEUE).and_then(|v| o.read_u32(v)).unwrap_or(0),
-                        dir,
-                        orig_len: p.orig_len.saturating_sub(skew as u32),
-                        data: ip,
+                        seq: p.seq,
+                        cpu: p.cpu,
+                        dir: p.direction.map(|d| if d == Direction::Egress { Dir::Send } else { Dir::Recv }),
+                        orig_len: p.orig_len,
+                        data: p.ip,
                     });
                 }
-                Block::Statistics { options, .. } => {
-                    for (k, v) in options.wgo_comments() {
-                        match k {
-                            "drops_per_cpu" => stats.drops_per_cpu = v.split(',').filter_map(|x| x.parse().ok()).collect(),
-                            "kernel_drops" => stats.kernel_drops = v.parse().unwrap_or(0),
-                            "evicted_by_age" | "evicted_by_size" => stats.evicted += v.parse::<u64>().unwrap_or(0),
-                            _ => {}
-                        }
-                    }
-                    if let Some(d) = options.find(pcapng::ISB_IFDROP).and_then(|v| options.read_u64(v)) {
-                        stats.kernel_drops = stats.kernel_drops.max(d);
-                    }
-                    let start = options.find(pcapng::ISB_STARTTIME).and_then(|v| options.read_time(v));
-                    let end = options.find(pcapng::ISB_ENDTIME).and_then(|v| options.read_time(v));
-                    if let (Some(s), Some(e)) = (start, end) {
-                        isb_window = Some((s as i64, e as i64));
-                    }
-                }
-                Block::Interface { .. } | Block::Other { .. } => {}
             }
         }
         let node = match (node, info) {
@@ -409,12 +383,13 @@ impl TraceBuilder {
             (None, None) => unreachable!("info is taken only when the node begins"),
         };
         {
+            let stats = reader.stats();
             let n = &mut self.trace.nodes[node as usize];
-            n.drops_per_cpu = stats.drops_per_cpu;
+            n.drops_per_cpu = stats.drops_per_cpu.clone();
             n.kernel_drops = stats.kernel_drops;
             n.evicted = stats.evicted;
             n.skipped = skipped;
-            if let Some(w) = isb_window {
+            if let Some(w) = stats.window {
                 n.window = w;
             }
         }
@@ -455,56 +430,5 @@ impl TraceBuilder {
 
     pub fn finish(self) -> Trace {
         self.trace
-    }
-}
-
-/// The IP packet inside a frame of the given link type, or None for non-IP frames.
-pub fn ip_payload(linktype: u16, data: &[u8]) -> Option<&[u8]> {
-    let ip = match linktype {
-        pcapng::LINKTYPE_RAW | pcapng::LINKTYPE_IPV4 | pcapng::LINKTYPE_IPV6 => data,
-        pcapng::LINKTYPE_ETHERNET => {
-            let mut off = 12;
-            let mut ethertype = u16::from_be_bytes([*data.get(12)?, *data.get(13)?]);
-            while ethertype == 0x8100 || ethertype == 0x88a8 {
-                off += 4;
-                ethertype = u16::from_be_bytes([*data.get(off)?, *data.get(off + 1)?]);
-            }
-            if ethertype != 0x0800 && ethertype != 0x86dd {
-                return None;
-            }
-            data.get(off + 2..)?
-        }
-        pcapng::LINKTYPE_LINUX_SLL => {
-            let proto = u16::from_be_bytes([*data.get(14)?, *data.get(15)?]);
-            if proto != 0x0800 && proto != 0x86dd {
-                return None;
-            }
-            data.get(16..)?
-        }
-        LINKTYPE_LINUX_SLL2 => {
-            let proto = u16::from_be_bytes([*data.first()?, *data.get(1)?]);
-            if proto != 0x0800 && proto != 0x86dd {
-                return None;
-            }
-            data.get(20..)?
-        }
-        _ => return None,
-    };
-    matches!(ip.first()? >> 4, 4 | 6).then_some(ip)
-}
-
-const LINKTYPE_LINUX_SLL2: u16 = 276;
-
-/// Linux cooked captures say which way a packet went.
-fn sll_direction(linktype: u16, data: &[u8]) -> Option<Dir> {
-    let packet_type = match linktype {
-        pcapng::LINKTYPE_LINUX_SLL => u16::from_be_bytes([*data.first()?, *data.get(1)?]),
-        LINKTYPE_LINUX_SLL2 => *data.get(10)? as u16,
-        _ => return None,
-    };
-    match packet_type {
-        0..=3 => Some(Dir::Recv),
-        4 => Some(Dir::Send),
-        _ => None,
     }
 }

@@ -85,6 +85,7 @@ impl Node {
         let fd = self.netns_file.as_raw_fd();
         std::thread::scope(|s| {
             s.spawn(|| {
+                // SAFETY: fd is the open netns file, borrowed for this call; setns affects only this thread.
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                     return Err(anyhow::anyhow!("setns into {}: {}", self.netns, std::io::Error::last_os_error()));
                 }
@@ -139,6 +140,7 @@ impl ChildGuard {
     /// Sends a signal (e.g. SIGINT for a clean stop).
     pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.0 {
+            // SAFETY: kill has no memory effects; the child is ours and not yet reaped.
             unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
@@ -193,11 +195,10 @@ impl Testbed {
 
     pub fn with_names(names: &[String]) -> anyhow::Result<Testbed> {
         let id = format!("w{}x{}", std::process::id() % 100_000, NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        let mount = crate::cgroup::cgroup2_mount()?;
+        let mount = wgo::node::cgroup::cgroup2_mount()?;
         let cgroup_parent = mount.join(format!("wgo-{id}"));
         let mut bed = Testbed { id: id.clone(), nodes: Vec::new(), switch_netns: format!("{id}-sw"), cgroup_parent };
-        std::fs::create_dir(&bed.cgroup_parent)
-            .with_context(|| format!("creating cgroup {}", bed.cgroup_parent.display()))?;
+        std::fs::create_dir(&bed.cgroup_parent).with_context(|| format!("creating cgroup {}", bed.cgroup_parent.display()))?;
         ip(&["netns", "add", &bed.switch_netns])?;
         ip(&["-n", &bed.switch_netns, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &bed.switch_netns, "link", "set", "br0", "up"])?;
@@ -291,11 +292,7 @@ pub struct WgoProcess {
 impl WgoProcess {
     /// Spawns `cmd` and waits until its stderr contains `ready` (e.g. "recording").
     pub fn spawn(cmd: &mut Command, ready: &str, timeout: Duration) -> anyhow::Result<WgoProcess> {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawning {cmd:?}"))?;
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("spawning {cmd:?}"))?;
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let readers = vec![
@@ -355,6 +352,55 @@ impl WgoProcess {
     pub fn stop(self, timeout: Duration) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
         self.signal(libc::SIGINT);
         self.wait(timeout)
+    }
+}
+
+/// A `$NOTIFY_SOCKET` for one process: it says `READY=1` there once it is recording
+/// (as it would to systemd), so nobody has to look for its programs with outside tools.
+pub struct ReadySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl ReadySocket {
+    /// Binds a socket at `path` (which must not exist yet).
+    pub fn bind(path: PathBuf) -> anyhow::Result<ReadySocket> {
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        Ok(ReadySocket { sock, path })
+    }
+
+    /// Sets the variable that points a command at this socket.
+    pub fn point(&self, cmd: &mut Command) {
+        cmd.env("NOTIFY_SOCKET", &self.path);
+    }
+
+    /// Waits for `READY=1`; fails after `timeout` or as soon as `proc` exits.
+    pub fn wait(&self, proc: &mut WgoProcess, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        self.sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.sock.recv(&mut buf) {
+                Ok(n) if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") => return Ok(()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => return Err(e).context("reading the notify socket"),
+            }
+            if let Some(status) = proc.guard.child().try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!("exited ({status}) before it was ready: {}", proc.stderr());
+            }
+            if Instant::now() > deadline {
+                bail!("not ready after {timeout:?}; stderr so far: {}", proc.stderr());
+            }
+        }
+    }
+}
+
+impl Drop for ReadySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::testbed::{ChildGuard, Testbed, WgoProcess, run};
+use crate::testbed::{ChildGuard, ReadySocket, Testbed, WgoProcess, run};
 
 pub struct DemoOptions<'a> {
     pub wgo: PathBuf,
@@ -31,6 +31,10 @@ pub struct DemoOutcome {
     pub timeline: PathBuf,
     pub json: PathBuf,
 }
+
+/// The commands the demo runs, with the Debian package of each: `cargo xtask demo`
+/// installs these, and a test runs the demo with nothing else on PATH.
+pub const COMMANDS: &[(&str, &str)] = &[("ip", "iproute2"), ("nft", "nftables")];
 
 const NODES: usize = 5;
 const TRIGGER_PORT: u16 = 7301;
@@ -52,7 +56,7 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
     let _ = std::fs::remove_dir_all(&o.out);
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let secret = o.out.join("secret");
-    std::fs::write(&secret, crate::ship::hex(&crate::protocol::random_bytes::<24>()))?;
+    std::fs::write(&secret, wgo::transport::spool::hex(&wgo::transport::wire::random_bytes::<24>()))?;
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
 
     log("starting a cluster of 5 nodes: network namespaces and cgroups on a bridge");
@@ -71,15 +75,11 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
                 .arg(o.out.join("spool").join(&n.name))
                 .args(["--on-trigger", "freeze", "--ring-seconds", "30", "--trigger-port", &TRIGGER_PORT.to_string()])
                 .env("WGO_LOG", "warn");
-            // The agents log at warn: "waiting" is an info line, so wait on the programs instead.
-            let p = WgoProcess::spawn(&mut cmd, "", Duration::from_secs(10))?;
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while !crate::cgroup::has_bpf_programs(&n.cgroup) {
-                if Instant::now() > deadline {
-                    bail!("agent on {} did not attach: {}", n.name, p.stderr());
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // The agent says READY=1 once it records, as it would to systemd.
+            let ready = ReadySocket::bind(o.out.join(format!("notify-{}", n.name)))?;
+            ready.point(&mut cmd);
+            let mut p = WgoProcess::spawn(&mut cmd, "", Duration::from_secs(10))?;
+            ready.wait(&mut p, Duration::from_secs(15)).with_context(|| format!("agent on {}", n.name))?;
             Ok(p)
         })
         .collect::<anyhow::Result<_>>()?;
@@ -103,10 +103,9 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
     n3.nft("delete table inet wgo_lossy")?;
 
     log("fault 2: node5 stalls for 1.2 s, falls out of the membership, and comes back mid-vote");
-    let app5 = apps[4].id() as i32;
-    unsafe { libc::kill(app5, libc::SIGSTOP) };
+    apps[4].signal(libc::SIGSTOP);
     let stalled = pause(o.stop, Duration::from_millis(1200));
-    unsafe { libc::kill(app5, libc::SIGCONT) };
+    apps[4].signal(libc::SIGCONT);
     stalled?;
     pause(o.stop, Duration::from_millis(800))?;
 
@@ -148,11 +147,24 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
             bail!("an agent failed: {err}");
         }
     }
-    let frozen = bed.nodes.iter().filter(|n| std::fs::read_to_string(n.cgroup.join("cgroup.events")).unwrap_or_default().contains("frozen 1")).count();
+    let frozen = bed
+        .nodes
+        .iter()
+        .filter(|n| std::fs::read_to_string(n.cgroup.join("cgroup.events")).unwrap_or_default().contains("frozen 1"))
+        .count();
     log(&format!("the agents shipped their dumps and froze the application on {frozen} of {NODES} nodes"));
 
     let (timeline, json) = (o.out.join("timeline.html"), o.out.join("report.json"));
-    let rep = run(Command::new(&o.wgo).arg("report").arg(&collected).arg("--spec").arg(&o.spec).arg("--html").arg(&timeline).arg("--json").arg(&json).env("WGO_LOG", "warn"))?;
+    let rep = run(Command::new(&o.wgo)
+        .arg("report")
+        .arg(&collected)
+        .arg("--spec")
+        .arg(&o.spec)
+        .arg("--html")
+        .arg(&timeline)
+        .arg("--json")
+        .arg(&json)
+        .env("WGO_LOG", "warn"))?;
     let report = String::from_utf8_lossy(&rep.stdout).into_owned();
     let headline = headline(&json)?;
     drop(apps);
@@ -164,8 +176,12 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
 /// What went wrong, from the report alone: the lossiest link, the aborted ballots and why, the islands.
 pub fn headline(json: &Path) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json)?).context("reading the report")?;
-    let label: std::collections::HashMap<u64, String> =
-        v["events"].as_array().into_iter().flatten().map(|e| (e["id"].as_u64().unwrap_or(0), e["label"].as_str().unwrap_or("").to_string())).collect();
+    let label: std::collections::HashMap<u64, String> = v["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["id"].as_u64().unwrap_or(0), e["label"].as_str().unwrap_or("").to_string()))
+        .collect();
     let all: Vec<&serde_json::Value> = v["anomalies"].as_array().into_iter().flatten().collect();
     let kind = |k: &'static str| all.iter().copied().filter(move |a| a["kind"] == k);
     let mut lines = Vec::new();
@@ -173,15 +189,21 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
     // everything across it, and is reported on its own).
     // A partition's span is known to one detection window: a loss across its islands up
     // to a window before or after it belongs to it too.
-    let window = crate::analysis::anomalies::PARTITION_WINDOW_NS;
+    let window = wgo::analysis::anomalies::PARTITION_WINDOW_NS;
     let partitions: Vec<(i64, i64, Vec<Vec<String>>)> = kind("partition")
         .filter_map(|a| {
-            let islands = a["islands"].as_array()?.iter().map(|i| i.as_array().into_iter().flatten().filter_map(|n| Some(n.as_str()?.to_string())).collect()).collect();
+            let islands = a["islands"]
+                .as_array()?
+                .iter()
+                .map(|i| i.as_array().into_iter().flatten().filter_map(|n| Some(n.as_str()?.to_string())).collect())
+                .collect();
             Some((a["span_ns"][0].as_i64()?, a["span_ns"][1].as_i64()?, islands))
         })
         .collect();
     let in_partition = |a: &serde_json::Value| {
-        let island = |islands: &[Vec<String>], n: &serde_json::Value| islands.iter().position(|i| n.as_str().is_some_and(|n| i.iter().any(|x| x == n)));
+        let island = |islands: &[Vec<String>], n: &serde_json::Value| {
+            islands.iter().position(|i| n.as_str().is_some_and(|n| i.iter().any(|x| x == n)))
+        };
         a["span_ns"][0].as_i64().is_some_and(|t| {
             partitions.iter().any(|(x, y, islands)| {
                 x - window <= t && t < y + window && island(islands, &a["nodes"][0]) != island(islands, &a["nodes"][1])
@@ -201,7 +223,9 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
     }
     // Ranked by every message lost: TASKs alone are too few to tell links apart reliably.
     if let Some(((from, to), (tasks, other))) = links.iter().filter(|(_, c)| c.0 > 0).max_by_key(|(_, c)| c.0 + c.1) {
-        let retried = kind("retransmission").filter(|a| a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK"))).count();
+        let retried = kind("retransmission")
+            .filter(|a| a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK")))
+            .count();
         lines.push(format!("lossy link {from} → {to}: {tasks} TASKs lost outside the partition (and {other} other messages); {retried} TASKs had to be retried"));
     }
     // Aborted ballots, with what set them off.
@@ -214,12 +238,19 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
         .collect();
     let rejoin: Vec<&&str> = aborts.iter().filter(|t| t.contains("member rejoined")).collect();
     if let Some(first) = rejoin.first() {
-        lines.push(format!("aborted ballot: {first} — an ex-member's heartbeat arrived mid-vote ({} such aborts, {} aborts in all)", rejoin.len(), aborts.len()));
+        lines.push(format!(
+            "aborted ballot: {first} — an ex-member's heartbeat arrived mid-vote ({} such aborts, {} aborts in all)",
+            rejoin.len(),
+            aborts.len()
+        ));
     }
     for a in kind("partition") {
-        let islands: Vec<String> = a["islands"].as_array().into_iter().flatten().map(|i| {
-            format!("{{{}}}", i.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
-        }).collect();
+        let islands: Vec<String> = a["islands"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| format!("{{{}}}", i.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", ")))
+            .collect();
         if islands.len() >= 2 {
             lines.push(a["text"].as_str().unwrap_or("").to_string());
         }
@@ -236,7 +267,7 @@ mod tests {
     /// one window) belong to the partition, not to a lossy link.
     #[test]
     fn headline_counts_losses_at_a_partitions_edges_as_the_partitions() {
-        let w = crate::analysis::anomalies::PARTITION_WINDOW_NS;
+        let w = wgo::analysis::anomalies::PARTITION_WINDOW_NS;
         let (start, end) = (10 * w, 17 * w);
         let loss = |id: u64, t: i64, to: &str| serde_json::json!({"kind": "network_loss", "events": [id], "nodes": ["node1", to], "span_ns": [t, t]});
         let mut anomalies = vec![serde_json::json!({

@@ -91,6 +91,7 @@ pub struct Capture {
 }
 
 pub fn check_root() -> Result<(), CaptureError> {
+    // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     if uid != 0 { Err(CaptureError::NotRoot(uid)) } else { Ok(()) }
 }
@@ -124,8 +125,8 @@ impl Capture {
         let cfg = CaptureConfig { snaplen: opts.snaplen, wakeup_bytes: ring_bytes / 4, ring_bytes };
         config.set(0, cfg, 0).map_err(|e| CaptureError::Map(format!("CONFIG: {e}")))?;
 
-        let cgroup_file = std::fs::File::open(cgroup)
-            .map_err(|e| CaptureError::Attach { path: cgroup.to_path_buf(), reason: e.to_string() })?;
+        let cgroup_file =
+            std::fs::File::open(cgroup).map_err(|e| CaptureError::Attach { path: cgroup.to_path_buf(), reason: e.to_string() })?;
         for (name, kind) in [(names::INGRESS, CgroupSkbAttachType::Ingress), (names::EGRESS, CgroupSkbAttachType::Egress)] {
             let prog: &mut CgroupSkb = ebpf
                 .program_mut(name)
@@ -177,9 +178,8 @@ impl Capture {
     /// Hands one CPU's complete records to `sink` and gives their space back.
     fn drain_cpu(&mut self, cpu: usize, sink: &mut impl FnMut(&RecordHeader, &[u8])) -> Result<u64, CaptureError> {
         // SAFETY: both mappings cover `cpus` entries, and cpu < cpus.
-        let (state, area) = unsafe {
-            (self.states.ptr.add(cpu * size_of::<RingState>()).cast::<RingState>(), self.areas.ptr.add(cpu * RING_AREA_BYTES))
-        };
+        let (state, area) =
+            unsafe { (self.states.ptr.add(cpu * size_of::<RingState>()).cast::<RingState>(), self.areas.ptr.add(cpu * RING_AREA_BYTES)) };
         // SAFETY: head and tail are aligned u64s in the shared mapping; the kernel advances
         // head atomically, and only this process writes tail.
         let (head_cell, tail_cell) = unsafe { (AtomicU64::from_ptr(&raw mut (*state).head), AtomicU64::from_ptr(&raw mut (*state).tail)) };
@@ -259,7 +259,10 @@ pub unsafe fn read_ring(
         if frame != capture_ebpf::frame(tail, len) {
             break; // reserved, not complete yet (a hook is still writing it)
         }
-        if len < (FRAME_SIZE + RECORD_HEADER_SIZE) as u64 || len > MAX_RECORD.next_multiple_of(RECORD_ALIGN) as u64 || len % RECORD_ALIGN as u64 != 0 {
+        if len < (FRAME_SIZE + RECORD_HEADER_SIZE) as u64
+            || len > MAX_RECORD.next_multiple_of(RECORD_ALIGN) as u64
+            || len % RECORD_ALIGN as u64 != 0
+        {
             return Err((tail, len));
         }
         // SAFETY: [off, off + len) lies inside the area (bound checked above), and a
@@ -317,7 +320,10 @@ mod tests {
         RecordHeader { ktime_ns: 1000 + seq, seq, kind: 1, cpu: 0, direction: 2, orig_len: cap_len, cap_len, ip_version: 4 }
     }
 
-    fn read(area: &[u64], capacity: u64, head: u64, tail: u64) -> (Result<(u64, u64), (u64, u64)>, Vec<(u64, Vec<u8>)>) {
+    /// What reading a ring gives: the new tail and count, or a malformed frame's position and length.
+    type ReadResult = Result<(u64, u64), (u64, u64)>;
+
+    fn read(area: &[u64], capacity: u64, head: u64, tail: u64) -> (ReadResult, Vec<(u64, Vec<u8>)>) {
         let mut got = Vec::new();
         // SAFETY: the area is RING_AREA_BYTES of aligned memory owned by the test.
         let r = unsafe { read_ring(area.as_ptr().cast(), capacity, head, tail, &mut |h, d| got.push((h.seq, d.to_vec())), &mut |_| {}) };

@@ -21,13 +21,7 @@ pub enum RingError {
     ZeroWindow,
 }
 
-/// One record as stored: wall-clock time, the kernel's header and the packet bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct RecordRef<'a> {
-    pub wall_ns: u64,
-    pub header: RecordHeader,
-    pub data: &'a [u8],
-}
+pub use crate::dump::Record;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingStats {
@@ -111,7 +105,8 @@ impl Ring {
 
     fn grow(&mut self) {
         if self.chunks.len() + 1 > self.max_chunks
-            && let Some(old) = self.chunks.pop_front() {
+            && let Some(old) = self.chunks.pop_front()
+        {
             self.stats.evicted_by_size += old.records;
             self.stats.records -= old.records;
             self.spare = Some(old.buf);
@@ -146,7 +141,7 @@ impl Ring {
     }
 
     /// Records oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+    pub fn iter(&self) -> impl Iterator<Item = Record<'_>> {
         self.chunks.iter().flat_map(|c| ChunkIter { buf: &c.buf, pos: c.start })
     }
 }
@@ -157,8 +152,8 @@ struct ChunkIter<'a> {
 }
 
 impl<'a> Iterator for ChunkIter<'a> {
-    type Item = RecordRef<'a>;
-    fn next(&mut self) -> Option<RecordRef<'a>> {
+    type Item = Record<'a>;
+    fn next(&mut self) -> Option<Record<'a>> {
         if self.pos >= self.buf.len() {
             return None;
         }
@@ -169,11 +164,11 @@ impl<'a> Iterator for ChunkIter<'a> {
 }
 
 /// Decodes the entry at the start of `b`. Entries are only ever written by `push`.
-fn decode(b: &[u8]) -> RecordRef<'_> {
+fn decode(b: &[u8]) -> Record<'_> {
     let len = u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")) as usize;
     let wall_ns = u64::from_le_bytes(b[4..12].try_into().expect("8 bytes"));
     let header = RecordHeader::from_bytes(&b[12..12 + RECORD_HEADER_SIZE]).expect("header length");
-    RecordRef { wall_ns, header, data: &b[ENTRY_OVERHEAD..len] }
+    Record { wall_ns, header, data: &b[ENTRY_OVERHEAD..len] }
 }
 
 #[cfg(test)]

@@ -88,8 +88,8 @@ pub fn check_v2(path: &Path) -> Result<(), CgroupError> {
 
 fn fs_magic(path: &Path) -> Result<i64, CgroupError> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| CgroupError::NotCgroup(path.to_path_buf()))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| CgroupError::NotCgroup(path.to_path_buf()))?;
+    // SAFETY: statfs is plain integers; all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is NUL-terminated, st is a valid out-pointer.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
@@ -103,15 +103,6 @@ pub fn processes(path: &Path) -> Result<Vec<u32>, CgroupError> {
     let procs = path.join("cgroup.procs");
     let text = std::fs::read_to_string(&procs).map_err(|source| CgroupError::Io { path: procs, source })?;
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-}
-
-/// Whether any BPF program is attached to the cgroup (asks bpftool).
-pub fn has_bpf_programs(path: &Path) -> bool {
-    std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(path)
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().count() > 1)
 }
 
 #[cfg(test)]

@@ -53,7 +53,8 @@ struct Ballot {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let octets: Vec<u8> = a.subnet.split('.').map(|x| x.parse()).collect::<Result<_, _>>().context("--subnet: three numbers like 10.99.0")?;
+    let octets: Vec<u8> =
+        a.subnet.split('.').map(|x| x.parse()).collect::<Result<_, _>>().context("--subnet: three numbers like 10.99.0")?;
     anyhow::ensure!(octets.len() == 3, "--subnet: three numbers like 10.99.0");
     let addr = |k: u8| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(octets[0], octets[1], octets[2], k), a.port));
     let broadcast = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(octets[0], octets[1], octets[2], 255), a.port));
@@ -184,8 +185,10 @@ fn main() -> anyhow::Result<()> {
                 let (phase, b, voter) = (m[4], u32_at(5), m[9]);
                 if phase == PREPARE && !leader {
                     promises_due.push((now + Duration::from_millis(60), b));
-                } else if phase == PROMISE && leader
-                    && let Some(cur) = ballot.as_mut().filter(|cur| cur.number == b) {
+                } else if phase == PROMISE
+                    && leader
+                    && let Some(cur) = ballot.as_mut().filter(|cur| cur.number == b)
+                {
                     cur.promised.insert(voter);
                     // Majority of the members plus the coordinator itself.
                     if (cur.promised.len() + 1) * 2 > cur.members.len() + 1 {

@@ -1,4 +1,5 @@
-//! A small pcapng reader and writer: just the blocks and options wgo uses.
+//! A small pcapng reader and writer: just the blocks and options wgo uses. It knows
+//! pcapng, not wgo: what wgo puts in the blocks is in the modules beside it.
 //!
 //! Written here rather than taken from pcap-file because pcap-file 2.0 cannot write
 //! `epb_packetid`, `epb_queue` or custom options (its option types are private) and
@@ -119,14 +120,7 @@ impl<W: Write> Writer<W> {
     }
 
     /// An Enhanced Packet Block; `fill` adds its options (reusing one buffer).
-    pub fn packet(
-        &mut self,
-        interface: u32,
-        time: u64,
-        orig_len: u32,
-        data: &[u8],
-        fill: impl FnOnce(&mut Options),
-    ) -> io::Result<()> {
+    pub fn packet(&mut self, interface: u32, time: u64, orig_len: u32, data: &[u8], fill: impl FnOnce(&mut Options)) -> io::Result<()> {
         let mut fixed = [0u8; 20];
         fixed[..4].copy_from_slice(&interface.to_ne_bytes());
         fixed[4..8].copy_from_slice(&((time >> 32) as u32).to_ne_bytes());
@@ -182,9 +176,7 @@ pub enum ReadError {
 impl ReadError {
     pub fn offset(&self) -> u64 {
         match self {
-            ReadError::Corrupt { offset, .. } | ReadError::Truncated { offset, .. } | ReadError::Io { offset, .. } => {
-                *offset
-            }
+            ReadError::Corrupt { offset, .. } | ReadError::Truncated { offset, .. } | ReadError::Io { offset, .. } => *offset,
         }
     }
 }
@@ -270,14 +262,10 @@ impl<'a> OptIter<'a> {
             .find(|o| self.read_u32(o.value) == Some(pen))
             .map(|o| &o.value[4..])
     }
-    /// Every `wgo:key=value` line of the block's comments.
-    pub fn wgo_comments(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    /// Every line of the block's comments (those that are UTF-8).
+    pub fn comment_lines(&self) -> impl Iterator<Item = &'a str> + 'a {
         let it = *self;
-        it.into_iter()
-            .filter(|o| o.code == OPT_COMMENT)
-            .filter_map(|o| std::str::from_utf8(o.value).ok())
-            .flat_map(str::lines)
-            .filter_map(|l| l.strip_prefix("wgo:")?.split_once('='))
+        it.into_iter().filter(|o| o.code == OPT_COMMENT).filter_map(|o| std::str::from_utf8(o.value).ok()).flat_map(str::lines)
     }
 }
 
@@ -399,7 +387,11 @@ impl<R: Read> Reader<R> {
                 if total < 20 {
                     return Err(ReadError::Corrupt { offset, what: "interface block too short".into() });
                 }
-                let linktype = if big_endian { u16::from_be_bytes([self.buf[8], self.buf[9]]) } else { u16::from_le_bytes([self.buf[8], self.buf[9]]) };
+                let linktype = if big_endian {
+                    u16::from_be_bytes([self.buf[8], self.buf[9]])
+                } else {
+                    u16::from_le_bytes([self.buf[8], self.buf[9]])
+                };
                 let snaplen = self.u32(&self.buf[12..16]);
                 let opts = opts_from(big_endian, body_end, 16, &self.buf);
                 let text = |code| opts.find(code).map(|v| String::from_utf8_lossy(v).into_owned());
@@ -407,7 +399,11 @@ impl<R: Read> Reader<R> {
                     None => (1000, 1), // default: microseconds
                     Some(r) if r & 0x80 == 0 => {
                         let digits = (r & 0x7f) as u32;
-                        if digits <= 9 { (10u64.pow(9 - digits), 1) } else if digits <= 18 { (1, 10u64.pow(digits - 9)) } else {
+                        if digits <= 9 {
+                            (10u64.pow(9 - digits), 1)
+                        } else if digits <= 18 {
+                            (1, 10u64.pow(digits - 9))
+                        } else {
                             return Err(ReadError::Corrupt { offset, what: format!("if_tsresol 10^-{digits} is out of range") });
                         }
                     }
@@ -420,7 +416,14 @@ impl<R: Read> Reader<R> {
                         (1_000_000_000, 1u64 << bits)
                     }
                 };
-                self.interfaces.push(Interface { linktype, snaplen, name: text(IF_NAME), description: text(IF_DESCRIPTION), ts_mul, ts_div });
+                self.interfaces.push(Interface {
+                    linktype,
+                    snaplen,
+                    name: text(IF_NAME),
+                    description: text(IF_DESCRIPTION),
+                    ts_mul,
+                    ts_div,
+                });
                 Block::Interface { id: self.interfaces.len() as u32 - 1 }
             }
             BT_EPB => {
@@ -432,7 +435,10 @@ impl<R: Read> Reader<R> {
                 let caplen = self.u32(&self.buf[20..24]) as usize;
                 let orig_len = self.u32(&self.buf[24..28]);
                 if 28 + caplen > body_end {
-                    return Err(ReadError::Corrupt { offset, what: format!("packet claims {caplen} captured bytes but the block holds {}", body_end - 28) });
+                    return Err(ReadError::Corrupt {
+                        offset,
+                        what: format!("packet claims {caplen} captured bytes but the block holds {}", body_end - 28),
+                    });
                 }
                 let iface = self.interfaces.get(interface as usize).ok_or_else(|| ReadError::Corrupt {
                     offset,
@@ -441,15 +447,34 @@ impl<R: Read> Reader<R> {
                 let time_ns = iface.to_ns(raw_time);
                 let linktype = iface.linktype;
                 let data = &self.buf[28..28 + caplen];
-                Block::Packet(PacketBlock { interface, linktype, time_ns, orig_len, data, options: opts_from(big_endian, body_end, 28 + caplen.next_multiple_of(4), &self.buf), offset })
+                Block::Packet(PacketBlock {
+                    interface,
+                    linktype,
+                    time_ns,
+                    orig_len,
+                    data,
+                    options: opts_from(big_endian, body_end, 28 + caplen.next_multiple_of(4), &self.buf),
+                    offset,
+                })
             }
             BT_SPB => {
                 let orig_len = self.u32(&self.buf[8..12]);
-                let iface = self.interfaces.first().ok_or_else(|| ReadError::Corrupt { offset, what: "simple packet before any interface".into() })?;
+                let iface = self
+                    .interfaces
+                    .first()
+                    .ok_or_else(|| ReadError::Corrupt { offset, what: "simple packet before any interface".into() })?;
                 let caplen = (orig_len as usize).min(body_end - 12).min(iface.snaplen.max(1) as usize);
                 let data = &self.buf[12..12 + caplen];
                 let linktype = iface.linktype;
-                Block::Packet(PacketBlock { interface: 0, linktype, time_ns: 0, orig_len, data, options: OptIter { buf: &[], big_endian }, offset })
+                Block::Packet(PacketBlock {
+                    interface: 0,
+                    linktype,
+                    time_ns: 0,
+                    orig_len,
+                    data,
+                    options: OptIter { buf: &[], big_endian },
+                    offset,
+                })
             }
             BT_ISB => {
                 if total < 24 {
@@ -493,8 +518,8 @@ mod tests {
         let mut r = Reader::new(&bytes[..]);
         match r.next_block().unwrap().unwrap() {
             Block::Section { options } => {
-                let kv: Vec<_> = options.wgo_comments().collect();
-                assert_eq!(kv, vec![("node", "alpha"), ("snaplen", "64")]);
+                let lines: Vec<_> = options.comment_lines().collect();
+                assert_eq!(lines, vec!["wgo:node=alpha", "wgo:snaplen=64"]);
             }
             b => panic!("{b:?}"),
         }

@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use super::manifest::Manifest;
+use super::spool::hex;
+use super::wire::{self, Frame, Heard, Secret};
 use crate::clock;
-use crate::protocol::{self, Frame, Heard, Secret};
-use crate::ship::hex;
 
 /// Largest dump accepted from one agent.
 pub const MAX_DUMP_BYTES: u64 = 64 << 30;
@@ -24,52 +23,6 @@ pub enum Expect {
     Count(usize),
     /// Wait for every node that says it heard the trigger.
     Heard,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ManifestNode {
-    pub name: String,
-    /// Address the dump (or the heard message) came from.
-    pub addr: Option<String>,
-    pub bytes: Option<u64>,
-    pub sha256: Option<String>,
-    /// When the node heard the trigger, on its own clock.
-    pub heard_ns: Option<i64>,
-    /// When its dump was complete here, on the collector's clock.
-    pub arrived_ns: Option<i64>,
-    pub file: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Manifest {
-    /// Hex: JSON numbers lose precision beyond 2^53.
-    pub trigger_id: Option<String>,
-    pub trigger_sent_ns: Option<i64>,
-    pub expected: Option<serde_json::Value>,
-    pub nodes: Vec<ManifestNode>,
-    /// Expected nodes whose dump did not arrive.
-    pub missing: Vec<String>,
-    pub complete: bool,
-}
-
-impl Manifest {
-    pub fn load(dir: &Path) -> Option<Manifest> {
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
-    }
-    fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(".manifest.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
-        std::fs::rename(tmp, dir.join("manifest.json"))
-    }
-    fn node(&mut self, name: &str) -> &mut ManifestNode {
-        if let Some(i) = self.nodes.iter().position(|n| n.name == name) {
-            return &mut self.nodes[i];
-        }
-        self.nodes.push(ManifestNode { name: name.to_string(), ..ManifestNode::default() });
-        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        let i = self.nodes.iter().position(|n| n.name == name).expect("just inserted");
-        &mut self.nodes[i]
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,7 +142,11 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> R
                 Expect::Names(names) => names.iter().all(|n| arrived(n)),
                 Expect::Count(c) => arrived_count >= *c,
                 // Everyone who heard has delivered, and nobody new spoke up for 2 s.
-                Expect::Heard => arrived_count > 0 && st.manifest.nodes.iter().all(|n| n.arrived_ns.is_some()) && quiet_since.elapsed() > Duration::from_secs(2),
+                Expect::Heard => {
+                    arrived_count > 0
+                        && st.manifest.nodes.iter().all(|n| n.arrived_ns.is_some())
+                        && quiet_since.elapsed() > Duration::from_secs(2)
+                }
             };
             (done, st.manifest.nodes.len())
         };
@@ -208,7 +165,9 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> R
 
     let mut st = state.lock().expect("lock");
     let mut missing: Vec<String> = match &opts.expect {
-        Expect::Names(names) => names.iter().filter(|n| !st.manifest.nodes.iter().any(|x| &&x.name == n && x.arrived_ns.is_some())).cloned().collect(),
+        Expect::Names(names) => {
+            names.iter().filter(|n| !st.manifest.nodes.iter().any(|x| &&x.name == n && x.arrived_ns.is_some())).cloned().collect()
+        }
         Expect::Count(_) | Expect::Heard => st.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect(),
     };
     if let Expect::Count(c) = opts.expect {
@@ -238,11 +197,11 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.set_write_timeout(Some(Duration::from_secs(30)))?;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let Frame::Hello { node, nonce } = protocol::read_frame(&mut s)? else { return Err(bad("expected hello")) };
-    let cnonce: [u8; 16] = protocol::random_bytes();
-    s.write_all(&Frame::Challenge { nonce: cnonce, mac: protocol::collector_mac(secret, &nonce, &cnonce) }.encode())?;
-    let Frame::Offer(offer) = protocol::read_frame(&mut s)? else { return Err(bad("expected offer")) };
-    if !protocol::check_agent_mac(secret, &nonce, &cnonce, &node, &offer) {
+    let Frame::Hello { node, nonce } = wire::read_frame(&mut s)? else { return Err(bad("expected hello")) };
+    let cnonce: [u8; 16] = wire::random_bytes();
+    s.write_all(&Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) }.encode())?;
+    let Frame::Offer(offer) = wire::read_frame(&mut s)? else { return Err(bad("expected offer")) };
+    if !wire::check_agent_mac(secret, &nonce, &cnonce, &node, &offer) {
         return Err(bad(&format!("{node} failed authentication (wrong secret?)")));
     }
     let refuse = |s: &mut TcpStream, reason: String| -> std::io::Result<()> {
@@ -252,7 +211,8 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
     {
         let st = state.lock().expect("lock");
         if let Some(id) = st.trigger_id
-            && id != offer.trigger_id {
+            && id != offer.trigger_id
+        {
             drop(st);
             return refuse(&mut s, format!("this collector waits for trigger {id:016x}, not {:016x}", offer.trigger_id));
         }
@@ -327,7 +287,7 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
         let _ = std::fs::remove_file(&part);
         tracing::warn!("{node}: digest mismatch, asking for it again");
     }
-    s.write_all(&Frame::Done { ok, mac: protocol::done_mac(secret, &nonce, ok) }.encode())?;
+    s.write_all(&Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }.encode())?;
     Ok(())
 }
 
@@ -350,7 +310,8 @@ pub fn send_trigger(bytes: &[u8], broadcast: Option<SocketAddr>, to: &[SocketAdd
     let sock6 = if to.iter().any(|a| a.is_ipv6()) { Some(UdpSocket::bind("[::]:0")?) } else { None };
     for k in 0..copies {
         if let Some(b) = broadcast
-            && let Err(e) = sock.send_to(bytes, b) {
+            && let Err(e) = sock.send_to(bytes, b)
+        {
             tracing::warn!("broadcast to {b}: {e}");
         }
         for a in to {

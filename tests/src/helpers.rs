@@ -1,17 +1,16 @@
-//! Shared helpers for the root integration tests.
-#![allow(dead_code)]
+//! Helpers the integration tests share: where the binaries are, root checks, temporary
+//! directories, recording nodes, and reading dumps back with tshark and with wgo.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use wgo::testbed::{Node, WgoProcess};
-
-pub const WGO: &str = env!("CARGO_BIN_EXE_wgo");
-pub const PEER: &str = env!("CARGO_BIN_EXE_wgo-peer");
+use crate::bins::wgo;
+use crate::testbed::{Node, Testbed, WgoProcess};
 
 /// These tests load eBPF and create namespaces: without root they cannot mean anything.
 pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the BPF integration tests must run as root (cargo xtask test does, in CI)");
 }
 
@@ -25,7 +24,7 @@ pub fn tempdir(name: &str) -> PathBuf {
 /// Starts `wgo record` on a node's cgroup and waits until the programs are attached.
 pub fn start_record(node: &Node, out: &Path, extra: &[&str]) -> WgoProcess {
     WgoProcess::spawn(
-        Command::new(WGO)
+        Command::new(wgo())
             .args(["record", "--node", &node.name, "--cgroup"])
             .arg(&node.cgroup)
             .arg("--out")
@@ -39,8 +38,9 @@ pub fn start_record(node: &Node, out: &Path, extra: &[&str]) -> WgoProcess {
 }
 
 /// Records every node into DIR/<node>.pcapng while `traffic` runs, then stops them all.
-pub fn record_all(bed: &wgo::testbed::Testbed, dir: &Path, traffic: impl FnOnce()) {
-    let recs: Vec<WgoProcess> = bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
+pub fn record_all(bed: &Testbed, dir: &Path, traffic: impl FnOnce()) {
+    let recs: Vec<WgoProcess> =
+        bed.nodes.iter().map(|n| start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])).collect();
     std::thread::sleep(Duration::from_millis(200));
     traffic();
     for r in recs {
@@ -75,10 +75,26 @@ fn hex(s: &str) -> Vec<u8> {
 /// Reads a pcapng with tshark, the real peer, and returns every packet.
 pub fn tshark(path: &Path) -> Vec<Tshark> {
     let fields = [
-        "frame.packet_flags_direction", "ip.src", "ipv6.src", "ip.dst", "ipv6.dst", "_ws.col.Protocol",
-        "udp.srcport", "tcp.srcport", "udp.dstport", "tcp.dstport", "frame.len", "frame.cap_len",
-        "udp.payload", "tcp.payload", "data.data", "frame.interface_queue", "frame.packet_id",
-        "icmp.type", "icmpv6.type", "tcp.flags",
+        "frame.packet_flags_direction",
+        "ip.src",
+        "ipv6.src",
+        "ip.dst",
+        "ipv6.dst",
+        "_ws.col.Protocol",
+        "udp.srcport",
+        "tcp.srcport",
+        "udp.dstport",
+        "tcp.dstport",
+        "frame.len",
+        "frame.cap_len",
+        "udp.payload",
+        "tcp.payload",
+        "data.data",
+        "frame.interface_queue",
+        "frame.packet_id",
+        "icmp.type",
+        "icmpv6.type",
+        "tcp.flags",
     ];
     let mut cmd = Command::new("tshark");
     cmd.args(["-n", "-r"]).arg(path).args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]);
@@ -123,15 +139,16 @@ pub struct DumpStats {
 }
 
 pub fn dump_stats(path: &Path) -> DumpStats {
-    use wgo::pcapng::{Block, ISB_IFDROP, Reader};
+    use wgo::dump::pcapng::{Block, ISB_IFDROP, Reader};
+    use wgo::dump::{keys, wgo_comments};
     let f = std::fs::File::open(path).unwrap();
     let mut r = Reader::new(std::io::BufReader::new(f));
     let mut s = DumpStats { node: String::new(), isb_drops: 0, evicted_by_size: 0, packets: 0 };
     while let Some(b) = r.next_block().unwrap() {
         match b {
             Block::Section { options } => {
-                for (k, v) in options.wgo_comments() {
-                    if k == "node" {
+                for (k, v) in wgo_comments(&options) {
+                    if k == keys::NODE {
                         s.node = v.to_string();
                     }
                 }
@@ -139,8 +156,8 @@ pub fn dump_stats(path: &Path) -> DumpStats {
             Block::Packet(_) => s.packets += 1,
             Block::Statistics { options, .. } => {
                 s.isb_drops = options.read_u64(options.find(ISB_IFDROP).unwrap()).unwrap();
-                for (k, v) in options.wgo_comments() {
-                    if k == "evicted_by_size" {
+                for (k, v) in wgo_comments(&options) {
+                    if k == keys::EVICTED_BY_SIZE {
                         s.evicted_by_size = v.parse().unwrap();
                     }
                 }

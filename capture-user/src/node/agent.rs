@@ -4,46 +4,21 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::recorder::{RecordOptions, Recorder};
+use super::stop::{StopPolicy, apply_policy};
 use crate::clock;
-use crate::protocol::{Heard, ProtoError, Secret, Trigger};
-use crate::record::{RecordOptions, Recorder};
-use crate::ship::{self, ShipOptions, SpoolEntry};
-
-/// What happens to the application once its dump is safe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StopPolicy {
-    /// Ask its processes to exit (SIGTERM).
-    Exit,
-    /// Freeze it (cgroup freezer): it stays, stopped, for inspection.
-    Freeze,
-    /// Kill every process in it (cgroup.kill).
-    Kill,
-    /// Leave it running.
-    None,
-}
-
-/// Reads the shared secret, refusing a file others can read.
-pub fn load_secret(path: &Path) -> anyhow::Result<Secret> {
-    let meta = std::fs::metadata(path).with_context(|| format!("secret file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!("secret file {} is readable by others (mode {mode:o}); make it private with chmod 600", path.display());
-    }
-    let mut bytes = std::fs::read(path).with_context(|| format!("reading secret file {}", path.display()))?;
-    while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        bytes.pop();
-    }
-    Secret::new(bytes).with_context(|| format!("secret in {} is shorter than 16 bytes", path.display()))
-}
+use crate::dump::keys;
+use crate::transport::ship::{self, ShipOptions};
+use crate::transport::spool::{self, SpoolEntry};
+use crate::transport::wire::{Heard, ProtoError, Secret, Trigger};
 
 pub struct AgentOptions {
     pub record: RecordOptions,
@@ -82,7 +57,10 @@ impl Ignored {
         if self.logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             tracing::warn!(
                 "ignored trigger datagram: {last} (so far: {} malformed, {} badly signed, {} stale, {} replayed)",
-                self.malformed, self.unsigned, self.stale, self.replayed
+                self.malformed,
+                self.unsigned,
+                self.stale,
+                self.replayed
             );
             self.logged = Some(Instant::now());
         }
@@ -121,9 +99,9 @@ fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: BTreeSet<u64
 pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.spool).with_context(|| format!("creating spool {}", opts.spool.display()))?;
     if let Some(app) = &opts.app_cgroup {
-        crate::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
+        super::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
     }
-    let handled: BTreeSet<u64> = ship::spool_entries(&opts.spool)?.iter().map(|e| e.trigger_id).collect();
+    let handled: BTreeSet<u64> = spool::spool_entries(&opts.spool)?.iter().map(|e| e.trigger_id).collect();
     let sock = UdpSocket::bind(("0.0.0.0", opts.trigger_port)).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut recorder = Recorder::start(&opts.record)?;
@@ -135,7 +113,11 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
         let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
         let ls = &listener_stop;
         scope.spawn(move || listen(sock, secret, window, handled, tx, ls));
-        tracing::info!("agent {node} recording {}; waiting for a trigger on UDP port {}", opts.record.cgroup.display(), opts.trigger_port);
+        super::notify::ready(&format!(
+            "agent {node}, cgroup {}; waiting for a trigger on UDP port {}",
+            opts.record.cgroup.display(),
+            opts.trigger_port
+        ));
         let heard = loop {
             if stop.load(Ordering::Relaxed) {
                 listener_stop.store(true, Ordering::Relaxed);
@@ -160,9 +142,9 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger) 
     let collector = t.collector.unwrap_or_else(|| SocketAddr::new(heard.from.ip(), t.port));
     tracing::info!("trigger {:016x} from {}: dumping, shipping to {collector}", t.id, heard.from);
     // 1. Snapshot the ring first: nothing the agent sends from here on is recorded.
-    recorder.annotate("trigger_id", format!("{:016x}", t.id));
-    recorder.annotate("trigger_heard_ns", heard.heard_ns.to_string());
-    recorder.annotate("trigger_sent_ns", t.sent_ns.to_string());
+    recorder.annotate(keys::TRIGGER_ID, format!("{:016x}", t.id));
+    recorder.annotate(keys::TRIGGER_HEARD_NS, heard.heard_ns.to_string());
+    recorder.annotate(keys::TRIGGER_SENT_NS, t.sent_ns.to_string());
     let (ring, info) = recorder.finish()?;
     // Say we heard it, so the collector knows who to wait for.
     if let Ok(s) = UdpSocket::bind(if collector.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }) {
@@ -188,7 +170,7 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger) 
     crate::dump::write_dump(&mut hashing, &info, ring.iter())?;
     hashing.flush()?;
     entry.size = hashing.len;
-    entry.sha256 = ship::hex(&hashing.hash.finalize());
+    entry.sha256 = spool::hex(&hashing.hash.finalize());
     hashing.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     drop(ring);
     std::fs::rename(&tmp, &path)?;
@@ -220,36 +202,6 @@ pub fn ship_entry(
     entry.shipped = true;
     entry.save(spool)?;
     tracing::info!("{}: dump of {} bytes delivered to {to}", entry.node, entry.size);
-    Ok(())
-}
-
-/// Stops (or not) the application's cgroup.
-pub fn apply_policy(app: &Path, policy: StopPolicy) -> anyhow::Result<()> {
-    match policy {
-        StopPolicy::None => {}
-        StopPolicy::Freeze => {
-            std::fs::write(app.join("cgroup.freeze"), "1").with_context(|| format!("freezing {}", app.display()))?;
-            // Wait until the kernel reports the whole cgroup frozen.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !std::fs::read_to_string(app.join("cgroup.events")).unwrap_or_default().contains("frozen 1") {
-                if Instant::now() > deadline {
-                    bail!("{} did not freeze within 5 s", app.display());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            tracing::info!("froze {}", app.display());
-        }
-        StopPolicy::Kill => {
-            std::fs::write(app.join("cgroup.kill"), "1").with_context(|| format!("killing {}", app.display()))?;
-            tracing::info!("killed every process in {}", app.display());
-        }
-        StopPolicy::Exit => {
-            for pid in crate::cgroup::processes(app)? {
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            tracing::info!("asked every process in {} to exit", app.display());
-        }
-    }
     Ok(())
 }
 

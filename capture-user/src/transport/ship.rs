@@ -3,97 +3,11 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::protocol::{self, Frame, Offer, Secret};
-
-/// What the spool knows about one dump (stored as JSON beside it).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SpoolEntry {
-    pub node: String,
-    pub trigger_id: u64,
-    pub heard_ns: i64,
-    /// Where the trigger asked for it to go.
-    pub collector: String,
-    pub size: u64,
-    pub sha256: String,
-    pub shipped: bool,
-}
-
-impl SpoolEntry {
-    pub fn dump_path(&self, spool: &Path) -> PathBuf {
-        spool.join(format!("{}-{:016x}.pcapng", self.node, self.trigger_id))
-    }
-    pub fn meta_path(&self, spool: &Path) -> PathBuf {
-        spool.join(format!("{}-{:016x}.json", self.node, self.trigger_id))
-    }
-    pub fn save(&self, spool: &Path) -> std::io::Result<()> {
-        let tmp = spool.join(format!(".{}-{:016x}.json.tmp", self.node, self.trigger_id));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.meta_path(spool))
-    }
-    pub fn digest(&self) -> Result<[u8; 32], ShipError> {
-        hex32(&self.sha256).ok_or_else(|| ShipError::Spool(format!("bad digest {:?} in spool entry", self.sha256)))
-    }
-}
-
-/// Every dump the spool holds, oldest trigger first.
-pub fn spool_entries(spool: &Path) -> std::io::Result<Vec<SpoolEntry>> {
-    let mut out = Vec::new();
-    let dir = match std::fs::read_dir(spool) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e),
-    };
-    for e in dir.flatten() {
-        let p = e.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if p.extension().is_some_and(|x| x == "json") && !name.starts_with('.') {
-            let text = std::fs::read(&p)?;
-            match serde_json::from_slice::<SpoolEntry>(&text) {
-                Ok(entry) => out.push(entry),
-                Err(err) => tracing::warn!("ignoring spool file {}: {err}", p.display()),
-            }
-        }
-    }
-    out.sort_by_key(|e| (e.heard_ns, e.trigger_id));
-    Ok(out)
-}
-
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// SHA-256 of a file.
-pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
-}
+use super::spool::SpoolEntry;
+use super::wire::{self, Frame, Offer, Secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -139,7 +53,7 @@ pub struct ShipOptions<'a> {
 /// Ships one spooled dump, retrying with backoff until it is delivered or the deadline passes.
 pub fn ship(entry: &SpoolEntry, spool: &Path, to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), ShipError> {
     let path = entry.dump_path(spool);
-    let digest = entry.digest()?;
+    let digest = entry.digest().ok_or_else(|| ShipError::Spool(format!("bad digest {:?} in spool entry", entry.sha256)))?;
     let mut attempts = 0;
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -192,19 +106,19 @@ fn ship_once(entry: &SpoolEntry, path: &Path, digest: &[u8; 32], to: SocketAddr,
     let left = opts.deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(1), Duration::from_secs(30));
     s.set_write_timeout(Some(left))?;
     s.set_read_timeout(Some(left))?;
-    let nonce: [u8; 16] = protocol::random_bytes();
+    let nonce: [u8; 16] = wire::random_bytes();
     s.write_all(&Frame::Hello { node: entry.node.clone(), nonce }.encode())?;
-    let Frame::Challenge { nonce: cnonce, mac } = protocol::read_frame(&mut s)? else {
+    let Frame::Challenge { nonce: cnonce, mac } = wire::read_frame(&mut s)? else {
         return Err(Attempt::Retry("collector did not send a challenge".into()));
     };
-    if !protocol::check_collector_mac(opts.secret, &nonce, &cnonce, &mac) {
+    if !wire::check_collector_mac(opts.secret, &nonce, &cnonce, &mac) {
         // Someone without the secret: never send it our dump.
         return Err(Attempt::Refused("the collector failed authentication (wrong secret?)".into()));
     }
     let mut offer = Offer { trigger_id: entry.trigger_id, heard_ns: entry.heard_ns, size: entry.size, sha256: *digest, mac: [0; 32] };
-    offer.mac = protocol::agent_mac(opts.secret, &nonce, &cnonce, &entry.node, &offer);
+    offer.mac = wire::agent_mac(opts.secret, &nonce, &cnonce, &entry.node, &offer);
     s.write_all(&Frame::Offer(offer).encode())?;
-    let offset = match protocol::read_frame(&mut s)? {
+    let offset = match wire::read_frame(&mut s)? {
         Frame::Resume { offset } if offset <= entry.size => offset,
         Frame::Resume { offset } => return Err(Attempt::Retry(format!("collector asked to resume at {offset}, past the end"))),
         Frame::Refuse { reason } => return Err(Attempt::Refused(reason)),
@@ -228,8 +142,8 @@ fn ship_once(entry: &SpoolEntry, path: &Path, digest: &[u8; 32], to: SocketAddr,
         (opts.on_progress)(done, entry.size);
         pacer.wait(want as u64);
     }
-    match protocol::read_frame(&mut s)? {
-        Frame::Done { ok: true, mac } if protocol::check_done_mac(opts.secret, &nonce, true, &mac) => Ok(()),
+    match wire::read_frame(&mut s)? {
+        Frame::Done { ok: true, mac } if wire::check_done_mac(opts.secret, &nonce, true, &mac) => Ok(()),
         Frame::Done { ok: false, .. } => Err(Attempt::Retry("the collector's copy did not match the digest; sending it again".into())),
         _ => Err(Attempt::Retry("no valid confirmation from the collector".into())),
     }

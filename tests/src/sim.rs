@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::trace::{Dir, NodeInfo, RawPacket, Trace, TraceBuilder};
+use wgo::analysis::trace::{Dir, NodeInfo, RawPacket, Trace, TraceBuilder};
 
 pub const SPEC: &str = r#"
 name = "sim"
@@ -64,17 +64,17 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
     pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo).max(1) as u64) as i64
+        lo + (self.next_u64() % (hi - lo).max(1) as u64) as i64
     }
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() % 1_000_000) as f64 / 1e6 < p
+        (self.next_u64() % 1_000_000) as f64 / 1e6 < p
     }
 }
 
@@ -176,7 +176,18 @@ pub fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ip_id: u16, pa
 
 /// A TCP segment whose payload is `len` bytes, of which `captured` are included.
 #[allow(clippy::too_many_arguments)]
-pub fn tcp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, ip_id: u16, seq: u32, ack: u32, flags: u8, len: usize, captured: &[u8]) -> (Vec<u8>, u32) {
+pub fn tcp4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    ip_id: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    len: usize,
+    captured: &[u8],
+) -> (Vec<u8>, u32) {
     let total = 40 + len;
     let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
     p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
@@ -220,7 +231,8 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
     let mut uid = 0u64;
     let mut ip_id = vec![0u16; n];
     let island = |i: usize| cfg.partition.is_some_and(|(split, _, _)| i >= split);
-    let cut = |a: usize, b: usize, t: i64| cfg.partition.is_some_and(|(_, p0, p1)| island(a) != island(b) && t >= start + p0 && t < start + p1);
+    let cut =
+        |a: usize, b: usize, t: i64| cfg.partition.is_some_and(|(_, p0, p1)| island(a) != island(b) && t >= start + p0 && t < start + p1);
     let delay = |rng: &mut Rng| rng.range(50_000, 2_000_000);
     if let Some((split, p0, p1)) = cfg.partition {
         truth.partition = Some(((0..split).collect(), (split..n).collect(), start + p0, start + p1));
@@ -229,7 +241,17 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
     let last_drop = start + cfg.duration_ns - 200_000_000;
     // Sends a UDP datagram (again, when `again` names an earlier uid and attempt); returns
     // its uid and where and when it arrived.
-    let mut udp = |pkts: &mut Vec<Pkt>, truth: &mut Truth, rng: &mut Rng, from: usize, to: &[usize], dst: Ipv4Addr, t: i64, tag: &[u8; 4], num: u32, again: Option<(u64, u32)>| -> (u64, Vec<(usize, i64)>) {
+    let mut udp = |pkts: &mut Vec<Pkt>,
+                   truth: &mut Truth,
+                   rng: &mut Rng,
+                   from: usize,
+                   to: &[usize],
+                   dst: Ipv4Addr,
+                   t: i64,
+                   tag: &[u8; 4],
+                   num: u32,
+                   again: Option<(u64, u32)>|
+     -> (u64, Vec<(usize, i64)>) {
         let (u, attempt) = match again {
             Some(a) => a,
             None => {
@@ -360,7 +382,8 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                     uid += 1;
                     let mut cap = vec![b'R'; 16];
                     cap[8..16].copy_from_slice(&uid.to_be_bytes());
-                    let (data, len) = tcp4(addr(0), addr(1), 40000, 8000, ip_id[0].wrapping_add(k as u16), seq.wrapping_add(off), 1, 0x10, l, &cap);
+                    let (data, len) =
+                        tcp4(addr(0), addr(1), 40000, 8000, ip_id[0].wrapping_add(k as u16), seq.wrapping_add(off), 1, 0x10, l, &cap);
                     pkts.push(Pkt { node: 1, t_true: t + d + k as i64 * 10_000, dir: Dir::Recv, data, orig_len: len, uid });
                     truth.tcp_pairs.push((vec![su], uid));
                 }
@@ -391,8 +414,9 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
     // Recorder gap: node 2 loses the records of three consecutive receives mid-run.
     let mut lost_records = std::collections::HashSet::new();
     if cfg.recorder_gap && n >= 3 {
-        let mut recvs: Vec<usize> =
-            (0..pkts.len()).filter(|&i| pkts[i].node == 2 && pkts[i].dir == Dir::Recv && pkts[i].data.get(28..32) == Some(b"HB!!")).collect();
+        let mut recvs: Vec<usize> = (0..pkts.len())
+            .filter(|&i| pkts[i].node == 2 && pkts[i].dir == Dir::Recv && pkts[i].data.get(28..32) == Some(b"HB!!"))
+            .collect();
         recvs.sort_by_key(|&i| pkts[i].t_true);
         let mid = recvs.len() / 3;
         for &i in recvs.iter().skip(mid).take(3) {
@@ -416,13 +440,20 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
         let mut seqs = [0u64; 2];
         for i in mine {
             let p = &pkts[i];
-            let cpu = (rng.next() % 2) as usize;
+            let cpu = (rng.next_u64() % 2) as usize;
             let seq = seqs[cpu];
             seqs[cpu] += 1;
             if lost_records.contains(&i) {
                 continue;
             }
-            b.packet(&RawPacket { t_raw: raw(p.t_true), seq: Some(seq), cpu: cpu as u32, dir: Some(p.dir), orig_len: p.orig_len, data: &p.data });
+            b.packet(&RawPacket {
+                t_raw: raw(p.t_true),
+                seq: Some(seq),
+                cpu: cpu as u32,
+                dir: Some(p.dir),
+                orig_len: p.orig_len,
+                data: &p.data,
+            });
         }
         b.end_node();
     }
@@ -435,29 +466,36 @@ pub fn true_offset(truth: &Truth, node: usize, reference: usize, t: i64) -> i64 
     raw(node) - raw(reference)
 }
 
-
-
-/// Writes each node of a trace as a dump, as `wgo record` would (for benchmarks).
+/// Writes each node of a trace as a dump, through the same writer as `wgo record`
+/// (for benchmarks and tests of reading).
 pub fn write_dumps(trace: &Trace, dir: &std::path::Path) -> std::io::Result<()> {
-    use crate::pcapng::{self, Options, Writer};
-    use std::io::Write;
+    use capture_ebpf::Direction;
+    use wgo::dump::{DumpInfo, DumpWriter, WritePacket};
     std::fs::create_dir_all(dir)?;
-    for (n, info) in trace.nodes.iter().enumerate() {
-        let f = std::fs::File::create(dir.join(format!("{}.pcapng", info.name)))?;
-        let mut shb = Options::new();
-        shb.str(pcapng::OPT_COMMENT, &format!("wgo:node={}\nwgo:snaplen=64", info.name));
-        let mut w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, f), &shb)?;
-        let mut idb = Options::new();
-        idb.str(pcapng::IF_NAME, &info.name).bytes(pcapng::IF_TSRESOL, &[9]);
-        w.interface(pcapng::LINKTYPE_RAW, 512, &idb)?;
+    for (n, node) in trace.nodes.iter().enumerate() {
+        let f = std::fs::File::create(dir.join(format!("{}.pcapng", node.name)))?;
+        let info = DumpInfo {
+            node: node.name.clone(),
+            snaplen: 64,
+            start_wall_ns: node.window.0.max(0) as u64,
+            end_wall_ns: node.window.1.max(0) as u64,
+            ..DumpInfo::default()
+        };
+        let mut w = DumpWriter::new(f, &info).map_err(std::io::Error::other)?;
         for e in trace.node_events(n as u16) {
-            w.packet(0, e.t_raw as u64, e.orig_len, trace.data(e), |o| {
-                o.u32(pcapng::EPB_FLAGS, if e.dir == Dir::Send { 2 } else { 1 })
-                    .u64(pcapng::EPB_PACKETID, e.seq)
-                    .u32(pcapng::EPB_QUEUE, e.cpu as u32);
-            })?;
+            let dir = if e.dir == Dir::Send { Direction::Egress } else { Direction::Ingress };
+            w.packet(&WritePacket {
+                wall_ns: e.t_raw as u64,
+                direction: Some(dir),
+                seq: e.seq,
+                cpu: e.cpu as u32,
+                ktime_ns: None,
+                orig_len: e.orig_len,
+                ip: trace.data(e),
+            })
+            .map_err(std::io::Error::other)?;
         }
-        w.into_inner().flush()?;
+        w.finish(&info).map_err(std::io::Error::other)?;
     }
     Ok(())
 }

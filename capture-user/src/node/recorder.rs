@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use capture_ebpf::Direction;
 
-use crate::capture::{Capture, CaptureError, CaptureOptions};
+use super::capture::{Capture, CaptureError, CaptureOptions};
+use super::ring::{Ring, RingError};
 use crate::clock;
-use crate::dump::DumpInfo;
+use crate::dump::{DumpInfo, RingCounts};
 use crate::packet::{Packet, Proto};
-use crate::ring::{Ring, RingError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -21,7 +21,7 @@ pub enum RecordError {
     #[error(transparent)]
     Ring(#[from] RingError),
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
+    Cgroup(#[from] super::cgroup::CgroupError),
 }
 
 #[derive(Clone, Debug)]
@@ -48,13 +48,10 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start(opts: &RecordOptions) -> Result<Recorder, RecordError> {
-        crate::capture::check_root()?;
-        let cgroup = crate::cgroup::resolve(&opts.cgroup)?;
+        super::capture::check_root()?;
+        let cgroup = super::cgroup::resolve(&opts.cgroup)?;
         let ring = Ring::new(opts.ring_bytes, (opts.ring_seconds * 1e9) as u64)?;
-        let capture = Capture::attach(
-            &cgroup,
-            &CaptureOptions { snaplen: opts.snaplen, kernel_ring_bytes: opts.kernel_ring_bytes },
-        )?;
+        let capture = Capture::attach(&cgroup, &CaptureOptions { snaplen: opts.snaplen, kernel_ring_bytes: opts.kernel_ring_bytes })?;
         let info = DumpInfo {
             node: opts.node.clone(),
             cgroup: cgroup.display().to_string(),
@@ -115,8 +112,8 @@ impl Recorder {
     }
 
     /// Metadata added to the dump (e.g. when the trigger was heard).
-    pub fn annotate(&mut self, key: &str, value: String) {
-        self.info.extra.push((key.to_string(), value));
+    pub fn annotate(&mut self, key: &'static str, value: String) {
+        self.info.extra.push((key, value));
     }
 
     pub fn program_ids(&self) -> Vec<(String, u32)> {
@@ -131,7 +128,8 @@ impl Recorder {
         drop(self.capture);
         self.info.end_wall_ns = clock::wall_ns();
         self.info.wall_minus_mono_ns = clock::wall_minus_mono_ns();
-        self.info.ring = self.ring.stats();
+        let s = self.ring.stats();
+        self.info.ring = RingCounts { pushed: s.pushed, evicted_by_age: s.evicted_by_age, evicted_by_size: s.evicted_by_size };
         Ok((self.ring, self.info))
     }
 }

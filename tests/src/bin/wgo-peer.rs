@@ -18,56 +18,84 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Echo every UDP datagram back to its sender.
-    UdpEcho { #[arg(long)] bind: SocketAddr },
+    UdpEcho {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
     /// Send COUNT requests of SIZE bytes, one at a time, each waiting for its echo.
     UdpRequest {
-        #[arg(long)] to: SocketAddr,
-        #[arg(long, default_value_t = 1)] count: u64,
-        #[arg(long, default_value_t = 32)] size: usize,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
         /// Text the payload starts with (the rest is a counter and filler).
-        #[arg(long, default_value = "wgo-udp")] tag: String,
+        #[arg(long, default_value = "wgo-udp")]
+        tag: String,
     },
     /// Request/response transactions for DURATION seconds; prints the count.
     UdpRr {
-        #[arg(long)] to: SocketAddr,
-        #[arg(long)] duration: f64,
-        #[arg(long, default_value_t = 64)] size: usize,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        duration: f64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
     /// Send datagrams as fast as possible for DURATION seconds (no replies expected).
     UdpFlood {
-        #[arg(long)] to: SocketAddr,
-        #[arg(long)] duration: f64,
-        #[arg(long, default_value_t = 64)] size: usize,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        duration: f64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
     },
     /// A small request/ACK application: send `REQ #n` to the peers in turn every
     /// INTERVAL, answer every REQ with `ACK #n`. Runs until killed.
     Chatter {
-        #[arg(long)] bind: SocketAddr,
-        #[arg(long, value_delimiter = ',')] peers: Vec<SocketAddr>,
-        #[arg(long, default_value_t = 20)] interval_ms: u64,
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<SocketAddr>,
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
     },
     /// Receive one TCP stream into FILE and fsync it (a plain-copy baseline for shipping).
     TcpSink {
-        #[arg(long)] bind: SocketAddr,
-        #[arg(long)] out: std::path::PathBuf,
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Send FILE over one TCP connection (a plain-copy baseline for shipping).
     TcpSource {
-        #[arg(long)] to: SocketAddr,
-        #[arg(long)] file: std::path::PathBuf,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        file: std::path::PathBuf,
     },
     /// Echo TCP streams.
-    TcpEcho { #[arg(long)] bind: SocketAddr },
+    TcpEcho {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
     /// Write simulated cluster dumps (about EVENTS events) and their protocol spec, for benchmarks.
     Synth {
-        #[arg(long)] events: u64,
-        #[arg(long)] out: std::path::PathBuf,
-        #[arg(long, default_value_t = 5)] nodes: usize,
+        #[arg(long)]
+        events: u64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long, default_value_t = 5)]
+        nodes: usize,
     },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
-        #[arg(long)] to: SocketAddr,
-        #[arg(long, default_value_t = 1000)] bytes: usize,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        bytes: usize,
     },
 }
 
@@ -138,7 +166,8 @@ fn main() -> anyhow::Result<()> {
                     next += Duration::from_millis(interval_ms);
                 }
                 if let Ok((len, from)) = sock.recv_from(&mut buf)
-                    && let Some(rest) = buf[..len].strip_prefix(b"REQ #") {
+                    && let Some(rest) = buf[..len].strip_prefix(b"REQ #")
+                {
                     let num: String = rest.iter().take_while(|c| c.is_ascii_digit()).map(|&c| c as char).collect();
                     let _ = sock.send_to(&payload("ACK", num.parse().unwrap_or(0), 32), from);
                 }
@@ -172,7 +201,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Synth { events, out, nodes } => {
-            use wgo::analysis::sim;
+            use wgo_tests::sim;
             // Heartbeats dominate: n(n-1) pairs, 2 events each per interval. At least 2 s
             // (room for tasks, retries and a partition), at most 400 k events a second.
             let per_interval = (nodes * (nodes - 1) * 2) as f64;

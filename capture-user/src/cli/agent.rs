@@ -1,0 +1,65 @@
+//! `wgo agent`: record a cgroup until a signed trigger arrives; then dump, ship, stop the app.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{CaptureFlags, positive_f64, stop_flag};
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// This node's name (in dumps and file names: letters, digits, - _ .).
+    #[arg(long)]
+    pub node: String,
+    /// cgroup v2 directory to record.
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// File holding the shared secret (at least 16 bytes, not readable by others).
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// UDP port to hear triggers on.
+    #[arg(long, default_value_t = 7301)]
+    pub trigger_port: u16,
+    /// What to do to the application once its dump is shipped.
+    #[arg(long, value_enum, default_value_t = wgo::node::stop::StopPolicy::Freeze)]
+    pub on_trigger: wgo::node::stop::StopPolicy,
+    /// The application's cgroup (default: the recorded one).
+    #[arg(long)]
+    pub app_cgroup: Option<PathBuf>,
+    /// Where dumps are written before shipping.
+    #[arg(long, default_value = "/var/lib/wgo/spool")]
+    pub spool_dir: PathBuf,
+    /// Shipping rate limit, bytes per second (0: unlimited).
+    #[arg(long, default_value_t = 8 << 20)]
+    pub ship_rate: u64,
+    /// Give up shipping after this many seconds (the dump stays in the spool).
+    #[arg(long, default_value_t = 600.0, value_parser = positive_f64)]
+    pub ship_deadline: f64,
+    /// Accept triggers sent up to this many seconds from our clock.
+    #[arg(long, default_value_t = 120.0, value_parser = positive_f64)]
+    pub trigger_window: f64,
+    #[command(flatten)]
+    pub capture: CaptureFlags,
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    wgo::transport::wire::check_name(&args.node)
+        .map_err(|_| anyhow::anyhow!("--node {:?}: use letters, digits, '-', '_' and '.' only", args.node))?;
+    let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
+    let app_cgroup = match args.app_cgroup {
+        Some(p) => Some(wgo::node::cgroup::resolve(&p)?),
+        None => Some(wgo::node::cgroup::resolve(&args.cgroup)?),
+    };
+    let opts = wgo::node::agent::AgentOptions {
+        record: args.capture.record_options(args.cgroup, args.node),
+        secret,
+        trigger_port: args.trigger_port,
+        on_trigger: args.on_trigger,
+        app_cgroup,
+        spool: args.spool_dir,
+        ship_rate: args.ship_rate,
+        ship_deadline: Duration::from_secs_f64(args.ship_deadline),
+        trigger_window: Duration::from_secs_f64(args.trigger_window),
+    };
+    let stop = stop_flag()?;
+    wgo::node::agent::run(opts, &stop)
+}

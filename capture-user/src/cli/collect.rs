@@ -1,0 +1,89 @@
+//! `wgo collect`: receive dumps (and, from `wgo trigger`, send the trigger first).
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::positive_f64;
+
+#[derive(clap::Args)]
+pub struct CollectorFlags {
+    /// File holding the shared secret.
+    #[arg(long)]
+    pub secret_file: PathBuf,
+    /// Where agents ship to (TCP) and say they heard the trigger (UDP).
+    #[arg(long, default_value = "0.0.0.0:7300")]
+    pub listen: SocketAddr,
+    /// Directory for the dumps and manifest.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Nodes to wait for: a count, or names separated by commas (then missing ones are named).
+    #[arg(long)]
+    pub expect: Option<String>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 300.0, value_parser = positive_f64)]
+    pub wait: f64,
+}
+
+#[derive(clap::Args)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub collector: CollectorFlags,
+}
+
+fn parse_expect(s: Option<&str>) -> anyhow::Result<wgo::transport::collector::Expect> {
+    use wgo::transport::collector::Expect;
+    Ok(match s {
+        None => Expect::Heard,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) => Expect::Count(n),
+            Err(_) => {
+                let names: Vec<String> = s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+                for n in &names {
+                    wgo::transport::wire::check_name(n).map_err(|_| anyhow::anyhow!("--expect: {n:?} is not a node name"))?;
+                }
+                Expect::Names(names)
+            }
+        },
+    })
+}
+
+/// A trigger to send once the collector listens: its id, its send time, and the sending.
+pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() -> anyhow::Result<()> + Send>);
+
+/// Binds the collector's sockets (before any trigger goes out) and collects.
+pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>) -> anyhow::Result<()> {
+    let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
+    let expect = parse_expect(args.expect.as_deref())?;
+    let listener = TcpListener::bind(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
+    let udp = UdpSocket::bind(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
+    let (trigger_id, sent) = match trigger {
+        Some((id, sent, send)) => {
+            send()?;
+            (Some(id), Some(sent))
+        }
+        None => (None, None),
+    };
+    let opts = wgo::transport::collector::CollectOptions {
+        out: args.out.clone(),
+        secret,
+        expect,
+        wait: Duration::from_secs_f64(args.wait),
+        trigger_id,
+        trigger_sent_ns: sent,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let result = wgo::transport::collector::collect(opts, listener, udp);
+    let manifest = wgo::transport::manifest::Manifest::load(&args.out).unwrap_or_default();
+    for n in &manifest.nodes {
+        match (n.bytes, n.arrived_ns) {
+            (Some(b), Some(_)) => println!("{:<16} {b:>12} bytes  sha256 {}", n.name, n.sha256.as_deref().unwrap_or("")),
+            _ => println!("{:<16} heard the trigger, no dump", n.name),
+        }
+    }
+    println!("manifest: {}", args.out.join("manifest.json").display());
+    result?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! The `wgo` command line: one file per subcommand; flags and helpers they share here.
+
+pub mod agent;
+pub mod collect;
+pub mod record;
+pub mod report;
+pub mod ship;
+pub mod trigger;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "wgo", version, about = "What's going on? A distributed flight recorder for networked systems")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Record every packet a cgroup's sockets send or receive, then write the ring as pcapng.
+    Record(record::RecordArgs),
+    /// Merge per-node dumps into one causally ordered story and say what went wrong.
+    Report(report::ReportArgs),
+    /// Record a cgroup until a signed trigger arrives; then dump, ship, stop the app, exit.
+    Agent(agent::AgentArgs),
+    /// Press the button: tell every agent to dump, ship and stop; collect their dumps.
+    Trigger(trigger::TriggerArgs),
+    /// Collect dumps without sending a trigger (after a restart, or for `wgo ship`).
+    Collect(collect::CollectArgs),
+    /// Ship dumps that stayed in an agent's spool (e.g. from a partitioned node).
+    Ship(ship::ShipArgs),
+}
+
+#[derive(clap::Args)]
+pub struct CaptureFlags {
+    /// L4 payload bytes to keep per packet, after the IP and L4 headers.
+    #[arg(long, default_value_t = capture_ebpf::DEFAULT_SNAPLEN,
+          value_parser = clap::value_parser!(u32).range(0..=capture_ebpf::MAX_SNAPLEN as i64))]
+    pub snaplen: u32,
+    /// Keep at most this many seconds of history.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_f64)]
+    pub ring_seconds: f64,
+    /// Keep at most this many bytes of history.
+    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(wgo::node::ring::MIN_RING_BYTES as u64..))]
+    pub ring_bytes: u64,
+    /// Size of each CPU's kernel ring (power of two, 4096 to 2 MiB).
+    #[arg(long, default_value_t = capture_ebpf::MAX_RING_BYTES, value_parser = kernel_ring_bytes)]
+    pub kernel_ring_bytes: u32,
+}
+
+impl CaptureFlags {
+    /// Recording options for a cgroup and node name.
+    pub fn record_options(&self, cgroup: std::path::PathBuf, node: String) -> wgo::node::recorder::RecordOptions {
+        wgo::node::recorder::RecordOptions {
+            cgroup,
+            node,
+            snaplen: self.snaplen,
+            ring_seconds: self.ring_seconds,
+            ring_bytes: self.ring_bytes as usize,
+            kernel_ring_bytes: self.kernel_ring_bytes,
+        }
+    }
+}
+
+pub fn positive_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
+}
+
+pub fn kernel_ring_bytes(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(v) if (4096..=capture_ebpf::MAX_RING_BYTES).contains(&v) && v.is_power_of_two() => Ok(v),
+        _ => Err(format!("'{s}' is not a power of two from 4096 to {}", capture_ebpf::MAX_RING_BYTES)),
+    }
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
+}
+
+/// Peak resident set size of this process, KiB.
+pub fn peak_rss_kib() -> i64 {
+    // SAFETY: rusage is plain integers; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_maxrss
+}
+
+/// Set on SIGINT or SIGTERM.
+pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}

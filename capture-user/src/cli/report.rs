@@ -1,0 +1,132 @@
+//! `wgo report`: merge dumps, analyze them, write the outputs and print the summary.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::peak_rss_kib;
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Dump files (one node each), or a directory of them (with manifest.json if a trigger made it).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Protocol spec (TOML) naming the application's messages, rules and invariants.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Write the full report as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write all packets, merged in global order with corrected times, as pcapng.
+    #[arg(long)]
+    pub pcapng: Option<PathBuf>,
+    /// Write the browser timeline (one self-contained HTML file).
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Open the timeline in the user's browser (or print its path when there is none).
+    #[arg(long, requires = "html")]
+    pub open: bool,
+}
+
+pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    use wgo::analysis::{self, trace::Trace};
+    use wgo::outfile::write_atomically;
+    use wgo::report;
+    // Large per-event arrays come and go between phases: give each its own mapping, so
+    // that freeing one returns its memory instead of leaving it in the heap.
+    // SAFETY: mallopt only tunes the allocator; called before the big allocations.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
+    let mut files = Vec::new();
+    let mut missing = Vec::new();
+    for input in &args.inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("reading {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pcapng"))
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                anyhow::bail!("{} holds no .pcapng dumps", input.display());
+            }
+            files.extend(found);
+            let manifest = input.join("manifest.json");
+            if manifest.exists() {
+                missing.extend(read_missing(&manifest)?);
+            }
+        } else if input.exists() {
+            files.push(input.clone());
+        } else {
+            anyhow::bail!("{} does not exist", input.display());
+        }
+    }
+    let spec = match &args.spec {
+        Some(p) => Some(analysis::spec::Spec::load(p)?),
+        None => None,
+    };
+    let mut phase = analysis::Phase::new();
+    let trace = Trace::read_files(&files)?;
+    phase.done("read");
+    let inputs = analysis::Inputs { spec, missing_nodes: missing };
+    // With --json, the events are written while the analysis orders them.
+    let a = match &args.json {
+        Some(p) => {
+            let mut done = None;
+            write_atomically(p, |f| {
+                done = Some(report::json::analyze_to_json(trace, inputs, f)?);
+                Ok(())
+            })?;
+            done.expect("analysis finished")
+        }
+        None => analysis::analyze(trace, inputs),
+    };
+    let mut phase = analysis::Phase::new();
+    if let Some(p) = &args.pcapng {
+        write_atomically(p, |f| report::pcapng::write_merged(&a, f))?;
+    }
+    if let Some(p) = &args.html {
+        let title = args.inputs.iter().map(|i| i.display().to_string()).collect::<Vec<_>>().join(" ");
+        write_atomically(p, |f| report::html::write_html(&a, f, &title))?;
+        phase.done("html");
+    }
+    print!("{}", report::text::summary(&a));
+    phase.done("summary");
+    tracing::info!("peak memory {} KiB", analysis::peak_resident_kib().max(peak_rss_kib() as u64));
+    for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
+        if let Some(p) = p {
+            println!("{flag}: {}", p.display());
+        }
+    }
+    if args.open
+        && let Some(p) = &args.html
+    {
+        open_in_browser(p);
+    }
+    Ok(())
+}
+
+/// Opens a file in the user's browser: $BROWSER (left running), then xdg-open (which
+/// returns once it handed the file over, failing when it found no browser).
+fn open_in_browser(path: &std::path::Path) {
+    use std::process::{Command, Stdio};
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Ok(b) = std::env::var("BROWSER")
+        && Command::new(&b).arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).spawn().is_ok()
+    {
+        println!("opened {} with {b}", path.display());
+        return;
+    }
+    let ok = Command::new("xdg-open").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if ok {
+        println!("opened {} in your browser", path.display());
+    } else {
+        println!("no browser found; open {} yourself", path.display());
+    }
+}
+
+/// Node names a trigger's manifest lists as expected but missing.
+fn read_missing(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    Ok(v["missing"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default())
+}

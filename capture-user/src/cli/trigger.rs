@@ -1,0 +1,50 @@
+//! `wgo trigger`: press the button; send the signed trigger, then collect.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::collect::CollectorFlags;
+
+#[derive(clap::Args)]
+pub struct TriggerArgs {
+    #[command(flatten)]
+    pub collector: CollectorFlags,
+    /// Broadcast address and agents' trigger port.
+    #[arg(long)]
+    pub broadcast: Option<SocketAddr>,
+    /// Also send the trigger to these agents (HOST:PORT), for networks without broadcast.
+    #[arg(long)]
+    pub to: Vec<SocketAddr>,
+    /// How many times to send it.
+    #[arg(long, default_value_t = 5)]
+    pub copies: u32,
+}
+
+pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
+    if args.broadcast.is_none() && args.to.is_empty() {
+        anyhow::bail!("say where the agents are: --broadcast ADDR:PORT and/or --to HOST:PORT");
+    }
+    let secret = wgo::transport::secret::load_secret(&args.collector.secret_file)?;
+    let id = u64::from_be_bytes(wgo::transport::wire::random_bytes());
+    let sent = wgo::clock::wall_ns() as i64;
+    let listen = args.collector.listen;
+    let t = wgo::transport::wire::Trigger {
+        id,
+        sent_ns: sent,
+        collector: (!listen.ip().is_unspecified()).then_some(listen),
+        port: listen.port(),
+    };
+    let bytes = t.encode(&secret);
+    let (broadcast, to, copies) = (args.broadcast, args.to.clone(), args.copies.max(1));
+    tracing::info!("trigger {id:016x}: sending {copies} times; collecting on {listen}");
+    let send: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = Box::new(move || {
+        // Keep sending in the background while collecting starts.
+        std::thread::spawn(move || {
+            if let Err(e) = wgo::transport::collector::send_trigger(&bytes, broadcast, &to, copies, Duration::from_millis(200)) {
+                tracing::warn!("sending the trigger: {e}");
+            }
+        });
+        Ok(())
+    });
+    super::collect::run(args.collector, Some((id, sent, send)))
+}

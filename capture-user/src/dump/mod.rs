@@ -1,0 +1,81 @@
+//! The dump: one node's recording as a pcapng file. This module is the one owner of
+//! the format: which blocks, options, flags and `wgo:` keys a dump holds ([`writer`]
+//! writes them, [`reader`] reads them back, also from plain tcpdump files), on top of
+//! a generic pcapng codec ([`pcapng`]). It uses only the record layout of
+//! `capture-ebpf`; everything after it in the data flow (ship, merge, report) uses it.
+//!
+//! Layout of a dump: one section, one raw-IP interface (named after the node, ns
+//! resolution), one Enhanced Packet Block per record, and a closing Interface
+//! Statistics Block with the loss counters. Per packet:
+//! - timestamp: the node's wall clock, ns;
+//! - `epb_flags`: direction (inbound 01, outbound 10);
+//! - `epb_packetid` (5): the per-CPU sequence number;
+//! - `epb_queue` (6): the CPU;
+//! - custom binary option 2989 with PEN [`WGO_PEN`]: the raw kernel time (CLOCK_MONOTONIC ns, u64 LE).
+//!
+//! Metadata the collector needs goes into `wgo:key=value` comment lines ([`keys`]) on
+//! the section and statistics blocks, readable in Wireshark's capture file properties.
+
+pub mod pcapng;
+pub mod reader;
+pub mod writer;
+
+pub use reader::{DumpReader, DumpStats, Item, ReadPacket, SectionInfo};
+pub use writer::{DumpInfo, DumpSummary, DumpWriter, Record, RingCounts, WritePacket, write_dump};
+
+use capture_ebpf::Direction;
+
+/// IANA's private enterprise number for documentation (RFC 5612): wgo has none of its own.
+pub const WGO_PEN: u32 = 32473;
+/// `epb_flags` bits 0–1: the packet's direction.
+pub const EPB_FLAG_INBOUND: u32 = 0b01;
+pub const EPB_FLAG_OUTBOUND: u32 = 0b10;
+const EPB_DIRECTION_MASK: u32 = 0b11;
+
+/// The `epb_flags` value for a direction.
+pub fn direction_flags(d: Direction) -> u32 {
+    match d {
+        Direction::Ingress => EPB_FLAG_INBOUND,
+        Direction::Egress => EPB_FLAG_OUTBOUND,
+    }
+}
+
+/// The direction an `epb_flags` value names, if any.
+pub fn flags_direction(flags: u32) -> Option<Direction> {
+    match flags & EPB_DIRECTION_MASK {
+        EPB_FLAG_INBOUND => Some(Direction::Ingress),
+        EPB_FLAG_OUTBOUND => Some(Direction::Egress),
+        _ => None,
+    }
+}
+
+/// The `wgo:key=value` keys of a dump's comments.
+pub mod keys {
+    /// Prefix of every wgo comment line.
+    pub const PREFIX: &str = "wgo:";
+    // Section header.
+    pub const NODE: &str = "node";
+    pub const CGROUP: &str = "cgroup";
+    pub const SNAPLEN: &str = "snaplen";
+    pub const WALL_MINUS_MONO_NS: &str = "wall_minus_mono_ns";
+    pub const VERSION: &str = "version";
+    pub const TRIGGER_ID: &str = "trigger_id";
+    pub const TRIGGER_HEARD_NS: &str = "trigger_heard_ns";
+    pub const TRIGGER_SENT_NS: &str = "trigger_sent_ns";
+    // Interface statistics.
+    pub const DROPS_PER_CPU: &str = "drops_per_cpu";
+    pub const KERNEL_DROPS: &str = "kernel_drops";
+    pub const EVICTED_BY_AGE: &str = "evicted_by_age";
+    pub const EVICTED_BY_SIZE: &str = "evicted_by_size";
+}
+
+/// Every `wgo:key=value` line of a block's comments.
+pub fn wgo_comments<'a>(opts: &pcapng::OptIter<'a>) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+    opts.comment_lines().filter_map(|l| l.strip_prefix(keys::PREFIX)?.split_once('='))
+}
+
+/// `key=value` lines with the wgo prefix, as one comment.
+fn wgo_comment<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
+    let lines: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{}{k}={v}", keys::PREFIX)).collect();
+    lines.join("\n")
+}

@@ -1,0 +1,312 @@
+//! The JSON report (its fields are documented in the README), written either after the
+//! analysis or while the order places the events ([`analyze_to_json`]), byte for byte
+//! the same.
+
+use std::fmt::Write as _;
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::analysis::anomalies::Kind;
+use crate::analysis::clocks::Clocks;
+use crate::analysis::order::{NO_GROUP, Placed};
+use crate::analysis::rules::UNKNOWN;
+use crate::analysis::spec::{Spec, Value};
+use crate::analysis::trace::{Dir, ProtoCode, Trace};
+use crate::analysis::{self, Analysis, Inputs, Phase, push_label};
+
+/// `addr:port` (IPv6 bracketed), or just the address for ICMP.
+fn push_endpoint(buf: &mut String, addr: &str, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
+    if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
+        buf.push_str(addr.trim_start_matches('[').trim_end_matches(']'));
+    } else {
+        buf.push_str(addr);
+        buf.push(':');
+        buf.push_str(num.format(port));
+    }
+}
+
+pub(crate) fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    push_json_str(&mut out, s);
+    out
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(buf: &mut String, s: &str) {
+    buf.push('"');
+    // Runs that need no escaping are copied whole; every escaped byte is ASCII, so the
+    // cuts fall on character boundaries.
+    let mut start = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        buf.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(buf, "\\u{:04x}", b);
+        } else {
+            buf.push_str(escaped);
+        }
+        start = i + 1;
+    }
+    buf.push_str(&s[start..]);
+    buf.push('"');
+}
+
+/// Events formatted into one piece of text before it is written: a whole batch's text
+/// would be megabytes held for nothing.
+const EVENTS_PER_PIECE: usize = 1024;
+
+/// Formats events as JSON. Node names, addresses and field names are escaped once
+/// here, not for every event.
+pub struct EventJson<'a> {
+    trace: &'a Trace,
+    spec: &'a Spec,
+    classes: &'a [u16],
+    nodes: Vec<String>,
+    addrs: Vec<String>,
+    fields: Vec<Vec<String>>,
+}
+
+impl<'a> EventJson<'a> {
+    pub fn new(trace: &'a Trace, spec: &'a Spec, classes: &'a [u16]) -> EventJson<'a> {
+        EventJson {
+            trace,
+            spec,
+            classes,
+            nodes: trace.nodes.iter().map(|n| json_str(&n.name)).collect(),
+            addrs: trace
+                .addrs
+                .iter()
+                .map(|a| match a {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect(),
+            fields: spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect(),
+        }
+    }
+
+    /// The report's opening, up to the start of the events array.
+    pub fn write_head<W: Write>(&self, w: &mut W, clocks: &Clocks) -> std::io::Result<()> {
+        let t = self.trace;
+        let nodes: Vec<serde_json::Value> = t
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let c = &clocks.nodes[i];
+                serde_json::json!({
+                    "name": n.name,
+                    "offset_ns": c.offset_ns,
+                    "uncertainty_ns": c.uncertainty_ns,
+                    "quality": c.quality,
+                    "drift_ppm": (c.drift * 1e6 * 1000.0).round() / 1000.0,
+                    "events": t.node_ranges[i].len(),
+                    "file": n.file,
+                    "skipped": n.skipped,
+                    "kernel_drops": n.kernel_drops,
+                })
+            })
+            .collect();
+        write!(w, "{{\"reference\":{},\"nodes\":", json_str(&t.nodes[clocks.reference as usize].name))?;
+        serde_json::to_writer(&mut *w, &nodes)?;
+        w.write_all(b",\"events\":[")
+    }
+
+    /// Appends placed events as JSON to `buf`; `first`: the first in the array (no comma).
+    pub fn push_events(&self, buf: &mut String, first: bool, events: impl Iterator<Item = Placed>) {
+        let t = self.trace;
+        let mut label = String::with_capacity(64);
+        let mut num = itoa::Buffer::new();
+        for (k, p) in events.enumerate() {
+            let i = p.id as usize;
+            let e = &t.events[i];
+            if k > 0 || !first {
+                buf.push(',');
+            }
+            buf.push_str("{\"id\":");
+            buf.push_str(num.format(p.id));
+            buf.push_str(",\"node\":");
+            buf.push_str(&self.nodes[e.node as usize]);
+            buf.push_str(if e.dir == Dir::Send { ",\"dir\":\"send\",\"t_raw_ns\":" } else { ",\"dir\":\"recv\",\"t_raw_ns\":" });
+            buf.push_str(num.format(e.t_raw));
+            buf.push_str(",\"t_ns\":");
+            buf.push_str(num.format(p.t_ns));
+            buf.push_str(",\"cpu\":");
+            buf.push_str(num.format(e.cpu));
+            buf.push_str(",\"seq\":");
+            if e.seq == u64::MAX {
+                buf.push_str("null")
+            } else {
+                buf.push_str(num.format(e.seq))
+            }
+            buf.push_str(",\"proto\":\"");
+            buf.push_str(e.proto.name());
+            buf.push_str("\",\"src\":\"");
+            push_endpoint(buf, &self.addrs[e.src as usize], e.sport, e.proto, &mut num);
+            buf.push_str("\",\"dst\":\"");
+            push_endpoint(buf, &self.addrs[e.dst as usize], e.dport, e.proto, &mut num);
+            buf.push_str("\",\"len\":");
+            buf.push_str(num.format(e.orig_len));
+            buf.push_str(",\"label\":");
+            label.clear();
+            push_label(t, self.spec, self.classes, i, &mut label, &mut num);
+            push_json_str(buf, &label);
+            buf.push_str(",\"fields\":{");
+            if self.classes[i] != UNKNOWN {
+                let c = self.classes[i] as usize;
+                let payload = t.payload(e);
+                let mut first = true;
+                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
+                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
+                    if !first {
+                        buf.push(',');
+                    }
+                    first = false;
+                    buf.push_str(&self.fields[c][fi]);
+                    buf.push(':');
+                    match v {
+                        Value::Int(n) => match f.labels.get(&n) {
+                            Some(l) => push_json_str(buf, l),
+                            None => buf.push_str(num.format(n)),
+                        },
+                        Value::Text(s) => push_json_str(buf, &s),
+                    }
+                }
+            }
+            buf.push_str("},\"concurrent\":");
+            match p.group {
+                NO_GROUP => buf.push_str("null"),
+                g => buf.push_str(num.format(g)),
+            }
+            buf.push('}');
+        }
+    }
+
+    /// Writes batches of placed events as they arrive (from the order, while it is
+    /// being built), one after another; returns the writer when the batches end.
+    pub fn write_events_from<W: Write>(&self, mut w: W, batches: std::sync::mpsc::Receiver<Vec<Placed>>) -> std::io::Result<W> {
+        let mut buf = String::new();
+        let mut first = true;
+        for batch in batches {
+            for piece in batch.chunks(EVENTS_PER_PIECE) {
+                buf.clear();
+                self.push_events(&mut buf, first, piece.iter().copied());
+                first = false;
+                w.write_all(buf.as_bytes())?;
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// Writes the JSON report. [`analyze_to_json`] writes the same bytes while the analysis runs.
+pub fn write_json<W: Write>(a: &Analysis, out: W) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::with_capacity(64 << 10, out);
+    let cx = EventJson::new(&a.trace, &a.spec, &a.classes);
+    cx.write_head(&mut w, &a.clocks)?;
+    let mut buf = String::new();
+    for (k, ids) in a.order.order.chunks(EVENTS_PER_PIECE).enumerate() {
+        buf.clear();
+        let placed = ids.iter().map(|&id| Placed { id, t_ns: a.order.t_ns[id as usize], group: a.order.group[id as usize] });
+        cx.push_events(&mut buf, k == 0, placed);
+        w.write_all(buf.as_bytes())?;
+    }
+    write_json_tail(a, &mut w)?;
+    w.flush()
+}
+
+/// The report after the events array: messages, anomalies, violations.
+fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
+    let t = &a.trace;
+    w.write_all(b"],\"messages\":[")?;
+    let mut buf = String::with_capacity(64);
+    let mut num = itoa::Buffer::new();
+    for (k, (s, r)) in a.matching.messages.iter().enumerate() {
+        buf.clear();
+        if k > 0 {
+            buf.push(',');
+        }
+        buf.push_str("{\"send\":");
+        buf.push_str(num.format(*s));
+        buf.push_str(",\"recv\":");
+        buf.push_str(num.format(*r));
+        buf.push('}');
+        w.write_all(buf.as_bytes())?;
+    }
+    w.write_all(b"],\"anomalies\":")?;
+    // One anomaly at a time: a report can hold millions of them.
+    #[derive(Serialize)]
+    struct AnomalyJson<'a> {
+        kind: Kind,
+        events: &'a [u32],
+        text: &'a str,
+        nodes: Vec<&'a str>,
+        islands: Vec<Vec<&'a str>>,
+        span_ns: Option<(i64, i64)>,
+    }
+    let name = |n: &u16| t.nodes[*n as usize].name.as_str();
+    w.write_all(b"[")?;
+    for (k, x) in a.anomalies.iter().enumerate() {
+        if k > 0 {
+            w.write_all(b",")?;
+        }
+        let json = AnomalyJson {
+            kind: x.kind,
+            events: &x.events,
+            text: &a.anomaly_text(x),
+            nodes: x.nodes.iter().map(name).collect(),
+            islands: x.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
+            span_ns: x.span,
+        };
+        serde_json::to_writer(&mut *w, &json)?;
+    }
+    w.write_all(b"]")?;
+    w.write_all(b",\"violations\":")?;
+    serde_json::to_writer(&mut *w, &a.violations)?;
+    w.write_all(b"}\n")
+}
+
+/// Analyzes and writes the JSON report to `out`. The events are written while the order
+/// places them, so the output's I/O overlaps the analysis instead of following it.
+pub fn analyze_to_json<W: Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
+    // Small: the events come in pieces larger than this, which pass straight through.
+    let w = std::io::BufWriter::with_capacity(64 << 10, out);
+    let (a, written) = analysis::analyze_streaming(
+        trace,
+        inputs,
+        Some(move |s: analysis::Streamed<'_>| {
+            let json = EventJson::new(s.trace, s.spec, s.classes);
+            let mut w = w;
+            json.write_head(&mut w, s.clocks)?;
+            json.write_events_from(w, s.batches)
+        }),
+    );
+    let mut phase = Phase::new();
+    let mut w = written.expect("a stream was given")?;
+    write_json_tail(&a, &mut w)?;
+    w.flush()?;
+    phase.done("rest of the JSON");
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_strings_escape_what_json_requires_and_keep_the_rest() {
+        for s in ["", "plain", "TASK #17 → node2", "quote \" and \\ back", "tab\tnew\nline\r", "\u{1}ctl\u{1f}", "é\"ü"] {
+            let json = super::json_str(s);
+            let back: String = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(back, s);
+        }
+        assert_eq!(super::json_str("a\"b\u{1}"), r#""a\"b\u0001""#);
+    }
+}

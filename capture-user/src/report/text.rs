@@ -1,0 +1,85 @@
+//! The summary `wgo report` prints: clocks, then what went wrong, most important first.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::analysis::Analysis;
+use crate::analysis::anomalies::{Anomaly, Kind};
+use crate::analysis::fmt::fmt_ns;
+
+/// A short account for people: clocks, then what went wrong, most important first.
+pub fn summary(a: &Analysis) -> String {
+    let t = &a.trace;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} nodes, {} events, {} messages matched, {} rule edges; clocks relative to {}:",
+        t.nodes.len(),
+        t.events.len(),
+        a.matching.messages.len(),
+        a.rule_edges,
+        t.nodes[a.clocks.reference as usize].name
+    );
+    for (i, n) in t.nodes.iter().enumerate() {
+        let c = &a.clocks.nodes[i];
+        let unc = c.uncertainty_ns.map_or("unknown".to_string(), |u| format!("± {}", fmt_ns(u)));
+        let _ = writeln!(
+            s,
+            "  {:<12} offset {:>12} {:<14} {:?}, {} events",
+            n.name,
+            fmt_ns(c.offset_ns),
+            unc,
+            c.quality,
+            t.node_ranges[i].len()
+        );
+        for sk in &n.skipped {
+            let _ = writeln!(s, "    skipped: {sk}");
+        }
+    }
+    let mut by_kind: BTreeMap<Kind, Vec<&Anomaly>> = BTreeMap::new();
+    for x in &a.anomalies {
+        by_kind.entry(x.kind).or_default().push(x);
+    }
+    if by_kind.is_empty() && a.violations.is_empty() {
+        let _ = writeln!(s, "nothing went wrong that wgo can see");
+    }
+    // Losses per link, then everything else.
+    if let Some(losses) = by_kind.get(&Kind::NetworkLoss) {
+        let mut links: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+        for x in losses {
+            let (from, to) = (t.nodes[x.nodes[0] as usize].name.clone(), t.nodes[x.nodes[1] as usize].name.clone());
+            let what = x.events.first().map_or("message".into(), |&e| a.kind_name(e as usize));
+            *links.entry((from, to)).or_default().entry(what).or_default() += 1;
+        }
+        let _ = writeln!(s, "network loss: {} messages never arrived", losses.len());
+        for ((from, to), kinds) in links {
+            let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let _ = writeln!(s, "  {from} → {to}: {}", list.join(", "));
+        }
+    }
+    for (kind, list) in &by_kind {
+        if *kind == Kind::NetworkLoss {
+            continue;
+        }
+        let _ = writeln!(s, "{}: {}", kind.name().replace('_', " "), list.len());
+        for x in list.iter().take(5) {
+            let _ = writeln!(s, "  {}", a.anomaly_text(x));
+        }
+        if list.len() > 5 {
+            let _ = writeln!(s, "  … and {} more", list.len() - 5);
+        }
+    }
+    if !a.violations.is_empty() {
+        let mut by_name: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for v in &a.violations {
+            by_name.entry(&v.name).or_default().push(&v.text);
+        }
+        for (name, texts) in by_name {
+            let _ = writeln!(s, "violated {name}: {}", texts.len());
+            for t in texts.iter().take(3) {
+                let _ = writeln!(s, "  {t}");
+            }
+        }
+    }
+    s
+}
