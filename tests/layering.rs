@@ -92,7 +92,8 @@ fn library_modules_use_only_those_before_them() {
         if top == "analysis" {
             let me = rel.file_stem().unwrap().to_string_lossy().to_string();
             let Some(pos) = ANALYSIS_CHAIN.iter().position(|m| *m == me) else {
-                assert_eq!(me, "mod", "analysis/{me}.rs is not in the chain");
+                // mod.rs runs the chain; the unit tests' kit may use all of it.
+                assert!(me == "mod" || me == "testkit", "analysis/{me}.rs is not in the chain");
                 continue;
             };
             for (line, name) in uses(&text, "super::").into_iter().chain(uses(&text, "crate::analysis::")) {

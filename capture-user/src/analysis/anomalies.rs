@@ -467,3 +467,141 @@ fn partition_anomaly(trace: &Trace, (w0, w1, islands, events): (i64, i64, Vec<Ve
     a.span = Some((from, to));
     a
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::matching::{MatchIndex, match_messages, resolve_by_time};
+    use super::super::testkit::{Ev, SameClock, addr, after_lost, recv, send, trace, udp};
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+
+    fn anomalies(t: &Trace) -> Vec<Anomaly> {
+        let index = MatchIndex::new(t);
+        let mut m = match_messages(t, &index);
+        resolve_by_time(&mut m, t, &index, &SameClock);
+        let describe = |id: EventId| format!("event {id}");
+        find(&Context { trace: t, matching: &m, clocks: &SameClock, describe: &describe, missing_nodes: &["n9".to_string()] })
+    }
+
+    fn of(found: &[Anomaly], kind: Kind) -> Vec<&Anomaly> {
+        found.iter().filter(|a| a.kind == kind).collect()
+    }
+
+    /// A cluster's traffic: each (time, from, to, delivered) is a datagram, received
+    /// 100 µs later when delivered.
+    fn traffic(nodes: usize, msgs: &[(i64, u8, u8, bool)]) -> Vec<Vec<Ev>> {
+        let mut out: Vec<Vec<Ev>> = (0..nodes).map(|_| Vec::new()).collect();
+        for (i, &(t, from, to, delivered)) in msgs.iter().enumerate() {
+            let p = || udp(addr(from), addr(to), i as u16, format!("HB{i}").as_bytes());
+            out[from as usize].push(send(t, p()));
+            if delivered {
+                out[to as usize].push(recv(t + MS / 10, p()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_send_the_recording_receiver_never_saw_is_a_network_loss_and_only_then() {
+        let t = trace(traffic(
+            2,
+            &[
+                (1000 * MS, 0, 1, true),
+                (1500 * MS, 1, 0, true),    // n2 sends from its address: wgo learns it is n2's
+                (2000 * MS, 0, 1, false),   // lost while n2 recorded
+                (10_500 * MS, 0, 1, false), // after n2's recording ended: nobody can tell
+            ],
+        ));
+        let found = anomalies(&t);
+        let losses = of(&found, Kind::NetworkLoss);
+        assert_eq!(losses.len(), 1, "{found:?}");
+        assert_eq!(losses[0].events.as_slice(), &[2], "n1's send at 2 s (n1's events: send, recv, send, send)");
+        assert_eq!(losses[0].nodes.as_slice(), &[0, 1]);
+        assert_eq!(of(&found, Kind::MissingNode)[0].text, "n9 never answered the trigger: no dump from it");
+    }
+
+    #[test]
+    fn a_loss_inside_a_recorder_gap_is_recorder_loss_not_network_loss() {
+        let mut nodes = traffic(2, &[(1000 * MS, 0, 1, true), (2000 * MS, 0, 1, false), (3000 * MS, 1, 0, true)]);
+        // n2 lost 3 records between its receive at 1 s and its send at 3 s.
+        let last = nodes[1].pop().unwrap();
+        nodes[1].push(after_lost(last, 3));
+        let t = trace(nodes);
+        let found = anomalies(&t);
+        assert!(of(&found, Kind::NetworkLoss).is_empty(), "{found:?}");
+        let rec = of(&found, Kind::RecorderLoss);
+        assert_eq!(rec.len(), 1);
+        assert!(rec[0].text.contains("n2's recorder lost 3 records on cpu 0"), "{}", rec[0].text);
+    }
+
+    /// n1 and n2 keep talking, as do n3 and n4, while everything between the pairs is lost.
+    fn split(at: i64) -> Vec<(i64, u8, u8, bool)> {
+        vec![
+            (at, 0, 1, true),
+            (at + MS, 1, 0, true),
+            (at + 2 * MS, 2, 3, true),
+            (at + 3 * MS, 3, 2, true),
+            (at + 4 * MS, 0, 2, false),
+            (at + 5 * MS, 3, 1, false),
+        ]
+    }
+
+    #[test]
+    fn partitions_are_merged_across_a_quiet_window_and_kept_apart_after_a_long_one() {
+        let w = PARTITION_WINDOW_NS;
+        let mut msgs = Vec::new();
+        // Healthy first: everyone reaches everyone.
+        for (k, (a, b)) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)].into_iter().enumerate() {
+            msgs.push((w / 2 + k as i64 * MS, a, b, true));
+        }
+        // Split in windows 4 and 6, nothing in window 5; split again in window 20.
+        msgs.extend(split(4 * w + 10 * MS));
+        msgs.extend(split(6 * w + 10 * MS));
+        msgs.extend(split(20 * w + 10 * MS));
+        let t = trace(traffic(4, &msgs));
+        let found = anomalies(&t);
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(parts[0].span, Some((4 * w, 7 * w)), "windows 4 to 6, the quiet one included");
+        assert_eq!(parts[0].events.len(), 4, "the crossing losses of both windows");
+        assert!(
+            parts[0].text.starts_with("partition into 2 islands {n1, n2} | {n3, n4} from 00:00:01.000000 to 00:00:01.750000"),
+            "{}",
+            parts[0].text
+        );
+        assert_eq!(parts[1].span, Some((20 * w, 21 * w)));
+        assert_eq!(of(&found, Kind::NetworkLoss).len(), 6, "each lost message is also a loss");
+    }
+
+    #[test]
+    fn the_same_payload_again_is_a_retransmission_and_five_in_a_second_a_storm() {
+        let p = |id: u16| udp(addr(0), addr(1), id, b"TASK7");
+        let mut n1: Vec<Ev> = (0..6).map(|i| send(1000 * MS + i * 100 * MS, p(i as u16))).collect();
+        n1.push(send(9000 * MS, p(99))); // 5.5 s after the last: a new run, alone
+        let n2 = vec![recv(1600 * MS, p(5))];
+        let found = anomalies(&trace(vec![n1, n2]));
+        let retx = of(&found, Kind::Retransmission);
+        assert_eq!(retx.len(), 1, "{found:?}");
+        assert_eq!(retx[0].events.as_slice(), &[0, 1, 2, 3, 4, 5]);
+        assert_eq!(retx[0].text, "event 0 was sent 6 times (retransmissions)");
+        let storms = of(&found, Kind::RetryStorm);
+        assert_eq!(storms.len(), 1);
+        assert!(storms[0].text.contains("at least 5 within 1000 ms"), "{}", storms[0].text);
+    }
+
+    #[test]
+    fn order_anomalies_go_before_partitions_and_contradictions_last() {
+        let mut out = vec![Anomaly::new(Kind::NetworkLoss, vec![1], String::new()), Anomaly::new(Kind::Partition, vec![], "p".into())];
+        let v = vec![
+            Violation { name: "every-task-acked".into(), events: vec![3], text: "TASK #3 unanswered".into() },
+            Violation { name: "other".into(), events: vec![4], text: "x".into() },
+        ];
+        let unanswered: BTreeSet<String> = ["every-task-acked".to_string()].into();
+        add_from_order(&mut out, &v, &unanswered, vec!["contradiction: a, and b".into()]);
+        let kinds: Vec<Kind> = out.iter().map(|a| a.kind).collect();
+        assert_eq!(kinds, vec![Kind::NetworkLoss, Kind::Unanswered, Kind::Partition, Kind::Contradiction]);
+        assert_eq!(out[1].text, "TASK #3 unanswered");
+    }
+}

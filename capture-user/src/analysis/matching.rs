@@ -391,3 +391,115 @@ fn match_tcp_flow(trace: &Trace, sends: &[EventId], recvs: &[EventId], m: &mut M
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{BROADCAST, Offsets, SameClock, addr, recv, send, tcp, tcp_ev, trace, udp};
+    use super::*;
+
+    fn matched(t: &Trace) -> Matching {
+        let index = MatchIndex::new(t);
+        let mut m = match_messages(t, &index);
+        resolve_by_time(&mut m, t, &index, &SameClock);
+        m
+    }
+
+    #[test]
+    fn a_datagram_matches_its_one_send_and_an_unanswered_send_stays_unmatched() {
+        let t = trace(vec![
+            vec![send(100, udp(addr(0), addr(1), 1, b"TASK1")), send(200, udp(addr(0), addr(1), 2, b"TASK2"))],
+            vec![recv(150, udp(addr(0), addr(1), 1, b"TASK1"))],
+        ]);
+        let m = match_messages(&t, &MatchIndex::new(&t));
+        assert_eq!(m.messages, vec![(0, 2)]);
+        assert_eq!(m.kinds, vec![MessageKind::Keyed]);
+        assert_eq!(m.unmatched_sends, vec![1]);
+        assert!(m.unmatched_recvs.is_empty() && m.duplicates.is_empty() && m.retransmissions.is_empty());
+    }
+
+    #[test]
+    fn identical_resends_are_retransmissions_and_each_receive_goes_to_the_send_before_it() {
+        // The same bytes (same IP id: a resent copy) twice; only the second arrives, after
+        // it, on a clock 1 s ahead: corrected time picks the second send.
+        let p = || udp(addr(0), addr(1), 9, b"TASK9");
+        let t = trace(vec![vec![send(100, p()), send(5_000, p())], vec![recv(1_000_005_100, p())]]);
+        let index = MatchIndex::new(&t);
+        let mut m = match_messages(&t, &index);
+        assert!(m.messages.is_empty(), "identical sends are left to the clocks");
+        assert_eq!(m.retransmissions, vec![(0, 1)]);
+        resolve_by_time(&mut m, &t, &index, &Offsets(vec![0, 1_000_000_000]));
+        assert_eq!(m.messages, vec![(1, 2)]);
+        assert_eq!(m.kinds, vec![MessageKind::KeyedByTime]);
+        assert_eq!(m.unmatched_sends, vec![0], "the first copy was lost");
+    }
+
+    #[test]
+    fn a_second_receive_of_one_send_is_a_network_duplicate() {
+        let p = || udp(addr(0), addr(1), 3, b"HB");
+        let t = trace(vec![vec![send(100, p())], vec![recv(150, p()), recv(160, p())]]);
+        let m = matched(&t);
+        assert_eq!(m.messages, vec![(0, 1), (0, 2)]);
+        assert_eq!(m.duplicates, vec![(1, 2)]);
+    }
+
+    #[test]
+    fn tcp_bytes_coalesced_on_receive_follow_the_send_of_their_last_byte() {
+        // Two 1000-byte segments sent; the receiver's stack merged them into one.
+        let t = trace(vec![
+            vec![tcp_ev(100, Dir::Send, tcp(addr(0), addr(1), 1000, 1000)), tcp_ev(200, Dir::Send, tcp(addr(0), addr(1), 2000, 1000))],
+            vec![tcp_ev(300, Dir::Recv, tcp(addr(0), addr(1), 1000, 2000))],
+        ]);
+        let m = matched(&t);
+        assert_eq!(m.messages, vec![(1, 2)], "received after the send of byte 2999");
+        assert_eq!(m.kinds, vec![MessageKind::TcpRange]);
+        assert!(m.unmatched_recvs.is_empty());
+    }
+
+    #[test]
+    fn tcp_bytes_split_on_the_way_all_follow_the_one_send() {
+        // One 3000-byte send (segmentation offload) arrives as three segments.
+        let t = trace(vec![
+            vec![tcp_ev(100, Dir::Send, tcp(addr(0), addr(1), 5000, 3000))],
+            vec![
+                tcp_ev(300, Dir::Recv, tcp(addr(0), addr(1), 5000, 1000)),
+                tcp_ev(310, Dir::Recv, tcp(addr(0), addr(1), 6000, 1000)),
+                tcp_ev(320, Dir::Recv, tcp(addr(0), addr(1), 7000, 1000)),
+            ],
+        ]);
+        let m = matched(&t);
+        assert_eq!(m.messages, vec![(0, 1), (0, 2), (0, 3)]);
+        assert!(m.kinds.iter().all(|k| *k == MessageKind::TcpRange));
+        assert!(m.unmatched_sends.is_empty());
+    }
+
+    #[test]
+    fn tcp_bytes_sent_twice_are_a_retransmission() {
+        let t = trace(vec![
+            vec![tcp_ev(100, Dir::Send, tcp(addr(0), addr(1), 1000, 500)), tcp_ev(900, Dir::Send, tcp(addr(0), addr(1), 1000, 500))],
+            vec![tcp_ev(950, Dir::Recv, tcp(addr(0), addr(1), 1000, 500))],
+        ]);
+        let m = matched(&t);
+        assert_eq!(m.retransmissions, vec![(0, 1)]);
+        assert_eq!(m.messages.len(), 1);
+    }
+
+    #[test]
+    fn a_broadcast_is_one_send_with_one_receive_per_node_and_not_its_own_loopback() {
+        let p = || udp(addr(0), BROADCAST, 4, b"WHO?");
+        let t = trace(vec![vec![send(100, p()), recv(101, p())], vec![recv(150, p())], vec![recv(160, p())]]);
+        let m = matched(&t);
+        assert_eq!(m.messages, vec![(0, 2), (0, 3)], "n2 and n3 received it; n1's loopback is no message");
+        assert!(m.duplicates.is_empty());
+        assert!(is_group_address(IpAddr::from(BROADCAST)) && !is_group_address(IpAddr::from(addr(1))));
+        assert!(is_group_address("239.1.2.3".parse().unwrap()) && is_group_address("ff02::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn addresses_belong_to_the_nodes_that_send_from_them() {
+        let t = trace(vec![vec![send(1, udp(addr(0), addr(1), 1, b"a"))], vec![send(2, udp(addr(1), addr(0), 2, b"b"))]]);
+        let owners = address_owners(&t);
+        let id = |a: [u8; 4]| t.addrs.iter().position(|x| *x == IpAddr::from(a)).unwrap() as AddrId;
+        assert_eq!(owners.get(&id(addr(0))), Some(&0));
+        assert_eq!(owners.get(&id(addr(1))), Some(&1));
+    }
+}

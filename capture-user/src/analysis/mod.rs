@@ -14,6 +14,8 @@ pub mod matching;
 pub mod order;
 pub mod rules;
 pub mod spec;
+#[cfg(test)]
+mod testkit;
 pub mod trace;
 
 use std::collections::BTreeSet;

@@ -370,3 +370,81 @@ fn break_cycle(
     let dropped = *edges.iter().max_by_key(|(a, b, k)| (matches!(k, EdgeKind::Rule(_)), t_corr(*a as usize) - t_corr(*b as usize)))?;
     Some(CycleReport { edges, dropped })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{Offsets, SameClock, addr, recv, send, trace, udp};
+    use super::super::trace::NodeId;
+    use super::*;
+
+    fn placed_in_batches(t: &Trace, clocks: &dyn TimeMap, cross: &[(EventId, EventId, EdgeKind)]) -> (Order, Vec<Placed>) {
+        let mut batches = Vec::new();
+        let order = order(t, clocks, cross.iter().copied(), &mut |b| batches.extend_from_slice(b));
+        (order, batches)
+    }
+
+    #[test]
+    fn a_receive_comes_after_its_send_even_when_its_clock_says_otherwise() {
+        // n2's clock is 5 ms behind and the offset is unknown to the order (same clock):
+        // its receive reads earlier than the send.
+        let t = trace(vec![vec![send(10_000_000, udp(addr(0), addr(1), 1, b"m"))], vec![recv(5_000_100, udp(addr(0), addr(1), 1, b"m"))]]);
+        let (o, placed) = placed_in_batches(&t, &SameClock, &[(0, 1, EdgeKind::Message(0))]);
+        assert_eq!(o.order, vec![0, 1]);
+        assert!(o.t_ns[1] >= o.t_ns[0], "corrected times are made causally consistent: {:?}", o.t_ns);
+        assert!(o.cycles.is_empty());
+        assert_eq!(placed.iter().map(|p| p.id).collect::<Vec<_>>(), o.order, "every event handed out once, in order");
+        assert_eq!(placed[1].t_ns, o.t_ns[1]);
+    }
+
+    #[test]
+    fn unrelated_events_within_the_clock_uncertainty_are_concurrent() {
+        struct Unsure;
+        impl TimeMap for Unsure {
+            fn corrected(&self, _: NodeId, t: i64) -> i64 {
+                t
+            }
+            fn uncertainty(&self, _: NodeId) -> i64 {
+                1_000
+            }
+        }
+        let t = trace(vec![vec![send(100, udp(addr(0), addr(2), 1, b"a"))], vec![send(150, udp(addr(1), addr(2), 2, b"b"))]]);
+        let o = order(&t, &Unsure, std::iter::empty(), &mut |_| {});
+        assert_ne!(o.group[0], NO_GROUP);
+        assert_eq!(o.group[0], o.group[1]);
+        let o = order(&t, &SameClock, std::iter::empty(), &mut |_| {});
+        assert_eq!(o.group, vec![NO_GROUP, NO_GROUP], "known clocks order them");
+    }
+
+    #[test]
+    fn a_three_edge_cycle_is_named_edge_by_edge_and_broken_at_one_of_them() {
+        // n1 receives m3 before it sends m1, n2 receives m1 before it sends m2, n3 receives
+        // m2 before it sends m3: with program order, the three messages make a cycle.
+        let m = |i: u16, from: u8, to: u8| udp(addr(from), addr(to), i, b"m");
+        let t = trace(vec![
+            vec![recv(0, m(3, 2, 0)), send(10, m(1, 0, 1))],
+            vec![recv(20, m(1, 0, 1)), send(30, m(2, 1, 2))],
+            vec![recv(40, m(2, 1, 2)), send(50, m(3, 2, 0))],
+        ]);
+        // Events: n1 = 0 (recv m3), 1 (send m1); n2 = 2, 3; n3 = 4, 5.
+        let cross = [(1, 2, EdgeKind::Message(0)), (3, 4, EdgeKind::Message(1)), (5, 0, EdgeKind::Message(2))];
+        let (o, placed) = placed_in_batches(&t, &Offsets(vec![0, 0, 0]), &cross);
+        assert_eq!(o.cycles.len(), 1, "{:?}", o.cycles);
+        let c = &o.cycles[0];
+        let mut named: Vec<_> = c.edges.clone();
+        named.sort_by_key(|e| e.0);
+        assert_eq!(named, cross.to_vec(), "the cycle names its three message edges");
+        assert!(cross.contains(&c.dropped), "one of them is dropped: {:?}", c.dropped);
+        let mut all = o.order.clone();
+        all.sort_unstable();
+        assert_eq!(all, (0..6).collect::<Vec<_>>(), "every event is still placed once");
+        assert_eq!(placed.len(), 6);
+        // Every edge but the dropped one holds in the order.
+        let pos = |id: EventId| o.order.iter().position(|&x| x == id).unwrap();
+        for &(a, b, k) in cross.iter().filter(|e| **e != c.dropped) {
+            assert!(pos(a) < pos(b), "{a} before {b} ({k:?})");
+        }
+        for n in 0..3u32 {
+            assert!(pos(2 * n) < pos(2 * n + 1), "program order on node {n}");
+        }
+    }
+}

@@ -58,10 +58,10 @@ pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> Str
     format!("{what} {verb} {}", trace.nodes[e.node as usize].name)
 }
 
-/// Edges from the spec's rules, and a violation for each event whose rule found no earlier event.
 /// A rule's edge: (earlier, later, index of the rule in the spec).
 pub type RuleEdge = (EventId, EventId, u32);
 
+/// Edges from the spec's rules, and a violation for each event whose rule found no earlier event.
 pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn TimeMap) -> (Vec<RuleEdge>, Vec<Violation>) {
     let mut edges = Vec::new();
     let mut violations = Vec::new();
@@ -251,4 +251,117 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{SameClock, addr, recv, send, trace_in, udp};
+    use super::*;
+
+    const SPEC: &str = r#"
+[[message]]
+name = "TASK"
+match = [{ offset = 0, ascii = "TASK" }]
+display = "TASK #{task}"
+fields = [{ name = "task", offset = 4, width = 1 }]
+
+[[message]]
+name = "ACK"
+match = [{ offset = 0, ascii = "ACK!" }]
+display = "ACK #{task}"
+fields = [{ name = "task", offset = 4, width = 1 }]
+
+[[message]]
+name = "VOTE"
+match = [{ offset = 0, ascii = "VOTE" }]
+display = "VOTE {ballot}"
+fields = [{ name = "ballot", offset = 4, width = 1 }]
+
+[[rule]]
+name = "ack-after-task"
+event = { message = "ACK", dir = "send" }
+after = { message = "TASK", dir = "recv" }
+same_node = true
+key = ["task"]
+
+[[invariant]]
+name = "every-task-acked"
+kind = "answered"
+request = "TASK"
+response = "ACK"
+key = ["task"]
+within_ms = 100
+
+[[invariant]]
+name = "ballots-never-decrease"
+kind = "monotonic"
+message = "VOTE"
+field = "ballot"
+dir = "send"
+"#;
+
+    const S: i64 = 1_000_000_000;
+
+    /// n1 asks n2 for tasks 1 and 2; n2 acks task 1 (after receiving it), and, 2 s in,
+    /// acks task 3 that it never received. n1 votes 5, then 4.
+    fn cluster() -> (Trace, Spec, Vec<u16>) {
+        let (n1, n2) = (addr(0), addr(1));
+        let t = trace_in(
+            vec![
+                vec![
+                    send(S, udp(n1, n2, 1, b"TASK\x01")),
+                    send(S + 1000, udp(n1, n2, 2, b"TASK\x02")),
+                    recv(S + 3000, udp(n2, n1, 3, b"ACK!\x01")),
+                    send(S + 4000, udp(n1, n2, 4, b"VOTE\x05")),
+                    send(S + 5000, udp(n1, n2, 5, b"VOTE\x04")),
+                ],
+                vec![
+                    recv(S + 100, udp(n1, n2, 1, b"TASK\x01")),
+                    recv(S + 1100, udp(n1, n2, 2, b"TASK\x02")),
+                    send(S + 2000, udp(n2, n1, 3, b"ACK!\x01")),
+                    send(3 * S, udp(n2, n1, 6, b"ACK!\x03")),
+                ],
+            ],
+            (0, 4 * S),
+        );
+        let spec = Spec::parse(SPEC, "test.toml").unwrap();
+        let classes = classify(&t, &spec);
+        (t, spec, classes)
+    }
+
+    #[test]
+    fn events_get_their_message_type_and_description() {
+        let (t, spec, classes) = cluster();
+        let names: Vec<&str> = classes.iter().map(|&c| if c == UNKNOWN { "?" } else { spec.messages[c as usize].name.as_str() }).collect();
+        assert_eq!(names, vec!["TASK", "TASK", "ACK", "VOTE", "VOTE", "TASK", "TASK", "ACK", "ACK"]);
+        assert_eq!(describe(&t, &spec, &classes, 0), "TASK #1 sent by n1");
+        assert_eq!(describe(&t, &spec, &classes, 7), "ACK #1 sent by n2");
+        assert_eq!(sender_name(&t, 2).as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn a_rule_gives_an_edge_per_keyed_pair_and_a_violation_where_nothing_precedes() {
+        let (t, spec, classes) = cluster();
+        let (edges, violations) = rule_edges(&t, &spec, &classes, &SameClock);
+        // n2 received TASK #1 (event 5) before it sent ACK #1 (event 7).
+        assert_eq!(edges, vec![(5, 7, 0)]);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert_eq!(violations[0].name, "ack-after-task");
+        assert_eq!(violations[0].events, vec![8]);
+        assert!(violations[0].text.contains("ACK #3 sent by n2: no TASK received on n2 precedes it"), "{}", violations[0].text);
+    }
+
+    #[test]
+    fn invariants_name_unanswered_requests_and_a_decrease() {
+        let (t, spec, classes) = cluster();
+        let t_ns: Vec<i64> = t.events.iter().map(|e| e.t_raw).collect();
+        let v = check_invariants(&t, &spec, &classes, &t_ns, &SameClock);
+        let by_name = |n: &str| v.iter().filter(|x| x.name == n).collect::<Vec<_>>();
+        let unanswered = by_name("every-task-acked");
+        assert_eq!(unanswered.len(), 1, "{v:?}");
+        assert_eq!(unanswered[0].events, vec![1], "TASK #2 got no ACK");
+        let decrease = by_name("ballots-never-decrease");
+        assert_eq!(decrease.len(), 1, "{v:?}");
+        assert!(decrease[0].events.contains(&4), "{:?}", decrease[0]);
+    }
 }

@@ -432,3 +432,84 @@ impl TraceBuilder {
         self.trace
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{addr, recv, send, trace, udp};
+    use super::*;
+
+    #[test]
+    fn events_are_per_node_in_time_order_with_the_addresses_each_node_sends_from() {
+        let t = trace(vec![
+            vec![send(300, udp(addr(0), addr(1), 2, b"B")), send(100, udp(addr(0), addr(1), 1, b"A"))],
+            vec![recv(150, udp(addr(0), addr(1), 1, b"A")), recv(350, udp(addr(0), addr(1), 2, b"B"))],
+        ]);
+        assert_eq!(t.nodes.len(), 2);
+        let n1: Vec<i64> = t.node_events(0).iter().map(|e| e.t_raw).collect();
+        assert_eq!(n1, vec![100, 300]);
+        assert_eq!(t.node_events(1).len(), 2);
+        assert!(t.node_events(1).iter().all(|e| e.node == 1 && e.dir == Dir::Recv));
+        assert_eq!(t.nodes[0].addrs.iter().map(|&a| t.addr(a)).collect::<Vec<_>>(), vec![IpAddr::from(addr(0))]);
+        assert!(t.nodes[1].addrs.is_empty(), "n2 sent nothing");
+        assert_eq!(t.payload(&t.node_events(0)[0]), b"A");
+        assert_eq!(t.node_by_name("n2"), Some(1));
+        assert!(t.nodes.iter().all(|n| n.direction_recorded));
+    }
+
+    #[test]
+    fn without_direction_flags_the_most_frequent_address_is_the_nodes_own() {
+        let mut b = TraceBuilder::default();
+        b.begin_node(NodeInfo { name: "plain".into(), ..NodeInfo::default() }).unwrap();
+        let packets = [udp(addr(0), addr(1), 1, b"x"), udp(addr(2), addr(0), 2, b"y"), udp(addr(0), addr(2), 3, b"z")];
+        for (i, p) in packets.iter().enumerate() {
+            b.packet(&RawPacket { t_raw: i as i64, seq: None, cpu: 0, dir: None, orig_len: p.len() as u32, data: p });
+        }
+        assert!(!b.packet(&RawPacket { t_raw: 9, seq: None, cpu: 0, dir: None, orig_len: 3, data: b"\x60\x00\x00" }), "not IP");
+        b.end_node();
+        let t = b.finish();
+        let dirs: Vec<Dir> = t.events.iter().map(|e| e.dir).collect();
+        assert_eq!(dirs, vec![Dir::Send, Dir::Recv, Dir::Send]);
+        assert!(!t.nodes[0].direction_recorded);
+        assert_eq!(t.unparsed, vec![1]);
+        assert_eq!(t.events[0].seq, u64::MAX, "no sequence number in the file");
+        assert_eq!(t.nodes[0].window, (0, 2), "the window is the first and last event");
+    }
+
+    #[test]
+    fn traces_join_with_their_addresses_remapped_and_refuse_a_node_twice() {
+        let a = trace(vec![vec![send(1, udp(addr(0), addr(1), 1, b"A"))]]);
+        let mut b = TraceBuilder::default();
+        b.begin_node(NodeInfo { name: "other".into(), ..NodeInfo::default() }).unwrap();
+        let p = udp(addr(1), addr(0), 7, b"B");
+        b.packet(&RawPacket { t_raw: 2, seq: Some(0), cpu: 0, dir: Some(Dir::Send), orig_len: p.len() as u32, data: &p });
+        b.end_node();
+        let b = b.finish();
+        let mut joined = TraceBuilder::default();
+        joined.append(b).unwrap();
+        joined.append(a).unwrap();
+        let t = joined.finish();
+        assert_eq!(t.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), vec!["other", "n1"]);
+        let e = &t.node_events(1)[0];
+        assert_eq!((t.addr(e.src), t.addr(e.dst)), (IpAddr::from(addr(0)), IpAddr::from(addr(1))));
+        assert_eq!(t.payload(e), b"A", "each node keeps its own bytes");
+
+        let mut twice = TraceBuilder::default();
+        twice.append(trace(vec![vec![]])).unwrap();
+        let err = twice.append(trace(vec![vec![]])).unwrap_err();
+        assert!(matches!(err, TraceError::DuplicateNode { ref name, .. } if name == "n1"), "{err}");
+    }
+
+    #[test]
+    fn content_hash_tells_payloads_and_lengths_apart() {
+        let t = trace(vec![vec![
+            send(1, udp(addr(0), addr(1), 1, b"same prefix.....AAAA")),
+            send(2, udp(addr(0), addr(1), 2, b"same prefix.....BBBB")),
+            send(3, udp(addr(0), addr(1), 3, b"same prefix.....BBBBB")),
+            send(4, udp(addr(0), addr(1), 4, b"other")),
+        ]]);
+        let h: Vec<u64> = t.events.iter().map(|e| t.content_hash(e)).collect();
+        assert_eq!(h[0], h[1], "only the first {MATCH_BYTES} payload bytes count");
+        assert_ne!(h[1], h[2], "the length counts");
+        assert_ne!(h[0], h[3]);
+    }
+}

@@ -1,0 +1,113 @@
+//! Small hand-built traces for the analysis modules' unit tests. Node k (from 0) is
+//! named `n{k+1}` and sends from 10.0.0.{k+1}; events are given per node with their
+//! raw time, and get per-CPU sequence numbers on CPU 0 in time order.
+
+use super::matching::TimeMap;
+use super::trace::{Dir, NodeId, NodeInfo, RawPacket, Trace, TraceBuilder};
+
+/// A node's address.
+pub fn addr(node: u8) -> [u8; 4] {
+    [10, 0, 0, node + 1]
+}
+
+/// The broadcast address of the nodes' subnet.
+pub const BROADCAST: [u8; 4] = [10, 0, 0, 255];
+
+/// A UDP datagram from `src` to `dst` (addresses), ports 7000 → 7000.
+pub fn udp(src: [u8; 4], dst: [u8; 4], ip_id: u16, payload: &[u8]) -> Vec<u8> {
+    crate::packet::tests::udp4(src, dst, 7000, 7000, ip_id, payload)
+}
+
+/// A TCP segment 40000 → 8000 carrying `len` bytes from `seq`, of which the first 16
+/// are captured (as a snaplen would); `flags` 0x18 is PSH|ACK.
+pub fn tcp(src: [u8; 4], dst: [u8; 4], seq: u32, len: u32) -> (Vec<u8>, u32) {
+    let total = 40 + len;
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&8000u16.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&1u32.to_be_bytes());
+    p.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend((0..len.min(16)).map(|i| (seq.wrapping_add(i) % 251) as u8));
+    (p, total)
+}
+
+/// One event: raw time on its node's clock, direction, packet bytes and wire length.
+pub struct Ev {
+    pub t: i64,
+    pub dir: Dir,
+    pub ip: Vec<u8>,
+    pub len: u32,
+    /// Records the recorder lost just before this one (a gap in the sequence numbers).
+    pub lost_before: u64,
+}
+
+/// The same event, with `n` records lost just before it.
+pub fn after_lost(e: Ev, n: u64) -> Ev {
+    Ev { lost_before: n, ..e }
+}
+
+pub fn send(t: i64, ip: Vec<u8>) -> Ev {
+    let len = ip.len() as u32;
+    Ev { t, dir: Dir::Send, ip, len, lost_before: 0 }
+}
+
+pub fn recv(t: i64, ip: Vec<u8>) -> Ev {
+    let len = ip.len() as u32;
+    Ev { t, dir: Dir::Recv, ip, len, lost_before: 0 }
+}
+
+/// A TCP event (its wire length is longer than what was captured).
+pub fn tcp_ev(t: i64, dir: Dir, (ip, len): (Vec<u8>, u32)) -> Ev {
+    Ev { t, dir, ip, len, lost_before: 0 }
+}
+
+/// Builds a trace, one node per list; each node's recording covers `window`.
+pub fn trace_in(nodes: Vec<Vec<Ev>>, window: (i64, i64)) -> Trace {
+    let mut b = TraceBuilder::default();
+    for (k, events) in nodes.into_iter().enumerate() {
+        b.begin_node(NodeInfo { name: format!("n{}", k + 1), window, ..NodeInfo::default() }).unwrap();
+        let mut events = events;
+        events.sort_by_key(|e| e.t);
+        let mut seq = 0;
+        for e in &events {
+            seq += e.lost_before;
+            assert!(b.packet(&RawPacket { t_raw: e.t, seq: Some(seq), cpu: 0, dir: Some(e.dir), orig_len: e.len, data: &e.ip }));
+            seq += 1;
+        }
+        b.end_node();
+    }
+    b.finish()
+}
+
+/// Builds a trace whose nodes recorded from 0 to 10 s.
+pub fn trace(nodes: Vec<Vec<Ev>>) -> Trace {
+    trace_in(nodes, (0, 10_000_000_000))
+}
+
+/// Clocks that are all the same, known exactly.
+pub struct SameClock;
+
+impl TimeMap for SameClock {
+    fn corrected(&self, _: NodeId, t_raw: i64) -> i64 {
+        t_raw
+    }
+    fn uncertainty(&self, _: NodeId) -> i64 {
+        0
+    }
+}
+
+/// Node `node`'s clock reads `offset` ahead of the reference (node 0).
+pub struct Offsets(pub Vec<i64>);
+
+impl TimeMap for Offsets {
+    fn corrected(&self, node: NodeId, t_raw: i64) -> i64 {
+        t_raw - self.0[node as usize]
+    }
+    fn uncertainty(&self, _: NodeId) -> i64 {
+        0
+    }
+}
