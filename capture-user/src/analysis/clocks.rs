@@ -372,4 +372,48 @@ mod tests {
         assert!(e.uncertainty < 250_000.0, "{}", e.uncertainty);
         assert!((e.drift - 1e-4).abs() < 2e-5, "{}", e.drift);
     }
+
+    /// n2's clock runs 7 ms ahead of n1's; messages go both ways with 100–300 µs delays.
+    fn two_nodes(offset: i64, both_ways: bool) -> (Trace, Vec<(EventId, EventId)>) {
+        use super::super::testkit::{addr, recv, send, trace_in, udp};
+        let (mut n1, mut n2) = (Vec::new(), Vec::new());
+        for i in 0..40i64 {
+            let t = 100_000_000 + i * 50_000_000;
+            let delay = 100_000 + (i * 37 % 200_000);
+            let p = || udp(addr(0), addr(1), i as u16, b"ping");
+            n1.push(send(t, p()));
+            n2.push(recv(t + delay + offset, p()));
+            if both_ways {
+                let q = || udp(addr(1), addr(0), i as u16, b"pong");
+                n2.push(send(t + 1_000_000 + offset, q()));
+                n1.push(recv(t + 1_000_000 + delay, q()));
+            }
+        }
+        // The recordings span the traffic: the uncertainty must hold across all of them.
+        let t = trace_in(vec![n1, n2], (0, 2_200_000_000));
+        let m = super::super::matching::match_messages(&t, &super::super::matching::MatchIndex::new(&t));
+        (t, m.messages)
+    }
+
+    #[test]
+    fn two_way_traffic_bounds_the_offset_tightly() {
+        let (t, messages) = two_nodes(7_000_000, true);
+        let c = estimate(&t, &messages);
+        let n2 = &c.nodes[(1 - c.reference) as usize];
+        let sign = if c.reference == 0 { 1 } else { -1 };
+        let unc = n2.uncertainty_ns.expect("known");
+        assert!((n2.offset_ns - sign * 7_000_000).abs() <= unc, "offset {} ± {unc}", n2.offset_ns);
+        assert!(unc <= 300_000, "bounded by the delays: {unc}");
+        assert_eq!(n2.quality, Quality::Accurate);
+        assert_eq!(c.pairs.len(), 1);
+        assert!(c.pairs[0].both_directions && !c.pairs[0].inconsistent);
+    }
+
+    #[test]
+    fn one_way_traffic_gives_no_accurate_clock() {
+        let (t, messages) = two_nodes(7_000_000, false);
+        let c = estimate(&t, &messages);
+        let other = &c.nodes[(1 - c.reference) as usize];
+        assert_ne!(other.quality, Quality::Accurate, "one direction bounds the offset from one side only: {other:?}");
+    }
 }
