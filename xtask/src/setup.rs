@@ -52,6 +52,14 @@ pub fn cargo_bin_dir() -> PathBuf {
 }
 
 pub fn toolchain() -> anyhow::Result<()> {
+    // The test command checks formatting and lints with the workspace's own toolchain.
+    let host = output(clean_command("rustup").args(["component", "list", "--installed"]))?;
+    for comp in ["rustfmt", "clippy"] {
+        if !host.lines().any(|l| l.starts_with(comp)) {
+            eprintln!("xtask: adding {comp}");
+            exec(clean_command("rustup").args(["component", "add", comp]))?;
+        }
+    }
     let toolchains = output(clean_command("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("xtask: installing the nightly toolchain (eBPF needs -Z build-std)");
