@@ -3,6 +3,7 @@
 //! Everything on the wire between kernel and userspace is `#[repr(C)]` with plain
 //! integer fields: no `bool`, `Option` or enums, so both sides agree on every byte.
 //! The `size_of` asserts below fail the build on either side if the layout drifts.
+//! It uses nothing but `core` (and, with `user`, aya's `Pod`); both sides use it.
 #![no_std]
 
 /// Largest number of packet bytes (IP header + L4 header + payload) one record carries.

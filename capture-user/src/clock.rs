@@ -1,4 +1,5 @@
 //! Mapping the kernel's CLOCK_MONOTONIC record times onto the node's wall clock.
+//! A leaf: it uses only libc.
 
 fn now(clock: libc::clockid_t) -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -1,5 +1,5 @@
 //! Writing large outputs: atomically (a temporary file renamed into place), and with
-//! `O_DIRECT` from a background thread.
+//! `O_DIRECT` from a background thread. A leaf: it uses only std and libc.
 //!
 //! Why direct I/O: a report's JSON can be gigabytes. Through the page cache every
 //! byte is copied by the CPU into freshly allocated cache pages, which costs more than

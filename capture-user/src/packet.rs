@@ -1,4 +1,5 @@
 //! Parsing the captured bytes of a raw IPv4/IPv6 packet: just the fields wgo uses.
+//! A leaf: it uses only std.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -1,4 +1,5 @@
 //! The `wgo` command line: one file per subcommand; flags and helpers they share here.
+//! It sits on top of the library and may use all of it.
 
 pub mod agent;
 pub mod collect;
