@@ -351,3 +351,152 @@ fn an_agent_inside_the_recorded_cgroup_keeps_its_own_traffic_out() {
         }
     }
 }
+
+/// A signed trigger, sent by broadcast from node1, naming `collector` (None: naming none).
+fn signed_trigger(c: &Cluster, id: u64, collector: Option<SocketAddr>) {
+    let good = Secret::new(SECRET.to_vec()).unwrap();
+    let port = collector.map_or(COLLECT_PORT, |a| a.port());
+    c.send_raw(vec![Trigger { id, sent_ns: now_ns(), collector, port }.encode(&good)]);
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn agents_ship_only_where_the_trigger_says_and_stop_the_app_only_after_delivery_or_the_deadline() {
+    let c = Cluster::new("named", 2);
+    let agent = c.agent("node2", &["--on-trigger", "freeze", "--ship-deadline", "4"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // A trigger that names no collector is ignored: the dump would go wherever it seemed to come from.
+    signed_trigger(&c, 11, None);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.stderr().contains("names no collector"), "{}", agent.stderr());
+    assert!(!agent.stderr().contains("dumping"));
+
+    // An impostor at the named address: a collector with another secret. It cannot prove
+    // it holds ours, so there is no delivery, and the app keeps running while the agent
+    // retries, until the deadline.
+    let n1 = c.bed.node("node1");
+    let other = c.dir.join("other-secret");
+    std::fs::write(&other, "a different secret, 16+ bytes").unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let side = c.bed.side_cgroup("impostor").unwrap();
+    let mut cmd = n1.command_in(wgo(), Some(&side)).unwrap();
+    cmd.args(["collect", "--secret-file"])
+        .arg(&other)
+        .args(["--listen", &format!("{}:7400", n1.ipv4), "--wait", "30", "--out"])
+        .arg(c.dir.join("impostor"));
+    let _impostor = WgoProcess::spawn(&mut cmd, "", Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    signed_trigger(&c, 12, Some(format!("{}:7400", n1.ipv4).parse().unwrap()));
+    wait_for("the dump in the spool", Duration::from_secs(10), || agent.stderr().contains("saved in"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let node2 = c.bed.node("node2");
+    assert!(!frozen(&node2.cgroup), "frozen before any delivery: {}", agent.stderr());
+    assert!(agent.stderr().contains("failed authentication"), "{}", agent.stderr());
+    let (status, _, err) = agent.wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success() && err.contains("gave up shipping") && err.contains("wgo ship"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(3), "kept trying until the deadline");
+    assert!(frozen(&node2.cgroup), "the stop policy applies once the deadline passed");
+    let entries = wgo::transport::spool::spool_entries(&c.spool("node2")).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert!(!entries[0].shipped, "a failed handshake is no delivery");
+}
+
+#[test]
+fn sigterm_while_shipping_stops_at_once_and_leaves_the_spool_consistent() {
+    let c = Cluster::new("sigterm", 2);
+    let agent = c.agent("node2", &["--on-trigger", "freeze"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Nothing listens at the named collector: the agent retries (for 600 s by default).
+    signed_trigger(&c, 21, Some(format!("{}:7400", c.bed.node("node1").ipv4).parse().unwrap()));
+    wait_for("the dump in the spool", Duration::from_secs(10), || agent.stderr().contains("retrying"));
+    let t = Instant::now();
+    agent.signal(libc::SIGTERM);
+    let (status, _, err) = agent.wait(Duration::from_secs(10)).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3), "took {:?} to stop", t.elapsed());
+    assert!(!status.success() && err.contains("stopped by a signal") && err.contains("wgo ship"), "{err}");
+    assert!(!frozen(&c.bed.node("node2").cgroup), "a stopped agent leaves the app alone");
+    let spool = c.spool("node2");
+    let entries = wgo::transport::spool::spool_entries(&spool).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert!(!entries[0].shipped);
+    assert_eq!(sha(&entries[0].dump_path(&spool)), entries[0].sha256, "the spooled dump is whole");
+    let names: Vec<String> = std::fs::read_dir(&spool).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains("partial") && !n.ends_with(".tmp")), "{names:?}");
+}
+
+#[test]
+fn a_full_spool_still_ships_the_dump_from_memory_and_dumps_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new("fullspool", 2);
+    // node2's spool is a 16 KiB file system: its dump does not fit.
+    let tiny = c.spool("node2");
+    std::fs::create_dir_all(&tiny).unwrap();
+    run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"]).arg(&tiny)).unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(tiny.clone());
+    let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "freeze"])).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let out = c.dir.join("collected");
+    let (status, stdout, stderr) = c.collector("trigger", &out, &c.names(), "60").wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "both dumps arrive: {stdout}\n{stderr}");
+    let mut agents = agents.into_iter();
+    let (ok1, _, _) = agents.next().unwrap().wait(Duration::from_secs(30)).unwrap();
+    assert!(ok1.success());
+    let (status, _, err) = agents.next().unwrap().wait(Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "the agent says its spool failed");
+    assert!(err.contains(&format!("could not spool the dump in {}", tiny.display())) && err.contains("delivered from memory"), "{err}");
+    assert!(frozen(&c.bed.node("node2").cgroup), "delivered, so the app is stopped");
+    let left: Vec<String> = std::fs::read_dir(&tiny).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(left.iter().all(|n| !n.contains("partial")), "nothing half-written stays behind: {left:?}");
+    // Dumps hold payload bytes: only root may read them, in the spool and at the collector.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let spool1 = c.spool("node1");
+    assert_eq!(mode(&spool1), 0o700);
+    for e in std::fs::read_dir(&spool1).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+    }
+    for n in ["node1", "node2"] {
+        assert_eq!(mode(&out.join(format!("{n}.pcapng"))), 0o600);
+    }
+}
+
+#[test]
+fn agents_hear_triggers_sent_over_ipv6() {
+    let c = Cluster::new("ipv6", 2);
+    let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "none"])).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let n1 = c.bed.node("node1");
+    let side = c.bed.side_cgroup("collector").unwrap();
+    let out = c.dir.join("collected");
+    let mut cmd = n1.command_in(wgo(), Some(&side)).unwrap();
+    cmd.arg("trigger")
+        .arg("--secret-file")
+        .arg(&c.secret_file)
+        .args(["--listen", &format!("[{}]:{COLLECT_PORT}", n1.ipv6), "--expect", &c.names(), "--wait", "60", "--out"])
+        .arg(&out);
+    for n in &c.bed.nodes {
+        cmd.args(["--to", &format!("[{}]:{TRIGGER_PORT}", n.ipv6)]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for a in agents {
+        let (status, _, err) = a.wait(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "{err}");
+    }
+    for n in &c.bed.nodes {
+        assert!(out.join(format!("{}.pcapng", n.name)).exists());
+    }
+}

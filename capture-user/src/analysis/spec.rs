@@ -466,8 +466,12 @@ impl Spec {
                     let response = msg(&spec, &need(&inv.response, "response")?)?;
                     let within =
                         inv.within_ms.ok_or_else(|| err(inv.kind.span(), format!("invariant {} needs within_ms", inv.name.get_ref())))?;
-                    if within <= 0.0 {
-                        return Err(err(inv.kind.span(), "within_ms must be positive".into()));
+                    // NaN and infinity pass a plain `<= 0` test and then compare false with every time.
+                    if !(within > 0.0 && within.is_finite()) {
+                        return Err(err(
+                            inv.kind.span(),
+                            format!("within_ms must be a positive, finite number of milliseconds, not {within}"),
+                        ));
                     }
                     InvariantDef::Answered {
                         name: inv.name.get_ref().clone(),
@@ -709,5 +713,16 @@ dir = "send"
 
         let e = Spec::parse("[[message]]\nname = \"X\"\nbogus = 1\n", "x.toml").unwrap_err().to_string();
         assert!(e.contains("line 3") || e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn within_ms_must_be_a_positive_finite_number() {
+        assert!(Spec::parse(SPEC, "t.toml").is_ok());
+        for bad in ["inf", "nan", "-inf", "0", "-5"] {
+            let spec = SPEC.replace("within_ms = 200", &format!("within_ms = {bad}"));
+            assert_ne!(spec, SPEC);
+            let e = Spec::parse(&spec, "t.toml").unwrap_err().to_string();
+            assert!(e.contains("within_ms must be a positive, finite number") && e.contains("line "), "{bad}: {e}");
+        }
     }
 }

@@ -31,7 +31,8 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     // Fail before recording, not after, if the dump cannot be written.
     let special = wgo::outfile::is_special(&args.out);
     let tmp = if special { args.out.clone() } else { wgo::outfile::partial_path(&args.out) };
-    let open = || if special { std::fs::OpenOptions::new().write(true).open(&tmp) } else { std::fs::File::create(&tmp) };
+    // Private: a dump holds payload bytes.
+    let open = || if special { std::fs::OpenOptions::new().write(true).open(&tmp) } else { wgo::transport::spool::create_private(&tmp) };
     open().with_context(|| format!("cannot write {}", args.out.display()))?;
 
     let stop = stop_flag()?;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -34,14 +34,23 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
         println!("nothing to ship in {}", args.spool.display());
         return Ok(());
     }
+    let stop = super::stop_flag()?;
     let mut failed = Vec::new();
     for e in &mut entries {
         let to = match args.to {
             Some(t) => t,
             None => e.collector.parse().with_context(|| format!("{}: collector {:?} is not an address; give --to", e.node, e.collector))?,
         };
-        match wgo::node::agent::ship_entry(e, &args.spool, to, &secret, args.ship_rate, Duration::from_secs_f64(args.deadline), &mut |_| {})
-        {
+        let (mut no_port, mut no_progress) = (|_: u16| {}, |_: u64, _: u64| {});
+        let mut o = wgo::transport::ship::ShipOptions {
+            secret: &secret,
+            rate: args.ship_rate,
+            deadline: Instant::now() + Duration::from_secs_f64(args.deadline),
+            on_local_port: &mut no_port,
+            on_progress: &mut no_progress,
+            stop: Some(&stop),
+        };
+        match wgo::node::agent::ship_spooled(e, &args.spool, to, &mut o) {
             Ok(()) => println!("shipped {} ({} bytes) to {to}", e.dump_path(&args.spool).display(), e.size),
             Err(err) => {
                 eprintln!("wgo: {}: {err:#}", e.dump_path(&args.spool).display());

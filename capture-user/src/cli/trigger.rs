@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use super::collect::CollectorFlags;
 
 #[derive(clap::Args)]
@@ -28,19 +30,22 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
     let id = u64::from_be_bytes(wgo::transport::wire::random_bytes());
     let sent = wgo::clock::wall_ns() as i64;
     let listen = args.collector.listen;
-    let t = wgo::transport::wire::Trigger {
-        id,
-        sent_ns: sent,
-        collector: (!listen.ip().is_unspecified()).then_some(listen),
-        port: listen.port(),
-    };
-    let bytes = t.encode(&secret);
-    let (broadcast, to, copies) = (args.broadcast, args.to.clone(), args.copies.max(1));
+    // Every copy names the collector (signed): agents ship nowhere else. Listening on an
+    // unspecified address, the copy for each destination names the address that reaches it.
+    let mut datagrams = Vec::new();
+    for dest in args.broadcast.iter().chain(&args.to) {
+        let collector = wgo::transport::collector::address_for(listen, *dest)
+            .with_context(|| format!("finding the address agents at {dest} reach this collector on; give --listen ADDR:PORT"))?;
+        let t = wgo::transport::wire::Trigger { id, sent_ns: sent, collector: Some(collector), port: listen.port() };
+        datagrams.push((*dest, t.encode(&secret), args.broadcast == Some(*dest)));
+        tracing::info!("trigger {id:016x} to {dest}: collect on {collector}");
+    }
+    let copies = args.copies.max(1);
     tracing::info!("trigger {id:016x}: sending {copies} times; collecting on {listen}");
     let send: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = Box::new(move || {
         // Keep sending in the background while collecting starts.
         std::thread::spawn(move || {
-            if let Err(e) = wgo::transport::collector::send_trigger(&bytes, broadcast, &to, copies, Duration::from_millis(200)) {
+            if let Err(e) = wgo::transport::collector::send_trigger(&datagrams, copies, Duration::from_millis(200)) {
                 tracing::warn!("sending the trigger: {e}");
             }
         });

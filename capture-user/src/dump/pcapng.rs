@@ -458,6 +458,9 @@ impl<R: Read> Reader<R> {
                 })
             }
             BT_SPB => {
+                if total < 16 {
+                    return Err(ReadError::Corrupt { offset, what: format!("simple packet block too short ({total} bytes)") });
+                }
                 let orig_len = self.u32(&self.buf[8..12]);
                 let iface = self
                     .interfaces
@@ -576,6 +579,31 @@ mod tests {
 
         let e = Reader::new(&b"GIF89a-not-a-capture"[..]).next_block().unwrap_err();
         assert!(e.to_string().contains("not a pcapng file"), "{e}");
+    }
+
+    #[test]
+    fn a_simple_packet_block_too_short_for_its_length_field_is_an_error_not_a_panic() {
+        let mut w = Writer::new(Vec::new(), &Options::new()).unwrap();
+        w.interface(LINKTYPE_RAW, 65535, &Options::new()).unwrap();
+        let bytes = w.into_inner();
+        for len in [12u32, 16] {
+            let mut file = bytes.clone();
+            file.extend_from_slice(&BT_SPB.to_le_bytes());
+            file.extend_from_slice(&len.to_le_bytes());
+            file.extend(std::iter::repeat_n(0u8, len as usize - 12));
+            file.extend_from_slice(&len.to_le_bytes());
+            let mut r = Reader::new(&file[..]);
+            r.next_block().unwrap();
+            r.next_block().unwrap();
+            match r.next_block() {
+                Err(e) => {
+                    assert_eq!(len, 12, "a 16-byte block holds its length field: {e}");
+                    assert!(e.to_string().contains("simple packet block too short"), "{e}");
+                }
+                Ok(Some(Block::Packet(p))) => assert!(len == 16 && p.data.is_empty()),
+                Ok(other) => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

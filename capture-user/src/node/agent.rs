@@ -16,7 +16,7 @@ use super::recorder::{RecordOptions, Recorder};
 use super::stop::{StopPolicy, apply_policy};
 use crate::clock;
 use crate::dump::keys;
-use crate::transport::ship::{self, ShipOptions};
+use crate::transport::ship::{self, ShipError, ShipOptions};
 use crate::transport::spool::{self, SpoolEntry};
 use crate::transport::wire::{Heard, ProtoError, Secret, Trigger};
 
@@ -87,9 +87,15 @@ fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: BTreeSet<u64
                 ignored.replayed += 1;
                 ignored.log(&format!("trigger {:016x} from {from} was already handled", t.id));
             }
+            Ok(t) if t.collector.is_none() => {
+                // Agents ship only to the collector a signed trigger names: one that names
+                // none would send our dump wherever the datagram seems to come from.
+                ignored.malformed += 1;
+                ignored.log(&format!("trigger {:016x} from {from} names no collector", t.id));
+            }
             Ok(t) => {
                 handled.insert(t.id);
-                let _ = tx.send(HeardTrigger { trigger: t, from, heard_ns: now });
+                let _ = tx.send(HeardTrigger { trigger: t, from: SocketAddr::new(from.ip().to_canonical(), from.port()), heard_ns: now });
             }
             Err(e) => ignored.count(&e, from),
         }
@@ -97,12 +103,12 @@ fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: BTreeSet<u64
 }
 
 pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.spool).with_context(|| format!("creating spool {}", opts.spool.display()))?;
+    spool::create_spool_dir(&opts.spool).with_context(|| format!("creating spool {}", opts.spool.display()))?;
     if let Some(app) = &opts.app_cgroup {
         super::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
     }
     let handled: BTreeSet<u64> = spool::spool_entries(&opts.spool)?.iter().map(|e| e.trigger_id).collect();
-    let sock = UdpSocket::bind(("0.0.0.0", opts.trigger_port)).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
+    let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let mut recorder = Recorder::start(&opts.record)?;
     recorder.exclude_port(opts.trigger_port)?;
@@ -130,16 +136,35 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
             }
         };
         // Further triggers (and our own repeats) are ignored from here on.
-        let result = on_trigger(&opts, recorder, heard);
+        let result = on_trigger(&opts, recorder, heard, stop);
         listener_stop.store(true, Ordering::Relaxed);
         result
     })
 }
 
-fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger) -> anyhow::Result<()> {
+/// One socket for triggers over IPv4 and IPv6 (dual stack); IPv4 alone where the host has no IPv6.
+fn trigger_socket(port: u16) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let v6 = || -> std::io::Result<UdpSocket> {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        Ok(s.into())
+    };
+    match v6() {
+        Ok(s) => Ok(s),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
+            tracing::info!("no IPv6 here ({e}): hearing triggers on IPv4 only");
+            UdpSocket::bind(("0.0.0.0", port))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, stop: &AtomicBool) -> anyhow::Result<()> {
     let t = heard.trigger;
     let node = &opts.record.node;
-    let collector = t.collector.unwrap_or_else(|| SocketAddr::new(heard.from.ip(), t.port));
+    let collector = t.collector.expect("triggers that name no collector are ignored");
     tracing::info!("trigger {:016x} from {}: dumping, shipping to {collector}", t.id, heard.from);
     // 1. Snapshot the ring first: nothing the agent sends from here on is recorded.
     recorder.annotate(keys::TRIGGER_ID, format!("{:016x}", t.id));
@@ -164,41 +189,86 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger) 
         shipped: false,
     };
     let path = entry.dump_path(&opts.spool);
-    let tmp = path.with_extension("pcapng.partial");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    let mut hashing = HashingWriter { inner: std::io::BufWriter::new(file), hash: Sha256::new(), len: 0 };
-    crate::dump::write_dump(&mut hashing, &info, ring.iter())?;
-    hashing.flush()?;
-    entry.size = hashing.len;
-    entry.sha256 = spool::hex(&hashing.hash.finalize());
-    hashing.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    drop(ring);
-    std::fs::rename(&tmp, &path)?;
-    entry.save(&opts.spool)?;
-    tracing::info!("dump of {} bytes saved in {}", entry.size, path.display());
+    let spooled = spool_dump(&mut entry, &opts.spool, &info, &ring);
+    // A spool that cannot take the dump (a full disk) must not lose it: ship it from memory.
+    let in_memory = match &spooled {
+        Ok(()) => {
+            drop(ring);
+            tracing::info!("dump of {} bytes saved in {}", entry.size, path.display());
+            None
+        }
+        Err(e) => {
+            tracing::error!("{e:#}; shipping the dump from memory instead");
+            let mut bytes = Vec::new();
+            let mut hashing = HashingWriter { inner: &mut bytes, hash: Sha256::new(), len: 0 };
+            crate::dump::write_dump(&mut hashing, &info, ring.iter())?;
+            entry.size = hashing.len;
+            entry.sha256 = spool::hex(&hashing.hash.finalize());
+            drop(ring);
+            Some(bytes)
+        }
+    };
 
     // 3. Ship it.
-    let shipped = ship_entry(&mut entry, &opts.spool, collector, &opts.secret, opts.ship_rate, opts.ship_deadline, &mut |_| {});
-    // 4. Only then stop the application.
-    if let Some(app) = &opts.app_cgroup {
+    let mut no_port = |_: u16| {};
+    let mut no_progress = |_: u64, _: u64| {};
+    let mut o = ShipOptions {
+        secret: &opts.secret,
+        rate: opts.ship_rate,
+        deadline: Instant::now() + opts.ship_deadline,
+        on_local_port: &mut no_port,
+        on_progress: &mut no_progress,
+        stop: Some(stop),
+    };
+    let shipped = match &in_memory {
+        None => ship_spooled(&mut entry, &opts.spool, collector, &mut o),
+        Some(bytes) => ship::ship(&entry, ship::Source::Memory(bytes), collector, &mut o).map_err(anyhow::Error::from),
+    };
+    // 4. Only then stop the application: after a delivery, or once shipping gave up. A
+    // signal while shipping stops the agent alone, and the dump stays in the spool.
+    let stopped = shipped.as_ref().err().and_then(|e| e.downcast_ref::<ShipError>()).is_some_and(|e| matches!(e, ShipError::Stopped(_)));
+    if let Some(app) = &opts.app_cgroup
+        && !stopped
+    {
         apply_policy(app, opts.on_trigger)?;
     }
-    shipped.with_context(|| format!("the dump stays in {}; send it later with `wgo ship --spool {}`", path.display(), opts.spool.display()))
+    match (shipped, spooled) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Ok(()), Err(e)) => Err(e.context("the dump was delivered from memory, but the spool could not keep a copy")),
+        (Err(e), Ok(())) => {
+            Err(e.context(format!("the dump stays in {}; send it later with `wgo ship --spool {}`", path.display(), opts.spool.display())))
+        }
+        (Err(e), Err(s)) => Err(e.context(format!("the dump is lost: {s:#}"))),
+    }
 }
 
-/// Ships a spool entry and marks it shipped.
-pub fn ship_entry(
-    entry: &mut SpoolEntry,
-    spool: &Path,
-    to: SocketAddr,
-    secret: &Secret,
-    rate: u64,
-    deadline: Duration,
-    on_local_port: &mut dyn FnMut(u16),
-) -> anyhow::Result<()> {
-    let mut progress = |_: u64, _: u64| {};
-    let mut o = ShipOptions { secret, rate, deadline: Instant::now() + deadline, on_local_port, on_progress: &mut progress };
-    ship::ship(entry, spool, to, &mut o)?;
+/// Writes the dump into the spool (a `.partial` file renamed when complete, private to
+/// root: it holds payload bytes) with its entry. On failure nothing is left behind.
+fn spool_dump(entry: &mut SpoolEntry, spool: &Path, info: &crate::dump::DumpInfo, ring: &super::ring::Ring) -> anyhow::Result<()> {
+    let path = entry.dump_path(spool);
+    let tmp = path.with_extension("pcapng.partial");
+    let result = (|| -> anyhow::Result<()> {
+        let file = spool::create_private(&tmp)?;
+        let mut hashing = HashingWriter { inner: std::io::BufWriter::new(file), hash: Sha256::new(), len: 0 };
+        crate::dump::write_dump(&mut hashing, info, ring.iter())?;
+        hashing.flush()?;
+        entry.size = hashing.len;
+        entry.sha256 = spool::hex(&hashing.hash.clone().finalize());
+        hashing.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        entry.save(spool)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&path);
+    }
+    result.with_context(|| format!("could not spool the dump in {}", spool.display()))
+}
+
+/// Ships a spooled dump and marks it shipped.
+pub fn ship_spooled(entry: &mut SpoolEntry, spool: &Path, to: SocketAddr, opts: &mut ShipOptions<'_>) -> anyhow::Result<()> {
+    ship::ship(entry, ship::Source::File(&entry.dump_path(spool)), to, opts)?;
     entry.shipped = true;
     entry.save(spool)?;
     tracing::info!("{}: dump of {} bytes delivered to {to}", entry.node, entry.size);

@@ -222,7 +222,9 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
     }
     let part = out.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]));
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0).min(offer.size);
-    let mut f = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&part)?;
+    // Private: a dump holds payload bytes.
+    let mut f =
+        std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).read(true).append(true), 0o600).open(&part)?;
     f.set_len(have)?;
     // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
     let mut hash = <sha2::Sha256 as sha2::Digest>::new();
@@ -303,21 +305,29 @@ impl std::io::Write for HashSink<'_> {
     }
 }
 
-/// Sends a trigger `copies` times, to a broadcast address and/or unicast hosts.
-pub fn send_trigger(bytes: &[u8], broadcast: Option<SocketAddr>, to: &[SocketAddr], copies: u32, gap: Duration) -> std::io::Result<()> {
+/// The collector address to name in a trigger for agents at `dest`: `listen` itself, or,
+/// when it is unspecified (0.0.0.0 or ::), the local address this host reaches `dest` from.
+pub fn address_for(listen: SocketAddr, dest: SocketAddr) -> std::io::Result<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return Ok(listen);
+    }
+    let probe = UdpSocket::bind(if dest.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    probe.set_broadcast(true)?;
+    // A UDP connect sends nothing: it only picks the route, and with it the local address.
+    probe.connect(dest)?;
+    Ok(SocketAddr::new(probe.local_addr()?.ip(), listen.port()))
+}
+
+/// Sends each (destination, datagram, is broadcast) `copies` times.
+pub fn send_trigger(datagrams: &[(SocketAddr, Vec<u8>, bool)], copies: u32, gap: Duration) -> std::io::Result<()> {
     let sock = UdpSocket::bind("0.0.0.0:0")?;
     sock.set_broadcast(true)?;
-    let sock6 = if to.iter().any(|a| a.is_ipv6()) { Some(UdpSocket::bind("[::]:0")?) } else { None };
+    let sock6 = if datagrams.iter().any(|(a, _, _)| a.is_ipv6()) { Some(UdpSocket::bind("[::]:0")?) } else { None };
     for k in 0..copies {
-        if let Some(b) = broadcast
-            && let Err(e) = sock.send_to(bytes, b)
-        {
-            tracing::warn!("broadcast to {b}: {e}");
-        }
-        for a in to {
+        for (a, bytes, broadcast) in datagrams {
             let s = if a.is_ipv6() { sock6.as_ref().expect("bound") } else { &sock };
             if let Err(e) = s.send_to(bytes, a) {
-                tracing::warn!("trigger to {a}: {e}");
+                tracing::warn!("{} to {a}: {e}", if *broadcast { "broadcast" } else { "trigger" });
             }
         }
         if k + 1 < copies {

@@ -4,6 +4,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::spool::SpoolEntry;
@@ -17,6 +18,8 @@ pub enum ShipError {
     Refused(SocketAddr, String),
     #[error("gave up shipping to {to} after {attempts} attempts ({last})")]
     Deadline { to: SocketAddr, attempts: u32, last: String },
+    #[error("stopped by a signal while shipping to {0}")]
+    Stopped(SocketAddr),
 }
 
 /// Sends at most `rate` bytes per second (0: unlimited), in chunks.
@@ -48,25 +51,47 @@ pub struct ShipOptions<'a> {
     pub on_local_port: &'a mut dyn FnMut(u16),
     /// Called with bytes acknowledged so far (resume offset, then progress).
     pub on_progress: &'a mut dyn FnMut(u64, u64),
+    /// Set (by SIGTERM, say) to give up at once: the dump stays in the spool.
+    pub stop: Option<&'a AtomicBool>,
 }
 
-/// Ships one spooled dump, retrying with backoff until it is delivered or the deadline passes.
-pub fn ship(entry: &SpoolEntry, spool: &Path, to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), ShipError> {
-    let path = entry.dump_path(spool);
+impl ShipOptions<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// Where a dump's bytes are: its spool file, or memory (when the spool could not take it).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    File(&'a Path),
+    Memory(&'a [u8]),
+}
+
+/// Ships one dump, retrying with backoff until it is delivered or the deadline passes.
+pub fn ship(entry: &SpoolEntry, source: Source<'_>, to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), ShipError> {
     let digest = entry.digest().ok_or_else(|| ShipError::Spool(format!("bad digest {:?} in spool entry", entry.sha256)))?;
     let mut attempts = 0;
     let mut backoff = Duration::from_millis(200);
     loop {
         attempts += 1;
-        match ship_once(entry, &path, &digest, to, opts) {
+        match ship_once(entry, source, &digest, to, opts) {
             Ok(()) => return Ok(()),
+            Err(_) if opts.stopped() => return Err(ShipError::Stopped(to)),
             Err(Attempt::Refused(r)) => return Err(ShipError::Refused(to, r)),
             Err(Attempt::Retry(last)) => {
                 if Instant::now() + backoff > opts.deadline {
                     return Err(ShipError::Deadline { to, attempts, last });
                 }
                 tracing::info!("shipping to {to} failed ({last}); retrying in {backoff:?}");
-                std::thread::sleep(backoff);
+                // In small steps, so that a stop is noticed at once.
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if opts.stopped() {
+                        return Err(ShipError::Stopped(to));
+                    }
+                    std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
@@ -100,7 +125,7 @@ fn connect(to: SocketAddr, on_local_port: &mut dyn FnMut(u16)) -> std::io::Resul
     Ok(s)
 }
 
-fn ship_once(entry: &SpoolEntry, path: &Path, digest: &[u8; 32], to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), Attempt> {
+fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), Attempt> {
     let mut s = connect(to, opts.on_local_port)?;
     // A cut link must not hold us past the deadline in a blocked write.
     let left = opts.deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(1), Duration::from_secs(30));
@@ -112,8 +137,9 @@ fn ship_once(entry: &SpoolEntry, path: &Path, digest: &[u8; 32], to: SocketAddr,
         return Err(Attempt::Retry("collector did not send a challenge".into()));
     };
     if !wire::check_collector_mac(opts.secret, &nonce, &cnonce, &mac) {
-        // Someone without the secret: never send it our dump.
-        return Err(Attempt::Refused("the collector failed authentication (wrong secret?)".into()));
+        // Someone without the secret: never send it our dump. Not a delivery either: the
+        // real collector may still answer at this address, so keep trying until the deadline.
+        return Err(Attempt::Retry("the collector failed authentication (wrong secret, or not the collector)".into()));
     }
     let mut offer = Offer { trigger_id: entry.trigger_id, heard_ns: entry.heard_ns, size: entry.size, sha256: *digest, mac: [0; 32] };
     offer.mac = wire::agent_mac(opts.secret, &nonce, &cnonce, &entry.node, &offer);
@@ -125,13 +151,22 @@ fn ship_once(entry: &SpoolEntry, path: &Path, digest: &[u8; 32], to: SocketAddr,
         _ => return Err(Attempt::Retry("unexpected reply to the offer".into())),
     };
     (opts.on_progress)(offset, entry.size);
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
+    let mut f: Box<dyn Read> = match source {
+        Source::File(path) => {
+            let mut f = std::fs::File::open(path)?;
+            f.seek(SeekFrom::Start(offset))?;
+            Box::new(f)
+        }
+        Source::Memory(bytes) => Box::new(bytes.get(offset as usize..).unwrap_or(&[])),
+    };
     let mut pacer = Pacer { rate: opts.rate, start: Instant::now(), sent: 0 };
     let chunk = if opts.rate == 0 { 1 << 20 } else { (opts.rate as usize / 20).clamp(1024, 1 << 20) };
     let mut buf = vec![0u8; chunk];
     let mut done = offset;
     while done < entry.size {
+        if opts.stopped() {
+            return Err(Attempt::Retry(format!("stopped at {done} of {} bytes", entry.size)));
+        }
         if Instant::now() > opts.deadline {
             return Err(Attempt::Retry(format!("deadline passed at {done} of {} bytes", entry.size)));
         }

@@ -28,15 +28,38 @@ impl SpoolEntry {
         spool.join(format!("{}-{:016x}.json", self.node, self.trigger_id))
     }
     pub fn save(&self, spool: &Path) -> std::io::Result<()> {
+        use std::io::Write;
         let tmp = spool.join(format!(".{}-{:016x}.json.tmp", self.node, self.trigger_id));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
+        let written = create_private(&tmp).and_then(|mut f| {
+            f.write_all(&serde_json::to_vec_pretty(self).expect("serializable"))?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         std::fs::rename(&tmp, self.meta_path(spool))
     }
     /// The dump's SHA-256, or None when the entry's is not 64 hex digits.
     pub fn digest(&self) -> Option<[u8; 32]> {
         hex32(&self.sha256)
     }
+}
+
+/// Creates (or truncates) a file only its owner may read: dumps hold payload bytes.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // An existing file keeps its mode on open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+/// Creates a spool directory only its owner may enter.
+pub fn create_spool_dir(spool: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spool)?;
+    std::fs::set_permissions(spool, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Every dump the spool holds, oldest trigger first.

@@ -2,8 +2,8 @@
 //! Pure parsing and building, no I/O: fuzzed on its own (see `fuzz/`).
 //!
 //! Trigger (UDP, 72 bytes): `WGOT` | version u8 | 3 reserved | trigger id u64 |
-//! sent at (sender's wall clock, ns) i64 | collector: family u8 (4/6/0 = use the
-//! datagram's source) | port u16 | 16 address bytes | 1 pad | HMAC-SHA256 (32) of the rest.
+//! sent at (sender's wall clock, ns) i64 | collector: family u8 (4/6; 0 = none named,
+//! which agents ignore) | port u16 | 16 address bytes | 1 pad | HMAC-SHA256 (32) of the rest.
 //! Heard (UDP, agent → collector): `WGOH` | version | trigger id | heard at i64 |
 //! name length u8 | name | HMAC (32).
 //!
@@ -139,9 +139,10 @@ impl Trigger {
         if port == 0 {
             return Err(ProtoError::Malformed("collector port 0"));
         }
-        let skew = sent_ns.saturating_sub(now_ns);
-        if skew.abs() > window_ns {
-            return Err(ProtoError::Stale(skew / 1_000_000_000));
+        // abs_diff: `(sent - now).abs()` overflows for a sent time near i64::MIN and passes.
+        if sent_ns.abs_diff(now_ns) > window_ns.unsigned_abs() {
+            let skew_s = (sent_ns as i128 - now_ns as i128) / 1_000_000_000;
+            return Err(ProtoError::Stale(skew_s.clamp(i64::MIN as i128, i64::MAX as i128) as i64));
         }
         Ok(Trigger { id, sent_ns, collector, port })
     }
@@ -394,6 +395,14 @@ mod tests {
         let other = Secret::new(b"another-secret-of-16+".to_vec()).unwrap();
         assert_eq!(Trigger::decode(&b, &other, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Signature));
         assert!(matches!(Trigger::decode(&b, &s, 1_000_000_000_000 + 3_600_000_000_000, 60_000_000_000), Err(ProtoError::Stale(_))));
+        // Sent times at the ends of the range are stale too (no overflow in the check).
+        for sent_ns in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let far = Trigger { sent_ns, ..t }.encode(&s);
+            assert!(
+                matches!(Trigger::decode(&far, &s, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Stale(_))),
+                "sent_ns {sent_ns} must be stale"
+            );
+        }
         let mut tampered = b.clone();
         tampered[10] ^= 1;
         assert_eq!(Trigger::decode(&tampered, &s, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Signature));
