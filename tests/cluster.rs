@@ -500,3 +500,41 @@ fn agents_hear_triggers_sent_over_ipv6() {
         assert!(out.join(format!("{}.pcapng", n.name)).exists());
     }
 }
+
+#[test]
+fn two_agents_with_one_name_are_refused_naming_both_addresses() {
+    let c = Cluster::new("dupname", 2);
+    // node2's agent calls itself node1 too.
+    let first = c.agent("node1", &["--on-trigger", "none"]);
+    let n2 = c.bed.node("node2");
+    let side = c.bed.side_cgroup("agent-impostor").unwrap();
+    let mut cmd = n2.command_in(wgo(), Some(&side)).unwrap();
+    cmd.args(["agent", "--node", "node1", "--cgroup"])
+        .arg(&n2.cgroup)
+        .arg("--secret-file")
+        .arg(&c.secret_file)
+        .arg("--spool-dir")
+        .arg(c.dir.join("spool-impostor"))
+        .args(["--ring-seconds", "60", "--trigger-port", &TRIGGER_PORT.to_string(), "--on-trigger", "none", "--ship-deadline", "5"])
+        .env("WGO_LOG", "info");
+    let second = WgoProcess::spawn(&mut cmd, "waiting for a trigger", Duration::from_secs(15)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = c.dir.join("collected");
+    let trig = c.collector("trigger", &out, "node1", "20");
+    let (status, _, stderr) = trig.wait(Duration::from_secs(60)).unwrap();
+    assert!(status.success(), "one dump for node1 arrives: {stderr}");
+    let results = [first.wait(Duration::from_secs(30)).unwrap(), second.wait(Duration::from_secs(30)).unwrap()];
+    let refused: Vec<&String> = results.iter().filter(|r| !r.0.success()).map(|r| &r.2).collect();
+    assert_eq!(refused.len(), 1, "exactly one of the two is refused");
+    let (a1, a2) = (c.bed.node("node1").ipv4.to_string(), n2.ipv4.to_string());
+    assert!(
+        refused[0].contains("two agents use the node name node1") && refused[0].contains(&a1) && refused[0].contains(&a2),
+        "{}",
+        refused[0]
+    );
+    assert!(stderr.contains("two agents use the node name node1"), "the collector says so too: {stderr}");
+    // The dump kept is whole: it is the one of the agent that was not refused.
+    let kept_spool = if results[0].0.success() { c.spool("node1") } else { c.dir.join("spool-impostor") };
+    let entries = wgo::transport::spool::spool_entries(&kept_spool).unwrap();
+    assert_eq!(sha(&out.join("node1.pcapng")), entries[0].sha256);
+}

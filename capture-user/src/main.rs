@@ -19,7 +19,7 @@ fn main() {
         Command::Report(args) => cli::report::run(args),
         Command::Agent(args) => cli::agent::run(args),
         Command::Trigger(args) => cli::trigger::run(args),
-        Command::Collect(args) => cli::collect::run(args.collector, None),
+        Command::Collect(args) => cli::collect::run(args.collector, None, args.trigger_id),
         Command::Ship(args) => cli::ship::run(args),
     };
     if let Err(e) = result {

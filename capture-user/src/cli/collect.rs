@@ -31,6 +31,13 @@ pub struct CollectorFlags {
 pub struct CollectArgs {
     #[command(flatten)]
     pub collector: CollectorFlags,
+    /// The trigger to collect for (hex), when the directory's manifest does not name it.
+    #[arg(long, value_parser = parse_trigger_id)]
+    pub trigger_id: Option<u64>,
+}
+
+fn parse_trigger_id(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| format!("'{s}' is not a trigger id (16 hex digits)"))
 }
 
 fn parse_expect(s: Option<&str>) -> anyhow::Result<wgo::transport::collector::Expect> {
@@ -51,20 +58,17 @@ fn parse_expect(s: Option<&str>) -> anyhow::Result<wgo::transport::collector::Ex
 }
 
 /// A trigger to send once the collector listens: its id, its send time, and the sending.
-pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() -> anyhow::Result<()> + Send>);
+pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
 
 /// Binds the collector's sockets (before any trigger goes out) and collects.
-pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>) -> anyhow::Result<()> {
+pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Option<u64>) -> anyhow::Result<()> {
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
     let listener = TcpListener::bind(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
     let udp = UdpSocket::bind(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
-    let (trigger_id, sent) = match trigger {
-        Some((id, sent, send)) => {
-            send()?;
-            (Some(id), Some(sent))
-        }
-        None => (None, None),
+    let (trigger_id, sent, send) = match trigger {
+        Some((id, sent, send)) => (Some(id), Some(sent), Some(send)),
+        None => (known_id, None, None),
     };
     let opts = wgo::transport::collector::CollectOptions {
         out: args.out.clone(),
@@ -74,8 +78,14 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>) -> anyhow::Res
         trigger_id,
         trigger_sent_ns: sent,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        limits: wgo::transport::collector::Limits::default(),
     };
-    let result = wgo::transport::collector::collect(opts, listener, udp);
+    // The trigger goes out once the collector is ready for it (and its directory checked).
+    let result = wgo::transport::collector::collect(opts, listener, udp, move || {
+        if let Some(send) = send {
+            send();
+        }
+    });
     let manifest = wgo::transport::manifest::Manifest::load(&args.out).unwrap_or_default();
     for n in &manifest.nodes {
         match (n.bytes, n.arrived_ns) {

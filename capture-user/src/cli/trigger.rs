@@ -42,14 +42,13 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
     }
     let copies = args.copies.max(1);
     tracing::info!("trigger {id:016x}: sending {copies} times; collecting on {listen}");
-    let send: Box<dyn FnOnce() -> anyhow::Result<()> + Send> = Box::new(move || {
-        // Keep sending in the background while collecting starts.
+    let send: Box<dyn FnOnce() + Send> = Box::new(move || {
+        // Keep sending in the background while collecting goes on.
         std::thread::spawn(move || {
             if let Err(e) = wgo::transport::collector::send_trigger(&datagrams, copies, Duration::from_millis(200)) {
                 tracing::warn!("sending the trigger: {e}");
             }
         });
-        Ok(())
     });
-    super::collect::run(args.collector, Some((id, sent, send)))
+    super::collect::run(args.collector, Some((id, sent, send)), None)
 }

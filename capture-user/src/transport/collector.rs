@@ -1,11 +1,20 @@
 //! The collector: receives dumps from agents after a trigger, checks them, and writes
 //! `DIR/<node>.pcapng` plus `DIR/manifest.json`. Restartable: partial transfers resume.
+//!
+//! It runs on tokio and holds under load and attack: unauthenticated connections are
+//! bounded (the oldest is dropped for a new one) and must complete their handshake within
+//! a deadline, whole frames included; a bounded number of dumps are received at once while
+//! the other agents wait; running out of descriptors is logged at a bounded rate, never fatal.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use super::manifest::Manifest;
 use super::spool::hex;
@@ -31,6 +40,8 @@ pub enum CollectError {
     Io { what: String, source: std::io::Error },
     #[error("missing dumps from: {}", .0.join(", "))]
     Missing(Vec<String>),
+    #[error("{out} is not empty: {why}; collect into a new directory, or remove it")]
+    Stale { out: PathBuf, why: String },
 }
 
 pub struct CollectOptions {
@@ -38,19 +49,54 @@ pub struct CollectOptions {
     pub secret: Secret,
     pub expect: Expect,
     pub wait: Duration,
-    /// The trigger this collector waits for; None: adopt the manifest's, or accept any.
+    /// The trigger this collector waits for; None: adopt the manifest's, or the first offered.
     pub trigger_id: Option<u64>,
     pub trigger_sent_ns: Option<i64>,
     pub progress: bool,
+    pub limits: Limits,
+}
+
+/// What one collector takes on at once. Past these it pushes back instead of growing.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections not yet authenticated; when full, the oldest is dropped for a new one
+    /// (an attacker holding them open cannot lock agents out).
+    pub handshakes: usize,
+    /// Dumps being received at once; more authenticated agents wait for a turn.
+    pub transfers: usize,
+    /// From connect to a valid offer.
+    pub handshake_deadline: Duration,
+    /// Longest wait for any bytes while receiving a dump.
+    pub idle_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { handshakes: 256, transfers: 32, handshake_deadline: Duration::from_secs(10), idle_deadline: Duration::from_secs(30) }
+    }
 }
 
 struct State {
     manifest: Manifest,
     trigger_id: Option<u64>,
+    /// Who delivers each node's dump: its address and digest, to refuse a second agent
+    /// that uses the same name.
+    owners: HashMap<String, (IpAddr, [u8; 32])>,
     bars: Option<indicatif::MultiProgress>,
-    /// Protocol errors seen, for a rate-limited log.
+    /// Errors seen, for a rate-limited log.
     rejected: u64,
     last_reject_log: Option<Instant>,
+}
+
+impl State {
+    fn reject(&mut self, what: &str) {
+        self.rejected += 1;
+        // At most one line per second, with the running count.
+        if self.last_reject_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            tracing::warn!("ignored {what} ({} rejected so far)", self.rejected);
+            self.last_reject_log = Some(Instant::now());
+        }
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectError {
@@ -58,21 +104,39 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectError {
     move |source| CollectError::Io { what, source }
 }
 
+/// The trigger to collect for, from the options and what `out` already holds. Dumps of
+/// another incident are refused rather than mixed in.
+fn adopt(opts: &CollectOptions) -> Result<(Manifest, Option<u64>), CollectError> {
+    let stale = |why: String| Err(CollectError::Stale { out: opts.out.clone(), why });
+    let manifest = Manifest::load(&opts.out);
+    let prior = manifest.as_ref().and_then(|m| m.trigger_id.as_deref()).and_then(|h| u64::from_str_radix(h, 16).ok());
+    if let (Some(m), Some(old)) = (&manifest, prior) {
+        return match opts.trigger_id {
+            Some(new) if new != old => stale(format!("its manifest.json is for trigger {old:016x}, not {new:016x}")),
+            // A restart: go on with the same trigger, and with what already arrived.
+            _ => Ok((m.clone(), Some(old))),
+        };
+    }
+    let dumps: Vec<String> = std::fs::read_dir(&opts.out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pcapng"))
+        .collect();
+    if !dumps.is_empty() {
+        return stale(format!("it holds dumps ({}) of an incident no manifest.json names", dumps.join(", ")));
+    }
+    Ok((manifest.unwrap_or_default(), opts.trigger_id))
+}
+
 /// Receives dumps on `listener` (and heard messages on `udp`) until every expected node
 /// has delivered or `wait` passes. Returns the manifest; missing nodes are an error.
-pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> Result<Manifest, CollectError> {
+/// `ready` runs once the output directory is checked and its manifest written, before any
+/// connection is taken: that is when a trigger may go out.
+pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, ready: impl FnOnce()) -> Result<Manifest, CollectError> {
     std::fs::create_dir_all(opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
-    let mut manifest = Manifest::load(&opts.out).unwrap_or_default();
-    let prior = manifest.trigger_id.as_deref().and_then(|h| u64::from_str_radix(h, 16).ok());
-    let trigger_id = match (opts.trigger_id, prior) {
-        (Some(new), Some(old)) if new != old => {
-            // A new trigger: start a new manifest (old dumps stay on disk until overwritten).
-            manifest = Manifest::default();
-            Some(new)
-        }
-        (Some(id), _) | (None, Some(id)) => Some(id),
-        (None, None) => None,
-    };
+    let (mut manifest, trigger_id) = adopt(&opts)?;
     manifest.trigger_id = trigger_id.map(|id| format!("{id:016x}"));
     if opts.trigger_sent_ns.is_some() {
         manifest.trigger_sent_ns = opts.trigger_sent_ns;
@@ -83,56 +147,88 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> R
         Expect::Heard => serde_json::json!("every node that heard the trigger"),
     });
     manifest.complete = false;
+    // Written before anything arrives: a restarted collector picks up this trigger.
+    manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
+    ready();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("wgo-collect")
+        .enable_all()
+        .build()
+        .map_err(io("starting the collector's runtime"))?;
+    rt.block_on(collect_async(opts, manifest, trigger_id, listener, udp))
+}
+
+async fn collect_async(
+    opts: CollectOptions,
+    manifest: Manifest,
+    trigger_id: Option<u64>,
+    listener: TcpListener,
+    udp: UdpSocket,
+) -> Result<Manifest, CollectError> {
+    listener.set_nonblocking(true).map_err(io("configuring the listener"))?;
+    udp.set_nonblocking(true).map_err(io("configuring the heard socket"))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(io("configuring the listener"))?;
+    let udp = tokio::net::UdpSocket::from_std(udp).map_err(io("configuring the heard socket"))?;
     let state = Arc::new(Mutex::new(State {
         manifest,
         trigger_id,
+        owners: HashMap::new(),
         bars: opts.progress.then(indicatif::MultiProgress::new),
         rejected: 0,
         last_reject_log: None,
     }));
-    let secret = Arc::new(opts.secret.clone());
-    let out = Arc::new(opts.out.clone());
+    let ctx = Arc::new(Ctx {
+        state: state.clone(),
+        secret: opts.secret.clone(),
+        out: opts.out.clone(),
+        limits: opts.limits,
+        transfers: Arc::new(Semaphore::new(opts.limits.transfers.max(1))),
+    });
 
-    // Heard messages.
-    udp.set_read_timeout(Some(Duration::from_millis(100))).map_err(io("configuring the heard socket"))?;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let heard_thread = {
-        let (state, secret, stop) = (state.clone(), secret.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok((n, from)) = udp.recv_from(&mut buf) else { continue };
-                let mut st = state.lock().expect("lock");
-                match Heard::decode(&buf[..n], &secret) {
-                    Ok(h) if st.trigger_id.is_none_or(|id| id == h.trigger_id) => {
-                        let node = st.manifest.node(&h.node);
-                        node.heard_ns = Some(h.heard_ns);
-                        node.addr.get_or_insert_with(|| from.ip().to_string());
-                    }
-                    Ok(_) => {}
-                    Err(e) => reject(&mut st, &format!("heard datagram from {from}: {e}")),
-                }
-            }
-        })
-    };
-
-    listener.set_nonblocking(true).map_err(io("configuring the listener"))?;
-    let deadline = Instant::now() + opts.wait;
+    let heard = tokio::spawn(heard_loop(udp, ctx.clone()));
+    let deadline = tokio::time::Instant::now() + opts.wait;
     let mut quiet_since = Instant::now();
     let mut last_seen = 0usize;
+    // Handshakes in progress, oldest first: (connection number, its abort handle).
+    let mut pending: VecDeque<(u64, tokio::task::AbortHandle)> = VecDeque::new();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut next_conn = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut accept_errors = RateLimited::default();
     loop {
-        match listener.accept() {
-            Ok((stream, from)) => {
-                let (state, secret, out) = (state.clone(), secret.clone(), out.clone());
-                std::thread::spawn(move || {
-                    if let Err(e) = serve(stream, from, &state, &secret, &out) {
-                        reject(&mut state.lock().expect("lock"), &format!("connection from {from}: {e}"));
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => {
+                    while pending.len() >= opts.limits.handshakes.max(1) {
+                        let (_, oldest) = pending.pop_front().expect("non-empty");
+                        oldest.abort();
+                        state.lock().expect("lock").reject("the oldest unauthenticated connection: too many at once");
                     }
-                });
-                continue;
+                    let id = next_conn;
+                    next_conn += 1;
+                    let (ctx, done_tx) = (ctx.clone(), done_tx.clone());
+                    let task = tokio::spawn(async move {
+                        if let Err(e) = serve(stream, from, &ctx, || { let _ = done_tx.send(id); }).await {
+                            ctx.state.lock().expect("lock").reject(&format!("connection from {from}: {e}"));
+                        }
+                        let _ = done_tx.send(id);
+                    });
+                    pending.push_back((id, task.abort_handle()));
+                }
+                Err(e) => {
+                    // Out of descriptors, say: back off a little, log at a bounded rate, go on.
+                    accept_errors.log(&format!("accepting a connection: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(id) = done_rx.recv() => {
+                // Authenticated (or gone): no longer a handshake that may be dropped.
+                if let Some(k) = pending.iter().position(|(x, _)| *x == id) {
+                    pending.remove(k);
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => tracing::warn!("accept: {e}"),
+            _ = tick.tick() => {}
         }
         let (done, seen) = {
             let st = state.lock().expect("lock");
@@ -154,14 +250,14 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> R
             last_seen = seen;
             quiet_since = Instant::now();
         }
-        if done || Instant::now() > deadline {
+        if done || tokio::time::Instant::now() > deadline {
             break;
         }
-        // Short: both a new connection and the last arrival are noticed within it.
-        std::thread::sleep(Duration::from_millis(5));
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = heard_thread.join();
+    heard.abort();
+    for (_, p) in pending {
+        p.abort();
+    }
 
     let mut st = state.lock().expect("lock");
     let mut missing: Vec<String> = match &opts.expect {
@@ -182,59 +278,137 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket) -> R
     if missing.is_empty() { Ok(st.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
 }
 
-fn reject(st: &mut State, what: &str) {
-    st.rejected += 1;
-    // At most one line per second, with the running count.
-    if st.last_reject_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-        tracing::warn!("ignored {what} ({} rejected so far)", st.rejected);
-        st.last_reject_log = Some(Instant::now());
+/// A warning at most once a second, with how many there were.
+#[derive(Default)]
+struct RateLimited {
+    count: u64,
+    last: Option<Instant>,
+}
+
+impl RateLimited {
+    fn log(&mut self, what: &str) {
+        self.count += 1;
+        if self.last.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            tracing::warn!("{what} ({} so far)", self.count);
+            self.last = Some(Instant::now());
+        }
     }
 }
 
-/// One agent's connection: authenticate both ways, resume, receive, verify, publish.
-fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secret, out: &Path) -> std::io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.set_write_timeout(Some(Duration::from_secs(30)))?;
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let Frame::Hello { node, nonce } = wire::read_frame(&mut s)? else { return Err(bad("expected hello")) };
-    let cnonce: [u8; 16] = wire::random_bytes();
-    s.write_all(&Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) }.encode())?;
-    let Frame::Offer(offer) = wire::read_frame(&mut s)? else { return Err(bad("expected offer")) };
-    if !wire::check_agent_mac(secret, &nonce, &cnonce, &node, &offer) {
-        return Err(bad(&format!("{node} failed authentication (wrong secret?)")));
-    }
-    let refuse = |s: &mut TcpStream, reason: String| -> std::io::Result<()> {
-        s.write_all(&Frame::Refuse { reason: reason.clone() }.encode())?;
-        Err(bad(&reason))
-    };
-    {
-        let st = state.lock().expect("lock");
-        if let Some(id) = st.trigger_id
-            && id != offer.trigger_id
-        {
-            drop(st);
-            return refuse(&mut s, format!("this collector waits for trigger {id:016x}, not {:016x}", offer.trigger_id));
+/// What every connection shares.
+struct Ctx {
+    state: Arc<Mutex<State>>,
+    secret: Secret,
+    out: PathBuf,
+    limits: Limits,
+    transfers: Arc<Semaphore>,
+}
+
+/// Heard messages: who heard the trigger, and when on their own clock.
+async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
+    let mut buf = [0u8; 512];
+    loop {
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        let mut st = ctx.state.lock().expect("lock");
+        match Heard::decode(&buf[..n], &ctx.secret) {
+            Ok(h) if st.trigger_id.is_none_or(|id| id == h.trigger_id) => {
+                let node = st.manifest.node(&h.node);
+                node.heard_ns = Some(h.heard_ns);
+                node.addr.get_or_insert_with(|| from.ip().to_canonical().to_string());
+            }
+            Ok(_) => {}
+            Err(e) => st.reject(&format!("heard datagram from {from}: {e}")),
         }
     }
-    if offer.size > MAX_DUMP_BYTES {
-        return refuse(&mut s, format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES));
+}
+
+fn bad(m: impl Into<String>) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, m.into())
+}
+
+/// Reads one frame within `limit`, refusing oversized lengths before allocating.
+async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame> {
+    let read = async {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 || len > wire::MAX_FRAME {
+            return Err(bad(format!("frame length {len} out of range")));
+        }
+        let mut b = vec![0u8; len];
+        s.read_exact(&mut b).await?;
+        Frame::decode(&b).map_err(|e| bad(e.to_string()))
+    };
+    tokio::time::timeout(limit, read).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "too slow to send a frame"))?
+}
+
+async fn write_frame(s: &mut TcpStream, f: Frame, limit: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(limit, s.write_all(&f.encode()))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "too slow to take a frame"))?
+}
+
+/// One agent's connection: authenticate both ways, resume, receive, verify, publish.
+/// `authenticated` is called once the agent proved it holds the secret.
+async fn serve(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: impl FnOnce()) -> std::io::Result<()> {
+    let (secret, out, limits) = (&ctx.secret, &ctx.out, ctx.limits);
+    let from_ip = from.ip().to_canonical();
+    // The whole handshake, not each read, has a deadline: a byte every few seconds does not
+    // keep a connection.
+    let handshake_end = tokio::time::Instant::now() + limits.handshake_deadline;
+    let left = || handshake_end.saturating_duration_since(tokio::time::Instant::now());
+    let Frame::Hello { node, nonce } = read_frame(&mut s, left()).await? else { return Err(bad("expected hello")) };
+    let cnonce: [u8; 16] = wire::random_bytes();
+    write_frame(&mut s, Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) }, left()).await?;
+    let Frame::Offer(offer) = read_frame(&mut s, left()).await? else { return Err(bad("expected offer")) };
+    if !wire::check_agent_mac(secret, &nonce, &cnonce, &node, &offer) {
+        return Err(bad(format!("{node} failed authentication (wrong secret?)")));
     }
+    authenticated();
+    let refusal = {
+        let mut st = ctx.state.lock().expect("lock");
+        match st.trigger_id {
+            Some(id) if id != offer.trigger_id => {
+                Some(format!("this collector waits for trigger {id:016x}, not {:016x}", offer.trigger_id))
+            }
+            _ if offer.size > MAX_DUMP_BYTES => Some(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES)),
+            _ => match st.owners.get(&node) {
+                Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Some(format!(
+                    "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
+                )),
+                _ => {
+                    st.owners.insert(node.clone(), (from_ip, offer.sha256));
+                    None
+                }
+            },
+        }
+    };
+    if let Some(reason) = refusal {
+        tracing::error!("refused {node} from {from_ip}: {reason}");
+        write_frame(&mut s, Frame::Refuse { reason: reason.clone() }, limits.idle_deadline).await?;
+        return Err(bad(reason));
+    }
+    // One of a bounded number of transfers at a time: the agent waits for its Resume.
+    let _turn = ctx.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
     let part = out.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]));
-    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0).min(offer.size);
+    let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
-    let mut f =
-        std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).read(true).append(true), 0o600).open(&part)?;
-    f.set_len(have)?;
+    // Kept, not truncated: a resumed transfer goes on after the prefix it already has.
+    let mut f = tokio::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).mode(0o600).open(&part).await?;
+    f.set_len(have).await?;
     // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
     let mut hash = <sha2::Sha256 as sha2::Digest>::new();
-    {
-        let mut prefix = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&part)?);
-        std::io::copy(&mut prefix, &mut HashSink(&mut hash))?;
+    let mut buf = vec![0u8; 256 << 10];
+    let mut read = 0u64;
+    while read < have {
+        let want = buf.len().min((have - read) as usize);
+        f.read_exact(&mut buf[..want]).await?;
+        sha2::Digest::update(&mut hash, &buf[..want]);
+        read += want as u64;
     }
-    s.write_all(&Frame::Resume { offset: have }.encode())?;
+    write_frame(&mut s, Frame::Resume { offset: have }, limits.idle_deadline).await?;
 
-    let bar = state.lock().expect("lock").bars.as_ref().map(|m| {
+    let bar = ctx.state.lock().expect("lock").bars.as_ref().map(|m| {
         let b = m.add(indicatif::ProgressBar::new(offer.size));
         b.set_style(
             indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
@@ -246,35 +420,37 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
         b
     });
     let mut got = have;
-    let mut buf = vec![0u8; 1 << 20];
     while got < offer.size {
         let want = buf.len().min((offer.size - got) as usize);
-        let n = s.read(&mut buf[..want])?;
+        let n = match tokio::time::timeout(limits.idle_deadline, s.read(&mut buf[..want])).await {
+            Ok(r) => r?,
+            Err(_) => 0,
+        };
         if n == 0 {
-            f.sync_data()?;
-            return Err(bad(&format!("{node} disconnected at {got} of {} bytes (it will resume)", offer.size)));
+            f.sync_data().await?;
+            return Err(bad(format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size)));
         }
-        f.write_all(&buf[..n])?;
+        f.write_all(&buf[..n]).await?;
         sha2::Digest::update(&mut hash, &buf[..n]);
         got += n as u64;
         if let Some(b) = &bar {
             b.set_position(got);
         }
     }
-    f.sync_all()?;
+    f.sync_all().await?;
     drop(f);
     let digest: [u8; 32] = sha2::Digest::finalize(hash).into();
     let ok = digest == offer.sha256;
     if ok {
         let dest = out.join(format!("{node}.pcapng"));
-        std::fs::rename(&part, &dest)?;
-        let mut st = state.lock().expect("lock");
+        tokio::fs::rename(&part, &dest).await?;
+        let mut st = ctx.state.lock().expect("lock");
         st.trigger_id.get_or_insert(offer.trigger_id);
         if st.manifest.trigger_id.is_none() {
             st.manifest.trigger_id = Some(format!("{:016x}", offer.trigger_id));
         }
         let n = st.manifest.node(&node);
-        n.addr = Some(from.ip().to_string());
+        n.addr = Some(from_ip.to_string());
         n.bytes = Some(offer.size);
         n.sha256 = Some(hex(&offer.sha256));
         n.heard_ns = Some(offer.heard_ns);
@@ -286,23 +462,11 @@ fn serve(mut s: TcpStream, from: SocketAddr, state: &Mutex<State>, secret: &Secr
         }
         tracing::info!("{node}: {} bytes arrived, digest ok", offer.size);
     } else {
-        let _ = std::fs::remove_file(&part);
+        let _ = tokio::fs::remove_file(&part).await;
         tracing::warn!("{node}: digest mismatch, asking for it again");
     }
-    s.write_all(&Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }.encode())?;
+    write_frame(&mut s, Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }, limits.idle_deadline).await?;
     Ok(())
-}
-
-struct HashSink<'a>(&'a mut sha2::Sha256);
-
-impl std::io::Write for HashSink<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        sha2::Digest::update(self.0, b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The collector address to name in a trigger for agents at `dest`: `listen` itself, or,
@@ -335,4 +499,169 @@ pub fn send_trigger(datagrams: &[(SocketAddr, Vec<u8>, bool)], copies: u32, gap:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ship::{self, ShipOptions, Source};
+    use super::super::spool::{SpoolEntry, hex};
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new(b"collector test secret, 16+".to_vec()).unwrap()
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wgo-collector-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn sockets() -> (TcpListener, UdpSocket, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        (l, UdpSocket::bind(addr).unwrap(), addr)
+    }
+
+    fn options(out: &std::path::Path, expect: Expect, trigger_id: Option<u64>, limits: Limits) -> CollectOptions {
+        CollectOptions {
+            out: out.into(),
+            secret: secret(),
+            expect,
+            wait: Duration::from_secs(20),
+            trigger_id,
+            trigger_sent_ns: None,
+            progress: false,
+            limits,
+        }
+    }
+
+    /// A spooled dump of `size` bytes for `node`.
+    fn spooled(spool: &std::path::Path, node: &str, trigger_id: u64, size: usize) -> SpoolEntry {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let mut e = SpoolEntry {
+            node: node.into(),
+            trigger_id,
+            heard_ns: 1,
+            collector: String::new(),
+            size: size as u64,
+            sha256: String::new(),
+            shipped: false,
+        };
+        e.sha256 = hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        std::fs::write(e.dump_path(spool), &bytes).unwrap();
+        e
+    }
+
+    fn ship_to(e: &SpoolEntry, spool: &std::path::Path, to: SocketAddr) -> Result<(), ship::ShipError> {
+        let s = secret();
+        let (mut port, mut progress) = (|_: u16| {}, |_: u64, _: u64| {});
+        let mut o = ShipOptions {
+            secret: &s,
+            rate: 0,
+            deadline: Instant::now() + Duration::from_secs(15),
+            on_local_port: &mut port,
+            on_progress: &mut progress,
+            stop: None,
+        };
+        ship::ship(e, Source::File(&e.dump_path(spool)), to, &mut o)
+    }
+
+    #[test]
+    fn slow_unauthenticated_connections_cannot_keep_an_agent_out() {
+        let (dir, spool) = (tempdir("slowloris"), tempdir("slowloris-spool"));
+        let (l, u, addr) = sockets();
+        let limits =
+            Limits { handshakes: 8, transfers: 1, handshake_deadline: Duration::from_millis(800), idle_deadline: Duration::from_secs(5) };
+        let opts = options(&dir, Expect::Names(vec!["good".into()]), Some(7), limits);
+        let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
+        // Forty connections that dribble a byte now and then: more than the handshake cap.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let loris = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Each sends a valid frame length (256 bytes), then the frame a byte at a time.
+                let byte = |k: usize| [0u8, 0, 1, 0].get(k).copied().unwrap_or(1);
+                let mut conns: Vec<(std::net::TcpStream, usize)> = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while conns.len() < 40 {
+                        match std::net::TcpStream::connect(addr) {
+                            Ok(c) => conns.push((c, 0)),
+                            Err(_) => break,
+                        }
+                    }
+                    // Dropped ones (by the cap or the deadline) are replaced next round.
+                    conns.retain_mut(|(c, k)| {
+                        *k += 1;
+                        std::io::Write::write_all(c, &[byte(*k - 1)]).is_ok()
+                    });
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        // The collector holds at most its cap of them (the attacker holds its 40): without
+        // the cap this process would hold 80 sockets and more.
+        let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        assert!(fds < 40 + 8 + 25, "{fds} descriptors open");
+        let e = spooled(&spool, "good", 7, 300_000);
+        let t = Instant::now();
+        ship_to(&e, &spool, addr).expect("the agent gets through");
+        assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        loris.join().unwrap();
+        let m = collector.join().unwrap().expect("complete");
+        assert!(m.complete);
+        assert_eq!(std::fs::read(dir.join("good.pcapng")).unwrap(), std::fs::read(e.dump_path(&spool)).unwrap());
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    #[test]
+    fn dumps_of_another_incident_are_refused_not_mixed_in() {
+        let dir = tempdir("stale");
+        // A manifest for trigger 1: a collector for trigger 2 refuses the directory.
+        let m = Manifest { trigger_id: Some(format!("{:016x}", 1)), ..Manifest::default() };
+        m.save(&dir).unwrap();
+        let (l, u, _) = sockets();
+        let mut ready = false;
+        let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || ready = true).unwrap_err();
+        assert!(matches!(err, CollectError::Stale { .. }), "{err}");
+        assert!(err.to_string().contains("manifest.json is for trigger 0000000000000001"), "{err}");
+        assert!(!ready, "no trigger goes out for a refused directory");
+
+        // Dumps that no manifest names: refused too.
+        std::fs::remove_file(dir.join("manifest.json")).unwrap();
+        std::fs::write(dir.join("node1.pcapng"), b"old").unwrap();
+        let (l, u, _) = sockets();
+        let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
+        assert!(err.to_string().contains("node1.pcapng") && err.to_string().contains("new directory"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_manifest_names_the_trigger_before_anything_arrives_and_a_restart_keeps_it() {
+        let dir = tempdir("restart");
+        let (l, u, _) = sockets();
+        let mut opts = options(&dir, Expect::Count(1), Some(0xabc), Limits::default());
+        opts.wait = Duration::from_millis(200);
+        let mut seen = None;
+        let err = collect(opts, l, u, || seen = Manifest::load(&dir)).unwrap_err();
+        assert!(matches!(err, CollectError::Missing(_)));
+        assert_eq!(seen.and_then(|m| m.trigger_id).as_deref(), Some("0000000000000abc"), "written before the trigger goes out");
+        // `wgo collect` after a crash: no id given, the manifest's is kept, and an agent
+        // offering a dump of another trigger is refused.
+        let spool = tempdir("restart-spool");
+        let (l, u, addr) = sockets();
+        let mut opts = options(&dir, Expect::Count(1), None, Limits::default());
+        opts.wait = Duration::from_secs(3);
+        let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
+        let old = spooled(&spool, "n1", 0x999, 1000);
+        let e = ship_to(&old, &spool, addr).unwrap_err();
+        assert!(e.to_string().contains("waits for trigger 0000000000000abc"), "{e}");
+        let current = spooled(&spool, "n2", 0xabc, 1000);
+        ship_to(&current, &spool, addr).unwrap();
+        assert!(collector.join().unwrap().unwrap().complete);
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
 }
