@@ -28,6 +28,8 @@ enum Cmd {
     },
     /// Build and run the demo: real traffic in network namespaces, recorded and summarised.
     Demo,
+    /// Run each fuzz target briefly (as `test` does at its end).
+    Fuzz,
     /// Run a benchmark and print its figures.
     Bench {
         #[arg(value_enum)]
@@ -40,6 +42,7 @@ fn main() {
         Cmd::Build => build::all(),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo => demo::run(),
+        Cmd::Fuzz => build::all().and_then(|()| test::fuzz()),
         Cmd::Bench { which } => bench::run(which),
     };
     if let Err(e) = result {

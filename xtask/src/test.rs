@@ -53,7 +53,11 @@ pub fn fuzz() -> anyhow::Result<()> {
     crate::setup::cargo_fuzz()?;
     let root = crate::build::root();
     seed_corpus(&root.join("fuzz/corpus"))?;
-    for target in ["trigger", "frames"] {
+    // (target, libFuzzer options): whole reports get room for a few hundred packets, and an
+    // input that takes over 10 s to report on is a failure too.
+    let targets: [(&str, &[&str]); 4] =
+        [("trigger", &[]), ("frames", &[]), ("spec", &[]), ("report", &["-max_len=65536", "-timeout=10", "-rss_limit_mb=4096"])];
+    for (target, options) in targets {
         eprintln!("xtask: fuzzing {target} for {FUZZ_SECONDS} s");
         exec(
             clean_command("cargo")
@@ -61,7 +65,8 @@ pub fn fuzz() -> anyhow::Result<()> {
                 .env("WGO_BPF_OBJECT", crate::build::bpf_object())
                 .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", target])
                 .arg(format!("fuzz/corpus/{target}"))
-                .args(["--", &format!("-max_total_time={FUZZ_SECONDS}"), "-print_final_stats=1"]),
+                .args(["--", &format!("-max_total_time={FUZZ_SECONDS}"), "-print_final_stats=1"])
+                .args(options),
         )?;
     }
     Ok(())
@@ -89,5 +94,33 @@ fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
         all.extend(f.encode());
     }
     std::fs::write(frames.join("session"), all)?;
+
+    // Specs: the demo's and the simulator's.
+    let spec = dir.join("spec");
+    std::fs::create_dir_all(&spec)?;
+    std::fs::copy(crate::build::root().join("examples/demo.toml"), spec.join("demo.toml"))?;
+    std::fs::write(spec.join("sim.toml"), wgo_tests::sim::SPEC)?;
+
+    // Reports: small dumps from the simulator, written by the real dump writer, with
+    // every fault it makes (loss, a partition, a duplicate, a recorder gap, TCP).
+    let report = dir.join("report");
+    std::fs::create_dir_all(&report)?;
+    let cfg = wgo_tests::sim::Config {
+        nodes: 2,
+        duration_ns: 300_000_000,
+        task_every_ns: 30_000_000,
+        heartbeat_every_ns: 50_000_000,
+        broadcast_every_ns: 100_000_000,
+        partition: None,
+        ..wgo_tests::sim::Config::default()
+    };
+    let tmp = dir.join(".sim");
+    wgo_tests::sim::write_dumps(&wgo_tests::sim::generate(&cfg).0, &tmp)?;
+    for e in std::fs::read_dir(&tmp)?.flatten() {
+        let bytes = std::fs::read(e.path())?;
+        // Within the fuzzer's length limit: a cut dump is still a dump (read up to the cut).
+        std::fs::write(report.join(e.file_name()), &bytes[..bytes.len().min(60_000)])?;
+    }
+    std::fs::remove_dir_all(&tmp)?;
     Ok(())
 }

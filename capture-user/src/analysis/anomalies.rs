@@ -161,7 +161,8 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         out.push(a);
     }
     for (n, info) in trace.nodes.iter().enumerate() {
-        let in_gaps: u64 = gaps.iter().filter(|g| g.node == n as NodeId).map(|g| g.lost).sum();
+        // Saturating: sequence numbers come from the dump, which may be damaged.
+        let in_gaps: u64 = gaps.iter().filter(|g| g.node == n as NodeId).fold(0, |sum, g| sum.saturating_add(g.lost));
         if info.kernel_drops > in_gaps {
             let mut a = Anomaly::new(
                 Kind::RecorderLoss,
@@ -589,6 +590,24 @@ mod tests {
         let storms = of(&found, Kind::RetryStorm);
         assert_eq!(storms.len(), 1);
         assert!(storms[0].text.contains("at least 5 within 1000 ms"), "{}", storms[0].text);
+    }
+
+    /// Found by fuzzing: damaged sequence numbers made the lost-record count overflow.
+    #[test]
+    fn huge_sequence_gaps_are_counted_without_overflow() {
+        use super::super::trace::{NodeInfo, RawPacket, TraceBuilder};
+        let mut b = TraceBuilder::default();
+        b.begin_node(NodeInfo { name: "n1".into(), kernel_drops: u64::MAX, ..NodeInfo::default() }).unwrap();
+        let p = udp(addr(0), addr(1), 1, b"x");
+        // Two CPUs, each with a gap of nearly the whole sequence range.
+        for (i, (cpu, seq)) in [(0, 0), (0, u64::MAX - 1), (1, 0), (1, u64::MAX - 1)].into_iter().enumerate() {
+            b.packet(&RawPacket { t_raw: i as i64 * MS, seq: Some(seq), cpu, dir: Some(Dir::Send), orig_len: p.len() as u32, data: &p });
+        }
+        b.end_node();
+        let found = anomalies(&b.finish());
+        let rec = of(&found, Kind::RecorderLoss);
+        assert_eq!(rec.len(), 2, "two gaps, and no kernel drops beyond them: {rec:?}");
+        assert!(rec.iter().all(|a| a.text.contains(&format!("lost {} records", u64::MAX - 2))), "{rec:?}");
     }
 
     #[test]

@@ -16,6 +16,10 @@ use crate::packet::{Packet, Proto};
 /// Payload bytes that go into an event's match hash.
 pub const MATCH_BYTES: usize = 16;
 
+/// Latest timestamp accepted from a dump (2^62 ns: the year 2116). Later ones are damage,
+/// and the analysis's time arithmetic must not overflow on them.
+pub const MAX_TIME_NS: u64 = 1 << 62;
+
 pub type EventId = u32;
 pub type NodeId = u16;
 pub type AddrId = u32;
@@ -326,12 +330,19 @@ impl TraceBuilder {
     /// Reads one dump as one node. A damaged file keeps what was read before the damage.
     pub fn read_file(&mut self, file: &Path) -> Result<NodeId, TraceError> {
         let f = std::fs::File::open(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
-        let mut reader = DumpReader::new(std::io::BufReader::with_capacity(1 << 20, f));
+        self.read_dump(std::io::BufReader::with_capacity(1 << 20, f), file)
+    }
+
+    /// Reads one dump from `input` as one node; `file` names it (and, by its stem, the node
+    /// when the dump does not).
+    pub fn read_dump(&mut self, input: impl std::io::Read, file: &Path) -> Result<NodeId, TraceError> {
+        let mut reader = DumpReader::new(input);
         let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
         // The section header (first block) names the node; packets follow.
         let mut info = Some(NodeInfo { name: stem, file: file.to_path_buf(), ..NodeInfo::default() });
         let mut node = None;
         let mut skipped = Vec::new();
+        let mut bad_times = 0u64;
         loop {
             let item = match reader.next_item() {
                 Ok(Some(item)) => item,
@@ -365,6 +376,7 @@ impl TraceBuilder {
                     let cur = self.current() as usize;
                     self.trace.unparsed[cur] += 1;
                 }
+                Item::Packet(p) if p.time_ns > MAX_TIME_NS => bad_times += 1,
                 Item::Packet(p) => {
                     self.packet(&RawPacket {
                         t_raw: p.time_ns as i64,
@@ -388,8 +400,12 @@ impl TraceBuilder {
             n.drops_per_cpu = stats.drops_per_cpu.clone();
             n.kernel_drops = stats.kernel_drops;
             n.evicted = stats.evicted;
+            if bad_times > 0 {
+                skipped
+                    .push(format!("{}: {bad_times} packets with impossible timestamps (after the year 2116) were skipped", file.display()));
+            }
             n.skipped = skipped;
-            if let Some(w) = stats.window {
+            if let Some(w) = stats.window.filter(|&(a, b)| 0 <= a && a <= b && b as u64 <= MAX_TIME_NS) {
                 n.window = w;
             }
         }
@@ -497,6 +513,27 @@ mod tests {
         twice.append(trace(vec![vec![]])).unwrap();
         let err = twice.append(trace(vec![vec![]])).unwrap_err();
         assert!(matches!(err, TraceError::DuplicateNode { ref name, .. } if name == "n1"), "{err}");
+    }
+
+    /// Found by fuzzing: times near the end of the range overflowed the clock arithmetic.
+    #[test]
+    fn packets_with_impossible_timestamps_are_skipped_and_named() {
+        use crate::dump::{DumpInfo, DumpWriter, WritePacket};
+        let ip = udp(addr(0), addr(1), 1, b"x");
+        let info = DumpInfo { node: "n1".into(), start_wall_ns: 0, end_wall_ns: u64::MAX, ..DumpInfo::default() };
+        let mut bytes = Vec::new();
+        let mut w = DumpWriter::new(&mut bytes, &info).unwrap();
+        for t in [1_000, u64::MAX - 5, MAX_TIME_NS + 1, 2_000] {
+            let p = WritePacket { wall_ns: t, direction: None, seq: 0, cpu: 0, ktime_ns: None, orig_len: ip.len() as u32, ip: &ip };
+            w.packet(&p).unwrap();
+        }
+        w.finish(&info).unwrap();
+        let mut b = TraceBuilder::default();
+        b.read_dump(&bytes[..], Path::new("n1.pcapng")).unwrap();
+        let t = b.finish();
+        assert_eq!(t.events.iter().map(|e| e.t_raw).collect::<Vec<_>>(), vec![1_000, 2_000]);
+        assert!(t.nodes[0].skipped[0].contains("2 packets with impossible timestamps"), "{:?}", t.nodes[0].skipped);
+        assert_eq!(t.nodes[0].window, (1_000, 2_000), "an impossible recording span is not taken either");
     }
 
     #[test]

@@ -57,6 +57,17 @@ fn parse_expect(s: Option<&str>) -> anyhow::Result<wgo::transport::collector::Ex
     })
 }
 
+/// A TCP listener with room for many agents connecting at once (the usual backlog of 128
+/// would turn a burst of them into connect timeouts and retries).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
 /// A trigger to send once the collector listens: its id, its send time, and the sending.
 pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
 
@@ -64,7 +75,7 @@ pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
 pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Option<u64>) -> anyhow::Result<()> {
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
-    let listener = TcpListener::bind(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
     let udp = UdpSocket::bind(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
     let (trigger_id, sent, send) = match trigger {
         Some((id, sent, send)) => (Some(id), Some(sent), Some(send)),

@@ -64,6 +64,8 @@ pub struct Limits {
     pub handshakes: usize,
     /// Dumps being received at once; more authenticated agents wait for a turn.
     pub transfers: usize,
+    /// Authenticated agents waiting for a turn; past this, a new one is dropped and retries later.
+    pub waiting: usize,
     /// From connect to a valid offer.
     pub handshake_deadline: Duration,
     /// Longest wait for any bytes while receiving a dump.
@@ -72,7 +74,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { handshakes: 256, transfers: 32, handshake_deadline: Duration::from_secs(10), idle_deadline: Duration::from_secs(30) }
+        Limits {
+            handshakes: 256,
+            transfers: 32,
+            waiting: 512,
+            handshake_deadline: Duration::from_secs(10),
+            idle_deadline: Duration::from_secs(30),
+        }
     }
 }
 
@@ -184,6 +192,7 @@ async fn collect_async(
         out: opts.out.clone(),
         limits: opts.limits,
         transfers: Arc::new(Semaphore::new(opts.limits.transfers.max(1))),
+        waiting: Arc::new(Semaphore::new(opts.limits.waiting.max(1))),
     });
 
     let heard = tokio::spawn(heard_loop(udp, ctx.clone()));
@@ -302,13 +311,18 @@ struct Ctx {
     out: PathBuf,
     limits: Limits,
     transfers: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
 }
 
 /// Heard messages: who heard the trigger, and when on their own clock.
 async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
     let mut buf = [0u8; 512];
     loop {
-        let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
+        let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+            // Whatever went wrong, not in a busy loop.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
         let mut st = ctx.state.lock().expect("lock");
         match Heard::decode(&buf[..n], &ctx.secret) {
             Ok(h) if st.trigger_id.is_none_or(|id| id == h.trigger_id) => {
@@ -388,8 +402,11 @@ async fn serve(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: imp
         write_frame(&mut s, Frame::Refuse { reason: reason.clone() }, limits.idle_deadline).await?;
         return Err(bad(reason));
     }
-    // One of a bounded number of transfers at a time: the agent waits for its Resume.
+    // One of a bounded number of transfers at a time: the agent waits for its Resume. So
+    // many may wait, no more: the others are let go, and retry after a backoff.
+    let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| bad(format!("{node}: too many agents waiting; it will retry")))?;
     let _turn = ctx.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
+    drop(waiting);
     let part = out.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]));
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
@@ -572,8 +589,13 @@ mod tests {
     fn slow_unauthenticated_connections_cannot_keep_an_agent_out() {
         let (dir, spool) = (tempdir("slowloris"), tempdir("slowloris-spool"));
         let (l, u, addr) = sockets();
-        let limits =
-            Limits { handshakes: 8, transfers: 1, handshake_deadline: Duration::from_millis(800), idle_deadline: Duration::from_secs(5) };
+        let limits = Limits {
+            handshakes: 8,
+            transfers: 1,
+            waiting: 4,
+            handshake_deadline: Duration::from_millis(800),
+            idle_deadline: Duration::from_secs(5),
+        };
         let opts = options(&dir, Expect::Names(vec!["good".into()]), Some(7), limits);
         let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
         // Forty connections that dribble a byte now and then: more than the handshake cap.

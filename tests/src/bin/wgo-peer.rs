@@ -76,6 +76,31 @@ enum Cmd {
         #[arg(long)]
         file: std::path::PathBuf,
     },
+    /// COUNT simulated agents ship a dump of SIZE bytes each, at once, to a collector.
+    Agents {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        #[arg(long, default_value_t = 1)]
+        trigger_id: u64,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        size: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 300.0)]
+        deadline: f64,
+    },
+    /// Hold COUNT connections open, each sending a byte every half second, for DURATION seconds.
+    Slowloris {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        duration: f64,
+    },
     /// Echo TCP streams.
     TcpEcho {
         #[arg(long)]
@@ -101,6 +126,19 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
+        Cmd::Agents { to, secret_file, trigger_id, count, size, deadline } => {
+            let secret = wgo::transport::secret::load_secret(&secret_file)?;
+            let failed = wgo_tests::load::ship_all(to, &secret, trigger_id, count, size, Duration::from_secs_f64(deadline));
+            if !failed.is_empty() {
+                anyhow::bail!("{} of {count} dumps not delivered: {}", failed.len(), failed.join("; "));
+            }
+            println!("{count} dumps delivered");
+        }
+        Cmd::Slowloris { to, count, duration } => {
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let opened = wgo_tests::load::slowloris(to, count, &stop, Duration::from_secs_f64(duration));
+            println!("{opened} connections opened");
+        }
         Cmd::UdpEcho { bind } => {
             let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
             let mut buf = vec![0u8; 65536];

@@ -1,5 +1,7 @@
 //! Benchmarks. Every figure is a ratio against a baseline measured in the same run.
 
+mod collect;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ pub enum Which {
     Shipping,
     /// Timeline page load and frame times in headless Chromium, 10 k to 1 M events.
     Timeline,
+    /// 1,000 agents shipping to one collector at once, then again beside 1,000 slowloris connections.
+    Collect,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -28,6 +32,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Collector => collector(),
         Which::Shipping => shipping(),
         Which::Timeline => timeline(),
+        Which::Collect => collect::run(),
     }
 }
 
@@ -207,7 +212,7 @@ fn hook_stats(recorder_log: &str) -> anyhow::Result<[(f64, f64); 2]> {
     Ok(stats)
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
