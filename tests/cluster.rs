@@ -520,10 +520,12 @@ fn two_agents_with_one_name_are_refused_naming_both_addresses() {
     let second = WgoProcess::spawn(&mut cmd, "waiting for a trigger", Duration::from_secs(15)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let out = c.dir.join("collected");
-    let trig = c.collector("trigger", &out, "node1", "20");
-    let (status, _, stderr) = trig.wait(Duration::from_secs(60)).unwrap();
-    assert!(status.success(), "one dump for node1 arrives: {stderr}");
+    // Waiting for two nodes keeps the collector up until both agents were heard out: only
+    // one dump for node1 can arrive, so it gives up after its wait.
+    let trig = c.collector("trigger", &out, "2", "8");
     let results = [first.wait(Duration::from_secs(30)).unwrap(), second.wait(Duration::from_secs(30)).unwrap()];
+    let (status, _, stderr) = trig.wait(Duration::from_secs(60)).unwrap();
+    assert!(!status.success() && stderr.contains("missing dumps from: 1 more node(s)"), "{stderr}");
     let refused: Vec<&String> = results.iter().filter(|r| !r.0.success()).map(|r| &r.2).collect();
     assert_eq!(refused.len(), 1, "exactly one of the two is refused");
     let (a1, a2) = (c.bed.node("node1").ipv4.to_string(), n2.ipv4.to_string());
@@ -537,4 +539,82 @@ fn two_agents_with_one_name_are_refused_naming_both_addresses() {
     let kept_spool = if results[0].0.success() { c.spool("node1") } else { c.dir.join("spool-impostor") };
     let entries = wgo::transport::spool::spool_entries(&kept_spool).unwrap();
     assert_eq!(sha(&out.join("node1.pcapng")), entries[0].sha256);
+}
+
+/// A pids cgroup allowing `max` tasks, where one is available: cgroup v1's pids hierarchy
+/// (hybrid layout) or v2's, with the controller enabled. Removed on drop.
+struct TaskLimit(PathBuf);
+
+impl TaskLimit {
+    fn new(name: &str, max: u32) -> Option<TaskLimit> {
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let parent = if v1.join("pids.max").exists() || v1.join("cgroup.procs").exists() {
+            v1.to_path_buf()
+        } else {
+            let v2 = wgo::node::cgroup::cgroup2_mount().ok()?;
+            let controllers = std::fs::read_to_string(v2.join("cgroup.controllers")).ok()?;
+            if !controllers.split_whitespace().any(|c| c == "pids") {
+                return None;
+            }
+            std::fs::write(v2.join("cgroup.subtree_control"), "+pids").ok()?;
+            v2
+        };
+        let dir = parent.join(format!("wgo-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        std::fs::write(dir.join("pids.max"), max.to_string()).ok()?;
+        Some(TaskLimit(dir))
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TaskLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_collector_under_a_task_limit_survives_a_connection_flood_and_still_collects() {
+    let c = Cluster::new("pids", 2);
+    let Some(limit) = TaskLimit::new("collector", 24) else {
+        println!("SKIPPED: no pids cgroup controller is available on this machine (neither cgroup v1's nor v2's)");
+        return;
+    };
+    let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "none"])).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // A collector allowed 24 tasks: one thread per connection would run out at once.
+    let n1 = c.bed.node("node1");
+    let side = c.bed.side_cgroup("collector").unwrap();
+    let out = c.dir.join("collected");
+    let mut cmd = n1.command_in(wgo(), Some(&side)).unwrap();
+    cmd.arg("collect")
+        .arg("--secret-file")
+        .arg(&c.secret_file)
+        .args(["--listen", &format!("{}:{COLLECT_PORT}", n1.ipv4), "--trigger-id", "31", "--expect", &c.names(), "--wait", "60", "--out"])
+        .arg(&out)
+        .env("WGO_LOG", "info");
+    let collector = WgoProcess::spawn(&mut cmd, "", Duration::from_secs(5)).unwrap();
+    limit.add(collector.id());
+    std::thread::sleep(Duration::from_millis(300));
+    // 400 plain connections from node2 that never say anything, held while the agents ship.
+    let to: SocketAddr = format!("{}:{COLLECT_PORT}", n1.ipv4).parse().unwrap();
+    let flood = c
+        .bed
+        .node("node2")
+        .in_netns(move || {
+            (0..400).filter_map(|_| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).ok()).collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(flood.len() > 300, "{} connections made", flood.len());
+    signed_trigger(&c, 0x31, Some(to));
+    let (status, stdout, stderr) = collector.wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "every dump arrives: {stdout}\n{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for a in agents {
+        assert!(a.wait(Duration::from_secs(30)).unwrap().0.success());
+    }
+    drop(flood);
 }

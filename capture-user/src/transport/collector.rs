@@ -158,8 +158,11 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     // Written before anything arrives: a restarted collector picks up this trigger.
     manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
     ready();
+    // A fixed number of threads, whatever the load: under a task limit (systemd's
+    // TasksMax, a container's pids limit) spawning more would fail.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .thread_name("wgo-collect")
         .enable_all()
         .build()
@@ -637,6 +640,18 @@ mod tests {
         assert!(m.complete);
         assert_eq!(std::fs::read(dir.join("good.pcapng")).unwrap(), std::fs::read(e.dump_path(&spool)).unwrap());
         let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    #[test]
+    fn a_trigger_names_the_address_that_reaches_each_destination() {
+        let any: SocketAddr = "0.0.0.0:7300".parse().unwrap();
+        assert_eq!(address_for(any, "127.0.0.1:7301".parse().unwrap()).unwrap(), "127.0.0.1:7300".parse().unwrap());
+        let named: SocketAddr = "10.1.2.3:7300".parse().unwrap();
+        assert_eq!(address_for(named, "127.0.0.1:7301".parse().unwrap()).unwrap(), named, "a named address is kept");
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            let any6: SocketAddr = "[::]:7300".parse().unwrap();
+            assert_eq!(address_for(any6, "[::1]:7301".parse().unwrap()).unwrap(), "[::1]:7300".parse().unwrap());
+        }
     }
 
     #[test]
