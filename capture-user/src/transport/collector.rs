@@ -418,7 +418,7 @@ async fn serve(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: imp
     f.set_len(have).await?;
     // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
     let mut hash = <sha2::Sha256 as sha2::Digest>::new();
-    let mut buf = vec![0u8; 256 << 10];
+    let mut buf = vec![0u8; 1 << 20];
     let mut read = 0u64;
     while read < have {
         let want = buf.len().min((have - read) as usize);
