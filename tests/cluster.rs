@@ -74,17 +74,22 @@ impl Cluster {
         WgoProcess::spawn(&mut cmd, "waiting for a trigger", Duration::from_secs(15)).unwrap()
     }
 
-    /// A collector process on node1 (`wgo trigger` or `wgo collect`).
-    fn collector(&self, verb: &str, out: &Path, expect: &str, wait: &str) -> WgoProcess {
-        let n = self.bed.node("node1");
+    /// A collector command on node1 (`wgo trigger` or `wgo collect`) listening on `listen`.
+    fn collector_command(&self, verb: &str, out: &Path, listen: &str, expect: &str, wait: &str) -> Command {
         let side = self.bed.side_cgroup("collector").unwrap();
-        let mut cmd = n.command_in(wgo(), Some(&side)).unwrap();
+        let mut cmd = self.bed.node("node1").command_in(wgo(), Some(&side)).unwrap();
         cmd.arg(verb)
             .arg("--secret-file")
             .arg(&self.secret_file)
-            .args(["--listen", &format!("{}:{COLLECT_PORT}", n.ipv4), "--expect", expect, "--wait", wait, "--out"])
+            .args(["--listen", listen, "--expect", expect, "--wait", wait, "--out"])
             .arg(out)
             .env("WGO_LOG", "info");
+        cmd
+    }
+
+    /// A collector process on node1 (`wgo trigger` or `wgo collect`).
+    fn collector(&self, verb: &str, out: &Path, expect: &str, wait: &str) -> WgoProcess {
+        let mut cmd = self.collector_command(verb, out, &format!("{}:{COLLECT_PORT}", self.bed.node("node1").ipv4), expect, wait);
         if verb == "trigger" {
             cmd.args(["--broadcast", &format!("{}:{TRIGGER_PORT}", wgo_tests::testbed::BROADCAST_V4)]);
         }
@@ -478,15 +483,9 @@ fn agents_hear_triggers_sent_over_ipv6() {
     let c = Cluster::new("ipv6", 2);
     let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "none"])).collect();
     std::thread::sleep(Duration::from_millis(500));
-    let n1 = c.bed.node("node1");
-    let side = c.bed.side_cgroup("collector").unwrap();
     let out = c.dir.join("collected");
-    let mut cmd = n1.command_in(wgo(), Some(&side)).unwrap();
-    cmd.arg("trigger")
-        .arg("--secret-file")
-        .arg(&c.secret_file)
-        .args(["--listen", &format!("[{}]:{COLLECT_PORT}", n1.ipv6), "--expect", &c.names(), "--wait", "60", "--out"])
-        .arg(&out);
+    let listen = format!("[{}]:{COLLECT_PORT}", c.bed.node("node1").ipv6);
+    let mut cmd = c.collector_command("trigger", &out, &listen, &c.names(), "60");
     for n in &c.bed.nodes {
         cmd.args(["--to", &format!("[{}]:{TRIGGER_PORT}", n.ipv6)]);
     }
@@ -587,15 +586,9 @@ fn a_collector_under_a_task_limit_survives_a_connection_flood_and_still_collects
     std::thread::sleep(Duration::from_millis(500));
     // A collector allowed 24 tasks: one thread per connection would run out at once.
     let n1 = c.bed.node("node1");
-    let side = c.bed.side_cgroup("collector").unwrap();
     let out = c.dir.join("collected");
-    let mut cmd = n1.command_in(wgo(), Some(&side)).unwrap();
-    cmd.arg("collect")
-        .arg("--secret-file")
-        .arg(&c.secret_file)
-        .args(["--listen", &format!("{}:{COLLECT_PORT}", n1.ipv4), "--trigger-id", "31", "--expect", &c.names(), "--wait", "60", "--out"])
-        .arg(&out)
-        .env("WGO_LOG", "info");
+    let mut cmd = c.collector_command("collect", &out, &format!("{}:{COLLECT_PORT}", n1.ipv4), &c.names(), "60");
+    cmd.args(["--trigger-id", "31"]);
     let collector = WgoProcess::spawn(&mut cmd, "", Duration::from_secs(5)).unwrap();
     limit.add(collector.id());
     std::thread::sleep(Duration::from_millis(300));

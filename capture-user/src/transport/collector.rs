@@ -92,18 +92,12 @@ struct State {
     owners: HashMap<String, (IpAddr, [u8; 32])>,
     bars: Option<indicatif::MultiProgress>,
     /// Errors seen, for a rate-limited log.
-    rejected: u64,
-    last_reject_log: Option<Instant>,
+    rejected: RateLimited,
 }
 
 impl State {
     fn reject(&mut self, what: &str) {
-        self.rejected += 1;
-        // At most one line per second, with the running count.
-        if self.last_reject_log.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-            tracing::warn!("ignored {what} ({} rejected so far)", self.rejected);
-            self.last_reject_log = Some(Instant::now());
-        }
+        self.rejected.log(&format!("ignored {what}"));
     }
 }
 
@@ -186,8 +180,7 @@ async fn collect_async(
         trigger_id,
         owners: HashMap::new(),
         bars: opts.progress.then(indicatif::MultiProgress::new),
-        rejected: 0,
-        last_reject_log: None,
+        rejected: RateLimited::default(),
     }));
     let ctx = Arc::new(Ctx {
         state: state.clone(),
