@@ -301,3 +301,19 @@ fn report_writes_json_through_a_fifo_and_leaves_it_in_place() {
     assert_eq!(json["events"].as_array().unwrap().len(), trace.events.len());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A real dump (tests/data/README.md) reads back packet for packet, with direction, CPU and
+/// sequence numbers, and a report on it claims nothing.
+#[test]
+fn a_real_recorded_dump_reads_back_whole() {
+    let file = wgo_tests::bins::root().join("tests/data/real-node1.pcapng");
+    let t = wgo::analysis::trace::Trace::read_files(&[file]).unwrap();
+    assert_eq!(t.nodes[0].name, "node1");
+    assert_eq!(t.events.len(), 56);
+    assert!(t.nodes[0].direction_recorded && t.nodes[0].skipped.is_empty());
+    let sends = t.events.iter().filter(|e| e.dir == Dir::Send).count();
+    assert_eq!(sends, 29, "20 UDP requests, 6 TCP segments, 3 pings");
+    assert!(t.events.iter().all(|e| e.seq != u64::MAX));
+    let a = analyze(t, Inputs::default());
+    assert!(a.anomalies.is_empty(), "{:?}", a.anomalies);
+}

@@ -122,5 +122,7 @@ fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
         std::fs::write(report.join(e.file_name()), &bytes[..bytes.len().min(60_000)])?;
     }
     std::fs::remove_dir_all(&tmp)?;
+    // And a real one, recorded by `wgo record` (tests/data/README.md).
+    std::fs::copy(crate::build::root().join("tests/data/real-node1.pcapng"), report.join("real-node1.pcapng"))?;
     Ok(())
 }
