@@ -44,6 +44,9 @@ fn records_udp_tcp_icmp_over_ipv4_and_ipv6_in_both_directions() {
     assert!(status.success(), "wgo record failed: {stderr}");
     assert!(stdout.contains("wrote"), "{stdout}");
     assert!(!attached_programs(&n1.cgroup).contains("wgo_"), "programs detached on exit");
+    // A dump holds payload bytes: only its owner may read it.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o600, "dump mode {mode:o}");
 
     let pkts = tshark(&out);
     let (a1, a2) = (n1.ipv4.to_string(), n2.ipv4.to_string());
