@@ -317,3 +317,75 @@ fn a_real_recorded_dump_reads_back_whole() {
     let a = analyze(t, Inputs::default());
     assert!(a.anomalies.is_empty(), "{:?}", a.anomalies);
 }
+
+/// Offsets against the truth at each node's mid-window: (node, found, truth, uncertainty).
+fn offsets(a: &Analysis, truth: &Truth) -> Vec<(usize, i64, i64, i64)> {
+    let reference = a.clocks.reference as usize;
+    a.clocks
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let w = a.trace.nodes[n].window;
+            let mid = w.0 + (w.1 - w.0) / 2;
+            let (off, drift) = truth.clocks[n];
+            let t_true = truth.start_ns + ((mid - truth.start_ns - off) as f64 / (1.0 + drift)) as i64;
+            (n, c.offset_ns, sim::true_offset(truth, n, reference, t_true), c.uncertainty_ns.unwrap_or(i64::MAX))
+        })
+        .collect()
+}
+
+/// Trigger receipts are weak evidence (±50 ms): one heard 500 ms late must yield to the
+/// thousands of message bounds, not drag the offsets off by tens of milliseconds.
+#[test]
+fn a_late_trigger_receipt_yields_to_the_messages() {
+    let cfg = Config { seed: 21, partition: None, ..Config::default() };
+    let (mut trace, truth) = sim::generate(&cfg);
+    let trigger_true = truth.start_ns + cfg.duration_ns + 50_000_000;
+    for (n, node) in trace.nodes.iter_mut().enumerate() {
+        let (off, drift) = truth.clocks[n];
+        let late = if n == 2 { 500_000_000 } else { 2_000_000 };
+        node.trigger_heard = Some(trigger_true + off + (drift * (trigger_true - truth.start_ns) as f64) as i64 + late);
+    }
+    let a = analyze(trace, Inputs::default());
+    for (n, found, expected, unc) in offsets(&a, &truth) {
+        println!("  node{}: offset {found} (truth {expected}), ± {unc}", n + 1);
+        assert!((found - expected).abs() <= unc, "node{}: off by {} > uncertainty {unc}", n + 1, (found - expected).abs());
+        assert!((found - expected).abs() <= 1_000_000, "node{}: off by {} ns", n + 1, (found - expected).abs());
+    }
+    let dropped: usize = a.clocks.pairs.iter().map(|p| p.dropped_weak).sum();
+    assert!(dropped > 0, "the contradicting trigger bounds are dropped, and counted");
+}
+
+/// A few receives recorded 3 ms before their sends could have happened: to the clocks they
+/// are wrong matches. Their bounds are dropped and counted, and the offsets stay right.
+#[test]
+fn a_few_wrong_matches_are_dropped_and_reported() {
+    let cfg = Config { seed: 33, partition: None, recorder_gap: false, ..Config::default() };
+    let (mut trace, truth) = sim::generate(&cfg);
+    // Receives on node2 with room before them (so their node's order stays as it was).
+    let range = trace.node_ranges[1].clone();
+    let mut moved = 0;
+    for i in range.clone().skip(1) {
+        let (prev, e) = (trace.events[i - 1].t_raw, trace.events[i]);
+        if moved < 3 && e.dir == Dir::Recv && sim::uid_of(&trace, i) != 0 && e.t_raw - prev > 4_000_000 && i % 7 == 0 {
+            trace.events[i].t_raw -= 3_000_000;
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 3);
+    let a = analyze(trace, Inputs::default());
+    let dropped: usize = a.clocks.pairs.iter().map(|p| p.dropped_strong).sum();
+    assert!((3..=6).contains(&dropped), "the three wrong bounds, and few others, are dropped: {dropped}");
+    assert!(a.clocks.pairs.iter().all(|p| !p.inconsistent), "consistent once they are dropped");
+    for (n, found, expected, unc) in offsets(&a, &truth) {
+        assert!((found - expected).abs() <= unc, "node{}: off by {} > uncertainty {unc}", n + 1, (found - expected).abs());
+    }
+    let text = summary(&a);
+    assert!(text.contains("message bound(s) that contradict the other"), "{text}");
+    let mut json = Vec::new();
+    write_json(&a, &mut json).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let total: u64 = v["clock_pairs"].as_array().unwrap().iter().map(|p| p["dropped_bounds"].as_u64().unwrap()).sum();
+    assert_eq!(total, dropped as u64);
+}

@@ -6,8 +6,10 @@
 //! feasible (a, b) lie between the lower convex hull of the upper bounds and the upper
 //! hull of the lower bounds. For each slope the feasible offsets form an interval; we
 //! take the slopes for which it is non-empty and report the range of θ(x0) over them as
-//! the uncertainty (as in convex-hull trace synchronisation). Trigger receipts add weak
-//! two-sided bounds. Pairs are chained to a reference node through the spanning tree
+//! the uncertainty (as in convex-hull trace synchronisation). Message bounds that
+//! contradict the rest (a wrong match) are dropped, the worst first, and counted. Trigger
+//! receipts add weak two-sided bounds, used only where they agree with the messages (or
+//! where there are none). Pairs are chained to a reference node through the spanning tree
 //! with the least total uncertainty.
 
 use petgraph::algo::min_spanning_tree;
@@ -83,6 +85,10 @@ pub struct PairEstimate {
     /// The bounds contradict each other (a wrong match, or a clock step).
     pub inconsistent: bool,
     pub messages: usize,
+    /// Weak bounds (trigger receipts) left out because they contradict the messages.
+    pub dropped_weak: usize,
+    /// Message bounds left out because they contradict the others (a wrong match, a clock step).
+    pub dropped_strong: usize,
 }
 
 pub struct Clocks {
@@ -102,12 +108,71 @@ impl TimeMap for Clocks {
 
 #[derive(Default)]
 struct PairPoints {
-    /// (x, y): θ(x) < y.
+    /// (x, y): θ(x) < y, from messages.
     upper: Vec<(i64, i64)>,
-    /// (x, y): θ(x) > y.
+    /// (x, y): θ(x) > y, from messages.
     lower: Vec<(i64, i64)>,
+    /// The same from weak evidence: trigger receipts.
+    weak_upper: Vec<(i64, i64)>,
+    weak_lower: Vec<(i64, i64)>,
     messages: usize,
     two_way: [bool; 2],
+}
+
+/// Message bounds dropped at most, per pair, to make the rest consistent: a few wrong
+/// matches are dropped; more than this is not a few, and the pair stays inconsistent.
+const MAX_DROPPED: usize = 32;
+
+impl PairPoints {
+    /// The pair's estimate: from the messages, made consistent by dropping the fewest
+    /// contradicting bounds (one at a time, the worst first); then with the weak bounds
+    /// too, where they agree with it. Weak bounds alone serve where there are no messages.
+    fn estimate(&mut self, wa: (i64, i64), wb: (i64, i64)) -> Option<PairEstimate> {
+        let weak = self.weak_upper.len() + self.weak_lower.len();
+        if self.upper.is_empty() && self.lower.is_empty() {
+            return (!self.weak_upper.is_empty() && !self.weak_lower.is_empty())
+                .then(|| estimate_pair(&mut self.weak_upper, &mut self.weak_lower, wa, wb));
+        }
+        let mut dropped_strong = 0;
+        let strong = if self.upper.is_empty() || self.lower.is_empty() {
+            None
+        } else {
+            let mut e = estimate_pair(&mut self.upper, &mut self.lower, wa, wb);
+            while e.inconsistent && dropped_strong < MAX_DROPPED && self.upper.len() + self.lower.len() > 2 {
+                // The bound the least-bad line violates most goes.
+                let line = |x: i64| e.theta + e.drift * (x - e.x0) as f64;
+                let worst_up = self.upper.iter().enumerate().map(|(i, &(x, y))| (line(x) - y as f64, i)).max_by(|a, b| a.0.total_cmp(&b.0));
+                let worst_lo = self.lower.iter().enumerate().map(|(i, &(x, y))| (y as f64 - line(x), i)).max_by(|a, b| a.0.total_cmp(&b.0));
+                match (worst_up, worst_lo) {
+                    (Some(u), Some(l)) if u.0 >= l.0 && self.upper.len() > 1 => self.upper.swap_remove(u.1),
+                    (_, Some(l)) if self.lower.len() > 1 => self.lower.swap_remove(l.1),
+                    (Some(u), _) if self.upper.len() > 1 => self.upper.swap_remove(u.1),
+                    _ => break,
+                };
+                dropped_strong += 1;
+                e = estimate_pair(&mut self.upper, &mut self.lower, wa, wb);
+            }
+            Some(e)
+        };
+        let mut best = strong;
+        let mut dropped_weak = weak;
+        if weak > 0 && best.as_ref().is_none_or(|e| !e.inconsistent) {
+            let (mut up, mut lo) = (self.upper.clone(), self.lower.clone());
+            up.extend_from_slice(&self.weak_upper);
+            lo.extend_from_slice(&self.weak_lower);
+            if !up.is_empty() && !lo.is_empty() {
+                let with_weak = estimate_pair(&mut up, &mut lo, wa, wb);
+                if !with_weak.inconsistent {
+                    best = Some(with_weak);
+                    dropped_weak = 0;
+                }
+            }
+        }
+        let mut e = best?;
+        e.dropped_strong = dropped_strong;
+        e.dropped_weak = dropped_weak;
+        Some(e)
+    }
 }
 
 pub fn estimate(trace: &Trace, messages: &[(EventId, EventId)]) -> Clocks {
@@ -136,8 +201,8 @@ pub fn estimate(trace: &Trace, messages: &[(EventId, EventId)]) -> Clocks {
             if let (Some(ha), Some(hb)) = (trace.nodes[a].trigger_heard, trace.nodes[b].trigger_heard) {
                 let p = &mut points[a * n + b];
                 let d = hb - ha;
-                p.upper.push((ha, d + TRIGGER_SPREAD_NS as i64));
-                p.lower.push((ha, d - TRIGGER_SPREAD_NS as i64));
+                p.weak_upper.push((ha, d + TRIGGER_SPREAD_NS as i64));
+                p.weak_lower.push((ha, d - TRIGGER_SPREAD_NS as i64));
             }
         }
     }
@@ -147,10 +212,10 @@ pub fn estimate(trace: &Trace, messages: &[(EventId, EventId)]) -> Clocks {
         .enumerate()
         .filter_map(|(k, p)| {
             let (a, b) = (k / n, k % n);
-            if a >= b || p.upper.is_empty() || p.lower.is_empty() {
+            if a >= b {
                 return None;
             }
-            let mut est = estimate_pair(&mut p.upper, &mut p.lower, trace.nodes[a].window, trace.nodes[b].window);
+            let mut est = p.estimate(trace.nodes[a].window, trace.nodes[b].window)?;
             est.a = a as NodeId;
             est.b = b as NodeId;
             est.both_directions = p.two_way[0] && p.two_way[1];
@@ -218,6 +283,8 @@ fn estimate_pair(upper: &mut [(i64, i64)], lower: &mut [(i64, i64)], wa: (i64, i
             both_directions: false,
             inconsistent: true,
             messages: 0,
+            dropped_weak: 0,
+            dropped_strong: 0,
         };
     }
     // The feasible slopes [b1, b2] around b_star, by bisection on the edges of width >= 0.
@@ -261,6 +328,8 @@ fn estimate_pair(upper: &mut [(i64, i64)], lower: &mut [(i64, i64)], wa: (i64, i
         both_directions: false,
         inconsistent: false,
         messages: 0,
+        dropped_weak: 0,
+        dropped_strong: 0,
     }
 }
 

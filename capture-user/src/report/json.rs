@@ -116,8 +116,28 @@ impl<'a> EventJson<'a> {
                 })
             })
             .collect();
+        let pairs: Vec<serde_json::Value> = clocks
+            .pairs
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "a": t.nodes[p.a as usize].name,
+                    "b": t.nodes[p.b as usize].name,
+                    "messages": p.messages,
+                    "both_directions": p.both_directions,
+                    "offset_ns": p.theta.round() as i64,
+                    "drift_ppm": (p.drift * 1e6 * 1000.0).round() / 1000.0,
+                    "uncertainty_ns": p.uncertainty.ceil() as i64,
+                    "inconsistent": p.inconsistent,
+                    "dropped_bounds": p.dropped_strong + p.dropped_weak,
+                    "dropped_trigger_bounds": p.dropped_weak,
+                })
+            })
+            .collect();
         write!(w, "{{\"reference\":{},\"nodes\":", json_str(&t.nodes[clocks.reference as usize].name))?;
         serde_json::to_writer(&mut *w, &nodes)?;
+        w.write_all(b",\"clock_pairs\":")?;
+        serde_json::to_writer(&mut *w, &pairs)?;
         w.write_all(b",\"events\":[")
     }
 

@@ -36,6 +36,25 @@ pub fn summary(a: &Analysis) -> String {
             let _ = writeln!(s, "    skipped: {sk}");
         }
     }
+    // Evidence the clocks left out, and why: it is what a wrong match or a late trigger looks like.
+    for p in &a.clocks.pairs {
+        let (na, nb) = (&t.nodes[p.a as usize].name, &t.nodes[p.b as usize].name);
+        if p.dropped_strong > 0 {
+            let _ = writeln!(
+                s,
+                "  clocks {na}–{nb}: ignored {} message bound(s) that contradict the other {} (a wrong match, or a clock step)",
+                p.dropped_strong,
+                p.messages.saturating_sub(p.dropped_strong)
+            );
+        }
+        if p.dropped_weak > 0 {
+            let _ = writeln!(
+                s,
+                "  clocks {na}–{nb}: ignored the trigger receipts, which contradict the {} messages (a trigger heard late)",
+                p.messages
+            );
+        }
+    }
     let mut by_kind: BTreeMap<Kind, Vec<&Anomaly>> = BTreeMap::new();
     for x in &a.anomalies {
         by_kind.entry(x.kind).or_default().push(x);
