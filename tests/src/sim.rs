@@ -95,6 +95,9 @@ pub struct Config {
     pub duplicate: bool,
     pub recorder_gap: bool,
     pub tcp: bool,
+    /// Receives recorded this many at a time 50 ms before they happened: each contradicts
+    /// program order and its message (a cycle in the happens-before graph).
+    pub misdated_receives: usize,
 }
 
 impl Default for Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             duplicate: true,
             recorder_gap: true,
             tcp: true,
+            misdated_receives: 0,
         }
     }
 }
@@ -438,6 +442,10 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
         let last = mine.last().map_or(start, |&i| raw(pkts[i].t_true));
         b.begin_node(NodeInfo { name, window: (first, last), ..NodeInfo::default() }).expect("unique names");
         let mut seqs = [0u64; 2];
+        // Every k-th receive of each node is misdated, spread over the whole run.
+        let receives = mine.iter().filter(|&&i| pkts[i].dir == Dir::Recv).count();
+        let every = (receives * n).checked_div(cfg.misdated_receives).map_or(usize::MAX, |k| k.max(1));
+        let mut nth_receive = 0usize;
         for i in mine {
             let p = &pkts[i];
             let cpu = (rng.next_u64() % 2) as usize;
@@ -446,14 +454,14 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
             if lost_records.contains(&i) {
                 continue;
             }
-            b.packet(&RawPacket {
-                t_raw: raw(p.t_true),
-                seq: Some(seq),
-                cpu: cpu as u32,
-                dir: Some(p.dir),
-                orig_len: p.orig_len,
-                data: &p.data,
-            });
+            let mut t = raw(p.t_true);
+            if p.dir == Dir::Recv {
+                nth_receive += 1;
+                if nth_receive.is_multiple_of(every) {
+                    t -= 50_000_000;
+                }
+            }
+            b.packet(&RawPacket { t_raw: t, seq: Some(seq), cpu: cpu as u32, dir: Some(p.dir), orig_len: p.orig_len, data: &p.data });
         }
         b.end_node();
     }

@@ -142,7 +142,12 @@ fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOn
         .cycles
         .iter()
         .map(|c| {
-            let parts: Vec<String> = c.edges.iter().map(|&(a, b, k)| edge_text(&spec, &matching, &describe, a, b, k)).collect();
+            // Named up to a few: a long cycle's full list says no more, and costs much more.
+            let mut parts: Vec<String> =
+                c.edges.iter().take(CYCLE_EDGES_NAMED).map(|&(a, b, k)| edge_text(&spec, &matching, &describe, a, b, k)).collect();
+            if c.edges.len() > CYCLE_EDGES_NAMED {
+                parts.push(format!("{} more edges of the cycle", c.edges.len() - CYCLE_EDGES_NAMED));
+            }
             let (a, b, k) = c.dropped;
             format!("contradiction: {} cannot all hold; ignored {}", parts.join(", and "), edge_text(&spec, &matching, &describe, a, b, k))
         })
@@ -152,6 +157,9 @@ fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOn
     phase.done("anomalies from the order");
     (Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }, streamed)
 }
+
+/// Edges of a contradicting cycle named in its text.
+const CYCLE_EDGES_NAMED: usize = 8;
 
 fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {
     match k {

@@ -9,7 +9,7 @@
 //! nothing is quadratic and no transitive closure is built.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 
 use petgraph::Direction::{Incoming, Outgoing};
 use petgraph::graph::{DiGraph, EdgeIndex, NodeIndex};
@@ -160,10 +160,25 @@ pub fn order(
         on_placed(&batch);
     };
 
+    let mut by_time: Option<Vec<(i64, u32)>> = None;
+    let mut cursor = 0usize;
+    let mut scratch: Option<Scratch> = None;
     while out.order.len() < n {
         let Some(Reverse((_, id))) = heap.pop() else {
             // Stalled: a cycle among what is left. Report it, drop its weakest edge, go on.
-            let Some(report) = break_cycle(&g, &program, &indeg, &removed, &t_corr) else {
+            // The earliest event not yet ordered, by corrected time: events sorted once, at
+            // the first stall, and a cursor that only moves forward past ordered ones.
+            let by_time = by_time.get_or_insert_with(|| {
+                let mut v: Vec<(i64, u32)> = (0..n).filter(|&i| indeg[i] != DONE).map(|i| (t_corr(i), i as u32)).collect();
+                v.sort_unstable();
+                v
+            });
+            while by_time.get(cursor).is_some_and(|&(_, i)| indeg[i as usize] == DONE) {
+                cursor += 1;
+            }
+            let start = by_time.get(cursor).map(|&(_, i)| i as usize);
+            let scratch = scratch.get_or_insert_with(|| Scratch::new(n));
+            let Some(report) = start.and_then(|start| break_cycle(&g, &program, &indeg, &removed, &t_corr, start, scratch)) else {
                 // Nothing left to break (cannot happen with a consistent graph): keep every
                 // event anyway, in corrected time.
                 let mut rest: Vec<usize> = (0..n).filter(|&i| indeg[i] != DONE).collect();
@@ -287,29 +302,67 @@ fn close_run(run: &mut Vec<usize>, group: &mut [u32], next: &mut u32) {
     run.clear();
 }
 
-/// Finds a short cycle among the events not yet ordered and names its cross-node edges.
+/// Marks reused by every cycle search, so that each costs what it visits, not the trace's
+/// size: an event's mark counts only when it equals the current search's stamp.
+struct Scratch {
+    stamp: u32,
+    walk: Vec<u32>,
+    /// Where the backward walk met each event (index into its path).
+    walk_pos: Vec<u32>,
+    bfs: Vec<u32>,
+    /// How the forward search reached each event.
+    bfs_prev: Vec<(u32, EdgeKind)>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Scratch {
+        Scratch { stamp: 0, walk: vec![0; n], walk_pos: vec![0; n], bfs: vec![0; n], bfs_prev: vec![(0, EdgeKind::Program); n] }
+    }
+
+    /// A fresh stamp; all marks are cleared when the counter wraps.
+    fn next(&mut self) -> u32 {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.walk.fill(0);
+            self.bfs.fill(0);
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+}
+
+/// Events a search for a shorter cycle may visit, per cross edge tried.
+const SEARCH_BUDGET: usize = 512;
+/// Cross edges of a found cycle tried for a shorter one through them.
+const SEARCH_EDGES: usize = 3;
+
+/// Finds a short cycle among the events not yet ordered, from `start`, and names its
+/// cross-node edges.
 ///
 /// When Kahn's algorithm stalls, every unordered event has a live predecessor that is
-/// unordered too, so walking predecessors backwards must close a cycle. Each cross edge
-/// on it is then tried for the shortest cycle through it (BFS).
+/// unordered too, so walking predecessors backwards must close a cycle. A few of its cross
+/// edges are then tried for a shorter cycle through them (BFS). Both searches are bounded,
+/// so that breaking thousands of contradictions stays near-linear in the trace.
 fn break_cycle(
     g: &Graph,
     program: &ProgramOrder<'_>,
     indeg: &[u32],
     removed: &[bool],
     t_corr: &dyn Fn(usize) -> i64,
+    start: usize,
+    scratch: &mut Scratch,
 ) -> Option<CycleReport> {
     let live = |e: EdgeIndex| !removed[e.index()];
     let done = |i: usize| indeg[i] == DONE;
-    let start = (0..indeg.len()).filter(|&i| !done(i)).min_by_key(|&i| t_corr(i))?;
-    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let walk = scratch.next();
     let mut path: Vec<(usize, usize, EdgeKind)> = Vec::new(); // (from, to, kind), walked backwards
     let mut x = start;
     let cycle_from = loop {
-        if let Some(&k) = seen.get(&x) {
-            break k;
+        if scratch.walk[x] == walk {
+            break scratch.walk_pos[x] as usize;
         }
-        seen.insert(x, path.len());
+        scratch.walk[x] = walk;
+        scratch.walk_pos[x] = path.len() as u32;
         // Prefer a cross edge: it leads to the contradiction faster than program order.
         let mut best = program.pred(x).filter(|&p| !done(p)).map(|p| (p, EdgeKind::Program));
         for e in g.edges_directed(NodeIndex::new(x), Incoming) {
@@ -326,8 +379,9 @@ fn break_cycle(
     let cycle: Vec<(usize, usize, EdgeKind)> = path[cycle_from..].to_vec();
     // Shortest cycle through each of its cross edges.
     let mut best: Option<Vec<(EventId, EventId, EdgeKind)>> = None;
-    for &(u, v, kind) in cycle.iter().filter(|c| c.2 != EdgeKind::Program) {
-        let mut prev: HashMap<usize, (usize, EdgeKind)> = HashMap::new();
+    for &(u, v, kind) in cycle.iter().filter(|c| c.2 != EdgeKind::Program).take(SEARCH_EDGES) {
+        let bfs = scratch.next();
+        let mut visited = 0usize;
         let mut q = VecDeque::from([v]);
         let mut found = v == u;
         while let Some(y) = q.pop_front() {
@@ -335,16 +389,18 @@ fn break_cycle(
                 found = true;
                 break;
             }
-            if prev.len() > 1_000_000 {
+            if visited > SEARCH_BUDGET {
                 break;
             }
             let live_out =
                 g.edges_directed(NodeIndex::new(y), Outgoing).filter(|f| live(f.id())).map(|f| (f.target().index(), f.weight().kind()));
             for (z, k) in program.succ(y).map(|z| (z, EdgeKind::Program)).into_iter().chain(live_out) {
-                if done(z) || z == v || prev.contains_key(&z) {
+                if done(z) || z == v || scratch.bfs[z] == bfs {
                     continue;
                 }
-                prev.insert(z, (y, k));
+                scratch.bfs[z] = bfs;
+                scratch.bfs_prev[z] = (y as u32, k);
+                visited += 1;
                 q.push_back(z);
             }
         }
@@ -354,7 +410,8 @@ fn break_cycle(
         let mut edges = vec![(u as EventId, v as EventId, kind)];
         let mut y = u;
         while y != v {
-            let (p, k) = prev[&y];
+            let (p, k) = scratch.bfs_prev[y];
+            let p = p as usize;
             if k != EdgeKind::Program {
                 edges.push((p as EventId, y as EventId, k));
             }

@@ -114,6 +114,9 @@ enum Cmd {
         out: std::path::PathBuf,
         #[arg(long, default_value_t = 5)]
         nodes: usize,
+        /// Receives recorded 50 ms early, each a contradiction in the order.
+        #[arg(long, default_value_t = 0)]
+        misdated: usize,
     },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
@@ -238,7 +241,7 @@ fn main() -> anyhow::Result<()> {
                 });
             }
         }
-        Cmd::Synth { events, out, nodes } => {
+        Cmd::Synth { events, out, nodes, misdated } => {
             use wgo_tests::sim;
             // Heartbeats dominate: n(n-1) pairs, 2 events each per interval. At least 2 s
             // (room for tasks, retries and a partition), at most 400 k events a second.
@@ -251,6 +254,7 @@ fn main() -> anyhow::Result<()> {
                 heartbeat_every_ns,
                 drop_rate: 0.01,
                 partition: Some((nodes / 2, duration_ns / 2, duration_ns / 2 + 500_000_000)),
+                misdated_receives: misdated,
                 ..sim::Config::default()
             };
             let (trace, _) = sim::generate(&cfg);
