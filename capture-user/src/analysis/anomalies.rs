@@ -249,7 +249,8 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     // Retransmissions and storms: the same payload again from one node on one flow.
     // Sends grouped by (node, flow, payload) by sorting a hash of that key; a node's
     // events are in time order, so sorting by id next keeps each group in time order.
-    let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, trace.content_hash(e));
+    // Every captured byte counts: two messages that only start alike are no resend.
+    let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, trace.payload_hash(e));
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
@@ -590,6 +591,18 @@ mod tests {
         let storms = of(&found, Kind::RetryStorm);
         assert_eq!(storms.len(), 1);
         assert!(storms[0].text.contains("at least 5 within 1000 ms"), "{}", storms[0].text);
+    }
+
+    #[test]
+    fn messages_that_only_start_alike_are_no_retransmission() {
+        // Two heartbeats sharing their first 16 bytes, then a resend of the second.
+        let hb = |id: u16, n: u8| udp(addr(0), addr(1), id, &[b"HEARTBEAT-HEADER".as_slice(), &[n; 8]].concat());
+        let n1 = vec![send(1000 * MS, hb(1, 1)), send(1100 * MS, hb(2, 2)), send(1200 * MS, hb(3, 2))];
+        let n2 = vec![recv(1000 * MS + MS / 10, hb(1, 1)), recv(1200 * MS + MS / 10, hb(3, 2))];
+        let found = anomalies(&trace(vec![n1, n2]));
+        let retx = of(&found, Kind::Retransmission);
+        assert_eq!(retx.len(), 1, "{found:?}");
+        assert_eq!(retx[0].events.as_slice(), &[1, 2], "only the resend of the second");
     }
 
     /// Found by fuzzing: damaged sequence numbers made the lost-record count overflow.

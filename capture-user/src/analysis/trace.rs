@@ -151,10 +151,21 @@ impl Trace {
     /// ICMP, which has no ports, also its id and sequence). Computed when needed rather
     /// than stored: eight bytes per event add up over millions of them.
     pub fn content_hash(&self, e: &Event) -> u64 {
+        self.hash_payload(e, MATCH_BYTES)
+    }
+
+    /// Hash of the payload length and every captured payload byte: what tells a resend of
+    /// the same message (on one node, so captured alike) from another message that only
+    /// starts the same way.
+    pub fn payload_hash(&self, e: &Event) -> u64 {
+        self.hash_payload(e, usize::MAX)
+    }
+
+    fn hash_payload(&self, e: &Event, bytes: usize) -> u64 {
         let mut h = FxHasher::default();
         h.write_u32(e.payload_len);
         let payload = self.payload(e);
-        h.write(&payload[..payload.len().min(MATCH_BYTES)]);
+        h.write(&payload[..payload.len().min(bytes)]);
         if e.proto == ProtoCode::Icmp {
             let off = e.payload_off as usize;
             h.write(self.data(e).get(off.saturating_sub(8)..off).unwrap_or(&[]));
