@@ -50,10 +50,8 @@ pub fn ship_all(to: SocketAddr, secret: &Secret, trigger_id: u64, count: usize, 
                         sha256: hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
                         shipped: false,
                     };
-                    let (mut port, mut progress) = (|_: u16| {}, |_: u64, _: u64| {});
-                    let mut o =
-                        ShipOptions { secret, rate: 0, deadline: end, on_local_port: &mut port, on_progress: &mut progress, stop: None };
-                    if let Err(e) = ship::ship(&entry, Source::Memory(&bytes), to, &mut o) {
+                    let o = ShipOptions { secret, rate: 0, deadline: end, stop: None };
+                    if let Err(e) = ship::ship(&entry, Source::Memory(&bytes), to, &o) {
                         failed.lock().expect("lock").push(format!("{}: {e}", entry.node));
                     }
                 })

@@ -41,16 +41,13 @@ pub fn run(args: ShipArgs) -> anyhow::Result<()> {
             Some(t) => t,
             None => e.collector.parse().with_context(|| format!("{}: collector {:?} is not an address; give --to", e.node, e.collector))?,
         };
-        let (mut no_port, mut no_progress) = (|_: u16| {}, |_: u64, _: u64| {});
-        let mut o = wgo::transport::ship::ShipOptions {
+        let o = wgo::transport::ship::ShipOptions {
             secret: &secret,
             rate: args.ship_rate,
             deadline: Instant::now() + Duration::from_secs_f64(args.deadline),
-            on_local_port: &mut no_port,
-            on_progress: &mut no_progress,
             stop: Some(&stop),
         };
-        match wgo::node::agent::ship_spooled(e, &args.spool, to, &mut o) {
+        match wgo::node::agent::ship_spooled(e, &args.spool, to, &o) {
             Ok(()) => println!("shipped {} ({} bytes) to {to}", e.dump_path(&args.spool).display(), e.size),
             Err(err) => {
                 eprintln!("wgo: {}: {err:#}", e.dump_path(&args.spool).display());

@@ -210,19 +210,10 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, 
     };
 
     // 3. Ship it.
-    let mut no_port = |_: u16| {};
-    let mut no_progress = |_: u64, _: u64| {};
-    let mut o = ShipOptions {
-        secret: &opts.secret,
-        rate: opts.ship_rate,
-        deadline: Instant::now() + opts.ship_deadline,
-        on_local_port: &mut no_port,
-        on_progress: &mut no_progress,
-        stop: Some(stop),
-    };
+    let o = ShipOptions { secret: &opts.secret, rate: opts.ship_rate, deadline: Instant::now() + opts.ship_deadline, stop: Some(stop) };
     let shipped = match &in_memory {
-        None => ship_spooled(&mut entry, &opts.spool, collector, &mut o),
-        Some(bytes) => ship::ship(&entry, ship::Source::Memory(bytes), collector, &mut o).map_err(anyhow::Error::from),
+        None => ship_spooled(&mut entry, &opts.spool, collector, &o),
+        Some(bytes) => ship::ship(&entry, ship::Source::Memory(bytes), collector, &o).map_err(anyhow::Error::from),
     };
     // 4. Only then stop the application: after a delivery, or once shipping gave up. A
     // signal while shipping stops the agent alone, and the dump stays in the spool.
@@ -267,7 +258,7 @@ fn spool_dump(entry: &mut SpoolEntry, spool: &Path, info: &crate::dump::DumpInfo
 }
 
 /// Ships a spooled dump and marks it shipped.
-pub fn ship_spooled(entry: &mut SpoolEntry, spool: &Path, to: SocketAddr, opts: &mut ShipOptions<'_>) -> anyhow::Result<()> {
+pub fn ship_spooled(entry: &mut SpoolEntry, spool: &Path, to: SocketAddr, opts: &ShipOptions<'_>) -> anyhow::Result<()> {
     ship::ship(entry, ship::Source::File(&entry.dump_path(spool)), to, opts)?;
     entry.shipped = true;
     entry.save(spool)?;

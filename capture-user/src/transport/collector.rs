@@ -569,16 +569,8 @@ mod tests {
 
     fn ship_to(e: &SpoolEntry, spool: &std::path::Path, to: SocketAddr) -> Result<(), ship::ShipError> {
         let s = secret();
-        let (mut port, mut progress) = (|_: u16| {}, |_: u64, _: u64| {});
-        let mut o = ShipOptions {
-            secret: &s,
-            rate: 0,
-            deadline: Instant::now() + Duration::from_secs(15),
-            on_local_port: &mut port,
-            on_progress: &mut progress,
-            stop: None,
-        };
-        ship::ship(e, Source::File(&e.dump_path(spool)), to, &mut o)
+        let o = ShipOptions { secret: &s, rate: 0, deadline: Instant::now() + Duration::from_secs(15), stop: None };
+        ship::ship(e, Source::File(&e.dump_path(spool)), to, &o)
     }
 
     #[test]

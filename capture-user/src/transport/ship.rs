@@ -47,10 +47,6 @@ pub struct ShipOptions<'a> {
     pub secret: &'a Secret,
     pub rate: u64,
     pub deadline: Instant,
-    /// Called with the local port before connecting (so the agent can exclude it from recording).
-    pub on_local_port: &'a mut dyn FnMut(u16),
-    /// Called with bytes acknowledged so far (resume offset, then progress).
-    pub on_progress: &'a mut dyn FnMut(u64, u64),
     /// Set (by SIGTERM, say) to give up at once: the dump stays in the spool.
     pub stop: Option<&'a AtomicBool>,
 }
@@ -69,7 +65,7 @@ pub enum Source<'a> {
 }
 
 /// Ships one dump, retrying with backoff until it is delivered or the deadline passes.
-pub fn ship(entry: &SpoolEntry, source: Source<'_>, to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), ShipError> {
+pub fn ship(entry: &SpoolEntry, source: Source<'_>, to: SocketAddr, opts: &ShipOptions<'_>) -> Result<(), ShipError> {
     let digest = entry.digest().ok_or_else(|| ShipError::Spool(format!("bad digest {:?} in spool entry", entry.sha256)))?;
     let mut attempts = 0;
     let mut backoff = Duration::from_millis(200);
@@ -109,24 +105,16 @@ impl From<std::io::Error> for Attempt {
     }
 }
 
-fn connect(to: SocketAddr, on_local_port: &mut dyn FnMut(u16)) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
-    let any: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().expect("addr") } else { "[::]:0".parse().expect("addr") };
-    sock.bind(&any.into())?;
-    if let Some(port) = sock.local_addr()?.as_socket().map(|a| a.port()) {
-        on_local_port(port);
-    }
-    sock.connect_timeout(&to.into(), Duration::from_secs(3))?;
-    let s: TcpStream = sock.into();
+fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     s.set_write_timeout(Some(Duration::from_secs(30)))?;
     s.set_nodelay(true)?;
     Ok(s)
 }
 
-fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: SocketAddr, opts: &mut ShipOptions<'_>) -> Result<(), Attempt> {
-    let mut s = connect(to, opts.on_local_port)?;
+fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: SocketAddr, opts: &ShipOptions<'_>) -> Result<(), Attempt> {
+    let mut s = connect(to)?;
     // A cut link must not hold us past the deadline in a blocked write.
     let left = opts.deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(1), Duration::from_secs(30));
     s.set_write_timeout(Some(left))?;
@@ -150,7 +138,6 @@ fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: Sock
         Frame::Refuse { reason } => return Err(Attempt::Refused(reason)),
         _ => return Err(Attempt::Retry("unexpected reply to the offer".into())),
     };
-    (opts.on_progress)(offset, entry.size);
     let mut f: Box<dyn Read> = match source {
         Source::File(path) => {
             let mut f = std::fs::File::open(path)?;
@@ -174,7 +161,6 @@ fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: Sock
         f.read_exact(&mut buf[..want])?;
         s.write_all(&buf[..want])?;
         done += want as u64;
-        (opts.on_progress)(done, entry.size);
         pacer.wait(want as u64);
     }
     match wire::read_frame(&mut s)? {

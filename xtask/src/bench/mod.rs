@@ -345,15 +345,7 @@ fn shipping() -> anyhow::Result<()> {
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     // A dump-sized file of incompressible bytes, spooled as an agent would.
     let dump = spool.join(format!("node1-{:016x}.pcapng", 1));
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let bytes: Vec<u8> = (0..SIZE / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let bytes = wgo_tests::load::dump_bytes(0, SIZE);
     std::fs::write(&dump, &bytes)?;
     drop(bytes);
     let sum = testbed::run(Command::new("sha256sum").arg(&dump))?;
