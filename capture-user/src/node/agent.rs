@@ -199,11 +199,7 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, 
         }
         Err(e) => {
             tracing::error!("{e:#}; shipping the dump from memory instead");
-            let mut bytes = Vec::new();
-            let mut hashing = HashingWriter { inner: &mut bytes, hash: Sha256::new(), len: 0 };
-            crate::dump::write_dump(&mut hashing, &info, ring.iter())?;
-            entry.size = hashing.len;
-            entry.sha256 = spool::hex(&hashing.hash.finalize());
+            let bytes = write_hashed(Vec::new(), &mut entry, &info, &ring)?;
             drop(ring);
             Some(bytes)
         }
@@ -239,13 +235,7 @@ fn spool_dump(entry: &mut SpoolEntry, spool: &Path, info: &crate::dump::DumpInfo
     let path = entry.dump_path(spool);
     let tmp = path.with_extension("pcapng.partial");
     let result = (|| -> anyhow::Result<()> {
-        let file = spool::create_private(&tmp)?;
-        let mut hashing = HashingWriter { inner: std::io::BufWriter::new(file), hash: Sha256::new(), len: 0 };
-        crate::dump::write_dump(&mut hashing, info, ring.iter())?;
-        hashing.flush()?;
-        entry.size = hashing.len;
-        entry.sha256 = spool::hex(&hashing.hash.clone().finalize());
-        hashing.inner.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        write_hashed(spool::create_private(&tmp)?, entry, info, ring)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         entry.save(spool)?;
         Ok(())
@@ -264,6 +254,17 @@ pub fn ship_spooled(entry: &mut SpoolEntry, spool: &Path, to: SocketAddr, opts: 
     entry.save(spool)?;
     tracing::info!("{}: dump of {} bytes delivered to {to}", entry.node, entry.size);
     Ok(())
+}
+
+/// Writes the dump into `out` (the dump writer buffers), sets the entry's size and SHA-256
+/// from the bytes as they pass, and hands `out` back.
+fn write_hashed<W: Write>(out: W, entry: &mut SpoolEntry, info: &crate::dump::DumpInfo, ring: &super::ring::Ring) -> anyhow::Result<W> {
+    let mut hashing = HashingWriter { inner: out, hash: Sha256::new(), len: 0 };
+    crate::dump::write_dump(&mut hashing, info, ring.iter())?;
+    hashing.flush()?;
+    entry.size = hashing.len;
+    entry.sha256 = spool::hex(&hashing.hash.finalize());
+    Ok(hashing.inner)
 }
 
 struct HashingWriter<W: Write> {
