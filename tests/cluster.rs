@@ -139,7 +139,9 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     let good = Secret::new(SECRET.to_vec()).unwrap();
     let wrong = Secret::new(b"not the right secret at all".to_vec()).unwrap();
     let collector: SocketAddr = format!("{}:{COLLECT_PORT}", c.bed.node("node1").ipv4).parse().unwrap();
-    let mk = |id: u64, sent: i64, s: &Secret| Trigger { id, sent_ns: sent, collector: Some(collector), port: COLLECT_PORT }.encode(s);
+    let mk = |id: u64, sent: i64, s: &Secret| {
+        Trigger { id, sent_ns: sent, collector: Some(collector), port: COLLECT_PORT, reason: String::new() }.encode(s)
+    };
     let mut junk: Vec<Vec<u8>> =
         vec![mk(1, now_ns(), &wrong), mk(2, now_ns() - 3_600_000_000_000, &good), b"garbage".to_vec(), vec![0u8; 72], vec![]];
     let mut rng = wgo_tests::sim::Rng::new(99);
@@ -361,7 +363,7 @@ fn an_agent_inside_the_recorded_cgroup_keeps_its_own_traffic_out() {
 fn signed_trigger(c: &Cluster, id: u64, collector: Option<SocketAddr>) {
     let good = Secret::new(SECRET.to_vec()).unwrap();
     let port = collector.map_or(COLLECT_PORT, |a| a.port());
-    c.send_raw(vec![Trigger { id, sent_ns: now_ns(), collector, port }.encode(&good)]);
+    c.send_raw(vec![Trigger { id, sent_ns: now_ns(), collector, port, reason: String::new() }.encode(&good)]);
 }
 
 fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {

@@ -130,6 +130,43 @@ pub struct RingState {
     pub consumer_pad: [u64; 7],
 }
 
+/// A process of the watched cgroup that a fatal signal is about to end: a crash (a
+/// core-dumping signal with its default action) or a SIGKILL that something sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalEvent {
+    /// `bpf_ktime_get_ns()`.
+    pub ktime_ns: u64,
+    /// Process (thread group) and thread ids, as the host sees them.
+    pub tgid: u32,
+    pub tid: u32,
+    pub sig: u32,
+    /// For SIGKILL: the process that sent it ([`SENDER_UNKNOWN`] otherwise).
+    pub sender_tgid: u32,
+    /// The dying thread's name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
+pub const SENDER_UNKNOWN: u32 = u32::MAX;
+
+/// Which cgroup the signal programs watch: the application's, and its descendants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// cgroup v2 id (the directory's inode number); 0 watches nothing.
+    pub cgroup_id: u64,
+    /// Its depth below the cgroup2 root (the root is 0).
+    pub level: u32,
+    pub pad: u32,
+}
+
+/// Bytes of the ring buffer the signal programs write to.
+pub const SIGNAL_RING_BYTES: u32 = 64 << 10;
+
+pub const SIGNAL_EVENT_SIZE: usize = 40;
+const _: () = assert!(core::mem::size_of::<SignalEvent>() == SIGNAL_EVENT_SIZE);
+const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
+
 pub const RECORD_HEADER_SIZE: usize = 40;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_SIZE);
 const _: () = assert!(core::mem::size_of::<PacketRecord>() == RECORD_HEADER_SIZE + MAX_CAPTURE);
@@ -148,6 +185,14 @@ pub mod names {
     pub const WAKE: &str = "WAKE";
     pub const CONFIG: &str = "CONFIG";
     pub const EXCLUDED_PORTS: &str = "EXCLUDED_PORTS";
+    pub const WATCH_CONFIG: &str = "WATCH_CONFIG";
+    pub const KILLS: &str = "KILLS";
+    pub const SIGNALS: &str = "SIGNALS";
+    /// Raw tracepoints: programs and the kernel tracepoints they attach to.
+    pub const SIGNAL_DELIVER: &str = "wgo_signal_deliver";
+    pub const SIGNAL_GENERATE: &str = "wgo_signal_generate";
+    pub const TP_SIGNAL_DELIVER: &str = "signal_deliver";
+    pub const TP_SIGNAL_GENERATE: &str = "signal_generate";
     pub const INGRESS: &str = "wgo_ingress";
     pub const EGRESS: &str = "wgo_egress";
 }
@@ -160,6 +205,28 @@ mod pod {
     unsafe impl aya::Pod for super::CaptureConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RingState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::WatchConfig {}
+}
+
+impl SignalEvent {
+    /// Reads an event as the kernel wrote it (native endianness).
+    pub fn from_bytes(b: &[u8]) -> Option<SignalEvent> {
+        if b.len() < SIGNAL_EVENT_SIZE {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let mut comm = [0u8; 16];
+        comm.copy_from_slice(&b[24..40]);
+        Some(SignalEvent {
+            ktime_ns: u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            tgid: u32_at(8),
+            tid: u32_at(12),
+            sig: u32_at(16),
+            sender_tgid: u32_at(20),
+            comm,
+        })
+    }
 }
 
 impl RecordHeader {

@@ -20,6 +20,7 @@ fn main() {
         Command::Agent(args) => cli::agent::run(args),
         Command::Trigger(args) => cli::trigger::run(args),
         Command::Collect(args) => cli::collect::run(args.collector, None, args.trigger_id),
+        Command::Serve(args) => cli::serve::run(args),
         Command::Ship(args) => cli::ship::run(args),
     };
     if let Err(e) = result {

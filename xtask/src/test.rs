@@ -77,9 +77,18 @@ fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
     let secret = Secret::new(b"fuzzing secret, 16+ bytes".to_vec()).expect("long enough");
     let trig = dir.join("trigger");
     std::fs::create_dir_all(&trig)?;
-    let t = Trigger { id: 7, sent_ns: 1, collector: Some("10.0.0.1:7300".parse()?), port: 7300 };
+    let t = Trigger {
+        id: 7,
+        sent_ns: 1,
+        collector: Some("10.0.0.1:7300".parse()?),
+        port: 7300,
+        reason: "node3: app (pid 812) killed by SIGSEGV".into(),
+    };
     std::fs::write(trig.join("valid"), t.encode(&secret))?;
-    std::fs::write(trig.join("heard"), Heard { trigger_id: 7, heard_ns: 2, node: "node1".into() }.encode(&secret))?;
+    std::fs::write(
+        trig.join("heard"),
+        Heard { trigger_id: 7, heard_ns: 2, sent_ns: 1, node: "node1".into(), reason: "manual".into() }.encode(&secret),
+    )?;
     let frames = dir.join("frames");
     std::fs::create_dir_all(&frames)?;
     let mut all = Vec::new();

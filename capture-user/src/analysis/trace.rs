@@ -99,6 +99,8 @@ pub struct NodeInfo {
     pub window: (i64, i64),
     /// When the node heard the trigger, on its own clock (from the dump or manifest).
     pub trigger_heard: Option<i64>,
+    /// Why the trigger was sent, as the node heard it.
+    pub trigger_reason: Option<String>,
     /// What could not be read, with offsets.
     pub skipped: Vec<String>,
     /// Addresses this node sends from.
@@ -134,6 +136,15 @@ pub enum TraceError {
 }
 
 impl Trace {
+    /// Why the trigger was sent, as the dumps say: one reason, or several where nodes
+    /// answered different triggers.
+    pub fn trigger_reasons(&self) -> Vec<&str> {
+        let mut r: Vec<&str> = self.nodes.iter().filter_map(|n| n.trigger_reason.as_deref()).filter(|r| !r.is_empty()).collect();
+        r.sort_unstable();
+        r.dedup();
+        r
+    }
+
     pub fn node_events(&self, node: NodeId) -> &[Event] {
         &self.events[self.node_ranges[node as usize].clone()]
     }
@@ -380,6 +391,7 @@ impl TraceBuilder {
                         }
                         info.snaplen = s.snaplen.or(info.snaplen);
                         info.trigger_heard = s.trigger_heard_ns.or(info.trigger_heard);
+                        info.trigger_reason = s.trigger_reason.or(info.trigger_reason.take());
                     }
                 }
                 Item::Other => {}

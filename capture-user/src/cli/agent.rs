@@ -1,9 +1,12 @@
 //! `wgo agent`: record a cgroup until a signed trigger arrives; then dump, ship, stop the app.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{CaptureFlags, positive_f64, stop_flag};
+use wgo::node::watch::AutoTrigger;
+
+use super::{CaptureFlags, non_negative_f64, positive_f64, stop_flag};
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
@@ -37,6 +40,27 @@ pub struct AgentArgs {
     /// Accept triggers sent up to this many seconds from our clock.
     #[arg(long, default_value_t = 120.0, value_parser = positive_f64)]
     pub trigger_window: f64,
+    /// Keep recording this many seconds after a trigger before dumping, so that the
+    /// recovery (or the lack of it) is in the dump.
+    #[arg(long, default_value_t = 2.0, value_parser = non_negative_f64)]
+    pub after: f64,
+    /// Arm the agent: send the trigger itself when the application crashes (a fatal
+    /// SIGSEGV, SIGABRT, SIGBUS, SIGILL, SIGFPE, or a SIGKILL not sent by wgo) or is OOM-killed.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub auto_trigger: Vec<AutoTrigger>,
+    /// The collector an armed agent's trigger names (`wgo serve`), HOST:PORT.
+    #[arg(long)]
+    pub collector: Option<SocketAddr>,
+    /// Broadcast address and trigger port of the other agents, for an armed agent's trigger.
+    #[arg(long)]
+    pub broadcast: Option<SocketAddr>,
+    /// Other agents (HOST:PORT) an armed agent's trigger goes to, for networks without broadcast.
+    #[arg(long)]
+    pub to: Vec<SocketAddr>,
+    /// An armed agent sends no trigger within this many seconds of the last one it handled
+    /// (a crash loop gives one incident, not one per restart).
+    #[arg(long, default_value_t = 60.0, value_parser = non_negative_f64)]
+    pub cooldown: f64,
     #[command(flatten)]
     pub capture: CaptureFlags,
 }
@@ -49,6 +73,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(p) => Some(wgo::node::cgroup::resolve(&p)?),
         None => Some(wgo::node::cgroup::resolve(&args.cgroup)?),
     };
+    let arm = match (args.auto_trigger.is_empty(), args.collector) {
+        (true, None) => None,
+        (true, Some(_)) => anyhow::bail!("--collector is for an armed agent: give --auto-trigger crash,oom too"),
+        (false, None) => anyhow::bail!("--auto-trigger needs --collector HOST:PORT: the collector (`wgo serve`) its trigger names"),
+        (false, Some(collector)) => {
+            let mut to: Vec<(SocketAddr, bool)> = args.to.iter().map(|a| (*a, false)).collect();
+            to.extend(args.broadcast.map(|b| (b, true)));
+            if to.is_empty() {
+                tracing::warn!("armed without --broadcast or --to: a crash here triggers this node alone");
+            }
+            Some(wgo::node::agent::Arming { on: args.auto_trigger, collector, to, cooldown: Duration::from_secs_f64(args.cooldown) })
+        }
+    };
     let opts = wgo::node::agent::AgentOptions {
         record: args.capture.record_options(args.cgroup, args.node),
         secret,
@@ -59,6 +96,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         ship_rate: args.ship_rate,
         ship_deadline: Duration::from_secs_f64(args.ship_deadline),
         trigger_window: Duration::from_secs_f64(args.trigger_window),
+        after: Duration::from_secs_f64(args.after),
+        arm,
     };
     let stop = stop_flag()?;
     wgo::node::agent::run(opts, &stop)

@@ -18,7 +18,7 @@ pub struct CollectorFlags {
     pub listen: SocketAddr,
     /// Directory for the dumps and manifest.json.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Nodes to wait for: a count, or names separated by commas (then missing ones are named).
     #[arg(long)]
     pub expect: Option<String>,
@@ -59,7 +59,7 @@ fn parse_expect(s: Option<&str>) -> anyhow::Result<wgo::transport::collector::Ex
 
 /// A TCP listener with room for many agents connecting at once (the usual backlog of 128
 /// would turn a burst of them into connect timeouts and retries).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     s.set_reuse_address(true)?;
@@ -73,6 +73,7 @@ pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
 
 /// Binds the collector's sockets (before any trigger goes out) and collects.
 pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Option<u64>) -> anyhow::Result<()> {
+    let out = args.out.clone().ok_or_else(|| anyhow::anyhow!("say where the dumps go: --out DIR"))?;
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
     let listener = listen(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
@@ -82,7 +83,7 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
         None => (known_id, None, None),
     };
     let opts = wgo::transport::collector::CollectOptions {
-        out: args.out.clone(),
+        out: out.clone(),
         secret,
         expect,
         wait: Duration::from_secs_f64(args.wait),
@@ -97,14 +98,14 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
             send();
         }
     });
-    let manifest = wgo::transport::manifest::Manifest::load(&args.out).unwrap_or_default();
+    let manifest = wgo::transport::manifest::Manifest::load(&out).unwrap_or_default();
     for n in &manifest.nodes {
         match (n.bytes, n.arrived_ns) {
             (Some(b), Some(_)) => println!("{:<16} {b:>12} bytes  sha256 {}", n.name, n.sha256.as_deref().unwrap_or("")),
             _ => println!("{:<16} heard the trigger, no dump", n.name),
         }
     }
-    println!("manifest: {}", args.out.join("manifest.json").display());
+    println!("manifest: {}", out.join("manifest.json").display());
     result?;
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod collect;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod ship;
 pub mod trigger;
 
@@ -33,6 +34,9 @@ pub enum Command {
     Trigger(trigger::TriggerArgs),
     /// Collect dumps without sending a trigger (after a restart, or for `wgo ship`).
     Collect(collect::CollectArgs),
+    /// Run a collector as a service: every incident (from `wgo trigger` or an armed agent)
+    /// in a directory of its own, with its manifest and, optionally, its report.
+    Serve(serve::ServeArgs),
     /// Ship dumps that stayed in an agent's spool (e.g. from a partitioned node).
     Ship(ship::ShipArgs),
 }
@@ -75,6 +79,13 @@ pub fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+pub fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("'{s}' is not a number of seconds (0 or more)")),
+    }
+}
+
 pub fn kernel_ring_bytes(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(v) if (4096..=capture_ebpf::MAX_RING_BYTES).contains(&v) && v.is_power_of_two() => Ok(v),
@@ -93,6 +104,11 @@ pub fn peak_rss_kib() -> i64 {
     // SAFETY: ru is a valid out-pointer.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     ru.ru_maxrss
+}
+
+/// Says the service is ready: a log line, and READY=1 to systemd when it runs us.
+pub fn notify_ready(what: &str) {
+    wgo::node::notify::ready_saying(what);
 }
 
 /// Set on SIGINT or SIGTERM.

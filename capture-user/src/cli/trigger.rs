@@ -20,6 +20,13 @@ pub struct TriggerArgs {
     /// How many times to send it.
     #[arg(long, default_value_t = 5)]
     pub copies: u32,
+    /// Name a collector that is already running (`wgo serve`, HOST:PORT) instead of
+    /// collecting here: the trigger goes out, and this command returns.
+    #[arg(long = "collector", conflicts_with_all = ["out", "expect"])]
+    pub collector_addr: Option<SocketAddr>,
+    /// Why: shown in the manifest and the report (default: who pressed the button, where).
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
@@ -29,14 +36,29 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
     let secret = wgo::transport::secret::load_secret(&args.collector.secret_file)?;
     let id = u64::from_be_bytes(wgo::transport::wire::random_bytes());
     let sent = wgo::clock::wall_ns() as i64;
+    let reason = args.reason.clone().unwrap_or_else(|| {
+        let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "someone".into());
+        format!("wgo trigger by {user} on {}", super::hostname())
+    });
     let listen = args.collector.listen;
+    if let Some(collector) = args.collector_addr {
+        // Another collector takes the dumps: send and return.
+        let t = wgo::transport::wire::Trigger { id, sent_ns: sent, collector: Some(collector), port: collector.port(), reason };
+        let datagrams: Vec<_> =
+            args.broadcast.iter().chain(&args.to).map(|d| (*d, t.encode(&secret), args.broadcast == Some(*d))).collect();
+        tracing::info!("trigger {id:016x}: sending {} times; {collector} collects", args.copies.max(1));
+        wgo::transport::collector::send_trigger(&datagrams, args.copies.max(1), Duration::from_millis(200))?;
+        println!("trigger {id:016x} sent; {collector} collects the dumps");
+        return Ok(());
+    }
     // Every copy names the collector (signed): agents ship nowhere else. Listening on an
     // unspecified address, the copy for each destination names the address that reaches it.
     let mut datagrams = Vec::new();
     for dest in args.broadcast.iter().chain(&args.to) {
         let collector = wgo::transport::collector::address_for(listen, *dest)
             .with_context(|| format!("finding the address agents at {dest} reach this collector on; give --listen ADDR:PORT"))?;
-        let t = wgo::transport::wire::Trigger { id, sent_ns: sent, collector: Some(collector), port: listen.port() };
+        let t =
+            wgo::transport::wire::Trigger { id, sent_ns: sent, collector: Some(collector), port: listen.port(), reason: reason.clone() };
         datagrams.push((*dest, t.encode(&secret), args.broadcast == Some(*dest)));
         tracing::info!("trigger {id:016x} to {dest}: collect on {collector}");
     }

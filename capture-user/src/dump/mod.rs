@@ -62,6 +62,8 @@ pub mod keys {
     pub const TRIGGER_ID: &str = "trigger_id";
     pub const TRIGGER_HEARD_NS: &str = "trigger_heard_ns";
     pub const TRIGGER_SENT_NS: &str = "trigger_sent_ns";
+    /// Why the trigger was sent (one line).
+    pub const TRIGGER_REASON: &str = "trigger_reason";
     // Interface statistics.
     pub const DROPS_PER_CPU: &str = "drops_per_cpu";
     pub const KERNEL_DROPS: &str = "kernel_drops";
@@ -76,6 +78,8 @@ pub fn wgo_comments<'a>(opts: &pcapng::OptIter<'a>) -> impl Iterator<Item = (&'a
 
 /// `key=value` lines with the wgo prefix, as one comment.
 fn wgo_comment<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
-    let lines: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{}{k}={v}", keys::PREFIX)).collect();
+    // One line per key: a value's control characters (a reason from the wire) become spaces.
+    let lines: Vec<String> =
+        pairs.into_iter().map(|(k, v)| format!("{}{k}={}", keys::PREFIX, v.replace(|c: char| c.is_control(), " "))).collect();
     lines.join("\n")
 }

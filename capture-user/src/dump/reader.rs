@@ -15,6 +15,8 @@ pub struct SectionInfo {
     pub snaplen: Option<u32>,
     /// When the node heard the trigger, on its own clock.
     pub trigger_heard_ns: Option<i64>,
+    /// Why the trigger was sent.
+    pub trigger_reason: Option<String>,
 }
 
 /// What the statistics blocks say about loss and the recording's span.
@@ -76,6 +78,7 @@ impl<R: Read> DumpReader<R> {
                             keys::NODE => info.node = Some(v.to_string()),
                             keys::SNAPLEN => info.snaplen = v.parse().ok(),
                             keys::TRIGGER_HEARD_NS => info.trigger_heard_ns = v.parse().ok(),
+                            keys::TRIGGER_REASON => info.trigger_reason = Some(v.to_string()),
                             _ => {}
                         }
                     }
@@ -197,7 +200,11 @@ mod tests {
             start_wall_ns: 1_000,
             end_wall_ns: 9_000,
             wall_minus_mono_ns: -5,
-            extra: vec![(keys::TRIGGER_HEARD_NS, "8500".into()), (keys::TRIGGER_ID, "00000000000000ab".into())],
+            extra: vec![
+                (keys::TRIGGER_HEARD_NS, "8500".into()),
+                (keys::TRIGGER_ID, "00000000000000ab".into()),
+                (keys::TRIGGER_REASON, "node7: app (pid 3) killed by SIGSEGV".into()),
+            ],
         };
         let ip = [0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 8, 0, 0];
         let mut out = Vec::new();
@@ -229,7 +236,15 @@ mod tests {
 
         let mut r = DumpReader::new(&out[..]);
         match r.next_item().unwrap().unwrap() {
-            Item::Section(s) => assert_eq!(s, SectionInfo { node: Some("node7".into()), snaplen: Some(64), trigger_heard_ns: Some(8500) }),
+            Item::Section(s) => assert_eq!(
+                s,
+                SectionInfo {
+                    node: Some("node7".into()),
+                    snaplen: Some(64),
+                    trigger_heard_ns: Some(8500),
+                    trigger_reason: Some("node7: app (pid 3) killed by SIGSEGV".into())
+                }
+            ),
             other => panic!("{other:?}"),
         }
         let mut got = Vec::new();

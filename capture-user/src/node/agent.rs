@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::recorder::{RecordOptions, Recorder};
 use super::stop::{StopPolicy, apply_policy};
+use super::watch::{AutoTrigger, Watch};
 use crate::clock;
 use crate::dump::keys;
 use crate::transport::ship::{self, ShipError, ShipOptions};
@@ -31,7 +32,27 @@ pub struct AgentOptions {
     pub ship_deadline: Duration,
     /// Triggers whose send time is further than this from our clock are stale.
     pub trigger_window: Duration,
+    /// Recording goes on this long after a trigger before the dump: the aftermath.
+    pub after: Duration,
+    /// Press the button ourselves when the application crashes.
+    pub arm: Option<Arming>,
 }
+
+/// An armed agent: what it watches for, and where its own trigger goes.
+#[derive(Clone, Debug)]
+pub struct Arming {
+    pub on: Vec<AutoTrigger>,
+    /// The collector the trigger names (`wgo serve`).
+    pub collector: SocketAddr,
+    /// The other agents: (address, whether it is a broadcast address).
+    pub to: Vec<(SocketAddr, bool)>,
+    /// No trigger of our own within this long after the last one this agent handled.
+    pub cooldown: Duration,
+}
+
+/// Copies of a trigger this agent sends, and the gap between them.
+const TRIGGER_COPIES: u32 = 5;
+const TRIGGER_GAP: Duration = Duration::from_millis(100);
 
 /// Counts of ignored trigger datagrams, by reason.
 #[derive(Default, Debug)]
@@ -107,32 +128,87 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     if let Some(app) = &opts.app_cgroup {
         super::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
     }
-    let handled: BTreeSet<u64> = spool::spool_entries(&opts.spool)?.iter().map(|e| e.trigger_id).collect();
+    let entries = spool::spool_entries(&opts.spool)?;
+    let handled: BTreeSet<u64> = entries.iter().map(|e| e.trigger_id).collect();
+    let last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
     let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let sender = sock.try_clone()?;
     let mut recorder = Recorder::start(&opts.record)?;
     recorder.exclude_port(opts.trigger_port)?;
+    let node = opts.record.node.clone();
+    let mut watch = match (&opts.arm, &opts.app_cgroup) {
+        (Some(arm), Some(app)) => {
+            let w = Watch::new(app, &node, &arm.on)?;
+            if w.wants_signals() {
+                recorder.watch_signals(app).context("watching the application for crashes")?;
+            }
+            Some(w)
+        }
+        (Some(_), None) => anyhow::bail!("an armed agent needs the application's cgroup"),
+        _ => None,
+    };
     let (tx, rx) = mpsc::channel();
     let listener_stop = AtomicBool::new(false);
-    let node = opts.record.node.clone();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
         let ls = &listener_stop;
         scope.spawn(move || listen(sock, secret, window, handled, tx, ls));
+        let armed = match &opts.arm {
+            Some(a) => format!("; armed: triggers on {:?}, naming collector {}", a.on, a.collector),
+            None => String::new(),
+        };
         super::notify::ready(&format!(
-            "agent {node}, cgroup {}; waiting for a trigger on UDP port {}",
+            "agent {node}, cgroup {}; waiting for a trigger on UDP port {}{armed}",
             opts.record.cgroup.display(),
             opts.trigger_port
         ));
+        let mut pending: Option<(HeardTrigger, Instant)> = None;
+        let mut cooldown_logged = false;
         let heard = loop {
             if stop.load(Ordering::Relaxed) {
                 listener_stop.store(true, Ordering::Relaxed);
-                tracing::info!("agent {node} stopping on a signal; no trigger was heard");
-                return Ok(());
+                match pending {
+                    // The dump is kept (spooled); shipping sees the signal and leaves it there.
+                    Some((h, _)) => {
+                        tracing::info!("agent {node} stopping on a signal during the aftermath: dumping now");
+                        break h;
+                    }
+                    None => {
+                        tracing::info!("agent {node} stopping on a signal; no trigger was heard");
+                        return Ok(());
+                    }
+                }
             }
             recorder.poll(20)?;
-            if let Ok(h) = rx.try_recv() {
-                break h;
+            while let Ok(h) = rx.try_recv() {
+                join(&mut pending, h, opts.after, &node);
+            }
+            if pending.is_none()
+                && let (Some(w), Some(arm)) = (watch.as_mut(), &opts.arm)
+            {
+                let events = recorder.signal_events();
+                if let Some(reason) = w.check(&events) {
+                    let now = clock::wall_ns() as i64;
+                    let since = last_trigger_ns.map(|t| now.saturating_sub(t));
+                    if since.is_some_and(|d| d >= 0 && (d as u128) < arm.cooldown.as_nanos()) {
+                        if !cooldown_logged {
+                            tracing::warn!(
+                                "{reason}; no trigger: the last incident was {} ms ago, within the cooldown",
+                                since.unwrap_or(0) / 1_000_000
+                            );
+                            cooldown_logged = true;
+                        }
+                    } else {
+                        let t = press(arm, &opts.secret, &sender, reason);
+                        join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, &node);
+                    }
+                }
+            }
+            if let Some((_, at)) = &pending
+                && Instant::now() >= *at
+            {
+                break pending.take().expect("pending").0;
             }
         };
         // Further triggers (and our own repeats) are ignored from here on.
@@ -140,6 +216,69 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
         listener_stop.store(true, Ordering::Relaxed);
         result
     })
+}
+
+/// Takes a trigger heard (or sent) while recording. The first starts the aftermath; during
+/// it, one sent earlier than ours (another node pressed the button at the same moment) is
+/// joined instead, so that racing triggers end as one incident.
+fn join(pending: &mut Option<(HeardTrigger, Instant)>, h: HeardTrigger, after: Duration, node: &str) {
+    let reason = if h.trigger.reason.is_empty() { String::new() } else { format!(" ({})", h.trigger.reason) };
+    match pending {
+        None => {
+            tracing::info!(
+                "trigger {:016x}{reason} from {}: recording {:.1} s more, then dumping",
+                h.trigger.id,
+                h.from,
+                after.as_secs_f64()
+            );
+            *pending = Some((h, Instant::now() + after));
+        }
+        Some((cur, _)) if (h.trigger.sent_ns, h.trigger.id) < (cur.trigger.sent_ns, cur.trigger.id) => {
+            tracing::info!("{node}: joining trigger {:016x}{reason}, sent before {:016x}", h.trigger.id, cur.trigger.id);
+            *cur = h;
+        }
+        Some(_) => {}
+    }
+}
+
+/// Sends our own trigger to the other agents (from the trigger socket, whose port is
+/// not recorded), in the background.
+fn press(arm: &Arming, secret: &crate::transport::wire::Secret, sock: &UdpSocket, reason: String) -> Trigger {
+    let t = Trigger {
+        id: u64::from_be_bytes(crate::transport::wire::random_bytes()),
+        sent_ns: clock::wall_ns() as i64,
+        collector: Some(arm.collector),
+        port: arm.collector.port(),
+        reason,
+    };
+    tracing::warn!("{}: sending trigger {:016x} to {} destination(s), naming collector {}", t.reason, t.id, arm.to.len(), arm.collector);
+    let bytes = t.encode(secret);
+    let to = arm.to.clone();
+    match sock.try_clone() {
+        Ok(sock) => {
+            std::thread::spawn(move || {
+                let _ = sock.set_broadcast(true);
+                let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+                for k in 0..TRIGGER_COPIES {
+                    for (dest, broadcast) in &to {
+                        // A dual-stack socket reaches IPv4 through mapped addresses.
+                        let d = match dest {
+                            SocketAddr::V4(a) if v6 => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+                            d => *d,
+                        };
+                        if let Err(e) = sock.send_to(&bytes, d) {
+                            tracing::warn!("sending the trigger to {dest}{}: {e}", if *broadcast { " (broadcast)" } else { "" });
+                        }
+                    }
+                    if k + 1 < TRIGGER_COPIES {
+                        std::thread::sleep(TRIGGER_GAP);
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot send the trigger: {e}"),
+    }
+    t
 }
 
 /// One socket for triggers over IPv4 and IPv6 (dual stack); IPv4 alone where the host has no IPv6.
@@ -170,10 +309,14 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, 
     recorder.annotate(keys::TRIGGER_ID, format!("{:016x}", t.id));
     recorder.annotate(keys::TRIGGER_HEARD_NS, heard.heard_ns.to_string());
     recorder.annotate(keys::TRIGGER_SENT_NS, t.sent_ns.to_string());
+    if !t.reason.is_empty() {
+        recorder.annotate(keys::TRIGGER_REASON, t.reason.clone());
+    }
     let (ring, info) = recorder.finish()?;
     // Say we heard it, so the collector knows who to wait for.
     if let Ok(s) = UdpSocket::bind(if collector.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }) {
-        let msg = Heard { trigger_id: t.id, heard_ns: heard.heard_ns, node: node.clone() }.encode(&opts.secret);
+        let msg = Heard { trigger_id: t.id, heard_ns: heard.heard_ns, sent_ns: t.sent_ns, node: node.clone(), reason: t.reason.clone() }
+            .encode(&opts.secret);
         for _ in 0..3 {
             let _ = s.send_to(&msg, collector);
         }

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::maps::{Array, MapData, RingBuf};
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use capture_ebpf::{
     CaptureConfig, FRAME_SIZE, MAX_RECORD, MAX_RING_BYTES, RECORD_ALIGN, RECORD_HEADER_SIZE, RING_AREA_BYTES, RecordHeader, RingState,
-    names,
+    SignalEvent, WatchConfig, names,
 };
 
 /// The eBPF object, embedded at build time by build.rs (empty when built without it).
@@ -84,6 +84,8 @@ pub struct Capture {
     areas: Mapped,
     states: Mapped,
     wake: RingBuf<MapData>,
+    /// Fatal signals in the watched cgroup, once [`Capture::watch_signals`] ran.
+    signals: Option<RingBuf<MapData>>,
     _cgroup: std::fs::File,
     ebpf: Ebpf,
     cpus: usize,
@@ -152,7 +154,7 @@ impl Capture {
         let states = Mapped::new(&take(names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
         let wake = RingBuf::try_from(aya::maps::Map::RingBuf(take(names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
 
-        Ok(Capture { areas, states, wake, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64 })
+        Ok(Capture { areas, states, wake, signals: None, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64 })
     }
 
     /// Waits up to `timeout_ms` for a ring to ask for a wakeup, then hands every
@@ -202,6 +204,43 @@ impl Capture {
             .try_into()
             .map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS: {e}")))?;
         map.set(port as u32, 1, 0).map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS[{port}]: {e}")))
+    }
+
+    /// Starts watching the cgroup `id` at depth `level` (and its descendants) for processes
+    /// about to die of a crash or a sent SIGKILL; [`Capture::signal_events`] hands them over.
+    pub fn watch_signals(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
+        let mut config: Array<&mut MapData, WatchConfig> = self
+            .ebpf
+            .map_mut(names::WATCH_CONFIG)
+            .ok_or_else(|| CaptureError::Map("map WATCH_CONFIG missing".into()))?
+            .try_into()
+            .map_err(|e| CaptureError::Map(format!("WATCH_CONFIG: {e}")))?;
+        config.set(0, WatchConfig { cgroup_id: id, level, pad: 0 }, 0).map_err(|e| CaptureError::Map(format!("WATCH_CONFIG: {e}")))?;
+        // The generating side first: a SIGKILL delivered is only reported if its sending was seen.
+        for (name, tp) in [(names::SIGNAL_GENERATE, names::TP_SIGNAL_GENERATE), (names::SIGNAL_DELIVER, names::TP_SIGNAL_DELIVER)] {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| CaptureError::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| CaptureError::Load(format!("{name}: {e}")))?;
+            prog.load().map_err(|e| CaptureError::Load(format!("{name}: {}", error_chain(&e))))?;
+            prog.attach(tp).map_err(|e| CaptureError::Load(format!("attaching {name} to the {tp} tracepoint: {}", error_chain(&e))))?;
+        }
+        let map = self.ebpf.take_map(names::SIGNALS).ok_or_else(|| CaptureError::Map("map SIGNALS missing".into()))?;
+        self.signals = Some(RingBuf::try_from(map).map_err(|e| CaptureError::Map(format!("SIGNALS: {e}")))?);
+        Ok(())
+    }
+
+    /// Fatal signals seen since the last call (none unless watching).
+    pub fn signal_events(&mut self) -> Vec<SignalEvent> {
+        let mut out = Vec::new();
+        if let Some(ring) = &mut self.signals {
+            while let Some(item) = ring.next() {
+                out.extend(SignalEvent::from_bytes(&item));
+            }
+        }
+        out
     }
 
     /// Records each CPU's kernel ring could not take.

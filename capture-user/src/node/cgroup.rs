@@ -98,6 +98,19 @@ fn fs_magic(path: &Path) -> Result<i64, CgroupError> {
     Ok(st.f_type as i64)
 }
 
+/// A cgroup's id (its directory's inode number, as `bpf_get_current_cgroup_id` gives it)
+/// and its depth below the cgroup2 root.
+pub fn id_and_level(path: &Path) -> Result<(u64, u32), CgroupError> {
+    use std::os::unix::fs::MetadataExt;
+    check_v2(path)?;
+    let io = |source| CgroupError::Io { path: path.to_path_buf(), source };
+    let ino = std::fs::metadata(path).map_err(io)?.ino();
+    let root = cgroup2_mount()?;
+    let full = std::fs::canonicalize(path).map_err(io)?;
+    let below = full.strip_prefix(&root).map_err(|_| CgroupError::NotCgroup(path.to_path_buf()))?;
+    Ok((ino, below.components().count() as u32))
+}
+
 /// Process ids currently in the cgroup at `path` (not its children).
 pub fn processes(path: &Path) -> Result<Vec<u32>, CgroupError> {
     let procs = path.join("cgroup.procs");

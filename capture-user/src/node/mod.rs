@@ -1,7 +1,7 @@
 //! The node's side: everything that runs as root beside the application. Kernel attach
 //! ([`capture`], the only aya user), the agent ring ([`ring`]), recording a cgroup into
 //! it ([`recorder`]), cgroup lookup ([`cgroup`]), readiness ([`notify`]), the stop
-//! policy ([`stop`]) and the agent that ties them to a trigger ([`agent`]). It may use
+//! policy ([`stop`]), crash watching ([`watch`]) and the agent that ties them to a trigger ([`agent`]). It may use
 //! `dump` (to write), `transport` (to ship), `packet` and `clock`.
 
 pub mod agent;
@@ -11,3 +11,4 @@ pub mod notify;
 pub mod recorder;
 pub mod ring;
 pub mod stop;
+pub mod watch;

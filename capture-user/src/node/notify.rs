@@ -7,7 +7,12 @@ pub const READY_LINE: &str = "recording";
 
 /// Says the recorder is ready: the log line, and sd_notify where a socket is given.
 pub fn ready(what: &str) {
-    tracing::info!("{READY_LINE}: {what}");
+    ready_saying(&format!("{READY_LINE}: {what}"));
+}
+
+/// Logs `line`, then tells the service manager (if any) we are ready.
+pub fn ready_saying(line: &str) {
+    tracing::info!("{line}");
     if std::env::var_os("NOTIFY_SOCKET").is_some()
         && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready])
     {

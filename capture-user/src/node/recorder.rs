@@ -111,6 +111,17 @@ impl Recorder {
         Ok(self.capture.exclude_port(port)?)
     }
 
+    /// Watches the application's cgroup for crashes (see [`Capture::watch_signals`]).
+    pub fn watch_signals(&mut self, app: &std::path::Path) -> Result<(), RecordError> {
+        let (id, level) = super::cgroup::id_and_level(app)?;
+        Ok(self.capture.watch_signals(id, level)?)
+    }
+
+    /// Fatal signals seen in the watched cgroup since the last call.
+    pub fn signal_events(&mut self) -> Vec<capture_ebpf::SignalEvent> {
+        self.capture.signal_events()
+    }
+
     /// Metadata added to the dump (e.g. when the trigger was heard).
     pub fn annotate(&mut self, key: &'static str, value: String) {
         self.info.extra.push((key, value));

@@ -134,7 +134,9 @@ impl<'a> EventJson<'a> {
                 })
             })
             .collect();
-        write!(w, "{{\"reference\":{},\"nodes\":", json_str(&t.nodes[clocks.reference as usize].name))?;
+        write!(w, "{{\"trigger_reasons\":")?;
+        serde_json::to_writer(&mut *w, &t.trigger_reasons())?;
+        write!(w, ",\"reference\":{},\"nodes\":", json_str(&t.nodes[clocks.reference as usize].name))?;
         serde_json::to_writer(&mut *w, &nodes)?;
         w.write_all(b",\"clock_pairs\":")?;
         serde_json::to_writer(&mut *w, &pairs)?;

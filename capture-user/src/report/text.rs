@@ -11,6 +11,9 @@ use crate::analysis::fmt::fmt_ns;
 pub fn summary(a: &Analysis) -> String {
     let t = &a.trace;
     let mut s = String::new();
+    for r in t.trigger_reasons() {
+        let _ = writeln!(s, "Triggered: {r}");
+    }
     let _ = writeln!(
         s,
         "{} nodes, {} events, {} messages matched, {} rule edges; clocks relative to {}:",

@@ -1,5 +1,7 @@
 //! The collector: receives dumps from agents after a trigger, checks them, and writes
-//! `DIR/<node>.pcapng` plus `DIR/manifest.json`. Restartable: partial transfers resume.
+//! `DIR/<node>.pcapng` plus `DIR/manifest.json`, for one trigger ([`collect`]) or, as a
+//! service, for every trigger in a directory of its own ([`serve`]). Restartable: partial
+//! transfers resume.
 //!
 //! It runs on tokio and holds under load and attack: unauthenticated connections are
 //! bounded (the oldest is dropped for a new one) and must complete their handshake within
@@ -9,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,12 +87,53 @@ impl Default for Limits {
     }
 }
 
-struct State {
+/// One incident: the dumps and manifest of one trigger, in a directory of its own.
+struct Incident {
+    dir: PathBuf,
     manifest: Manifest,
-    trigger_id: Option<u64>,
     /// Who delivers each node's dump: its address and digest, to refuse a second agent
     /// that uses the same name.
     owners: HashMap<String, (IpAddr, [u8; 32])>,
+    /// When a node last said it heard the trigger or delivered its dump.
+    changed: Instant,
+    /// Its manifest is final (until a late dump reopens it).
+    closed: bool,
+}
+
+impl Incident {
+    fn new(dir: PathBuf, manifest: Manifest) -> Incident {
+        Incident { dir, manifest, owners: HashMap::new(), changed: Instant::now(), closed: false }
+    }
+
+    fn arrived(&self) -> usize {
+        self.manifest.nodes.iter().filter(|n| n.arrived_ns.is_some()).count()
+    }
+
+    /// Every node that said it heard the trigger has delivered, and nobody new spoke up lately.
+    fn all_heard_arrived(&self, quiet: Duration) -> bool {
+        self.arrived() > 0 && self.manifest.nodes.iter().all(|n| n.arrived_ns.is_some()) && self.changed.elapsed() > quiet
+    }
+}
+
+/// Where a trigger's dumps go.
+enum Router {
+    /// One incident in one directory (`wgo collect`, `wgo trigger`): the given trigger's, or
+    /// the first one offered.
+    Single { trigger_id: Option<u64> },
+    /// Every trigger's incident in a directory of its own under `root` (`wgo serve`).
+    Serve { root: PathBuf },
+}
+
+/// The key of the one incident in [`Router::Single`].
+const SINGLE: u64 = 0;
+/// Incidents open at once in `wgo serve`; more are refused until some close.
+const MAX_OPEN_INCIDENTS: usize = 64;
+/// How long an incident stays open after its last change once every node that heard has delivered.
+const QUIET: Duration = Duration::from_secs(2);
+
+struct State {
+    router: Router,
+    incidents: HashMap<u64, Incident>,
     bars: Option<indicatif::MultiProgress>,
     /// Errors seen, for a rate-limited log.
     rejected: RateLimited,
@@ -99,6 +143,42 @@ impl State {
     fn reject(&mut self, what: &str) {
         self.rejected.log(&format!("ignored {what}"));
     }
+
+    /// The incident of trigger `id` (opened now in `wgo serve`, dated `at_ns`), or why its
+    /// dumps are refused.
+    fn incident(&mut self, id: u64, at_ns: i64) -> Result<&mut Incident, String> {
+        match &self.router {
+            Router::Single { trigger_id: Some(want) } if *want != id => {
+                Err(format!("this collector waits for trigger {want:016x}, not {id:016x}"))
+            }
+            Router::Single { .. } => Ok(self.incidents.get_mut(&SINGLE).expect("the single incident")),
+            Router::Serve { root } => {
+                if !self.incidents.contains_key(&id) {
+                    if self.incidents.values().filter(|i| !i.closed).count() >= MAX_OPEN_INCIDENTS {
+                        return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already; trigger {id:016x} must wait"));
+                    }
+                    let dir = root.join(incident_dir_name(id, at_ns));
+                    std::fs::create_dir_all(dir.join(".partial")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    let manifest = Manifest {
+                        trigger_id: Some(format!("{id:016x}")),
+                        expected: Some(serde_json::json!("every node that heard the trigger")),
+                        ..Manifest::default()
+                    };
+                    manifest.save(&dir).map_err(|e| format!("writing {}/manifest.json: {e}", dir.display()))?;
+                    tracing::info!("trigger {id:016x}: a new incident in {}", dir.display());
+                    self.incidents.insert(id, Incident::new(dir, manifest));
+                }
+                Ok(self.incidents.get_mut(&id).expect("just made"))
+            }
+        }
+    }
+}
+
+/// `<UTC time>-<trigger id>`: incidents list in time order.
+pub fn incident_dir_name(id: u64, at_ns: i64) -> String {
+    let at = std::time::UNIX_EPOCH + Duration::from_nanos(at_ns.max(0) as u64);
+    let stamp = humantime::format_rfc3339_seconds(at).to_string().replace([':', '-'], "");
+    format!("{stamp}-{id:016x}")
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectError {
@@ -132,6 +212,18 @@ fn adopt(opts: &CollectOptions) -> Result<(Manifest, Option<u64>), CollectError>
     Ok((manifest.unwrap_or_default(), opts.trigger_id))
 }
 
+/// A tokio runtime with a fixed number of threads, whatever the load: under a task limit
+/// (systemd's TasksMax, a container's pids limit) spawning more would fail.
+fn runtime() -> Result<tokio::runtime::Runtime, CollectError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .thread_name("wgo-collect")
+        .enable_all()
+        .build()
+        .map_err(io("starting the collector's runtime"))
+}
+
 /// Receives dumps on `listener` (and heard messages on `udp`) until every expected node
 /// has delivered or `wait` passes. Returns the manifest; missing nodes are an error.
 /// `ready` runs once the output directory is checked and its manifest written, before any
@@ -152,49 +244,130 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     // Written before anything arrives: a restarted collector picks up this trigger.
     manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
     ready();
-    // A fixed number of threads, whatever the load: under a task limit (systemd's
-    // TasksMax, a container's pids limit) spawning more would fail.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(8)
-        .thread_name("wgo-collect")
-        .enable_all()
-        .build()
-        .map_err(io("starting the collector's runtime"))?;
-    rt.block_on(collect_async(opts, manifest, trigger_id, listener, udp))
+    let state = State {
+        router: Router::Single { trigger_id },
+        incidents: HashMap::from([(SINGLE, Incident::new(opts.out.clone(), manifest))]),
+        bars: opts.progress.then(indicatif::MultiProgress::new),
+        rejected: RateLimited::default(),
+    };
+    let deadline = Instant::now() + opts.wait;
+    let expect = opts.expect.clone();
+    let done = move |st: &mut State| {
+        let inc = &st.incidents[&SINGLE];
+        let arrived = |n: &str| inc.manifest.nodes.iter().any(|x| x.name == n && x.arrived_ns.is_some());
+        let done = match &expect {
+            Expect::Names(names) => names.iter().all(|n| arrived(n)),
+            Expect::Count(c) => inc.arrived() >= *c,
+            Expect::Heard => inc.all_heard_arrived(QUIET),
+        };
+        done || Instant::now() > deadline
+    };
+    let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
+    runtime()?.block_on(receive(ctx.clone(), listener, udp, done))?;
+
+    let mut st = ctx.state.lock().expect("lock");
+    let inc = st.incidents.get_mut(&SINGLE).expect("the single incident");
+    let mut missing: Vec<String> = match &opts.expect {
+        Expect::Names(names) => {
+            names.iter().filter(|n| !inc.manifest.nodes.iter().any(|x| &&x.name == n && x.arrived_ns.is_some())).cloned().collect()
+        }
+        Expect::Count(_) | Expect::Heard => inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect(),
+    };
+    if let Expect::Count(c) = opts.expect {
+        let known = inc.manifest.nodes.len();
+        if known < c {
+            missing.push(format!("{} more node(s) that never answered", c - known));
+        }
+    }
+    inc.manifest.missing = missing.clone();
+    inc.manifest.complete = missing.is_empty();
+    inc.manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
+    if missing.is_empty() { Ok(inc.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
 }
 
-async fn collect_async(
-    opts: CollectOptions,
-    manifest: Manifest,
-    trigger_id: Option<u64>,
+/// What to do with an incident once it is complete, or given up on: its directory and manifest.
+pub type OnClosed = Arc<dyn Fn(&std::path::Path, &Manifest) + Send + Sync>;
+
+/// `wgo serve`: a collector that keeps running and files every trigger's dumps in
+/// `incidents/<UTC time>-<trigger id>/` with its manifest.
+pub struct ServeOptions {
+    pub incidents: PathBuf,
+    pub secret: Secret,
+    /// An incident still missing dumps is closed (and reported) after this long without news.
+    pub wait: Duration,
+    pub limits: Limits,
+    pub stop: Arc<AtomicBool>,
+    /// Runs on a blocking thread each time an incident closes.
+    pub on_closed: Option<OnClosed>,
+}
+
+/// Serves until `stop` is set. Incidents already on disk are picked up again, so that
+/// dumps shipped late (from a spool) still join theirs.
+pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Result<(), CollectError> {
+    std::fs::create_dir_all(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
+    let mut incidents = HashMap::new();
+    for entry in std::fs::read_dir(&opts.incidents).map_err(io(format!("reading {}", opts.incidents.display())))?.flatten() {
+        let dir = entry.path();
+        let id =
+            dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-')).and_then(|(_, id)| u64::from_str_radix(id, 16).ok());
+        if let (Some(id), Some(manifest)) = (id, Manifest::load(&dir)) {
+            let mut inc = Incident::new(dir, manifest);
+            inc.closed = true;
+            incidents.insert(id, inc);
+        }
+    }
+    if !incidents.is_empty() {
+        tracing::info!("{} earlier incident(s) in {}", incidents.len(), opts.incidents.display());
+    }
+    let state = State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default() };
+    let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
+    let (wait, stop, on_closed) = (opts.wait, opts.stop.clone(), opts.on_closed.clone());
+    let tick = move |st: &mut State| {
+        for inc in st.incidents.values_mut().filter(|i| !i.closed) {
+            let given_up = inc.changed.elapsed() > wait;
+            if !(inc.all_heard_arrived(QUIET) || given_up) {
+                continue;
+            }
+            inc.closed = true;
+            inc.manifest.missing = inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect();
+            inc.manifest.complete = inc.manifest.missing.is_empty() && inc.arrived() > 0;
+            if let Err(e) = inc.manifest.save(&inc.dir) {
+                tracing::error!("writing {}/manifest.json: {e}", inc.dir.display());
+            }
+            let reason = inc.manifest.reason.as_deref().unwrap_or("no reason given");
+            match inc.manifest.complete {
+                true => tracing::info!("incident {} complete: {} dump(s); {reason}", inc.dir.display(), inc.arrived()),
+                false => tracing::warn!(
+                    "incident {}: gave up waiting; {} dump(s), missing {}; {reason}",
+                    inc.dir.display(),
+                    inc.arrived(),
+                    inc.manifest.missing.join(", ")
+                ),
+            }
+            if let Some(f) = &on_closed
+                && inc.arrived() > 0
+            {
+                let (f, dir, manifest) = (f.clone(), inc.dir.clone(), inc.manifest.clone());
+                tokio::task::spawn_blocking(move || f(&dir, &manifest));
+            }
+        }
+        stop.load(Ordering::Relaxed)
+    };
+    runtime()?.block_on(receive(ctx, listener, udp, tick))
+}
+
+/// Takes connections and heard messages until `done` says so (it runs every few ms, under the lock).
+async fn receive(
+    ctx: Arc<Ctx>,
     listener: TcpListener,
     udp: UdpSocket,
-) -> Result<Manifest, CollectError> {
+    mut done: impl FnMut(&mut State) -> bool,
+) -> Result<(), CollectError> {
     listener.set_nonblocking(true).map_err(io("configuring the listener"))?;
     udp.set_nonblocking(true).map_err(io("configuring the heard socket"))?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(io("configuring the listener"))?;
     let udp = tokio::net::UdpSocket::from_std(udp).map_err(io("configuring the heard socket"))?;
-    let state = Arc::new(Mutex::new(State {
-        manifest,
-        trigger_id,
-        owners: HashMap::new(),
-        bars: opts.progress.then(indicatif::MultiProgress::new),
-        rejected: RateLimited::default(),
-    }));
-    let ctx = Arc::new(Ctx {
-        state: state.clone(),
-        secret: opts.secret.clone(),
-        out: opts.out.clone(),
-        limits: opts.limits,
-        transfers: Arc::new(Semaphore::new(opts.limits.transfers.max(1))),
-        waiting: Arc::new(Semaphore::new(opts.limits.waiting.max(1))),
-    });
-
     let heard = tokio::spawn(heard_loop(udp, ctx.clone()));
-    let deadline = tokio::time::Instant::now() + opts.wait;
-    let mut quiet_since = Instant::now();
-    let mut last_seen = 0usize;
     // Handshakes in progress, oldest first: (connection number, its abort handle).
     let mut pending: VecDeque<(u64, tokio::task::AbortHandle)> = VecDeque::new();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
@@ -205,16 +378,16 @@ async fn collect_async(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, from)) => {
-                    while pending.len() >= opts.limits.handshakes.max(1) {
+                    while pending.len() >= ctx.limits.handshakes.max(1) {
                         let (_, oldest) = pending.pop_front().expect("non-empty");
                         oldest.abort();
-                        state.lock().expect("lock").reject("the oldest unauthenticated connection: too many at once");
+                        ctx.state.lock().expect("lock").reject("the oldest unauthenticated connection: too many at once");
                     }
                     let id = next_conn;
                     next_conn += 1;
                     let (ctx, done_tx) = (ctx.clone(), done_tx.clone());
                     let task = tokio::spawn(async move {
-                        if let Err(e) = serve(stream, from, &ctx, || { let _ = done_tx.send(id); }).await {
+                        if let Err(e) = serve_agent(stream, from, &ctx, || { let _ = done_tx.send(id); }).await {
                             ctx.state.lock().expect("lock").reject(&format!("connection from {from}: {e}"));
                         }
                         let _ = done_tx.send(id);
@@ -235,27 +408,7 @@ async fn collect_async(
             }
             _ = tick.tick() => {}
         }
-        let (done, seen) = {
-            let st = state.lock().expect("lock");
-            let arrived = |n: &str| st.manifest.nodes.iter().any(|x| x.name == n && x.arrived_ns.is_some());
-            let arrived_count = st.manifest.nodes.iter().filter(|n| n.arrived_ns.is_some()).count();
-            let done = match &opts.expect {
-                Expect::Names(names) => names.iter().all(|n| arrived(n)),
-                Expect::Count(c) => arrived_count >= *c,
-                // Everyone who heard has delivered, and nobody new spoke up for 2 s.
-                Expect::Heard => {
-                    arrived_count > 0
-                        && st.manifest.nodes.iter().all(|n| n.arrived_ns.is_some())
-                        && quiet_since.elapsed() > Duration::from_secs(2)
-                }
-            };
-            (done, st.manifest.nodes.len())
-        };
-        if seen != last_seen {
-            last_seen = seen;
-            quiet_since = Instant::now();
-        }
-        if done || tokio::time::Instant::now() > deadline {
+        if done(&mut ctx.state.lock().expect("lock")) {
             break;
         }
     }
@@ -263,24 +416,7 @@ async fn collect_async(
     for (_, p) in pending {
         p.abort();
     }
-
-    let mut st = state.lock().expect("lock");
-    let mut missing: Vec<String> = match &opts.expect {
-        Expect::Names(names) => {
-            names.iter().filter(|n| !st.manifest.nodes.iter().any(|x| &&x.name == n && x.arrived_ns.is_some())).cloned().collect()
-        }
-        Expect::Count(_) | Expect::Heard => st.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect(),
-    };
-    if let Expect::Count(c) = opts.expect {
-        let known = st.manifest.nodes.len();
-        if known < c {
-            missing.push(format!("{} more node(s) that never answered", c - known));
-        }
-    }
-    st.manifest.missing = missing.clone();
-    st.manifest.complete = missing.is_empty();
-    st.manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
-    if missing.is_empty() { Ok(st.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
+    Ok(())
 }
 
 /// A warning at most once a second, with how many there were.
@@ -304,15 +440,26 @@ impl RateLimited {
 struct Ctx {
     state: Arc<Mutex<State>>,
     secret: Secret,
-    out: PathBuf,
     limits: Limits,
     transfers: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
 }
 
+impl Ctx {
+    fn new(state: State, secret: Secret, limits: Limits) -> Ctx {
+        Ctx {
+            state: Arc::new(Mutex::new(state)),
+            secret,
+            limits,
+            transfers: Arc::new(Semaphore::new(limits.transfers.max(1))),
+            waiting: Arc::new(Semaphore::new(limits.waiting.max(1))),
+        }
+    }
+}
+
 /// Heard messages: who heard the trigger, and when on their own clock.
 async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
-    let mut buf = [0u8; 512];
+    let mut buf = [0u8; 1024];
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else {
             // Whatever went wrong, not in a busy loop.
@@ -321,12 +468,23 @@ async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
         };
         let mut st = ctx.state.lock().expect("lock");
         match Heard::decode(&buf[..n], &ctx.secret) {
-            Ok(h) if st.trigger_id.is_none_or(|id| id == h.trigger_id) => {
-                let node = st.manifest.node(&h.node);
+            Ok(h) => {
+                let Ok(inc) = st.incident(h.trigger_id, h.sent_ns) else { continue };
+                let m = &mut inc.manifest;
+                m.trigger_sent_ns.get_or_insert(h.sent_ns);
+                if m.reason.is_none() && !h.reason.is_empty() {
+                    m.reason = Some(h.reason.clone());
+                }
+                let node = m.node(&h.node);
+                let new = node.heard_ns.is_none() && node.arrived_ns.is_none();
                 node.heard_ns = Some(h.heard_ns);
                 node.addr.get_or_insert_with(|| from.ip().to_canonical().to_string());
+                if new {
+                    inc.changed = Instant::now();
+                    inc.closed = false;
+                    let _ = inc.manifest.save(&inc.dir);
+                }
             }
-            Ok(_) => {}
             Err(e) => st.reject(&format!("heard datagram from {from}: {e}")),
         }
     }
@@ -360,8 +518,8 @@ async fn write_frame(s: &mut TcpStream, f: Frame, limit: Duration) -> std::io::R
 
 /// One agent's connection: authenticate both ways, resume, receive, verify, publish.
 /// `authenticated` is called once the agent proved it holds the secret.
-async fn serve(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: impl FnOnce()) -> std::io::Result<()> {
-    let (secret, out, limits) = (&ctx.secret, &ctx.out, ctx.limits);
+async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: impl FnOnce()) -> std::io::Result<()> {
+    let (secret, limits) = (&ctx.secret, ctx.limits);
     let from_ip = from.ip().to_canonical();
     // The whole handshake, not each read, has a deadline: a byte every few seconds does not
     // keep a connection.
@@ -375,23 +533,27 @@ async fn serve(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: imp
         return Err(bad(format!("{node} failed authentication (wrong secret?)")));
     }
     authenticated();
-    let refusal = {
+    let placed = {
         let mut st = ctx.state.lock().expect("lock");
-        match st.trigger_id {
-            Some(id) if id != offer.trigger_id => {
-                Some(format!("this collector waits for trigger {id:016x}, not {:016x}", offer.trigger_id))
+        match st.incident(offer.trigger_id, offer.heard_ns) {
+            Err(reason) => Err(reason),
+            Ok(_) if offer.size > MAX_DUMP_BYTES => {
+                Err(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES))
             }
-            _ if offer.size > MAX_DUMP_BYTES => Some(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES)),
-            _ => match st.owners.get(&node) {
-                Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Some(format!(
+            Ok(inc) => match inc.owners.get(&node) {
+                Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
                     "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
                 )),
                 _ => {
-                    st.owners.insert(node.clone(), (from_ip, offer.sha256));
-                    None
+                    inc.owners.insert(node.clone(), (from_ip, offer.sha256));
+                    Ok(inc.dir.clone())
                 }
             },
         }
+    };
+    let (out, refusal) = match placed {
+        Ok(dir) => (dir, None),
+        Err(reason) => (PathBuf::new(), Some(reason)),
     };
     if let Some(reason) = refusal {
         tracing::error!("refused {node} from {from_ip}: {reason}");
@@ -458,18 +620,23 @@ async fn serve(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticated: imp
         let dest = out.join(format!("{node}.pcapng"));
         tokio::fs::rename(&part, &dest).await?;
         let mut st = ctx.state.lock().expect("lock");
-        st.trigger_id.get_or_insert(offer.trigger_id);
-        if st.manifest.trigger_id.is_none() {
-            st.manifest.trigger_id = Some(format!("{:016x}", offer.trigger_id));
+        if let Router::Single { trigger_id } = &mut st.router {
+            trigger_id.get_or_insert(offer.trigger_id);
         }
-        let n = st.manifest.node(&node);
+        let inc = st.incident(offer.trigger_id, offer.heard_ns).map_err(bad)?;
+        if inc.manifest.trigger_id.is_none() {
+            inc.manifest.trigger_id = Some(format!("{:016x}", offer.trigger_id));
+        }
+        let n = inc.manifest.node(&node);
         n.addr = Some(from_ip.to_string());
         n.bytes = Some(offer.size);
         n.sha256 = Some(hex(&offer.sha256));
         n.heard_ns = Some(offer.heard_ns);
         n.arrived_ns = Some(clock::wall_ns() as i64);
         n.file = Some(format!("{node}.pcapng"));
-        let _ = st.manifest.save(out);
+        inc.changed = Instant::now();
+        inc.closed = false;
+        let _ = inc.manifest.save(&out);
         if let Some(b) = &bar {
             b.finish();
         }
@@ -685,5 +852,85 @@ mod tests {
         ship_to(&current, &spool, addr).unwrap();
         assert!(collector.join().unwrap().unwrap().complete);
         let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    #[test]
+    fn serve_files_each_trigger_in_its_own_directory_and_reports_it_when_complete() {
+        let (root, spool) = (tempdir("serve"), tempdir("serve-spool"));
+        let (l, u, addr) = sockets();
+        let stop = Arc::new(AtomicBool::new(false));
+        let closed: Arc<Mutex<Vec<(PathBuf, Manifest)>>> = Arc::default();
+        let on_closed: OnClosed = {
+            let closed = closed.clone();
+            Arc::new(move |dir: &std::path::Path, m: &Manifest| closed.lock().unwrap().push((dir.to_path_buf(), m.clone())))
+        };
+        let opts = ServeOptions {
+            incidents: root.clone(),
+            secret: secret(),
+            wait: Duration::from_secs(30),
+            limits: Limits::default(),
+            stop: stop.clone(),
+            on_closed: Some(on_closed),
+        };
+        let server = std::thread::spawn(move || serve(opts, l, u));
+        // Two nodes hear trigger 0xa (one with its reason), one node trigger 0xb.
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 1_790_000_000_000_000_000;
+        for (id, node, reason) in [(0xa, "n1", "n2: app (pid 5) killed by SIGSEGV"), (0xa, "n2", ""), (0xb, "n1", "manual")] {
+            let h = Heard { trigger_id: id, heard_ns: sent + 5, sent_ns: sent, node: node.into(), reason: reason.into() };
+            udp.send_to(&h.encode(&secret()), addr).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for (node, id) in [("n1", 0xa), ("n2", 0xa), ("n1", 0xb)] {
+            let e = spooled(&spool, node, id, 5000);
+            ship_to(&e, &spool, addr).unwrap();
+        }
+        wait_until(|| closed.lock().unwrap().len() == 2);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        let mut closed = closed.lock().unwrap().clone();
+        closed.sort_by(|a, b| a.0.cmp(&b.0));
+        let a = closed.iter().find(|(_, m)| m.trigger_id.as_deref() == Some("000000000000000a")).unwrap();
+        assert_eq!(a.0.file_name().unwrap().to_str().unwrap(), format!("{}-000000000000000a", "20260921T141320Z"));
+        assert!(a.1.complete && a.1.missing.is_empty());
+        assert_eq!(a.1.reason.as_deref(), Some("n2: app (pid 5) killed by SIGSEGV"));
+        assert_eq!(a.1.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
+        assert!(a.0.join("n1.pcapng").exists() && a.0.join("n2.pcapng").exists());
+        let b = closed.iter().find(|(_, m)| m.trigger_id.as_deref() == Some("000000000000000b")).unwrap();
+        assert_eq!(b.1.nodes.len(), 1);
+        assert_eq!(Manifest::load(&b.0).unwrap(), b.1, "the manifest on disk is the one reported");
+
+        // Restarted, it finds the incidents again: a late dump joins its own, reopens and closes it again.
+        let (l, u, addr) = sockets();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reclosed: Arc<Mutex<Vec<Manifest>>> = Arc::default();
+        let opts = ServeOptions {
+            incidents: root.clone(),
+            secret: secret(),
+            wait: Duration::from_secs(30),
+            limits: Limits::default(),
+            stop: stop.clone(),
+            on_closed: Some({
+                let r = reclosed.clone();
+                Arc::new(move |_: &std::path::Path, m: &Manifest| r.lock().unwrap().push(m.clone()))
+            }),
+        };
+        let server = std::thread::spawn(move || serve(opts, l, u));
+        let late = spooled(&spool, "n3", 0xb, 700);
+        ship_to(&late, &spool, addr).unwrap();
+        wait_until(|| reclosed.lock().unwrap().len() == 1);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        assert_eq!(reclosed.lock().unwrap()[0].nodes.len(), 2);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 2, "no third incident");
+        let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool));
+    }
+
+    fn wait_until(mut ok: impl FnMut() -> bool) {
+        let t = Instant::now();
+        while !ok() {
+            assert!(t.elapsed() < Duration::from_secs(20), "timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -23,6 +23,9 @@ pub struct Manifest {
     /// Hex: JSON numbers lose precision beyond 2^53.
     pub trigger_id: Option<String>,
     pub trigger_sent_ns: Option<i64>,
+    /// Why the trigger was sent ("node3: app (pid 812) killed by SIGSEGV").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub expected: Option<serde_json::Value>,
     pub nodes: Vec<ManifestNode>,
     /// Expected nodes whose dump did not arrive.
@@ -34,7 +37,7 @@ impl Manifest {
     pub fn load(dir: &Path) -> Option<Manifest> {
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
     }
-    pub(crate) fn save(&self, dir: &Path) -> std::io::Result<()> {
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(".manifest.json.tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
         std::fs::rename(tmp, dir.join("manifest.json"))

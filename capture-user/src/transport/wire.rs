@@ -1,11 +1,12 @@
 //! Wire formats of the trigger ("dump, ship and die") and of shipping dumps.
 //! Pure parsing and building, no I/O: fuzzed on its own (see `fuzz/`).
 //!
-//! Trigger (UDP, 72 bytes): `WGOT` | version u8 | 3 reserved | trigger id u64 |
+//! Trigger (UDP, 73 to 329 bytes): `WGOT` | version u8 | 3 reserved | trigger id u64 |
 //! sent at (sender's wall clock, ns) i64 | collector: family u8 (4/6; 0 = none named,
-//! which agents ignore) | port u16 | 16 address bytes | 1 pad | HMAC-SHA256 (32) of the rest.
+//! which agents ignore) | port u16 | 16 address bytes | 1 pad | reason length u8 |
+//! reason (UTF-8) | HMAC-SHA256 (32) of the rest.
 //! Heard (UDP, agent → collector): `WGOH` | version | trigger id | heard at i64 |
-//! name length u8 | name | HMAC (32).
+//! trigger sent at i64 | name length u8 | name | reason length u8 | reason | HMAC (32).
 //!
 //! Shipping (TCP), every message a frame `len u32 BE | kind u8 | body`:
 //! 1. agent → `Hello { node, nonce }`
@@ -22,8 +23,11 @@ use sha2::Sha256;
 
 pub const TRIGGER_MAGIC: &[u8; 4] = b"WGOT";
 pub const HEARD_MAGIC: &[u8; 4] = b"WGOH";
-pub const VERSION: u8 = 1;
-pub const TRIGGER_LEN: usize = 4 + 1 + 3 + 8 + 8 + 1 + 2 + 16 + 1 + 32;
+pub const VERSION: u8 = 2;
+/// Length of a trigger with an empty reason.
+pub const TRIGGER_MIN_LEN: usize = 4 + 1 + 3 + 8 + 8 + 1 + 2 + 16 + 1 + 1 + 32;
+/// Longest reason a trigger carries, bytes.
+pub const MAX_TRIGGER_REASON: usize = 255;
 pub const MAX_FRAME: usize = 64 * 1024;
 pub const MAX_NAME: usize = 64;
 
@@ -76,18 +80,20 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trigger {
     pub id: u64,
     pub sent_ns: i64,
     /// Where to ship; None: to the datagram's source address at `port`.
     pub collector: Option<SocketAddr>,
     pub port: u16,
+    /// Why it was sent, e.g. "node3: app (pid 812) killed by SIGSEGV"; cut to [`MAX_TRIGGER_REASON`] bytes.
+    pub reason: String,
 }
 
 impl Trigger {
     pub fn encode(&self, secret: &Secret) -> Vec<u8> {
-        let mut b = Vec::with_capacity(TRIGGER_LEN);
+        let mut b = Vec::with_capacity(TRIGGER_MIN_LEN + self.reason.len());
         b.extend_from_slice(TRIGGER_MAGIC);
         b.extend_from_slice(&[VERSION, 0, 0, 0]);
         b.extend_from_slice(&self.id.to_be_bytes());
@@ -105,6 +111,7 @@ impl Trigger {
         b.extend_from_slice(&self.port.to_be_bytes());
         b.extend_from_slice(&addr);
         b.push(0);
+        push_short(&mut b, &self.reason, MAX_TRIGGER_REASON);
         let mac = secret.mac(&[&b]);
         b.extend_from_slice(&mac);
         b
@@ -112,7 +119,7 @@ impl Trigger {
 
     /// Parses and authenticates a trigger datagram; `now_ns` and `window_ns` reject stale ones.
     pub fn decode(b: &[u8], secret: &Secret, now_ns: i64, window_ns: i64) -> Result<Trigger, ProtoError> {
-        if b.len() != TRIGGER_LEN {
+        if b.len() < TRIGGER_MIN_LEN || b.len() != TRIGGER_MIN_LEN + b[TRIGGER_MIN_LEN - 33] as usize {
             return Err(ProtoError::Length(b.len()));
         }
         if &b[..4] != TRIGGER_MAGIC {
@@ -121,10 +128,11 @@ impl Trigger {
         if b[4] != VERSION {
             return Err(ProtoError::Version(b[4]));
         }
-        let (body, tag) = b.split_at(TRIGGER_LEN - 32);
+        let (body, tag) = b.split_at(b.len() - 32);
         if !secret.verify(&[body], tag) {
             return Err(ProtoError::Signature);
         }
+        let reason = std::str::from_utf8(&body[TRIGGER_MIN_LEN - 32..]).map_err(|_| ProtoError::Malformed("reason is not UTF-8"))?;
         let id = u64::from_be_bytes(b[8..16].try_into().expect("8"));
         let sent_ns = i64::from_be_bytes(b[16..24].try_into().expect("8"));
         let family = b[24];
@@ -144,16 +152,25 @@ impl Trigger {
             let skew_s = (sent_ns as i128 - now_ns as i128) / 1_000_000_000;
             return Err(ProtoError::Stale(skew_s.clamp(i64::MIN as i128, i64::MAX as i128) as i64));
         }
-        Ok(Trigger { id, sent_ns, collector, port })
+        Ok(Trigger { id, sent_ns, collector, port, reason: reason.to_string() })
     }
 }
 
-/// An agent's "I heard trigger N at time T" datagram.
+/// Appends a length byte and `s` cut to `max` (≤ 255) bytes at a character boundary.
+fn push_short(b: &mut Vec<u8>, s: &str, max: usize) {
+    let s = truncate(s, max.min(255));
+    b.push(s.len() as u8);
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// An agent's "I heard trigger N at time T" datagram, with the trigger's send time and reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heard {
     pub trigger_id: u64,
     pub heard_ns: i64,
+    pub sent_ns: i64,
     pub node: String,
+    pub reason: String,
 }
 
 impl Heard {
@@ -163,16 +180,17 @@ impl Heard {
         b.push(VERSION);
         b.extend_from_slice(&self.trigger_id.to_be_bytes());
         b.extend_from_slice(&self.heard_ns.to_be_bytes());
-        let name = &self.node.as_bytes()[..self.node.len().min(MAX_NAME)];
-        b.push(name.len() as u8);
-        b.extend_from_slice(name);
+        b.extend_from_slice(&self.sent_ns.to_be_bytes());
+        push_short(&mut b, &self.node, MAX_NAME);
+        push_short(&mut b, &self.reason, MAX_TRIGGER_REASON);
         let mac = secret.mac(&[&b]);
         b.extend_from_slice(&mac);
         b
     }
 
     pub fn decode(b: &[u8], secret: &Secret) -> Result<Heard, ProtoError> {
-        if b.len() < 4 + 1 + 8 + 8 + 1 + 32 {
+        const FIXED: usize = 4 + 1 + 8 + 8 + 8;
+        if b.len() < FIXED + 2 + 32 {
             return Err(ProtoError::Length(b.len()));
         }
         if &b[..4] != HEARD_MAGIC {
@@ -181,20 +199,25 @@ impl Heard {
         if b[4] != VERSION {
             return Err(ProtoError::Version(b[4]));
         }
-        let n = b[21] as usize;
-        if b.len() != 22 + n + 32 || n > MAX_NAME {
+        let n = b[FIXED] as usize;
+        let r = *b.get(FIXED + 1 + n).ok_or(ProtoError::Length(b.len()))? as usize;
+        let end = FIXED + 2 + n + r;
+        if b.len() != end + 32 || n > MAX_NAME {
             return Err(ProtoError::Length(b.len()));
         }
-        let (body, tag) = b.split_at(22 + n);
+        let (body, tag) = b.split_at(end);
         if !secret.verify(&[body], tag) {
             return Err(ProtoError::Signature);
         }
-        let node = std::str::from_utf8(&b[22..22 + n]).map_err(|_| ProtoError::Malformed("node name is not UTF-8"))?;
+        let node = std::str::from_utf8(&b[FIXED + 1..FIXED + 1 + n]).map_err(|_| ProtoError::Malformed("node name is not UTF-8"))?;
         check_name(node)?;
+        let reason = std::str::from_utf8(&b[FIXED + 2 + n..end]).map_err(|_| ProtoError::Malformed("reason is not UTF-8"))?;
         Ok(Heard {
             trigger_id: u64::from_be_bytes(b[5..13].try_into().expect("8")),
             heard_ns: i64::from_be_bytes(b[13..21].try_into().expect("8")),
+            sent_ns: i64::from_be_bytes(b[21..29].try_into().expect("8")),
             node: node.to_string(),
+            reason: reason.to_string(),
         })
     }
 }
@@ -388,16 +411,29 @@ mod tests {
     #[test]
     fn trigger_round_trip_and_rejections() {
         let s = secret();
-        let t = Trigger { id: 42, sent_ns: 1_000_000_000_000, collector: Some("10.0.0.1:7300".parse().unwrap()), port: 7300 };
+        let t = Trigger {
+            id: 42,
+            sent_ns: 1_000_000_000_000,
+            collector: Some("10.0.0.1:7300".parse().unwrap()),
+            port: 7300,
+            reason: "node3: app (pid 812) killed by SIGSEGV".into(),
+        };
         let b = t.encode(&s);
-        assert_eq!(b.len(), TRIGGER_LEN);
-        assert_eq!(Trigger::decode(&b, &s, 1_000_000_000_000, 60_000_000_000), Ok(t));
+        assert_eq!(b.len(), TRIGGER_MIN_LEN + t.reason.len());
+        assert_eq!(Trigger::decode(&b, &s, 1_000_000_000_000, 60_000_000_000), Ok(t.clone()));
+        // A reason too long is cut at a character boundary, and still verifies.
+        let long = Trigger { reason: "é".repeat(200), ..t.clone() };
+        let d = Trigger::decode(&long.encode(&s), &s, 1_000_000_000_000, 60_000_000_000).unwrap();
+        assert_eq!(d.reason, "é".repeat(127));
+        let mut b2 = b.clone();
+        b2.push(0);
+        assert_eq!(Trigger::decode(&b2, &s, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Length(b2.len())));
         let other = Secret::new(b"another-secret-of-16+".to_vec()).unwrap();
         assert_eq!(Trigger::decode(&b, &other, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Signature));
         assert!(matches!(Trigger::decode(&b, &s, 1_000_000_000_000 + 3_600_000_000_000, 60_000_000_000), Err(ProtoError::Stale(_))));
         // Sent times at the ends of the range are stale too (no overflow in the check).
         for sent_ns in [i64::MIN, i64::MIN + 1, i64::MAX] {
-            let far = Trigger { sent_ns, ..t }.encode(&s);
+            let far = Trigger { sent_ns, ..t.clone() }.encode(&s);
             assert!(
                 matches!(Trigger::decode(&far, &s, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Stale(_))),
                 "sent_ns {sent_ns} must be stale"
@@ -407,7 +443,7 @@ mod tests {
         tampered[10] ^= 1;
         assert_eq!(Trigger::decode(&tampered, &s, 1_000_000_000_000, 60_000_000_000), Err(ProtoError::Signature));
         assert_eq!(Trigger::decode(&b[..10], &s, 0, 1), Err(ProtoError::Length(10)));
-        assert_eq!(Trigger::decode(&[0u8; TRIGGER_LEN], &s, 0, 1), Err(ProtoError::Magic));
+        assert_eq!(Trigger::decode(&[0u8; TRIGGER_MIN_LEN], &s, 0, 1), Err(ProtoError::Magic));
     }
 
     #[test]
@@ -445,7 +481,11 @@ mod tests {
         assert!(!check_agent_mac(&s, &a, &c, "n2", &o));
         o.size = 4;
         assert!(!check_agent_mac(&s, &a, &c, "n1", &o));
-        let h = Heard { trigger_id: 5, heard_ns: 6, node: "n1".into() };
-        assert_eq!(Heard::decode(&h.encode(&s), &s), Ok(h));
+        let h = Heard { trigger_id: 5, heard_ns: 6, sent_ns: 4, node: "n1".into(), reason: "manual".into() };
+        let b = h.encode(&s);
+        assert_eq!(Heard::decode(&b, &s), Ok(h));
+        for cut in 0..b.len() {
+            assert!(Heard::decode(&b[..cut], &s).is_err());
+        }
     }
 }
