@@ -145,7 +145,13 @@ pub struct SignalEvent {
     pub sender_tgid: u32,
     /// The dying thread's name, NUL-padded.
     pub comm: [u8; 16],
+    /// [`SIGNAL_FROM_KERNEL`] and other bits.
+    pub flags: u32,
+    pub pad: u32,
 }
+
+/// The kernel itself sent the SIGKILL (`SEND_SIG_PRIV`: the OOM killer, above all), not a process's kill(2).
+pub const SIGNAL_FROM_KERNEL: u32 = 1;
 
 pub const SENDER_UNKNOWN: u32 = u32::MAX;
 
@@ -163,7 +169,7 @@ pub struct WatchConfig {
 /// Bytes of the ring buffer the signal programs write to.
 pub const SIGNAL_RING_BYTES: u32 = 64 << 10;
 
-pub const SIGNAL_EVENT_SIZE: usize = 40;
+pub const SIGNAL_EVENT_SIZE: usize = 48;
 const _: () = assert!(core::mem::size_of::<SignalEvent>() == SIGNAL_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
 
@@ -225,6 +231,8 @@ impl SignalEvent {
             sig: u32_at(16),
             sender_tgid: u32_at(20),
             comm,
+            flags: u32_at(40),
+            pad: 0,
         })
     }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -95,15 +95,21 @@ struct HeardTrigger {
 }
 
 /// Listens for triggers; passes the first valid, unhandled one to the agent.
-fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: BTreeSet<u64>, tx: mpsc::Sender<HeardTrigger>, stop: &AtomicBool) {
+fn listen(
+    sock: UdpSocket,
+    secret: Secret,
+    window_ns: i64,
+    handled: &Mutex<BTreeSet<u64>>,
+    tx: mpsc::Sender<HeardTrigger>,
+    stop: &AtomicBool,
+) {
     let mut ignored = Ignored::default();
-    let mut handled = handled;
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
         let now = clock::wall_ns() as i64;
         match Trigger::decode(&buf[..n], &secret, now, window_ns) {
-            Ok(t) if handled.contains(&t.id) => {
+            Ok(t) if handled.lock().expect("lock").contains(&t.id) => {
                 // Our own repeated copies land here too; a replay after restart as well.
                 ignored.replayed += 1;
                 ignored.log(&format!("trigger {:016x} from {from} was already handled", t.id));
@@ -115,7 +121,7 @@ fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: BTreeSet<u64
                 ignored.log(&format!("trigger {:016x} from {from} names no collector", t.id));
             }
             Ok(t) => {
-                handled.insert(t.id);
+                handled.lock().expect("lock").insert(t.id);
                 let _ = tx.send(HeardTrigger { trigger: t, from: SocketAddr::new(from.ip().to_canonical(), from.port()), heard_ns: now });
             }
             Err(e) => ignored.count(&e, from),
@@ -129,7 +135,7 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
         super::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
     }
     let entries = spool::spool_entries(&opts.spool)?;
-    let handled: BTreeSet<u64> = entries.iter().map(|e| e.trigger_id).collect();
+    let handled: Mutex<BTreeSet<u64>> = Mutex::new(entries.iter().map(|e| e.trigger_id).collect());
     let last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
     let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -152,8 +158,8 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     let listener_stop = AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
-        let ls = &listener_stop;
-        scope.spawn(move || listen(sock, secret, window, handled, tx, ls));
+        let (ls, hd) = (&listener_stop, &handled);
+        scope.spawn(move || listen(sock, secret, window, hd, tx, ls));
         let armed = match &opts.arm {
             Some(a) => format!("; armed: triggers on {:?}, naming collector {}", a.on, a.collector),
             None => String::new(),
@@ -200,7 +206,7 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
                             cooldown_logged = true;
                         }
                     } else {
-                        let t = press(arm, &opts.secret, &sender, reason);
+                        let t = press(arm, &opts.secret, &sender, reason, &handled);
                         join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, &node);
                     }
                 }
@@ -228,7 +234,7 @@ fn join(pending: &mut Option<(HeardTrigger, Instant)>, h: HeardTrigger, after: D
             tracing::info!(
                 "trigger {:016x}{reason} from {}: recording {:.1} s more, then dumping",
                 h.trigger.id,
-                h.from,
+                if h.from.ip().is_unspecified() { "this node".to_string() } else { h.from.to_string() },
                 after.as_secs_f64()
             );
             *pending = Some((h, Instant::now() + after));
@@ -243,7 +249,13 @@ fn join(pending: &mut Option<(HeardTrigger, Instant)>, h: HeardTrigger, after: D
 
 /// Sends our own trigger to the other agents (from the trigger socket, whose port is
 /// not recorded), in the background.
-fn press(arm: &Arming, secret: &crate::transport::wire::Secret, sock: &UdpSocket, reason: String) -> Trigger {
+fn press(
+    arm: &Arming,
+    secret: &crate::transport::wire::Secret,
+    sock: &UdpSocket,
+    reason: String,
+    handled: &Mutex<BTreeSet<u64>>,
+) -> Trigger {
     let t = Trigger {
         id: u64::from_be_bytes(crate::transport::wire::random_bytes()),
         sent_ns: clock::wall_ns() as i64,
@@ -251,6 +263,8 @@ fn press(arm: &Arming, secret: &crate::transport::wire::Secret, sock: &UdpSocket
         port: arm.collector.port(),
         reason,
     };
+    // Our own copies, heard back, are no news.
+    handled.lock().expect("lock").insert(t.id);
     tracing::warn!("{}: sending trigger {:016x} to {} destination(s), naming collector {}", t.reason, t.id, arm.to.len(), arm.collector);
     let bytes = t.encode(secret);
     let to = arm.to.clone();
@@ -304,7 +318,7 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, 
     let t = heard.trigger;
     let node = &opts.record.node;
     let collector = t.collector.expect("triggers that name no collector are ignored");
-    tracing::info!("trigger {:016x} from {}: dumping, shipping to {collector}", t.id, heard.from);
+    tracing::info!("trigger {:016x}: dumping, shipping to {collector}", t.id);
     // 1. Snapshot the ring first: nothing the agent sends from here on is recorded.
     recorder.annotate(keys::TRIGGER_ID, format!("{:016x}", t.id));
     recorder.annotate(keys::TRIGGER_HEARD_NS, heard.heard_ns.to_string());

@@ -38,6 +38,20 @@ fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// Where a cgroup v1 controller's hierarchy is mounted (hybrid hosts), if anywhere.
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    parse_v1_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?, controller)
+}
+
+fn parse_v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let (fstype, _source, opts) = (r.next()?, r.next()?, r.next()?);
+        (fstype == "cgroup" && opts.split(',').any(|o| o == controller)).then(|| left.split_whitespace().nth(4).map(unescape_mount))?
+    })
+}
+
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount(s: &str) -> PathBuf {
     let mut out = String::with_capacity(s.len());
@@ -133,6 +147,8 @@ mod tests {
         let escaped = "25 20 0:22 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
         assert_eq!(parse_cgroup2_mount(escaped), Some(PathBuf::from("/mnt/my cg")));
         assert_eq!(parse_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"), None);
+        assert_eq!(parse_v1_mount(hybrid, "freezer"), Some(PathBuf::from("/sys/fs/cgroup/freezer")));
+        assert_eq!(parse_v1_mount(hybrid, "memory"), None);
     }
 
     #[test]

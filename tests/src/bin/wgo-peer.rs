@@ -62,6 +62,19 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         interval_ms: u64,
     },
+    /// Crash after AFTER_MS: a write through a null pointer (a real SIGSEGV, past Rust's
+    /// own handler, as a C program would die).
+    Crash {
+        #[arg(long, default_value_t = 0)]
+        after_ms: u64,
+    },
+    /// After AFTER_MS, allocate and touch MB mebibytes, a mebibyte at a time (to meet a memory limit).
+    Hog {
+        #[arg(long, default_value_t = 0)]
+        after_ms: u64,
+        #[arg(long, default_value_t = 1024)]
+        mb: usize,
+    },
     /// Receive one TCP stream into FILE and fsync it (a plain-copy baseline for shipping).
     TcpSink {
         #[arg(long)]
@@ -191,6 +204,20 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             println!("{sent}");
+        }
+        Cmd::Crash { after_ms } => {
+            std::thread::sleep(Duration::from_millis(after_ms));
+            // SAFETY: none; the point is to die of SIGSEGV.
+            unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+            unreachable!("a write through a null pointer returned");
+        }
+        Cmd::Hog { after_ms, mb } => {
+            std::thread::sleep(Duration::from_millis(after_ms));
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..mb {
+                held.push(vec![1u8; 1 << 20]);
+            }
+            println!("held {} MiB", held.len());
         }
         Cmd::Chatter { bind, peers, interval_ms } => {
             let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
