@@ -68,7 +68,7 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     // The dumps tell a story: every node, messages matched.
     let rep = run(Command::new(wgo()).arg("report").arg(&out)).unwrap();
     let text = String::from_utf8_lossy(&rep.stdout);
-    assert!(text.starts_with("4 nodes"), "{text}");
+    assert!(text.starts_with("Triggered: wgo trigger by ") && text.contains("\n4 nodes"), "{text}");
 
     // A replay of the real trigger to a restarted agent is ignored.
     std::fs::write(c.bed.node("node2").cgroup.join("cgroup.freeze"), "0").unwrap();

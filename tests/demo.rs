@@ -21,13 +21,12 @@ fn hermetic_path(dir: &Path, commands: &[(&str, &str)]) -> std::path::PathBuf {
     bin
 }
 
-#[test]
-fn demo_names_the_lossy_link_the_aborted_ballot_and_the_islands() {
-    require_root();
-    let dir = tempdir("demo");
+/// Runs the demo binary with nothing but its declared commands on PATH.
+fn run_demo(dir: &Path, extra: &[&str]) -> (String, String) {
     let root = bins::root();
-    let path = hermetic_path(&dir, wgo_tests::demo::COMMANDS);
+    let path = hermetic_path(dir, wgo_tests::demo::COMMANDS);
     let out = Command::new(bins::path("wgo-demo"))
+        .args(extra)
         .arg("--wgo")
         .arg(bins::wgo())
         .arg("--app")
@@ -40,9 +39,18 @@ fn demo_names_the_lossy_link_the_aborted_ballot_and_the_islands() {
         .env("PATH", &path)
         .output()
         .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     println!("{stderr}\n{stdout}");
     assert!(out.status.success(), "the demo runs with PATH={}: {stderr}", path.display());
+    (stdout, stderr)
+}
+
+#[test]
+fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
+    require_root();
+    let dir = tempdir("demo");
+    let root = bins::root();
+    let (stdout, _) = run_demo(&dir, &[]);
     let h = stdout.split("wgo report says:").next().unwrap();
     assert!(h.contains("lossy link node1 → node3") && h.contains("TASKs lost"), "names the lossy link: {h}");
     assert!(
@@ -50,6 +58,8 @@ fn demo_names_the_lossy_link_the_aborted_ballot_and_the_islands() {
         "names the aborted ballot and why: {h}"
     );
     assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "names the two islands: {h}");
+    assert!(h.contains("node5 stalled: it sent nothing from"), "names the stall: {h}");
+    assert_eq!(h.matches("stalled").count(), 1, "and no other: {h}");
     // The README's screenshot: the moment the ex-member's heartbeat aborts a ballot.
     let shot = root.join("docs/timeline.png");
     let o = Command::new("node")
@@ -61,5 +71,22 @@ fn demo_names_the_lossy_link_the_aborted_ballot_and_the_islands() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn the_crash_demo_triggers_by_itself_and_names_the_crash_and_the_dead_node() {
+    require_root();
+    let dir = tempdir("demo-crash");
+    let (stdout, stderr) = run_demo(&dir, &["--crash"]);
+    assert!(stderr.contains("complete: 5 dump(s)"), "wgo serve filed one complete incident: {stderr}");
+    let trigger = stdout.lines().find(|l| l.starts_with("The trigger, sent by an agent on its own:")).expect("the trigger line");
+    assert!(trigger.contains("node3: wgo-demo-app (pid ") && trigger.ends_with("killed by SIGSEGV"), "{trigger}");
+    let h = stdout.split("wgo report says:").next().unwrap();
+    assert!(h.contains("node3 stalled: it sent nothing from") && h.contains("to the end of its recording"), "the dead node: {h}");
+    assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "the real partition: {h}");
+    assert_eq!(h.matches("partition into").count(), 1, "and no partition made of the dead node: {h}");
+    let report = stdout.split("wgo report says:").nth(1).unwrap();
+    assert!(report.trim_start().starts_with("Triggered: node3: wgo-demo-app"), "{report}");
     let _ = std::fs::remove_dir_all(dir);
 }

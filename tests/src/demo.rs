@@ -21,9 +21,14 @@ pub struct DemoOptions<'a> {
     pub out: PathBuf,
     pub stop: &'a AtomicBool,
     pub log: &'a dyn Fn(&str),
+    /// The armed variant: nobody presses the button; node3's app crashes and the agents
+    /// trigger by themselves, shipping to `wgo serve`.
+    pub crash: bool,
 }
 
 pub struct DemoOutcome {
+    /// Why the trigger went out (the crash variant: the crash).
+    pub trigger: Option<String>,
     /// What went wrong, one line per fault, as wgo found it.
     pub headline: String,
     /// `wgo report`'s own summary.
@@ -38,6 +43,11 @@ pub const COMMANDS: &[(&str, &str)] = &[("ip", "iproute2"), ("nft", "nftables")]
 
 const NODES: usize = 5;
 const TRIGGER_PORT: u16 = 7301;
+const COLLECT_PORT: u16 = 7300;
+/// In the crash variant, node3's app crashes this long after it started: after the faults.
+const CRASH_AFTER_S: f64 = 9.2;
+/// The node whose app crashes in the crash variant.
+const CRASHING: usize = 3;
 
 /// Sleeps, giving up early (with an error) when asked to stop.
 fn pause(stop: &AtomicBool, d: Duration) -> anyhow::Result<()> {
@@ -61,6 +71,28 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
 
     log("starting a cluster of 5 nodes: network namespaces and cgroups on a bridge");
     let bed = Testbed::new(NODES)?;
+    let n1 = bed.node("node1");
+    let collector = format!("{}:{COLLECT_PORT}", n1.ipv4);
+    let broadcast = format!("{}:{TRIGGER_PORT}", crate::testbed::BROADCAST_V4);
+    let incidents = o.out.join("incidents");
+    let serve = match o.crash {
+        true => {
+            let side = bed.side_cgroup("serve")?;
+            let mut cmd = n1.command_in(&o.wgo, Some(&side))?;
+            cmd.arg("serve")
+                .arg("--secret-file")
+                .arg(&secret)
+                .args(["--listen", &collector, "--report", "--spec"])
+                .arg(&o.spec)
+                .arg("--incidents")
+                .arg(&incidents)
+                .env("WGO_LOG", "info");
+            let p = WgoProcess::spawn(&mut cmd, "serving incidents", Duration::from_secs(10))?;
+            log(&format!("started wgo serve on node1 ({collector}): it files every incident and reports it"));
+            Some(p)
+        }
+        false => None,
+    };
     let agents: Vec<WgoProcess> = bed
         .nodes
         .iter()
@@ -75,6 +107,9 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
                 .arg(o.out.join("spool").join(&n.name))
                 .args(["--on-trigger", "freeze", "--ring-seconds", "30", "--trigger-port", &TRIGGER_PORT.to_string()])
                 .env("WGO_LOG", "warn");
+            if o.crash {
+                cmd.args(["--auto-trigger", "crash", "--collector", &collector, "--broadcast", &broadcast]);
+            }
             // The agent says READY=1 once it records, as it would to systemd.
             let ready = ReadySocket::bind(o.out.join(format!("notify-{}", n.name)))?;
             ready.point(&mut cmd);
@@ -83,17 +118,28 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
             Ok(p)
         })
         .collect::<anyhow::Result<_>>()?;
-    log("started a wgo agent per node (stop policy: freeze)");
+    log(if o.crash {
+        "started a wgo agent per node, armed: a crash in the app makes it send the trigger itself (stop policy: freeze)"
+    } else {
+        "started a wgo agent per node (stop policy: freeze)"
+    });
     let apps: Vec<ChildGuard> = bed
         .nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| n.spawn(n.command(&o.app)?.args(["--index", &(i + 1).to_string(), "--nodes", &NODES.to_string()])))
+        .map(|(i, n)| {
+            let mut cmd = n.command(&o.app)?;
+            cmd.args(["--index", &(i + 1).to_string(), "--nodes", &NODES.to_string()]);
+            if o.crash && i + 1 == CRASHING {
+                cmd.args(["--crash-after", &CRASH_AFTER_S.to_string()]);
+            }
+            n.spawn(&mut cmd)
+        })
         .collect::<anyhow::Result<_>>()?;
     log("running the demo app on every node: TASK/ACK, heartbeats, ballots, WHOHAS/IHAVE");
     pause(o.stop, Duration::from_millis(1500))?;
 
-    let (n1, n3) = (bed.node("node1"), bed.node("node3"));
+    let n3 = bed.node("node3");
     log("fault 1: the link node1 → node3 drops 30% of UDP (tasks get retried)");
     n3.nft(&format!(
         "table inet wgo_lossy {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {} udp dport 7000 numgen random mod 10 < 3 drop\n  }}\n}}\n",
@@ -127,20 +173,19 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
     split?;
     pause(o.stop, Duration::from_millis(700))?;
 
-    log("pressing the button: trigger from node1, collecting all five dumps");
-    let collected = o.out.join("collected");
-    let names: Vec<&str> = bed.nodes.iter().map(|n| n.name.as_str()).collect();
-    let side = bed.side_cgroup("collector")?;
-    let mut trig = n1.command_in(&o.wgo, Some(&side))?;
-    trig.arg("trigger")
-        .arg("--secret-file")
-        .arg(&secret)
-        .args(["--broadcast", &format!("{}:{TRIGGER_PORT}", crate::testbed::BROADCAST_V4)])
-        .args(["--listen", &format!("{}:7300", n1.ipv4), "--expect", &names.join(","), "--wait", "60", "--out"])
-        .arg(&collected)
-        .env("WGO_LOG", "warn");
-    let out = run(&mut trig).context("wgo trigger")?;
-    log(&String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
+    let (collected, trigger) = match serve {
+        None => (press(o, &bed, &secret, &broadcast)?, None),
+        Some(serve) => {
+            log(&format!("nobody presses the button: node{CRASHING}'s app crashes at {CRASH_AFTER_S} s"));
+            let dir = wait_for_incident(o.stop, &incidents, Duration::from_secs(60))?;
+            let (_, _, err) = serve.stop(Duration::from_secs(10))?;
+            for l in err.lines().filter(|l| l.contains("incident")) {
+                log(&format!("  wgo serve: {}", l.split_once("INFO ").map_or(l, |x| x.1)));
+            }
+            let m = wgo::transport::manifest::Manifest::load(&dir).context("the incident's manifest")?;
+            (dir, m.reason)
+        }
+    };
     for a in agents {
         let (status, _, err) = a.wait(Duration::from_secs(30))?;
         if !status.success() {
@@ -170,10 +215,47 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
     drop(apps);
     drop(bed);
     log("removed the namespaces, cgroups, links and processes");
-    Ok(DemoOutcome { headline, report, timeline, json })
+    Ok(DemoOutcome { trigger, headline, report, timeline, json })
 }
 
-/// What went wrong, from the report alone: the lossiest link, the aborted ballots and why, the islands.
+/// Presses the button from node1 and collects all five dumps; returns where they are.
+fn press(o: &DemoOptions<'_>, bed: &Testbed, secret: &Path, broadcast: &str) -> anyhow::Result<PathBuf> {
+    (o.log)("pressing the button: trigger from node1, collecting all five dumps");
+    let n1 = bed.node("node1");
+    let collected = o.out.join("collected");
+    let names: Vec<&str> = bed.nodes.iter().map(|n| n.name.as_str()).collect();
+    let side = bed.side_cgroup("collector")?;
+    let mut trig = n1.command_in(&o.wgo, Some(&side))?;
+    trig.arg("trigger")
+        .arg("--secret-file")
+        .arg(secret)
+        .args(["--broadcast", broadcast])
+        .args(["--listen", &format!("{}:{COLLECT_PORT}", n1.ipv4), "--expect", &names.join(","), "--wait", "60", "--out"])
+        .arg(&collected)
+        .args(["--reason", "the demo pressed the button"])
+        .env("WGO_LOG", "warn");
+    let out = run(&mut trig).context("wgo trigger")?;
+    (o.log)(&String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n"));
+    Ok(collected)
+}
+
+/// The first incident `wgo serve` has finished reporting.
+fn wait_for_incident(stop: &AtomicBool, root: &Path, timeout: Duration) -> anyhow::Result<PathBuf> {
+    let end = Instant::now() + timeout;
+    loop {
+        let done = std::fs::read_dir(root).into_iter().flatten().flatten().map(|e| e.path()).find(|d| d.join("summary.txt").exists());
+        if let Some(d) = done {
+            return Ok(d);
+        }
+        if Instant::now() > end {
+            bail!("no incident was reported in {} within {} s", root.display(), timeout.as_secs());
+        }
+        pause(stop, Duration::from_millis(100))?;
+    }
+}
+
+/// What went wrong, from the report alone: the lossiest link, the aborted ballots and why,
+/// the stalled nodes, the islands.
 pub fn headline(json: &Path) -> anyhow::Result<String> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json)?).context("reading the report")?;
     let label: std::collections::HashMap<u64, String> = v["events"]
@@ -210,8 +292,17 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
             })
         })
     };
+    // Likewise a loss to (or from) a node while it was stalled belongs to the stall.
+    let stalls: Vec<(i64, i64, String)> = kind("stalled_node")
+        .filter_map(|a| Some((a["span_ns"][0].as_i64()?, a["span_ns"][1].as_i64()?, a["nodes"][0].as_str()?.to_string())))
+        .collect();
+    let in_stall = |a: &serde_json::Value| {
+        a["span_ns"][0].as_i64().is_some_and(|t| {
+            stalls.iter().any(|(x, y, n)| *x <= t && t <= *y && (a["nodes"][0] == n.as_str() || a["nodes"][1] == n.as_str()))
+        })
+    };
     let mut links: std::collections::BTreeMap<(String, String), (usize, usize)> = std::collections::BTreeMap::new();
-    for a in kind("network_loss").filter(|a| !in_partition(a)) {
+    for a in kind("network_loss").filter(|a| !in_partition(a) && !in_stall(a)) {
         let nodes = a["nodes"].as_array().cloned().unwrap_or_default();
         if nodes.len() < 2 {
             continue;
@@ -226,7 +317,9 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
         let retried = kind("retransmission")
             .filter(|a| a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK")))
             .count();
-        lines.push(format!("lossy link {from} → {to}: {tasks} TASKs lost outside the partition (and {other} other messages); {retried} TASKs had to be retried"));
+        lines.push(format!(
+            "lossy link {from} → {to}: {tasks} TASKs lost outside the partition and stalls (and {other} other messages); {retried} TASKs had to be retried"
+        ));
     }
     // Aborted ballots, with what set them off.
     let aborts: Vec<&str> = v["violations"]
@@ -243,6 +336,9 @@ pub fn headline(json: &Path) -> anyhow::Result<String> {
             rejoin.len(),
             aborts.len()
         ));
+    }
+    for a in kind("stalled_node") {
+        lines.push(a["text"].as_str().unwrap_or("").to_string());
     }
     for a in kind("partition") {
         let islands: Vec<String> = a["islands"]

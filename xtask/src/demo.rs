@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use crate::build::root;
 
-pub fn run() -> anyhow::Result<()> {
+pub fn run(crash: bool) -> anyhow::Result<()> {
     crate::build::all()?;
     crate::setup::packages(wgo_tests::demo::COMMANDS)?;
     // Ctrl-C reaches the demo too, which cleans up and exits: wait for it instead of dying first.
@@ -25,7 +25,8 @@ pub fn run() -> anyhow::Result<()> {
         .arg("--spec")
         .arg(root().join("examples/demo.toml"))
         .arg("--out")
-        .arg(root().join("wgo-out/demo"))
+        .arg(root().join(if crash { "wgo-out/demo-crash" } else { "wgo-out/demo" }))
+        .args(crash.then_some("--crash"))
         .status()
         .context("starting wgo-demo")?;
     if !status.success() {

@@ -27,7 +27,12 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Build and run the demo: real traffic in network namespaces, recorded and summarised.
-    Demo,
+    Demo {
+        /// The armed variant: one demo app crashes with SIGSEGV mid-run; the agents trigger
+        /// by themselves and `wgo serve` files and reports the incident.
+        #[arg(long)]
+        crash: bool,
+    },
     /// Run each fuzz target briefly (as `test` does at its end).
     Fuzz,
     /// Run a benchmark and print its figures.
@@ -41,7 +46,7 @@ fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Build => build::all(),
         Cmd::Test { args } => test::run(&args),
-        Cmd::Demo => demo::run(),
+        Cmd::Demo { crash } => demo::run(crash),
         Cmd::Fuzz => build::all().and_then(|()| test::fuzz()),
         Cmd::Bench { which } => bench::run(which),
     };

@@ -1,5 +1,5 @@
 //! What went wrong: losses (network vs recorder, never confused), duplicates,
-//! retransmissions, retry storms, unanswered requests, partitions, silent nodes.
+//! retransmissions, retry storms, unanswered requests, partitions, stalled nodes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -21,6 +21,15 @@ pub const JUDGE_MARGIN_NS: i64 = 20_000_000;
 /// Longest one-way delay assumed: a send this close before a recorder gap on its
 /// receiver may have arrived inside the gap, so its absence is not called network loss.
 pub const MAX_DELAY_NS: i64 = 100_000_000;
+/// A node is stalled when it sends nothing for this many times its usual longest gap
+/// between sends (the 90th percentile)...
+pub const STALL_FACTOR: i64 = 5;
+/// ...and for at least this long...
+pub const STALL_MIN_NS: i64 = 500_000_000;
+/// ...while its peers send it at least this many messages.
+pub const STALL_MIN_SENT_TO: usize = 3;
+/// Sends a node needs before its usual cadence is known.
+const STALL_MIN_SENDS: usize = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +41,7 @@ pub enum Kind {
     RetryStorm,
     Unanswered,
     Partition,
+    StalledNode,
     MissingNode,
     Contradiction,
 }
@@ -46,6 +56,7 @@ impl Kind {
             Kind::RetryStorm => "retry_storm",
             Kind::Unanswered => "unanswered",
             Kind::Partition => "partition",
+            Kind::StalledNode => "stalled_node",
             Kind::MissingNode => "missing_node",
             Kind::Contradiction => "contradiction",
         }
@@ -332,7 +343,33 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         }
     }
 
-    out.extend(partitions(trace, m, &losses, &corr));
+    let stalls = stalls(trace, &losses, &corr, &window);
+    for st in &stalls {
+        let name = node_name(st.node);
+        let how_long = match st.until_end {
+            true => format!("from {} to the end of its recording ({} ms)", super::fmt::fmt_time(st.from), (st.to - st.from) / 1_000_000),
+            false => {
+                format!("from {} to {} ({} ms)", super::fmt::fmt_time(st.from), super::fmt::fmt_time(st.to), (st.to - st.from) / 1_000_000)
+            }
+        };
+        let peers = match st.lost {
+            0 => format!("though it received {} messages from its peers meanwhile", st.sent_to),
+            l if l == st.sent_to => format!("though its peers sent it {l} messages, none of which it received"),
+            l => format!("though its peers sent it {} messages ({l} never received)", st.sent_to),
+        };
+        let mut a = Anomaly::new(
+            Kind::StalledNode,
+            st.last_send.into_iter().collect(),
+            format!(
+                "{name} stalled: it sent nothing {how_long}, {peers}; it usually sends every {} ms or less",
+                (st.cadence / 1_000_000).max(1)
+            ),
+        );
+        a.nodes = NodeList::from_slice(&[st.node]);
+        a.span = Some((st.from, st.to));
+        out.push(a);
+    }
+    out.extend(partitions(trace, m, &losses, &corr, &stalls));
 
     for name in ctx.missing_nodes {
         out.push(Anomaly::new(Kind::MissingNode, Vec::new(), format!("{name} never answered the trigger: no dump from it")));
@@ -354,7 +391,76 @@ pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswer
 }
 
 /// Windows in which the nodes that still talk split into islands, with losses across.
-fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &dyn Fn(EventId) -> i64) -> Vec<Anomaly> {
+/// A node that fell silent while its peers kept sending to it.
+#[derive(Clone, Debug)]
+pub struct Stall {
+    pub node: NodeId,
+    /// Its last send before the silence, and when the silence ends (its next send, or the
+    /// end of its recording), reference clock ns.
+    pub from: i64,
+    pub to: i64,
+    pub until_end: bool,
+    pub last_send: Option<EventId>,
+    /// Messages its peers sent it meanwhile, and how many of those it never received.
+    pub sent_to: usize,
+    pub lost: usize,
+    /// Its usual longest gap between sends (90th percentile), ns.
+    pub cadence: i64,
+}
+
+/// Nodes that stopped sending, for much longer than their own cadence, while their peers
+/// kept sending to them: a stopped process, a GC pause, a crash. A node that only has
+/// nothing to say is not stalled: nobody was sending to it, or its cadence allows the gap.
+pub fn stalls(
+    trace: &Trace,
+    losses: &[(EventId, NodeId)],
+    corr: &dyn Fn(EventId) -> i64,
+    window: &dyn Fn(NodeId) -> (i64, i64),
+) -> Vec<Stall> {
+    let mut out = Vec::new();
+    for (x, range) in trace.node_ranges.iter().enumerate() {
+        let x = x as NodeId;
+        // Sends that say something: pure TCP ACKs go out from a stopped process's kernel too.
+        let sends: Vec<(i64, EventId)> = range
+            .clone()
+            .filter(|&i| {
+                let e = &trace.events[i];
+                e.dir == Dir::Send && (e.proto != ProtoCode::Tcp || e.payload_len > 0)
+            })
+            .map(|i| (corr(i as EventId), i as EventId))
+            .collect();
+        if sends.len() < STALL_MIN_SENDS {
+            continue;
+        }
+        let mut gaps: Vec<i64> = sends.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        gaps.sort_unstable();
+        let cadence = gaps[(gaps.len() * 9 / 10).min(gaps.len() - 1)].max(1);
+        let threshold = cadence.saturating_mul(STALL_FACTOR).max(STALL_MIN_NS);
+        let end = window(x).1;
+        let mut spans: Vec<(i64, i64, bool, EventId)> =
+            sends.windows(2).filter(|w| w[1].0 - w[0].0 > threshold).map(|w| (w[0].0, w[1].0, false, w[0].1)).collect();
+        let &(last_t, last_id) = sends.last().expect("sends");
+        if end - last_t > threshold {
+            spans.push((last_t, end, true, last_id));
+        }
+        if spans.is_empty() {
+            continue;
+        }
+        let received: Vec<i64> = range.clone().filter(|&i| trace.events[i].dir == Dir::Recv).map(|i| corr(i as EventId)).collect();
+        let lost_to: Vec<i64> = losses.iter().filter(|(_, r)| *r == x).map(|(s, _)| corr(*s)).collect();
+        for (from, to, until_end, last_send) in spans {
+            let inside = |t: &&i64| from < **t && **t < to;
+            let got = received.iter().filter(inside).count();
+            let lost = lost_to.iter().filter(inside).count();
+            if got + lost >= STALL_MIN_SENT_TO {
+                out.push(Stall { node: x, from, to, until_end, last_send: Some(last_send), sent_to: got + lost, lost, cadence });
+            }
+        }
+    }
+    out
+}
+
+fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &dyn Fn(EventId) -> i64, stalls: &[Stall]) -> Vec<Anomaly> {
     let n = trace.nodes.len();
     if n < 2 {
         return Vec::new();
@@ -372,8 +478,13 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
         }
     }
     let mut failed: BTreeMap<i64, Vec<(NodeId, NodeId, EventId)>> = BTreeMap::new();
+    // A loss to or from a stalled node is the stall's, not a partition's.
+    let stalled = |n: NodeId, t: i64| stalls.iter().any(|st| st.node == n && st.from <= t && t <= st.to);
     for &(s, r) in losses {
-        failed.entry(win(corr(s))).or_default().push((trace.events[s as usize].node, r, s));
+        let (a, t) = (trace.events[s as usize].node, corr(s));
+        if !stalled(r, t) && !stalled(a, t) {
+            failed.entry(win(t)).or_default().push((a, r, s));
+        }
     }
     // Islands per window with losses: components of the "delivered" graph.
     let mut found: Vec<(i64, Vec<Vec<NodeId>>, Vec<EventId>)> = Vec::new();
@@ -635,5 +746,63 @@ mod tests {
         let kinds: Vec<Kind> = out.iter().map(|a| a.kind).collect();
         assert_eq!(kinds, vec![Kind::NetworkLoss, Kind::Unanswered, Kind::Partition, Kind::Contradiction]);
         assert_eq!(out[1].text, "TASK #3 unanswered");
+    }
+
+    /// n1 ↔ n2 every 50 ms; n1 ↔ n3 every 50 ms, except for what `n3_sends` and `to_n3` say.
+    fn with_n3(n3_sends: impl Fn(i64) -> bool, to_n3: impl Fn(i64) -> Option<bool>, quiet_n4: bool) -> Vec<(i64, u8, u8, bool)> {
+        let mut msgs = Vec::new();
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            msgs.push((t, 0, 1, true));
+            msgs.push((t + MS, 1, 0, true));
+            if let Some(delivered) = to_n3(t) {
+                msgs.push((t + 2 * MS, 0, 2, delivered));
+            }
+            if n3_sends(t) {
+                msgs.push((t + 3 * MS, 2, 0, true));
+            }
+            if quiet_n4 {
+                msgs.push((t + 4 * MS, 1, 3, true));
+                if k % 20 == 0 {
+                    msgs.push((t + 5 * MS, 3, 1, true));
+                }
+            }
+        }
+        msgs
+    }
+
+    #[test]
+    fn a_node_silent_while_its_peers_send_to_it_is_stalled_and_a_quiet_one_is_not() {
+        let ms = |t: i64| t / MS;
+        // n3 stops from 1 s to 2.2 s (SIGSTOP): its kernel still takes what n1 sends it.
+        let stopped = trace(traffic(4, &with_n3(|t| !(1000 * MS..2200 * MS).contains(&t), |_| Some(true), true)));
+        let found = anomalies(&stopped);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[2]);
+        let (from, to) = stalls[0].span.unwrap();
+        assert!((950..1000).contains(&ms(from)) && (2200..2250).contains(&ms(to)), "{from}..{to}");
+        assert!(stalls[0].text.starts_with("n3 stalled: it sent nothing from"), "{}", stalls[0].text);
+        assert!(stalls[0].text.contains("though it received 25 messages from its peers meanwhile"), "{}", stalls[0].text);
+        // n4 speaks once a second though n2 talks to it all the time: that is its cadence, not a stall.
+        assert!(stalls.iter().all(|s| s.nodes[0] != 3));
+        assert!(of(&found, Kind::Partition).is_empty());
+    }
+
+    #[test]
+    fn a_crashed_node_is_stalled_to_the_end_and_no_partition() {
+        // n3 dies at 2 s: it sends nothing more and everything sent to it is lost, while
+        // its (still running) recorder goes on to the end.
+        // Its recording ends with the others' (the agent keeps recording after the crash).
+        let t = trace(traffic(4, &with_n3(|t| t < 2000 * MS, |t| Some(t < 2000 * MS), false)));
+        let found = anomalies(&t);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert!(
+            stalls[0].text.contains("to the end of its recording") && stalls[0].text.contains("none of which it received"),
+            "{}",
+            stalls[0].text
+        );
+        assert!(of(&found, Kind::Partition).is_empty(), "a dead node is no island: {:?}", of(&found, Kind::Partition));
     }
 }

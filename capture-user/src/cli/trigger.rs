@@ -37,7 +37,10 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
     let id = u64::from_be_bytes(wgo::transport::wire::random_bytes());
     let sent = wgo::clock::wall_ns() as i64;
     let reason = args.reason.clone().unwrap_or_else(|| {
-        let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "someone".into());
+        let user = ["SUDO_USER", "USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok()).unwrap_or_else(|| {
+            // SAFETY: geteuid has no preconditions.
+            format!("uid {}", unsafe { libc::geteuid() })
+        });
         format!("wgo trigger by {user} on {}", super::hostname())
     });
     let listen = args.collector.listen;

@@ -19,7 +19,7 @@ use crate::analysis::trace::Dir;
 const TEMPLATE: &str = include_str!("../../../templates/timeline.html");
 
 /// Anomaly kinds, in the bit order the page uses.
-pub const KINDS: [Kind; 9] = [
+pub const KINDS: [Kind; 10] = [
     Kind::NetworkLoss,
     Kind::RecorderLoss,
     Kind::Duplicate,
@@ -27,6 +27,7 @@ pub const KINDS: [Kind; 9] = [
     Kind::RetryStorm,
     Kind::Unanswered,
     Kind::Partition,
+    Kind::StalledNode,
     Kind::MissingNode,
     Kind::Contradiction,
 ];

@@ -35,6 +35,9 @@ struct Args {
     subnet: String,
     #[arg(long, default_value_t = 7000)]
     port: u16,
+    /// Crash (a real SIGSEGV, a write through a null pointer) this many seconds after starting.
+    #[arg(long)]
+    crash_after: Option<f64>,
 }
 
 const PREPARE: u8 = 1;
@@ -88,8 +91,13 @@ fn main() -> anyhow::Result<()> {
     let task_msg = |t: u32| [b"TASK".as_slice(), &t.to_be_bytes(), &[1]].concat();
     let vote = |phase: u8, b: u32, reason: u8| [b"VOTE".as_slice(), &[phase], &b.to_be_bytes(), &[me, reason]].concat();
 
+    let crash_at = a.crash_after.map(|s| start + Duration::from_secs_f64(s));
     loop {
         let now = Instant::now();
+        if crash_at.is_some_and(|t| now >= t) {
+            // SAFETY: none; the demo's crash variant wants this node to die of SIGSEGV.
+            unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+        }
         if now >= next_hb {
             hb_counter += 1;
             let hb = [b"HB!!".as_slice(), &[me], &hb_counter.to_be_bytes()].concat();

@@ -24,6 +24,9 @@ struct Args {
     /// Where dumps, manifest, report and timeline go (emptied first).
     #[arg(long)]
     out: PathBuf,
+    /// The armed variant: one app crashes with SIGSEGV mid-run, nobody presses anything.
+    #[arg(long)]
+    crash: bool,
 }
 
 fn main() {
@@ -45,7 +48,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let started = std::time::Instant::now();
     let log = |s: &str| eprintln!("demo: {s}");
-    let out = run_demo(&DemoOptions { wgo: args.wgo, app: args.app, spec: args.spec, out: args.out, stop: &stop, log: &log })?;
+    let out =
+        run_demo(&DemoOptions { wgo: args.wgo, app: args.app, spec: args.spec, out: args.out, stop: &stop, log: &log, crash: args.crash })?;
+    if let Some(t) = &out.trigger {
+        println!("\nThe trigger, sent by an agent on its own: {t}");
+    }
     println!("\nWhat went wrong, as wgo found it from the packets and examples/demo.toml alone:");
     println!("{}", out.headline);
     println!("\nwgo report says:\n{}", out.report);
