@@ -236,3 +236,17 @@ fn a_manual_trigger_still_works_beside_armed_agents_and_serve() {
     let rep = run(Command::new(wgo()).arg("report").arg(dir)).unwrap();
     assert!(String::from_utf8_lossy(&rep.stdout).starts_with("Triggered: operator: the cluster is slow\n"));
 }
+
+#[test]
+fn a_sigkill_from_an_operator_is_a_crash_naming_who_sent_it() {
+    let mut a = Armed::new("armed-kill", 2, &["--after", "0.5"]);
+    let victim = a.app("node2", &["hog", "--after-ms", "60000", "--mb", "1"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let killer = run(Command::new("kill").args(["-KILL", &victim.id().to_string()])).unwrap();
+    assert!(killer.status.success());
+    let found = a.settled(1);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let (dir, m) = &found[0];
+    check_incident(dir, m, &["node1", "node2"], &["node2", &format!("pid {}", victim.id()), "killed by SIGKILL sent by kill (pid "]);
+    a.agents_done();
+}

@@ -148,6 +148,17 @@ pub struct SignalEvent {
     /// [`SIGNAL_FROM_KERNEL`] and other bits.
     pub flags: u32,
     pub pad: u32,
+    /// For SIGKILL: the sending thread's name, NUL-padded.
+    pub sender_comm: [u8; 16],
+}
+
+/// What the signal programs remember of a SIGKILL between its sending and its delivery.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KillSent {
+    pub sender_tgid: u32,
+    pub flags: u32,
+    pub sender_comm: [u8; 16],
 }
 
 /// The kernel itself sent the SIGKILL (`SEND_SIG_PRIV`: the OOM killer, above all), not a process's kill(2).
@@ -169,7 +180,8 @@ pub struct WatchConfig {
 /// Bytes of the ring buffer the signal programs write to.
 pub const SIGNAL_RING_BYTES: u32 = 64 << 10;
 
-pub const SIGNAL_EVENT_SIZE: usize = 48;
+pub const SIGNAL_EVENT_SIZE: usize = 64;
+const _: () = assert!(core::mem::size_of::<KillSent>() == 24);
 const _: () = assert!(core::mem::size_of::<SignalEvent>() == SIGNAL_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
 
@@ -224,6 +236,8 @@ impl SignalEvent {
         let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         let mut comm = [0u8; 16];
         comm.copy_from_slice(&b[24..40]);
+        let mut sender_comm = [0u8; 16];
+        sender_comm.copy_from_slice(&b[48..64]);
         Some(SignalEvent {
             ktime_ns: u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
             tgid: u32_at(8),
@@ -233,6 +247,7 @@ impl SignalEvent {
             comm,
             flags: u32_at(40),
             pad: 0,
+            sender_comm,
         })
     }
 }

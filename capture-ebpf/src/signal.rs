@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::{btf_map, raw_tracepoint},
     programs::RawTracePointContext,
 };
-use capture_ebpf::{SENDER_UNKNOWN, SIGNAL_FROM_KERNEL, SIGNAL_RING_BYTES, SignalEvent, WatchConfig};
+use capture_ebpf::{KillSent, SENDER_UNKNOWN, SIGNAL_FROM_KERNEL, SIGNAL_RING_BYTES, SignalEvent, WatchConfig};
 
 const SIGILL: i32 = 4;
 const SIGABRT: i32 = 6;
@@ -25,10 +25,9 @@ const SEND_SIG_PRIV: u64 = 1;
 #[btf_map]
 static WATCH_CONFIG: Array<WatchConfig, 1> = Array::new();
 
-/// SIGKILLs generated lately: target task (its `task_struct` address) → sending process
-/// (low half) and [`SIGNAL_FROM_KERNEL`] (high half).
+/// SIGKILLs generated lately: target task (its `task_struct` address) → who sent it.
 #[btf_map]
-static KILLS: LruHashMap<u64, u64, 4096> = LruHashMap::new();
+static KILLS: LruHashMap<u64, KillSent, 4096> = LruHashMap::new();
 
 #[btf_map]
 static SIGNALS: RingBuf<SignalEvent, { SIGNAL_RING_BYTES as usize }> = RingBuf::new();
@@ -50,9 +49,12 @@ fn try_generate(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let task: u64 = ctx.arg(2);
     let info: u64 = ctx.arg(1);
-    let sender = bpf_get_current_pid_tgid() >> 32;
-    let flags = if info == SEND_SIG_PRIV { SIGNAL_FROM_KERNEL as u64 } else { 0 };
-    KILLS.insert(task, sender | flags << 32, 0).map_err(|e| e as i64)
+    let kill = KillSent {
+        sender_tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        flags: if info == SEND_SIG_PRIV { SIGNAL_FROM_KERNEL } else { 0 },
+        sender_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    KILLS.insert(task, kill, 0).map_err(|e| e as i64)
 }
 
 /// `signal_deliver(int sig, struct kernel_siginfo *info, struct k_sigaction *ka)`, in the
@@ -71,14 +73,14 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let sig = ctx.arg::<u64>(0) as i32;
-    let (sender, flags) = match sig {
+    let (sender, flags, sender_comm) = match sig {
         // A SIGKILL that somebody sent. The other SIGKILL deliveries are the kernel's own
         // way of ending a thread group (an exit_group, a fatal signal's siblings).
         SIGKILL => {
             let task = unsafe { bpf_get_current_task() };
             let kill = *unsafe { KILLS.get(task) }.ok_or(0)?;
             let _ = KILLS.remove(task);
-            (kill as u32, (kill >> 32) as u32)
+            (kill.sender_tgid, kill.flags, kill.sender_comm)
         }
         SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGABRT => {
             // Only with the default action (the process dies), not a handler that recovers.
@@ -88,7 +90,7 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
             if handler != SIG_DFL {
                 return Ok(());
             }
-            (SENDER_UNKNOWN, 0)
+            (SENDER_UNKNOWN, 0, [0; 16])
         }
         _ => return Ok(()),
     };
@@ -102,6 +104,7 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         flags,
         pad: 0,
+        sender_comm,
     };
     SIGNALS.output(&event, 0).map_err(|e| e as i64)
 }

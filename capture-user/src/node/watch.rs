@@ -124,7 +124,11 @@ impl Watch {
             self.unnamed_rise = Some((Instant::now(), r));
         }
         for e in events {
-            let sender_comm = (e.sender_tgid != SENDER_UNKNOWN).then(|| comm_of(e.sender_tgid)).flatten();
+            // Named in the kernel when it sent: the sender (a `kill`) may be gone already.
+            let sender_comm = match comm(&e.sender_comm) {
+                c if !c.is_empty() => Some(c),
+                _ => (e.sender_tgid != SENDER_UNKNOWN).then(|| comm_of(e.sender_tgid)).flatten(),
+            };
             let rise = match e.sig == libc::SIGKILL as u32 {
                 true => self.unnamed_rise.take().map(|(_, r)| r).or_else(|| self.oom_rise()),
                 false => None,
@@ -229,7 +233,7 @@ mod tests {
     fn event(sig: i32, sender: u32, flags: u32) -> SignalEvent {
         let mut comm = [0u8; 16];
         comm[..7].copy_from_slice(b"demoapp");
-        SignalEvent { ktime_ns: 1, tgid: 812, tid: 813, sig: sig as u32, sender_tgid: sender, comm, flags, pad: 0 }
+        SignalEvent { ktime_ns: 1, tgid: 812, tid: 813, sig: sig as u32, sender_tgid: sender, comm, flags, pad: 0, sender_comm: [0; 16] }
     }
 
     fn kill(rise: Option<(u64, u64)>, counted: bool, sender_comm: Option<&str>) -> Kill {
