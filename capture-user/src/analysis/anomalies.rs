@@ -7,7 +7,7 @@ use rustc_hash::FxHashMap;
 
 use super::matching::{Matching, TimeMap, address_owners, is_group_address};
 use super::rules::Violation;
-use super::trace::{Dir, EventId, NodeId, ProtoCode, Trace};
+use super::trace::{AddrId, Dir, EventId, NodeId, ProtoCode, Trace};
 
 /// Time window for partition detection, ns.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
@@ -28,6 +28,11 @@ pub const STALL_FACTOR: i64 = 5;
 pub const STALL_MIN_NS: i64 = 500_000_000;
 /// ...while its peers send it at least this many messages.
 pub const STALL_MIN_SENT_TO: usize = 3;
+/// How far a clock that could not be estimated may be off (NTP on a bad day): a send is
+/// judged lost only if it lies this far inside the receiver's recording.
+pub const NTP_MARGIN_NS: i64 = 250_000_000;
+/// A peer's RST this soon after a TCP send answers it: the data reached a closed socket.
+pub const RST_ANSWER_NS: i64 = 1_000_000_000;
 /// Sends a node needs before its usual cadence is known.
 const STALL_MIN_SENDS: usize = 10;
 
@@ -42,6 +47,7 @@ pub enum Kind {
     Unanswered,
     Partition,
     StalledNode,
+    ClosedConnection,
     MissingNode,
     Contradiction,
 }
@@ -57,6 +63,7 @@ impl Kind {
             Kind::Unanswered => "unanswered",
             Kind::Partition => "partition",
             Kind::StalledNode => "stalled_node",
+            Kind::ClosedConnection => "closed_connection",
             Kind::MissingNode => "missing_node",
             Kind::Contradiction => "contradiction",
         }
@@ -236,11 +243,72 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         };
         for r in receivers {
             let (w0, w1) = window(r);
-            if t < w0 || t + ctx.clocks.uncertainty(r) + JUDGE_MARGIN_NS > w1 || blind(r, t) {
+            // Where the receiver's clock is unknown, the send must lie well inside its recording.
+            let margin = if ctx.clocks.known(r) && ctx.clocks.known(e.node) { ctx.clocks.uncertainty(r) } else { NTP_MARGIN_NS };
+            if t - margin < w0 || t + margin + JUDGE_MARGIN_NS > w1 || blind(r, t) {
                 continue;
             }
             losses.push((s, r));
         }
+    }
+    // A TCP segment that only arrived as a later retransmission was lost the first time.
+    for &(first, again) in &m.retransmissions {
+        let e = &trace.events[first as usize];
+        if e.proto != ProtoCode::Tcp || e.payload_len == 0 {
+            continue;
+        }
+        let at = m.messages.partition_point(|&(x, _)| x < first);
+        if let Some(&(x, r)) = m.messages.get(at)
+            && x == first
+            && corr(r) > corr(again)
+        {
+            let rn = trace.events[r as usize].node;
+            if !blind(rn, corr(first)) {
+                losses.push((first, rn));
+            }
+        }
+    }
+    losses.sort_unstable();
+    losses.dedup();
+    // TCP data that met a closed connection is no network loss: the peer had sent its FIN
+    // or RST before, or answers it with a RST (its socket is gone).
+    let closes = tcp_closes(trace, &corr);
+    let closed_by = |s: EventId| {
+        let e = &trace.events[s as usize];
+        if e.proto != ProtoCode::Tcp {
+            return None;
+        }
+        let t = corr(s);
+        closes.get(&(e.dst, e.dport, e.src, e.sport)).and_then(|v| {
+            v.iter().find(|&&(at, rst)| at <= t || (rst && at <= t + RST_ANSWER_NS)).map(|&(_, rst)| if rst { "RST" } else { "FIN" })
+        })
+    };
+    let mut closed: BTreeMap<(AddrId, u16, AddrId, u16), (Vec<EventId>, NodeId, &str)> = BTreeMap::new();
+    losses.retain(|&(s, r)| match closed_by(s) {
+        Some(how) => {
+            let e = &trace.events[s as usize];
+            closed.entry((e.src, e.sport, e.dst, e.dport)).or_insert_with(|| (Vec::new(), r, how)).0.push(s);
+            false
+        }
+        None => true,
+    });
+    for ((src, sport, dst, dport), (sends, r, how)) in closed {
+        let e = &trace.events[sends[0] as usize];
+        let mut a = Anomaly::new(
+            Kind::ClosedConnection,
+            sends.clone(),
+            format!(
+                "{} sent {} TCP segment(s) on {}:{sport} → {}:{dport} after {} had closed the connection ({how}): not a network loss",
+                node_name(e.node),
+                sends.len(),
+                trace.addr(src),
+                trace.addr(dst),
+                node_name(r)
+            ),
+        );
+        a.nodes = NodeList::from_slice(&[e.node, r]);
+        a.span = Some((corr(sends[0]), corr(*sends.last().expect("non-empty"))));
+        out.push(a);
     }
     // Group network losses by link and kind for readable texts.
     for &(s, r) in &losses {
@@ -391,6 +459,24 @@ pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswer
 }
 
 /// Windows in which the nodes that still talk split into islands, with losses across.
+/// TCP FINs and RSTs per flow, as sent by their sender (source addr, port, dest addr,
+/// port): (corrected time, is RST), in time order. Seen from either end: the closing node's
+/// send, or its peer's receive.
+fn tcp_closes(trace: &Trace, corr: &dyn Fn(EventId) -> i64) -> FxHashMap<(AddrId, u16, AddrId, u16), Vec<(i64, bool)>> {
+    const FIN: u8 = 0x01;
+    const RST: u8 = 0x04;
+    let mut m: FxHashMap<(AddrId, u16, AddrId, u16), Vec<(i64, bool)>> = FxHashMap::default();
+    for (i, e) in trace.events.iter().enumerate() {
+        if e.proto == ProtoCode::Tcp && e.tcp_flags & (FIN | RST) != 0 {
+            m.entry((e.src, e.sport, e.dst, e.dport)).or_default().push((corr(i as EventId), e.tcp_flags & RST != 0));
+        }
+    }
+    for v in m.values_mut() {
+        v.sort_unstable_by_key(|x| x.0);
+    }
+    m
+}
+
 /// A node that fell silent while its peers kept sending to it.
 #[derive(Clone, Debug)]
 pub struct Stall {
@@ -469,9 +555,11 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
     let mut delivered: FxHashMap<i64, BTreeSet<(NodeId, NodeId)>> = FxHashMap::default();
     // Messages come sorted by send, so runs of them share window and pair: skip repeats.
     let mut last = None;
+    // Judged by when messages were actually delivered: a TCP segment retransmitted after
+    // the heal was not delivered while its first copy was lost.
     for &(s, r) in &m.messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
-        let key = (win(corr(s)), a.min(b), a.max(b));
+        let key = (win(corr(r)), a.min(b), a.max(b));
         if a != b && last != Some(key) {
             delivered.entry(key.0).or_default().insert((key.1, key.2));
             last = Some(key);
@@ -584,7 +672,7 @@ fn partition_anomaly(trace: &Trace, (w0, w1, islands, events): (i64, i64, Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::super::matching::{MatchIndex, match_messages, resolve_by_time};
-    use super::super::testkit::{Ev, SameClock, addr, after_lost, recv, send, trace, udp};
+    use super::super::testkit::{Ev, SameClock, addr, after_lost, recv, send, trace, trace_in, udp};
     use super::*;
 
     const MS: i64 = 1_000_000;
@@ -804,5 +892,68 @@ mod tests {
             stalls[0].text
         );
         assert!(of(&found, Kind::Partition).is_empty(), "a dead node is no island: {:?}", of(&found, Kind::Partition));
+    }
+
+    #[test]
+    fn data_sent_to_a_closed_connection_is_no_network_loss() {
+        use super::super::testkit::{tcp, tcp_ev, tcp_segment};
+        let (a, b) = (addr(0), addr(1));
+        let data = |seq| tcp(a, b, seq, 100);
+        let fin = || tcp_segment(b, a, (8000, 40000), 1, 0, 0x11);
+        let rst = || tcp_segment(b, a, (8000, 40000), 1, 0, 0x14);
+        let t = trace(vec![
+            vec![
+                tcp_ev(1000 * MS, Dir::Send, data(1)),
+                tcp_ev(1501 * MS, Dir::Recv, fin()),
+                tcp_ev(2000 * MS, Dir::Send, data(101)),
+                tcp_ev(2001 * MS, Dir::Recv, rst()),
+            ],
+            vec![tcp_ev(1001 * MS, Dir::Recv, data(1)), tcp_ev(1500 * MS, Dir::Send, fin())],
+        ]);
+        let found = anomalies(&t);
+        assert!(of(&found, Kind::NetworkLoss).is_empty(), "{found:?}");
+        let closed = of(&found, Kind::ClosedConnection);
+        assert_eq!(closed.len(), 1, "{found:?}");
+        assert!(
+            closed[0].text.starts_with("n1 sent 1 TCP segment(s) on 10.0.0.1:40000 → 10.0.0.2:8000 after n2 had closed"),
+            "{}",
+            closed[0].text
+        );
+        // Without the close, the same segment is a network loss.
+        let t = trace(vec![
+            vec![tcp_ev(1000 * MS, Dir::Send, data(1)), tcp_ev(2000 * MS, Dir::Send, data(101))],
+            vec![tcp_ev(1001 * MS, Dir::Recv, data(1)), tcp_ev(1500 * MS, Dir::Send, tcp_segment(b, a, (8000, 40000), 1, 0, 0x10))],
+        ]);
+        assert_eq!(of(&anomalies(&t), Kind::NetworkLoss).len(), 1);
+    }
+
+    /// Clocks that could not be estimated (assumed NTP-aligned).
+    struct Unknown;
+    impl TimeMap for Unknown {
+        fn corrected(&self, _: NodeId, t_raw: i64) -> i64 {
+            t_raw
+        }
+        fn uncertainty(&self, _: NodeId) -> i64 {
+            0
+        }
+        fn known(&self, _: NodeId) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn one_way_traffic_to_a_node_that_never_sends_is_judged_with_an_ntp_margin() {
+        // n1 sends 40 datagrams to n2 over 4 s; n2 takes only the first 10 and never sends.
+        let msgs: Vec<(i64, u8, u8, bool)> = (0..40).map(|k| (1000 * MS + k * 100 * MS, 0, 1, k < 10)).collect();
+        let t = trace_in(traffic(2, &msgs), (0, 4950 * MS));
+        let index = MatchIndex::new(&t);
+        let mut m = match_messages(&t, &index);
+        resolve_by_time(&mut m, &t, &index, &Unknown);
+        let describe = |id: EventId| format!("event {id}");
+        let found = find(&Context { trace: &t, matching: &m, clocks: &Unknown, describe: &describe, missing_nodes: &[] });
+        let losses = of(&found, Kind::NetworkLoss);
+        // Sends 10..=39 at 2.0 to 4.9 s, minus those within 250 ms (+20 ms) of the end at 4.95 s.
+        assert_eq!(losses.len(), 27, "{found:?}");
+        assert!(losses.iter().all(|l| l.nodes.as_slice() == [0, 1]));
     }
 }

@@ -104,6 +104,9 @@ impl TimeMap for Clocks {
     fn uncertainty(&self, node: NodeId) -> i64 {
         self.nodes[node as usize].uncertainty_ns.unwrap_or(0)
     }
+    fn known(&self, node: NodeId) -> bool {
+        self.nodes[node as usize].uncertainty_ns.is_some()
+    }
 }
 
 #[derive(Default)]

@@ -71,15 +71,17 @@ pub struct Matching {
     pub ambiguous: Vec<u32>,
 }
 
-/// Maps an address to the recorded node that sends from it.
+/// Maps an address to the one recorded node that owns it (sends from it, or receives on
+/// it). An address two nodes use (a virtual IP that moved, NAT) belongs to neither: who
+/// should have received a packet sent to it cannot be told.
 pub fn address_owners(trace: &Trace) -> HashMap<AddrId, NodeId> {
-    let mut m = HashMap::new();
+    let mut m: HashMap<AddrId, Option<NodeId>> = HashMap::new();
     for (i, n) in trace.nodes.iter().enumerate() {
         for a in &n.addrs {
-            m.insert(*a, i as NodeId);
+            m.entry(*a).and_modify(|o| *o = None).or_insert(Some(i as NodeId));
         }
     }
-    m
+    m.into_iter().filter_map(|(a, o)| Some((a, o?))).collect()
 }
 
 pub fn is_group_address(a: IpAddr) -> bool {
@@ -93,6 +95,10 @@ pub fn is_group_address(a: IpAddr) -> bool {
 pub trait TimeMap {
     fn corrected(&self, node: NodeId, t_raw: i64) -> i64;
     fn uncertainty(&self, node: NodeId) -> i64;
+    /// Whether the node's clock was estimated at all (otherwise it is assumed NTP-aligned).
+    fn known(&self, _node: NodeId) -> bool {
+        true
+    }
 }
 
 /// One keyed event in the index, with what matching needs of it, so that the passes

@@ -19,18 +19,23 @@ pub fn udp(src: [u8; 4], dst: [u8; 4], ip_id: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A TCP segment 40000 → 8000 carrying `len` bytes from `seq`, of which the first 16
-/// are captured (as a snaplen would); `flags` 0x18 is PSH|ACK.
+/// are captured (as a snaplen would), with PSH|ACK.
 pub fn tcp(src: [u8; 4], dst: [u8; 4], seq: u32, len: u32) -> (Vec<u8>, u32) {
+    tcp_segment(src, dst, (40000, 8000), seq, len, 0x18)
+}
+
+/// A TCP segment with the given ports and flags (0x01 FIN, 0x04 RST, 0x10 ACK, 0x18 PSH|ACK).
+pub fn tcp_segment(src: [u8; 4], dst: [u8; 4], (sport, dport): (u16, u16), seq: u32, len: u32, flags: u8) -> (Vec<u8>, u32) {
     let total = 40 + len;
     let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 6, 0, 0];
     p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     p.extend_from_slice(&src);
     p.extend_from_slice(&dst);
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&8000u16.to_be_bytes());
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(&1u32.to_be_bytes());
-    p.extend_from_slice(&[0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+    p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
     p.extend((0..len.min(16)).map(|i| (seq.wrapping_add(i) % 251) as u8));
     (p, total)
 }

@@ -338,7 +338,14 @@ impl TraceBuilder {
         }
         let events = &mut self.trace.events[range.clone()];
         events.sort_by_key(|e| (e.t_raw, e.cpu, e.seq));
-        let mut addrs: Vec<AddrId> = events.iter().filter(|e| e.dir == Dir::Send).map(|e| e.src).collect();
+        // Its addresses: those it sends from, and the unicast ones it receives on (a node
+        // that only listens owns an address too, so a loss to it can be seen).
+        let all_addrs = &self.trace.addrs;
+        let own = |a: AddrId| {
+            let ip = all_addrs[a as usize];
+            !(ip.is_loopback() || ip.is_unspecified() || super::matching::is_group_address(ip))
+        };
+        let mut addrs: Vec<AddrId> = events.iter().map(|e| if e.dir == Dir::Send { e.src } else { e.dst }).filter(|&a| own(a)).collect();
         addrs.sort_unstable();
         addrs.dedup();
         let info = &mut self.trace.nodes[node];
@@ -489,7 +496,11 @@ mod tests {
         assert_eq!(t.node_events(1).len(), 2);
         assert!(t.node_events(1).iter().all(|e| e.node == 1 && e.dir == Dir::Recv));
         assert_eq!(t.nodes[0].addrs.iter().map(|&a| t.addr(a)).collect::<Vec<_>>(), vec![IpAddr::from(addr(0))]);
-        assert!(t.nodes[1].addrs.is_empty(), "n2 sent nothing");
+        assert_eq!(
+            t.nodes[1].addrs.iter().map(|&a| t.addr(a)).collect::<Vec<_>>(),
+            vec![IpAddr::from(addr(1))],
+            "n2 only received, on its own address"
+        );
         assert_eq!(t.payload(&t.node_events(0)[0]), b"A");
         assert_eq!(t.node_by_name("n2"), Some(1));
         assert!(t.nodes.iter().all(|n| n.direction_recorded));

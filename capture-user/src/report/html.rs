@@ -19,7 +19,7 @@ use crate::analysis::trace::Dir;
 const TEMPLATE: &str = include_str!("../../../templates/timeline.html");
 
 /// Anomaly kinds, in the bit order the page uses.
-pub const KINDS: [Kind; 10] = [
+pub const KINDS: [Kind; 11] = [
     Kind::NetworkLoss,
     Kind::RecorderLoss,
     Kind::Duplicate,
@@ -28,6 +28,7 @@ pub const KINDS: [Kind; 10] = [
     Kind::Unanswered,
     Kind::Partition,
     Kind::StalledNode,
+    Kind::ClosedConnection,
     Kind::MissingNode,
     Kind::Contradiction,
 ];
