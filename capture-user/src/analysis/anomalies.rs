@@ -283,7 +283,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             v.iter().find(|&&(at, rst)| at <= t || (rst && at <= t + RST_ANSWER_NS)).map(|&(_, rst)| if rst { "RST" } else { "FIN" })
         })
     };
-    let mut closed: BTreeMap<(AddrId, u16, AddrId, u16), (Vec<EventId>, NodeId, &str)> = BTreeMap::new();
+    let mut closed: BTreeMap<Flow, (Vec<EventId>, NodeId, &str)> = BTreeMap::new();
     losses.retain(|&(s, r)| match closed_by(s) {
         Some(how) => {
             let e = &trace.events[s as usize];
@@ -459,13 +459,16 @@ pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswer
 }
 
 /// Windows in which the nodes that still talk split into islands, with losses across.
+/// One direction of a flow: source address and port, destination address and port.
+type Flow = (AddrId, u16, AddrId, u16);
+
 /// TCP FINs and RSTs per flow, as sent by their sender (source addr, port, dest addr,
 /// port): (corrected time, is RST), in time order. Seen from either end: the closing node's
 /// send, or its peer's receive.
-fn tcp_closes(trace: &Trace, corr: &dyn Fn(EventId) -> i64) -> FxHashMap<(AddrId, u16, AddrId, u16), Vec<(i64, bool)>> {
+fn tcp_closes(trace: &Trace, corr: &dyn Fn(EventId) -> i64) -> FxHashMap<Flow, Vec<(i64, bool)>> {
     const FIN: u8 = 0x01;
     const RST: u8 = 0x04;
-    let mut m: FxHashMap<(AddrId, u16, AddrId, u16), Vec<(i64, bool)>> = FxHashMap::default();
+    let mut m: FxHashMap<Flow, Vec<(i64, bool)>> = FxHashMap::default();
     for (i, e) in trace.events.iter().enumerate() {
         if e.proto == ProtoCode::Tcp && e.tcp_flags & (FIN | RST) != 0 {
             m.entry((e.src, e.sport, e.dst, e.dport)).or_default().push((corr(i as EventId), e.tcp_flags & RST != 0));
