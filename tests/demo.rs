@@ -51,10 +51,13 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
     let dir = tempdir("demo");
     let root = bins::root();
     let (stdout, _) = run_demo(&dir, &[]);
-    let h = stdout.split("wgo report says:").next().unwrap();
-    assert!(h.contains("lossy link node1 → node3") && h.contains("TASKs lost"), "names the lossy link: {h}");
+    // The findings: the summary before its details.
+    let h = stdout.split("Details:").next().unwrap();
+    assert!(h.contains("What went wrong ("), "{h}");
+    assert!(h.contains("lossy link node1 → node3: "), "names the lossy link: {h}");
+    assert_eq!(h.matches("lossy link").count(), 1, "and no other: {h}");
     assert!(
-        h.contains("aborted ballot") && h.contains("member rejoined") && h.contains("from node5"),
+        h.contains("no-aborted-ballots violated") && h.contains("member rejoined") && h.contains("from node5"),
         "names the aborted ballot and why: {h}"
     );
     assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "names the two islands: {h}");
@@ -82,11 +85,11 @@ fn the_crash_demo_triggers_by_itself_and_names_the_crash_and_the_dead_node() {
     assert!(stderr.contains("complete: 5 dump(s)"), "wgo serve filed one complete incident: {stderr}");
     let trigger = stdout.lines().find(|l| l.starts_with("The trigger, sent by an agent on its own:")).expect("the trigger line");
     assert!(trigger.contains("node3: wgo-demo-app (pid ") && trigger.ends_with("killed by SIGSEGV"), "{trigger}");
-    let h = stdout.split("wgo report says:").next().unwrap();
+    let report = stdout.split("alone:\n").nth(1).unwrap();
+    assert!(report.starts_with("Triggered: node3: wgo-demo-app"), "{report}");
+    let h = report.split("Details:").next().unwrap();
     assert!(h.contains("node3 stalled: it sent nothing from") && h.contains("to the end of its recording"), "the dead node: {h}");
     assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "the real partition: {h}");
     assert_eq!(h.matches("partition into").count(), 1, "and no partition made of the dead node: {h}");
-    let report = stdout.split("wgo report says:").nth(1).unwrap();
-    assert!(report.trim_start().starts_with("Triggered: node3: wgo-demo-app"), "{report}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -29,9 +29,7 @@ pub struct DemoOptions<'a> {
 pub struct DemoOutcome {
     /// Why the trigger went out (the crash variant: the crash).
     pub trigger: Option<String>,
-    /// What went wrong, one line per fault, as wgo found it.
-    pub headline: String,
-    /// `wgo report`'s own summary.
+    /// `wgo report`'s summary: its ranked findings, then the details.
     pub report: String,
     pub timeline: PathBuf,
     pub json: PathBuf,
@@ -211,11 +209,10 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
         .arg(&json)
         .env("WGO_LOG", "warn"))?;
     let report = String::from_utf8_lossy(&rep.stdout).into_owned();
-    let headline = headline(&json)?;
     drop(apps);
     drop(bed);
     log("removed the namespaces, cgroups, links and processes");
-    Ok(DemoOutcome { trigger, headline, report, timeline, json })
+    Ok(DemoOutcome { trigger, report, timeline, json })
 }
 
 /// Presses the button from node1 and collects all five dumps; returns where they are.
@@ -251,142 +248,5 @@ fn wait_for_incident(stop: &AtomicBool, root: &Path, timeout: Duration) -> anyho
             bail!("no incident was reported in {} within {} s", root.display(), timeout.as_secs());
         }
         pause(stop, Duration::from_millis(100))?;
-    }
-}
-
-/// What went wrong, from the report alone: the lossiest link, the aborted ballots and why,
-/// the stalled nodes, the islands.
-pub fn headline(json: &Path) -> anyhow::Result<String> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(json)?).context("reading the report")?;
-    let label: std::collections::HashMap<u64, String> = v["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| (e["id"].as_u64().unwrap_or(0), e["label"].as_str().unwrap_or("").to_string()))
-        .collect();
-    let all: Vec<&serde_json::Value> = v["anomalies"].as_array().into_iter().flatten().collect();
-    let kind = |k: &'static str| all.iter().copied().filter(move |a| a["kind"] == k);
-    let mut lines = Vec::new();
-    // The link that lost the most while the cluster was not partitioned (a partition loses
-    // everything across it, and is reported on its own).
-    // A partition's span is known to one detection window: a loss across its islands up
-    // to a window before or after it belongs to it too.
-    let window = wgo::analysis::anomalies::PARTITION_WINDOW_NS;
-    let partitions: Vec<(i64, i64, Vec<Vec<String>>)> = kind("partition")
-        .filter_map(|a| {
-            let islands = a["islands"]
-                .as_array()?
-                .iter()
-                .map(|i| i.as_array().into_iter().flatten().filter_map(|n| Some(n.as_str()?.to_string())).collect())
-                .collect();
-            Some((a["span_ns"][0].as_i64()?, a["span_ns"][1].as_i64()?, islands))
-        })
-        .collect();
-    let in_partition = |a: &serde_json::Value| {
-        let island = |islands: &[Vec<String>], n: &serde_json::Value| {
-            islands.iter().position(|i| n.as_str().is_some_and(|n| i.iter().any(|x| x == n)))
-        };
-        a["span_ns"][0].as_i64().is_some_and(|t| {
-            partitions.iter().any(|(x, y, islands)| {
-                x - window <= t && t < y + window && island(islands, &a["nodes"][0]) != island(islands, &a["nodes"][1])
-            })
-        })
-    };
-    // Likewise a loss to (or from) a node while it was stalled belongs to the stall.
-    let stalls: Vec<(i64, i64, String)> = kind("stalled_node")
-        .filter_map(|a| Some((a["span_ns"][0].as_i64()?, a["span_ns"][1].as_i64()?, a["nodes"][0].as_str()?.to_string())))
-        .collect();
-    let in_stall = |a: &serde_json::Value| {
-        a["span_ns"][0].as_i64().is_some_and(|t| {
-            stalls.iter().any(|(x, y, n)| *x <= t && t <= *y && (a["nodes"][0] == n.as_str() || a["nodes"][1] == n.as_str()))
-        })
-    };
-    let mut links: std::collections::BTreeMap<(String, String), (usize, usize)> = std::collections::BTreeMap::new();
-    for a in kind("network_loss").filter(|a| !in_partition(a) && !in_stall(a)) {
-        let nodes = a["nodes"].as_array().cloned().unwrap_or_default();
-        if nodes.len() < 2 {
-            continue;
-        }
-        let key = (nodes[0].as_str().unwrap_or("?").to_string(), nodes[1].as_str().unwrap_or("?").to_string());
-        let is_task = a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK"));
-        let e = links.entry(key).or_default();
-        if is_task { e.0 += 1 } else { e.1 += 1 }
-    }
-    // Ranked by every message lost: TASKs alone are too few to tell links apart reliably.
-    if let Some(((from, to), (tasks, other))) = links.iter().filter(|(_, c)| c.0 > 0).max_by_key(|(_, c)| c.0 + c.1) {
-        let retried = kind("retransmission")
-            .filter(|a| a["events"][0].as_u64().and_then(|e| label.get(&e)).is_some_and(|l| l.starts_with("TASK")))
-            .count();
-        lines.push(format!(
-            "lossy link {from} → {to}: {tasks} TASKs lost outside the partition and stalls (and {other} other messages); {retried} TASKs had to be retried"
-        ));
-    }
-    // Aborted ballots, with what set them off.
-    let aborts: Vec<&str> = v["violations"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| x["name"] == "no-aborted-ballots")
-        .filter_map(|x| x["text"].as_str())
-        .collect();
-    let rejoin: Vec<&&str> = aborts.iter().filter(|t| t.contains("member rejoined")).collect();
-    if let Some(first) = rejoin.first() {
-        lines.push(format!(
-            "aborted ballot: {first} — an ex-member's heartbeat arrived mid-vote ({} such aborts, {} aborts in all)",
-            rejoin.len(),
-            aborts.len()
-        ));
-    }
-    for a in kind("stalled_node") {
-        lines.push(a["text"].as_str().unwrap_or("").to_string());
-    }
-    for a in kind("partition") {
-        let islands: Vec<String> = a["islands"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|i| format!("{{{}}}", i.as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect::<Vec<_>>().join(", ")))
-            .collect();
-        if islands.len() >= 2 {
-            lines.push(a["text"].as_str().unwrap_or("").to_string());
-        }
-    }
-    if lines.is_empty() {
-        lines.push("nothing went wrong that wgo could see".into());
-    }
-    Ok(lines.iter().enumerate().map(|(i, l)| format!("  {}. {l}", i + 1)).collect::<Vec<_>>().join("\n"))
-}
-
-#[cfg(test)]
-mod tests {
-    /// Losses across the islands just outside a partition's detected span (it is known to
-    /// one window) belong to the partition, not to a lossy link.
-    #[test]
-    fn headline_counts_losses_at_a_partitions_edges_as_the_partitions() {
-        let w = wgo::analysis::anomalies::PARTITION_WINDOW_NS;
-        let (start, end) = (10 * w, 17 * w);
-        let loss = |id: u64, t: i64, to: &str| serde_json::json!({"kind": "network_loss", "events": [id], "nodes": ["node1", to], "span_ns": [t, t]});
-        let mut anomalies = vec![serde_json::json!({
-            "kind": "partition", "events": [], "text": "partition", "span_ns": [start, end],
-            "islands": [["node1", "node2"], ["node3", "node4"]],
-        })];
-        let mut events = Vec::new();
-        // node1 → node4: five TASKs lost in the window before the detected start.
-        for i in 0..5 {
-            events.push(serde_json::json!({"id": i, "label": "TASK"}));
-            anomalies.push(loss(i, start - w / 2, "node4"));
-        }
-        // node1 → node3: three TASKs lost long before the partition: the lossy link.
-        for i in 5..8 {
-            events.push(serde_json::json!({"id": i, "label": "TASK"}));
-            anomalies.push(loss(i, start - 8 * w, "node3"));
-        }
-        let dir = std::env::temp_dir().join(format!("wgo-headline-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let json = dir.join("report.json");
-        std::fs::write(&json, serde_json::json!({"events": events, "anomalies": anomalies, "violations": []}).to_string()).unwrap();
-        let headline = super::headline(&json).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(headline.contains("lossy link node1 → node3: 3 TASKs"), "{headline}");
     }
 }

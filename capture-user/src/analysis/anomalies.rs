@@ -458,7 +458,6 @@ pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswer
     out.extend(contradictions.into_iter().map(|text| Anomaly::new(Kind::Contradiction, Vec::new(), text)));
 }
 
-/// Windows in which the nodes that still talk split into islands, with losses across.
 /// One direction of a flow: source address and port, destination address and port.
 type Flow = (AddrId, u16, AddrId, u16);
 

@@ -9,7 +9,6 @@
 //! - Broadcast and multicast: one send, at most one receive per node.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 
 use super::trace::{AddrId, Dir, Event, EventId, NodeId, ProtoCode, Trace};
 
@@ -84,12 +83,7 @@ pub fn address_owners(trace: &Trace) -> HashMap<AddrId, NodeId> {
     m.into_iter().filter_map(|(a, o)| Some((a, o?))).collect()
 }
 
-pub fn is_group_address(a: IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v4) => v4.is_broadcast() || v4.is_multicast() || v4.octets()[3] == 255,
-        IpAddr::V6(v6) => v6.is_multicast(),
-    }
-}
+pub use super::trace::is_group_address;
 
 /// Corrected time of an event and the uncertainty of its node's clock, ns.
 pub trait TimeMap {
@@ -402,6 +396,7 @@ fn match_tcp_flow(trace: &Trace, sends: &[EventId], recvs: &[EventId], m: &mut M
 mod tests {
     use super::super::testkit::{BROADCAST, Offsets, SameClock, addr, recv, send, tcp, tcp_ev, trace, udp};
     use super::*;
+    use std::net::IpAddr;
 
     fn matched(t: &Trace) -> Matching {
         let index = MatchIndex::new(t);

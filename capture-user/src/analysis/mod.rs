@@ -4,11 +4,12 @@
 //! A one-way chain, each module using only those before it: [`fmt`] → [`trace`] (read
 //! dumps) → [`spec`] → [`matching`] (certain messages) → [`clocks`] (estimated from
 //! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
-//! → [`order`] (happens-before) → [`anomalies`]. This file runs the chain; `report`
+//! → [`order`] (happens-before) → [`anomalies`] → [`diagnosis`] (ranked findings). This file runs the chain; `report`
 //! turns its [`Analysis`] into JSON, pcapng, HTML and text.
 
 pub mod anomalies;
 pub mod clocks;
+pub mod diagnosis;
 pub mod fmt;
 pub mod matching;
 pub mod order;
@@ -42,6 +43,8 @@ pub struct Analysis {
     pub rule_edge_list: Vec<(EventId, EventId)>,
     pub violations: Vec<Violation>,
     pub anomalies: Vec<Anomaly>,
+    /// What went wrong, ranked: most important and earliest first.
+    pub findings: Vec<diagnosis::Finding>,
 }
 
 #[derive(Default)]
@@ -155,7 +158,24 @@ fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOn
     anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
     violations.extend(inv);
     phase.done("anomalies from the order");
-    (Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies }, streamed)
+    let corrected = |id: EventId| {
+        let e = &trace.events[id as usize];
+        matching::TimeMap::corrected(&clocks, e.node, e.t_raw)
+    };
+    let findings = diagnosis::diagnose(&diagnosis::Inputs {
+        trace: &trace,
+        matching: &matching,
+        clocks: &clocks,
+        anomalies: &anomalies,
+        violations: &violations,
+        answered: &unanswered,
+        corrected: &corrected,
+    });
+    phase.done("diagnosis");
+    (
+        Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies, findings },
+        streamed,
+    )
 }
 
 /// Edges of a contradicting cycle named in its text.

@@ -135,6 +135,14 @@ pub enum TraceError {
     Empty,
 }
 
+/// A broadcast or multicast address (an IPv4 address ending in .255 counts as broadcast).
+pub fn is_group_address(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_broadcast() || v4.is_multicast() || v4.octets()[3] == 255,
+        IpAddr::V6(v6) => v6.is_multicast(),
+    }
+}
+
 impl Trace {
     /// Why the trigger was sent, as the dumps say: one reason, or several where nodes
     /// answered different triggers.
@@ -343,7 +351,7 @@ impl TraceBuilder {
         let all_addrs = &self.trace.addrs;
         let own = |a: AddrId| {
             let ip = all_addrs[a as usize];
-            !(ip.is_loopback() || ip.is_unspecified() || super::matching::is_group_address(ip))
+            !(ip.is_loopback() || ip.is_unspecified() || is_group_address(ip))
         };
         let mut addrs: Vec<AddrId> = events.iter().map(|e| if e.dir == Dir::Send { e.src } else { e.dst }).filter(|&a| own(a)).collect();
         addrs.sort_unstable();

@@ -294,7 +294,29 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
     w.write_all(b"]")?;
     w.write_all(b",\"violations\":")?;
     serde_json::to_writer(&mut *w, &a.violations)?;
+    w.write_all(b",\"findings\":")?;
+    serde_json::to_writer(&mut *w, &findings_json(a))?;
     w.write_all(b"}\n")
+}
+
+/// The ranked findings as JSON values.
+pub fn findings_json(a: &Analysis) -> Vec<serde_json::Value> {
+    let name = |n: &u16| a.trace.nodes[*n as usize].name.as_str();
+    a.findings
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            serde_json::json!({
+                "rank": k + 1,
+                "kind": f.kind,
+                "nodes": f.nodes.iter().map(name).collect::<Vec<_>>(),
+                "links": f.links.iter().map(|(x, y)| [name(x), name(y)]).collect::<Vec<_>>(),
+                "span_ns": f.span,
+                "text": f.text,
+                "evidence": f.evidence,
+            })
+        })
+        .collect()
 }
 
 /// Analyzes and writes the JSON report to `out`. The events are written while the order

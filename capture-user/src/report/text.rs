@@ -1,4 +1,5 @@
-//! The summary `wgo report` prints: clocks, then what went wrong, most important first.
+//! The summary `wgo report` prints: the trigger's reason, the ranked findings, then the
+//! details: clocks and every anomaly by kind.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,6 +15,21 @@ pub fn summary(a: &Analysis) -> String {
     for r in t.trigger_reasons() {
         let _ = writeln!(s, "Triggered: {r}");
     }
+    match a.findings.len() {
+        0 if a.anomalies.is_empty() && a.violations.is_empty() => {
+            let _ = writeln!(s, "No findings: nothing went wrong that wgo can see.");
+        }
+        0 => {
+            let _ = writeln!(s, "No findings: nothing stands out (the details list {} smaller anomalies).", a.anomalies.len());
+        }
+        n => {
+            let _ = writeln!(s, "What went wrong ({n} finding{}, most important and earliest first):", if n == 1 { "" } else { "s" });
+            for (k, f) in a.findings.iter().enumerate() {
+                let _ = writeln!(s, "  {}. {}", k + 1, f.text);
+            }
+        }
+    }
+    let _ = writeln!(s, "Details:");
     let _ = writeln!(
         s,
         "{} nodes, {} events, {} messages matched, {} rule edges; clocks relative to {}:",

@@ -53,9 +53,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(t) = &out.trigger {
         println!("\nThe trigger, sent by an agent on its own: {t}");
     }
-    println!("\nWhat went wrong, as wgo found it from the packets and examples/demo.toml alone:");
-    println!("{}", out.headline);
-    println!("\nwgo report says:\n{}", out.report);
+    println!("\nwgo report, from the packets and examples/demo.toml alone:\n{}", out.report);
     println!("timeline: {}", out.timeline.display());
     println!("json:     {}", out.json.display());
     eprintln!("demo: done in {:.0} s", started.elapsed().as_secs_f64());
