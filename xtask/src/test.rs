@@ -10,6 +10,7 @@ const FUZZ_SECONDS: u32 = 20;
 pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::build::all()?;
     crate::setup::packages(crate::setup::TEST_PACKAGES)?;
+    crate::setup::packages(wgo_tests::corpus::PACKAGES)?;
     crate::setup::browser_test_packages()?;
     if extra.is_empty() {
         lint()?;

@@ -11,6 +11,11 @@ use super::trace::{AddrId, Dir, EventId, NodeId, ProtoCode, Trace};
 
 /// Time window for partition detection, ns.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
+/// A partition is claimed on at least this many messages lost across it, over two windows or more.
+pub const PARTITION_MIN_LOST: usize = 3;
+/// Windows with the same islands and nothing delivered across in between are one partition
+/// when at most this many windows apart.
+const PARTITION_MAX_GAP: i64 = 40;
 /// A payload sent this many times by one node within `STORM_WINDOW_NS` is a retry storm.
 pub const STORM_COUNT: usize = 5;
 pub const STORM_WINDOW_NS: i64 = 1_000_000_000;
@@ -534,7 +539,15 @@ pub fn stalls(
         if spans.is_empty() {
             continue;
         }
-        let received: Vec<i64> = range.clone().filter(|&i| trace.events[i].dir == Dir::Recv).map(|i| corr(i as EventId)).collect();
+        // What its peers sent it: messages that say something (not the kernel's TCP ACKs).
+        let received: Vec<i64> = range
+            .clone()
+            .filter(|&i| {
+                let e = &trace.events[i];
+                e.dir == Dir::Recv && (e.proto != ProtoCode::Tcp || e.payload_len > 0)
+            })
+            .map(|i| corr(i as EventId))
+            .collect();
         let lost_to: Vec<i64> = losses.iter().filter(|(_, r)| *r == x).map(|(s, _)| corr(*s)).collect();
         for (from, to, until_end, last_send) in spans {
             let inside = |t: &&i64| from < **t && **t < to;
@@ -545,7 +558,16 @@ pub fn stalls(
             }
         }
     }
-    out
+    // A node whose last word was a request to a stalled peer, and that speaks again once
+    // that peer does, was waiting for it: the peer's stall, not its own.
+    let owners = address_owners(trace);
+    let waiting = |x: &Stall| {
+        let Some(dst) = x.last_send.map(|s| trace.events[s as usize].dst) else { return false };
+        let Some(&peer) = owners.get(&dst) else { return false };
+        out.iter().any(|y| y.node == peer && y.node != x.node && y.from <= x.from && x.to <= y.to + STALL_MIN_NS)
+    };
+    let keep: Vec<bool> = out.iter().map(|x| !waiting(x)).collect();
+    out.into_iter().zip(keep).filter_map(|(x, k)| k.then_some(x)).collect()
 }
 
 fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &dyn Fn(EventId) -> i64, stalls: &[Stall]) -> Vec<Anomaly> {
@@ -554,17 +576,18 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
         return Vec::new();
     }
     let win = |t: i64| t.div_euclid(PARTITION_WINDOW_NS);
-    let mut delivered: FxHashMap<i64, BTreeSet<(NodeId, NodeId)>> = FxHashMap::default();
-    // Messages come sorted by send, so runs of them share window and pair: skip repeats.
-    let mut last = None;
-    // Judged by when messages were actually delivered: a TCP segment retransmitted after
-    // the heal was not delivered while its first copy was lost.
+    // Per window, the pairs of nodes that delivered to each other, with the last delivery's
+    // time. Judged by when messages were actually delivered: a TCP segment retransmitted
+    // after the heal was not delivered while its first copy was lost.
+    // Per window, the pairs of nodes that delivered to each other, with the first and last
+    // delivery's time.
+    let mut delivered: FxHashMap<i64, BTreeMap<(NodeId, NodeId), (i64, i64)>> = FxHashMap::default();
     for &(s, r) in &m.messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
-        let key = (win(corr(r)), a.min(b), a.max(b));
-        if a != b && last != Some(key) {
-            delivered.entry(key.0).or_default().insert((key.1, key.2));
-            last = Some(key);
+        if a != b {
+            let t = corr(r);
+            let span = delivered.entry(win(t)).or_default().entry((a.min(b), a.max(b))).or_insert((t, t));
+            *span = (span.0.min(t), span.1.max(t));
         }
     }
     let mut failed: BTreeMap<i64, Vec<(NodeId, NodeId, EventId)>> = BTreeMap::new();
@@ -589,7 +612,12 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
             x
         }
         let mut active = BTreeSet::new();
-        for &(a, b) in delivered.get(w).into_iter().flatten() {
+        // A pair that delivered early in the window, then lost a message and delivered no
+        // more, was cut within it: what got through before does not undo the cut.
+        let first_loss = |a: NodeId, b: NodeId| {
+            fails.iter().filter(|f| (f.0.min(f.1), f.0.max(f.1)) == (a, b)).map(|f| corr(f.2)).min().unwrap_or(i64::MIN)
+        };
+        for (&(a, b), _) in delivered.get(w).into_iter().flatten().filter(|(p, span)| span.1 >= first_loss(p.0, p.1)) {
             active.insert(a);
             active.insert(b);
             let (ra, rb) = (root(&mut parent, a as usize), root(&mut parent, b as usize));
@@ -621,28 +649,48 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
         isl.sort();
         found.push((*w, isl, crossing));
     }
-    // Merge consecutive windows with the same islands (a window without losses between
-    // two with the same split does not end it).
+    // Merge windows with the same islands while nothing is delivered across them in between
+    // (quiet windows do not end a partition; a message across does, also one that got
+    // through within a window before its losses).
+    let crosses = |from: i64, to: i64, isl: &[Vec<NodeId>]| {
+        let side = |n: NodeId| isl.iter().position(|i| i.contains(&n));
+        (win(from)..=win(to)).any(|k| {
+            delivered.get(&k).is_some_and(|pairs| {
+                pairs.iter().any(|(&(a, b), &(first, last))| {
+                    side(a).is_some() && side(b).is_some() && side(a) != side(b) && first < to && last > from
+                })
+            })
+        })
+    };
     let mut out: Vec<Anomaly> = Vec::new();
     // (first window, last window, islands, crossing losses) of the partition being merged.
     type Open = (i64, i64, Vec<Vec<NodeId>>, Vec<EventId>);
     let mut cur: Option<Open> = None;
+    let close = |c: Open, out: &mut Vec<Anomaly>| {
+        // One lost message in a quiet moment is no partition: a lossy link does that too.
+        if c.3.len() >= PARTITION_MIN_LOST && c.1 > c.0 {
+            out.push(partition_anomaly(trace, c));
+        }
+    };
+    let loss_times = |ev: &[EventId]| (ev.iter().map(|&e| corr(e)).min().unwrap_or(0), ev.iter().map(|&e| corr(e)).max().unwrap_or(0));
     for (w, isl, ev) in found {
         match &mut cur {
-            Some((_, end, ci, cev)) if *ci == isl && w - *end <= 2 => {
+            Some((_, end, ci, cev))
+                if *ci == isl && w - *end <= PARTITION_MAX_GAP && !crosses(loss_times(cev).1, loss_times(&ev).0, ci) =>
+            {
                 *end = w;
                 cev.extend(ev);
             }
             _ => {
                 if let Some(c) = cur.take() {
-                    out.push(partition_anomaly(trace, c));
+                    close(c, &mut out);
                 }
                 cur = Some((w, w, isl, ev));
             }
         }
     }
     if let Some(c) = cur {
-        out.push(partition_anomaly(trace, c));
+        close(c, &mut out);
     }
     out
 }
@@ -758,10 +806,15 @@ mod tests {
         for (k, (a, b)) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)].into_iter().enumerate() {
             msgs.push((w / 2 + k as i64 * MS, a, b, true));
         }
-        // Split in windows 4 and 6, nothing in window 5; split again in window 20.
+        // Split in windows 4 and 6, nothing in window 5; healthy again in window 12; split
+        // again in windows 20 and 21.
         msgs.extend(split(4 * w + 10 * MS));
         msgs.extend(split(6 * w + 10 * MS));
+        for (k, (a, b)) in [(0, 2), (1, 3)].into_iter().enumerate() {
+            msgs.push((12 * w + k as i64 * MS, a, b, true));
+        }
         msgs.extend(split(20 * w + 10 * MS));
+        msgs.extend(split(21 * w + 10 * MS));
         let t = trace(traffic(4, &msgs));
         let found = anomalies(&t);
         let parts = of(&found, Kind::Partition);
@@ -774,8 +827,45 @@ mod tests {
             "{}",
             parts[0].text
         );
-        assert_eq!(parts[1].span, Some((20 * w, 21 * w)));
-        assert_eq!(of(&found, Kind::NetworkLoss).len(), 6, "each lost message is also a loss");
+        assert_eq!(parts[1].span, Some((20 * w, 22 * w)));
+        assert_eq!(of(&found, Kind::NetworkLoss).len(), 8, "each lost message is also a loss");
+    }
+
+    #[test]
+    fn a_partition_is_one_claim_across_quiet_windows_and_a_lone_loss_is_none() {
+        let w = PARTITION_WINDOW_NS;
+        // n1 ↔ n2 talk all along; n3 asks n1 once a second (a client that waits for its
+        // timeout): cut off from 2 s to 5 s, its requests are lost one per second.
+        let mut msgs = Vec::new();
+        for k in 0..32 {
+            msgs.push((k * w, 0, 1, true));
+            msgs.push((k * w + MS, 1, 0, true));
+        }
+        for s in 0..8 {
+            let t = s * 1000 * MS + 100 * MS;
+            let cut = (2000 * MS..5000 * MS).contains(&t);
+            msgs.push((t, 2, 0, !cut));
+            if !cut {
+                msgs.push((t + MS, 0, 2, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "one claim: {parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2]]);
+        assert_eq!(parts[0].span, Some((8 * w, 17 * w)));
+        // A lossy link: one request lost now and then, answered ones between. No partition.
+        let mut msgs: Vec<(i64, u8, u8, bool)> = (0..32).flat_map(|k| [(k * w, 0, 1, true), (k * w + MS, 1, 0, true)]).collect();
+        for s in 0..8 {
+            let t = s * 1000 * MS + 100 * MS;
+            let lost = s % 2 == 1;
+            msgs.push((t, 2, 0, !lost));
+            if !lost {
+                msgs.push((t + MS, 0, 2, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
     }
 
     #[test]
