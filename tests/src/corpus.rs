@@ -93,13 +93,16 @@ impl System {
                     .args(["--user=root", "--group=root", "--pid-file=", "--port=53"])
                     .arg(format!("--listen-address={}", ip(0)));
                 procs.push((n.name.clone(), n.spawn(&mut cmd)?));
+                // Three resolver users per client host, each asking in turn with a 1 s timeout.
                 for n in &bed.nodes[1..] {
-                    let script = format!(
-                        "i=0; while :; do i=$((i+1)); dig @{} +tries=1 +time=1 +short q$i.{}.wgo.test >/dev/null; sleep 0.05; done",
-                        ip(0),
-                        n.name
-                    );
-                    procs.push((n.name.clone(), n.spawn(n.command("sh")?.args(["-c", &script]))?));
+                    for user in 0..3 {
+                        let script = format!(
+                            "i=0; while :; do i=$((i+1)); dig @{} +tries=1 +time=1 +short q$i.u{user}.{}.wgo.test >/dev/null; sleep 0.05; done",
+                            ip(0),
+                            n.name
+                        );
+                        procs.push((n.name.clone(), n.spawn(n.command("sh")?.args(["-c", &script]))?));
+                    }
                 }
             }
             System::Redis => {
@@ -107,7 +110,9 @@ impl System {
                     let data = dir.join(format!("redis-{}", n.name));
                     std::fs::create_dir_all(&data)?;
                     let mut cmd = n.command("redis-server")?;
+                    // Replicas sync at once (Redis waits 5 s by default for more to join a diskless sync).
                     cmd.args(["--port", "6379", "--bind", &ip(k), "--protected-mode", "no", "--save", "", "--appendonly", "no"])
+                        .args(["--repl-diskless-sync-delay", "0"])
                         .args(["--daemonize", "no", "--logfile", ""])
                         .arg("--dir")
                         .arg(&data);

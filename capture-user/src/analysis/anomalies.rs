@@ -11,8 +11,14 @@ use super::trace::{AddrId, Dir, EventId, NodeId, ProtoCode, Trace};
 
 /// Time window for partition detection, ns.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
-/// A partition is claimed on at least this many messages lost across it, over two windows or more.
+/// A partition is claimed on at least this many messages lost across it...
 pub const PARTITION_MIN_LOST: usize = 3;
+/// ...over at least this many windows (1.5 s): a client that waits out a timeout after
+/// each loss on a lossy link falls as silent as a cut-off node, for about as long...
+pub const PARTITION_MIN_WINDOWS: i64 = 6;
+/// ...unless this many messages were lost across it, over two windows or more: a busy
+/// cluster shows a short partition plainly.
+pub const PARTITION_BUSY_LOST: usize = 10;
 /// Windows with the same islands and nothing delivered across in between are one partition
 /// when at most this many windows apart.
 const PARTITION_MAX_GAP: i64 = 40;
@@ -256,20 +262,27 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             losses.push((s, r));
         }
     }
-    // A TCP segment that only arrived as a later retransmission was lost the first time.
+    // A TCP segment that only arrived as a later retransmission was lost the first time,
+    // and so was every copy sent before the one that got through.
+    let mut copies: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         let e = &trace.events[first as usize];
-        if e.proto != ProtoCode::Tcp || e.payload_len == 0 {
+        if e.proto == ProtoCode::Tcp && e.payload_len > 0 {
+            copies.entry(first).or_default().push(again);
+        }
+    }
+    for (first, again) in copies {
+        let at = m.messages.partition_point(|&(x, _)| x < first);
+        let Some(&(x, r)) = m.messages.get(at) else { continue };
+        if x != first {
             continue;
         }
-        let at = m.messages.partition_point(|&(x, _)| x < first);
-        if let Some(&(x, r)) = m.messages.get(at)
-            && x == first
-            && corr(r) > corr(again)
-        {
-            let rn = trace.events[r as usize].node;
-            if !blind(rn, corr(first)) {
-                losses.push((first, rn));
+        let (got, rn) = (corr(r), trace.events[r as usize].node);
+        // The copy that got through is the last one sent before it arrived.
+        let sent: Vec<EventId> = std::iter::once(first).chain(again).filter(|&c| corr(c) < got).collect();
+        for &c in &sent[..sent.len().saturating_sub(1)] {
+            if !blind(rn, corr(c)) {
+                losses.push((c, rn));
             }
         }
     }
@@ -463,6 +476,9 @@ pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswer
     out.extend(contradictions.into_iter().map(|text| Anomaly::new(Kind::Contradiction, Vec::new(), text)));
 }
 
+/// First and last time, ns.
+type Span = (i64, i64);
+
 /// One direction of a flow: source address and port, destination address and port.
 type Flow = (AddrId, u16, AddrId, u16);
 
@@ -581,7 +597,7 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
     // after the heal was not delivered while its first copy was lost.
     // Per window, the pairs of nodes that delivered to each other, with the first and last
     // delivery's time.
-    let mut delivered: FxHashMap<i64, BTreeMap<(NodeId, NodeId), (i64, i64)>> = FxHashMap::default();
+    let mut delivered: FxHashMap<i64, BTreeMap<(NodeId, NodeId), Span>> = FxHashMap::default();
     for &(s, r) in &m.messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
         if a != b {
@@ -668,7 +684,8 @@ fn partitions(trace: &Trace, m: &Matching, losses: &[(EventId, NodeId)], corr: &
     let mut cur: Option<Open> = None;
     let close = |c: Open, out: &mut Vec<Anomaly>| {
         // One lost message in a quiet moment is no partition: a lossy link does that too.
-        if c.3.len() >= PARTITION_MIN_LOST && c.1 > c.0 {
+        let windows = c.1 - c.0 + 1;
+        if (c.3.len() >= PARTITION_MIN_LOST && windows >= PARTITION_MIN_WINDOWS) || (c.3.len() >= PARTITION_BUSY_LOST && windows >= 2) {
             out.push(partition_anomaly(trace, c));
         }
     };
@@ -806,29 +823,31 @@ mod tests {
         for (k, (a, b)) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)].into_iter().enumerate() {
             msgs.push((w / 2 + k as i64 * MS, a, b, true));
         }
-        // Split in windows 4 and 6, nothing in window 5; healthy again in window 12; split
-        // again in windows 20 and 21.
-        msgs.extend(split(4 * w + 10 * MS));
-        msgs.extend(split(6 * w + 10 * MS));
+        // Split in windows 4 and 6 to 9, nothing in window 5; healthy again in window 12;
+        // split again in windows 20 to 25.
+        for k in [4, 6, 7, 8, 9] {
+            msgs.extend(split(k * w + 10 * MS));
+        }
         for (k, (a, b)) in [(0, 2), (1, 3)].into_iter().enumerate() {
             msgs.push((12 * w + k as i64 * MS, a, b, true));
         }
-        msgs.extend(split(20 * w + 10 * MS));
-        msgs.extend(split(21 * w + 10 * MS));
+        for k in 20..26 {
+            msgs.extend(split(k * w + 10 * MS));
+        }
         let t = trace(traffic(4, &msgs));
         let found = anomalies(&t);
         let parts = of(&found, Kind::Partition);
         assert_eq!(parts.len(), 2, "{parts:?}");
         assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3]]);
-        assert_eq!(parts[0].span, Some((4 * w, 7 * w)), "windows 4 to 6, the quiet one included");
-        assert_eq!(parts[0].events.len(), 4, "the crossing losses of both windows");
+        assert_eq!(parts[0].span, Some((4 * w, 10 * w)), "windows 4 to 9, the quiet one included");
+        assert_eq!(parts[0].events.len(), 10, "the crossing losses of every window");
         assert!(
-            parts[0].text.starts_with("partition into 2 islands {n1, n2} | {n3, n4} from 00:00:01.000000 to 00:00:01.750000"),
+            parts[0].text.starts_with("partition into 2 islands {n1, n2} | {n3, n4} from 00:00:01.000000 to 00:00:02.500000"),
             "{}",
             parts[0].text
         );
-        assert_eq!(parts[1].span, Some((20 * w, 22 * w)));
-        assert_eq!(of(&found, Kind::NetworkLoss).len(), 8, "each lost message is also a loss");
+        assert_eq!(parts[1].span, Some((20 * w, 26 * w)));
+        assert_eq!(of(&found, Kind::NetworkLoss).len(), 22, "each lost message is also a loss");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::trace::{EventId, NodeId, Trace};
 pub const LOSSY_MIN_LOST: usize = 3;
 /// ...at least this share of them...
 pub const LOSSY_MIN_RATE: f64 = 0.05;
-/// ...and at least this many times the median rate of the other links with traffic.
+/// ...and at least this many times the usual link's rate (the lower quartile of the links with traffic).
 pub const LOSSY_VS_MEDIAN: f64 = 3.0;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
@@ -87,7 +87,16 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             evidence: evidence(a),
         });
     }
-    for a in of(Kind::StalledNode) {
+    // A node cut off by a partition may fall silent as it comes back (reconnecting, catching
+    // up): a stall that starts within a window of a partition it was cut off by is the
+    // partition's story, not a finding of its own.
+    let cut_off = |n: NodeId, t: i64| {
+        of(Kind::Partition).any(|p| {
+            let minority = p.islands.iter().min_by_key(|i| i.len()).is_some_and(|i| i.contains(&n));
+            p.span.is_some_and(|(a, b)| minority && a - PARTITION_WINDOW_NS <= t && t <= b + PARTITION_WINDOW_NS)
+        })
+    };
+    for a in of(Kind::StalledNode).filter(|a| !a.span.is_some_and(|(from, _)| cut_off(a.nodes[0], from))) {
         out.push(Finding {
             kind: FindingKind::StalledNode,
             nodes: a.nodes.to_vec(),
@@ -249,7 +258,8 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
     };
     let mut rates: Vec<f64> = sent.keys().map(rate).collect();
     rates.sort_by(f64::total_cmp);
-    let median = rates.get(rates.len() / 2).copied().unwrap_or(0.0);
+    // The usual link: the lower quartile, so that a few troubled links do not raise it.
+    let median = rates.get(rates.len() / 4).copied().unwrap_or(0.0);
     let mut out = Vec::new();
     for (k, l) in &lost {
         let r = rate(k);
@@ -264,7 +274,7 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
             links: vec![*k],
             span,
             text: format!(
-                "lossy link {} → {}: {} of {} messages lost ({:.0}%){}; the median link lost {:.1}%",
+                "lossy link {} → {}: {} of {} messages lost ({:.0}%){}; the usual link lost {:.1}%",
                 name(k.0),
                 name(k.1),
                 l.len(),
