@@ -181,6 +181,34 @@ fn five_nodes_with_every_fault() {
 }
 
 #[test]
+fn a_stalled_node_and_a_lossy_link_are_the_findings_and_nothing_else() {
+    for seed in 1..=3 {
+        let cfg =
+            Config { seed, partition: None, stall: Some((3, 1_500_000_000, 2_700_000_000)), lossy: Some((0, 2, 0.3)), ..Config::default() };
+        let (trace, truth) = sim::generate(&cfg);
+        let a = analyze(trace, Inputs { spec: Some(Spec::parse(SPEC, "sim.toml").unwrap()), missing_nodes: vec![] });
+        println!("{}", summary(&a));
+        use wgo::analysis::diagnosis::FindingKind;
+        let of = |k: FindingKind| a.findings.iter().filter(move |f| f.kind == k).collect::<Vec<_>>();
+        // The stall: node4, over most of its true span (reference clock ≈ true time plus the reference's offset).
+        let stalls = of(FindingKind::StalledNode);
+        assert_eq!(stalls.len(), 1, "seed {seed}: {stalls:?}");
+        assert_eq!(stalls[0].nodes, vec![3]);
+        let (k, t0, t1) = truth.stall.unwrap();
+        assert_eq!(k, 3);
+        let reference = a.clocks.reference as usize;
+        let (f0, f1) = stalls[0].span.unwrap();
+        let to_true = |t: i64| t - sim::true_offset(&truth, reference, reference, t) - truth.clocks[reference].0;
+        let overlap = (to_true(f1).min(t1) - to_true(f0).max(t0)).max(0);
+        assert!(overlap * 10 >= (t1 - t0) * 8, "seed {seed}: stall found over {f0}..{f1}, truth {t0}..{t1}");
+        // The lossy link, and no other.
+        let lossy = of(FindingKind::LossyLink);
+        assert_eq!(lossy.iter().map(|f| f.links.clone()).collect::<Vec<_>>(), vec![vec![(0, 2)]], "seed {seed}: {lossy:?}");
+        assert!(of(FindingKind::Partition).is_empty(), "seed {seed}: no partition");
+    }
+}
+
+#[test]
 fn three_nodes_no_partition_heavier_loss() {
     check(&Config { nodes: 3, seed: 7, drop_rate: 0.08, partition: None, ..Config::default() });
 }

@@ -230,6 +230,8 @@ pub fn run_scenario(system: System, fault_kind: &str, dir: &Path) -> anyhow::Res
     let dumps = dir.join("dumps");
     std::fs::create_dir_all(&dumps)?;
     let mut result: anyhow::Result<Truth> = Err(anyhow::anyhow!("not run"));
+    // The programs outlive the recording: their shutdown is no part of the story.
+    let mut running = Vec::new();
     record_all(&bed, &dumps, || {
         result = (|| {
             let procs = system.start(&bed, dir)?;
@@ -264,15 +266,16 @@ pub fn run_scenario(system: System, fault_kind: &str, dir: &Path) -> anyhow::Res
             };
             let end = now_ns();
             std::thread::sleep(AFTER);
-            drop(procs);
-            for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
-                if e.file_name().to_string_lossy().starts_with(&format!("wgo-etcd-{}-", std::process::id())) {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
+            running = procs;
             Ok(Truth { fault, span_ns: (start, end) })
         })();
     });
+    drop(running);
+    for e in std::fs::read_dir("/dev/shm").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&format!("wgo-etcd-{}-", std::process::id())) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
     let truth = result?;
     let json = dir.join("report.json");
     let out = run(Command::new(wgo()).arg("report").arg(&dumps).arg("--json").arg(&json).env("WGO_LOG", "warn"))?;

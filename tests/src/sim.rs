@@ -98,6 +98,11 @@ pub struct Config {
     /// Receives recorded this many at a time 50 ms before they happened: each contradicts
     /// program order and its message (a cycle in the happens-before graph).
     pub misdated_receives: usize,
+    /// A stalled node: it sends nothing between these true times (ns from start), while
+    /// what others send it still arrives (a stopped process's kernel takes it).
+    pub stall: Option<(usize, i64, i64)>,
+    /// A lossy link: this share of what node `from` sends node `to` is lost.
+    pub lossy: Option<(usize, usize, f64)>,
 }
 
 impl Default for Config {
@@ -117,6 +122,8 @@ impl Default for Config {
             recorder_gap: true,
             tcp: true,
             misdated_receives: 0,
+            stall: None,
+            lossy: None,
         }
     }
 }
@@ -148,6 +155,8 @@ pub struct Truth {
     pub tcp_pairs: Vec<(Vec<u64>, u64)>,
     /// TASK sends (uid, attempt) not answered within the invariant's 100 ms.
     pub unanswered: Vec<(u64, u32)>,
+    /// The stalled node and its true span.
+    pub stall: Option<(usize, i64, i64)>,
 }
 
 struct Pkt {
@@ -269,7 +278,8 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
         pkts.push(Pkt { node: from, t_true: t, dir: Dir::Send, data: data.clone(), orig_len: len, uid: u });
         let mut arrived = Vec::new();
         for &r in to {
-            if cut(from, r, t) || (t < last_drop && rng.chance(cfg.drop_rate)) {
+            let lossy = cfg.lossy.is_some_and(|(a, b, rate)| a == from && b == r && t < last_drop && rng.chance(rate));
+            if cut(from, r, t) || lossy || (t < last_drop && rng.chance(cfg.drop_rate)) {
                 truth.network_losses.push((u, attempt, r));
                 continue;
             }
@@ -413,6 +423,21 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
             }
             t += 50_000_000;
         }
+    }
+
+    // The stalled node sends nothing meanwhile: its sends, and their arrivals, never were.
+    if let Some((k, p0, p1)) = cfg.stall {
+        let (from, to) = (start + p0, start + p1);
+        truth.stall = Some((k, from, to));
+        let unsent: Vec<(u64, i64)> = pkts
+            .iter()
+            .filter(|p| p.node == k && p.dir == Dir::Send && (from..to).contains(&p.t_true))
+            .map(|p| (p.uid, p.t_true))
+            .collect();
+        pkts.retain(|p| {
+            let sent_then = |&(u, t): &(u64, i64)| p.uid == u && (t..=t + 2_100_000).contains(&p.t_true);
+            !unsent.iter().any(sent_then)
+        });
     }
 
     // Recorder gap: node 2 loses the records of three consecutive receives mid-run.

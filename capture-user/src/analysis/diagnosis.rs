@@ -16,8 +16,9 @@ use super::trace::{EventId, NodeId, Trace};
 pub const LOSSY_MIN_LOST: usize = 3;
 /// ...at least this share of them...
 pub const LOSSY_MIN_RATE: f64 = 0.05;
-/// ...and at least this many times the usual link's rate (the lower quartile of the links with traffic).
-pub const LOSSY_VS_MEDIAN: f64 = 3.0;
+/// ...at least this many times the other links' rate, pooled, and three standard deviations
+/// more losses than that rate gives (a link that is only unlucky is not lossy).
+pub const LOSSY_VS_OTHERS: f64 = 3.0;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
 
@@ -252,36 +253,35 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
             lost.entry((*from, *to)).or_default().push((at, s));
         }
     }
-    let rate = |k: &(NodeId, NodeId)| {
-        let n = lost.get(k).map_or(0, Vec::len);
-        n as f64 / sent.get(k).copied().unwrap_or(0).max(n).max(1) as f64
-    };
-    let mut rates: Vec<f64> = sent.keys().map(rate).collect();
-    rates.sort_by(f64::total_cmp);
-    // The usual link: the lower quartile, so that a few troubled links do not raise it.
-    let median = rates.get(rates.len() / 4).copied().unwrap_or(0.0);
+    let sent_on = |k: &(NodeId, NodeId)| sent.get(k).copied().unwrap_or(0).max(lost.get(k).map_or(0, Vec::len));
+    let links: BTreeSet<(NodeId, NodeId)> = sent.keys().chain(lost.keys()).copied().collect();
+    let (all_sent, all_lost): (usize, usize) = (links.iter().map(sent_on).sum(), lost.values().map(Vec::len).sum());
     let mut out = Vec::new();
     for (k, l) in &lost {
-        let r = rate(k);
-        if l.len() < LOSSY_MIN_LOST || r < LOSSY_MIN_RATE || r < LOSSY_VS_MEDIAN * median {
+        let n = sent_on(k);
+        let r = l.len() as f64 / n.max(1) as f64;
+        // The other links' loss rate, pooled: what this link would lose if it were like them.
+        let others = all_lost.saturating_sub(l.len()) as f64 / all_sent.saturating_sub(n).max(1) as f64;
+        let expected = others * n as f64;
+        let stands_out = l.len() as f64 >= expected + 3.0 * expected.sqrt();
+        if l.len() < LOSSY_MIN_LOST || r < LOSSY_MIN_RATE || r < LOSSY_VS_OTHERS * others || !stands_out {
             continue;
         }
         let span = span_of(l.iter().map(|x| x.0));
-        let total = sent.get(k).copied().unwrap_or(0).max(l.len());
         out.push(Finding {
             kind: FindingKind::LossyLink,
             nodes: vec![k.0, k.1],
             links: vec![*k],
             span,
             text: format!(
-                "lossy link {} → {}: {} of {} messages lost ({:.0}%){}; the usual link lost {:.1}%",
+                "lossy link {} → {}: {} of {} messages lost ({:.0}%){}; the other links lost {:.1}%",
                 name(k.0),
                 name(k.1),
                 l.len(),
-                total,
+                n,
                 r * 100.0,
                 span.map_or(String::new(), |(a, b)| format!(" from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b))),
-                median * 100.0
+                others * 100.0
             ),
             evidence: l.iter().map(|x| x.1).take(MAX_EVIDENCE).collect(),
         });
