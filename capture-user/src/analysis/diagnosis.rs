@@ -19,6 +19,8 @@ pub const LOSSY_MIN_RATE: f64 = 0.05;
 /// ...at least this many times the other links' rate, pooled, and three standard deviations
 /// more losses than that rate gives (a link that is only unlucky is not lossy).
 pub const LOSSY_VS_OTHERS: f64 = 3.0;
+/// ...spread over at least this long.
+pub const LOSSY_MIN_SPAN_NS: i64 = 2 * PARTITION_WINDOW_NS;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
 
@@ -226,11 +228,10 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
         i.anomalies.iter().filter(|a| a.kind == Kind::StalledNode).filter_map(|a| Some((a.span?.0, a.span?.1, a.nodes[0]))).collect();
     let explained = |from: NodeId, to: NodeId, at: i64| {
         let island = |isl: &Vec<Vec<NodeId>>, n: NodeId| isl.iter().position(|x| x.contains(&n));
-        // A partition is known to one window: losses across it just outside are its own too.
-        partitions
-            .iter()
-            .any(|(a, b, isl)| a - PARTITION_WINDOW_NS <= at && at <= b + PARTITION_WINDOW_NS && island(isl, from) != island(isl, to))
-            || stalls.iter().any(|(a, b, n)| *a <= at && at <= *b && (*n == from || *n == to))
+        // A partition is known to a window or two: losses across it just outside are its own too.
+        partitions.iter().any(|(a, b, isl)| {
+            a - 2 * PARTITION_WINDOW_NS <= at && at <= b + 2 * PARTITION_WINDOW_NS && island(isl, from) != island(isl, to)
+        }) || stalls.iter().any(|(a, b, n)| *a <= at && at <= *b && (*n == from || *n == to))
     };
     // Sends per directed link: delivered messages and losses (unicast to an owned address).
     let owners = address_owners(t);
@@ -264,10 +265,12 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
         let others = all_lost.saturating_sub(l.len()) as f64 / all_sent.saturating_sub(n).max(1) as f64;
         let expected = others * n as f64;
         let stands_out = l.len() as f64 >= expected + 3.0 * expected.sqrt();
-        if l.len() < LOSSY_MIN_LOST || r < LOSSY_MIN_RATE || r < LOSSY_VS_OTHERS * others || !stands_out {
+        let span = span_of(l.iter().map(|x| x.0));
+        // A link loses over time: a burst of losses within moments is an event, not the link.
+        let lasting = span.is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
+        if l.len() < LOSSY_MIN_LOST || r < LOSSY_MIN_RATE || r < LOSSY_VS_OTHERS * others || !stands_out || !lasting {
             continue;
         }
-        let span = span_of(l.iter().map(|x| x.0));
         out.push(Finding {
             kind: FindingKind::LossyLink,
             nodes: vec![k.0, k.1],
