@@ -132,6 +132,8 @@ pub struct Context<'a> {
     pub clocks: &'a dyn TimeMap,
     pub describe: &'a dyn Fn(EventId) -> String,
     pub missing_nodes: &'a [String],
+    /// A hash of the event's message type and identity fields, where the spec declares them.
+    pub identity: &'a dyn Fn(EventId) -> Option<u64>,
 }
 
 pub fn recorder_gaps(trace: &Trace, clocks: &dyn TimeMap) -> Vec<RecorderGap> {
@@ -347,7 +349,15 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     // Sends grouped by (node, flow, payload) by sorting a hash of that key; a node's
     // events are in time order, so sorting by id next keeps each group in time order.
     // Every captured byte counts: two messages that only start alike are no resend.
-    let send_key = |e: &super::trace::Event| (e.node, e.src, e.dst, e.sport, e.dport, trace.payload_hash(e));
+    // Where the spec names a message's identity fields, sends that agree on them are one
+    // request, whatever else changed (a sequence number, the source port of a new socket).
+    let send_key = |i: usize| {
+        let e = &trace.events[i];
+        match (ctx.identity)(i as EventId) {
+            Some(id) => (e.node, e.src, e.dst, 0, e.dport, id),
+            None => (e.node, e.src, e.dst, e.sport, e.dport, trace.payload_hash(e)),
+        }
+    };
     let mut tcp_resent: BTreeMap<EventId, Vec<EventId>> = BTreeMap::new();
     for &(first, again) in &m.retransmissions {
         if trace.events[again as usize].proto == ProtoCode::Tcp {
@@ -370,13 +380,13 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             (e.dir == Dir::Send && e.payload_len > 0 && e.proto != ProtoCode::Tcp).then(|| {
                 use std::hash::{Hash, Hasher};
                 let mut h = rustc_hash::FxHasher::default();
-                send_key(e).hash(&mut h);
+                send_key(i).hash(&mut h);
                 (h.finish(), i as EventId)
             })
         }));
         keyed_sends.sort_unstable();
         let by_payload =
-            keyed_sends.chunk_by(|a, b| a.0 == b.0 && send_key(&trace.events[a.1 as usize]) == send_key(&trace.events[b.1 as usize]));
+            keyed_sends.chunk_by(|a, b| a.0 == b.0 && send_key(a.1 as usize) == send_key(b.1 as usize));
         for sends in by_payload {
             if sends.len() < 2 {
                 continue;
@@ -749,7 +759,7 @@ mod tests {
         let mut m = match_messages(t, &index);
         resolve_by_time(&mut m, t, &index, &SameClock);
         let describe = |id: EventId| format!("event {id}");
-        find(&Context { trace: t, matching: &m, clocks: &SameClock, describe: &describe, missing_nodes: &["n9".to_string()] })
+        find(&Context { trace: t, matching: &m, clocks: &SameClock, describe: &describe, missing_nodes: &["n9".to_string()], identity: &|_| None })
     }
 
     fn of(found: &[Anomaly], kind: Kind) -> Vec<&Anomaly> {
@@ -915,6 +925,32 @@ mod tests {
         assert_eq!(retx[0].events.as_slice(), &[1, 2], "only the resend of the second");
     }
 
+    #[test]
+    fn retries_that_change_a_sequence_field_are_one_request_by_its_identity() {
+        // TASK #7 sent three times, each with a new sequence number in bytes 8..12.
+        let task = |id: u16, seq: u8| udp(addr(0), addr(1), id, &[b"TASK".as_slice(), &[0, 0, 0, 7], &[0, 0, 0, seq]].concat());
+        let n1 = vec![send(1000 * MS, task(1, 1)), send(1150 * MS, task(2, 2)), send(1300 * MS, task(3, 3))];
+        let n2 = vec![recv(1300 * MS + MS / 10, task(3, 3))];
+        let t = trace(vec![n1, n2]);
+        let index = MatchIndex::new(&t);
+        let mut m = match_messages(&t, &index);
+        resolve_by_time(&mut m, &t, &index, &SameClock);
+        let describe = |id: EventId| format!("event {id}");
+        let run = |identity: &dyn Fn(EventId) -> Option<u64>| {
+            find(&Context { trace: &t, matching: &m, clocks: &SameClock, describe: &describe, missing_nodes: &[], identity })
+        };
+        assert!(of(&run(&|_| None), Kind::Retransmission).is_empty(), "different bytes: no resend without a spec");
+        // The spec's identity is the task number (bytes 4..8).
+        let by_task = |id: EventId| {
+            let p = t.payload(&t.events[id as usize]);
+            Some(u64::from(u32::from_be_bytes(p[4..8].try_into().unwrap())))
+        };
+        let found = run(&by_task);
+        let retx = of(&found, Kind::Retransmission);
+        assert_eq!(retx.len(), 1, "{found:?}");
+        assert_eq!(retx[0].events.as_slice(), &[0, 1, 2]);
+    }
+
     /// Found by fuzzing: damaged sequence numbers made the lost-record count overflow.
     #[test]
     fn huge_sequence_gaps_are_counted_without_overflow() {
@@ -1061,7 +1097,7 @@ mod tests {
         let mut m = match_messages(&t, &index);
         resolve_by_time(&mut m, &t, &index, &Unknown);
         let describe = |id: EventId| format!("event {id}");
-        let found = find(&Context { trace: &t, matching: &m, clocks: &Unknown, describe: &describe, missing_nodes: &[] });
+        let found = find(&Context { trace: &t, matching: &m, clocks: &Unknown, describe: &describe, missing_nodes: &[], identity: &|_| None });
         let losses = of(&found, Kind::NetworkLoss);
         // Sends 10..=39 at 2.0 to 4.9 s, minus those within 250 ms (+20 ms) of the end at 4.95 s.
         assert_eq!(losses.len(), 27, "{found:?}");

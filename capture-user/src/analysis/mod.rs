@@ -128,8 +128,26 @@ fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOn
         let anomaly_pass = || {
             let t = std::time::Instant::now();
             let describe = |id: EventId| rules::describe(trace, &spec, &classes, id);
-            let found =
-                anomalies::find(&anomalies::Context { trace, matching, clocks, describe: &describe, missing_nodes: &inputs.missing_nodes });
+            let identity = |id: EventId| {
+                let class = classes[id as usize];
+                let m = spec.messages.get(class as usize).filter(|m| class != rules::UNKNOWN && !m.identity.is_empty())?;
+                use std::hash::{Hash, Hasher};
+                let mut h = rustc_hash::FxHasher::default();
+                class.hash(&mut h);
+                let payload = trace.payload(&trace.events[id as usize]);
+                for &f in &m.identity {
+                    spec.field(class as usize, f, payload).hash(&mut h);
+                }
+                Some(h.finish())
+            };
+            let found = anomalies::find(&anomalies::Context {
+                trace,
+                matching,
+                clocks,
+                describe: &describe,
+                missing_nodes: &inputs.missing_nodes,
+                identity: &identity,
+            });
             tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64());
             found
         };

@@ -9,6 +9,8 @@
 //! port = 7000                        # optional: source or destination port
 //! match = [{ offset = 0, ascii = "TASK" }]   # or hex = "5441534b", or u8 = 7
 //! display = "TASK #{task}"
+//! identity = ["task"]                 # optional: sends with the same values are one request
+//!                                     # resent (retries that change other bytes, e.g. a sequence)
 //! fields = [
 //!   { name = "task", offset = 4, width = 4 },                 # big-endian by default
 //!   { name = "kind", offset = 8, width = 1, labels = { 1 = "PREPARE", 2 = "COMMIT" } },
@@ -89,6 +91,8 @@ struct MessageToml {
     display: Option<Spanned<String>>,
     #[serde(default)]
     fields: Vec<Spanned<FieldToml>>,
+    #[serde(default)]
+    identity: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +192,9 @@ pub struct MessageDef {
     pub pattern: Vec<(usize, Vec<u8>)>,
     pub display: Option<String>,
     pub fields: Vec<FieldDef>,
+    /// Fields whose values identify a request: sends that agree on them are one request
+    /// sent again, whatever else changed.
+    pub identity: Vec<usize>,
     /// The display format split once, so that labelling millions of events does not
     /// parse it again for each.
     label_parts: Vec<LabelPart>,
@@ -378,6 +385,13 @@ impl Spec {
                 }
             }
             let label_parts = m.display.as_ref().map_or_else(Vec::new, |d| label_parts(d.get_ref(), &fields));
+            let mut identity = Vec::new();
+            for name in &m.identity {
+                let k = fields.iter().position(|f| f.name == *name.get_ref()).ok_or_else(|| {
+                    err(name.span(), format!("identity of {} names {}, which is not one of its fields", m.name.get_ref(), name.get_ref()))
+                })?;
+                identity.push(k);
+            }
             spec.messages.push(MessageDef {
                 name: m.name.get_ref().clone(),
                 transport,
@@ -385,6 +399,7 @@ impl Spec {
                 pattern,
                 display: m.display.as_ref().map(|d| d.get_ref().clone()),
                 fields,
+                identity,
                 label_parts,
             });
         }
@@ -636,6 +651,16 @@ response = "ACK"
 key = ["task"]
 within_ms = 200
 "#;
+
+    #[test]
+    fn identity_names_fields_and_a_wrong_name_is_an_error_with_its_line() {
+        let ok = "[[message]]\nname = \"TASK\"\nmatch = [{ offset = 0, ascii = \"TASK\" }]\nfields = [{ name = \"task\", offset = 4, width = 4 }]\nidentity = [\"task\"]\n";
+        let spec = Spec::parse(ok, "t.toml").unwrap();
+        assert_eq!(spec.messages[0].identity, vec![0]);
+        let bad = ok.replace("identity = [\"task\"]", "identity = [\"seq\"]");
+        let e = Spec::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(e.contains("t.toml: line 5") && e.contains("identity of TASK names seq"), "{e}");
+    }
 
     #[test]
     fn labels_keep_text_around_fields_and_an_unclosed_brace_as_text() {
