@@ -209,6 +209,19 @@ fn a_stalled_node_and_a_lossy_link_are_the_findings_and_nothing_else() {
 }
 
 #[test]
+fn data_sent_after_the_peer_closed_is_a_closed_connection_not_a_loss() {
+    let cfg = Config { nodes: 3, seed: 5, partition: None, drop_rate: 0.0, closed_connection: true, ..Config::default() };
+    let (trace, truth) = sim::generate(&cfg);
+    let a = analyze(trace, Inputs { spec: Some(Spec::parse(SPEC, "sim.toml").unwrap()), missing_nodes: vec![] });
+    let uid = |id: &u32| sim::uid_of(&a.trace, *id as usize);
+    let closed: Vec<u64> = a.anomalies.iter().filter(|x| x.kind == Kind::ClosedConnection).flat_map(|x| x.events.iter().map(uid)).collect();
+    assert_eq!(closed, truth.closed_sends, "{}", summary(&a));
+    let lost: Vec<u64> = a.anomalies.iter().filter(|x| x.kind == Kind::NetworkLoss).flat_map(|x| x.events.iter().map(uid)).collect();
+    assert!(lost.iter().all(|u| !truth.closed_sends.contains(u)), "a closed connection's data is no network loss: {lost:?}");
+    assert!(a.findings.iter().all(|f| f.kind != wgo::analysis::diagnosis::FindingKind::LossyLink), "{}", summary(&a));
+}
+
+#[test]
 fn three_nodes_no_partition_heavier_loss() {
     check(&Config { nodes: 3, seed: 7, drop_rate: 0.08, partition: None, ..Config::default() });
 }

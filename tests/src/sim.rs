@@ -103,6 +103,9 @@ pub struct Config {
     pub stall: Option<(usize, i64, i64)>,
     /// A lossy link: this share of what node `from` sends node `to` is lost.
     pub lossy: Option<(usize, usize, f64)>,
+    /// After the TCP rounds node 1 closes the connection (FIN), and node 0 still sends three
+    /// segments, which node 1's kernel answers with a RST.
+    pub closed_connection: bool,
 }
 
 impl Default for Config {
@@ -124,6 +127,7 @@ impl Default for Config {
             misdated_receives: 0,
             stall: None,
             lossy: None,
+            closed_connection: false,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Truth {
     pub unanswered: Vec<(u64, u32)>,
     /// The stalled node and its true span.
     pub stall: Option<(usize, i64, i64)>,
+    /// uids of TCP segments sent to a connection its peer had closed.
+    pub closed_sends: Vec<u64>,
 }
 
 struct Pkt {
@@ -422,6 +428,30 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                 seq = seq.wrapping_add(1500);
             }
             t += 50_000_000;
+        }
+        if cfg.closed_connection {
+            // Node 1 closes: its FIN, then node 0's segments meet a socket that is gone.
+            let mut cap = vec![b'F'; 16];
+            uid += 1;
+            cap[8..16].copy_from_slice(&uid.to_be_bytes());
+            let (fin, len) = tcp4(addr(1), addr(0), 8000, 40000, 1, 1, seq, 0x11, 0, &cap);
+            pkts.push(Pkt { node: 1, t_true: t, dir: Dir::Send, data: fin.clone(), orig_len: len, uid });
+            pkts.push(Pkt { node: 0, t_true: t + 500_000, dir: Dir::Recv, data: fin, orig_len: len, uid });
+            for k in 0..3i64 {
+                uid += 1;
+                ip_id[0] = ip_id[0].wrapping_add(1);
+                let mut cap = vec![b'C'; 16];
+                cap[8..16].copy_from_slice(&uid.to_be_bytes());
+                let at = t + 10_000_000 + k * 5_000_000;
+                let (data, len) = tcp4(addr(0), addr(1), 40000, 8000, ip_id[0], seq, 1, 0x18, 200, &cap);
+                pkts.push(Pkt { node: 0, t_true: at, dir: Dir::Send, data, orig_len: len, uid });
+                truth.closed_sends.push(uid);
+                seq = seq.wrapping_add(200);
+                // The RST comes from node 1's kernel, with no socket: only node 0 records it.
+                uid += 1;
+                let (rst, len) = tcp4(addr(1), addr(0), 8000, 40000, 2, 2, seq, 0x14, 0, &[]);
+                pkts.push(Pkt { node: 0, t_true: at + 600_000, dir: Dir::Recv, data: rst, orig_len: len, uid });
+            }
         }
     }
 

@@ -385,8 +385,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             })
         }));
         keyed_sends.sort_unstable();
-        let by_payload =
-            keyed_sends.chunk_by(|a, b| a.0 == b.0 && send_key(a.1 as usize) == send_key(b.1 as usize));
+        let by_payload = keyed_sends.chunk_by(|a, b| a.0 == b.0 && send_key(a.1 as usize) == send_key(b.1 as usize));
         for sends in by_payload {
             if sends.len() < 2 {
                 continue;
@@ -759,7 +758,14 @@ mod tests {
         let mut m = match_messages(t, &index);
         resolve_by_time(&mut m, t, &index, &SameClock);
         let describe = |id: EventId| format!("event {id}");
-        find(&Context { trace: t, matching: &m, clocks: &SameClock, describe: &describe, missing_nodes: &["n9".to_string()], identity: &|_| None })
+        find(&Context {
+            trace: t,
+            matching: &m,
+            clocks: &SameClock,
+            describe: &describe,
+            missing_nodes: &["n9".to_string()],
+            identity: &|_| None,
+        })
     }
 
     fn of(found: &[Anomaly], kind: Kind) -> Vec<&Anomaly> {
@@ -1097,7 +1103,8 @@ mod tests {
         let mut m = match_messages(&t, &index);
         resolve_by_time(&mut m, &t, &index, &Unknown);
         let describe = |id: EventId| format!("event {id}");
-        let found = find(&Context { trace: &t, matching: &m, clocks: &Unknown, describe: &describe, missing_nodes: &[], identity: &|_| None });
+        let found =
+            find(&Context { trace: &t, matching: &m, clocks: &Unknown, describe: &describe, missing_nodes: &[], identity: &|_| None });
         let losses = of(&found, Kind::NetworkLoss);
         // Sends 10..=39 at 2.0 to 4.9 s, minus those within 250 ms (+20 ms) of the end at 4.95 s.
         assert_eq!(losses.len(), 27, "{found:?}");
