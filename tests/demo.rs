@@ -74,6 +74,14 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // The timeline's findings list: a click on each zooms to it and selects its evidence.
+    let o = Command::new("node")
+        .arg(root.join("tests/browser/timeline.mjs"))
+        .arg("findings")
+        .arg(dir.join("demo/timeline.html"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_dir_all(dir);
 }
 

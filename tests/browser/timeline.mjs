@@ -2,6 +2,7 @@
 //   node timeline.mjs check REPORT.html EXPECT.json SCREENSHOT.png
 //   node timeline.mjs bench REPORT.html
 //   node timeline.mjs shot REPORT.html SCREENSHOT.png VIOLATION-TEXT   (centres on that violation)
+//   node timeline.mjs findings REPORT.html   (clicks every finding: it zooms to its span and says it)
 // EXPECT.json: { nodes, messages, events, click: { id, field, value } }
 import { chromium } from "playwright-core";
 import { readFileSync, statSync } from "node:fs";
@@ -40,6 +41,23 @@ try {
     if (k < 0) await fail(`no violation mentions ${needle}`);
     await page.screenshot({ path: expectFile });
     console.log(`screenshot ${expectFile} centred on event ${k}`);
+    await browser.close();
+    process.exit(0);
+  }
+  if (mode === "findings") {
+    const findings = await page.evaluate(() => window.wgo.header.findings);
+    const items = await page.$$("#findings li");
+    if (items.length !== findings.length || !findings.length) await fail(`${items.length} findings listed, the report has ${findings.length}`);
+    for (let i = 0; i < findings.length; i++) {
+      await items[i].click();
+      const got = await page.evaluate(() => ({ view: window.wgo.view(), status: document.getElementById("status").textContent, sel: window.wgo.selected() }));
+      const f = findings[i];
+      if (got.status !== f.text) await fail(`finding ${i + 1}: status says ${got.status}`);
+      if (f.span && !(got.view.a <= f.span[0] && f.span[1] <= got.view.b)) await fail(`finding ${i + 1}: view ${JSON.stringify(got.view)} does not hold its span ${f.span}`);
+      if (f.evidence.length && got.sel !== f.evidence[0]) await fail(`finding ${i + 1}: selected ${got.sel}, not its first evidence ${f.evidence[0]}`);
+    }
+    if (errors.length) await fail("page errors: " + errors.join("; "));
+    console.log(`ok: ${findings.length} findings, each click zooms to its span and selects its evidence`);
     await browser.close();
     process.exit(0);
   }

@@ -21,6 +21,9 @@ pub const LOSSY_MIN_RATE: f64 = 0.05;
 pub const LOSSY_VS_OTHERS: f64 = 3.0;
 /// ...spread over at least this long.
 pub const LOSSY_MIN_SPAN_NS: i64 = 2 * PARTITION_WINDOW_NS;
+/// How long after a partition ends its cut-off nodes may take to come back (reconnects,
+/// backoffs): a silence that starts then is the partition's.
+pub const REJOIN_NS: i64 = 2_000_000_000;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
 
@@ -91,12 +94,12 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
         });
     }
     // A node cut off by a partition may fall silent as it comes back (reconnecting, catching
-    // up): a stall that starts within a window of a partition it was cut off by is the
-    // partition's story, not a finding of its own.
+    // up): a stall that starts during a partition it was cut off by, or within REJOIN_NS of
+    // its end, is the partition's story, not a finding of its own.
     let cut_off = |n: NodeId, t: i64| {
         of(Kind::Partition).any(|p| {
             let minority = p.islands.iter().min_by_key(|i| i.len()).is_some_and(|i| i.contains(&n));
-            p.span.is_some_and(|(a, b)| minority && a - PARTITION_WINDOW_NS <= t && t <= b + PARTITION_WINDOW_NS)
+            p.span.is_some_and(|(a, b)| minority && a - PARTITION_WINDOW_NS <= t && t <= b + REJOIN_NS)
         })
     };
     for a in of(Kind::StalledNode).filter(|a| !a.span.is_some_and(|(from, _)| cut_off(a.nodes[0], from))) {

@@ -186,6 +186,13 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
         "types": messages_by_type,
         "kinds": KINDS.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "anomalies": anomalies,
+        "findings": an.findings.iter().map(|f| json!({
+            "kind": f.kind,
+            "text": f.text,
+            "span": f.span.map(|(x, y)| [(x - t0) as f64, (y - t0) as f64]),
+            "nodes": f.nodes,
+            "evidence": f.evidence.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "violations": an.violations.iter().map(|v| json!({"name": v.name, "text": v.text, "events": v.events.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "gaps": gaps,
         "unknownType": UNKNOWN,
