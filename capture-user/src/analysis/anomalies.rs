@@ -292,7 +292,9 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     losses.dedup();
     // TCP data that met a closed connection is no network loss: the peer had sent its FIN
     // or RST before, or answers it with a RST (its socket is gone).
-    let closes = tcp_closes(trace, &corr);
+    // Only worth a pass over every event when a TCP send is in question.
+    let tcp_lost = losses.iter().any(|&(s, _)| trace.events[s as usize].proto == ProtoCode::Tcp);
+    let closes = if tcp_lost { tcp_closes(trace, &corr) } else { FxHashMap::default() };
     let closed_by = |s: EventId| {
         let e = &trace.events[s as usize];
         if e.proto != ProtoCode::Tcp {

@@ -106,11 +106,6 @@ pub fn peak_rss_kib() -> i64 {
     ru.ru_maxrss
 }
 
-/// Says the service is ready: a log line, and READY=1 to systemd when it runs us.
-pub fn notify_ready(what: &str) {
-    wgo::node::notify::ready_saying(what);
-}
-
 /// Set on SIGINT or SIGTERM.
 pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));

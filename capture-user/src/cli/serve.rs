@@ -53,7 +53,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         stop: stop_flag()?,
         on_closed,
     };
-    super::notify_ready(&format!("serving incidents into {} on {}", args.incidents.display(), args.listen));
+    wgo::node::notify::ready_saying(&format!("serving incidents into {} on {}", args.incidents.display(), args.listen));
     wgo::transport::collector::serve(opts, listener, udp)?;
     tracing::info!("stopped");
     Ok(())

@@ -267,27 +267,20 @@ fn press(
     handled.lock().expect("lock").insert(t.id);
     tracing::warn!("{}: sending trigger {:016x} to {} destination(s), naming collector {}", t.reason, t.id, arm.to.len(), arm.collector);
     let bytes = t.encode(secret);
-    let to = arm.to.clone();
+    let datagrams: Vec<(SocketAddr, Vec<u8>, bool)> = arm.to.iter().map(|&(d, broadcast)| (d, bytes.clone(), broadcast)).collect();
     match sock.try_clone() {
         Ok(sock) => {
             std::thread::spawn(move || {
                 let _ = sock.set_broadcast(true);
                 let v6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
-                for k in 0..TRIGGER_COPIES {
-                    for (dest, broadcast) in &to {
-                        // A dual-stack socket reaches IPv4 through mapped addresses.
-                        let d = match dest {
-                            SocketAddr::V4(a) if v6 => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
-                            d => *d,
-                        };
-                        if let Err(e) = sock.send_to(&bytes, d) {
-                            tracing::warn!("sending the trigger to {dest}{}: {e}", if *broadcast { " (broadcast)" } else { "" });
-                        }
-                    }
-                    if k + 1 < TRIGGER_COPIES {
-                        std::thread::sleep(TRIGGER_GAP);
-                    }
-                }
+                crate::transport::collector::send_copies(&datagrams, TRIGGER_COPIES, TRIGGER_GAP, |dest, bytes| {
+                    // A dual-stack socket reaches IPv4 through mapped addresses.
+                    let d = match dest {
+                        SocketAddr::V4(a) if v6 => SocketAddr::new(a.ip().to_ipv6_mapped().into(), a.port()),
+                        d => d,
+                    };
+                    sock.send_to(bytes, d).map(|_| ())
+                });
             });
         }
         Err(e) => tracing::error!("cannot send the trigger: {e}"),

@@ -119,11 +119,7 @@ impl Capture {
             .map_max_entries(names::RING_STATE, cpus as u32)
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
-        let mut config: Array<&mut MapData, CaptureConfig> = ebpf
-            .map_mut(names::CONFIG)
-            .ok_or_else(|| CaptureError::Map("map CONFIG missing".into()))?
-            .try_into()
-            .map_err(|e| CaptureError::Map(format!("CONFIG: {e}")))?;
+        let mut config: Array<&mut MapData, CaptureConfig> = array_mut(&mut ebpf, names::CONFIG)?;
         let cfg = CaptureConfig { snaplen: opts.snaplen, wakeup_bytes: ring_bytes / 4, ring_bytes };
         config.set(0, cfg, 0).map_err(|e| CaptureError::Map(format!("CONFIG: {e}")))?;
 
@@ -197,24 +193,14 @@ impl Capture {
 
     /// Stops recording packets whose local UDP/TCP port is `port` (the agent's own sockets).
     pub fn exclude_port(&mut self, port: u16) -> Result<(), CaptureError> {
-        let mut map: Array<&mut MapData, u8> = self
-            .ebpf
-            .map_mut(names::EXCLUDED_PORTS)
-            .ok_or_else(|| CaptureError::Map("map EXCLUDED_PORTS missing".into()))?
-            .try_into()
-            .map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS: {e}")))?;
+        let mut map: Array<&mut MapData, u8> = array_mut(&mut self.ebpf, names::EXCLUDED_PORTS)?;
         map.set(port as u32, 1, 0).map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS[{port}]: {e}")))
     }
 
     /// Starts watching the cgroup `id` at depth `level` (and its descendants) for processes
     /// about to die of a crash or a sent SIGKILL; [`Capture::signal_events`] hands them over.
     pub fn watch_signals(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
-        let mut config: Array<&mut MapData, WatchConfig> = self
-            .ebpf
-            .map_mut(names::WATCH_CONFIG)
-            .ok_or_else(|| CaptureError::Map("map WATCH_CONFIG missing".into()))?
-            .try_into()
-            .map_err(|e| CaptureError::Map(format!("WATCH_CONFIG: {e}")))?;
+        let mut config: Array<&mut MapData, WatchConfig> = array_mut(&mut self.ebpf, names::WATCH_CONFIG)?;
         config.set(0, WatchConfig { cgroup_id: id, level, pad: 0 }, 0).map_err(|e| CaptureError::Map(format!("WATCH_CONFIG: {e}")))?;
         // The generating side first: a SIGKILL delivered is only reported if its sending was seen.
         for (name, tp) in [(names::SIGNAL_GENERATE, names::TP_SIGNAL_GENERATE), (names::SIGNAL_DELIVER, names::TP_SIGNAL_DELIVER)] {
@@ -266,6 +252,14 @@ impl Capture {
             })
             .collect()
     }
+}
+
+/// The array map `name` of the loaded object, typed.
+fn array_mut<'a, T: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<Array<&'a mut MapData, T>, CaptureError> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| CaptureError::Map(format!("map {name} missing")))?
+        .try_into()
+        .map_err(|e| CaptureError::Map(format!("{name}: {e}")))
 }
 
 /// Reads one CPU's ring as the agent does: the complete records from `tail` up to `head`

@@ -667,10 +667,24 @@ pub fn send_trigger(datagrams: &[(SocketAddr, Vec<u8>, bool)], copies: u32, gap:
     let sock = UdpSocket::bind("0.0.0.0:0")?;
     sock.set_broadcast(true)?;
     let sock6 = if datagrams.iter().any(|(a, _, _)| a.is_ipv6()) { Some(UdpSocket::bind("[::]:0")?) } else { None };
+    send_copies(datagrams, copies, gap, |a, bytes| {
+        let s = if a.is_ipv6() { sock6.as_ref().expect("bound") } else { &sock };
+        s.send_to(bytes, a).map(|_| ())
+    });
+    Ok(())
+}
+
+/// Sends each (destination, datagram, is broadcast) `copies` times, `gap` apart, through
+/// `send`; a failed send is logged, and the others go on.
+pub fn send_copies(
+    datagrams: &[(SocketAddr, Vec<u8>, bool)],
+    copies: u32,
+    gap: Duration,
+    mut send: impl FnMut(SocketAddr, &[u8]) -> std::io::Result<()>,
+) {
     for k in 0..copies {
         for (a, bytes, broadcast) in datagrams {
-            let s = if a.is_ipv6() { sock6.as_ref().expect("bound") } else { &sock };
-            if let Err(e) = s.send_to(bytes, a) {
+            if let Err(e) = send(*a, bytes) {
                 tracing::warn!("{} to {a}: {e}", if *broadcast { "broadcast" } else { "trigger" });
             }
         }
@@ -678,7 +692,6 @@ pub fn send_trigger(datagrams: &[(SocketAddr, Vec<u8>, bool)], copies: u32, gap:
             std::thread::sleep(gap);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
