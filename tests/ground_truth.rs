@@ -456,3 +456,91 @@ fn many_contradictions_are_each_broken_and_named() {
         }
     }
 }
+
+/// Clock steps found against the truth: each injected one found once, on its node, with its
+/// size within 1 ms and within its stated uncertainty; nothing else claimed; the offsets
+/// right in every segment; every receive after its send in corrected time.
+fn check_steps(cfg: &Config) -> Analysis {
+    let (trace, truth) = sim::generate(cfg);
+    let a = analyze(trace, Inputs::default());
+    let reference = a.clocks.reference as usize;
+    for s in &a.clocks.steps {
+        println!("  found: node{} stepped {} ns ± {:?} (in order: {})", s.node + 1, s.size_ns, s.uncertainty_ns, s.seen_in_order);
+    }
+    assert_eq!(a.clocks.steps.len(), truth.clock_steps.len(), "one step found per step made: {:?}", a.clocks.steps);
+    let mut injected = truth.clock_steps.clone();
+    injected.sort();
+    for (&(node, _, size), found) in injected.iter().zip(&a.clocks.steps) {
+        assert_eq!(found.node as usize, node, "the step is on node{}", node + 1);
+        let err = (found.size_ns - size).abs();
+        assert!(err <= 1_000_000, "node{}: step {} found as {} ns", node + 1, size, found.size_ns);
+        assert!(
+            err <= found.uncertainty_ns.expect("traffic on both sides"),
+            "node{}: off by {err} > its uncertainty {:?}",
+            node + 1,
+            found.uncertainty_ns
+        );
+    }
+    // The first segment's offsets; each later one is it plus the steps, each found to 1 ms.
+    for (n, found, expected, unc) in offsets(&a, &truth) {
+        let err = (found - expected).abs();
+        assert!(err <= unc && err <= 1_000_000, "node{}: offset off by {err} (uncertainty {unc})", n + 1);
+        let segments = a.clocks.segments(n as u16);
+        let made: Vec<i64> = injected.iter().filter(|s| s.0 == n).map(|s| s.2).collect();
+        assert_eq!(segments.len(), made.len() + 1);
+        let mut truth_offset = expected;
+        for (seg, step) in segments[1..].iter().zip(&made) {
+            truth_offset += step;
+            assert!((seg.1 - truth_offset).abs() <= 2_000_000, "node{}: segment offset {} vs truth {truth_offset}", n + 1, seg.1);
+        }
+    }
+    let _ = reference;
+    let corrected = |id: u32| {
+        let e = &a.trace.events[id as usize];
+        a.clocks.nodes[e.node as usize].to_ref.apply(e.t_raw)
+    };
+    let unc = |id: u32| a.clocks.nodes[a.trace.events[id as usize].node as usize].uncertainty_ns.unwrap_or(0);
+    let early: Vec<_> = a.matching.messages.iter().filter(|&&(s, r)| corrected(r) < corrected(s) - unc(s) - unc(r)).collect();
+    assert!(early.is_empty(), "{} receives before their sends, e.g. {:?}", early.len(), early.first());
+    assert!(a.order.cycles.is_empty(), "no contradictions left: {}", a.order.cycles.len());
+    let dropped: usize = a.clocks.pairs.iter().map(|p| p.dropped_strong).sum();
+    assert_eq!(dropped, 0, "no message bound contradicts the undone clocks");
+    a
+}
+
+/// A quiet scenario (no partition, no gap, no loss) to which steps are added.
+fn stepping(seed: u64, steps: Vec<(usize, i64, i64)>) -> Config {
+    Config { seed, partition: None, recorder_gap: false, drop_rate: 0.0, duplicate: false, clock_steps: steps, ..Config::default() }
+}
+
+#[test]
+fn a_clock_step_of_three_seconds_either_way_is_found_and_undone() {
+    for seed in 1..=6u64 {
+        let mut rng = sim::Rng::new(seed * 977);
+        let node = rng.range(0, 5) as usize;
+        let at = rng.range(800_000_000, 3_200_000_000);
+        let size = if seed % 2 == 0 { 3_000_000_000 } else { -3_000_000_000 };
+        println!("seed {seed}: node{} steps {size} ns at {at} ns", node + 1);
+        let a = check_steps(&stepping(seed, vec![(node, at, size)]));
+        let s = &a.clocks.steps[0];
+        assert_eq!(s.seen_in_order, size < 0, "a step back shows in program order");
+        let clock = a.anomalies.iter().find(|x| x.kind == Kind::ClockStep).expect("a clock_step anomaly");
+        assert_eq!(clock.nodes.as_slice(), &[node as u16]);
+        let text = summary(&a);
+        assert!(text.contains(&format!("node{}'s clock stepped", node + 1)), "{text}");
+    }
+}
+
+#[test]
+fn two_steps_on_two_nodes_are_each_found_and_undone() {
+    for seed in [3u64, 4] {
+        check_steps(&stepping(seed, vec![(1, 1_200_000_000, -3_000_000_000), (3, 2_600_000_000, 1_500_000_000)]));
+    }
+}
+
+/// Two nodes alone: only their traffic with each other shows a step, which might be either's.
+#[test]
+fn a_step_between_two_nodes_alone_is_found_once() {
+    let a = check_steps(&Config { nodes: 2, tcp: false, ..stepping(5, vec![(1, 2_000_000_000, -3_000_000_000)]) });
+    assert!(a.clocks.steps[0].seen_in_order);
+}

@@ -106,6 +106,9 @@ pub struct Config {
     /// After the TCP rounds node 1 closes the connection (FIN), and node 0 still sends three
     /// segments, which node 1's kernel answers with a RST.
     pub closed_connection: bool,
+    /// Clock steps: (node, true time from start ns, size ns). From that time on the node's
+    /// clock reads `size` more (an NTP step, a VM migration).
+    pub clock_steps: Vec<(usize, i64, i64)>,
 }
 
 impl Default for Config {
@@ -128,6 +131,7 @@ impl Default for Config {
             stall: None,
             lossy: None,
             closed_connection: false,
+            clock_steps: Vec::new(),
         }
     }
 }
@@ -137,6 +141,8 @@ impl Default for Config {
 pub struct Truth {
     /// Per node: (offset at the start, drift): raw = true + offset + drift·(true − start).
     pub clocks: Vec<(i64, f64)>,
+    /// The clock steps, as configured: (node, true time ns, size ns).
+    pub clock_steps: Vec<(usize, i64, i64)>,
     pub start_ns: i64,
     /// (send uid, attempt, receiving node) the network dropped; attempt counts resends of a uid.
     pub network_losses: Vec<(u64, u32, usize)>,
@@ -240,7 +246,7 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
     let mut rng = Rng::new(cfg.seed);
     let n = cfg.nodes;
     let start = 1_700_000_000_000_000_000i64;
-    let mut truth = Truth { start_ns: start, ..Truth::default() };
+    let mut truth = Truth { start_ns: start, clock_steps: cfg.clock_steps.clone(), ..Truth::default() };
     for _ in 0..n {
         let off = rng.range(-cfg.max_offset_ns, cfg.max_offset_ns + 1);
         let drift = (rng.range(-1_000_000, 1_000_001) as f64 / 1e6) * cfg.max_drift;
@@ -489,7 +495,8 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
     let mut b = TraceBuilder::default();
     for node in 0..n {
         let (off, drift) = truth.clocks[node];
-        let raw = |t: i64| t + off + (drift * (t - start) as f64) as i64;
+        let steps: Vec<(i64, i64)> = cfg.clock_steps.iter().filter(|s| s.0 == node).map(|s| (start + s.1, s.2)).collect();
+        let raw = |t: i64| t + off + (drift * (t - start) as f64) as i64 + steps.iter().filter(|s| t >= s.0).map(|s| s.1).sum::<i64>();
         let mut mine: Vec<usize> = (0..pkts.len()).filter(|&i| pkts[i].node == node).collect();
         mine.sort_by_key(|&i| pkts[i].t_true);
         let name = format!("node{}", node + 1);

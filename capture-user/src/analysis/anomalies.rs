@@ -7,6 +7,7 @@ use rustc_hash::FxHashMap;
 
 use super::matching::{Matching, TimeMap, address_owners, is_group_address};
 use super::rules::Violation;
+use super::steps::ClockStep;
 use super::trace::{AddrId, Dir, EventId, NodeId, ProtoCode, Trace};
 
 /// Time window for partition detection, ns.
@@ -61,6 +62,7 @@ pub enum Kind {
     ClosedConnection,
     MissingNode,
     Contradiction,
+    ClockStep,
 }
 
 impl Kind {
@@ -77,6 +79,7 @@ impl Kind {
             Kind::ClosedConnection => "closed_connection",
             Kind::MissingNode => "missing_node",
             Kind::Contradiction => "contradiction",
+            Kind::ClockStep => "clock_step",
         }
     }
 }
@@ -472,6 +475,50 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         out.push(Anomaly::new(Kind::MissingNode, Vec::new(), format!("{name} never answered the trigger: no dump from it")));
     }
     out
+}
+
+/// A clock step's text: node, direction and size, when, and how it was told.
+pub fn clock_step_text(trace: &Trace, clocks: &dyn TimeMap, s: &ClockStep) -> String {
+    let name = |n: NodeId| trace.nodes[n as usize].name.as_str();
+    let size = super::fmt::fmt_ns(s.size_ns.abs());
+    let how = match (s.seen_in_order, s.uncertainty_ns) {
+        (true, Some(u)) => format!("time ran back in its program order; the size is from its traffic, ± {}", super::fmt::fmt_ns(u)),
+        (true, None) => "time ran back in its program order; no traffic on both sides gave the exact size, which is at least this".into(),
+        (false, Some(u)) => format!("all its peers' messages moved by it at once; ± {}", super::fmt::fmt_ns(u)),
+        (false, None) => "its messages moved by it at once".into(),
+    };
+    let or = s.or_peer.map_or(String::new(), |p| {
+        format!(
+            " Only its traffic with {} shows it: {}'s clock may have stepped {} instead.",
+            name(p),
+            name(p),
+            if s.size_ns > 0 { "back" } else { "forward" }
+        )
+    });
+    format!(
+        "{}'s clock stepped {} {size} at {} ({how}); its times after the step are moved back onto its clock before it.{or}",
+        name(s.node),
+        if s.size_ns < 0 { "back" } else { "forward" },
+        super::fmt::fmt_time(clocks.corrected(s.node, s.at_raw))
+    )
+}
+
+/// One anomaly per clock step, with the events either side of it.
+pub fn add_clock_steps(out: &mut Vec<Anomaly>, trace: &Trace, clocks: &dyn TimeMap, steps: &[ClockStep]) {
+    for s in steps {
+        let range = trace.node_ranges[s.node as usize].clone();
+        let b = range.start + trace.events[range.clone()].partition_point(|e| e.t_raw <= s.at_raw);
+        let events: Vec<EventId> = [b.checked_sub(1).filter(|&i| i >= range.start), Some(b).filter(|&i| i < range.end)]
+            .into_iter()
+            .flatten()
+            .map(|i| i as EventId)
+            .collect();
+        let mut a = Anomaly::new(Kind::ClockStep, events, clock_step_text(trace, clocks, s));
+        a.nodes = NodeList::from_slice(&[s.node]);
+        let at = clocks.corrected(s.node, s.at_raw);
+        a.span = Some((at, at));
+        out.push(a);
+    }
 }
 
 /// Adds the anomalies that need the global order: unanswered requests (from violated

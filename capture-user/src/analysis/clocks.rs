@@ -18,6 +18,7 @@ use petgraph::graph::{NodeIndex, UnGraph};
 use petgraph::visit::{Bfs, EdgeRef};
 
 use super::matching::TimeMap;
+use super::steps::ClockStep;
 use super::trace::{EventId, NodeId, Trace};
 
 /// Largest drift considered, as a fraction (1000 ppm).
@@ -95,6 +96,23 @@ pub struct Clocks {
     pub reference: NodeId,
     pub nodes: Vec<NodeClock>,
     pub pairs: Vec<PairEstimate>,
+    /// Steps found in the nodes' clocks, by node and time; the trace has them undone, so
+    /// `to_ref` maps a node's undone raw time (see [`ClockStep`]).
+    pub steps: Vec<ClockStep>,
+}
+
+impl Clocks {
+    /// A node's offset against the reference in each segment between its steps:
+    /// (start on the node's undone clock, None for the first; offset ns).
+    pub fn segments(&self, node: NodeId) -> Vec<(Option<i64>, i64)> {
+        let mut offset = self.nodes[node as usize].offset_ns;
+        let mut out = vec![(None, offset)];
+        for s in self.steps.iter().filter(|s| s.node == node) {
+            offset += s.size_ns;
+            out.push((Some(s.at_raw), offset));
+        }
+        out
+    }
 }
 
 impl TimeMap for Clocks {
@@ -405,7 +423,7 @@ fn chain(trace: &Trace, pairs: Vec<PairEstimate>) -> Clocks {
             }
         })
         .collect();
-    Clocks { reference, nodes, pairs }
+    Clocks { reference, nodes, pairs, steps: Vec::new() }
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ pub enum FindingKind {
     LossyLink,
     RecorderLoss,
     Clock,
+    ClockStep,
     RetryStorm,
     Unanswered,
     Violation,
@@ -46,7 +47,7 @@ impl FindingKind {
     fn class(self) -> u8 {
         match self {
             FindingKind::Partition | FindingKind::StalledNode | FindingKind::MissingNode | FindingKind::LossyLink => 0,
-            FindingKind::RecorderLoss | FindingKind::Clock => 1,
+            FindingKind::RecorderLoss | FindingKind::Clock | FindingKind::ClockStep => 1,
             FindingKind::RetryStorm | FindingKind::Unanswered | FindingKind::Violation => 2,
         }
     }
@@ -126,6 +127,16 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
     for a in of(Kind::RecorderLoss) {
         out.push(Finding {
             kind: FindingKind::RecorderLoss,
+            nodes: a.nodes.to_vec(),
+            links: Vec::new(),
+            span: a.span,
+            text: a.text.clone(),
+            evidence: evidence(a),
+        });
+    }
+    for a in of(Kind::ClockStep) {
+        out.push(Finding {
+            kind: FindingKind::ClockStep,
             nodes: a.nodes.to_vec(),
             links: Vec::new(),
             span: a.span,

@@ -2,7 +2,7 @@
 //! Pure code: no aya, no root. It may use `dump` (to read dumps) and `packet`.
 //!
 //! A one-way chain, each module using only those before it: [`fmt`] → [`trace`] (read
-//! dumps) → [`spec`] → [`matching`] (certain messages) → [`clocks`] (estimated from
+//! dumps) → [`spec`] → [`matching`] (certain messages) → [`steps`] (clock steps, undone) → [`clocks`] (estimated from
 //! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
 //! → [`order`] (happens-before) → [`anomalies`] → [`diagnosis`] (ranked findings). This file runs the chain; `report`
 //! turns its [`Analysis`] into JSON, pcapng, HTML and text.
@@ -15,6 +15,7 @@ pub mod matching;
 pub mod order;
 pub mod rules;
 pub mod spec;
+pub mod steps;
 #[cfg(test)]
 mod testkit;
 pub mod trace;
@@ -78,7 +79,11 @@ pub fn analyze_streaming<R: Send>(
     analyze_inner(trace, inputs, stream)
 }
 
-fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOnce(Streamed<'_>) -> R + Send>) -> (Analysis, Option<R>) {
+fn analyze_inner<R: Send>(
+    mut trace: Trace,
+    inputs: Inputs,
+    stream: Option<impl FnOnce(Streamed<'_>) -> R + Send>,
+) -> (Analysis, Option<R>) {
     let mut phase = Phase::new();
     let spec = inputs.spec.unwrap_or_default();
     let classes = rules::classify(&trace, &spec);
@@ -88,7 +93,11 @@ fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOn
     phase.done("match index");
     let mut matching = matching::match_messages(&trace, &index);
     phase.done("match (certain)");
-    let clocks = clocks::estimate(&trace, &matching.messages);
+    let steps = steps::find(&trace, &matching.messages);
+    steps::apply(&mut trace, &steps);
+    phase.done("clock steps");
+    let mut clocks = clocks::estimate(&trace, &matching.messages);
+    clocks.steps = steps;
     phase.done("clocks");
     matching::resolve_by_time(&mut matching, &trace, &index, &clocks);
     drop(index);
@@ -174,6 +183,7 @@ fn analyze_inner<R: Send>(trace: Trace, inputs: Inputs, stream: Option<impl FnOn
         })
         .collect();
     anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
+    anomalies::add_clock_steps(&mut anomalies, &trace, &clocks, &clocks.steps);
     violations.extend(inv);
     phase.done("anomalies from the order");
     let corrected = |id: EventId| {

@@ -72,11 +72,21 @@ pub fn tcp_ev(t: i64, dir: Dir, (ip, len): (Vec<u8>, u32)) -> Ev {
 
 /// Builds a trace, one node per list; each node's recording covers `window`.
 pub fn trace_in(nodes: Vec<Vec<Ev>>, window: (i64, i64)) -> Trace {
+    let nodes = nodes
+        .into_iter()
+        .map(|mut events| {
+            events.sort_by_key(|e| e.t);
+            events
+        })
+        .collect();
+    trace_as_recorded(nodes, window)
+}
+
+/// The same, each node's events in the order given (program order), whatever their times.
+pub fn trace_as_recorded(nodes: Vec<Vec<Ev>>, window: (i64, i64)) -> Trace {
     let mut b = TraceBuilder::default();
     for (k, events) in nodes.into_iter().enumerate() {
         b.begin_node(NodeInfo { name: format!("n{}", k + 1), window, ..NodeInfo::default() }).unwrap();
-        let mut events = events;
-        events.sort_by_key(|e| e.t);
         let mut seq = 0;
         for e in &events {
             seq += e.lost_before;

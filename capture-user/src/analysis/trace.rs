@@ -107,7 +107,28 @@ pub struct NodeInfo {
     pub addrs: Vec<AddrId>,
     /// Whether direction came from the dump (true) or was inferred from addresses.
     pub direction_recorded: bool,
+    /// Where the node's time ran backwards in program order (a clock stepped back), in
+    /// order. The reader undid each provisionally: the events after it were moved later
+    /// to just after those before it. `steps` refines the size from the traffic.
+    pub reversals: Vec<Reversal>,
 }
+
+/// Time running backwards in one node's program order: its clock stepped back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reversal {
+    /// The first event after it, on the undone clock (just after every event before it).
+    pub first_after: i64,
+    /// As the dump recorded that event.
+    pub recorded: i64,
+    /// How much later the events after it were moved, ns.
+    pub undone_ns: i64,
+}
+
+/// Time running back at least this far in program order is a clock step, not the
+/// interleaving of per-CPU rings (which is sorted within a drain and milliseconds at most).
+pub const MIN_REVERSAL_NS: i64 = 50_000_000;
+/// ...and only when it stays back for this many events: one misdated record is not a step.
+const REVERSAL_PERSISTS: usize = 3;
 
 #[derive(Default)]
 pub struct Trace {
@@ -237,6 +258,26 @@ impl Trace {
     }
 }
 
+/// Finds where time runs back in program order (the events as the dump holds them) and
+/// moves each later event by the same amount, so they follow those before them.
+fn undo_reversals(events: &mut [Event]) -> Vec<Reversal> {
+    let mut out = Vec::new();
+    let mut shift = 0i64;
+    let mut latest = i64::MIN;
+    for i in 0..events.len() {
+        let t = events[i].t_raw + shift;
+        let back = |e: &Event| e.t_raw + shift < latest.saturating_sub(MIN_REVERSAL_NS);
+        if latest != i64::MIN && back(&events[i]) && events[i + 1..].iter().take(REVERSAL_PERSISTS - 1).all(back) {
+            let undone = latest + 1 - t;
+            out.push(Reversal { first_after: latest + 1, recorded: events[i].t_raw, undone_ns: undone });
+            shift += undone;
+        }
+        events[i].t_raw += shift;
+        latest = latest.max(events[i].t_raw);
+    }
+    out
+}
+
 /// A packet handed to the builder.
 pub struct RawPacket<'a> {
     pub t_raw: i64,
@@ -345,6 +386,16 @@ impl TraceBuilder {
             self.trace.nodes[node].direction_recorded = true;
         }
         let events = &mut self.trace.events[range.clone()];
+        let reversals = undo_reversals(events);
+        if !reversals.is_empty() {
+            let info = &mut self.trace.nodes[node];
+            // Times of the node's own read on the stepped clock: the end of its window and
+            // when it heard the trigger come last, after the steps.
+            let undo = |t: i64| -> i64 { t + reversals.iter().filter(|r| t >= r.recorded).map(|r| r.undone_ns).sum::<i64>() };
+            info.trigger_heard = info.trigger_heard.map(undo);
+            info.window.1 = undo(info.window.1);
+            info.reversals = reversals;
+        }
         events.sort_by_key(|e| (e.t_raw, e.cpu, e.seq));
         // Its addresses: those it sends from, and the unicast ones it receives on (a node
         // that only listens owns an address too, so a loss to it can be seen).
