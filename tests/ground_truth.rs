@@ -528,6 +528,18 @@ fn a_clock_step_of_three_seconds_either_way_is_found_and_undone() {
         assert_eq!(clock.nodes.as_slice(), &[node as u16]);
         let text = summary(&a);
         assert!(text.contains(&format!("node{}'s clock stepped", node + 1)), "{text}");
+        assert!(a.findings.iter().any(|f| f.kind == wgo::analysis::diagnosis::FindingKind::ClockStep && f.nodes == [node as u16]));
+        let mut json = Vec::new();
+        write_json(&a, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let x = v["anomalies"].as_array().unwrap().iter().find(|x| x["kind"] == "clock_step").expect("in the JSON");
+        assert_eq!(x["node"], format!("node{}", node + 1));
+        assert_eq!(x["size_ns"].as_i64(), Some(s.size_ns));
+        assert!(x["at_ns"].as_i64().is_some() && x["uncertainty_ns"].as_i64().is_some(), "{x}");
+        let nj = &v["nodes"][node];
+        assert_eq!(nj["clock_steps"].as_array().unwrap().len(), 1);
+        assert_eq!(nj["segments"].as_array().unwrap().len(), 2);
+        assert!(v["findings"].as_array().unwrap().iter().any(|f| f["kind"] == "clock_step"));
     }
 }
 

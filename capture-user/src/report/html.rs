@@ -19,7 +19,7 @@ use crate::analysis::trace::Dir;
 const TEMPLATE: &str = include_str!("../../../templates/timeline.html");
 
 /// Anomaly kinds, in the bit order the page uses.
-pub const KINDS: [Kind; 11] = [
+pub const KINDS: [Kind; 12] = [
     Kind::NetworkLoss,
     Kind::RecorderLoss,
     Kind::Duplicate,
@@ -31,6 +31,7 @@ pub const KINDS: [Kind; 11] = [
     Kind::ClosedConnection,
     Kind::MissingNode,
     Kind::Contradiction,
+    Kind::ClockStep,
 ];
 
 struct Blob {
@@ -180,7 +181,12 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
         "reference": t.nodes[an.clocks.reference as usize].name,
         "nodes": t.nodes.iter().enumerate().map(|(i, nd)| {
             let c = &an.clocks.nodes[i];
-            json!({"name": nd.name, "offset_ns": c.offset_ns, "uncertainty_ns": c.uncertainty_ns, "quality": c.quality, "events": t.node_ranges[i].len()})
+            let steps: Vec<serde_json::Value> = an.clocks.steps.iter().filter(|s| s.node as usize == i).map(|s| json!({
+                "at": (crate::analysis::matching::TimeMap::corrected(&an.clocks, s.node, s.at_raw) - t0) as f64,
+                "size_ns": s.size_ns,
+                "uncertainty_ns": s.uncertainty_ns,
+            })).collect();
+            json!({"name": nd.name, "offset_ns": c.offset_ns, "uncertainty_ns": c.uncertainty_ns, "quality": c.quality, "events": t.node_ranges[i].len(), "steps": steps})
         }).collect::<Vec<_>>(),
         "addrs": t.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "types": messages_by_type,

@@ -103,7 +103,16 @@ impl<'a> EventJson<'a> {
             .enumerate()
             .map(|(i, n)| {
                 let c = &clocks.nodes[i];
+                let steps: Vec<serde_json::Value> =
+                    clocks.steps.iter().filter(|s| s.node as usize == i).map(|s| step_json(t, clocks, s)).collect();
+                let segments: Vec<serde_json::Value> = clocks
+                    .segments(i as u16)
+                    .iter()
+                    .map(|(from, off)| serde_json::json!({"from_raw_ns": from, "offset_ns": off}))
+                    .collect();
                 serde_json::json!({
+                    "clock_steps": steps,
+                    "segments": segments,
                     "name": n.name,
                     "offset_ns": c.offset_ns,
                     "uncertainty_ns": c.uncertainty_ns,
@@ -246,6 +255,21 @@ pub fn write_json<W: Write>(a: &Analysis, out: W) -> std::io::Result<()> {
     w.flush()
 }
 
+/// One clock step: where (reference time, and the node's clock before the step), how far, how sure.
+fn step_json(t: &Trace, clocks: &Clocks, s: &crate::analysis::steps::ClockStep) -> serde_json::Value {
+    use crate::analysis::matching::TimeMap;
+    serde_json::json!({
+        "node": t.nodes[s.node as usize].name,
+        "at_ns": clocks.corrected(s.node, s.at_raw),
+        "at_raw_ns": s.at_raw,
+        "first_after_recorded_ns": s.first_after_recorded,
+        "size_ns": s.size_ns,
+        "uncertainty_ns": s.uncertainty_ns,
+        "seen_in_order": s.seen_in_order,
+        "or_peer": s.or_peer.map(|p| t.nodes[p as usize].name.as_str()),
+    })
+}
+
 /// The report after the events array: messages, anomalies, violations.
 fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
     let t = &a.trace;
@@ -274,7 +298,11 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
         nodes: Vec<&'a str>,
         islands: Vec<Vec<&'a str>>,
         span_ns: Option<(i64, i64)>,
+        /// For clock steps: node, times, size.
+        #[serde(skip_serializing_if = "Option::is_none", flatten)]
+        step: Option<serde_json::Value>,
     }
+    let mut steps = a.clocks.steps.iter();
     let name = |n: &u16| t.nodes[*n as usize].name.as_str();
     w.write_all(b"[")?;
     for (k, x) in a.anomalies.iter().enumerate() {
@@ -288,6 +316,7 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
             nodes: x.nodes.iter().map(name).collect(),
             islands: x.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
             span_ns: x.span,
+            step: if x.kind == Kind::ClockStep { steps.next().map(|s| step_json(t, &a.clocks, s)) } else { None },
         };
         serde_json::to_writer(&mut *w, &json)?;
     }
