@@ -15,11 +15,14 @@ pub struct Edit {
     pub trigger_late_ns: i64,
 }
 
+/// One packet as read: (time, direction, sequence number, CPU, wire length, bytes).
+type Packet = (u64, Option<capture_ebpf::Direction>, u64, u32, u32, Vec<u8>);
+
 /// Rewrites `input` into `output` with the edit; returns how many packets were moved by the step.
 pub fn edit_dump(input: &Path, output: &Path, edit: Edit) -> std::io::Result<usize> {
     let mut reader = DumpReader::new(std::io::BufReader::new(std::fs::File::open(input)?));
     let mut info = DumpInfo::default();
-    let mut packets: Vec<(u64, Option<capture_ebpf::Direction>, u64, u32, u32, Vec<u8>)> = Vec::new();
+    let mut packets: Vec<Packet> = Vec::new();
     let moved = |t: i64| edit.step.map_or(t, |(at, size)| if t >= at { t + size } else { t });
     let mut count = 0;
     while let Some(item) = reader.next_item().map_err(std::io::Error::other)? {
