@@ -544,18 +544,20 @@ pub fn write_dumps(trace: &Trace, dir: &std::path::Path) -> std::io::Result<()> 
     std::fs::create_dir_all(dir)?;
     for (n, node) in trace.nodes.iter().enumerate() {
         let f = std::fs::File::create(dir.join(format!("{}.pcapng", node.name)))?;
+        // As the node recorded them: a step back its reader undid is put back.
+        let recorded = |t: i64| t - node.reversals.iter().filter(|r| t >= r.first_after).map(|r| r.undone_ns).sum::<i64>();
         let info = DumpInfo {
             node: node.name.clone(),
             snaplen: 64,
             start_wall_ns: node.window.0.max(0) as u64,
-            end_wall_ns: node.window.1.max(0) as u64,
+            end_wall_ns: recorded(node.window.1).max(0) as u64,
             ..DumpInfo::default()
         };
         let mut w = DumpWriter::new(f, &info).map_err(std::io::Error::other)?;
         for e in trace.node_events(n as u16) {
             let dir = if e.dir == Dir::Send { Direction::Egress } else { Direction::Ingress };
             w.packet(&WritePacket {
-                wall_ns: e.t_raw as u64,
+                wall_ns: recorded(e.t_raw) as u64,
                 direction: Some(dir),
                 seq: e.seq,
                 cpu: e.cpu as u32,

@@ -55,9 +55,9 @@ pub fn fuzz() -> anyhow::Result<()> {
     let root = crate::build::root();
     seed_corpus(&root.join("fuzz/corpus"))?;
     // (target, libFuzzer options): whole reports get room for a few hundred packets, and an
-    // input that takes over 10 s to report on is a failure too.
+    // input that takes over 5 s to report on is a failure too.
     let targets: [(&str, &[&str]); 4] =
-        [("trigger", &[]), ("frames", &[]), ("spec", &[]), ("report", &["-max_len=65536", "-timeout=10", "-rss_limit_mb=4096"])];
+        [("trigger", &[]), ("frames", &[]), ("spec", &[]), ("report", &["-max_len=65536", "-timeout=5", "-rss_limit_mb=4096"])];
     for (target, options) in targets {
         eprintln!("xtask: fuzzing {target} for {FUZZ_SECONDS} s");
         exec(

@@ -89,13 +89,18 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         write_atomically(p, |f| report::html::write_html(&a, f, &title))?;
         phase.done("html");
     }
-    print!("{}", report::text::summary(&a));
+    let mut text = report::text::summary(&a);
     phase.done("summary");
     tracing::info!("peak memory {} KiB", analysis::peak_resident_kib().max(peak_rss_kib() as u64));
     for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
         if let Some(p) = p {
-            println!("{flag}: {}", p.display());
+            text.push_str(&format!("{flag}: {}\n", p.display()));
         }
+    }
+    // A reader that stopped early (`| head`) wanted no more: that is no error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        r => r.context("writing the summary to standard output")?,
     }
     if args.open
         && let Some(p) = &args.html

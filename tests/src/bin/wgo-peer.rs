@@ -130,6 +130,9 @@ enum Cmd {
         /// Receives recorded 50 ms early, each a contradiction in the order.
         #[arg(long, default_value_t = 0)]
         misdated: usize,
+        /// node2's clock steps this far (ns; negative: back) 30% into the recording.
+        #[arg(long, allow_hyphen_values = true)]
+        step_ns: Option<i64>,
     },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
@@ -268,7 +271,7 @@ fn main() -> anyhow::Result<()> {
                 });
             }
         }
-        Cmd::Synth { events, out, nodes, misdated } => {
+        Cmd::Synth { events, out, nodes, misdated, step_ns } => {
             use wgo_tests::sim;
             // Heartbeats dominate: n(n-1) pairs, 2 events each per interval. At least 2 s
             // (room for tasks, retries and a partition), at most 400 k events a second.
@@ -282,6 +285,7 @@ fn main() -> anyhow::Result<()> {
                 drop_rate: 0.01,
                 partition: Some((nodes / 2, duration_ns / 2, duration_ns / 2 + 500_000_000)),
                 misdated_receives: misdated,
+                clock_steps: step_ns.map(|size| (1, duration_ns * 3 / 10, size)).into_iter().collect(),
                 ..sim::Config::default()
             };
             let (trace, _) = sim::generate(&cfg);

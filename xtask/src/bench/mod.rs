@@ -18,6 +18,8 @@ pub enum Which {
     Capture,
     /// Collector speed and memory, 1 M to 10 M events, from reading dumps to JSON.
     Collector,
+    /// Clock trouble at scale: 10,000 contradicting receives in 1 M events, a 3 s clock step in 10 M.
+    Clocks,
     /// Unthrottled shipping over loopback against a plain TCP copy of the same bytes.
     Shipping,
     /// Timeline page load and frame times in headless Chromium, 10 k to 1 M events.
@@ -30,6 +32,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Capture => capture(),
         Which::Collector => collector(),
+        Which::Clocks => clocks(),
         Which::Shipping => shipping(),
         Which::Timeline => timeline(),
         Which::Collect => collect::run(),
@@ -297,7 +300,62 @@ fn collector() -> anyhow::Result<()> {
     );
     println!(" ev/s json→null: the same report with its JSON written to /dev/null, i.e. without the file's disk writes)");
     let _ = std::fs::remove_dir_all(&tmp);
-    contradictions(&wgo, &peer)
+    contradictions(&wgo, &peer)?;
+    clock_step(&wgo, &peer)
+}
+
+fn clocks() -> anyhow::Result<()> {
+    crate::build::all()?;
+    let (wgo, peer) = (root().join("target/release/wgo"), root().join("target/release/wgo-peer"));
+    contradictions(&wgo, &peer)?;
+    clock_step(&wgo, &peer)
+}
+
+/// Median seconds of three `wgo report DIR --spec --json` runs, and the report's text.
+fn report_median(wgo: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(f64, String)> {
+    let mut times = Vec::new();
+    let mut text = String::new();
+    for _ in 0..3 {
+        testbed::run(&mut Command::new("sync"))?;
+        let t = std::time::Instant::now();
+        let rep = testbed::run(
+            Command::new(wgo).arg("report").arg(dir).arg("--spec").arg(dir.join("sim.toml")).arg("--json").arg(dir.join("out.json")),
+        )?;
+        times.push(t.elapsed().as_secs_f64());
+        text = String::from_utf8_lossy(&rep.stdout).into_owned();
+    }
+    Ok((median(&times), text))
+}
+
+/// The same 10 M-event report with node2's clock stepped back 3 s 30% in, against the one
+/// without, median of 3 each; the step must be found.
+fn clock_step(wgo: &std::path::Path, peer: &std::path::Path) -> anyhow::Result<()> {
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-step-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for step in [None, Some(-3_000_000_000i64)] {
+        let dir = tmp.join(step.map_or("none".into(), |s| s.to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut synth = Command::new(peer);
+        synth.args(["synth", "--events", "10000000", "--out"]).arg(&dir);
+        if let Some(s) = step {
+            synth.arg(format!("--step-ns={s}"));
+        }
+        testbed::run(&mut synth)?;
+        let (secs, text) = report_median(wgo, &dir)?;
+        let findings = text.split("\nDetails:").next().unwrap_or("");
+        let found = findings.lines().filter(|l| l.contains("'s clock stepped")).count();
+        if step.is_some() && found != 1 {
+            bail!("the step was not found once among the findings ({found} times):\n{text}");
+        }
+        rows.push((step, secs));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!("\n10 M events, with and without node2's clock stepped back 3 s (median of 3 reports):");
+    for (step, s) in &rows {
+        println!("  {:>14}: {s:>6.2} s, {:.2}x", step.map_or("no step".into(), |_| "3 s step back".to_string()), s / rows[0].1);
+    }
+    Ok(())
 }
 
 /// The same 1 M-event report with 10,000 receives recorded 50 ms early (each a cycle the
