@@ -20,6 +20,8 @@ pub const MAX_HEADERS: u32 = 120;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Packet = 1,
+    /// A packet of the recorded cgroup that the kernel dropped (`skb:kfree_skb`), with its reason.
+    Drop = 2,
 }
 
 /// Which way a packet went, seen from the recorded node's sockets.
@@ -60,6 +62,10 @@ pub struct RecordHeader {
     pub cap_len: u32,
     /// 4 or 6.
     pub ip_version: u32,
+    /// For drops: the kernel's `enum skb_drop_reason` value (its names come from the
+    /// kernel's BTF: the numbers differ between kernels). 0 for packets.
+    pub reason: u32,
+    pub pad: u32,
 }
 
 /// What the programs copy into the ring map: header plus the packet bytes.
@@ -177,6 +183,37 @@ pub struct WatchConfig {
     pub pad: u32,
 }
 
+/// What the drop program needs to know: whose drops to record, and where the fields it
+/// reads lie in this kernel's structures (byte offsets, from the kernel's BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropConfig {
+    /// The recorded cgroup (v2 id), at depth `level`; 0 records no drops.
+    pub cgroup_id: u64,
+    pub level: u32,
+    /// The recording's network namespace (inode number): drops no socket claims are
+    /// recorded when they happen in it.
+    pub netns_ino: u32,
+    /// `sk_buff`: `head`, `network_header`, `tail`, `sk`, `dev`.
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_tail: u32,
+    pub skb_sk: u32,
+    pub skb_dev: u32,
+    /// `sock`: `sk_cgrp_data.cgroup`, `__sk_common.skc_num` (the local port).
+    pub sk_cgroup: u32,
+    pub sk_num: u32,
+    /// `cgroup`: `level`, `ancestors`, `kn`; `kernfs_node`: `id`.
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    /// `net_device`: `nd_net.net`; `net`: `ns.inum`.
+    pub dev_net: u32,
+    pub net_inum: u32,
+    pub pad: u32,
+}
+
 /// Bytes of the ring buffer the signal programs write to.
 pub const SIGNAL_RING_BYTES: u32 = 64 << 10;
 
@@ -184,8 +221,9 @@ pub const SIGNAL_EVENT_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<KillSent>() == 24);
 const _: () = assert!(core::mem::size_of::<SignalEvent>() == SIGNAL_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 72);
 
-pub const RECORD_HEADER_SIZE: usize = 40;
+pub const RECORD_HEADER_SIZE: usize = 48;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_SIZE);
 const _: () = assert!(core::mem::size_of::<PacketRecord>() == RECORD_HEADER_SIZE + MAX_CAPTURE);
 const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 12);
@@ -206,6 +244,9 @@ pub mod names {
     pub const WATCH_CONFIG: &str = "WATCH_CONFIG";
     pub const KILLS: &str = "KILLS";
     pub const SIGNALS: &str = "SIGNALS";
+    pub const DROP_CONFIG: &str = "DROP_CONFIG";
+    pub const KFREE_SKB: &str = "wgo_kfree_skb";
+    pub const TP_KFREE_SKB: &str = "kfree_skb";
     /// Raw tracepoints: programs and the kernel tracepoints they attach to.
     pub const SIGNAL_DELIVER: &str = "wgo_signal_deliver";
     pub const SIGNAL_GENERATE: &str = "wgo_signal_generate";
@@ -225,6 +266,8 @@ mod pod {
     unsafe impl aya::Pod for super::RingState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::WatchConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropConfig {}
 }
 
 impl SignalEvent {
@@ -269,6 +312,8 @@ impl RecordHeader {
             orig_len: u32_at(28),
             cap_len: u32_at(32),
             ip_version: u32_at(36),
+            reason: u32_at(40),
+            pad: 0,
         })
     }
 
@@ -283,6 +328,7 @@ impl RecordHeader {
         b[28..32].copy_from_slice(&self.orig_len.to_ne_bytes());
         b[32..36].copy_from_slice(&self.cap_len.to_ne_bytes());
         b[36..40].copy_from_slice(&self.ip_version.to_ne_bytes());
+        b[40..44].copy_from_slice(&self.reason.to_ne_bytes());
         b
     }
 }

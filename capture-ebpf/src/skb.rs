@@ -21,12 +21,12 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 
 #[btf_map]
-static CONFIG: Array<CaptureConfig, 1> = Array::new();
+pub(crate) static CONFIG: Array<CaptureConfig, 1> = Array::new();
 
 /// Local UDP/TCP ports whose packets are not recorded (non-zero entry): the agent's own
 /// trigger and shipping sockets.
 #[btf_map]
-static EXCLUDED_PORTS: Array<u8, 65536> = Array::new();
+pub(crate) static EXCLUDED_PORTS: Array<u8, 65536> = Array::new();
 
 #[cgroup_skb]
 pub fn wgo_ingress(ctx: SkBuffContext) -> i32 {
@@ -81,6 +81,8 @@ fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
         orig_len: len,
         cap_len: cap as u32,
         ip_version,
+        reason: 0,
+        pad: 0,
     };
     unsafe { core::ptr::write_unaligned(body.cast::<RecordHeader>(), header) };
     slot.commit(cfg.wakeup_bytes, cpu);

@@ -40,6 +40,8 @@ fn main() {
                     orig_len: 92,
                     cap_len: 92,
                     ip_version: 4,
+                    reason: 0,
+                    pad: 0,
                 };
                 pos += write_test_record(&mut area, capacity, pos, &h, &packet);
                 seq += 1;

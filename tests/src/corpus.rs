@@ -212,15 +212,9 @@ fn partition(bed: &Testbed, node: &str, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 30% loss at the switch (the network's doing, not either node's firewall).
 fn lossy(bed: &Testbed, from: &str, to: &str, on: bool) -> anyhow::Result<()> {
-    let n = bed.node(to);
-    match on {
-        true => n.nft(&format!(
-            "table inet wgo_lossy {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  ip saddr {} numgen random mod 10 < 3 drop\n }}\n}}\n",
-            bed.node(from).ipv4
-        )),
-        false => n.nft("delete table inet wgo_lossy"),
-    }
+    bed.lossy_link(from, to, 3, None, on)
 }
 
 /// Runs `system` with `fault` (as a kind: the nodes are the system's) while every node is

@@ -137,14 +137,10 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
     log("running the demo app on every node: TASK/ACK, heartbeats, ballots, WHOHAS/IHAVE");
     pause(o.stop, Duration::from_millis(1500))?;
 
-    let n3 = bed.node("node3");
     log("fault 1: the link node1 → node3 drops 30% of UDP (tasks get retried)");
-    n3.nft(&format!(
-        "table inet wgo_lossy {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    ip saddr {} udp dport 7000 numgen random mod 10 < 3 drop\n  }}\n}}\n",
-        n1.ipv4
-    ))?;
+    bed.lossy_link("node1", "node3", 3, Some(7000), true)?;
     pause(o.stop, Duration::from_millis(2500))?;
-    n3.nft("delete table inet wgo_lossy")?;
+    bed.lossy_link("node1", "node3", 3, Some(7000), false)?;
 
     log("fault 2: node5 stalls for 1.2 s, falls out of the membership, and comes back mid-vote");
     apps[4].signal(libc::SIGSTOP);

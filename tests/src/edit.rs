@@ -15,8 +15,8 @@ pub struct Edit {
     pub trigger_late_ns: i64,
 }
 
-/// One packet as read: (time, direction, sequence number, CPU, wire length, bytes).
-type Packet = (u64, Option<capture_ebpf::Direction>, u64, u32, u32, Vec<u8>);
+/// One packet as read: (time, direction, sequence number, CPU, wire length, bytes, drop reason).
+type Packet = (u64, Option<capture_ebpf::Direction>, u64, u32, u32, Vec<u8>, Option<String>);
 
 /// Rewrites `input` into `output` with the edit; returns how many packets were moved by the step.
 pub fn edit_dump(input: &Path, output: &Path, edit: Edit) -> std::io::Result<usize> {
@@ -40,7 +40,15 @@ pub fn edit_dump(input: &Path, output: &Path, edit: Edit) -> std::io::Result<usi
             Item::Packet(p) => {
                 let t = moved(p.time_ns as i64);
                 count += (t != p.time_ns as i64) as usize;
-                packets.push((t as u64, p.direction, p.seq.unwrap_or(0), p.cpu, p.orig_len, p.ip.to_vec()));
+                packets.push((
+                    t as u64,
+                    p.direction,
+                    p.seq.unwrap_or(0),
+                    p.cpu,
+                    p.orig_len,
+                    p.ip.to_vec(),
+                    p.drop_reason.map(str::to_string),
+                ));
             }
             Item::NotIp | Item::Other => {}
         }
@@ -51,9 +59,19 @@ pub fn edit_dump(input: &Path, output: &Path, edit: Edit) -> std::io::Result<usi
     info.end_wall_ns = moved(end).max(0) as u64;
     info.drops_per_cpu = stats.drops_per_cpu.clone();
     let mut w = DumpWriter::new(std::fs::File::create(output)?, &info).map_err(std::io::Error::other)?;
-    for (t, direction, seq, cpu, orig_len, ip) in &packets {
-        w.packet(&WritePacket { wall_ns: *t, direction: *direction, seq: *seq, cpu: *cpu, ktime_ns: None, orig_len: *orig_len, ip })
-            .map_err(std::io::Error::other)?;
+    for (t, direction, seq, cpu, orig_len, ip, drop) in &packets {
+        let drop_reason = drop.as_deref();
+        w.packet(&WritePacket {
+            wall_ns: *t,
+            direction: *direction,
+            seq: *seq,
+            cpu: *cpu,
+            ktime_ns: None,
+            orig_len: *orig_len,
+            ip,
+            drop_reason,
+        })
+        .map_err(std::io::Error::other)?;
     }
     w.finish(&info).map_err(std::io::Error::other)?;
     Ok(count)

@@ -523,7 +523,15 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                     t -= 50_000_000;
                 }
             }
-            b.packet(&RawPacket { t_raw: t, seq: Some(seq), cpu: cpu as u32, dir: Some(p.dir), orig_len: p.orig_len, data: &p.data });
+            b.packet(&RawPacket {
+                t_raw: t,
+                seq: Some(seq),
+                cpu: cpu as u32,
+                dir: Some(p.dir),
+                orig_len: p.orig_len,
+                data: &p.data,
+                drop: None,
+            });
         }
         b.end_node();
     }
@@ -564,6 +572,7 @@ pub fn write_dumps(trace: &Trace, dir: &std::path::Path) -> std::io::Result<()> 
                 ktime_ns: None,
                 orig_len: e.orig_len,
                 ip: trace.data(e),
+                drop_reason: None,
             })
             .map_err(std::io::Error::other)?;
         }

@@ -111,20 +111,25 @@ impl Node {
 
     /// Runs an nft script (`nft -f -`) in this node's namespace.
     pub fn nft(&self, script: &str) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running nft")?;
-        child.stdin.take().expect("piped").write_all(script.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("nft in {} failed: {}\nscript:\n{script}", self.name, String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+        nft_in(&self.netns, &self.name, script)
     }
+}
+
+/// Runs an nft script (`nft -f -`) in a namespace.
+fn nft_in(netns: &str, what: &str, script: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft in {what} failed: {}\nscript:\n{script}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// A child process killed (and reaped) on drop.
@@ -229,6 +234,36 @@ impl Testbed {
 
     pub fn node(&self, name: &str) -> &Node {
         self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+
+    /// Runs an nft script in the switch's namespace (the bridge's own rules: the network).
+    pub fn switch_nft(&self, script: &str) -> anyhow::Result<()> {
+        nft_in(&self.switch_netns, "the switch", script)
+    }
+
+    /// Makes the switch drop `tenths`/10 of what `from` sends `to` (`udp_port`: only
+    /// UDP to that port), or stops it: a lossy link, not either node's doing.
+    pub fn lossy_link(&self, from: &str, to: &str, tenths: u8, udp_port: Option<u16>, on: bool) -> anyhow::Result<()> {
+        if !on {
+            return self.switch_nft("delete table bridge wgo_lossy");
+        }
+        let port = udp_port.map_or(String::new(), |p| format!("udp dport {p} "));
+        self.switch_nft(&format!(
+            "table bridge wgo_lossy {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    ip saddr {} ip daddr {} {port}numgen random mod 10 < {tenths} counter drop\n  }}\n}}\n",
+            self.node(from).ipv4,
+            self.node(to).ipv4
+        ))
+    }
+
+    /// Packets the switch's lossy rule dropped so far.
+    pub fn lossy_link_drops(&self) -> anyhow::Result<u64> {
+        let out = Command::new("ip").args(["netns", "exec", &self.switch_netns, "nft", "list", "table", "bridge", "wgo_lossy"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .context("no counter in the lossy rule")
     }
 
     /// Takes a node's link down or up at the switch: a clean cut, both directions.

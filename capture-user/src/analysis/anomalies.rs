@@ -63,6 +63,36 @@ pub enum Kind {
     MissingNode,
     Contradiction,
     ClockStep,
+    KernelDrop,
+}
+
+/// Where a lost message died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseKind {
+    /// Neither kernel dropped it, and the receiver was recording: the network lost it.
+    Network,
+    /// The sender's own kernel dropped it (its firewall, a full queue).
+    SenderKernel,
+    /// The receiver's kernel dropped it (its firewall, a full socket buffer, no socket).
+    ReceiverKernel,
+}
+
+impl CauseKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CauseKind::Network => "network",
+            CauseKind::SenderKernel => "sender_kernel",
+            CauseKind::ReceiverKernel => "receiver_kernel",
+        }
+    }
+}
+
+/// A loss's cause, with the kernel's drop reason (an index into `Trace::drop_reasons`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cause {
+    pub kind: CauseKind,
+    pub reason: Option<u16>,
 }
 
 impl Kind {
@@ -80,6 +110,7 @@ impl Kind {
             Kind::MissingNode => "missing_node",
             Kind::Contradiction => "contradiction",
             Kind::ClockStep => "clock_step",
+            Kind::KernelDrop => "kernel_drop",
         }
     }
 }
@@ -103,11 +134,25 @@ pub struct Anomaly {
     pub islands: Vec<Vec<NodeId>>,
     /// Time span, reference clock ns.
     pub span: Option<(i64, i64)>,
+    /// For network losses: where the message died. For kernel drops: the reason.
+    pub cause: Option<Cause>,
 }
 
 impl Anomaly {
     fn new(kind: Kind, events: Vec<EventId>, text: String) -> Anomaly {
-        Anomaly { kind, events: EventList::from_vec(events), text, nodes: NodeList::new(), islands: Vec::new(), span: None }
+        Anomaly { kind, events: EventList::from_vec(events), text, nodes: NodeList::new(), islands: Vec::new(), span: None, cause: None }
+    }
+}
+
+/// Human words for a kernel drop reason: what the operator would call it.
+pub fn reason_words(reason: &str) -> &'static str {
+    match reason {
+        "netfilter_drop" => "firewall",
+        "socket_rcvbuff" => "full receive buffer",
+        "no_socket" => "no socket on the port",
+        "socket_filter" => "socket filter",
+        "qdisc_drop" | "full_ring" => "full queue",
+        _ => "",
     }
 }
 
@@ -115,7 +160,44 @@ impl Anomaly {
 pub fn loss_text(trace: &Trace, describe: &dyn Fn(EventId) -> String, a: &Anomaly) -> String {
     let name = |n: NodeId| trace.nodes[n as usize].name.as_str();
     let (from, to) = (a.nodes[0], a.nodes[1]);
-    format!("{} never reached {} (network loss on {}→{})", describe(a.events[0]), name(to), name(from), name(to))
+    let reason = |c: &Cause| c.reason.and_then(|r| trace.drop_reasons.get(r as usize)).map_or("?", String::as_str);
+    match a.cause {
+        Some(c @ Cause { kind: CauseKind::SenderKernel, .. }) => {
+            format!("{} never left {}: its own kernel dropped it ({})", describe(a.events[0]), name(from), reason(&c))
+        }
+        Some(c @ Cause { kind: CauseKind::ReceiverKernel, .. }) => {
+            format!("{} reached {}, whose kernel dropped it ({})", describe(a.events[0]), name(to), reason(&c))
+        }
+        _ => format!("{} never reached {} (network loss on {}→{})", describe(a.events[0]), name(to), name(from), name(to)),
+    }
+}
+
+/// A packet's identity on one node, one way: (node, direction, addresses, ports, IP id, content hash).
+type DropKey = (NodeId, Dir, AddrId, AddrId, u16, u16, u16, u64);
+
+/// Kernel drops by node, direction and message key, for finding the drop of a lost message.
+struct DropIndex {
+    by_key: FxHashMap<DropKey, Vec<usize>>,
+}
+
+impl DropIndex {
+    fn new(trace: &Trace) -> DropIndex {
+        let mut by_key: FxHashMap<_, Vec<usize>> = FxHashMap::default();
+        for (k, d) in trace.drops.iter().enumerate() {
+            by_key.entry(Self::key(trace, &d.event, d.event.node, d.event.dir)).or_default().push(k);
+        }
+        DropIndex { by_key }
+    }
+    fn key(trace: &Trace, e: &super::trace::Event, node: NodeId, dir: Dir) -> DropKey {
+        (node, dir, e.src, e.dst, e.sport, e.dport, e.ip_id, trace.content_hash(e))
+    }
+    /// Drops of the packet `e` on `node` going `dir`.
+    fn of(&self, trace: &Trace, e: &super::trace::Event, node: NodeId, dir: Dir) -> &[usize] {
+        if self.by_key.is_empty() {
+            return &[];
+        }
+        self.by_key.get(&Self::key(trace, e, node, dir)).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A stretch of time on one node where its recorder lost records (reference clock).
@@ -149,16 +231,26 @@ pub fn recorder_gaps(trace: &Trace, clocks: &dyn TimeMap) -> Vec<RecorderGap> {
                 per_cpu.entry(e.cpu).or_default().push((e.seq, i));
             }
         }
+        // Drop records share the sequence: theirs are no gap.
+        let mut dropped: BTreeMap<u16, Vec<u64>> = BTreeMap::new();
+        for d in trace.drops.iter().filter(|d| d.event.node as usize == n && !d.stands_for_send && d.event.seq != u64::MAX) {
+            dropped.entry(d.event.cpu).or_default().push(d.event.seq);
+        }
+        for v in dropped.values_mut() {
+            v.sort_unstable();
+        }
         for (cpu, mut v) in per_cpu {
             v.sort_unstable();
+            let theirs = dropped.get(&cpu).map_or(&[][..], Vec::as_slice);
             for w in v.windows(2) {
                 let ((s0, i0), (s1, i1)) = (w[0], w[1]);
-                if s1 > s0 + 1 {
+                let between = (theirs.partition_point(|&x| x < s1) - theirs.partition_point(|&x| x <= s0)) as u64;
+                if s1 > s0 + 1 + between {
                     let (a, b) = (&trace.events[i0], &trace.events[i1]);
                     gaps.push(RecorderGap {
                         node: n as NodeId,
                         cpu,
-                        lost: s1 - s0 - 1,
+                        lost: s1 - s0 - 1 - between,
                         from: clocks.corrected(a.node, a.t_raw),
                         to: clocks.corrected(b.node, b.t_raw),
                         events: (i0 as EventId, i1 as EventId),
@@ -238,6 +330,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
 
     // Network loss: sends a recording receiver never saw.
     let mut losses: Vec<(EventId, NodeId)> = Vec::new();
+    let drops = DropIndex::new(trace);
     // Unmatched sends, and group sends that some but maybe not all of their receivers got.
     let mut candidates: Vec<EventId> = m.unmatched_sends.clone();
     candidates.extend(m.messages.iter().map(|&(s, _)| s).filter(|&s| group_addr[trace.events[s as usize].dst as usize]));
@@ -259,12 +352,13 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         };
         for r in receivers {
             let (w0, w1) = window(r);
-            // Where the receiver's clock is unknown, the send must lie well inside its recording.
+            // Where the receiver's clock is unknown, the send must lie well inside its recording,
+            // unless a kernel's record of dropping it says it was lost whatever the clocks.
             let margin = if ctx.clocks.known(r) && ctx.clocks.known(e.node) { ctx.clocks.uncertainty(r) } else { NTP_MARGIN_NS };
-            if t - margin < w0 || t + margin + JUDGE_MARGIN_NS > w1 || blind(r, t) {
-                continue;
+            let judged = !(t - margin < w0 || t + margin + JUDGE_MARGIN_NS > w1 || blind(r, t));
+            if judged || !drops.of(trace, e, r, Dir::Recv).is_empty() || !drops.of(trace, e, e.node, Dir::Send).is_empty() {
+                losses.push((s, r));
             }
-            losses.push((s, r));
         }
     }
     // A TCP segment that only arrived as a later retransmission was lost the first time,
@@ -335,14 +429,95 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         a.span = Some((corr(sends[0]), corr(*sends.last().expect("non-empty"))));
         out.push(a);
     }
-    // Group network losses by link and kind for readable texts.
-    for &(s, r) in &losses {
+    // Where each lost message died: a drop record of it on the sender (going out) or on
+    // the receiver (coming in) names the kernel and its reason; without one, the network.
+    let mut explained = vec![false; trace.drops.len()];
+    let cause_of = |s: EventId, r: NodeId, explained: &mut Vec<bool>| {
+        let e = &trace.events[s as usize];
+        let sender = drops.of(trace, e, e.node, Dir::Send);
+        let receiver = drops.of(trace, e, r, Dir::Recv);
+        let (kind, hit) = match (sender.first(), receiver.first()) {
+            (Some(&k), _) => (CauseKind::SenderKernel, Some(k)),
+            (None, Some(&k)) => (CauseKind::ReceiverKernel, Some(k)),
+            (None, None) => (CauseKind::Network, None),
+        };
+        for &k in sender.iter().chain(receiver) {
+            explained[k] = true;
+        }
+        Cause { kind, reason: hit.map(|k| trace.drops[k].reason) }
+    };
+    let mut caused: Vec<(EventId, NodeId, Cause)> = losses.iter().map(|&(s, r)| (s, r, cause_of(s, r, &mut explained))).collect();
+    // A datagram the receiver's recorder saw arrive, which its kernel then dropped (a full
+    // socket buffer): delivered to the host, lost to the application.
+    if !trace.drops.is_empty() {
+        for &(s, r) in &m.messages {
+            let (se, re) = (&trace.events[s as usize], &trace.events[r as usize]);
+            if se.proto == ProtoCode::Tcp {
+                continue; // TCP resends what its peer's kernel dropped: not a loss
+            }
+            let ds = drops.of(trace, re, re.node, Dir::Recv);
+            if let Some(&k) = ds.iter().find(|&&k| trace.drops[k].event.t_raw >= re.t_raw) {
+                explained[k] = true;
+                caused.push((s, re.node, Cause { kind: CauseKind::ReceiverKernel, reason: Some(trace.drops[k].reason) }));
+            }
+        }
+        // Drops of packets the node recorded receiving (TCP's duplicates, say) are the stack's own business.
+        let received: std::collections::HashSet<_> = trace
+            .events
+            .iter()
+            .filter(|e| e.dir == Dir::Recv && e.proto == ProtoCode::Tcp)
+            .map(|e| DropIndex::key(trace, e, e.node, Dir::Recv))
+            .collect();
+        // Drops no lost message explains: inbound to a closed port from someone unrecorded, say.
+        for (k, d) in trace.drops.iter().enumerate() {
+            let e = &d.event;
+            // The kernel's own traffic (neighbour discovery, say) and group sends are its business.
+            if explained[k]
+                || matches!(e.proto, ProtoCode::Icmp | ProtoCode::Other)
+                || is_group_address(trace.addr(e.dst))
+                || received.contains(&DropIndex::key(trace, e, e.node, e.dir))
+            {
+                continue;
+            }
+            let reason = trace.drop_reasons.get(d.reason as usize).map_or("?", String::as_str);
+            let words = reason_words(reason);
+            let what = format!("{} {}:{} → {}:{}", e.proto.name(), trace.addr(e.src), e.sport, trace.addr(e.dst), e.dport);
+            let text = if e.dir == Dir::Send {
+                format!(
+                    "{}'s kernel dropped its own {what} on the way out ({reason}{}{words})",
+                    node_name(e.node),
+                    if words.is_empty() { "" } else { ": " }
+                )
+            } else {
+                format!(
+                    "{}'s kernel dropped {what} on the way in ({reason}{}{words})",
+                    node_name(e.node),
+                    if words.is_empty() { "" } else { ": " }
+                )
+            };
+            let mut a = Anomaly::new(Kind::KernelDrop, Vec::new(), text);
+            a.nodes = NodeList::from_slice(&[e.node]);
+            let t = ctx.clocks.corrected(e.node, e.t_raw);
+            a.span = Some((t, t));
+            a.cause = Some(Cause {
+                kind: if e.dir == Dir::Send { CauseKind::SenderKernel } else { CauseKind::ReceiverKernel },
+                reason: Some(d.reason),
+            });
+            out.push(a);
+        }
+    }
+    caused.sort_unstable_by_key(|c| (c.0, c.1));
+    caused.dedup_by_key(|c| (c.0, c.1));
+    for &(s, r, cause) in &caused {
         let e = &trace.events[s as usize];
         let mut a = Anomaly::new(Kind::NetworkLoss, vec![s], String::new());
         a.nodes = NodeList::from_slice(&[e.node, r]);
         a.span = Some((corr(s), corr(s)));
+        a.cause = Some(cause);
         out.push(a);
     }
+    // Partitions and stalls are the network's and the nodes' stories: a kernel's drops are neither.
+    losses.retain(|&(s, r)| caused.binary_search_by_key(&(s, r), |c| (c.0, c.1)).is_ok_and(|k| caused[k].2.kind == CauseKind::Network));
 
     for &(first, again) in &m.duplicates {
         let mut a = Anomaly::new(Kind::Duplicate, vec![first, again], format!("{} twice (network duplicate)", (ctx.describe)(again)));
@@ -799,7 +974,7 @@ fn partition_anomaly(trace: &Trace, (w0, w1, islands, events): (i64, i64, Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::super::matching::{MatchIndex, match_messages, resolve_by_time};
-    use super::super::testkit::{Ev, SameClock, addr, after_lost, recv, send, trace, trace_in, udp};
+    use super::super::testkit::{Ev, SameClock, addr, after_lost, dropped, recv, send, trace, trace_in, udp};
     use super::*;
 
     const MS: i64 = 1_000_000;
@@ -1017,7 +1192,15 @@ mod tests {
         let p = udp(addr(0), addr(1), 1, b"x");
         // Two CPUs, each with a gap of nearly the whole sequence range.
         for (i, (cpu, seq)) in [(0, 0), (0, u64::MAX - 1), (1, 0), (1, u64::MAX - 1)].into_iter().enumerate() {
-            b.packet(&RawPacket { t_raw: i as i64 * MS, seq: Some(seq), cpu, dir: Some(Dir::Send), orig_len: p.len() as u32, data: &p });
+            b.packet(&RawPacket {
+                t_raw: i as i64 * MS,
+                seq: Some(seq),
+                cpu,
+                dir: Some(Dir::Send),
+                orig_len: p.len() as u32,
+                data: &p,
+                drop: None,
+            });
         }
         b.end_node();
         let found = anomalies(&b.finish());
@@ -1160,5 +1343,55 @@ mod tests {
         // Sends 10..=39 at 2.0 to 4.9 s, minus those within 250 ms (+20 ms) of the end at 4.95 s.
         assert_eq!(losses.len(), 27, "{found:?}");
         assert!(losses.iter().all(|l| l.nodes.as_slice() == [0, 1]));
+    }
+
+    /// Four datagrams n1 → n2, each dying its own way, and one inbound from nobody recorded.
+    #[test]
+    fn each_loss_gets_its_cause_from_the_kernels_drop_records() {
+        let p = |id: u16, port: u16| crate::packet::tests::udp4(addr(0), addr(1), 40000, port, id, b"payload");
+        let s = 1_000_000_000;
+        let mut n1 = Vec::new();
+        let mut n2 = Vec::new();
+        // Keep both clocks' recordings wide and busy: n2 answers every ping.
+        for k in 0..20i64 {
+            n1.push(send(k * 100 * MS, udp(addr(0), addr(1), 1000 + k as u16, b"ping")));
+            n2.push(recv(k * 100 * MS + 100_000, udp(addr(0), addr(1), 1000 + k as u16, b"ping")));
+        }
+        // n2's firewall: the send arrives as a drop record only.
+        n1.push(send(s, p(1, 7201)));
+        n2.push(dropped(recv(s + 100_000, p(1, 7201)), "netfilter_drop"));
+        // n1's firewall: the send exists only as a drop record.
+        n1.push(dropped(send(s + 10 * MS, p(2, 7202)), "netfilter_drop"));
+        // n2's full buffer: recorded arriving, then dropped.
+        n1.push(send(s + 20 * MS, p(3, 7203)));
+        n2.push(recv(s + 20 * MS + 100_000, p(3, 7203)));
+        n2.push(dropped(recv(s + 20 * MS + 110_000, p(3, 7203)), "socket_rcvbuff"));
+        // The network.
+        n1.push(send(s + 30 * MS, p(4, 7204)));
+        // Someone unrecorded, to a closed port.
+        n2.push(dropped(recv(s + 40 * MS, crate::packet::tests::udp4([10, 0, 0, 9], addr(1), 5, 9, 5, b"x")), "no_socket"));
+        let t = trace(vec![n1, n2]);
+        assert_eq!(t.drops.len(), 4);
+        assert_eq!(t.drops.iter().filter(|d| d.stands_for_send).count(), 1, "n1's stopped send is a send in the trace");
+        let found = anomalies(&t);
+        let reason = |a: &Anomaly| a.cause.and_then(|c| c.reason).map(|r| t.drop_reasons[r as usize].as_str());
+        let mut losses: Vec<(u16, CauseKind, Option<&str>)> = of(&found, Kind::NetworkLoss)
+            .iter()
+            .map(|a| (t.events[a.events[0] as usize].dport, a.cause.unwrap().kind, reason(a)))
+            .collect();
+        losses.sort();
+        assert_eq!(
+            losses,
+            vec![
+                (7201, CauseKind::ReceiverKernel, Some("netfilter_drop")),
+                (7202, CauseKind::SenderKernel, Some("netfilter_drop")),
+                (7203, CauseKind::ReceiverKernel, Some("socket_rcvbuff")),
+                (7204, CauseKind::Network, None),
+            ]
+        );
+        let kd = of(&found, Kind::KernelDrop);
+        assert_eq!(kd.len(), 1, "{kd:?}");
+        assert_eq!((kd[0].nodes.as_slice(), reason(kd[0])), (&[1u16][..], Some("no_socket")));
+        assert!(of(&found, Kind::RecorderLoss).is_empty(), "drop records fill no sequence gap: {found:?}");
     }
 }

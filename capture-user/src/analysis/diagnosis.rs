@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::anomalies::{Anomaly, Kind, PARTITION_WINDOW_NS};
+use super::anomalies::{Anomaly, CauseKind, Kind, PARTITION_WINDOW_NS};
 use super::clocks::{Clocks, Quality};
 use super::matching::{Matching, address_owners, is_group_address};
 use super::rules::Violation;
@@ -37,6 +37,7 @@ pub enum FindingKind {
     RecorderLoss,
     Clock,
     ClockStep,
+    KernelDrop,
     RetryStorm,
     Unanswered,
     Violation,
@@ -46,7 +47,11 @@ impl FindingKind {
     /// Lower is more important.
     fn class(self) -> u8 {
         match self {
-            FindingKind::Partition | FindingKind::StalledNode | FindingKind::MissingNode | FindingKind::LossyLink => 0,
+            FindingKind::Partition
+            | FindingKind::StalledNode
+            | FindingKind::MissingNode
+            | FindingKind::LossyLink
+            | FindingKind::KernelDrop => 0,
             FindingKind::RecorderLoss | FindingKind::Clock | FindingKind::ClockStep => 1,
             FindingKind::RetryStorm | FindingKind::Unanswered | FindingKind::Violation => 2,
         }
@@ -124,6 +129,7 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
         });
     }
     out.extend(lossy_links(i));
+    out.extend(kernel_drops(i));
     for a in of(Kind::RecorderLoss) {
         out.push(Finding {
             kind: FindingKind::RecorderLoss,
@@ -264,7 +270,9 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
         if unicast {
             *sent.entry((*from, *to)).or_default() += 1;
         }
-        if !explained(*from, *to, at) {
+        // A kernel's drops are its own finding, not the link's.
+        let network = a.cause.is_none_or(|c| c.kind == CauseKind::Network);
+        if network && !explained(*from, *to, at) {
             lost.entry((*from, *to)).or_default().push((at, s));
         }
     }
@@ -304,4 +312,59 @@ fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// The kernels' drops, one finding per node that dropped, which way and why: lost messages
+/// whose drop was recorded, and drops no recorded send explains.
+fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
+    let t = i.trace;
+    let name = |n: NodeId| t.nodes[n as usize].name.as_str();
+    // (dropping node, going out, reason) → (peers, span, evidence, count, unexplained drops).
+    type Group = (BTreeSet<NodeId>, Vec<i64>, Vec<EventId>, usize);
+    let mut groups: BTreeMap<(NodeId, bool, u16), Group> = BTreeMap::new();
+    for a in i.anomalies {
+        let Some(c) = a.cause.filter(|c| c.kind != CauseKind::Network) else { continue };
+        let out_going = c.kind == CauseKind::SenderKernel;
+        let (node, peer) = match (a.kind, a.nodes.as_slice()) {
+            (Kind::NetworkLoss, [from, to]) => (if out_going { *from } else { *to }, Some(if out_going { *to } else { *from })),
+            (Kind::KernelDrop, [n]) => (*n, None),
+            _ => continue,
+        };
+        let g = groups.entry((node, out_going, c.reason.unwrap_or(u16::MAX))).or_default();
+        g.0.extend(peer);
+        g.1.extend(a.span.map(|s| s.0));
+        if g.2.len() < MAX_EVIDENCE {
+            g.2.extend(a.events.iter().copied());
+        }
+        g.3 += 1;
+    }
+    groups
+        .into_iter()
+        .map(|((node, out_going, reason), (peers, times, evidence, count))| {
+            let reason = t.drop_reasons.get(reason as usize).map_or("?", String::as_str);
+            let who = name(node);
+            let peers: Vec<&str> = peers.iter().map(|&p| name(p)).collect();
+            let with =
+                if peers.is_empty() { String::new() } else { format!(" {} {}", if out_going { "to" } else { "from" }, peers.join(", ")) };
+            let text = match (out_going, reason) {
+                (true, "netfilter_drop") => {
+                    format!("{who}'s own firewall dropped {count} of its messages{with} before they left (netfilter_drop)")
+                }
+                (false, "netfilter_drop") => format!("dropped by {who}'s firewall: {count} messages{with} (netfilter_drop)"),
+                (false, "socket_rcvbuff") => format!(
+                    "{who}'s receive buffer was full ({count} drops{with}, socket_rcvbuff): its application did not read fast enough"
+                ),
+                (false, "no_socket") => format!("nothing listened on {who} for {count} messages{with} (no_socket)"),
+                (true, _) => format!("{who}'s kernel dropped {count} of its messages{with} on the way out ({reason})"),
+                (false, _) => format!("{who}'s kernel dropped {count} messages{with} on the way in ({reason})"),
+            };
+            let span = span_of(times.into_iter());
+            let text = match span {
+                Some((a, b)) if a == b => format!("{text} at {}", super::fmt::fmt_time(a)),
+                Some((a, b)) => format!("{text} from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b)),
+                None => text,
+            };
+            Finding { kind: FindingKind::KernelDrop, nodes: vec![node], links: Vec::new(), span, text, evidence }
+        })
+        .collect()
 }

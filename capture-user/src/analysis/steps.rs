@@ -380,6 +380,9 @@ pub fn apply(trace: &mut Trace, steps: &[ClockStep]) {
         for e in &mut trace.events[range.start + b..range.end] {
             e.t_raw += shift;
         }
+        for d in trace.drops.iter_mut().filter(|d| d.event.node == s.node && d.event.t_raw > s.at_raw) {
+            d.event.t_raw += shift;
+        }
         let info = &mut trace.nodes[n];
         if info.window.1 > s.at_raw {
             info.window.1 += shift;

@@ -48,6 +48,13 @@ pub struct Ev {
     pub len: u32,
     /// Records the recorder lost just before this one (a gap in the sequence numbers).
     pub lost_before: u64,
+    /// The node's kernel dropped it, for this reason.
+    pub drop: Option<&'static str>,
+}
+
+/// The same event as a kernel drop record.
+pub fn dropped(e: Ev, reason: &'static str) -> Ev {
+    Ev { drop: Some(reason), ..e }
 }
 
 /// The same event, with `n` records lost just before it.
@@ -57,17 +64,17 @@ pub fn after_lost(e: Ev, n: u64) -> Ev {
 
 pub fn send(t: i64, ip: Vec<u8>) -> Ev {
     let len = ip.len() as u32;
-    Ev { t, dir: Dir::Send, ip, len, lost_before: 0 }
+    Ev { t, dir: Dir::Send, ip, len, lost_before: 0, drop: None }
 }
 
 pub fn recv(t: i64, ip: Vec<u8>) -> Ev {
     let len = ip.len() as u32;
-    Ev { t, dir: Dir::Recv, ip, len, lost_before: 0 }
+    Ev { t, dir: Dir::Recv, ip, len, lost_before: 0, drop: None }
 }
 
 /// A TCP event (its wire length is longer than what was captured).
 pub fn tcp_ev(t: i64, dir: Dir, (ip, len): (Vec<u8>, u32)) -> Ev {
-    Ev { t, dir, ip, len, lost_before: 0 }
+    Ev { t, dir, ip, len, lost_before: 0, drop: None }
 }
 
 /// Builds a trace, one node per list; each node's recording covers `window`.
@@ -90,7 +97,15 @@ pub fn trace_as_recorded(nodes: Vec<Vec<Ev>>, window: (i64, i64)) -> Trace {
         let mut seq = 0;
         for e in &events {
             seq += e.lost_before;
-            assert!(b.packet(&RawPacket { t_raw: e.t, seq: Some(seq), cpu: 0, dir: Some(e.dir), orig_len: e.len, data: &e.ip }));
+            assert!(b.packet(&RawPacket {
+                t_raw: e.t,
+                seq: Some(seq),
+                cpu: 0,
+                dir: Some(e.dir),
+                orig_len: e.len,
+                data: &e.ip,
+                drop: e.drop
+            }));
             seq += 1;
         }
         b.end_node();

@@ -142,6 +142,23 @@ pub struct Trace {
     addr_ids: rustc_hash::FxHashMap<IpAddr, AddrId>,
     /// Non-IP or unparseable packets passed over, per node.
     pub unparsed: Vec<u64>,
+    /// Packets of the recorded nodes that their kernels dropped, by node and time. A send
+    /// dropped before the recorder saw it leave (a firewall's OUTPUT chain) is also in
+    /// `events`, as the send it was; the others are here only.
+    pub drops: Vec<KernelDrop>,
+    /// Drop reason names (the kernel's, lower case), indexed by `KernelDrop::reason`.
+    pub drop_reasons: Vec<String>,
+}
+
+/// A packet a node's kernel dropped, and why.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelDrop {
+    /// Its headers and bytes as an event would have them (node, time, direction, addresses).
+    pub event: Event,
+    /// Index into `Trace::drop_reasons`.
+    pub reason: u16,
+    /// Also in `events` as the send it was (no send of it was recorded).
+    pub stands_for_send: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +305,8 @@ pub struct RawPacket<'a> {
     pub orig_len: u32,
     /// From the IP header on.
     pub data: &'a [u8],
+    /// The node's kernel dropped it, for this reason.
+    pub drop: Option<&'a str>,
 }
 
 /// Builds a trace node by node; also used by tests and benchmarks to make synthetic traces.
@@ -296,6 +315,8 @@ pub struct TraceBuilder {
     trace: Trace,
     /// Events of the node being built whose direction is still unknown.
     pending_dir: Vec<usize>,
+    /// Events of the node being built that are kernel drops, with their reason's index.
+    pending_drops: Vec<(usize, u16)>,
 }
 
 impl TraceBuilder {
@@ -358,6 +379,16 @@ impl TraceBuilder {
         if p.dir.is_none() {
             self.pending_dir.push(self.trace.events.len());
         }
+        if let Some(reason) = p.drop {
+            let r = match self.trace.drop_reasons.iter().position(|x| x == reason) {
+                Some(r) => r,
+                None => {
+                    self.trace.drop_reasons.push(reason.to_string());
+                    self.trace.drop_reasons.len() - 1
+                }
+            };
+            self.pending_drops.push((self.trace.events.len(), r.min(u16::MAX as usize) as u16));
+        }
         self.trace.events.push(event);
         self.trace.node_ranges[node as usize].end = self.trace.events.len();
         true
@@ -387,6 +418,8 @@ impl TraceBuilder {
         }
         let events = &mut self.trace.events[range.clone()];
         let reversals = undo_reversals(events);
+        let range = self.take_drops(node, range);
+        let events = &mut self.trace.events[range.clone()];
         if !reversals.is_empty() {
             let info = &mut self.trace.nodes[node];
             // Times of the node's own read on the stepped clock: the end of its window and
@@ -413,6 +446,41 @@ impl TraceBuilder {
             let (lo, hi) = info.window;
             info.window = if lo == 0 && hi == 0 { (first.t_raw, last.t_raw) } else { (lo.min(first.t_raw), hi.max(last.t_raw)) };
         }
+    }
+
+    /// Moves the node's kernel drops out of its events into `drops`, but for sends whose
+    /// sending was not recorded: those stay as the sends they were. Returns the node's range.
+    fn take_drops(&mut self, node: usize, range: Range<usize>) -> Range<usize> {
+        if self.pending_drops.is_empty() {
+            return range;
+        }
+        let pending = std::mem::take(&mut self.pending_drops);
+        let is_drop: HashMap<usize, u16> = pending.into_iter().collect();
+        let key = |e: &Event| (e.src, e.dst, e.sport, e.dport, e.ip_id, e.proto, e.orig_len);
+        // Sends the recorder saw leave: a drop after them (a full queue, say) is theirs.
+        let sent: std::collections::HashSet<_> = range
+            .clone()
+            .filter(|i| !is_drop.contains_key(i))
+            .map(|i| &self.trace.events[i])
+            .filter(|e| e.dir == Dir::Send)
+            .map(key)
+            .collect();
+        let mut keep = range.start;
+        for i in range.clone() {
+            let e = self.trace.events[i];
+            if let Some(&reason) = is_drop.get(&i) {
+                let stands_for_send = e.dir == Dir::Send && !sent.contains(&key(&e));
+                self.trace.drops.push(KernelDrop { event: e, reason, stands_for_send });
+                if !stands_for_send {
+                    continue;
+                }
+            }
+            self.trace.events[keep] = e;
+            keep += 1;
+        }
+        self.trace.events.truncate(keep);
+        self.trace.node_ranges[node].end = keep;
+        range.start..keep
     }
 
     /// Reads one dump as one node. A damaged file keeps what was read before the damage.
@@ -474,6 +542,7 @@ impl TraceBuilder {
                         dir: p.direction.map(|d| if d == Direction::Egress { Dir::Send } else { Dir::Recv }),
                         orig_len: p.orig_len,
                         data: p.ip,
+                        drop: p.drop_reason,
                     });
                 }
             }
@@ -522,6 +591,27 @@ impl TraceBuilder {
             ..*e
         }));
         drop(part.events);
+        let reason_map: Vec<u16> = part
+            .drop_reasons
+            .iter()
+            .map(|r| match self.trace.drop_reasons.iter().position(|x| x == r) {
+                Some(k) => k as u16,
+                None => {
+                    self.trace.drop_reasons.push(r.clone());
+                    (self.trace.drop_reasons.len() - 1) as u16
+                }
+            })
+            .collect();
+        self.trace.drops.extend(part.drops.iter().map(|d| KernelDrop {
+            event: Event {
+                node: d.event.node + node_base,
+                src: addr_map[d.event.src as usize],
+                dst: addr_map[d.event.dst as usize],
+                ..d.event
+            },
+            reason: reason_map[d.reason as usize],
+            ..*d
+        }));
         for mut info in part.nodes {
             for a in &mut info.addrs {
                 *a = addr_map[*a as usize];
@@ -571,9 +661,9 @@ mod tests {
         b.begin_node(NodeInfo { name: "plain".into(), ..NodeInfo::default() }).unwrap();
         let packets = [udp(addr(0), addr(1), 1, b"x"), udp(addr(2), addr(0), 2, b"y"), udp(addr(0), addr(2), 3, b"z")];
         for (i, p) in packets.iter().enumerate() {
-            b.packet(&RawPacket { t_raw: i as i64, seq: None, cpu: 0, dir: None, orig_len: p.len() as u32, data: p });
+            b.packet(&RawPacket { t_raw: i as i64, seq: None, cpu: 0, dir: None, orig_len: p.len() as u32, data: p, drop: None });
         }
-        assert!(!b.packet(&RawPacket { t_raw: 9, seq: None, cpu: 0, dir: None, orig_len: 3, data: b"\x60\x00\x00" }), "not IP");
+        assert!(!b.packet(&RawPacket { t_raw: 9, seq: None, cpu: 0, dir: None, orig_len: 3, data: b"\x60\x00\x00", drop: None }), "not IP");
         b.end_node();
         let t = b.finish();
         let dirs: Vec<Dir> = t.events.iter().map(|e| e.dir).collect();
@@ -590,7 +680,7 @@ mod tests {
         let mut b = TraceBuilder::default();
         b.begin_node(NodeInfo { name: "other".into(), ..NodeInfo::default() }).unwrap();
         let p = udp(addr(1), addr(0), 7, b"B");
-        b.packet(&RawPacket { t_raw: 2, seq: Some(0), cpu: 0, dir: Some(Dir::Send), orig_len: p.len() as u32, data: &p });
+        b.packet(&RawPacket { t_raw: 2, seq: Some(0), cpu: 0, dir: Some(Dir::Send), orig_len: p.len() as u32, data: &p, drop: None });
         b.end_node();
         let b = b.finish();
         let mut joined = TraceBuilder::default();
@@ -617,7 +707,16 @@ mod tests {
         let mut bytes = Vec::new();
         let mut w = DumpWriter::new(&mut bytes, &info).unwrap();
         for t in [1_000, u64::MAX - 5, MAX_TIME_NS + 1, 2_000] {
-            let p = WritePacket { wall_ns: t, direction: None, seq: 0, cpu: 0, ktime_ns: None, orig_len: ip.len() as u32, ip: &ip };
+            let p = WritePacket {
+                wall_ns: t,
+                direction: None,
+                seq: 0,
+                cpu: 0,
+                ktime_ns: None,
+                orig_len: ip.len() as u32,
+                ip: &ip,
+                drop_reason: None,
+            };
             w.packet(&p).unwrap();
         }
         w.finish(&info).unwrap();

@@ -13,6 +13,13 @@
 //! - `epb_queue` (6): the CPU;
 //! - custom binary option 2989 with PEN [`WGO_PEN`]: the raw kernel time (CLOCK_MONOTONIC ns, u64 LE).
 //!
+//! A packet the kernel dropped (`skb:kfree_skb`) is a packet block like the others, with
+//! its direction, plus: custom UTF-8 option 2988 with PEN [`WGO_PEN`] holding the kernel's
+//! drop reason in lower case without its prefix (`netfilter_drop`, `no_socket`,
+//! `socket_rcvbuff`), and a comment saying it (`dropped by the kernel: netfilter_drop`).
+//! pcapng has no flag for "dropped by the host" (`epb_flags` error bits are link-layer
+//! errors), so none is set.
+//!
 //! Metadata the collector needs goes into `wgo:key=value` comment lines ([`keys`]) on
 //! the section and statistics blocks, readable in Wireshark's capture file properties.
 

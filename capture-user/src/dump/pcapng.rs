@@ -22,6 +22,7 @@ pub const LINKTYPE_IPV4: u16 = 228;
 pub const LINKTYPE_IPV6: u16 = 229;
 
 pub const OPT_COMMENT: u16 = 1;
+pub const OPT_CUSTOM_STRING: u16 = 2988;
 pub const OPT_CUSTOM_BINARY: u16 = 2989;
 pub const SHB_OS: u16 = 3;
 pub const SHB_USERAPPL: u16 = 4;
@@ -75,6 +76,13 @@ impl Options {
         b[..4].copy_from_slice(&((v >> 32) as u32).to_ne_bytes());
         b[4..].copy_from_slice(&(v as u32).to_ne_bytes());
         self.bytes(code, &b)
+    }
+    /// Custom UTF-8 option (code 2988) with a private enterprise number.
+    pub fn custom_str(&mut self, pen: u32, value: &str) -> &mut Options {
+        let mut v = Vec::with_capacity(4 + value.len());
+        v.extend_from_slice(&pen.to_ne_bytes());
+        v.extend_from_slice(value.as_bytes());
+        self.bytes(OPT_CUSTOM_STRING, &v)
     }
     /// Custom binary option (code 2989) with a private enterprise number.
     pub fn custom(&mut self, pen: u32, value: &[u8]) -> &mut Options {
@@ -257,8 +265,15 @@ impl<'a> OptIter<'a> {
     }
     /// The value of custom option 2989 with enterprise number `pen`.
     pub fn custom(&self, pen: u32) -> Option<&'a [u8]> {
+        self.custom_of(OPT_CUSTOM_BINARY, pen)
+    }
+    /// The value of custom option 2988 (UTF-8) with enterprise number `pen`.
+    pub fn custom_str(&self, pen: u32) -> Option<&'a str> {
+        self.custom_of(OPT_CUSTOM_STRING, pen).and_then(|v| std::str::from_utf8(v).ok())
+    }
+    fn custom_of(&self, code: u16, pen: u32) -> Option<&'a [u8]> {
         self.into_iter()
-            .filter(|o| o.code == OPT_CUSTOM_BINARY && o.value.len() >= 4)
+            .filter(|o| o.code == code && o.value.len() >= 4)
             .find(|o| self.read_u32(o.value) == Some(pen))
             .map(|o| &o.value[4..])
     }

@@ -42,6 +42,8 @@ pub struct ReadPacket<'a> {
     /// Length on the wire from the IP header on.
     pub orig_len: u32,
     pub ip: &'a [u8],
+    /// The kernel dropped it, for this reason (see the module's docs).
+    pub drop_reason: Option<&'a str>,
 }
 
 /// What [`DumpReader::next_item`] hands out.
@@ -99,6 +101,7 @@ impl<R: Read> DumpReader<R> {
                         direction,
                         orig_len: p.orig_len.saturating_sub(skew as u32),
                         ip,
+                        drop_reason: o.custom_str(super::WGO_PEN).filter(|r| !r.is_empty()),
                     })))
                 }
                 Block::Statistics { options, .. } => {
@@ -205,6 +208,7 @@ mod tests {
                 (keys::TRIGGER_ID, "00000000000000ab".into()),
                 (keys::TRIGGER_REASON, "node7: app (pid 3) killed by SIGSEGV".into()),
             ],
+            drop_reasons: Vec::new(),
         };
         let ip = [0x45u8, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, 0, 1, 0, 2, 0, 8, 0, 0];
         let mut out = Vec::new();
@@ -217,6 +221,7 @@ mod tests {
             ktime_ns: Some(77),
             orig_len: 100,
             ip: &ip,
+            drop_reason: None,
         })
         .unwrap();
         w.packet(&WritePacket {
@@ -227,10 +232,31 @@ mod tests {
             ktime_ns: None,
             orig_len: 28,
             ip: &ip,
+            drop_reason: Some("netfilter_drop"),
         })
         .unwrap();
-        w.packet(&WritePacket { wall_ns: 4_000, direction: None, seq: 7, cpu: 0, ktime_ns: None, orig_len: 28, ip: &ip }).unwrap();
-        w.packet(&WritePacket { wall_ns: 5_000, direction: None, seq: 8, cpu: 0, ktime_ns: None, orig_len: 4, ip: b"\x00ARP" }).unwrap();
+        w.packet(&WritePacket {
+            wall_ns: 4_000,
+            direction: None,
+            seq: 7,
+            cpu: 0,
+            ktime_ns: None,
+            orig_len: 28,
+            ip: &ip,
+            drop_reason: None,
+        })
+        .unwrap();
+        w.packet(&WritePacket {
+            wall_ns: 5_000,
+            direction: None,
+            seq: 8,
+            cpu: 0,
+            ktime_ns: None,
+            orig_len: 4,
+            ip: b"\x00ARP",
+            drop_reason: None,
+        })
+        .unwrap();
         let summary = w.finish(&info).unwrap();
         assert_eq!(summary.packets, 4);
 
@@ -251,7 +277,9 @@ mod tests {
         let mut not_ip = 0;
         while let Some(item) = r.next_item().unwrap() {
             match item {
-                Item::Packet(p) => got.push((p.time_ns, p.direction, p.seq, p.cpu, p.orig_len, p.ip.to_vec())),
+                Item::Packet(p) => {
+                    got.push((p.time_ns, p.direction, p.seq, p.cpu, p.orig_len, p.ip.to_vec(), p.drop_reason.map(str::to_string)))
+                }
                 Item::NotIp => not_ip += 1,
                 Item::Other => {}
                 Item::Section(s) => panic!("a second section {s:?}"),
@@ -260,9 +288,9 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (2_000, Some(Direction::Egress), Some(5), 1, 100, ip.to_vec()),
-                (3_000, Some(Direction::Ingress), Some(6), 2, 28, ip.to_vec()),
-                (4_000, None, Some(7), 0, 28, ip.to_vec()),
+                (2_000, Some(Direction::Egress), Some(5), 1, 100, ip.to_vec(), None),
+                (3_000, Some(Direction::Ingress), Some(6), 2, 28, ip.to_vec(), Some("netfilter_drop".to_string())),
+                (4_000, None, Some(7), 0, 28, ip.to_vec(), None),
             ]
         );
         assert_eq!(not_ip, 1);
@@ -271,14 +299,20 @@ mod tests {
         // The raw kernel time and the comments are where the README says, for Wireshark.
         let mut blocks = Reader::new(&out[..]);
         let mut ktimes = Vec::new();
+        let mut comments = Vec::new();
         let mut section = Vec::new();
         while let Some(b) = blocks.next_block().unwrap() {
             match b {
                 Block::Section { options } => section.extend(wgo_comments(&options).map(|(k, v)| format!("{k}={v}"))),
-                Block::Packet(p) => ktimes.push(p.options.custom(super::super::WGO_PEN).map(|v| v.to_vec())),
+                Block::Packet(p) => {
+                    ktimes.push(p.options.custom(super::super::WGO_PEN).map(|v| v.to_vec()));
+                    comments.push(p.options.comment_lines().collect::<Vec<_>>().join("\n"));
+                }
                 _ => {}
             }
         }
+        assert_eq!(comments[1], "dropped by the kernel: netfilter_drop");
+        assert_eq!(comments[0], "");
         assert_eq!(ktimes[0], Some(77u64.to_le_bytes().to_vec()));
         assert_eq!(ktimes[1], None);
         assert!(

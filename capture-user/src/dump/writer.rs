@@ -47,6 +47,8 @@ pub struct DumpInfo {
     pub wall_minus_mono_ns: i64,
     /// Extra `wgo:key=value` lines (e.g. when the node heard a trigger; see [`keys`]).
     pub extra: Vec<(&'static str, String)>,
+    /// Names of the kernel's drop reasons by number (from its BTF), for drop records.
+    pub drop_reasons: Vec<Option<String>>,
 }
 
 impl DumpInfo {
@@ -69,6 +71,8 @@ pub struct WritePacket<'a> {
     /// Length on the wire.
     pub orig_len: u32,
     pub ip: &'a [u8],
+    /// The kernel dropped it, for this reason (lower case, no prefix).
+    pub drop_reason: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +86,7 @@ pub struct DumpSummary {
 pub struct DumpWriter<W: Write> {
     w: Writer<BufWriter<W>>,
     summary: DumpSummary,
+    drop_reasons: Vec<Option<String>>,
 }
 
 impl<W: Write> DumpWriter<W> {
@@ -105,7 +110,7 @@ impl<W: Write> DumpWriter<W> {
             .str(pcapng::IF_DESCRIPTION, &format!("wgo capture of cgroup {} on node {}", info.cgroup, info.node))
             .bytes(pcapng::IF_TSRESOL, &[9]);
         w.interface(pcapng::LINKTYPE_RAW, MAX_CAPTURE as u32, &idb)?;
-        Ok(DumpWriter { w, summary: DumpSummary::default() })
+        Ok(DumpWriter { w, summary: DumpSummary::default(), drop_reasons: info.drop_reasons.clone() })
     }
 
     /// Writes one packet.
@@ -114,6 +119,9 @@ impl<W: Write> DumpWriter<W> {
             o.u32(pcapng::EPB_FLAGS, p.direction.map_or(0, direction_flags)).u64(pcapng::EPB_PACKETID, p.seq).u32(pcapng::EPB_QUEUE, p.cpu);
             if let Some(k) = p.ktime_ns {
                 o.custom(WGO_PEN, &k.to_le_bytes());
+            }
+            if let Some(r) = p.drop_reason {
+                o.custom_str(WGO_PEN, r).str(pcapng::OPT_COMMENT, &format!("dropped by the kernel: {r}"));
             }
         })?;
         self.summary.packets += 1;
@@ -132,6 +140,12 @@ impl<W: Write> DumpWriter<W> {
             ktime_ns: Some(h.ktime_ns),
             orig_len: h.orig_len,
             ip: rec.data,
+            drop_reason: (h.kind == capture_ebpf::EventKind::Drop as u32)
+                .then(|| {
+                    // A number this kernel's BTF did not name (or no BTF) still says which.
+                    self.drop_reasons.get(h.reason as usize).cloned().flatten().unwrap_or_else(|| format!("reason_{}", h.reason))
+                })
+                .as_deref(),
         })
     }
 

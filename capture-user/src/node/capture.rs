@@ -8,8 +8,8 @@ use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use capture_ebpf::{
-    CaptureConfig, FRAME_SIZE, MAX_RECORD, MAX_RING_BYTES, RECORD_ALIGN, RECORD_HEADER_SIZE, RING_AREA_BYTES, RecordHeader, RingState,
-    SignalEvent, WatchConfig, names,
+    CaptureConfig, DropConfig, FRAME_SIZE, MAX_RECORD, MAX_RING_BYTES, RECORD_ALIGN, RECORD_HEADER_SIZE, RING_AREA_BYTES, RecordHeader,
+    RingState, SignalEvent, WatchConfig, names,
 };
 
 /// The eBPF object, embedded at build time by build.rs (empty when built without it).
@@ -90,12 +90,53 @@ pub struct Capture {
     ebpf: Ebpf,
     cpus: usize,
     capacity: u64,
+    /// Names of the kernel's drop reasons by number, when its drops are recorded.
+    drop_reasons: Option<Vec<Option<String>>>,
 }
 
 pub fn check_root() -> Result<(), CaptureError> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     if uid != 0 { Err(CaptureError::NotRoot(uid)) } else { Ok(()) }
+}
+
+/// The drop program's settings for `cgroup`: its id and depth, this namespace, and the
+/// offsets of the fields it reads, from the kernel's BTF; and the drop reasons' names.
+fn drop_config(cgroup: &Path) -> Result<(DropConfig, Vec<Option<String>>), String> {
+    use std::os::unix::fs::MetadataExt;
+    let btf = super::btf::Btf::from_sys_fs().map_err(|e| e.to_string())?;
+    let (cgroup_id, level) = super::cgroup::id_and_level(cgroup).map_err(|e| e.to_string())?;
+    // The application's network namespace: that of a process in the cgroup, else ours.
+    let ns = super::cgroup::processes(cgroup).ok().and_then(|p| p.first().map(|pid| format!("/proc/{pid}/ns/net")));
+    let ns = ns.filter(|p| std::path::Path::new(p).exists()).unwrap_or_else(|| "/proc/self/ns/net".into());
+    let netns_ino = std::fs::metadata(&ns).map_err(|e| format!("{ns}: {e}"))?.ino() as u32;
+    let at = |name: &str, path: &[&str]| btf.offset(name, path).map_err(|e| e.to_string());
+    let cfg = DropConfig {
+        cgroup_id,
+        level,
+        netns_ino,
+        skb_head: at("sk_buff", &["head"])?,
+        skb_network_header: at("sk_buff", &["network_header"])?,
+        skb_tail: at("sk_buff", &["tail"])?,
+        skb_sk: at("sk_buff", &["sk"])?,
+        skb_dev: at("sk_buff", &["dev"])?,
+        sk_cgroup: at("sock", &["sk_cgrp_data", "cgroup"])?,
+        sk_num: at("sock", &["__sk_common", "skc_num"])?,
+        cgroup_level: at("cgroup", &["level"])?,
+        cgroup_ancestors: at("cgroup", &["ancestors"])?,
+        cgroup_kn: at("cgroup", &["kn"])?,
+        kn_id: at("kernfs_node", &["id"])?,
+        dev_net: at("net_device", &["nd_net", "net"])?,
+        net_inum: at("net", &["ns", "inum"])?,
+        pad: 0,
+    };
+    let names = btf
+        .enum_names("skb_drop_reason", 1024)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|n| n.map(|n| n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_ascii_lowercase()))
+        .collect();
+    Ok((cfg, names))
 }
 
 /// Number of possible CPUs (the ids the kernel may hand out), from sysfs.
@@ -137,6 +178,13 @@ impl Capture {
             prog.attach(&cgroup_file, kind, CgroupAttachMode::Single)
                 .map_err(|e| CaptureError::Attach { path: cgroup.to_path_buf(), reason: error_chain(&e) })?;
         }
+        let drop_reasons = match Capture::record_drops(&mut ebpf, cgroup) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("the kernel's drops of this cgroup's packets are not recorded: {e}");
+                None
+            }
+        };
         // Taken out of the Ebpf only now: loading the programs needs them in it. From here
         // the programs and the mappings keep them alive.
         let mut take = |name: &str| -> Result<MapData, CaptureError> {
@@ -150,7 +198,32 @@ impl Capture {
         let states = Mapped::new(&take(names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
         let wake = RingBuf::try_from(aya::maps::Map::RingBuf(take(names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
 
-        Ok(Capture { areas, states, wake, signals: None, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64 })
+        Ok(Capture { areas, states, wake, signals: None, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64, drop_reasons })
+    }
+
+    /// Attaches the drop program (`skb:kfree_skb`) for the cgroup's packets, with the
+    /// kernel's structure offsets and drop reason names read from its BTF. Before the ring
+    /// maps leave the Ebpf: loading the program needs them in it.
+    fn record_drops(ebpf: &mut Ebpf, cgroup: &Path) -> Result<Vec<Option<String>>, CaptureError> {
+        let (cfg, reasons) = drop_config(cgroup).map_err(CaptureError::Map)?;
+        let mut config: Array<&mut MapData, DropConfig> = array_mut(ebpf, names::DROP_CONFIG)?;
+        config.set(0, cfg, 0).map_err(|e| CaptureError::Map(format!("DROP_CONFIG: {e}")))?;
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(names::KFREE_SKB)
+            .ok_or_else(|| CaptureError::Load(format!("program {} missing from the object", names::KFREE_SKB)))?
+            .try_into()
+            .map_err(|e| CaptureError::Load(format!("{}: {e}", names::KFREE_SKB)))?;
+        prog.load().map_err(|e| CaptureError::Load(format!("{}: {}", names::KFREE_SKB, error_chain(&e))))?;
+        prog.attach(names::TP_KFREE_SKB).map_err(|e| {
+            CaptureError::Load(format!("attaching {} to the {} tracepoint: {}", names::KFREE_SKB, names::TP_KFREE_SKB, error_chain(&e)))
+        })?;
+        Ok(reasons)
+    }
+
+    /// Names of the kernel's drop reasons by number (lower case, without `SKB_DROP_REASON_`);
+    /// None when drops are not recorded.
+    pub fn drop_reasons(&self) -> Option<&[Option<String>]> {
+        self.drop_reasons.as_deref()
     }
 
     /// Waits up to `timeout_ms` for a ring to ask for a wakeup, then hands every
@@ -350,7 +423,18 @@ mod tests {
     use super::*;
 
     fn header(seq: u64, cap_len: u32) -> RecordHeader {
-        RecordHeader { ktime_ns: 1000 + seq, seq, kind: 1, cpu: 0, direction: 2, orig_len: cap_len, cap_len, ip_version: 4 }
+        RecordHeader {
+            ktime_ns: 1000 + seq,
+            seq,
+            kind: 1,
+            cpu: 0,
+            direction: 2,
+            orig_len: cap_len,
+            cap_len,
+            ip_version: 4,
+            reason: 0,
+            pad: 0,
+        }
     }
 
     /// What reading a ring gives: the new tail and count, or a malformed frame's position and length.

@@ -57,6 +57,7 @@ impl Recorder {
             cgroup: cgroup.display().to_string(),
             snaplen: opts.snaplen,
             start_wall_ns: clock::wall_ns(),
+            drop_reasons: capture.drop_reasons().map(<[_]>::to_vec).unwrap_or_default(),
             ..DumpInfo::default()
         };
         Ok(Recorder { capture, ring, batch: Vec::new(), batch_bytes: Vec::new(), info, reported_drops: 0, last_drop_check: Instant::now() })

@@ -176,7 +176,7 @@ mod tests {
     use super::*;
 
     fn header(seq: u64) -> RecordHeader {
-        RecordHeader { ktime_ns: seq, seq, kind: 1, cpu: 0, direction: 1, orig_len: 100, cap_len: 0, ip_version: 4 }
+        RecordHeader { ktime_ns: seq, seq, kind: 1, cpu: 0, direction: 1, orig_len: 100, cap_len: 0, ip_version: 4, reason: 0, pad: 0 }
     }
 
     #[test]

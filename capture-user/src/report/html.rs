@@ -19,7 +19,7 @@ use crate::analysis::trace::Dir;
 const TEMPLATE: &str = include_str!("../../../templates/timeline.html");
 
 /// Anomaly kinds, in the bit order the page uses.
-pub const KINDS: [Kind; 12] = [
+pub const KINDS: [Kind; 13] = [
     Kind::NetworkLoss,
     Kind::RecorderLoss,
     Kind::Duplicate,
@@ -32,6 +32,7 @@ pub const KINDS: [Kind; 12] = [
     Kind::MissingNode,
     Kind::Contradiction,
     Kind::ClockStep,
+    Kind::KernelDrop,
 ];
 
 struct Blob {

@@ -301,6 +301,15 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
         /// For clock steps: node, times, size.
         #[serde(skip_serializing_if = "Option::is_none", flatten)]
         step: Option<serde_json::Value>,
+        /// For losses: where it died (`network`, `sender_kernel`, `receiver_kernel`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<&'static str>,
+        /// For kernel drops and losses to them: the kernel's reason.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+        /// For kernel drops: the node whose kernel dropped it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<&'a str>,
     }
     let mut steps = a.clocks.steps.iter();
     let name = |n: &u16| t.nodes[*n as usize].name.as_str();
@@ -317,6 +326,9 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
             islands: x.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
             span_ns: x.span,
             step: if x.kind == Kind::ClockStep { steps.next().map(|s| step_json(t, &a.clocks, s)) } else { None },
+            cause: x.cause.filter(|_| x.kind == Kind::NetworkLoss).map(|c| c.kind.name()),
+            reason: x.cause.and_then(|c| c.reason).and_then(|r| t.drop_reasons.get(r as usize)).map(String::as_str),
+            node: (x.kind == Kind::KernelDrop).then(|| x.nodes.first().map(name)).flatten(),
         };
         serde_json::to_writer(&mut *w, &json)?;
     }

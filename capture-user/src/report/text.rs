@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::analysis::Analysis;
+use crate::analysis::anomalies::CauseKind;
 use crate::analysis::anomalies::{Anomaly, Kind};
 use crate::analysis::fmt::fmt_ns;
 
@@ -83,16 +84,23 @@ pub fn summary(a: &Analysis) -> String {
     }
     // Losses per link, then everything else.
     if let Some(losses) = by_kind.get(&Kind::NetworkLoss) {
-        let mut links: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+        // Per link and where they died: the network, or which kernel and why.
+        let mut links: BTreeMap<(String, String, String), BTreeMap<String, usize>> = BTreeMap::new();
         for x in losses {
             let (from, to) = (t.nodes[x.nodes[0] as usize].name.clone(), t.nodes[x.nodes[1] as usize].name.clone());
             let what = x.events.first().map_or("message".into(), |&e| a.kind_name(e as usize));
-            *links.entry((from, to)).or_default().entry(what).or_default() += 1;
+            let reason = |r: Option<u16>| r.and_then(|r| t.drop_reasons.get(r as usize)).map_or("?", String::as_str).to_string();
+            let cause = match x.cause {
+                Some(c) if c.kind == CauseKind::SenderKernel => format!("dropped by {from}'s kernel ({})", reason(c.reason)),
+                Some(c) if c.kind == CauseKind::ReceiverKernel => format!("dropped by {to}'s kernel ({})", reason(c.reason)),
+                _ => "lost in the network".to_string(),
+            };
+            *links.entry((from, to, cause)).or_default().entry(what).or_default() += 1;
         }
-        let _ = writeln!(s, "network loss: {} messages never arrived", losses.len());
-        for ((from, to), kinds) in links {
+        let _ = writeln!(s, "lost messages: {} never reached their receiver's application", losses.len());
+        for ((from, to, cause), kinds) in links {
             let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
-            let _ = writeln!(s, "  {from} → {to}: {}", list.join(", "));
+            let _ = writeln!(s, "  {from} → {to}, {cause}: {}", list.join(", "));
         }
     }
     for (kind, list) in &by_kind {

@@ -43,6 +43,32 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Send COUNT datagrams (`TAG #i`, SIZE bytes) from an unconnected socket, INTERVAL_MS
+    /// apart, expecting no replies; prints how many the kernel took.
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value = "wgo-send")]
+        tag: String,
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+    },
+    /// Bind, ask for a receive buffer of RCVBUF bytes, read nothing for WAIT_MS, then read
+    /// until IDLE_MS pass with nothing; prints how many datagrams it got. Prints `ready` once bound.
+    UdpSink {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long)]
+        rcvbuf: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        #[arg(long, default_value_t = 1000)]
+        idle_ms: u64,
+    },
     /// Send datagrams as fast as possible for DURATION seconds (no replies expected).
     UdpFlood {
         #[arg(long)]
@@ -192,6 +218,45 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             println!("{done}");
+        }
+        Cmd::UdpSend { to, count, size, tag, interval_ms } => {
+            let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
+            let sock = UdpSocket::bind(bind)?;
+            let mut sent = 0u64;
+            for i in 0..count {
+                if sock.send_to(&payload(&tag, i, size), to).is_ok() {
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(interval_ms));
+            }
+            println!("{sent}");
+        }
+        Cmd::UdpSink { bind, rcvbuf, wait_ms, idle_ms } => {
+            let sock = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"))?;
+            if let Some(bytes) = rcvbuf {
+                let v = bytes as libc::c_int;
+                // SAFETY: a valid socket and a c_int option value of the right size.
+                let r = unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&sock),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUF,
+                        (&v as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                anyhow::ensure!(r == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+            }
+            println!("ready");
+            std::io::stdout().flush()?;
+            std::thread::sleep(Duration::from_millis(wait_ms));
+            sock.set_read_timeout(Some(Duration::from_millis(idle_ms)))?;
+            let mut buf = vec![0u8; 65536];
+            let mut got = 0u64;
+            while sock.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+            println!("{got}");
         }
         Cmd::UdpFlood { to, duration, size } => {
             let sock = client_socket(to)?;
