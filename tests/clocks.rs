@@ -81,8 +81,33 @@ fn check(original: &Analysis, edited_dir: &Path, stepped: &str, size: i64) {
     let weak: usize = a.clocks.pairs.iter().map(|p| p.dropped_weak).sum();
     assert!(weak > 0, "the late trigger receipt is dropped as weak evidence");
 
-    // The CLI says it too.
-    let rep = run(Command::new(wgo()).arg("report").arg("--json").arg(edited_dir.join("report.json")).args(dumps(edited_dir))).unwrap();
+    // The CLI says it too, and the timeline's lane header.
+    let html = edited_dir.join("timeline.html");
+    let rep = run(Command::new(wgo())
+        .arg("report")
+        .arg("--json")
+        .arg(edited_dir.join("report.json"))
+        .arg("--html")
+        .arg(&html)
+        .args(dumps(edited_dir)))
+    .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for mode in ["steps", "findings"] {
+        let o = Command::new("node")
+            .arg(root.join("tests/browser/timeline.mjs"))
+            .arg(mode)
+            .arg(&html)
+            .arg(stepped)
+            .output()
+            .expect("node runs (cargo xtask test installs the browser test's packages)");
+        assert!(
+            o.status.success(),
+            "browser check {mode} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        println!("{}", String::from_utf8_lossy(&o.stdout).trim());
+    }
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.contains(&format!("{stepped}'s clock stepped")), "{text}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(edited_dir.join("report.json")).unwrap()).unwrap();

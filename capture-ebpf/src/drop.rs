@@ -76,6 +76,11 @@ fn try_drop(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !matches!(proto, 1 | 6 | 17 | 58) || l3 + 4 > hdr.len() {
         return Ok(());
     }
+    // ICMP's unspecified and socketless frees are the stack's own (an echo reply's
+    // original after its raw sockets took their clones), not drops anyone would call lost.
+    if matches!(proto, 1 | 58) && (reason == cfg.icmp_quiet[0] || reason == cfg.icmp_quiet[1]) {
+        return Ok(());
+    }
     let ports = matches!(proto, 6 | 17);
     let (sport, dport) = (u16::from_be_bytes([hdr[l3], hdr[l3 + 1]]), u16::from_be_bytes([hdr[l3 + 2], hdr[l3 + 3]]));
 

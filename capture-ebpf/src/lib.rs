@@ -211,6 +211,10 @@ pub struct DropConfig {
     /// `net_device`: `nd_net.net`; `net`: `ns.inum`.
     pub dev_net: u32,
     pub net_inum: u32,
+    /// This kernel's numbers for `NOT_SPECIFIED` and `NO_SOCKET`: ICMP "drops" with these
+    /// are the stack's own frees (an echo reply's original once raw sockets took their
+    /// clones), not losses; u32::MAX where the kernel has no such reason.
+    pub icmp_quiet: [u32; 2],
     pub pad: u32,
 }
 
@@ -221,7 +225,7 @@ pub const SIGNAL_EVENT_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<KillSent>() == 24);
 const _: () = assert!(core::mem::size_of::<SignalEvent>() == SIGNAL_EVENT_SIZE);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 16);
-const _: () = assert!(core::mem::size_of::<DropConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<DropConfig>() == 80);
 
 pub const RECORD_HEADER_SIZE: usize = 48;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_SIZE);

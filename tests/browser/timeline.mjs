@@ -3,6 +3,7 @@
 //   node timeline.mjs bench REPORT.html
 //   node timeline.mjs shot REPORT.html SCREENSHOT.png VIOLATION-TEXT   (centres on that violation)
 //   node timeline.mjs findings REPORT.html   (clicks every finding: it zooms to its span and says it)
+//   node timeline.mjs steps REPORT.html NODE   (NODE's lane header, and only its, says its clock stepped)
 // EXPECT.json: { nodes, messages, events, click: { id, field, value } }
 import { chromium } from "playwright-core";
 import { readFileSync, statSync } from "node:fs";
@@ -58,6 +59,17 @@ try {
     }
     if (errors.length) await fail("page errors: " + errors.join("; "));
     console.log(`ok: ${findings.length} findings, each click zooms to its span and selects its evidence`);
+    await browser.close();
+    process.exit(0);
+  }
+  if (mode === "steps") {
+    const node = expectFile;
+    const heads = await page.evaluate(() => [...document.querySelectorAll("#heads .lane")].map((l) => ({ name: l.querySelector("b").textContent, step: l.querySelector(".step")?.textContent || "" })));
+    for (const h of heads) {
+      if ((h.name === node) !== h.step.startsWith("clock stepped")) await fail(`lane ${h.name}: step text ${JSON.stringify(h.step)}`);
+    }
+    if (errors.length) await fail("page errors: " + errors.join("; "));
+    console.log(`ok: ${node}'s lane header says ${heads.find((h) => h.name === node).step}`);
     await browser.close();
     process.exit(0);
   }

@@ -128,14 +128,17 @@ fn drop_config(cgroup: &Path) -> Result<(DropConfig, Vec<Option<String>>), Strin
         kn_id: at("kernfs_node", &["id"])?,
         dev_net: at("net_device", &["nd_net", "net"])?,
         net_inum: at("net", &["ns", "inum"])?,
+        icmp_quiet: [u32::MAX; 2],
         pad: 0,
     };
-    let names = btf
+    let names: Vec<Option<String>> = btf
         .enum_names("skb_drop_reason", 1024)
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|n| n.map(|n| n.strip_prefix("SKB_DROP_REASON_").unwrap_or(&n).to_ascii_lowercase()))
         .collect();
+    let number = |name: &str| names.iter().position(|n| n.as_deref() == Some(name)).map_or(u32::MAX, |k| k as u32);
+    let cfg = DropConfig { icmp_quiet: [number("not_specified"), number("no_socket")], ..cfg };
     Ok((cfg, names))
 }
 
