@@ -219,6 +219,17 @@ fn data_sent_after_the_peer_closed_is_a_closed_connection_not_a_loss() {
     let lost: Vec<u64> = a.anomalies.iter().filter(|x| x.kind == Kind::NetworkLoss).flat_map(|x| x.events.iter().map(uid)).collect();
     assert!(lost.iter().all(|u| !truth.closed_sends.contains(u)), "a closed connection's data is no network loss: {lost:?}");
     assert!(a.findings.iter().all(|f| f.kind != wgo::analysis::diagnosis::FindingKind::LossyLink), "{}", summary(&a));
+    // In the JSON every lost send says where it died: here the network, or a closed connection.
+    let mut json = Vec::new();
+    write_json(&a, &mut json).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    for x in v["anomalies"].as_array().unwrap() {
+        match x["kind"].as_str().unwrap() {
+            "closed_connection" => assert_eq!(x["cause"], "closed_connection"),
+            "network_loss" => assert_eq!(x["cause"], "network", "no kernel dropped anything in the simulator"),
+            _ => {}
+        }
+    }
 }
 
 #[test]

@@ -301,7 +301,8 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
         /// For clock steps: node, times, size.
         #[serde(skip_serializing_if = "Option::is_none", flatten)]
         step: Option<serde_json::Value>,
-        /// For losses: where it died (`network`, `sender_kernel`, `receiver_kernel`).
+        /// For losses: where it died (`network`, `sender_kernel`, `receiver_kernel`); for
+        /// data sent into a closed TCP connection, `closed_connection`.
         #[serde(skip_serializing_if = "Option::is_none")]
         cause: Option<&'static str>,
         /// For kernel drops and losses to them: the kernel's reason.
@@ -326,7 +327,11 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
             islands: x.islands.iter().map(|i| i.iter().map(name).collect()).collect(),
             span_ns: x.span,
             step: if x.kind == Kind::ClockStep { steps.next().map(|s| step_json(t, &a.clocks, s)) } else { None },
-            cause: x.cause.filter(|_| x.kind == Kind::NetworkLoss).map(|c| c.kind.name()),
+            cause: match x.kind {
+                Kind::NetworkLoss => x.cause.map(|c| c.kind.name()),
+                Kind::ClosedConnection => Some("closed_connection"),
+                _ => None,
+            },
             reason: x.cause.and_then(|c| c.reason).and_then(|r| t.drop_reasons.get(r as usize)).map(String::as_str),
             node: (x.kind == Kind::KernelDrop).then(|| x.nodes.first().map(name)).flatten(),
         };
