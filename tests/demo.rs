@@ -74,14 +74,20 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    // The timeline's findings list: a click on each zooms to it and selects its evidence.
-    let o = Command::new("node")
-        .arg(root.join("tests/browser/timeline.mjs"))
-        .arg("findings")
-        .arg(dir.join("demo/timeline.html"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    // The timeline's findings list: a click on each zooms to it and selects its evidence; the
+    // page stays readable at every zoom, in the causal view and through its URL; and the
+    // README's three screenshots (overview, the partition, the causal view) are made here.
+    for args in [vec!["findings".into()], vec!["readable".into()], vec!["shots".to_string(), root.join("docs").display().to_string()]] {
+        let o = Command::new("node")
+            .arg(root.join("tests/browser/timeline.mjs"))
+            .arg(&args[0])
+            .arg(dir.join("demo/timeline.html"))
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        println!("{}", String::from_utf8_lossy(&o.stdout).trim());
+        assert!(o.status.success(), "{}: {}{}", args[0], String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -80,5 +80,8 @@ fn timeline_of_a_real_capture_works_in_chromium() {
         .expect("node runs (cargo xtask test installs the browser test's packages)");
     println!("{}", String::from_utf8_lossy(&o.stdout));
     assert!(o.status.success(), "browser check failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("node").arg(root.join("tests/browser/timeline.mjs")).arg("readable").arg(&html).output().unwrap();
+    println!("{}", String::from_utf8_lossy(&o.stdout));
+    assert!(o.status.success(), "readability check failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -4,6 +4,9 @@
 //   node timeline.mjs shot REPORT.html SCREENSHOT.png VIOLATION-TEXT   (centres on that violation)
 //   node timeline.mjs findings REPORT.html   (clicks every finding: it zooms to its span and says it)
 //   node timeline.mjs steps REPORT.html NODE   (NODE's lane header, and only its, says its clock stepped)
+//   node timeline.mjs readable REPORT.html   (labels never overlap at three zooms; marks at every zoom; a lost
+//                                             message ends in its receiver's lane; the causal view; the URL hash)
+//   node timeline.mjs shots REPORT.html DIR   (DIR/timeline-overview.png, -partition.png, -causal.png)
 // EXPECT.json: { nodes, messages, events, click: { id, field, value } }
 import { chromium } from "playwright-core";
 import { readFileSync, statSync } from "node:fs";
@@ -70,6 +73,80 @@ try {
     }
     if (errors.length) await fail("page errors: " + errors.join("; "));
     console.log(`ok: ${node}'s lane header says ${heads.find((h) => h.name === node).step}`);
+    await browser.close();
+    process.exit(0);
+  }
+  if (mode === "readable") {
+    const overlaps = (ls) => {
+      for (let i = 0; i < ls.length; i++) for (let j = i + 1; j < ls.length; j++) {
+        const a = ls[i], b = ls[j];
+        if (a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1) return [a, b];
+      }
+      return null;
+    };
+    // Three zoom levels around the busiest finding (or the middle): the whole, 1/20, 1/400.
+    const zooms = [];
+    for (const f of [1, 0.05, 0.05]) {
+      const got = await page.evaluate((f) => {
+        const W = window.wgo; if (f === 1) W.fit(); else W.zoom(f);
+        return { labels: W.labels, hidden: W.labelsHidden, marks: W.marksDrawn, losses: W.lossMarks.length, drawMode: W.mode, view: W.view(), axis: 96 };
+      }, f);
+      const o = overlaps(got.labels);
+      if (o) await fail(`labels overlap at ${JSON.stringify(got.view)}: ${JSON.stringify(o)}`);
+      if (got.labels.some((l) => l.x0 < got.axis)) await fail("a label runs into the time axis");
+      zooms.push({ labels: got.labels.length, hidden: got.hidden, marks: got.marks, losses: got.losses, mode: got.drawMode });
+    }
+    // Anomaly marks are drawn at every zoom: at the whole view too (dense or not).
+    const anomalies = await page.evaluate(() => window.wgo.header.anomalies.filter((a) => a.events.length).length);
+    if (anomalies && zooms[0].marks + zooms[0].losses === 0 && zooms[0].mode === "density") await fail("no anomaly marks in the overview");
+    // Every lost message ends in its receiver's lane.
+    const lost = await page.evaluate(() => {
+      const W = window.wgo, a = W.header.anomalies.filter((x) => x.kind === "network_loss" && x.events.length && x.nodes.length > 1);
+      const out = [];
+      for (const x of a.slice(0, 20)) {
+        W.focus(x.events[0], 5e6);
+        for (const m of W.lossMarks) out.push({ lane: m.lane, drawnIn: W.laneOfX(m.x) });
+      }
+      return { out, total: a.length };
+    });
+    if (lost.out.some((m) => m.lane !== m.drawnIn)) await fail(`a lost message ends outside its receiver's lane: ${JSON.stringify(lost.out.find((m) => m.lane !== m.drawnIn))}`);
+    if (lost.total && !lost.out.length) await fail("no lost message drawn when focused on one");
+    // The causal view: every receive below its send.
+    const causal = await page.evaluate(() => { const W = window.wgo; W.setMode("causal"); W.fit(); const bad = W.receivesAboveSends(); const ok = W.labels; W.setMode("corr"); return { bad, labels: ok.length }; });
+    if (causal.bad) await fail(`${causal.bad} receives not below their sends in the causal view`);
+    // The URL hash round-trips: a new page opened at it shows the same view, mode, filter and selection.
+    const state = await page.evaluate(() => {
+      const W = window.wgo; W.fit(); W.zoom(0.3); W.pan(0.1);
+      const k = Math.floor(W.events / 2); W.select(k); W.setNode(W.header.nodes.length - 1, false);
+      return { hash: W.hash(), view: W.view(), sel: W.selected(), mode: W.viewMode(), shown: W.shownCount() };
+    });
+    const page2 = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    await page2.goto(url + state.hash);
+    await page2.waitForFunction(() => window.wgo && (window.wgo.ready || window.wgo.error), null, { timeout: 120000 });
+    const again = await page2.evaluate(() => { const W = window.wgo; return { hash: W.hash(), view: W.view(), sel: W.selected(), mode: W.viewMode(), shown: W.shownCount() }; });
+    const near = (x, y) => Math.abs(x - y) <= 1;
+    if (!(near(again.view.a, state.view.a) && near(again.view.b, state.view.b) && again.sel === state.sel && again.mode === state.mode && again.shown === state.shown)) {
+      await fail(`the URL hash did not round-trip: ${JSON.stringify(state)} became ${JSON.stringify(again)}`);
+    }
+    if (errors.length) await fail("page errors: " + errors.join("; "));
+    console.log(`ok: labels ${zooms.map((z) => `${z.labels} drawn/${z.hidden} hidden`).join(", ")} at three zooms, none overlapping; ${zooms[0].marks + zooms[0].losses} marks in the overview; ${lost.out.length} lost messages in their receivers' lanes; causal view ordered; hash ${state.hash.length} chars round-trips`);
+    await browser.close();
+    process.exit(0);
+  }
+  if (mode === "shots") {
+    const dir = expectFile;
+    const shotOf = async (name) => { await page.screenshot({ path: `${dir}/timeline-${name}.png` }); console.log(`${dir}/timeline-${name}.png`); };
+    await page.evaluate(() => window.wgo.fit());
+    await shotOf("overview");
+    const part = await page.evaluate(() => { const W = window.wgo, i = W.header.findings.findIndex((f) => f.kind === "partition"); if (i >= 0) W.showFinding(i); return i; });
+    if (part < 0) await fail("no partition among the findings");
+    await shotOf("partition");
+    await page.evaluate(() => {
+      const W = window.wgo, f = W.header.findings.find((f) => f.kind === "violation" && f.evidence.length) || W.header.findings.find((f) => f.evidence.length);
+      if (f) W.select(f.evidence[0]);
+      document.getElementById("mode-causal").click();
+    });
+    await shotOf("causal");
     await browser.close();
     process.exit(0);
   }

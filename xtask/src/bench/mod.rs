@@ -22,7 +22,7 @@ pub enum Which {
     Clocks,
     /// Unthrottled shipping over loopback against a plain TCP copy of the same bytes.
     Shipping,
-    /// Timeline page load and frame times in headless Chromium, 10 k to 1 M events.
+    /// Timeline page load and frame times in headless Chromium, 10 k to 5 M events.
     Timeline,
     /// 1,000 agents shipping to one collector at once, then again beside 1,000 slowloris connections.
     Collect,
@@ -469,7 +469,7 @@ fn timeline() -> anyhow::Result<()> {
     println!("frames = pan and zoom steps over all events; ratios against the 10 k page of the same run.");
     println!("{:>9}  {:>9}  {:>8}  {:>8}  {:>9}  {:>9}  {:>8}", "events", "file MB", "load ms", "vs 10k", "frame ms", "max ms", "vs 10k");
     let mut base: Option<(f64, f64)> = None;
-    for target in [10_000u64, 100_000, 1_000_000] {
+    for target in [10_000u64, 100_000, 1_000_000, 5_000_000] {
         let _ = std::fs::remove_dir_all(&tmp);
         testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
         let html = tmp.join("timeline.html");
