@@ -471,15 +471,17 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         // Drops no lost message explains: inbound to a closed port from someone unrecorded, say.
         for (k, d) in trace.drops.iter().enumerate() {
             let e = &d.event;
-            // The kernel's own traffic (neighbour discovery, say) and group sends are its business.
+            let reason = trace.drop_reasons.get(d.reason as usize).map_or("?", String::as_str);
+            // The kernel's own traffic (neighbour discovery, say), group sends, and TCP's own
+            // decisions (old data, out of window: duplicates it had) are its business.
             if explained[k]
                 || matches!(e.proto, ProtoCode::Icmp | ProtoCode::Other)
                 || is_group_address(trace.addr(e.dst))
+                || (e.proto == ProtoCode::Tcp && reason.starts_with("tcp_"))
                 || received.contains(&DropIndex::key(trace, e, e.node, e.dir))
             {
                 continue;
             }
-            let reason = trace.drop_reasons.get(d.reason as usize).map_or("?", String::as_str);
             let words = reason_words(reason);
             let what = format!("{} {}:{} → {}:{}", e.proto.name(), trace.addr(e.src), e.sport, trace.addr(e.dst), e.dport);
             let text = if e.dir == Dir::Send {
@@ -516,6 +518,9 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         a.cause = Some(cause);
         out.push(a);
     }
+    // What reached a receiver's host and died there: evidence that the node was there to hear it.
+    let reached_host: Vec<(EventId, NodeId)> =
+        caused.iter().filter(|c| c.2.kind == CauseKind::ReceiverKernel).map(|c| (c.0, c.1)).collect();
     // Partitions and stalls are the network's and the nodes' stories: a kernel's drops are neither.
     losses.retain(|&(s, r)| caused.binary_search_by_key(&(s, r), |c| (c.0, c.1)).is_ok_and(|k| caused[k].2.kind == CauseKind::Network));
 
@@ -618,7 +623,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         }
     }
 
-    let stalls = stalls(trace, &losses, &corr, &window);
+    let stalls = stalls(trace, &losses, &reached_host, &corr, &window);
     for st in &stalls {
         let name = node_name(st.node);
         let how_long = match st.until_end {
@@ -756,6 +761,7 @@ pub struct Stall {
 pub fn stalls(
     trace: &Trace,
     losses: &[(EventId, NodeId)],
+    reached_host: &[(EventId, NodeId)],
     corr: &dyn Fn(EventId) -> i64,
     window: &dyn Fn(NodeId) -> (i64, i64),
 ) -> Vec<Stall> {
@@ -798,13 +804,17 @@ pub fn stalls(
             .map(|i| corr(i as EventId))
             .collect();
         let lost_to: Vec<i64> = losses.iter().filter(|(_, r)| *r == x).map(|(s, _)| corr(*s)).collect();
+        let dropped_there: Vec<i64> = reached_host.iter().filter(|(_, r)| *r == x).map(|(s, _)| corr(*s)).collect();
         for (from, to, until_end, last_send) in spans {
             // Only what arrived well inside the silence: a cluster-wide lull ends with every
             // node hearing from the others at once, and began with the last answers.
             let inside = |t: &&i64| from + cadence < **t && **t < to - cadence;
-            let got = received.iter().filter(inside).count();
+            // What reached its host (recorded arriving, or dropped by its own kernel) shows it
+            // had something to answer. Messages the network lost show nothing about the node,
+            // unless the silence lasts to the end of its recording (it died: nothing got through).
+            let got = received.iter().filter(inside).count() + dropped_there.iter().filter(inside).count();
             let lost = lost_to.iter().filter(inside).count();
-            if got + lost >= STALL_MIN_SENT_TO {
+            if got >= STALL_MIN_SENT_TO || (until_end && got + lost >= STALL_MIN_SENT_TO) {
                 out.push(Stall { node: x, from, to, until_end, last_send: Some(last_send), sent_to: got + lost, lost, cadence });
             }
         }
