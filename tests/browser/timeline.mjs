@@ -59,6 +59,9 @@ try {
       if (got.status !== f.text) await fail(`finding ${i + 1}: status says ${got.status}`);
       if (f.span && !(got.view.a <= f.span[0] && f.span[1] <= got.view.b)) await fail(`finding ${i + 1}: view ${JSON.stringify(got.view)} does not hold its span ${f.span}`);
       if (f.evidence.length && got.sel !== f.evidence[0]) await fail(`finding ${i + 1}: selected ${got.sel}, not its first evidence ${f.evidence[0]}`);
+      const hot = await page.evaluate(() => [...document.querySelectorAll("#heads .lane")].map((l, n) => (l.classList.contains("hot") ? n : -1)).filter((n) => n >= 0));
+      const want = [...new Set([...f.nodes, ...(f.links || []).flat()])].sort((a, b) => a - b);
+      if (JSON.stringify(hot) !== JSON.stringify(want)) await fail(`finding ${i + 1}: lanes ${hot} stand out, not its nodes ${want}`);
     }
     if (errors.length) await fail("page errors: " + errors.join("; "));
     console.log(`ok: ${findings.length} findings, each click zooms to its span and selects its evidence`);

@@ -198,6 +198,7 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
             "text": f.text,
             "span": f.span.map(|(x, y)| [(x - t0) as f64, (y - t0) as f64]),
             "nodes": f.nodes,
+            "links": f.links,
             "evidence": f.evidence.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "violations": an.violations.iter().map(|v| json!({"name": v.name, "text": v.text, "events": v.events.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>()})).collect::<Vec<_>>(),
