@@ -172,6 +172,38 @@ pub fn loss_text(trace: &Trace, describe: &dyn Fn(EventId) -> String, a: &Anomal
     }
 }
 
+/// The UDP and TCP ports each node's recorded traffic uses locally (sent from, received on).
+struct LocalPorts {
+    /// Per node: 1024 words of UDP port bits, then 1024 of TCP.
+    bits: Vec<Box<[u64; 2048]>>,
+}
+
+impl LocalPorts {
+    fn new(trace: &Trace) -> LocalPorts {
+        let mut bits = vec![Box::new([0u64; 2048]); trace.nodes.len()];
+        for e in &trace.events {
+            let base = match e.proto {
+                ProtoCode::Udp => 0,
+                ProtoCode::Tcp => 1024,
+                _ => continue,
+            };
+            let p = if e.dir == Dir::Send { e.sport } else { e.dport } as usize;
+            bits[e.node as usize][base + p / 64] |= 1 << (p % 64);
+        }
+        LocalPorts { bits }
+    }
+    /// Whether `node` used `port` (ICMP and other protocols have none: always).
+    fn uses(&self, node: NodeId, proto: ProtoCode, port: u16) -> bool {
+        let base = match proto {
+            ProtoCode::Udp => 0,
+            ProtoCode::Tcp => 1024,
+            _ => return true,
+        };
+        let p = port as usize;
+        self.bits[node as usize][base + p / 64] >> (p % 64) & 1 == 1
+    }
+}
+
 /// A packet's identity on one node, one way: (node, direction, addresses, ports, IP id, content hash).
 type DropKey = (NodeId, Dir, AddrId, AddrId, u16, u16, u16, u64);
 
@@ -331,6 +363,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     // Network loss: sends a recording receiver never saw.
     let mut losses: Vec<(EventId, NodeId)> = Vec::new();
     let drops = DropIndex::new(trace);
+    let ports = LocalPorts::new(trace);
     // Unmatched sends, and group sends that some but maybe not all of their receivers got.
     let mut candidates: Vec<EventId> = m.unmatched_sends.clone();
     candidates.extend(m.messages.iter().map(|&(s, _)| s).filter(|&s| group_addr[trace.events[s as usize].dst as usize]));
@@ -355,7 +388,10 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             // Where the receiver's clock is unknown, the send must lie well inside its recording,
             // unless a kernel's record of dropping it says it was lost whatever the clocks.
             let margin = if ctx.clocks.known(r) && ctx.clocks.known(e.node) { ctx.clocks.uncertainty(r) } else { NTP_MARGIN_NS };
-            let judged = !(t - margin < w0 || t + margin + JUDGE_MARGIN_NS > w1 || blind(r, t));
+            // Only to a port the receiver's recorded application uses: on the same address an
+            // unrecorded process (a client, a sidecar) gets what the recording cannot see.
+            let for_the_app = group_addr[e.dst as usize] || ports.uses(r, e.proto, e.dport);
+            let judged = for_the_app && !(t - margin < w0 || t + margin + JUDGE_MARGIN_NS > w1 || blind(r, t));
             if judged || !drops.of(trace, e, r, Dir::Recv).is_empty() || !drops.of(trace, e, e.node, Dir::Send).is_empty() {
                 losses.push((s, r));
             }
@@ -1376,8 +1412,8 @@ mod tests {
         n1.push(send(s + 20 * MS, p(3, 7203)));
         n2.push(recv(s + 20 * MS + 100_000, p(3, 7203)));
         n2.push(dropped(recv(s + 20 * MS + 110_000, p(3, 7203)), "socket_rcvbuff"));
-        // The network.
-        n1.push(send(s + 30 * MS, p(4, 7204)));
+        // The network, to the port n2's app uses.
+        n1.push(send(s + 30 * MS, p(4, 7000)));
         // Someone unrecorded, to a closed port.
         n2.push(dropped(recv(s + 40 * MS, crate::packet::tests::udp4([10, 0, 0, 9], addr(1), 5, 9, 5, b"x")), "no_socket"));
         let t = trace(vec![n1, n2]);
@@ -1393,15 +1429,35 @@ mod tests {
         assert_eq!(
             losses,
             vec![
+                (7000, CauseKind::Network, None),
                 (7201, CauseKind::ReceiverKernel, Some("netfilter_drop")),
                 (7202, CauseKind::SenderKernel, Some("netfilter_drop")),
                 (7203, CauseKind::ReceiverKernel, Some("socket_rcvbuff")),
-                (7204, CauseKind::Network, None),
             ]
         );
         let kd = of(&found, Kind::KernelDrop);
         assert_eq!(kd.len(), 1, "{kd:?}");
         assert_eq!((kd[0].nodes.as_slice(), reason(kd[0])), (&[1u16][..], Some("no_socket")));
         assert!(of(&found, Kind::RecorderLoss).is_empty(), "drop records fill no sequence gap: {found:?}");
+    }
+
+    /// Replies to a client on a recorded node's address that runs outside the recorded
+    /// cgroup: the recording never sees its port, so what it does not get is not judged.
+    #[test]
+    fn sends_to_a_port_the_receivers_app_never_used_are_not_judged() {
+        let mut n1 = Vec::new();
+        let mut n2 = Vec::new();
+        for k in 0..20i64 {
+            let p = || udp(addr(0), addr(1), k as u16, b"ping");
+            n1.push(send(k * 100 * MS, p()));
+            n2.push(recv(k * 100 * MS + 100_000, p()));
+            // n2 answers an unrecorded client on n1's address, port 40000: never recorded there.
+            n2.push(send(k * 100 * MS + 200_000, crate::packet::tests::udp4(addr(1), addr(0), 7000, 40000, 500 + k as u16, b"reply")));
+        }
+        // One ping to n2's port that is lost: judged, n2's app uses port 7000.
+        n1.push(send(2500 * MS, udp(addr(0), addr(1), 99, b"ping")));
+        let t = trace(vec![n1, n2]);
+        let losses = of(&anomalies(&t), Kind::NetworkLoss).len();
+        assert_eq!(losses, 1, "only the ping to the app's port is a loss");
     }
 }
