@@ -204,31 +204,33 @@ impl LocalPorts {
     }
 }
 
-/// A packet's identity on one node, one way: (node, direction, addresses, ports, IP id, content hash).
-type DropKey = (NodeId, Dir, AddrId, AddrId, u16, u16, u16, u64);
+/// A packet's headers on one node, one way: (node, direction, addresses, ports, IP id).
+type HeaderKey = (NodeId, Dir, AddrId, AddrId, u16, u16, u16);
 
 /// Kernel drops by node, direction and message key, for finding the drop of a lost message.
+/// Looked up for many events, and few match: the headers first, the payload's hash only
+/// for those whose headers do.
 struct DropIndex {
-    by_key: FxHashMap<DropKey, Vec<usize>>,
+    by_header: FxHashMap<HeaderKey, Vec<(u64, usize)>>,
 }
 
 impl DropIndex {
     fn new(trace: &Trace) -> DropIndex {
-        let mut by_key: FxHashMap<_, Vec<usize>> = FxHashMap::default();
+        let mut by_header: FxHashMap<_, Vec<(u64, usize)>> = FxHashMap::default();
         for (k, d) in trace.drops.iter().enumerate() {
-            by_key.entry(Self::key(trace, &d.event, d.event.node, d.event.dir)).or_default().push(k);
+            let e = &d.event;
+            by_header.entry(Self::header(e, e.node, e.dir)).or_default().push((trace.content_hash(e), k));
         }
-        DropIndex { by_key }
+        DropIndex { by_header }
     }
-    fn key(trace: &Trace, e: &super::trace::Event, node: NodeId, dir: Dir) -> DropKey {
-        (node, dir, e.src, e.dst, e.sport, e.dport, e.ip_id, trace.content_hash(e))
+    fn header(e: &super::trace::Event, node: NodeId, dir: Dir) -> HeaderKey {
+        (node, dir, e.src, e.dst, e.sport, e.dport, e.ip_id)
     }
     /// Drops of the packet `e` on `node` going `dir`.
-    fn of(&self, trace: &Trace, e: &super::trace::Event, node: NodeId, dir: Dir) -> &[usize] {
-        if self.by_key.is_empty() {
-            return &[];
-        }
-        self.by_key.get(&Self::key(trace, e, node, dir)).map_or(&[], Vec::as_slice)
+    fn of(&self, trace: &Trace, e: &super::trace::Event, node: NodeId, dir: Dir) -> Vec<usize> {
+        let Some(v) = self.by_header.get(&Self::header(e, node, dir)) else { return Vec::new() };
+        let hash = trace.content_hash(e);
+        v.iter().filter(|x| x.0 == hash).map(|x| x.1).collect()
     }
 }
 
@@ -477,7 +479,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             (None, Some(&k)) => (CauseKind::ReceiverKernel, Some(k)),
             (None, None) => (CauseKind::Network, None),
         };
-        for &k in sender.iter().chain(receiver) {
+        for &k in sender.iter().chain(&receiver) {
             explained[k] = true;
         }
         Cause { kind, reason: hit.map(|k| trace.drops[k].reason) }
@@ -498,12 +500,12 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
             }
         }
         // Drops of packets the node recorded receiving (TCP's duplicates, say) are the stack's own business.
-        let received: std::collections::HashSet<_> = trace
-            .events
-            .iter()
-            .filter(|e| e.dir == Dir::Recv && e.proto == ProtoCode::Tcp)
-            .map(|e| DropIndex::key(trace, e, e.node, Dir::Recv))
-            .collect();
+        let mut received = vec![false; trace.drops.len()];
+        for e in trace.events.iter().filter(|e| e.dir == Dir::Recv && e.proto == ProtoCode::Tcp) {
+            for k in drops.of(trace, e, e.node, Dir::Recv) {
+                received[k] = true;
+            }
+        }
         // Drops no lost message explains: inbound to a closed port from someone unrecorded, say.
         for (k, d) in trace.drops.iter().enumerate() {
             let e = &d.event;
@@ -514,7 +516,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
                 || matches!(e.proto, ProtoCode::Icmp | ProtoCode::Other)
                 || is_group_address(trace.addr(e.dst))
                 || (e.proto == ProtoCode::Tcp && reason.starts_with("tcp_"))
-                || received.contains(&DropIndex::key(trace, e, e.node, e.dir))
+                || received[k]
             {
                 continue;
             }

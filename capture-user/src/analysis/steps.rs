@@ -118,7 +118,7 @@ pub fn find(trace: &Trace, messages: &[(EventId, EventId)]) -> Vec<ClockStep> {
             let est = combine(&shifts_at(trace, &partner, n as NodeId, b, None));
             // The events after were put just after those before: the true gap only adds to a step back.
             let (residual, unc) = est.map_or((0, None), |(s, u)| (s.min(0), Some(u)));
-            steps.push(step_at(trace, n as NodeId, b, -r.undone_ns + residual, unc, true, None, r));
+            steps.push(step_at(trace, n as NodeId, b, -r.undone_ns + residual, unc, Some(r), None));
         }
     }
     let shifts = pair_shifts(trace, &partner);
@@ -141,48 +141,50 @@ pub fn find(trace: &Trace, messages: &[(EventId, EventId)]) -> Vec<ClockStep> {
             open.push((c, b));
             continue;
         }
-        let all = shifts_at(trace, &partner, c.node, b, None);
-        let (size, unc) = combine(&all).map_or((c.size, None), |(s, u)| (s, Some(u)));
-        steps.push(step_at(trace, c.node, b, size, unc, false, None, &Reversal::default()));
+        let (size, unc) = sized(trace, &partner, c, b);
+        steps.push(step_at(trace, c.node, b, size, unc, None, None));
     }
     // Only one peer to ask: the pair shows the step from both ends, once as a step forward.
     for (c, b) in open {
         if c.size <= 0 || explained(&steps, trace, &partner, c) {
             continue;
         }
-        let all = shifts_at(trace, &partner, c.node, b, None);
-        let (size, unc) = combine(&all).map_or((c.size, None), |(s, u)| (s, Some(u)));
-        steps.push(step_at(trace, c.node, b, size, unc, false, Some(c.peer), &Reversal::default()));
+        let (size, unc) = sized(trace, &partner, c, b);
+        steps.push(step_at(trace, c.node, b, size, unc, None, Some(c.peer)));
     }
     steps.retain(|s| s.seen_in_order || s.size_ns.abs() >= MIN_STEP_NS);
     steps.sort_by_key(|s| (s.node, s.at_raw));
     steps
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A shift's size and uncertainty at `b`, from every peer's bounds there (the shift's own
+/// size where none tell it).
+fn sized(trace: &Trace, partner: &[u32], c: &PairShift, b: usize) -> (i64, Option<i64>) {
+    combine(&shifts_at(trace, partner, c.node, b, None)).map_or((c.size, None), |(s, u)| (s, Some(u)))
+}
+
+/// The step of `node` before its event `b`; `reversal`: program order showed it.
 fn step_at(
     trace: &Trace,
     node: NodeId,
     b: usize,
     size: i64,
     unc: Option<i64>,
-    seen: bool,
+    reversal: Option<&Reversal>,
     or_peer: Option<NodeId>,
-    r: &Reversal,
 ) -> ClockStep {
     let ev = &trace.events[trace.node_ranges[node as usize].clone()];
     let after = ev.get(b).map_or(i64::MAX, |e| e.t_raw);
     let before = b.checked_sub(1).map_or(after, |i| ev[i].t_raw);
     // A step forward cannot be larger than the gap it left, or it would reorder events.
-    let size = if seen { size } else { size.min(after - before) };
-    let recorded = if seen { r.recorded } else { after };
+    let size = if reversal.is_some() { size } else { size.min(after - before) };
     ClockStep {
         node,
         at_raw: before + (after.min(before.saturating_add(size.max(0))) - before) / 2,
-        first_after_recorded: recorded,
+        first_after_recorded: reversal.map_or(after, |r| r.recorded),
         size_ns: size,
         uncertainty_ns: unc,
-        seen_in_order: seen,
+        seen_in_order: reversal.is_some(),
         or_peer,
     }
 }
@@ -339,8 +341,7 @@ fn pair_shifts(trace: &Trace, partner: &[u32]) -> Vec<PairShift> {
                     let mut prev: Vec<i64> = recent[p].iter().map(|r| r.1).collect();
                     let m = median(&mut prev);
                     if (b.v - m).abs() >= MIN_STEP_NS / 2 {
-                        pending[p] =
-                            Some(Jump { before: last_i, after: i, prev: recent[p].iter().map(|r| r.1).collect(), next: vec![b.v] });
+                        pending[p] = Some(Jump { before: last_i, after: i, prev, next: vec![b.v] });
                         recent[p].clear();
                     }
                 }

@@ -114,7 +114,7 @@ pub struct NodeInfo {
 }
 
 /// Time running backwards in one node's program order: its clock stepped back.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reversal {
     /// The first event after it, on the undone clock (just after every event before it).
     pub first_after: i64,

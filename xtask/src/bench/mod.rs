@@ -367,19 +367,9 @@ fn contradictions(wgo: &std::path::Path, peer: &std::path::Path) -> anyhow::Resu
         let dir = tmp.join(misdated.to_string());
         let _ = std::fs::remove_dir_all(&dir);
         testbed::run(Command::new(peer).args(["synth", "--events", "1000000", "--misdated", &misdated.to_string(), "--out"]).arg(&dir))?;
-        testbed::run(&mut Command::new("sync"))?;
-        let mut times = Vec::new();
-        let mut cycles = String::new();
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let rep = testbed::run(
-                Command::new(wgo).arg("report").arg(&dir).arg("--spec").arg(dir.join("sim.toml")).arg("--json").arg(dir.join("out.json")),
-            )?;
-            times.push(t.elapsed().as_secs_f64());
-            let text = String::from_utf8_lossy(&rep.stdout);
-            cycles = text.lines().find_map(|l| l.strip_prefix("contradiction: ")).unwrap_or("0").to_string();
-        }
-        secs.push((misdated, median(&times), cycles));
+        let (s, text) = report_median(wgo, &dir)?;
+        let cycles = text.lines().find_map(|l| l.strip_prefix("contradiction: ")).unwrap_or("0").to_string();
+        secs.push((misdated, s, cycles));
     }
     let _ = std::fs::remove_dir_all(&tmp);
     println!("\n1 M events, with and without 10,000 receives recorded 50 ms early (median of 3 reports):");
