@@ -5,6 +5,7 @@ pub mod agent;
 pub mod collect;
 pub mod record;
 pub mod report;
+pub mod secret;
 pub mod serve;
 pub mod ship;
 pub mod trigger;
@@ -39,6 +40,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Ship dumps that stayed in an agent's spool (e.g. from a partitioned node).
     Ship(ship::ShipArgs),
+    /// Make a new shared secret: `wgo secret /etc/wgo/secret` (or `wgo secret > FILE`), mode 600.
+    Secret(secret::SecretArgs),
 }
 
 #[derive(clap::Args)]
