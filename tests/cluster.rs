@@ -51,6 +51,8 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     for a in agents {
         let (status, _, err) = a.wait(Duration::from_secs(30)).unwrap();
         assert!(status.success(), "agent failed: {err}");
+        // The trigger's own copies are not replays.
+        assert!(!err.contains("already handled"), "copies of the trigger logged as replays: {err}");
     }
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["complete"], true);
@@ -70,12 +72,23 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     let text = String::from_utf8_lossy(&rep.stdout);
     assert!(text.starts_with("Triggered: wgo trigger by ") && text.contains("\n4 nodes"), "{text}");
 
-    // A replay of the real trigger to a restarted agent is ignored.
-    std::fs::write(c.bed.node("node2").cgroup.join("cgroup.freeze"), "0").unwrap();
+    // The way out of a freeze: `wgo thaw`, or the agent's next start.
+    let node3 = &c.bed.node("node3").cgroup;
+    let thaw = run(Command::new(wgo()).arg("thaw").arg("--cgroup").arg(node3)).unwrap();
+    assert!(thaw.status.success(), "{}", String::from_utf8_lossy(&thaw.stderr));
+    assert!(String::from_utf8_lossy(&thaw.stdout).contains("thawed"), "{thaw:?}");
+    assert!(!frozen(node3), "wgo thaw thawed node3");
+    let thaw = run(Command::new(wgo()).arg("thaw").arg("--cgroup").arg(node3)).unwrap();
+    assert!(thaw.status.success() && String::from_utf8_lossy(&thaw.stdout).contains("was not frozen"), "{thaw:?}");
+
+    // A replay of the real trigger to a restarted agent is ignored; the restart thaws the app.
+    assert!(frozen(&c.bed.node("node2").cgroup));
     let again = c.agent("node2", &["--on-trigger", "freeze"]);
+    assert!(!frozen(&c.bed.node("node2").cgroup), "the agent's start thawed node2");
+    assert!(again.stderr().contains("was frozen") && again.stderr().contains("thawed it"), "{}", again.stderr());
     c.send_raw(vec![mk(trigger_id, now_ns(), &good)]);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(again.stderr().contains("already handled"), "{}", again.stderr());
+    wait_for("the replay to be ignored", Duration::from_secs(10), || again.stderr().contains("already handled"));
+    assert!(again.stderr().contains("1 replayed"), "{}", again.stderr());
     assert!(!frozen(&c.bed.node("node2").cgroup));
     let (status, _, err) = again.stop(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{err}");

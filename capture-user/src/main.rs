@@ -23,6 +23,7 @@ fn main() {
         Command::Serve(args) => cli::serve::run(args),
         Command::Ship(args) => cli::ship::run(args),
         Command::Secret(args) => cli::secret::run(args),
+        Command::Thaw(args) => cli::thaw::run(args),
     };
     if let Err(e) = result {
         eprintln!("wgo: error: {e:#}");

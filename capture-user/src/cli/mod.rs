@@ -8,6 +8,7 @@ pub mod report;
 pub mod secret;
 pub mod serve;
 pub mod ship;
+pub mod thaw;
 pub mod trigger;
 
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub enum Command {
     Ship(ship::ShipArgs),
     /// Make a new shared secret: `wgo secret /etc/wgo/secret` (or `wgo secret > FILE`), mode 600.
     Secret(secret::SecretArgs),
+    /// Thaw an application that `--on-trigger freeze` left frozen.
+    Thaw(thaw::ThawArgs),
 }
 
 #[derive(clap::Args)]

@@ -61,6 +61,8 @@ struct Ignored {
     unsigned: u64,
     stale: u64,
     replayed: u64,
+    /// Further copies of triggers heard in this run: expected, not logged.
+    copies: u64,
     logged: Option<Instant>,
 }
 
@@ -100,6 +102,7 @@ fn listen(
     secret: Secret,
     window_ns: i64,
     handled: &Mutex<BTreeSet<u64>>,
+    replays: &BTreeSet<u64>,
     tx: mpsc::Sender<HeardTrigger>,
     stop: &AtomicBool,
 ) {
@@ -109,10 +112,16 @@ fn listen(
         let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
         let now = clock::wall_ns() as i64;
         match Trigger::decode(&buf[..n], &secret, now, window_ns) {
-            Ok(t) if handled.lock().expect("lock").contains(&t.id) => {
-                // Our own repeated copies land here too; a replay after restart as well.
+            Ok(t) if replays.contains(&t.id) => {
+                // Handled before this agent started (its dump is in the spool): a replay.
                 ignored.replayed += 1;
                 ignored.log(&format!("trigger {:016x} from {from} was already handled", t.id));
+            }
+            Ok(t) if handled.lock().expect("lock").contains(&t.id) => {
+                // A trigger goes out in several copies (and ours come back to us): the
+                // copies of one heard in this run are no replay, and no news.
+                ignored.copies += 1;
+                tracing::debug!("trigger {:016x} from {from}: a copy of one already heard", t.id);
             }
             Ok(t) if t.collector.is_none() => {
                 // Agents ship only to the collector a signed trigger names: one that names
@@ -133,9 +142,17 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     spool::create_spool_dir(&opts.spool).with_context(|| format!("creating spool {}", opts.spool.display()))?;
     if let Some(app) = &opts.app_cgroup {
         super::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
+        // An earlier incident's freeze would leave the app (and whatever is started in it
+        // again) stopped: starting to record again is the way out.
+        if super::stop::thaw(app)? {
+            tracing::warn!("{} was frozen (an earlier incident's --on-trigger freeze): thawed it", app.display());
+        }
     }
     let entries = spool::spool_entries(&opts.spool)?;
-    let handled: Mutex<BTreeSet<u64>> = Mutex::new(entries.iter().map(|e| e.trigger_id).collect());
+    // Triggers whose dumps are in the spool were handled before this start: hearing one
+    // again is a replay.
+    let replays: BTreeSet<u64> = entries.iter().map(|e| e.trigger_id).collect();
+    let handled: Mutex<BTreeSet<u64>> = Mutex::new(replays.clone());
     let last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
     let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -158,8 +175,8 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     let listener_stop = AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
-        let (ls, hd) = (&listener_stop, &handled);
-        scope.spawn(move || listen(sock, secret, window, hd, tx, ls));
+        let (ls, hd, rp) = (&listener_stop, &handled, &replays);
+        scope.spawn(move || listen(sock, secret, window, hd, rp, tx, ls));
         let armed = match &opts.arm {
             Some(a) => format!("; armed: triggers on {:?}, naming collector {}", a.on, a.collector),
             None => String::new(),
