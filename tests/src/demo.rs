@@ -180,8 +180,21 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
             (dir, m.reason)
         }
     };
-    for a in agents {
-        let (status, _, err) = a.wait(Duration::from_secs(30))?;
+    for (a, n) in agents.into_iter().zip(&bed.nodes) {
+        let (status, _, err) = match o.crash {
+            // An armed agent records on after an incident: stopped once it froze its app.
+            true => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while !std::fs::read_to_string(n.cgroup.join("cgroup.events")).unwrap_or_default().contains("frozen 1") {
+                    if std::time::Instant::now() > deadline {
+                        bail!("the agent on {} did not freeze its app: {}", n.name, a.stderr());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                a.stop(Duration::from_secs(10))?
+            }
+            false => a.wait(Duration::from_secs(30))?,
+        };
         if !status.success() {
             bail!("an agent failed: {err}");
         }

@@ -30,7 +30,8 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Merge per-node dumps into one causally ordered story and say what went wrong.
     Report(report::ReportArgs),
-    /// Record a cgroup until a signed trigger arrives; then dump, ship, stop the app, exit.
+    /// Record a cgroup until a signed trigger arrives; then dump, ship, stop the app, exit
+    /// (an armed agent records again, for the next incident).
     Agent(agent::AgentArgs),
     /// Press the button: tell every agent to dump, ship and stop; collect their dumps.
     Trigger(trigger::TriggerArgs),

@@ -1,5 +1,6 @@
 //! The agent: records a cgroup until a valid trigger arrives, then dumps to its spool,
-//! ships to the collector, applies the stop policy to the application, and exits.
+//! ships to the collector, applies the stop policy to the application, and exits; an armed
+//! agent records again and waits for the next incident.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -153,24 +154,27 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     // again is a replay.
     let replays: BTreeSet<u64> = entries.iter().map(|e| e.trigger_id).collect();
     let handled: Mutex<BTreeSet<u64>> = Mutex::new(replays.clone());
-    let last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
+    let mut last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
     let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let sender = sock.try_clone()?;
-    let mut recorder = Recorder::start(&opts.record)?;
-    recorder.exclude_port(opts.trigger_port)?;
     let node = opts.record.node.clone();
     let mut watch = match (&opts.arm, &opts.app_cgroup) {
-        (Some(arm), Some(app)) => {
-            let w = Watch::new(app, &node, &arm.on)?;
-            if w.wants_signals() {
-                recorder.watch_signals(app).context("watching the application for crashes")?;
-            }
-            Some(w)
-        }
+        (Some(arm), Some(app)) => Some(Watch::new(app, &node, &arm.on)?),
         (Some(_), None) => anyhow::bail!("an armed agent needs the application's cgroup"),
         _ => None,
     };
+    let start_recording = |watch: &Option<Watch>| -> anyhow::Result<Recorder> {
+        let mut recorder = Recorder::start(&opts.record)?;
+        recorder.exclude_port(opts.trigger_port)?;
+        if let (Some(w), Some(app)) = (watch, &opts.app_cgroup)
+            && w.wants_signals()
+        {
+            recorder.watch_signals(app).context("watching the application for crashes")?;
+        }
+        Ok(recorder)
+    };
+    let mut recorder = start_recording(&watch)?;
     let (tx, rx) = mpsc::channel();
     let listener_stop = AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -186,59 +190,95 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
             opts.record.cgroup.display(),
             opts.trigger_port
         ));
-        let mut pending: Option<(HeardTrigger, Instant)> = None;
-        let mut cooldown_logged = false;
-        let heard = loop {
-            if stop.load(Ordering::Relaxed) {
+        // An armed agent handles one incident after another; any other handles one, and exits.
+        loop {
+            let Some(heard) = wait_for_trigger(&opts, &mut recorder, watch.as_mut(), &rx, &sender, &handled, last_trigger_ns, stop)? else {
                 listener_stop.store(true, Ordering::Relaxed);
-                match pending {
-                    // The dump is kept (spooled); shipping sees the signal and leaves it there.
-                    Some((h, _)) => {
-                        tracing::info!("agent {node} stopping on a signal during the aftermath: dumping now");
-                        break h;
-                    }
-                    None => {
-                        tracing::info!("agent {node} stopping on a signal; no trigger was heard");
-                        return Ok(());
-                    }
-                }
+                return Ok(());
+            };
+            let heard_ns = heard.heard_ns;
+            // Further triggers (and our own repeats) are ignored while this one is handled.
+            let result = on_trigger(&opts, recorder, heard, stop);
+            if opts.arm.is_none() || stop.load(Ordering::Relaxed) {
+                listener_stop.store(true, Ordering::Relaxed);
+                return result;
             }
-            recorder.poll(20)?;
+            // Nobody may be watching: an armed agent records on whatever happened to
+            // this incident's dump (it stays in the spool if shipping failed).
+            if let Err(e) = result {
+                tracing::error!("{e:#}");
+            }
+            last_trigger_ns = Some(heard_ns);
             while let Ok(h) = rx.try_recv() {
-                join(&mut pending, h, opts.after, &node);
+                tracing::warn!("trigger {:016x} came while this incident was handled: ignored", h.trigger.id);
             }
-            if pending.is_none()
-                && let (Some(w), Some(arm)) = (watch.as_mut(), &opts.arm)
-            {
-                let events = recorder.signal_events();
-                if let Some(reason) = w.check(&events) {
-                    let now = clock::wall_ns() as i64;
-                    let since = last_trigger_ns.map(|t| now.saturating_sub(t));
-                    if since.is_some_and(|d| d >= 0 && (d as u128) < arm.cooldown.as_nanos()) {
-                        if !cooldown_logged {
-                            tracing::warn!(
-                                "{reason}; no trigger: the last incident was {} ms ago, within the cooldown",
-                                since.unwrap_or(0) / 1_000_000
-                            );
-                            cooldown_logged = true;
-                        }
-                    } else {
-                        let t = press(arm, &opts.secret, &sender, reason, &handled);
-                        join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, &node);
+            recorder = start_recording(&watch)?;
+            tracing::info!("agent {node}: recording again; armed, waiting for the next trigger");
+        }
+    })
+}
+
+/// Records until a trigger is due: one heard, or our own when the application crashed,
+/// once its aftermath (`--after`) is recorded too. None: stopped by a signal first.
+#[allow(clippy::too_many_arguments)]
+fn wait_for_trigger(
+    opts: &AgentOptions,
+    recorder: &mut Recorder,
+    mut watch: Option<&mut Watch>,
+    rx: &mpsc::Receiver<HeardTrigger>,
+    sender: &UdpSocket,
+    handled: &Mutex<BTreeSet<u64>>,
+    last_trigger_ns: Option<i64>,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<HeardTrigger>> {
+    let node = &opts.record.node;
+    let mut pending: Option<(HeardTrigger, Instant)> = None;
+    let mut cooldown_logged = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(match pending {
+                // The dump is kept (spooled); shipping sees the signal and leaves it there.
+                Some((h, _)) => {
+                    tracing::info!("agent {node} stopping on a signal during the aftermath: dumping now");
+                    Some(h)
+                }
+                None => {
+                    tracing::info!("agent {node} stopping on a signal; no trigger was heard");
+                    None
+                }
+            });
+        }
+        recorder.poll(20)?;
+        while let Ok(h) = rx.try_recv() {
+            join(&mut pending, h, opts.after, node);
+        }
+        if pending.is_none()
+            && let (Some(w), Some(arm)) = (watch.as_deref_mut(), &opts.arm)
+        {
+            let events = recorder.signal_events();
+            if let Some(reason) = w.check(&events) {
+                let now = clock::wall_ns() as i64;
+                let since = last_trigger_ns.map(|t| now.saturating_sub(t));
+                if since.is_some_and(|d| d >= 0 && (d as u128) < arm.cooldown.as_nanos()) {
+                    if !cooldown_logged {
+                        tracing::warn!(
+                            "{reason}; no trigger: the last incident was {} ms ago, within the cooldown",
+                            since.unwrap_or(0) / 1_000_000
+                        );
+                        cooldown_logged = true;
                     }
+                } else {
+                    let t = press(arm, &opts.secret, sender, reason, handled);
+                    join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, node);
                 }
             }
-            if let Some((_, at)) = &pending
-                && Instant::now() >= *at
-            {
-                break pending.take().expect("pending").0;
-            }
-        };
-        // Further triggers (and our own repeats) are ignored from here on.
-        let result = on_trigger(&opts, recorder, heard, stop);
-        listener_stop.store(true, Ordering::Relaxed);
-        result
-    })
+        }
+        if let Some((_, at)) = &pending
+            && Instant::now() >= *at
+        {
+            return Ok(Some(pending.take().expect("pending").0));
+        }
+    }
 }
 
 /// Takes a trigger heard (or sent) while recording. The first starts the aftermath; during
