@@ -494,3 +494,55 @@ fn a_collector_under_a_task_limit_survives_a_connection_flood_and_still_collects
     }
     drop(flood);
 }
+
+#[test]
+fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_flag_to_fix() {
+    let c = Cluster::new("unheard", 2);
+    let agents: Vec<WgoProcess> = c.bed.nodes.iter().map(|n| c.agent(&n.name, &["--on-trigger", "none"])).collect();
+
+    // The agents' port is wrong: nobody hears, and it says so well before --wait is over.
+    let out = c.dir.join("unheard");
+    let mut cmd = c.collector_command("trigger", &out, &c.collector_addr(), &c.names(), "8");
+    let wrong = format!("{}:7399", wgo_tests::testbed::BROADCAST_V4);
+    cmd.args(["--broadcast", &wrong]);
+    let res = run(&mut cmd).unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success(), "{err}");
+    assert!(err.contains("0 of 2 agents heard trigger") && err.contains(&format!("check --broadcast {wrong}")), "{err}");
+    assert!(err.contains("agents listen on port 7301"), "{err}");
+    // Progress lines, stderr being no terminal.
+    assert!(err.contains("0 of 2 agents heard it, 0 delivered; waiting for node1, node2"), "{err}");
+    assert!(err.contains("no agent heard the trigger: check --broadcast"), "the error says why: {err}");
+    for a in &agents {
+        assert!(!a.stderr().contains("dumping"), "{}", a.stderr());
+    }
+
+    // No route to the agents' network: the flag to fix is --broadcast, not --listen.
+    let mut cmd = c.collector_command("trigger", &c.dir.join("unrouted"), "0.0.0.0:7300", &c.names(), "8");
+    cmd.args(["--broadcast", "203.0.113.255:7301"]);
+    let res = run(&mut cmd).unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(err.contains("no way from here to --broadcast 203.0.113.255:7301"), "{err}");
+
+    // The port is taken by `wgo serve`: use it with --collector; nothing was sent.
+    let side = c.bed.side_cgroup("serve").unwrap();
+    let mut serve = c.bed.node("node1").command_in(wgo(), Some(&side)).unwrap();
+    serve.arg("serve").arg("--secret-file").arg(&c.secret_file).args(["--listen", &c.collector_addr(), "--incidents"]);
+    serve.arg(c.dir.join("incidents")).env("WGO_LOG", "info");
+    let serve = WgoProcess::spawn(&mut serve, "serving incidents", Duration::from_secs(10)).unwrap();
+    let mut cmd = c.collector_command("trigger", &c.dir.join("taken"), &c.collector_addr(), &c.names(), "8");
+    cmd.args(["--broadcast", &format!("{}:{TRIGGER_PORT}", wgo_tests::testbed::BROADCAST_V4)]);
+    let res = run(&mut cmd).unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success());
+    assert!(err.contains(&format!("give `--collector {}`", c.collector_addr())), "{err}");
+    assert!(!err.contains("sending"), "nothing is sent, or said to be, before the port is bound: {err}");
+    std::thread::sleep(Duration::from_millis(500));
+    for a in agents {
+        assert!(!a.stderr().contains("dumping"), "{}", a.stderr());
+        let (status, _, err) = a.stop(Duration::from_secs(10)).unwrap();
+        assert!(status.success(), "{err}");
+    }
+    serve.stop(Duration::from_secs(10)).unwrap();
+}

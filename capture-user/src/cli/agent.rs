@@ -20,7 +20,7 @@ pub struct AgentArgs {
     #[arg(long)]
     pub secret_file: PathBuf,
     /// UDP port to hear triggers on.
-    #[arg(long, default_value_t = 7301)]
+    #[arg(long, default_value_t = super::DEFAULT_TRIGGER_PORT)]
     pub trigger_port: u16,
     /// What to do to the application once its dump is shipped [default: freeze; for an
     /// armed agent (--auto-trigger), none: it keeps recording for the next incident].

@@ -4,8 +4,6 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::positive_f64;
 
 #[derive(clap::Args)]
@@ -68,19 +66,34 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-/// A trigger to send once the collector listens: its id, its send time, and the sending.
-pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
+/// A trigger to send once the collector listens: its id, its send time, the sending, and
+/// what to check if no agent hears it.
+pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>, String);
+
+/// Binding the collector's port: one taken (by `wgo serve`, most likely) gets a hint.
+fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr, triggering: bool) -> anyhow::Error {
+    let taken = e.kind() == std::io::ErrorKind::AddrInUse;
+    let e = anyhow::Error::new(e).context(format!("listening on {proto} {addr}"));
+    match (taken, triggering) {
+        (true, true) => e.context(format!(
+            "port {} is taken, perhaps by `wgo serve`: to have it collect, give `--collector {addr}` (instead of --listen and --out); or --listen on another port",
+            addr.port()
+        )),
+        (true, false) => e.context(format!("port {} is taken, perhaps by `wgo serve` or another collector: --listen on another port", addr.port())),
+        (false, _) => e,
+    }
+}
 
 /// Binds the collector's sockets (before any trigger goes out) and collects.
 pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Option<u64>) -> anyhow::Result<()> {
     let out = args.out.clone().ok_or_else(|| anyhow::anyhow!("say where the dumps go: --out DIR"))?;
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
-    let listener = listen(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
-    let udp = UdpSocket::bind(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
-    let (trigger_id, sent, send) = match trigger {
-        Some((id, sent, send)) => (Some(id), Some(sent), Some(send)),
-        None => (known_id, None, None),
+    let listener = listen(args.listen).map_err(|e| bind_error(e, "TCP", args.listen, trigger.is_some()))?;
+    let udp = UdpSocket::bind(args.listen).map_err(|e| bind_error(e, "UDP", args.listen, trigger.is_some()))?;
+    let (trigger_id, sent, send, hint) = match trigger {
+        Some((id, sent, send, hint)) => (Some(id), Some(sent), Some(send), Some(hint)),
+        None => (known_id, None, None, None),
     };
     let opts = wgo::transport::collector::CollectOptions {
         out: out.clone(),
@@ -91,6 +104,7 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
         trigger_sent_ns: sent,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         limits: wgo::transport::collector::Limits::default(),
+        silence_hint: hint.clone(),
     };
     // The trigger goes out once the collector is ready for it (and its directory checked).
     let result = wgo::transport::collector::collect(opts, listener, udp, move || {
@@ -106,6 +120,13 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
         }
     }
     println!("manifest: {}", out.join("manifest.json").display());
-    result?;
-    Ok(())
+    match (result, hint) {
+        (Err(e), Some(hint)) if manifest.nodes.iter().all(|n| n.heard_ns.is_none() && n.arrived_ns.is_none()) => {
+            Err(anyhow::Error::new(e).context(format!("no agent heard the trigger: {hint}")))
+        }
+        (result, _) => {
+            result?;
+            Ok(())
+        }
+    }
 }

@@ -48,6 +48,9 @@ pub enum Command {
     Thaw(thaw::ThawArgs),
 }
 
+/// The UDP port agents hear triggers on unless told otherwise.
+pub const DEFAULT_TRIGGER_PORT: u16 = 7301;
+
 #[derive(clap::Args)]
 pub struct CaptureFlags {
     /// L4 payload bytes to keep per packet, after the IP and L4 headers.
