@@ -46,6 +46,8 @@ pub struct Analysis {
     pub anomalies: Vec<Anomaly>,
     /// What went wrong, ranked: most important and earliest first.
     pub findings: Vec<diagnosis::Finding>,
+    /// What each part of the spec matched.
+    pub spec_usage: spec::SpecUsage,
 }
 
 #[derive(Default)]
@@ -105,6 +107,7 @@ fn analyze_inner<R: Send>(
     let (rule_edges, mut violations) = rules::rule_edges(&trace, &spec, &classes, &clocks);
     phase.done("rules");
     let n_rule = rule_edges.len();
+    let spec_usage = spec.usage(&classes, rule_edges.iter().map(|e| e.2 as usize));
     let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
     let rule_edges = rule_edges.into_iter().map(|(a, b, r)| (a, b, EdgeKind::Rule(r)));
     // The order and most anomalies do not depend on each other: built side by side,
@@ -201,7 +204,20 @@ fn analyze_inner<R: Send>(
     });
     phase.done("diagnosis");
     (
-        Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies, findings },
+        Analysis {
+            trace,
+            spec,
+            classes,
+            matching,
+            clocks,
+            order,
+            rule_edges: n_rule,
+            rule_edge_list,
+            violations,
+            anomalies,
+            findings,
+            spec_usage,
+        },
         streamed,
     )
 }
