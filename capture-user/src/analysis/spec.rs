@@ -47,6 +47,43 @@
 //! ```
 //!
 //! Rule ends take `where` too: `event = { message = "VOTE", dir = "send", where = { phase = "PROMISE" } }`.
+//!
+//! Every key, by table (all offsets are bytes into the L4 payload, after the UDP or TCP
+//! header; only the first `--snaplen` bytes of each packet are captured):
+//!
+//! | where | key | value |
+//! |---|---|---|
+//! | top | `name` | the protocol's name (optional) |
+//! | `[[message]]` | `name` | required, unique |
+//! | | `transport` | `"udp"` or `"tcp"` (default: either) |
+//! | | `port` | a source or destination port (0–65535) |
+//! | | `match` | a list of `{ offset, ascii = "TEXT" }`, `{ offset, hex = "41 43" }` or `{ offset, u8 = 7 }`, all of which must hold; a message needs a `match` or a `port` |
+//! | | `display` | the label, with `{field}` placeholders (a missing or short field shows `?`) |
+//! | | `fields` | a list of fields, below |
+//! | | `identity` | field names: sends that agree on them are one request resent |
+//! | field | `name`, `offset` | required |
+//! | | `width` | bytes: 1, 2, 4 or 8 for a number; any for text; optional with `until` |
+//! | | `endian` | `"big"` (default) or `"little"`, for numbers |
+//! | | `ascii` | `true`: text of `width` bytes, ending early at a NUL; bytes that are not printable show as `.` |
+//! | | `until` | text that ends before the first occurrence of this string (e.g. `"\r\n"`), within `width` if given, else within what was captured; it implies `ascii` |
+//! | | `labels` | `{ 1 = "PREPARE", … }`: names for a number's values |
+//! | `[[rule]]` | `name`, `event`, `after` | required: the event is after the `after` event it matches |
+//! | | `same_node` | `true`: both on one node (default `false`) |
+//! | | `key` | field names both messages have and must agree on |
+//! | rule end | `message` | required |
+//! | | `dir` | `"send"`, `"recv"` or `"any"` (default) |
+//! | | `where` | `{ field = value }`: a non-negative number, a label of the field, or text for a text field |
+//! | `[[invariant]]` | `name`, `kind` | required; `kind` is `"answered"`, `"monotonic"` or `"never"` |
+//! | answered | `request`, `response`, `within_ms` | required: every request sent gets a response received by its sender within `within_ms` (a number of milliseconds, e.g. `200` or `2.5`) |
+//! | | `key` | field names request and response agree on |
+//! | monotonic | `message`, `field` | required: the field never decreases, per node |
+//! | | `dir` | as for rule ends |
+//! | never | `message` | required: each such event is a violation |
+//! | | `dir`, `where` | as for rule ends |
+//!
+//! `wgo report`'s summary says how many packets each message matched, and warns about a
+//! message that matched none, a rule that added no edge and an invariant whose message
+//! matched nothing (it holds vacuously): a typo in a port or a match loads cleanly.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
