@@ -546,3 +546,96 @@ fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_
     }
     serve.stop(Duration::from_secs(10)).unwrap();
 }
+
+/// The README's "cluster on one box", its blocks run as written: `my-app N` is the chatter
+/// app as node N; CG, SPOOL and SECRET point into this test's directories.
+#[test]
+fn the_readme_s_cluster_on_one_box_runs_as_written() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let readme = std::fs::read_to_string(wgo_tests::bins::root().join("README.md")).unwrap();
+    let section = readme.split("### Your cluster on one box").nth(1).expect("the README's recipe").split("\n## ").next().unwrap();
+    let blocks: Vec<&str> = section.split("```sh\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert_eq!(blocks.len(), 3, "setup, trigger, take-down: {section}");
+    let dir = tempdir("one-box");
+    let cg = wgo::node::cgroup::cgroup2_mount().unwrap().join(format!("wgo-box-{}", std::process::id()));
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let app = bin.join("my-app");
+    std::fs::write(
+        &app,
+        format!(
+            "#!/bin/sh\npeers=\"\"\nfor j in 1 2 3; do [ $j = $1 ] || peers=\"$peers${{peers:+,}}10.77.0.$j:7000\"; done\nexec {} chatter --bind 0.0.0.0:7000 --peers \"$peers\" --interval-ms 10\n",
+            wgo_tests::bins::peer().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}:{}", bin.display(), wgo().parent().unwrap().display(), std::env::var("PATH").unwrap_or_default());
+    let secret = dir.join("etc-wgo").join("secret");
+    let sh = |block: &str| {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-ec").arg(block).current_dir(&dir).env("PATH", &path).env("CG", &cg).env("SPOOL", &dir).env("SECRET", &secret);
+        cmd.env("WGO_LOG", "info");
+        cmd
+    };
+
+    // Whatever happens, the processes go and the take-down runs.
+    struct TakeDown<'a>(&'a Path, Command);
+    impl Drop for TakeDown<'_> {
+        fn drop(&mut self) {
+            for i in 1..=3 {
+                for g in [format!("node{i}"), format!("agent{i}")] {
+                    let g = self.0.join(g);
+                    let _ = std::fs::write(g.join("cgroup.kill"), "1");
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while std::fs::read_to_string(g.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty()) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+            let _ = self.1.status();
+        }
+    }
+    let _down = TakeDown(&cg, sh(blocks[2]));
+
+    let log = dir.join("setup.log");
+    let status = sh(blocks[0])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.join("setup.out")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let setup_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{}", setup_log());
+    // Step 2 made the secret private, its directory too.
+    assert_eq!(std::fs::metadata(secret.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+    wait_for("three agents recording", Duration::from_secs(30), || setup_log().matches("waiting for a trigger").count() == 3);
+    std::thread::sleep(Duration::from_secs(1)); // some traffic to record
+
+    // `ip netns exec` hides the cgroup2 mount: the error says so and names the way.
+    let under = Command::new("ip")
+        .args(["netns", "exec", "box1"])
+        .arg(wgo())
+        .args(["record", "--duration", "1", "--out"])
+        .arg(dir.join("x.pcapng"))
+        .arg("--cgroup")
+        .arg(cg.join("node1"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&under.stderr);
+    assert!(!under.status.success() && err.contains("no cgroup2 filesystem") && err.contains("nsenter --net"), "{err}");
+
+    let out = sh(blocks[1]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", setup_log());
+    let m = wgo::transport::manifest::Manifest::load(&dir.join("incident")).expect("the incident's manifest");
+    assert!(m.complete, "{m:?}");
+    assert!(stdout.contains("\n3 nodes, "), "{stdout}");
+    let matched: usize = stdout.split(" messages matched").next().and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+    assert!(matched > 50, "{stdout}");
+    for i in 1..=3 {
+        assert!(dir.join(format!("spool-node{i}")).is_dir(), "one spool per agent");
+    }
+}

@@ -567,3 +567,28 @@ fn a_step_between_two_nodes_alone_is_found_once() {
     let a = check_steps(&Config { nodes: 2, tcp: false, ..stepping(5, vec![(1, 2_000_000_000, -3_000_000_000)]) });
     assert!(a.clocks.steps[0].seen_in_order);
 }
+
+#[test]
+fn the_summary_counts_packets_per_message_and_warns_about_spec_parts_that_matched_nothing() {
+    let cfg = Config { nodes: 3, seed: 7, partition: None, ..Config::default() };
+    let a = analyze(sim::generate(&cfg).0, Inputs { spec: Some(Spec::parse(SPEC, "sim.toml").unwrap()), missing_nodes: vec![] });
+    let text = summary(&a);
+    let line = text.lines().find(|l| l.contains("spec sim: packets per message: TASK ")).unwrap_or_else(|| panic!("{text}"));
+    let tasks = a.classes.iter().filter(|&&c| c == 0).count();
+    assert!(tasks > 0 && line.contains(&format!("TASK {tasks},")), "{line}");
+    assert!(!text.contains("warning: spec"), "a spec that fits warns of nothing: {text}");
+
+    // A typo in a match: the message, the rule and the invariant that use it match nothing.
+    let typo = SPEC.replace("ascii = \"ACK!\"", "ascii = \"ACK?\"");
+    let a = analyze(sim::generate(&cfg).0, Inputs { spec: Some(Spec::parse(&typo, "sim.toml").unwrap()), missing_nodes: vec![] });
+    let text = summary(&a);
+    assert!(text.contains("ACK 0"), "{text}");
+    assert!(text.contains("warning: spec message ACK matched no packet"), "{text}");
+    assert!(text.contains("warning: spec rule ack-after-task (line ") && text.contains("added no edge: ACK matched 0 packet(s)"), "{text}");
+    // The invariant's request still matches: it is not vacuous (it reports the unanswered).
+    assert!(!text.contains("invariant every-task-acked checked nothing"), "{text}");
+    let typo = SPEC.replace("ascii = \"TASK\"", "ascii = \"TSAK\"");
+    let a = analyze(sim::generate(&cfg).0, Inputs { spec: Some(Spec::parse(&typo, "sim.toml").unwrap()), missing_nodes: vec![] });
+    let text = summary(&a);
+    assert!(text.contains("warning: spec invariant every-task-acked checked nothing: TASK matched no packet"), "{text}");
+}
