@@ -11,8 +11,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("outfile", &[]),
     ("dump", &[]),
-    ("transport", &["clock"]),
-    ("node", &["dump", "transport", "packet", "clock"]),
+    ("transport", &["clock", "outfile"]),
+    ("node", &["dump", "transport", "packet", "clock", "outfile"]),
     ("analysis", &["dump", "packet"]),
     ("report", &["analysis", "dump", "outfile"]),
 ];

@@ -6,8 +6,8 @@
 //! |---|---|---|
 //! | [`packet`], [`clock`], [`outfile`] | IP headers, the node's clocks, safe output files | std only |
 //! | [`dump`] | the dump format (pcapng): writer and reader, the one owner of its keys and flags | `capture-ebpf` types |
-//! | [`transport`] | the signed trigger, wire frames, spool, shipping, the collector and its manifest | `clock` |
-//! | [`node`] | the agent's side: kernel attach (aya), agent ring, recorder, cgroups, stop policy, the agent | `dump`, `transport`, `packet`, `clock` |
+//! | [`transport`] | the signed trigger, wire frames, spool, shipping, the collector and its manifest | `clock`, `outfile` |
+//! | [`node`] | the agent's side: kernel attach (aya), agent ring, recorder, cgroups, stop policy, the agent | `dump`, `transport`, `packet`, `clock`, `outfile` |
 //! | [`analysis`] | merge, match, clocks, happens-before graph, anomalies, findings: no aya, no root | `dump`, `packet` |
 //! | [`report`] | JSON, merged pcapng, HTML timeline, text summary | `analysis`, `dump`, `outfile` |
 //!

@@ -41,6 +41,8 @@ pub enum Expect {
 pub enum CollectError {
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
     #[error("missing dumps from: {}", .0.join(", "))]
     Missing(Vec<String>),
     #[error("{out} is not empty: {why}; collect into a new directory, or remove it")]
@@ -242,7 +244,7 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     });
     manifest.complete = false;
     // Written before anything arrives: a restarted collector picks up this trigger.
-    manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
+    manifest.save(&opts.out)?;
     ready();
     let state = State {
         router: Router::Single { trigger_id },
@@ -281,7 +283,7 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     }
     inc.manifest.missing = missing.clone();
     inc.manifest.complete = missing.is_empty();
-    inc.manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
+    inc.manifest.save(&opts.out)?;
     if missing.is_empty() { Ok(inc.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
 }
 
@@ -482,7 +484,9 @@ async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
                 if new {
                     inc.changed = Instant::now();
                     inc.closed = false;
-                    let _ = inc.manifest.save(&inc.dir);
+                    if let Err(e) = inc.manifest.save(&inc.dir) {
+                        tracing::error!("{}: {e}", h.node);
+                    }
                 }
             }
             Err(e) => st.reject(&format!("heard datagram from {from}: {e}")),
@@ -569,7 +573,16 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
     // Kept, not truncated: a resumed transfer goes on after the prefix it already has.
-    let mut f = tokio::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).mode(0o600).open(&part).await?;
+    // Never through a symlink planted at its name.
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .await?;
     f.set_len(have).await?;
     // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
     let mut hash = <sha2::Sha256 as sha2::Digest>::new();
@@ -619,6 +632,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     if ok {
         let dest = out.join(format!("{node}.pcapng"));
         tokio::fs::rename(&part, &dest).await?;
+        crate::outfile::sync_dir(&out)?;
         let mut st = ctx.state.lock().expect("lock");
         if let Router::Single { trigger_id } = &mut st.router {
             trigger_id.get_or_insert(offer.trigger_id);
@@ -636,7 +650,11 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         n.file = Some(format!("{node}.pcapng"));
         inc.changed = Instant::now();
         inc.closed = false;
-        let _ = inc.manifest.save(&out);
+        // Not acknowledged unless recorded: the agent keeps its dump and retries.
+        inc.manifest.save(&out).map_err(|e| {
+            tracing::error!("{node}: its dump arrived, but {e}");
+            std::io::Error::other(e)
+        })?;
         if let Some(b) = &bar {
             b.finish();
         }

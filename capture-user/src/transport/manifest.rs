@@ -4,6 +4,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::outfile::{self, Durability, OutputError};
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ManifestNode {
     pub name: String,
@@ -37,10 +39,10 @@ impl Manifest {
     pub fn load(dir: &Path) -> Option<Manifest> {
         serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
     }
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(".manifest.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializable"))?;
-        std::fs::rename(tmp, dir.join("manifest.json"))
+    /// Durably: the manifest is the collector's record of what arrived.
+    pub fn save(&self, dir: &Path) -> Result<(), OutputError> {
+        let json = serde_json::to_vec_pretty(self).expect("serializable");
+        outfile::write_file(&dir.join("manifest.json"), &json, Durability::Durable)
     }
     pub(crate) fn node(&mut self, name: &str) -> &mut ManifestNode {
         if let Some(i) = self.nodes.iter().position(|n| n.name == name) {
@@ -50,5 +52,28 @@ impl Manifest {
         self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let i = self.nodes.iter().position(|n| n.name == name).expect("just inserted");
         &mut self.nodes[i]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+        let dir = std::env::temp_dir().join(format!("wgo-manifest-symlink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The name the manifest was once written through, and the one it is now.
+        for tmp in [".manifest.json.tmp", "manifest.json.partial"] {
+            std::os::unix::fs::symlink(&victim, dir.join(tmp)).unwrap();
+        }
+        let m = Manifest { trigger_id: Some("00000000000000ab".into()), ..Manifest::default() };
+        m.save(&dir).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the symlink's target was overwritten");
+        assert_eq!(Manifest::load(&dir).as_ref(), Some(&m));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
