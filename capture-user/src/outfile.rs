@@ -346,6 +346,14 @@ fn remove_stale(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
+/// Creates `dir` (and what is missing above it) only its owner may enter, as a directory
+/// that will hold dumps or what is made from them must be.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Fsyncs a directory, so that a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -368,14 +376,15 @@ pub fn open_special(path: &Path) -> Result<File, OutputError> {
 }
 
 /// Writes `path` through `write`: a regular file is written beside it and renamed into
-/// place (readers never see half a report), a special file is written in place.
+/// place (readers never see half a report), private to its owner (0600: reports carry
+/// the dumps' payload bytes), a special file is written in place.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut (dyn Write + Send)) -> io::Result<()>) -> Result<(), OutputError> {
     let werr = |source| OutputError::Write { path: path.to_path_buf(), source };
     if is_special(path) {
         let mut f = open_special(path)?;
         return write(&mut f).and_then(|()| f.flush()).map_err(werr);
     }
-    let partial = Partial::create(path, 0o644)?;
+    let partial = Partial::create(path, 0o600)?;
     let f = partial.file().try_clone().map_err(werr)?;
     let mut out = DirectFile::new(f);
     write(&mut out).and_then(|()| out.finish()).map_err(werr)?;
@@ -486,6 +495,23 @@ mod tests {
             assert!(!dangling.exists(), "{name}: the dangling symlink's target was created");
             assert!(std::fs::symlink_metadata(partial_path(&out)).is_err(), "{name}: the temporary name is left");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn outputs_are_private_even_over_a_readable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("private");
+        let out = dir.join("timeline.html");
+        std::fs::write(&out, "old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomically(&out, |w| w.write_all(b"payload bytes")).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        write_file(&out, b"payload bytes", Durability::Atomic).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        let sub = dir.join("incident/.partial");
+        create_private_dir(&sub).unwrap();
+        assert_eq!(std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777, 0o700);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

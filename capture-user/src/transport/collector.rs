@@ -160,7 +160,10 @@ impl State {
                         return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already; trigger {id:016x} must wait"));
                     }
                     let dir = root.join(incident_dir_name(id, at_ns));
-                    std::fs::create_dir_all(dir.join(".partial")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    // Private: it holds dumps, and the reports made from them.
+                    crate::outfile::create_private_dir(&dir)
+                        .and_then(|()| crate::outfile::create_private_dir(&dir.join(".partial")))
+                        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     let manifest = Manifest {
                         trigger_id: Some(format!("{id:016x}")),
                         expected: Some(serde_json::json!("every node that heard the trigger")),
@@ -231,7 +234,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, CollectError> {
 /// `ready` runs once the output directory is checked and its manifest written, before any
 /// connection is taken: that is when a trigger may go out.
 pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, ready: impl FnOnce()) -> Result<Manifest, CollectError> {
-    std::fs::create_dir_all(opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
+    // Made private (0700) where missing: it will hold dumps.
+    crate::outfile::create_private_dir(&opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
     let (mut manifest, trigger_id) = adopt(&opts)?;
     manifest.trigger_id = trigger_id.map(|id| format!("{id:016x}"));
     if opts.trigger_sent_ns.is_some() {
@@ -306,7 +310,9 @@ pub struct ServeOptions {
 /// Serves until `stop` is set. Incidents already on disk are picked up again, so that
 /// dumps shipped late (from a spool) still join theirs.
 pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Result<(), CollectError> {
-    std::fs::create_dir_all(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
+    if !opts.incidents.is_dir() {
+        crate::outfile::create_private_dir(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
+    }
     let mut incidents = HashMap::new();
     for entry in std::fs::read_dir(&opts.incidents).map_err(io(format!("reading {}", opts.incidents.display())))?.flatten() {
         let dir = entry.path();
@@ -927,6 +933,12 @@ mod tests {
         assert_eq!(a.1.reason.as_deref(), Some("n2: app (pid 5) killed by SIGSEGV"));
         assert_eq!(a.1.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
         assert!(a.0.join("n1.pcapng").exists() && a.0.join("n2.pcapng").exists());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&a.0), 0o700, "an incident directory holds payload bytes");
+            assert_eq!(mode(&a.0.join("n1.pcapng")), 0o600);
+        }
         let b = closed.iter().find(|(_, m)| m.trigger_id.as_deref() == Some("000000000000000b")).unwrap();
         assert_eq!(b.1.nodes.len(), 1);
         assert_eq!(Manifest::load(&b.0).unwrap(), b.1, "the manifest on disk is the one reported");

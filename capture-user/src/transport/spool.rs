@@ -42,9 +42,7 @@ impl SpoolEntry {
 
 /// Creates a spool directory only its owner may enter.
 pub fn create_spool_dir(spool: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spool)?;
-    std::fs::set_permissions(spool, std::fs::Permissions::from_mode(0o700))
+    outfile::create_private_dir(spool)
 }
 
 /// Every dump the spool holds, oldest trigger first.
