@@ -43,6 +43,8 @@ pub enum CollectError {
     Io { what: String, source: std::io::Error },
     #[error(transparent)]
     Output(#[from] crate::outfile::OutputError),
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
     #[error("missing dumps from: {}", .0.join(", "))]
     Missing(Vec<String>),
     #[error("{out} is not empty: {why}; collect into a new directory, or remove it")]
@@ -139,6 +141,9 @@ struct State {
     bars: Option<indicatif::MultiProgress>,
     /// Errors seen, for a rate-limited log.
     rejected: RateLimited,
+    /// Incidents on disk whose manifest is damaged, and why: their dumps are refused, not
+    /// filed beside a manifest that would be written over.
+    damaged: HashMap<u64, String>,
 }
 
 impl State {
@@ -154,6 +159,7 @@ impl State {
                 Err(format!("this collector waits for trigger {want:016x}, not {id:016x}"))
             }
             Router::Single { .. } => Ok(self.incidents.get_mut(&SINGLE).expect("the single incident")),
+            Router::Serve { .. } if self.damaged.contains_key(&id) => Err(self.damaged[&id].clone()),
             Router::Serve { root } => {
                 if !self.incidents.contains_key(&id) {
                     if self.incidents.values().filter(|i| !i.closed).count() >= MAX_OPEN_INCIDENTS {
@@ -195,7 +201,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectError {
 /// another incident are refused rather than mixed in.
 fn adopt(opts: &CollectOptions) -> Result<(Manifest, Option<u64>), CollectError> {
     let stale = |why: String| Err(CollectError::Stale { out: opts.out.clone(), why });
-    let manifest = Manifest::load(&opts.out);
+    let manifest = Manifest::load(&opts.out)?;
     let prior = manifest.as_ref().and_then(|m| m.trigger_id.as_deref()).and_then(|h| u64::from_str_radix(h, 16).ok());
     if let (Some(m), Some(old)) = (&manifest, prior) {
         return match opts.trigger_id {
@@ -255,6 +261,7 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
         incidents: HashMap::from([(SINGLE, Incident::new(opts.out.clone(), manifest))]),
         bars: opts.progress.then(indicatif::MultiProgress::new),
         rejected: RateLimited::default(),
+        damaged: HashMap::new(),
     };
     let deadline = Instant::now() + opts.wait;
     let expect = opts.expect.clone();
@@ -313,21 +320,30 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
     if !opts.incidents.is_dir() {
         crate::outfile::create_private_dir(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
     }
-    let mut incidents = HashMap::new();
+    let (mut incidents, mut damaged) = (HashMap::new(), HashMap::new());
     for entry in std::fs::read_dir(&opts.incidents).map_err(io(format!("reading {}", opts.incidents.display())))?.flatten() {
         let dir = entry.path();
         let id =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-')).and_then(|(_, id)| u64::from_str_radix(id, 16).ok());
-        if let (Some(id), Some(manifest)) = (id, Manifest::load(&dir)) {
-            let mut inc = Incident::new(dir, manifest);
-            inc.closed = true;
-            incidents.insert(id, inc);
+        let Some(id) = id else { continue };
+        match Manifest::load(&dir) {
+            Ok(Some(manifest)) => {
+                let mut inc = Incident::new(dir, manifest);
+                inc.closed = true;
+                incidents.insert(id, inc);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e}; dumps of trigger {id:016x} are refused until then");
+                damaged.insert(id, e.to_string());
+            }
         }
     }
     if !incidents.is_empty() {
         tracing::info!("{} earlier incident(s) in {}", incidents.len(), opts.incidents.display());
     }
-    let state = State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default() };
+    let state =
+        State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default(), damaged };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
     let (wait, stop, on_closed) = (opts.wait, opts.stop.clone(), opts.on_closed.clone());
     let tick = move |st: &mut State| {
@@ -862,6 +878,14 @@ mod tests {
         let (l, u, _) = sockets();
         let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
         assert!(err.to_string().contains("node1.pcapng") && err.to_string().contains("new directory"), "{err}");
+
+        // A damaged manifest is named, and left as it is: not taken for a missing one.
+        std::fs::remove_file(dir.join("node1.pcapng")).unwrap();
+        std::fs::write(dir.join("manifest.json"), b"{\"trigger_id\": \"0000000000000001\", \"no").unwrap();
+        let (l, u, _) = sockets();
+        let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
+        assert!(err.to_string().contains("manifest.json is damaged"), "{err}");
+        assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), b"{\"trigger_id\": \"0000000000000001\", \"no");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -872,7 +896,7 @@ mod tests {
         let mut opts = options(&dir, Expect::Count(1), Some(0xabc), Limits::default());
         opts.wait = Duration::from_millis(200);
         let mut seen = None;
-        let err = collect(opts, l, u, || seen = Manifest::load(&dir)).unwrap_err();
+        let err = collect(opts, l, u, || seen = Manifest::load(&dir).unwrap()).unwrap_err();
         assert!(matches!(err, CollectError::Missing(_)));
         assert_eq!(seen.and_then(|m| m.trigger_id).as_deref(), Some("0000000000000abc"), "written before the trigger goes out");
         // `wgo collect` after a crash: no id given, the manifest's is kept, and an agent
@@ -941,7 +965,7 @@ mod tests {
         }
         let b = closed.iter().find(|(_, m)| m.trigger_id.as_deref() == Some("000000000000000b")).unwrap();
         assert_eq!(b.1.nodes.len(), 1);
-        assert_eq!(Manifest::load(&b.0).unwrap(), b.1, "the manifest on disk is the one reported");
+        assert_eq!(Manifest::load(&b.0).unwrap().unwrap(), b.1, "the manifest on disk is the one reported");
 
         // Restarted, it finds the incidents again: a late dump joins its own, reopens and closes it again.
         let (l, u, addr) = sockets();

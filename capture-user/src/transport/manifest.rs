@@ -1,6 +1,6 @@
 //! `manifest.json`: what the collector received for one trigger, node by node.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,14 @@ pub struct ManifestNode {
     pub file: Option<String>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is damaged ({source}): repair it, or move it away to start that directory over")]
+    Damaged { path: PathBuf, source: serde_json::Error },
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
     /// Hex: JSON numbers lose precision beyond 2^53.
@@ -36,8 +44,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn load(dir: &Path) -> Option<Manifest> {
-        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
+    /// The manifest in `dir`, None if there is none; one that cannot be read or parsed is
+    /// an error naming it, never taken for a missing one (which would be written over).
+    pub fn load(dir: &Path) -> Result<Option<Manifest>, ManifestError> {
+        let path = dir.join("manifest.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ManifestError::Read { path, source }),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|source| ManifestError::Damaged { path, source })
     }
     /// Durably: the manifest is the collector's record of what arrived.
     pub fn save(&self, dir: &Path) -> Result<(), OutputError> {
@@ -73,7 +89,19 @@ mod tests {
         let m = Manifest { trigger_id: Some("00000000000000ab".into()), ..Manifest::default() };
         m.save(&dir).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the symlink's target was overwritten");
-        assert_eq!(Manifest::load(&dir).as_ref(), Some(&m));
+        assert_eq!(Manifest::load(&dir).unwrap().as_ref(), Some(&m));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_manifest_is_named_not_taken_for_a_missing_one() {
+        let dir = std::env::temp_dir().join(format!("wgo-manifest-damaged-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(Manifest::load(&dir).unwrap().is_none(), "no manifest: none");
+        std::fs::write(dir.join("manifest.json"), "{\"trigger_id\": \"00ab\", \"nodes\": [").unwrap();
+        let err = Manifest::load(&dir).unwrap_err();
+        assert!(matches!(err, ManifestError::Damaged { .. }) && err.to_string().contains("manifest.json is damaged"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
