@@ -47,6 +47,8 @@ pub enum CollectError {
     Manifest(#[from] super::manifest::ManifestError),
     #[error("missing dumps from: {}", .0.join(", "))]
     Missing(Vec<String>),
+    #[error("no dump arrived{}: no agent answered the trigger", if .heard == &0 { String::new() } else { format!(" ({} node(s) heard it and shipped nothing)", .heard) })]
+    NoDump { heard: usize },
     #[error("{out} is not empty: {why}; collect into a new directory, or remove it")]
     Stale { out: PathBuf, why: String },
 }
@@ -293,9 +295,15 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
         }
     }
     inc.manifest.missing = missing.clone();
-    inc.manifest.complete = missing.is_empty();
+    // No dump is never a success, whatever was expected.
+    let arrived = inc.arrived();
+    inc.manifest.complete = missing.is_empty() && arrived > 0;
     inc.manifest.save(&opts.out)?;
-    if missing.is_empty() { Ok(inc.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
+    match (missing.is_empty(), arrived) {
+        (false, _) => Err(CollectError::Missing(missing)),
+        (true, 0) => Err(CollectError::NoDump { heard: inc.manifest.nodes.len() }),
+        (true, _) => Ok(inc.manifest.clone()),
+    }
 }
 
 /// What to do with an incident once it is complete, or given up on: its directory and manifest.
@@ -857,6 +865,19 @@ mod tests {
             let any6: SocketAddr = "[::]:7300".parse().unwrap();
             assert_eq!(address_for(any6, "[::1]:7301".parse().unwrap()).unwrap(), "[::1]:7300".parse().unwrap());
         }
+    }
+
+    #[test]
+    fn a_trigger_nobody_answered_is_not_complete() {
+        let dir = tempdir("nobody");
+        let (l, u, _) = sockets();
+        let mut opts = options(&dir, Expect::Heard, Some(3), Limits::default());
+        opts.wait = Duration::from_millis(300);
+        let err = collect(opts, l, u, || {}).unwrap_err();
+        assert!(matches!(err, CollectError::NoDump { heard: 0 }) && err.to_string().contains("no agent answered"), "{err}");
+        let m = Manifest::load(&dir).unwrap().unwrap();
+        assert!(!m.complete && m.nodes.is_empty(), "{m:?}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
