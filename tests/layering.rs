@@ -13,7 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("dump", &[]),
     ("transport", &["clock", "outfile"]),
     ("node", &["dump", "transport", "packet", "clock", "outfile"]),
-    ("analysis", &["dump", "packet"]),
+    ("analysis", &["dump", "packet", "outfile"]),
     ("report", &["analysis", "dump", "outfile"]),
 ];
 

@@ -354,6 +354,39 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Opens an input (a dump, a spec, a manifest) for reading, refusing what is not a regular
+/// file, without blocking on it: a FIFO would hang the reader, a device never end.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        let what = match () {
+            _ if t.is_dir() => "a directory",
+            _ if t.is_fifo() => "a FIFO",
+            _ if t.is_char_device() => "a character device",
+            _ if t.is_block_device() => "a block device",
+            _ if t.is_socket() => "a socket",
+            _ => "not a file",
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file ({what}); give a file")));
+    }
+    set_nonblocking(&f, false);
+    Ok(f)
+}
+
+fn set_nonblocking(file: &File, on: bool) {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK });
+        }
+    }
+}
+
 /// Fsyncs a directory, so that a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -538,6 +571,26 @@ mod tests {
         assert_eq!(std::fs::read(p.path()).unwrap(), b"", "the leftover was not replaced");
         drop(p);
         assert!(!partial_path(&out).exists() && !out.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_input_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let dir = tempdir("fifo");
+        let fifo = dir.join("node1.pcapng");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer ever comes: a blocking open would hang this test.
+        for (p, what) in [(fifo.as_path(), "a FIFO"), (Path::new("/dev/zero"), "a character device"), (dir.as_path(), "a directory")] {
+            let err = open_regular(p).unwrap_err();
+            assert!(err.kind() == io::ErrorKind::InvalidInput && err.to_string().contains(what), "{}: {err}", p.display());
+        }
+        let file = dir.join("spec.toml");
+        std::fs::write(&file, "name = 'x'").unwrap();
+        let mut s = String::new();
+        io::Read::read_to_string(&mut open_regular(&file).unwrap(), &mut s).unwrap();
+        assert_eq!(s, "name = 'x'");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

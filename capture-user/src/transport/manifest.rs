@@ -48,7 +48,12 @@ impl Manifest {
     /// an error naming it, never taken for a missing one (which would be written over).
     pub fn load(dir: &Path) -> Result<Option<Manifest>, ManifestError> {
         let path = dir.join("manifest.json");
-        let bytes = match std::fs::read(&path) {
+        let read = |path: &Path| -> std::io::Result<Vec<u8>> {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut outfile::open_regular(path)?, &mut b)?;
+            Ok(b)
+        };
+        let bytes = match read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(ManifestError::Read { path, source }),
