@@ -86,8 +86,12 @@ impl Armed {
 }
 
 fn incidents(root: &Path) -> Vec<(PathBuf, Manifest)> {
-    let mut v: Vec<(PathBuf, Manifest)> =
-        std::fs::read_dir(root).into_iter().flatten().flatten().filter_map(|e| Some((e.path(), Manifest::load(&e.path())?))).collect();
+    let mut v: Vec<(PathBuf, Manifest)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.path(), Manifest::load(&e.path()).ok().flatten()?)))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }

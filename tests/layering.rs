@@ -11,9 +11,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("outfile", &[]),
     ("dump", &[]),
-    ("transport", &["clock"]),
-    ("node", &["dump", "transport", "packet", "clock"]),
-    ("analysis", &["dump", "packet"]),
+    ("transport", &["clock", "outfile"]),
+    ("node", &["dump", "transport", "packet", "clock", "outfile"]),
+    ("analysis", &["dump", "packet", "outfile"]),
     ("report", &["analysis", "dump", "outfile"]),
 ];
 

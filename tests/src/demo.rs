@@ -176,7 +176,7 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
             for l in err.lines().filter(|l| l.contains("incident")) {
                 log(&format!("  wgo serve: {}", l.split_once("INFO ").map_or(l, |x| x.1)));
             }
-            let m = wgo::transport::manifest::Manifest::load(&dir).context("the incident's manifest")?;
+            let m = wgo::transport::manifest::Manifest::load(&dir)?.context("the incident's manifest")?;
             (dir, m.reason)
         }
     };

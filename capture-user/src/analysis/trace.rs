@@ -485,7 +485,8 @@ impl TraceBuilder {
 
     /// Reads one dump as one node. A damaged file keeps what was read before the damage.
     pub fn read_file(&mut self, file: &Path) -> Result<NodeId, TraceError> {
-        let f = std::fs::File::open(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
+        // A FIFO or a device is refused: it would hang the report, or never end.
+        let f = crate::outfile::open_regular(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
         self.read_dump(std::io::BufReader::with_capacity(1 << 20, f), file)
     }
 
@@ -632,6 +633,21 @@ impl TraceBuilder {
 mod tests {
     use super::super::testkit::{addr, recv, send, trace, udp};
     use super::*;
+
+    #[test]
+    fn a_fifo_given_as_a_dump_is_refused_not_waited_on() {
+        let dir = std::env::temp_dir().join(format!("wgo-trace-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("node1.pcapng");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let Err(err) = Trace::read_files(std::slice::from_ref(&fifo)) else { panic!("a FIFO read as a dump") };
+        let err = err.to_string();
+        assert!(err.contains("node1.pcapng") && err.contains("a FIFO"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn events_are_per_node_in_time_order_with_the_addresses_each_node_sends_from() {

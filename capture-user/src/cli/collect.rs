@@ -112,7 +112,8 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
             send();
         }
     });
-    let manifest = wgo::transport::manifest::Manifest::load(&out).unwrap_or_default();
+    // A damaged one is the collector's error, in `result`.
+    let manifest = wgo::transport::manifest::Manifest::load(&out).ok().flatten().unwrap_or_default();
     for n in &manifest.nodes {
         match (n.bytes, n.arrived_ns) {
             (Some(b), Some(_)) => println!("{:<16} {b:>12} bytes  sha256 {}", n.name, n.sha256.as_deref().unwrap_or("")),

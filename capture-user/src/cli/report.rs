@@ -50,9 +50,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
                 anyhow::bail!("{} holds no .pcapng dumps", input.display());
             }
             files.extend(found);
-            let manifest = input.join("manifest.json");
-            if manifest.exists() {
-                missing.extend(read_missing(&manifest)?);
+            if let Some(m) = wgo::transport::manifest::Manifest::load(input)? {
+                missing.extend(m.missing);
             }
         } else if input.exists() {
             files.push(input.clone());
@@ -127,11 +126,4 @@ fn open_in_browser(path: &std::path::Path) {
     } else {
         println!("no browser found; open {} yourself", path.display());
     }
-}
-
-/// Node names a trigger's manifest lists as expected but missing.
-fn read_missing(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    Ok(v["missing"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default())
 }

@@ -440,15 +440,16 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, 
 /// root: it holds payload bytes) with its entry. On failure nothing is left behind.
 fn spool_dump(entry: &mut SpoolEntry, spool: &Path, info: &crate::dump::DumpInfo, ring: &super::ring::Ring) -> anyhow::Result<()> {
     let path = entry.dump_path(spool);
-    let tmp = path.with_extension("pcapng.partial");
     let result = (|| -> anyhow::Result<()> {
-        write_hashed(spool::create_private(&tmp)?, entry, info, ring)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        // Durable: the spool is what survives the agent's crash.
+        let partial = crate::outfile::Partial::create(&path, 0o600)?;
+        write_hashed(partial.file(), entry, info, ring)?;
+        partial.commit(crate::outfile::Durability::Durable)?;
         entry.save(spool)?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        // An uncommitted partial file removes itself; a dump without its entry goes too.
         let _ = std::fs::remove_file(&path);
     }
     result.with_context(|| format!("could not spool the dump in {}", spool.display()))

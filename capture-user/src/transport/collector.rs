@@ -41,8 +41,14 @@ pub enum Expect {
 pub enum CollectError {
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
     #[error("missing dumps from: {}", .0.join(", "))]
     Missing(Vec<String>),
+    #[error("no dump arrived{}: no agent answered the trigger", if .heard == &0 { String::new() } else { format!(" ({} node(s) heard it and shipped nothing)", .heard) })]
+    NoDump { heard: usize },
     #[error("{out} is not empty: {why}; collect into a new directory, or remove it")]
     Stale { out: PathBuf, why: String },
 }
@@ -146,6 +152,9 @@ struct State {
     bars: Option<indicatif::MultiProgress>,
     /// Errors seen, for a rate-limited log.
     rejected: RateLimited,
+    /// Incidents on disk whose manifest is damaged, and why: their dumps are refused, not
+    /// filed beside a manifest that would be written over.
+    damaged: HashMap<u64, String>,
 }
 
 impl State {
@@ -161,13 +170,17 @@ impl State {
                 Err(format!("this collector waits for trigger {want:016x}, not {id:016x}"))
             }
             Router::Single { .. } => Ok(self.incidents.get_mut(&SINGLE).expect("the single incident")),
+            Router::Serve { .. } if self.damaged.contains_key(&id) => Err(self.damaged[&id].clone()),
             Router::Serve { root } => {
                 if !self.incidents.contains_key(&id) {
                     if self.incidents.values().filter(|i| !i.closed).count() >= MAX_OPEN_INCIDENTS {
                         return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already; trigger {id:016x} must wait"));
                     }
                     let dir = root.join(incident_dir_name(id, at_ns));
-                    std::fs::create_dir_all(dir.join(".partial")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    // Private: it holds dumps, and the reports made from them.
+                    crate::outfile::create_private_dir(&dir)
+                        .and_then(|()| crate::outfile::create_private_dir(&dir.join(".partial")))
+                        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     let manifest = Manifest {
                         trigger_id: Some(format!("{id:016x}")),
                         expected: Some(serde_json::json!("every node that heard the trigger")),
@@ -199,7 +212,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectError {
 /// another incident are refused rather than mixed in.
 fn adopt(opts: &CollectOptions) -> Result<(Manifest, Option<u64>), CollectError> {
     let stale = |why: String| Err(CollectError::Stale { out: opts.out.clone(), why });
-    let manifest = Manifest::load(&opts.out);
+    let manifest = Manifest::load(&opts.out)?;
     let prior = manifest.as_ref().and_then(|m| m.trigger_id.as_deref()).and_then(|h| u64::from_str_radix(h, 16).ok());
     if let (Some(m), Some(old)) = (&manifest, prior) {
         return match opts.trigger_id {
@@ -238,7 +251,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, CollectError> {
 /// `ready` runs once the output directory is checked and its manifest written, before any
 /// connection is taken: that is when a trigger may go out.
 pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, ready: impl FnOnce()) -> Result<Manifest, CollectError> {
-    std::fs::create_dir_all(opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
+    // Made private (0700) where missing: it will hold dumps.
+    crate::outfile::create_private_dir(&opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
     let (mut manifest, trigger_id) = adopt(&opts)?;
     manifest.trigger_id = trigger_id.map(|id| format!("{id:016x}"));
     if opts.trigger_sent_ns.is_some() {
@@ -251,13 +265,14 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     });
     manifest.complete = false;
     // Written before anything arrives: a restarted collector picks up this trigger.
-    manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
+    manifest.save(&opts.out)?;
     ready();
     let state = State {
         router: Router::Single { trigger_id },
         incidents: HashMap::from([(SINGLE, Incident::new(opts.out.clone(), manifest))]),
         bars: opts.progress.then(indicatif::MultiProgress::new),
         rejected: RateLimited::default(),
+        damaged: HashMap::new(),
     };
     let started = Instant::now();
     let deadline = started + opts.wait;
@@ -321,9 +336,15 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
         }
     }
     inc.manifest.missing = missing.clone();
-    inc.manifest.complete = missing.is_empty();
-    inc.manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
-    if missing.is_empty() { Ok(inc.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
+    // No dump is never a success, whatever was expected.
+    let arrived = inc.arrived();
+    inc.manifest.complete = missing.is_empty() && arrived > 0;
+    inc.manifest.save(&opts.out)?;
+    match (missing.is_empty(), arrived) {
+        (false, _) => Err(CollectError::Missing(missing)),
+        (true, 0) => Err(CollectError::NoDump { heard: inc.manifest.nodes.len() }),
+        (true, _) => Ok(inc.manifest.clone()),
+    }
 }
 
 /// What to do with an incident once it is complete, or given up on: its directory and manifest.
@@ -345,22 +366,33 @@ pub struct ServeOptions {
 /// Serves until `stop` is set. Incidents already on disk are picked up again, so that
 /// dumps shipped late (from a spool) still join theirs.
 pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Result<(), CollectError> {
-    std::fs::create_dir_all(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
-    let mut incidents = HashMap::new();
+    if !opts.incidents.is_dir() {
+        crate::outfile::create_private_dir(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
+    }
+    let (mut incidents, mut damaged) = (HashMap::new(), HashMap::new());
     for entry in std::fs::read_dir(&opts.incidents).map_err(io(format!("reading {}", opts.incidents.display())))?.flatten() {
         let dir = entry.path();
         let id =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-')).and_then(|(_, id)| u64::from_str_radix(id, 16).ok());
-        if let (Some(id), Some(manifest)) = (id, Manifest::load(&dir)) {
-            let mut inc = Incident::new(dir, manifest);
-            inc.closed = true;
-            incidents.insert(id, inc);
+        let Some(id) = id else { continue };
+        match Manifest::load(&dir) {
+            Ok(Some(manifest)) => {
+                let mut inc = Incident::new(dir, manifest);
+                inc.closed = true;
+                incidents.insert(id, inc);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e}; dumps of trigger {id:016x} are refused until then");
+                damaged.insert(id, e.to_string());
+            }
         }
     }
     if !incidents.is_empty() {
         tracing::info!("{} earlier incident(s) in {}", incidents.len(), opts.incidents.display());
     }
-    let state = State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default() };
+    let state =
+        State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default(), damaged };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
     let (wait, stop, on_closed) = (opts.wait, opts.stop.clone(), opts.on_closed.clone());
     let tick = move |st: &mut State| {
@@ -523,7 +555,9 @@ async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
                 if new {
                     inc.changed = Instant::now();
                     inc.closed = false;
-                    let _ = inc.manifest.save(&inc.dir);
+                    if let Err(e) = inc.manifest.save(&inc.dir) {
+                        tracing::error!("{}: {e}", h.node);
+                    }
                 }
             }
             Err(e) => st.reject(&format!("heard datagram from {from}: {e}")),
@@ -610,7 +644,16 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
     // Kept, not truncated: a resumed transfer goes on after the prefix it already has.
-    let mut f = tokio::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).mode(0o600).open(&part).await?;
+    // Never through a symlink planted at its name.
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .await?;
     f.set_len(have).await?;
     // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
     let mut hash = <sha2::Sha256 as sha2::Digest>::new();
@@ -660,6 +703,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     if ok {
         let dest = out.join(format!("{node}.pcapng"));
         tokio::fs::rename(&part, &dest).await?;
+        crate::outfile::sync_dir(&out)?;
         let mut st = ctx.state.lock().expect("lock");
         if let Router::Single { trigger_id } = &mut st.router {
             trigger_id.get_or_insert(offer.trigger_id);
@@ -677,7 +721,11 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         n.file = Some(format!("{node}.pcapng"));
         inc.changed = Instant::now();
         inc.closed = false;
-        let _ = inc.manifest.save(&out);
+        // Not acknowledged unless recorded: the agent keeps its dump and retries.
+        inc.manifest.save(&out).map_err(|e| {
+            tracing::error!("{node}: its dump arrived, but {e}");
+            std::io::Error::other(e)
+        })?;
         if let Some(b) = &bar {
             b.finish();
         }
@@ -862,6 +910,19 @@ mod tests {
     }
 
     #[test]
+    fn a_trigger_nobody_answered_is_not_complete() {
+        let dir = tempdir("nobody");
+        let (l, u, _) = sockets();
+        let mut opts = options(&dir, Expect::Heard, Some(3), Limits::default());
+        opts.wait = Duration::from_millis(300);
+        let err = collect(opts, l, u, || {}).unwrap_err();
+        assert!(matches!(err, CollectError::NoDump { heard: 0 }) && err.to_string().contains("no agent answered"), "{err}");
+        let m = Manifest::load(&dir).unwrap().unwrap();
+        assert!(!m.complete && m.nodes.is_empty(), "{m:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn dumps_of_another_incident_are_refused_not_mixed_in() {
         let dir = tempdir("stale");
         // A manifest for trigger 1: a collector for trigger 2 refuses the directory.
@@ -880,6 +941,14 @@ mod tests {
         let (l, u, _) = sockets();
         let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
         assert!(err.to_string().contains("node1.pcapng") && err.to_string().contains("new directory"), "{err}");
+
+        // A damaged manifest is named, and left as it is: not taken for a missing one.
+        std::fs::remove_file(dir.join("node1.pcapng")).unwrap();
+        std::fs::write(dir.join("manifest.json"), b"{\"trigger_id\": \"0000000000000001\", \"no").unwrap();
+        let (l, u, _) = sockets();
+        let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
+        assert!(err.to_string().contains("manifest.json is damaged"), "{err}");
+        assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), b"{\"trigger_id\": \"0000000000000001\", \"no");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -890,7 +959,7 @@ mod tests {
         let mut opts = options(&dir, Expect::Count(1), Some(0xabc), Limits::default());
         opts.wait = Duration::from_millis(200);
         let mut seen = None;
-        let err = collect(opts, l, u, || seen = Manifest::load(&dir)).unwrap_err();
+        let err = collect(opts, l, u, || seen = Manifest::load(&dir).unwrap()).unwrap_err();
         assert!(matches!(err, CollectError::Missing(_)));
         assert_eq!(seen.and_then(|m| m.trigger_id).as_deref(), Some("0000000000000abc"), "written before the trigger goes out");
         // `wgo collect` after a crash: no id given, the manifest's is kept, and an agent
@@ -951,9 +1020,15 @@ mod tests {
         assert_eq!(a.1.reason.as_deref(), Some("n2: app (pid 5) killed by SIGSEGV"));
         assert_eq!(a.1.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
         assert!(a.0.join("n1.pcapng").exists() && a.0.join("n2.pcapng").exists());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&a.0), 0o700, "an incident directory holds payload bytes");
+            assert_eq!(mode(&a.0.join("n1.pcapng")), 0o600);
+        }
         let b = closed.iter().find(|(_, m)| m.trigger_id.as_deref() == Some("000000000000000b")).unwrap();
         assert_eq!(b.1.nodes.len(), 1);
-        assert_eq!(Manifest::load(&b.0).unwrap(), b.1, "the manifest on disk is the one reported");
+        assert_eq!(Manifest::load(&b.0).unwrap().unwrap(), b.1, "the manifest on disk is the one reported");
 
         // Restarted, it finds the incidents again: a late dump joins its own, reopens and closes it again.
         let (l, u, addr) = sockets();
