@@ -63,8 +63,9 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
     assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "names the two islands: {h}");
     assert!(h.contains("node5 stalled: it sent nothing from"), "names the stall: {h}");
     assert_eq!(h.matches("stalled").count(), 1, "and no other: {h}");
-    // The README's screenshot: the moment the ex-member's heartbeat aborts a ballot.
-    let shot = root.join("docs/timeline.png");
+    // The README's screenshot: the moment the ex-member's heartbeat aborts a ballot (in the
+    // test's own directory: `cargo xtask screenshots` makes docs/'s).
+    let shot = dir.join("timeline.png");
     let o = Command::new("node")
         .arg(root.join("tests/browser/timeline.mjs"))
         .arg("shot")
@@ -76,8 +77,8 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
     assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     // The timeline's findings list: a click on each zooms to it and selects its evidence; the
     // page stays readable at every zoom, in the causal view and through its URL; and the
-    // README's three screenshots (overview, the partition, the causal view) are made here.
-    for args in [vec!["findings".into()], vec!["readable".into()], vec!["shots".to_string(), root.join("docs").display().to_string()]] {
+    // README's three screenshots (overview, the partition, the causal view) can be made.
+    for args in [vec!["findings".into()], vec!["readable".into()], vec!["shots".to_string(), dir.display().to_string()]] {
         let o = Command::new("node")
             .arg(root.join("tests/browser/timeline.mjs"))
             .arg(&args[0])
