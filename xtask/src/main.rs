@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod demo;
 mod exec;
+mod screenshots;
 mod setup;
 mod test;
 
@@ -33,6 +34,8 @@ enum Cmd {
         #[arg(long)]
         crash: bool,
     },
+    /// Run the demo and write the README's timeline screenshots into docs/.
+    Screenshots,
     /// Run each fuzz target briefly (as `test` does at its end).
     Fuzz,
     /// Run a benchmark and print its figures.
@@ -47,6 +50,7 @@ fn main() {
         Cmd::Build => build::all(),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { crash } => demo::run(crash),
+        Cmd::Screenshots => screenshots::run(),
         Cmd::Fuzz => build::all().and_then(|()| test::fuzz()),
         Cmd::Bench { which } => bench::run(which),
     };
