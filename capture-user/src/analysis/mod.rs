@@ -68,6 +68,7 @@ pub struct Streamed<'a> {
     pub spec: &'a Spec,
     pub classes: &'a [u16],
     pub clocks: &'a Clocks,
+    pub matching: &'a Matching,
     pub batches: std::sync::mpsc::Receiver<Vec<order::Placed>>,
 }
 
@@ -120,7 +121,7 @@ fn analyze_inner<R: Send>(
         let writer = stream.map(|f| {
             std::thread::Builder::new()
                 .name("wgo-stream".into())
-                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, batches }))
+                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, matching, batches }))
                 .expect("spawning the event stream")
         });
         let placed_tx = writer.is_some().then_some(placed_tx);

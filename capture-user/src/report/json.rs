@@ -271,7 +271,7 @@ fn step_json(t: &Trace, clocks: &Clocks, s: &crate::analysis::steps::ClockStep) 
 }
 
 /// The report after the events array: messages, anomalies, violations.
-fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
+pub(crate) fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
     let t = &a.trace;
     w.write_all(b"],\"messages\":[")?;
     let mut buf = String::with_capacity(64);

@@ -1,0 +1,803 @@
+//! The Perfetto trace (`--perfetto`): Perfetto's protobuf trace format, written by hand-made
+//! prost structs for the few fields used (field numbers from Perfetto's
+//! `protos/perfetto/trace/*.proto`; the tests decode the output with the official schema).
+//!
+//! Layout, all on one packet sequence:
+//! - one process track per node (named after it, its clock in its labels), with a child
+//!   track per CPU holding an instant per send and receive (label as name; raw time, CPU,
+//!   sequence number, clock uncertainty, flow, length and decoded fields as arguments),
+//!   a flow from each send to each of its receives, and child tracks for lost messages
+//!   (instants with their cause) and recorder gaps (slices);
+//! - a stall as a slice on its node's process track;
+//! - a "partition" track with a slice per island, and a "findings" track with a slice
+//!   per finding over its span, with its text and rank.
+//!
+//! Slices that overlap on one track would not nest, so they go to extra lanes (child
+//! tracks of the same name). Times are the corrected, causally consistent times of the
+//! order (reference clock); each event keeps its node's own time as `t_raw_ns`.
+//!
+//! The events are written while the order places them ([`analyze_to_perfetto`]), the
+//! rest (which needs the finished analysis) after them.
+
+use std::io::Write;
+
+use crate::analysis::anomalies::Kind;
+use crate::analysis::clocks::Clocks;
+use crate::analysis::matching::Matching;
+use crate::analysis::order::{NO_GROUP, Placed};
+use crate::analysis::rules::UNKNOWN;
+use crate::analysis::spec::{Spec, Value};
+use crate::analysis::trace::{Dir, ProtoCode, Trace};
+use crate::analysis::{self, Analysis, Inputs, Phase, push_label};
+use crate::report::json::EventJson;
+
+/// Perfetto's messages, only the fields written. Perfetto's protos are proto2: an
+/// optional field is written when set, repeated scalars unpacked.
+pub mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Trace {
+        #[prost(message, repeated, tag = "1")]
+        pub packet: Vec<TracePacket>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TracePacket {
+        #[prost(uint64, optional, tag = "8")]
+        pub timestamp: Option<u64>,
+        #[prost(uint32, optional, tag = "10")]
+        pub trusted_packet_sequence_id: Option<u32>,
+        #[prost(message, optional, tag = "11")]
+        pub track_event: Option<TrackEvent>,
+        #[prost(message, optional, tag = "12")]
+        pub interned_data: Option<InternedData>,
+        #[prost(uint32, optional, tag = "13")]
+        pub sequence_flags: Option<u32>,
+        #[prost(message, optional, tag = "60")]
+        pub track_descriptor: Option<TrackDescriptor>,
+        #[prost(bool, optional, tag = "87")]
+        pub first_packet_on_sequence: Option<bool>,
+    }
+
+    /// `TracePacket.SequenceFlags`.
+    pub const SEQ_INCREMENTAL_STATE_CLEARED: u32 = 1;
+    pub const SEQ_NEEDS_INCREMENTAL_STATE: u32 = 2;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TrackDescriptor {
+        #[prost(uint64, optional, tag = "1")]
+        pub uuid: Option<u64>,
+        #[prost(string, optional, tag = "2")]
+        pub name: Option<String>,
+        #[prost(message, optional, tag = "3")]
+        pub process: Option<ProcessDescriptor>,
+        #[prost(uint64, optional, tag = "5")]
+        pub parent_uuid: Option<u64>,
+        #[prost(int32, optional, tag = "12")]
+        pub sibling_order_rank: Option<i32>,
+        #[prost(string, optional, tag = "14")]
+        pub description: Option<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ProcessDescriptor {
+        #[prost(int32, optional, tag = "1")]
+        pub pid: Option<i32>,
+        #[prost(string, optional, tag = "6")]
+        pub process_name: Option<String>,
+        #[prost(string, repeated, tag = "8")]
+        pub process_labels: Vec<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TrackEvent {
+        #[prost(message, repeated, tag = "4")]
+        pub debug_annotations: Vec<DebugAnnotation>,
+        /// `TrackEvent.Type`.
+        #[prost(int32, optional, tag = "9")]
+        pub r#type: Option<i32>,
+        #[prost(uint64, optional, tag = "10")]
+        pub name_iid: Option<u64>,
+        #[prost(uint64, optional, tag = "11")]
+        pub track_uuid: Option<u64>,
+        #[prost(string, optional, tag = "23")]
+        pub name: Option<String>,
+        #[prost(fixed64, repeated, packed = "false", tag = "47")]
+        pub flow_ids: Vec<u64>,
+        #[prost(fixed64, repeated, packed = "false", tag = "48")]
+        pub terminating_flow_ids: Vec<u64>,
+    }
+
+    /// `TrackEvent.Type`.
+    pub const TYPE_SLICE_BEGIN: i32 = 1;
+    pub const TYPE_SLICE_END: i32 = 2;
+    pub const TYPE_INSTANT: i32 = 3;
+
+    /// One argument. Name: `name_iid` (interned) or `name`; value: one of the rest.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DebugAnnotation {
+        #[prost(uint64, optional, tag = "1")]
+        pub name_iid: Option<u64>,
+        #[prost(bool, optional, tag = "2")]
+        pub bool_value: Option<bool>,
+        #[prost(uint64, optional, tag = "3")]
+        pub uint_value: Option<u64>,
+        #[prost(int64, optional, tag = "4")]
+        pub int_value: Option<i64>,
+        #[prost(string, optional, tag = "6")]
+        pub string_value: Option<String>,
+        #[prost(string, optional, tag = "10")]
+        pub name: Option<String>,
+        #[prost(message, repeated, tag = "11")]
+        pub dict_entries: Vec<DebugAnnotation>,
+        #[prost(uint64, optional, tag = "17")]
+        pub string_value_iid: Option<u64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InternedData {
+        #[prost(message, repeated, tag = "2")]
+        pub event_names: Vec<EventName>,
+        #[prost(message, repeated, tag = "3")]
+        pub debug_annotation_names: Vec<DebugAnnotationName>,
+        #[prost(message, repeated, tag = "29")]
+        pub debug_annotation_string_values: Vec<InternedString>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct InternedString {
+        #[prost(uint64, optional, tag = "1")]
+        pub iid: Option<u64>,
+        #[prost(bytes = "vec", optional, tag = "2")]
+        pub str: Option<Vec<u8>>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct EventName {
+        #[prost(uint64, optional, tag = "1")]
+        pub iid: Option<u64>,
+        #[prost(string, optional, tag = "2")]
+        pub name: Option<String>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DebugAnnotationName {
+        #[prost(uint64, optional, tag = "1")]
+        pub iid: Option<u64>,
+        #[prost(string, optional, tag = "2")]
+        pub name: Option<String>,
+    }
+}
+
+use proto::{DebugAnnotation, TracePacket, TrackDescriptor, TrackEvent};
+
+/// The one packet sequence everything is written on.
+const SEQUENCE: u32 = 1;
+/// Event names interned at most: past that (labels with a field value each), names are
+/// written inline, so the interning table stays small.
+const MAX_INTERNED_NAMES: usize = 1 << 16;
+/// Bytes gathered before a write.
+const FLUSH_AT: usize = 256 << 10;
+
+/// Argument names every event uses, interned once in the first packet (iid = index + 1).
+const ARGS: &[&str] = &["id", "dir", "t_raw_ns", "cpu", "seq", "clock_uncertainty_ns", "flow", "len", "fields", "concurrent"];
+const ARG_ID: u64 = 1;
+const ARG_DIR: u64 = 2;
+const ARG_T_RAW: u64 = 3;
+const ARG_CPU: u64 = 4;
+const ARG_SEQ: u64 = 5;
+const ARG_UNCERTAINTY: u64 = 6;
+const ARG_FLOW: u64 = 7;
+const ARG_LEN: u64 = 8;
+const ARG_FIELDS: u64 = 9;
+const ARG_CONCURRENT: u64 = 10;
+
+fn arg_uint(iid: u64, v: u64) -> DebugAnnotation {
+    DebugAnnotation { name_iid: Some(iid), uint_value: Some(v), ..Default::default() }
+}
+fn arg_int(iid: u64, v: i64) -> DebugAnnotation {
+    DebugAnnotation { name_iid: Some(iid), int_value: Some(v), ..Default::default() }
+}
+fn arg_str(iid: u64, v: String) -> DebugAnnotation {
+    DebugAnnotation { name_iid: Some(iid), string_value: Some(v), ..Default::default() }
+}
+/// An argument named inline (the few packets after the events).
+fn named(name: &str, mut a: DebugAnnotation) -> DebugAnnotation {
+    a.name_iid = None;
+    a.name = Some(name.to_string());
+    a
+}
+
+/// Writes the trace: its tracks, then events as the order places them, then the rest.
+pub struct PerfettoWriter<'a> {
+    trace: &'a Trace,
+    spec: &'a Spec,
+    classes: &'a [u16],
+    clocks: &'a Clocks,
+    /// Each event's messages (index into `Matching::messages`): a send's to each of its
+    /// receives, a receive's from its send: `flows[flow_at[i]..flow_at[i + 1]]`.
+    flow_at: Vec<u32>,
+    flows: Vec<u32>,
+    /// Per node: its process track, and its CPUs' tracks (by CPU number).
+    node_tracks: Vec<u64>,
+    cpu_tracks: Vec<Vec<(u16, u64)>>,
+    next_uuid: u64,
+    names: rustc_hash::FxHashMap<String, u64>,
+    /// Interned argument strings (flows, labelled field values, directions).
+    strings: rustc_hash::FxHashMap<String, u64>,
+    /// Spec field names' iids, per message type.
+    field_iids: Vec<Vec<u64>>,
+    addrs: Vec<String>,
+    buf: Vec<u8>,
+}
+
+/// A stretch to draw as a slice, with its arguments.
+struct Span {
+    start: i64,
+    end: i64,
+    name: String,
+    args: Vec<DebugAnnotation>,
+}
+
+/// A unit enum's name as the JSON report spells it.
+fn serde_name(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn packet(ts: Option<u64>) -> TracePacket {
+    TracePacket { timestamp: ts, trusted_packet_sequence_id: Some(SEQUENCE), ..Default::default() }
+}
+
+/// A corrected time as Perfetto's unsigned timestamp.
+fn ts(t: i64) -> std::io::Result<u64> {
+    u64::try_from(t).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("time {t} ns is before 1970: a Perfetto trace has no negative timestamps (is a node's clock far off?)"),
+        )
+    })
+}
+
+impl<'a> PerfettoWriter<'a> {
+    pub fn new(trace: &'a Trace, spec: &'a Spec, classes: &'a [u16], clocks: &'a Clocks) -> PerfettoWriter<'a> {
+        let mut next_arg_iid = ARGS.len() as u64 + 1;
+        let field_iids = spec
+            .messages
+            .iter()
+            .map(|m| {
+                m.fields
+                    .iter()
+                    .map(|_| {
+                        next_arg_iid += 1;
+                        next_arg_iid - 1
+                    })
+                    .collect()
+            })
+            .collect();
+        PerfettoWriter {
+            trace,
+            spec,
+            classes,
+            clocks,
+            flow_at: Vec::new(),
+            flows: Vec::new(),
+            node_tracks: Vec::new(),
+            cpu_tracks: Vec::new(),
+            next_uuid: 1,
+            names: rustc_hash::FxHashMap::default(),
+            strings: rustc_hash::FxHashMap::default(),
+            field_iids,
+            addrs: trace
+                .addrs
+                .iter()
+                .map(|a| match a {
+                    std::net::IpAddr::V4(v4) => v4.to_string(),
+                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                })
+                .collect(),
+            buf: Vec::with_capacity(FLUSH_AT + (64 << 10)),
+        }
+    }
+
+    /// Each event's messages, for the flows: a counting sort of both ends of every
+    /// message, linear, 4 bytes an event plus 8 a message.
+    fn index_flows(&mut self, matching: &Matching) {
+        let n = self.trace.events.len();
+        let mut flow_at = vec![0u32; n + 1];
+        for &(s, r) in &matching.messages {
+            flow_at[s as usize + 1] += 1;
+            flow_at[r as usize + 1] += 1;
+        }
+        for i in 0..n {
+            flow_at[i + 1] += flow_at[i];
+        }
+        let mut fill = flow_at.clone();
+        let mut flows = vec![0u32; matching.messages.len() * 2];
+        for (k, &(s, r)) in matching.messages.iter().enumerate() {
+            for e in [s, r] {
+                flows[fill[e as usize] as usize] = k as u32;
+                fill[e as usize] += 1;
+            }
+        }
+        self.flow_at = flow_at;
+        self.flows = flows;
+    }
+
+    fn uuid(&mut self) -> u64 {
+        self.next_uuid += 1;
+        self.next_uuid - 1
+    }
+
+    fn push(&mut self, p: &TracePacket) {
+        prost::encoding::message::encode(1, p, &mut self.buf);
+    }
+
+    fn flush_if_full<W: Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if self.buf.len() >= FLUSH_AT {
+            w.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn describe_track(&mut self, d: TrackDescriptor) {
+        self.push(&TracePacket { track_descriptor: Some(d), ..packet(None) });
+    }
+
+    /// A track under `parent` (or at the top), named, with a fresh uuid.
+    fn child_track(&mut self, parent: Option<u64>, name: &str, rank: Option<i32>) -> u64 {
+        let uuid = self.uuid();
+        self.describe_track(TrackDescriptor {
+            uuid: Some(uuid),
+            name: Some(name.to_string()),
+            parent_uuid: parent,
+            sibling_order_rank: rank,
+            ..Default::default()
+        });
+        uuid
+    }
+
+    /// The sequence's first packet (clearing its state, interning the argument names),
+    /// then a track per node and per CPU a node recorded on.
+    pub fn write_head<W: Write>(&mut self, w: &mut W, matching: &Matching) -> std::io::Result<()> {
+        self.index_flows(matching);
+        let t = self.trace;
+        let mut arg_names: Vec<proto::DebugAnnotationName> = ARGS
+            .iter()
+            .enumerate()
+            .map(|(k, n)| proto::DebugAnnotationName { iid: Some(k as u64 + 1), name: Some(n.to_string()) })
+            .collect();
+        for (m, iids) in self.spec.messages.iter().zip(&self.field_iids) {
+            for (f, &iid) in m.fields.iter().zip(iids) {
+                arg_names.push(proto::DebugAnnotationName { iid: Some(iid), name: Some(f.name.clone()) });
+            }
+        }
+        self.push(&TracePacket {
+            sequence_flags: Some(proto::SEQ_INCREMENTAL_STATE_CLEARED),
+            first_packet_on_sequence: Some(true),
+            interned_data: Some(proto::InternedData { debug_annotation_names: arg_names, ..Default::default() }),
+            ..packet(None)
+        });
+        for (n, node) in t.nodes.iter().enumerate() {
+            let c = &self.clocks.nodes[n];
+            let uuid = self.uuid();
+            let quality = serde_name(&c.quality);
+            let mut labels = vec![match c.uncertainty_ns {
+                Some(u) => format!("clock {quality}: offset {} ns ± {u} ns, drift {:.3} ppm", c.offset_ns, c.drift * 1e6),
+                None => format!("clock {quality}: offset unknown"),
+            }];
+            if n == self.clocks.reference as usize {
+                labels.push("reference clock".to_string());
+            }
+            self.describe_track(TrackDescriptor {
+                uuid: Some(uuid),
+                process: Some(proto::ProcessDescriptor {
+                    pid: Some(n as i32 + 1),
+                    process_name: Some(node.name.clone()),
+                    process_labels: labels,
+                }),
+                ..Default::default()
+            });
+            let mut cpus: Vec<u16> = t.node_events(n as u16).iter().map(|e| e.cpu).collect();
+            cpus.sort_unstable();
+            cpus.dedup();
+            let tracks = cpus.iter().map(|&cpu| (cpu, self.child_track(Some(uuid), &format!("cpu {cpu}"), Some(cpu as i32)))).collect();
+            self.node_tracks.push(uuid);
+            self.cpu_tracks.push(tracks);
+        }
+        w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn name_iid(&mut self, name: &str, interned: &mut Option<proto::InternedData>) -> Option<u64> {
+        if let Some(&iid) = self.names.get(name) {
+            return Some(iid);
+        }
+        if self.names.len() >= MAX_INTERNED_NAMES {
+            return None;
+        }
+        let iid = self.names.len() as u64 + 1;
+        self.names.insert(name.to_string(), iid);
+        interned.get_or_insert_with(Default::default).event_names.push(proto::EventName { iid: Some(iid), name: Some(name.to_string()) });
+        Some(iid)
+    }
+
+    /// A string argument, its value interned while the table has room.
+    fn arg_interned(&mut self, name_iid: u64, value: &str, interned: &mut Option<proto::InternedData>) -> DebugAnnotation {
+        let iid = match self.strings.get(value) {
+            Some(&iid) => iid,
+            None if self.strings.len() >= MAX_INTERNED_NAMES => return arg_str(name_iid, value.to_string()),
+            None => {
+                let iid = self.strings.len() as u64 + 1;
+                self.strings.insert(value.to_string(), iid);
+                interned
+                    .get_or_insert_with(Default::default)
+                    .debug_annotation_string_values
+                    .push(proto::InternedString { iid: Some(iid), str: Some(value.as_bytes().to_vec()) });
+                iid
+            }
+        };
+        DebugAnnotation { name_iid: Some(name_iid), string_value_iid: Some(iid), ..Default::default() }
+    }
+
+    /// An instant per placed event, on its node's CPU track, with its flows.
+    pub fn push_events(&mut self, events: &[Placed]) -> std::io::Result<()> {
+        let t = self.trace;
+        let mut label = String::with_capacity(64);
+        let mut num = itoa::Buffer::new();
+        for p in events {
+            let i = p.id as usize;
+            let e = &t.events[i];
+            label.clear();
+            push_label(t, self.spec, self.classes, i, &mut label, &mut num);
+            let mut interned = None;
+            let name_iid = self.name_iid(&label, &mut interned);
+            let mut args = Vec::with_capacity(10);
+            args.push(arg_uint(ARG_ID, p.id as u64));
+            args.push(self.arg_interned(ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned));
+            args.push(arg_int(ARG_T_RAW, e.t_raw));
+            args.push(arg_uint(ARG_CPU, e.cpu as u64));
+            if e.seq != u64::MAX {
+                args.push(arg_uint(ARG_SEQ, e.seq));
+            }
+            match self.clocks.nodes[e.node as usize].uncertainty_ns {
+                Some(u) => args.push(arg_int(ARG_UNCERTAINTY, u)),
+                None => args.push(arg_str(ARG_UNCERTAINTY, "unknown".to_string())),
+            }
+            let mut flow = String::with_capacity(48);
+            flow.push_str(e.proto.name());
+            flow.push(' ');
+            self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
+            flow.push_str(" → ");
+            self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
+            args.push(self.arg_interned(ARG_FLOW, &flow, &mut interned));
+            args.push(arg_uint(ARG_LEN, e.orig_len as u64));
+            if self.classes[i] != UNKNOWN {
+                let c = self.classes[i] as usize;
+                let payload = t.payload(e);
+                let mut dict = Vec::new();
+                for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
+                    let Some(v) = self.spec.field(c, fi, payload) else { continue };
+                    let iid = self.field_iids[c][fi];
+                    dict.push(match v {
+                        Value::Int(n) => match f.labels.get(&n) {
+                            Some(l) => self.arg_interned(iid, l, &mut interned),
+                            None => arg_uint(iid, n),
+                        },
+                        Value::Text(s) => arg_str(iid, s),
+                    });
+                }
+                if !dict.is_empty() {
+                    args.push(DebugAnnotation { name_iid: Some(ARG_FIELDS), dict_entries: dict, ..Default::default() });
+                }
+            }
+            if p.group != NO_GROUP {
+                args.push(arg_uint(ARG_CONCURRENT, p.group as u64));
+            }
+            // Flow ids are message indices + 1: a send starts one per receive, each
+            // receive ends its own.
+            let ids = self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize].iter().map(|&k| k as u64 + 1);
+            let (flow_ids, terminating_flow_ids) =
+                if e.dir == Dir::Send { (ids.collect(), Vec::new()) } else { (Vec::new(), ids.collect()) };
+            let track = self.cpu_tracks[e.node as usize].iter().find(|c| c.0 == e.cpu).expect("every CPU has a track").1;
+            let ev = TrackEvent {
+                debug_annotations: args,
+                r#type: Some(proto::TYPE_INSTANT),
+                name_iid,
+                name: name_iid.is_none().then(|| label.clone()),
+                track_uuid: Some(track),
+                flow_ids,
+                terminating_flow_ids,
+            };
+            self.push(&TracePacket {
+                track_event: Some(ev),
+                interned_data: interned,
+                sequence_flags: Some(proto::SEQ_NEEDS_INCREMENTAL_STATE),
+                ..packet(Some(ts(p.t_ns)?))
+            });
+        }
+        Ok(())
+    }
+
+    fn push_endpoint(&self, buf: &mut String, addr: u32, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
+        let a = &self.addrs[addr as usize];
+        if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
+            buf.push_str(a.trim_start_matches('[').trim_end_matches(']'));
+        } else {
+            buf.push_str(a);
+            buf.push(':');
+            buf.push_str(num.format(port));
+        }
+    }
+
+    /// Writes batches of placed events as they arrive (from the order, while it is being
+    /// built); returns the writer when the batches end.
+    pub fn write_events_from<W: Write>(&mut self, mut w: W, batches: std::sync::mpsc::Receiver<Vec<Placed>>) -> std::io::Result<W> {
+        for batch in batches {
+            for piece in batch.chunks(1024) {
+                self.push_events(piece)?;
+                self.flush_if_full(&mut w)?;
+            }
+        }
+        w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(w)
+    }
+
+    fn slice_event(&self, track: u64, ty: i32, name: Option<String>, args: Vec<DebugAnnotation>) -> TrackEvent {
+        TrackEvent { debug_annotations: args, r#type: Some(ty), name, track_uuid: Some(track), ..Default::default() }
+    }
+
+    /// Spans as slices: on `first` while they do not overlap, else on extra lanes (child
+    /// tracks of `first` named `lane_name`), each track's in time order.
+    fn push_lanes(&mut self, first: u64, lane_name: &str, mut spans: Vec<Span>) -> std::io::Result<()> {
+        spans.sort_by_key(|s| (s.start, s.end));
+        // Per lane: its track and the end of its last slice.
+        let mut lanes: Vec<(u64, i64)> = Vec::new();
+        for s in spans {
+            let lane = match lanes.iter().position(|l| l.1 < s.start) {
+                Some(k) => k,
+                None => {
+                    let track = if lanes.is_empty() { first } else { self.child_track(Some(first), lane_name, Some(lanes.len() as i32)) };
+                    lanes.push((track, i64::MIN));
+                    lanes.len() - 1
+                }
+            };
+            let track = lanes[lane].0;
+            lanes[lane].1 = s.end;
+            let begin = self.slice_event(track, proto::TYPE_SLICE_BEGIN, Some(s.name), s.args);
+            self.push(&TracePacket { track_event: Some(begin), ..packet(Some(ts(s.start)?)) });
+            let end = self.slice_event(track, proto::TYPE_SLICE_END, None, Vec::new());
+            self.push(&TracePacket { track_event: Some(end), ..packet(Some(ts(s.end)?)) });
+        }
+        Ok(())
+    }
+
+    /// What needs the finished analysis: lost messages, recorder gaps, stalls, partitions
+    /// and findings.
+    pub fn write_tail<W: Write>(&mut self, a: &Analysis, w: &mut W) -> std::io::Result<()> {
+        let t = &a.trace;
+        let name = |n: u16| t.nodes[n as usize].name.as_str();
+        let when = |id: u32| a.order.t_ns[id as usize];
+        // The whole recording: the span of a finding that has none.
+        let (first, last) = (a.order.order.first().map_or(0, |&i| when(i)), a.order.t_ns.iter().copied().max().unwrap_or(0));
+
+        // Lost messages: an instant per send, on a "lost" track of the sender's.
+        let mut lost: Vec<Vec<(i64, u32, u16, &'static str, Option<&str>)>> = vec![Vec::new(); t.nodes.len()];
+        for x in &a.anomalies {
+            let (cause, reason) = match x.kind {
+                Kind::NetworkLoss => (
+                    x.cause.map_or("network", |c| c.kind.name()),
+                    x.cause.and_then(|c| c.reason).and_then(|r| t.drop_reasons.get(r as usize)).map(String::as_str),
+                ),
+                Kind::ClosedConnection => ("closed_connection", None),
+                _ => continue,
+            };
+            let to = x.nodes.get(1).copied().unwrap_or(u16::MAX);
+            for &s in &x.events {
+                lost[t.events[s as usize].node as usize].push((when(s), s, to, cause, reason));
+            }
+        }
+        let mut label = String::new();
+        let mut num = itoa::Buffer::new();
+        for (n, mut v) in lost.into_iter().enumerate() {
+            if v.is_empty() {
+                continue;
+            }
+            v.sort_unstable_by_key(|l| (l.0, l.1));
+            let track = self.child_track(Some(self.node_tracks[n]), "lost", Some(-1));
+            for (at, s, to, cause, reason) in v {
+                label.clear();
+                label.push_str("lost: ");
+                push_label(t, &a.spec, &a.classes, s as usize, &mut label, &mut num);
+                let mut args = vec![
+                    named("send", arg_uint(0, s as u64)),
+                    named("cause", arg_str(0, cause.to_string())),
+                    named("t_raw_ns", arg_int(0, t.events[s as usize].t_raw)),
+                ];
+                if to != u16::MAX {
+                    args.push(named("to", arg_str(0, name(to).to_string())));
+                }
+                if let Some(r) = reason {
+                    args.push(named("reason", arg_str(0, r.to_string())));
+                }
+                let ev = self.slice_event(track, proto::TYPE_INSTANT, Some(label.clone()), args);
+                self.push(&TracePacket { track_event: Some(ev), ..packet(Some(ts(at)?)) });
+                self.flush_if_full(w)?;
+            }
+        }
+
+        // Recorder gaps on a "recorder gaps" track of the node's; stalls on its own.
+        for n in 0..t.nodes.len() {
+            let of_node = |k: Kind| a.anomalies.iter().filter(move |x| x.kind == k && x.nodes.first() == Some(&(n as u16)));
+            let spans = |k: Kind, what: &str| -> Vec<Span> {
+                of_node(k)
+                    .filter_map(|x| {
+                        let (start, end) = x.span?;
+                        Some(Span {
+                            start,
+                            end,
+                            name: what.to_string(),
+                            args: vec![named("text", arg_str(0, a.anomaly_text(x).into_owned()))],
+                        })
+                    })
+                    .collect()
+            };
+            let gaps = spans(Kind::RecorderLoss, "recorder gap");
+            if !gaps.is_empty() {
+                let track = self.child_track(Some(self.node_tracks[n]), "recorder gaps", Some(-2));
+                self.push_lanes(track, "recorder gaps", gaps)?;
+            }
+            let stalls = spans(Kind::StalledNode, "stalled");
+            self.push_lanes(self.node_tracks[n], "stalled", stalls)?;
+            self.flush_if_full(w)?;
+        }
+
+        // A partition: a slice per island, over the partition's span.
+        let mut islands = Vec::new();
+        for x in a.anomalies.iter().filter(|x| x.kind == Kind::Partition) {
+            let Some((start, end)) = x.span else { continue };
+            for (k, island) in x.islands.iter().enumerate() {
+                let nodes: Vec<&str> = island.iter().map(|&n| name(n)).collect();
+                islands.push(Span {
+                    start,
+                    end,
+                    name: format!("island {}: {}", k + 1, nodes.join(", ")),
+                    args: vec![named("text", arg_str(0, x.text.clone())), named("nodes", arg_str(0, nodes.join(", ")))],
+                });
+            }
+        }
+        if !islands.is_empty() {
+            let track = self.child_track(None, "partition", Some(-2));
+            self.push_lanes(track, "partition", islands)?;
+        }
+
+        // Findings, ranked, each over its span (the whole recording if it has none).
+        let findings: Vec<Span> = a
+            .findings
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let (start, end) = f.span.unwrap_or((first, last));
+                let nodes: Vec<&str> = f.nodes.iter().map(|&n| name(n)).collect();
+                let mut args = vec![
+                    named("rank", arg_uint(0, k as u64 + 1)),
+                    named("kind", arg_str(0, serde_name(&f.kind))),
+                    named("text", arg_str(0, f.text.clone())),
+                    named("nodes", arg_str(0, nodes.join(", "))),
+                ];
+                if f.span.is_none() {
+                    args.push(named("span", arg_str(0, "none: drawn over the whole recording".to_string())));
+                }
+                Span { start, end, name: format!("#{} {}", k + 1, f.text), args }
+            })
+            .collect();
+        if !findings.is_empty() {
+            let track = self.child_track(None, "findings", Some(-3));
+            self.push_lanes(track, "findings", findings)?;
+        }
+        w.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Writes the trace after the analysis. [`analyze_to_perfetto`] writes the same bytes
+/// while the analysis runs.
+pub fn write_perfetto<W: Write>(a: &Analysis, out: W) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::with_capacity(64 << 10, out);
+    let mut p = PerfettoWriter::new(&a.trace, &a.spec, &a.classes, &a.clocks);
+    p.write_head(&mut w, &a.matching)?;
+    for ids in a.order.order.chunks(1024) {
+        let placed: Vec<Placed> =
+            ids.iter().map(|&id| Placed { id, t_ns: a.order.t_ns[id as usize], group: a.order.group[id as usize] }).collect();
+        p.push_events(&placed)?;
+        p.flush_if_full(&mut w)?;
+    }
+    w.write_all(&p.buf)?;
+    p.buf.clear();
+    p.write_tail(a, &mut w)?;
+    w.flush()
+}
+
+/// Analyzes and writes the trace to `out`, the events while the order places them.
+pub fn analyze_to_perfetto<W: Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
+    let w = std::io::BufWriter::with_capacity(64 << 10, out);
+    let (a, written) = analysis::analyze_streaming(
+        trace,
+        inputs,
+        Some(move |s: analysis::Streamed<'_>| {
+            let mut p = PerfettoWriter::new(s.trace, s.spec, s.classes, s.clocks);
+            let mut w = w;
+            p.write_head(&mut w, s.matching)?;
+            let w = p.write_events_from(w, s.batches)?;
+            Ok::<_, std::io::Error>((w, p.node_tracks, p.next_uuid))
+        }),
+    );
+    let mut phase = Phase::new();
+    let (mut w, node_tracks, next_uuid) = written.expect("a stream was given")?;
+    // The tail names its events inline and adds tracks after the head's.
+    let mut p = PerfettoWriter::new(&a.trace, &a.spec, &a.classes, &a.clocks);
+    p.node_tracks = node_tracks;
+    p.next_uuid = next_uuid;
+    p.write_tail(&a, &mut w)?;
+    w.flush()?;
+    phase.done("rest of the Perfetto trace");
+    Ok(a)
+}
+
+/// Analyzes and writes both the JSON report and the trace, the events of each while the
+/// order places them (each on a thread of its own, fed the same batches).
+pub fn analyze_to_json_and_perfetto<J: Write + Send, P: Write + Send>(
+    trace: Trace,
+    inputs: Inputs,
+    json: J,
+    perfetto: P,
+) -> std::io::Result<Analysis> {
+    let jw = std::io::BufWriter::with_capacity(64 << 10, json);
+    let pw = std::io::BufWriter::with_capacity(64 << 10, perfetto);
+    let (a, written) = analysis::analyze_streaming(
+        trace,
+        inputs,
+        Some(move |s: analysis::Streamed<'_>| {
+            let analysis::Streamed { trace, spec, classes, clocks, matching, batches } = s;
+            let (jtx, jrx) = std::sync::mpsc::sync_channel::<Vec<Placed>>(4);
+            let (ptx, prx) = std::sync::mpsc::sync_channel::<Vec<Placed>>(4);
+            std::thread::scope(|scope| {
+                let pf = scope.spawn(move || {
+                    let mut p = PerfettoWriter::new(trace, spec, classes, clocks);
+                    let mut w = pw;
+                    p.write_head(&mut w, matching)?;
+                    let w = p.write_events_from(w, prx)?;
+                    Ok::<_, std::io::Error>((w, p.node_tracks, p.next_uuid))
+                });
+                let js = scope.spawn(move || {
+                    let json = EventJson::new(trace, spec, classes);
+                    let mut w = jw;
+                    json.write_head(&mut w, clocks)?;
+                    json.write_events_from(w, jrx)
+                });
+                // A writer that failed stopped reading: its error is reported when joined.
+                for b in batches {
+                    let _ = ptx.send(b.clone());
+                    let _ = jtx.send(b);
+                }
+                drop((ptx, jtx));
+                (js.join().expect("the JSON stream panicked"), pf.join().expect("the Perfetto stream panicked"))
+            })
+        }),
+    );
+    let mut phase = Phase::new();
+    let (jw, pw) = written.expect("a stream was given");
+    let mut jw = jw?;
+    crate::report::json::write_json_tail(&a, &mut jw)?;
+    jw.flush()?;
+    let (mut pw, node_tracks, next_uuid) = pw?;
+    let mut p = PerfettoWriter::new(&a.trace, &a.spec, &a.classes, &a.clocks);
+    p.node_tracks = node_tracks;
+    p.next_uuid = next_uuid;
+    p.write_tail(&a, &mut pw)?;
+    pw.flush()?;
+    phase.done("rest of the JSON and the Perfetto trace");
+    Ok(a)
+}
