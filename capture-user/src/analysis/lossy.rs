@@ -1,0 +1,189 @@
+//! Lossy links: directed links whose share of lost messages stands out from what the rest
+//! of the cluster loses. A partition's or a stall's losses are theirs, not the link's.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, NodeList};
+use super::matching::{address_owners, is_group_address};
+use super::partitions::PARTITION_WINDOW_NS;
+use super::trace::{EventId, NodeId};
+
+/// A link is lossy when at least this many of its messages were lost...
+pub const LOSSY_MIN_LOST: usize = 3;
+/// ...at least this share of them...
+pub const LOSSY_MIN_RATE: f64 = 0.05;
+/// ...at least this many times the cluster's usual rate, and three standard deviations more
+/// losses than that rate gives (a link that is only unlucky is not lossy)...
+pub const LOSSY_VS_OTHERS: f64 = 3.0;
+/// ...spread over at least this long.
+pub const LOSSY_MIN_SPAN_NS: i64 = 2 * PARTITION_WINDOW_NS;
+
+/// A directed link's traffic: messages sent, and the losses counted against it.
+#[derive(Default)]
+struct Link {
+    sent: usize,
+    lost: Vec<(i64, EventId, Cause)>,
+}
+
+/// The cluster's usual loss rate: for each node, the median rate of the links that do not
+/// touch it; the least of those. A fault on one link, or on all of one node's links, then
+/// leaves the baseline to the healthy rest (a pool of the others would count a node's other
+/// lossy links against each of them).
+fn baseline(rates: &[((NodeId, NodeId), f64)], nodes: usize) -> f64 {
+    let median = |mut v: Vec<f64>| {
+        v.sort_unstable_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    (0..nodes as NodeId)
+        .filter_map(|x| median(rates.iter().filter(|(k, _)| k.0 != x && k.1 != x).map(|r| r.1).collect()))
+        .min_by(f64::total_cmp)
+        .or_else(|| median(rates.iter().map(|r| r.1).collect()))
+        .unwrap_or(0.0)
+}
+
+/// Lossy links, from the lost messages (send, receiver, cause): only losses on the path
+/// count, the network's and the firewalls'. `explained` says whether a partition or a stall
+/// explains a loss from `from` to `to` at a time.
+pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dyn Fn(NodeId, NodeId, i64) -> bool) -> Vec<Anomaly> {
+    let t = ctx.trace;
+    // Sends per directed link: delivered messages and losses (unicast to an owned address).
+    let owners = address_owners(t);
+    let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
+    for &(s, r) in &ctx.matching.messages {
+        let (a, b) = (t.events[s as usize].node, t.events[r as usize].node);
+        if a != b && !is_group_address(t.addr(t.events[s as usize].dst)) {
+            links.entry((a, b)).or_default().sent += 1;
+        }
+    }
+    for &(s, to, cause) in lost {
+        let from = t.events[s as usize].node;
+        let at = ctx.corr(s);
+        let link = links.entry((from, to)).or_default();
+        if owners.get(&t.events[s as usize].dst) == Some(&to) {
+            link.sent += 1;
+        }
+        if cause.on_path(t) && !explained(from, to, at) {
+            link.lost.push((at, s, cause));
+        }
+    }
+    for l in links.values_mut() {
+        l.sent = l.sent.max(l.lost.len());
+    }
+    let rates: Vec<((NodeId, NodeId), f64)> =
+        links.iter().filter(|(_, l)| l.sent > 0).map(|(k, l)| (*k, l.lost.len() as f64 / l.sent as f64)).collect();
+    let usual = baseline(&rates, t.nodes.len());
+    let span_of = |l: &Link| {
+        let (a, b) = (l.lost.iter().map(|x| x.0).min(), l.lost.iter().map(|x| x.0).max());
+        a.zip(b)
+    };
+    // High enough a rate to be this fault, whatever the counts.
+    let high = |l: &Link| l.sent > 0 && l.lost.len() as f64 / l.sent as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
+    let lossy = |l: &Link| {
+        let expected = usual * l.sent as f64;
+        let stands_out = l.lost.len() as f64 >= expected + 3.0 * expected.sqrt();
+        // A link loses over time: a burst of losses within moments is an event, not the link.
+        let lasting = span_of(l).is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
+        l.lost.len() >= LOSSY_MIN_LOST && high(l) && stands_out && lasting
+    };
+    let found: BTreeSet<(NodeId, NodeId)> = links.iter().filter(|(_, l)| lossy(l)).map(|(k, _)| *k).collect();
+    // A node all of whose links lose (two or more of them plainly, none of them clean) is one
+    // fault: its own, not each link's.
+    let mut whole: Vec<(NodeId, Vec<(NodeId, NodeId)>)> = Vec::new();
+    for x in 0..t.nodes.len() as NodeId {
+        let mine: Vec<(NodeId, NodeId)> = links.iter().filter(|(k, l)| (k.0 == x || k.1 == x) && l.sent > 0).map(|(k, _)| *k).collect();
+        let plain = mine.iter().filter(|k| found.contains(k)).count();
+        if plain >= 2 && mine.len() >= 3 && mine.iter().all(|k| high(&links[k])) {
+            whole.push((x, mine));
+        }
+    }
+    let pct = |l: &Link| 100.0 * l.lost.len() as f64 / l.sent.max(1) as f64;
+    let fmt_time = super::fmt::fmt_time;
+    let mut out = Vec::new();
+    let mut done: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
+    for (x, mine) in &whole {
+        // Two nodes whose links all lose share the link between them: it goes to the first.
+        let mine: Vec<(NodeId, NodeId)> = mine.iter().copied().filter(|k| !done.contains(k)).collect();
+        let (sent, lost): (usize, Vec<&(i64, EventId, Cause)>) = mine.iter().fold((0, Vec::new()), |(s, mut v), k| {
+            (s + links[k].sent, {
+                v.extend(&links[k].lost);
+                v
+            })
+        });
+        let mut lost = lost;
+        lost.sort_unstable_by_key(|x| x.0);
+        let (Some(a), Some(b)) = (lost.first().map(|x| x.0), lost.last().map(|x| x.0)) else { continue };
+        let mut a_ = Anomaly::new(
+            Kind::LossyLink,
+            lost.iter().map(|x| x.1).collect(),
+            format!(
+                "all of {}'s links are lossy: {} of {} messages lost ({:.0}%) on its {} links from {} to {}{}; the rest of the cluster lost {:.1}%",
+                ctx.name(*x),
+                lost.len(),
+                sent,
+                100.0 * lost.len() as f64 / sent.max(1) as f64,
+                mine.len(),
+                fmt_time(a),
+                fmt_time(b),
+                cause_words(ctx, &lost),
+                usual * 100.0
+            ),
+        );
+        a_.nodes = NodeList::from_slice(&[*x]);
+        a_.span = Some((a, b));
+        a_.cause = Some(main_cause(&lost));
+        let d = a_.detail_mut();
+        d.links = mine.clone();
+        d.all_links_of = Some(*x);
+        out.push(a_);
+        done.extend(mine);
+    }
+    for k in found.iter().filter(|k| !done.contains(k)) {
+        let l = &links[k];
+        let Some((a, b)) = span_of(l) else { continue };
+        let lost: Vec<&(i64, EventId, Cause)> = l.lost.iter().collect();
+        let mut a_ = Anomaly::new(
+            Kind::LossyLink,
+            l.lost.iter().map(|x| x.1).collect(),
+            format!(
+                "lossy link {} → {}: {} of {} messages lost ({:.0}%) from {} to {}{}; the other links lost {:.1}%",
+                ctx.name(k.0),
+                ctx.name(k.1),
+                l.lost.len(),
+                l.sent,
+                pct(l),
+                fmt_time(a),
+                fmt_time(b),
+                cause_words(ctx, &lost),
+                usual * 100.0
+            ),
+        );
+        a_.nodes = NodeList::from_slice(&[k.0, k.1]);
+        a_.span = Some((a, b));
+        a_.cause = Some(main_cause(&lost));
+        a_.detail_mut().links = vec![*k];
+        out.push(a_);
+    }
+    out
+}
+
+/// Where most of the losses died.
+fn main_cause(lost: &[&(i64, EventId, Cause)]) -> Cause {
+    let mut by: BTreeMap<(CauseKind, Option<u16>), usize> = BTreeMap::new();
+    for l in lost {
+        *by.entry((l.2.kind, l.2.reason)).or_default() += 1;
+    }
+    by.into_iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).map_or(Cause::NETWORK, |((kind, reason), _)| Cause { kind, reason })
+}
+
+fn cause_words(ctx: &Context<'_>, lost: &[&(i64, EventId, Cause)]) -> &'static str {
+    let _ = ctx;
+    match main_cause(lost).kind {
+        CauseKind::Network => "",
+        CauseKind::ReceiverKernel => ", dropped by the receiver's firewall",
+        CauseKind::SenderKernel => ", dropped by the sender's own firewall",
+    }
+}

@@ -1,0 +1,308 @@
+//! Partitions: the cluster split into islands whose messages to each other are lost. The
+//! islands come from the evidence over the partition's whole span: nodes that deliver to
+//! each other during it, directly or through a chain, are one island; a pair with no
+//! traffic is unknown, and unknown never splits an island.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, Span};
+use super::stalls::Stall;
+use super::trace::{EventId, NodeId};
+
+/// A partition is claimed on at least this many messages lost across it...
+pub const PARTITION_MIN_LOST: usize = 3;
+/// ...over at least this long: a client that waits out a timeout after each loss on a
+/// lossy link falls as silent as a cut-off node, for about as long...
+pub const PARTITION_MIN_NS: i64 = 1_500_000_000;
+/// ...unless this many messages were lost across it, over this long at least: a busy
+/// cluster shows a short partition plainly.
+pub const PARTITION_BUSY_LOST: usize = 10;
+pub const PARTITION_BUSY_NS: i64 = 250_000_000;
+/// How long one pair's losses with nothing delivered between them stay one cut: longer
+/// than any retry backoff seen in practice, short enough to keep two cuts apart.
+pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
+/// How far beyond its first and last loss a partition is known: its edges are where the
+/// evidence shows it, give or take a message's cadence. Used where other findings ask
+/// whether a partition explains them.
+pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
+
+/// Per pair of nodes: its deliveries as (receive time, send time), by receive time.
+type Delivered = FxHashMap<(NodeId, NodeId), Vec<(i64, i64)>>;
+
+/// Whether the pair delivered a message both sent and received strictly between `from`
+/// and `to`: one in flight when the cut began, or a TCP segment sent during the cut whose
+/// bytes only arrived (in a merged retransmission) after the heal, proves nothing.
+fn between(d: &Delivered, p: (NodeId, NodeId), from: i64, to: i64) -> bool {
+    d.get(&p).is_some_and(|v| {
+        let k = v.partition_point(|x| x.0 <= from);
+        v[k..].iter().take_while(|x| x.0 < to).any(|x| x.1 > from)
+    })
+}
+
+/// One lost message between two nodes: (send time, sender, receiver, send, cause).
+type Loss = (i64, NodeId, NodeId, EventId, Cause);
+
+fn root(p: &mut [usize], x: usize) -> usize {
+    let mut x = x;
+    while p[x] != x {
+        p[x] = p[p[x]];
+        x = p[x];
+    }
+    x
+}
+
+/// The partitions in `lost` (send, receiver, cause): only losses on the path count (the
+/// network's and the firewalls'), and none to or from a node stalled then (the stall's).
+pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stall]) -> Vec<Anomaly> {
+    let trace = ctx.trace;
+    let n = trace.nodes.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let stalled = |x: NodeId, t: i64| stalls.iter().any(|st| st.node == x && st.from <= t && t <= st.to);
+    let mut losses: Vec<Loss> = lost
+        .iter()
+        .filter(|l| l.2.on_path(trace))
+        .map(|&(s, r, c)| (ctx.corr(s), trace.events[s as usize].node, r, s, c))
+        .filter(|&(t, a, r, _, _)| a != r && !stalled(a, t) && !stalled(r, t))
+        .collect();
+    if losses.is_empty() {
+        return Vec::new();
+    }
+    losses.sort_unstable_by_key(|l| (l.0, l.3));
+    let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
+    // Deliveries per pair: (receive time, send time), by receive time.
+    let mut delivered: Delivered = FxHashMap::default();
+    for &(s, r) in &ctx.matching.messages {
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+        if a != b {
+            delivered.entry(pair(a, b)).or_default().push((ctx.corr(r), ctx.corr(s)));
+        }
+    }
+    for v in delivered.values_mut() {
+        v.sort_unstable();
+    }
+    let delivered_between = |p: (NodeId, NodeId), from: i64, to: i64| between(&delivered, p, from, to);
+    // Each pair's cuts: runs of losses with nothing delivered between them.
+    let mut by_pair: BTreeMap<(NodeId, NodeId), Vec<usize>> = BTreeMap::new();
+    for (k, l) in losses.iter().enumerate() {
+        by_pair.entry(pair(l.1, l.2)).or_default().push(k);
+    }
+    let mut runs: Vec<Span> = Vec::new();
+    for (&p, ks) in &by_pair {
+        let mut cur = (losses[ks[0]].0, losses[ks[0]].0);
+        for &k in &ks[1..] {
+            let t = losses[k].0;
+            if t - cur.1 > PARTITION_MAX_GAP_NS || delivered_between(p, cur.1, t) {
+                runs.push(cur);
+                cur = (t, t);
+            } else {
+                cur.1 = t;
+            }
+        }
+        runs.push(cur);
+    }
+    // Episodes: cuts that overlap in time, of any pairs.
+    runs.sort_unstable();
+    let mut episodes: Vec<Span> = Vec::new();
+    for r in runs {
+        match episodes.last_mut() {
+            Some(e) if r.0 <= e.1 => e.1 = e.1.max(r.1),
+            _ => episodes.push(r),
+        }
+    }
+    let mut out = Vec::new();
+    for (t0, t1) in episodes {
+        let from = losses.partition_point(|l| l.0 < t0);
+        let to = losses.partition_point(|l| l.0 <= t1);
+        if let Some(a) = episode(ctx, &losses[from..to], (t0, t1), &delivered) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// The partition of one episode's losses, if they split the cluster.
+fn episode(ctx: &Context<'_>, losses: &[Loss], (t0, t1): Span, delivered: &Delivered) -> Option<Anomaly> {
+    let n = ctx.trace.nodes.len();
+    let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
+    // Each pair's first and last loss in the episode: what it delivered only before its
+    // first loss or after its last does not undo its cut.
+    let mut lost_span: BTreeMap<(NodeId, NodeId), Span> = BTreeMap::new();
+    let mut active = vec![false; n];
+    for l in losses {
+        let s = lost_span.entry(pair(l.1, l.2)).or_insert((l.0, l.0));
+        *s = (s.0.min(l.0), s.1.max(l.0));
+        active[l.1 as usize] = true;
+        active[l.2 as usize] = true;
+    }
+    let mut parent: Vec<usize> = (0..n).collect();
+    for &p in delivered.keys() {
+        // A pair that lost nothing connects if it delivered during the episode; one that
+        // lost, only by a delivery between its losses.
+        let (lo, hi) = lost_span.get(&p).copied().unwrap_or((t0 - 1, t1 + 1));
+        if between(delivered, p, lo, hi) {
+            active[p.0 as usize] = true;
+            active[p.1 as usize] = true;
+            let (ra, rb) = (root(&mut parent, p.0 as usize), root(&mut parent, p.1 as usize));
+            parent[ra] = rb;
+        }
+    }
+    // Islands that lost nothing to each other are not told apart: unknown never splits.
+    let mut islands: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+    for x in (0..n).filter(|&x| active[x]) {
+        islands.entry(root(&mut parent, x)).or_default().push(x as NodeId);
+    }
+    let mut isl: Vec<Vec<NodeId>> = islands.into_values().collect();
+    let lost_across = |a: &[NodeId], b: &[NodeId]| {
+        losses.iter().any(|l| (a.contains(&l.1) && b.contains(&l.2)) || (a.contains(&l.2) && b.contains(&l.1)))
+    };
+    'merge: loop {
+        for i in 0..isl.len() {
+            for j in i + 1..isl.len() {
+                if !lost_across(&isl[i], &isl[j]) {
+                    let b = isl.remove(j);
+                    isl[i].extend(b);
+                    isl[i].sort_unstable();
+                    continue 'merge;
+                }
+            }
+        }
+        break;
+    }
+    if isl.len() < 2 {
+        return None;
+    }
+    isl.sort();
+    let side = |x: NodeId| isl.iter().position(|i| i.contains(&x));
+    let crossing: Vec<&Loss> = losses.iter().filter(|l| side(l.1) != side(l.2)).collect();
+    let (first, last) = (crossing.first()?.0, crossing.last()?.0);
+    // One lost message in a quiet moment is no partition: a lossy link does that too.
+    let long = crossing.len() >= PARTITION_MIN_LOST && last - first >= PARTITION_MIN_NS;
+    let busy = crossing.len() >= PARTITION_BUSY_LOST && last - first >= PARTITION_BUSY_NS;
+    if !(long || busy) {
+        return None;
+    }
+    // Where most of them died: in the network, or at the firewalls of one side or the other.
+    let mut causes: BTreeMap<(CauseKind, Option<u16>), usize> = BTreeMap::new();
+    for l in &crossing {
+        *causes.entry((l.4.kind, l.4.reason)).or_default() += 1;
+    }
+    let ((kind, reason), _) = causes.into_iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).expect("crossing losses");
+    let cause = Cause { kind, reason };
+    let names: Vec<String> = isl.iter().map(|i| format!("{{{}}}", i.iter().map(|&x| ctx.name(x)).collect::<Vec<_>>().join(", "))).collect();
+    let how = match cause.kind {
+        CauseKind::Network => "lost in the network",
+        CauseKind::ReceiverKernel => "dropped by the receivers' firewalls",
+        CauseKind::SenderKernel => "dropped by the senders' own firewalls",
+    };
+    let mut a = Anomaly::new(
+        Kind::Partition,
+        crossing.iter().map(|l| l.3).collect(),
+        format!(
+            "partition into {} islands {} from {} to {} ({} ms): messages between them were {how}",
+            isl.len(),
+            names.join(" | "),
+            super::fmt::fmt_time(first),
+            super::fmt::fmt_time(last),
+            (last - first) / 1_000_000
+        ),
+    );
+    a.islands = isl;
+    a.span = Some((first, last));
+    a.cause = Some(cause);
+    Some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+
+    /// n1 and n2 keep talking, as do n3 and n4, while everything between the pairs is lost.
+    fn split(at: i64) -> Vec<(i64, u8, u8, bool)> {
+        vec![
+            (at, 0, 1, true),
+            (at + MS, 1, 0, true),
+            (at + 2 * MS, 2, 3, true),
+            (at + 3 * MS, 3, 2, true),
+            (at + 4 * MS, 0, 2, false),
+            (at + 5 * MS, 3, 1, false),
+        ]
+    }
+
+    #[test]
+    fn partitions_are_merged_across_a_quiet_window_and_kept_apart_after_a_long_one() {
+        let w = PARTITION_WINDOW_NS;
+        let mut msgs = Vec::new();
+        // Healthy first: everyone reaches everyone.
+        for (k, (a, b)) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)].into_iter().enumerate() {
+            msgs.push((w / 2 + k as i64 * MS, a, b, true));
+        }
+        // Split in windows 4 and 6 to 9, nothing in window 5; healthy again in window 12;
+        // split again in windows 20 to 25.
+        for k in [4, 6, 7, 8, 9] {
+            msgs.extend(split(k * w + 10 * MS));
+        }
+        for (k, (a, b)) in [(0, 2), (1, 3)].into_iter().enumerate() {
+            msgs.push((12 * w + k as i64 * MS, a, b, true));
+        }
+        for k in 20..26 {
+            msgs.extend(split(k * w + 10 * MS));
+        }
+        let t = trace(traffic(4, &msgs));
+        let found = anomalies(&t);
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3]]);
+        // From the first crossing loss (window 4) to the last (window 9), the quiet one included.
+        assert_eq!(parts[0].span, Some((4 * w + 14 * MS, 9 * w + 15 * MS)));
+        assert_eq!(parts[0].events.len(), 10, "the crossing losses of every window");
+        assert!(
+            parts[0].text.starts_with("partition into 2 islands {n1, n2} | {n3, n4} from 00:00:01.014000 to 00:00:02.265000"),
+            "{}",
+            parts[0].text
+        );
+        assert_eq!(parts[1].span, Some((20 * w + 14 * MS, 25 * w + 15 * MS)));
+        assert_eq!(of(&found, Kind::NetworkLoss).len(), 22, "each lost message is also a loss");
+    }
+
+    #[test]
+    fn a_partition_is_one_claim_across_quiet_windows_and_a_lone_loss_is_none() {
+        let w = PARTITION_WINDOW_NS;
+        // n1 ↔ n2 talk all along; n3 asks n1 once a second (a client that waits for its
+        // timeout): cut off from 2 s to 5 s, its requests are lost one per second.
+        let mut msgs = Vec::new();
+        for k in 0..32 {
+            msgs.push((k * w, 0, 1, true));
+            msgs.push((k * w + MS, 1, 0, true));
+        }
+        for s in 0..8 {
+            let t = s * 1000 * MS + 100 * MS;
+            let cut = (2000 * MS..5000 * MS).contains(&t);
+            msgs.push((t, 2, 0, !cut));
+            if !cut {
+                msgs.push((t + MS, 0, 2, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "one claim: {parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2]]);
+        assert_eq!(parts[0].span, Some((2100 * MS, 4100 * MS)), "its first lost request to its last");
+        // A lossy link: one request lost now and then, answered ones between. No partition.
+        let mut msgs: Vec<(i64, u8, u8, bool)> = (0..32).flat_map(|k| [(k * w, 0, 1, true), (k * w + MS, 1, 0, true)]).collect();
+        for s in 0..8 {
+            let t = s * 1000 * MS + 100 * MS;
+            let lost = s % 2 == 1;
+            msgs.push((t, 2, 0, !lost));
+            if !lost {
+                msgs.push((t + MS, 0, 2, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+}
