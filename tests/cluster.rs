@@ -630,7 +630,7 @@ fn the_readme_s_cluster_on_one_box_runs_as_written() {
     let out = sh(blocks[1]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}\n{}", setup_log());
-    let m = wgo::transport::manifest::Manifest::load(&dir.join("incident")).expect("the incident's manifest");
+    let m = wgo::transport::manifest::Manifest::load(&dir.join("incident")).expect("a readable manifest").expect("the incident's manifest");
     assert!(m.complete, "{m:?}");
     assert!(stdout.contains("\n3 nodes, "), "{stdout}");
     let matched: usize = stdout.split(" messages matched").next().and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap();
