@@ -104,10 +104,9 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
         trigger_sent_ns: sent,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         limits: wgo::transport::collector::Limits::default(),
-        silence_hint: hint.clone(),
     };
     // The trigger goes out once the collector is ready for it (and its directory checked).
-    let result = wgo::transport::collector::collect(opts, listener, udp, move || {
+    let result = wgo::transport::collector::collect_saying(opts, hint.clone(), listener, udp, move || {
         if let Some(send) = send {
             send();
         }

@@ -57,9 +57,6 @@ pub struct CollectOptions {
     pub trigger_sent_ns: Option<i64>,
     pub progress: bool,
     pub limits: Limits,
-    /// What to check when no agent has said it heard the trigger after [`SILENCE`] (from
-    /// `wgo trigger`: where it sent the trigger); None: no such warning.
-    pub silence_hint: Option<String>,
 }
 
 /// How long a collector waits for the first agent to say it heard the trigger before it
@@ -238,6 +235,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, CollectError> {
 /// `ready` runs once the output directory is checked and its manifest written, before any
 /// connection is taken: that is when a trigger may go out.
 pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, ready: impl FnOnce()) -> Result<Manifest, CollectError> {
+    collect_saying(opts, None, listener, udp, ready)
+}
+
+/// [`collect`], and if no agent has said it heard the trigger after [`SILENCE`], a warning
+/// that says so and what to check (`silence_hint`: `wgo trigger` says where it sent it).
+pub fn collect_saying(
+    opts: CollectOptions,
+    silence_hint: Option<String>,
+    listener: TcpListener,
+    udp: UdpSocket,
+    ready: impl FnOnce(),
+) -> Result<Manifest, CollectError> {
     std::fs::create_dir_all(opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
     let (mut manifest, trigger_id) = adopt(&opts)?;
     manifest.trigger_id = trigger_id.map(|id| format!("{id:016x}"));
@@ -262,7 +271,7 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     let started = Instant::now();
     let deadline = started + opts.wait;
     let expect = opts.expect.clone();
-    let (hint, lines) = (opts.silence_hint.clone(), !opts.progress);
+    let (hint, lines) = (silence_hint, !opts.progress);
     let (mut silence_told, mut last_line) = (false, started);
     let done = move |st: &mut State| {
         let inc = &st.incidents[&SINGLE];
@@ -768,7 +777,6 @@ mod tests {
             trigger_sent_ns: None,
             progress: false,
             limits,
-            silence_hint: None,
         }
     }
 
