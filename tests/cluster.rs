@@ -630,8 +630,8 @@ fn the_readme_s_cluster_on_one_box_runs_as_written() {
     let out = sh(blocks[1]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}\n{}", setup_log());
-    let m = wgo::transport::manifest::Manifest::load(&dir.join("incident")).expect("the incident's manifest");
-    assert!(m.complete, "{m:?}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("incident/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["complete"], true, "{m}");
     assert!(stdout.contains("\n3 nodes, "), "{stdout}");
     let matched: usize = stdout.split(" messages matched").next().and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap();
     assert!(matched > 50, "{stdout}");

@@ -268,9 +268,9 @@ pub fn collect_saying(
         bars: opts.progress.then(indicatif::MultiProgress::new),
         rejected: RateLimited::default(),
     };
-    let started = Instant::now();
-    let deadline = started + opts.wait;
+    let deadline = Instant::now() + opts.wait;
     let expect = opts.expect.clone();
+    let started = Instant::now();
     let (hint, lines) = (silence_hint, !opts.progress);
     let (mut silence_told, mut last_line) = (false, started);
     let done = move |st: &mut State| {
