@@ -59,12 +59,6 @@ pub struct CollectOptions {
     pub limits: Limits,
 }
 
-/// How long a collector waits for the first agent to say it heard the trigger before it
-/// says that none did.
-pub const SILENCE: Duration = Duration::from_secs(5);
-/// How often a collector without progress bars (stderr is no terminal) says where it is.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-
 /// What one collector takes on at once. Past these it pushes back instead of growing.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -235,18 +229,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, CollectError> {
 /// `ready` runs once the output directory is checked and its manifest written, before any
 /// connection is taken: that is when a trigger may go out.
 pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, ready: impl FnOnce()) -> Result<Manifest, CollectError> {
-    collect_saying(opts, None, listener, udp, ready)
-}
-
-/// [`collect`], and if no agent has said it heard the trigger after [`SILENCE`], a warning
-/// that says so and what to check (`silence_hint`: `wgo trigger` says where it sent it).
-pub fn collect_saying(
-    opts: CollectOptions,
-    silence_hint: Option<String>,
-    listener: TcpListener,
-    udp: UdpSocket,
-    ready: impl FnOnce(),
-) -> Result<Manifest, CollectError> {
     std::fs::create_dir_all(opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
     let (mut manifest, trigger_id) = adopt(&opts)?;
     manifest.trigger_id = trigger_id.map(|id| format!("{id:016x}"));
@@ -270,9 +252,6 @@ pub fn collect_saying(
     };
     let deadline = Instant::now() + opts.wait;
     let expect = opts.expect.clone();
-    let started = Instant::now();
-    let (hint, lines) = (silence_hint, !opts.progress);
-    let (mut silence_told, mut last_line) = (false, started);
     let done = move |st: &mut State| {
         let inc = &st.incidents[&SINGLE];
         let arrived = |n: &str| inc.manifest.nodes.iter().any(|x| x.name == n && x.arrived_ns.is_some());
@@ -281,35 +260,6 @@ pub fn collect_saying(
             Expect::Count(c) => inc.arrived() >= *c,
             Expect::Heard => inc.all_heard_arrived(QUIET),
         };
-        // Words for a wait that would otherwise be silent: who heard, who delivered.
-        let heard = inc.manifest.nodes.iter().filter(|n| n.heard_ns.is_some() || n.arrived_ns.is_some()).count();
-        let of = match &expect {
-            Expect::Names(n) => format!(" of {}", n.len()),
-            Expect::Count(c) => format!(" of {c}"),
-            Expect::Heard => String::new(),
-        };
-        let id = trigger_id.map_or_else(|| "(any)".to_string(), |id| format!("{id:016x}"));
-        if let Some(hint) = &hint
-            && heard == 0
-            && !silence_told
-            && started.elapsed() >= SILENCE
-        {
-            tracing::warn!("0{of} agents heard trigger {id} within {} s: {hint}", SILENCE.as_secs());
-            silence_told = true;
-        }
-        if lines && !done && last_line.elapsed() >= PROGRESS_EVERY {
-            last_line = Instant::now();
-            let waiting: Vec<&str> = match &expect {
-                Expect::Names(names) => names.iter().map(String::as_str).filter(|n| !arrived(n)).collect(),
-                _ => inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.as_str()).collect(),
-            };
-            let waiting = if waiting.is_empty() { String::new() } else { format!("; waiting for {}", waiting.join(", ")) };
-            tracing::info!(
-                "trigger {id}: {heard}{of} agents heard it, {} delivered{waiting} ({} s left)",
-                inc.arrived(),
-                deadline.saturating_duration_since(Instant::now()).as_secs()
-            );
-        }
         done || Instant::now() > deadline
     };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
