@@ -183,8 +183,6 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
             send();
         }
     });
-    done.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
     let manifest = wgo::transport::manifest::Manifest::load(&out).unwrap_or_default();
     for n in &manifest.nodes {
         match (n.bytes, n.arrived_ns) {
@@ -192,6 +190,8 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
             _ => println!("{:<16} heard the trigger, no dump", n.name),
         }
     }
+    done.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
     println!("manifest: {}", out.join("manifest.json").display());
     match (result, hint) {
         (Err(e), Some(hint)) if manifest.nodes.iter().all(|n| n.heard_ns.is_none() && n.arrived_ns.is_none()) => {
