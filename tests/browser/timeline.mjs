@@ -59,6 +59,7 @@ try {
       if (got.status !== f.text) await fail(`finding ${i + 1}: status says ${got.status}`);
       if (f.span && !(got.view.a <= f.span[0] && f.span[1] <= got.view.b)) await fail(`finding ${i + 1}: view ${JSON.stringify(got.view)} does not hold its span ${f.span}`);
       if (f.evidence.length && got.sel !== f.evidence[0]) await fail(`finding ${i + 1}: selected ${got.sel}, not its first evidence ${f.evidence[0]}`);
+      if (!f.evidence.length && got.sel !== -1) await fail(`finding ${i + 1} has no evidence, yet event ${got.sel} stays selected`);
       const hot = await page.evaluate(() => [...document.querySelectorAll("#heads .lane")].map((l, n) => (l.classList.contains("hot") ? n : -1)).filter((n) => n >= 0));
       const want = [...new Set([...f.nodes, ...(f.links || []).flat()])].sort((a, b) => a - b);
       if (JSON.stringify(hot) !== JSON.stringify(want)) await fail(`finding ${i + 1}: lanes ${hot} stand out, not its nodes ${want}`);
@@ -130,6 +131,14 @@ try {
     const near = (x, y) => Math.abs(x - y) <= 1;
     if (!(near(again.view.a, state.view.a) && near(again.view.b, state.view.b) && again.sel === state.sel && again.mode === state.mode && again.shown === state.shown)) {
       await fail(`the URL hash did not round-trip: ${JSON.stringify(state)} became ${JSON.stringify(again)}`);
+    }
+    // In the causal view, v counts rows: a URL with v=0,40 shows the first 40 steps.
+    const page3 = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    await page3.goto(url + "#m=causal&v=0,40");
+    await page3.waitForFunction(() => window.wgo && (window.wgo.ready || window.wgo.error), null, { timeout: 120000 });
+    const rows = await page3.evaluate(() => { const W = window.wgo; return { mode: W.viewMode(), view: W.view(), hash: W.hash(), drawn: W.labels.length }; });
+    if (rows.mode !== "causal" || rows.view.a !== 0 || rows.view.b !== 40e6 || !rows.hash.includes("v=0%2C40") || !rows.drawn) {
+      await fail(`#m=causal&v=0,40 should show the first 40 rows: ${JSON.stringify(rows)}`);
     }
     if (errors.length) await fail("page errors: " + errors.join("; "));
     console.log(`ok: labels ${zooms.map((z) => `${z.labels} drawn/${z.hidden} hidden`).join(", ")} at three zooms, none overlapping; ${zooms[0].marks + zooms[0].losses} marks in the overview; ${lost.out.length} lost messages in their receivers' lanes; causal view ordered; hash ${state.hash.length} chars round-trips`);
