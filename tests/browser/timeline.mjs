@@ -116,8 +116,10 @@ try {
     if (lost.out.some((m) => m.lane !== m.drawnIn)) await fail(`a lost message ends outside its receiver's lane: ${JSON.stringify(lost.out.find((m) => m.lane !== m.drawnIn))}`);
     if (lost.total && !lost.out.length) await fail("no lost message drawn when focused on one");
     // The causal view: every receive below its send.
-    const causal = await page.evaluate(() => { const W = window.wgo; W.setMode("causal"); W.fit(); const bad = W.receivesAboveSends(); const ok = W.labels; W.setMode("corr"); return { bad, labels: ok.length }; });
+    const causal = await page.evaluate(() => { const W = window.wgo; W.setMode("causal"); W.fit(); const bad = W.receivesAboveSends(); const ok = W.labels; const breaks = (W.breakLabels || []).slice(); W.setMode("corr"); return { bad, labels: ok.length, breaks }; });
     if (causal.bad) await fail(`${causal.bad} receives not below their sends in the causal view`);
+    // The breaks' labels ("≈ 20 ms with nothing happening") never overlap, fitted or not.
+    for (let i = 1; i < causal.breaks.length; i++) if (causal.breaks[i] - causal.breaks[i - 1] < 16) await fail(`break labels at y ${causal.breaks[i - 1]} and ${causal.breaks[i]} overlap`);
     // The URL hash round-trips: a new page opened at it shows the same view, mode, filter and selection.
     const state = await page.evaluate(() => {
       const W = window.wgo; W.fit(); W.zoom(0.3); W.pan(0.1);
