@@ -505,7 +505,7 @@ fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_
     let mut cmd = c.collector_command("trigger", &out, &c.collector_addr(), &c.names(), "8");
     let wrong = format!("{}:7399", wgo_tests::testbed::BROADCAST_V4);
     cmd.args(["--broadcast", &wrong]);
-    let res = run(&mut cmd).unwrap();
+    let res = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success(), "{err}");
     assert!(err.contains("0 of 2 agents heard trigger") && err.contains(&format!("check --broadcast {wrong}")), "{err}");
@@ -520,7 +520,7 @@ fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_
     // No route to the agents' network: the flag to fix is --broadcast, not --listen.
     let mut cmd = c.collector_command("trigger", &c.dir.join("unrouted"), "0.0.0.0:7300", &c.names(), "8");
     cmd.args(["--broadcast", "203.0.113.255:7301"]);
-    let res = run(&mut cmd).unwrap();
+    let res = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success());
     assert!(err.contains("no way from here to --broadcast 203.0.113.255:7301"), "{err}");
@@ -533,7 +533,7 @@ fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_
     let serve = WgoProcess::spawn(&mut serve, "serving incidents", Duration::from_secs(10)).unwrap();
     let mut cmd = c.collector_command("trigger", &c.dir.join("taken"), &c.collector_addr(), &c.names(), "8");
     cmd.args(["--broadcast", &format!("{}:{TRIGGER_PORT}", wgo_tests::testbed::BROADCAST_V4)]);
-    let res = run(&mut cmd).unwrap();
+    let res = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success());
     assert!(err.contains(&format!("give `--collector {}`", c.collector_addr())), "{err}");
@@ -630,8 +630,8 @@ fn the_readme_s_cluster_on_one_box_runs_as_written() {
     let out = sh(blocks[1]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}\n{}", setup_log());
-    let m = wgo::transport::manifest::Manifest::load(&dir.join("incident")).expect("a readable manifest").expect("the incident's manifest");
-    assert!(m.complete, "{m:?}");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("incident/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["complete"], true, "{m}");
     assert!(stdout.contains("\n3 nodes, "), "{stdout}");
     let matched: usize = stdout.split(" messages matched").next().and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap();
     assert!(matched > 50, "{stdout}");

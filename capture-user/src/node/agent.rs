@@ -91,6 +91,13 @@ impl Ignored {
     }
 }
 
+/// Trigger ids this agent handled: in this run, and before it (from its spool).
+struct Handled {
+    ids: Mutex<BTreeSet<u64>>,
+    /// Those the spool held at the start: hearing one again is a replay.
+    replays: BTreeSet<u64>,
+}
+
 struct HeardTrigger {
     trigger: Trigger,
     from: SocketAddr,
@@ -98,27 +105,19 @@ struct HeardTrigger {
 }
 
 /// Listens for triggers; passes the first valid, unhandled one to the agent.
-fn listen(
-    sock: UdpSocket,
-    secret: Secret,
-    window_ns: i64,
-    handled: &Mutex<BTreeSet<u64>>,
-    replays: &BTreeSet<u64>,
-    tx: mpsc::Sender<HeardTrigger>,
-    stop: &AtomicBool,
-) {
+fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: &Handled, tx: mpsc::Sender<HeardTrigger>, stop: &AtomicBool) {
     let mut ignored = Ignored::default();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
         let now = clock::wall_ns() as i64;
         match Trigger::decode(&buf[..n], &secret, now, window_ns) {
-            Ok(t) if replays.contains(&t.id) => {
+            Ok(t) if handled.replays.contains(&t.id) => {
                 // Handled before this agent started (its dump is in the spool): a replay.
                 ignored.replayed += 1;
                 ignored.log(&format!("trigger {:016x} from {from} was already handled", t.id));
             }
-            Ok(t) if handled.lock().expect("lock").contains(&t.id) => {
+            Ok(t) if handled.ids.lock().expect("lock").contains(&t.id) => {
                 // A trigger goes out in several copies (and ours come back to us): the
                 // copies of one heard in this run are no replay, and no news.
                 ignored.copies += 1;
@@ -131,7 +130,7 @@ fn listen(
                 ignored.log(&format!("trigger {:016x} from {from} names no collector", t.id));
             }
             Ok(t) => {
-                handled.lock().expect("lock").insert(t.id);
+                handled.ids.lock().expect("lock").insert(t.id);
                 let _ = tx.send(HeardTrigger { trigger: t, from: SocketAddr::new(from.ip().to_canonical(), from.port()), heard_ns: now });
             }
             Err(e) => ignored.count(&e, from),
@@ -153,7 +152,7 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     // Triggers whose dumps are in the spool were handled before this start: hearing one
     // again is a replay.
     let replays: BTreeSet<u64> = entries.iter().map(|e| e.trigger_id).collect();
-    let handled: Mutex<BTreeSet<u64>> = Mutex::new(replays.clone());
+    let handled = Handled { ids: Mutex::new(replays.clone()), replays };
     let mut last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
     let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -179,8 +178,8 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     let listener_stop = AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
-        let (ls, hd, rp) = (&listener_stop, &handled, &replays);
-        scope.spawn(move || listen(sock, secret, window, hd, rp, tx, ls));
+        let (ls, hd) = (&listener_stop, &handled);
+        scope.spawn(move || listen(sock, secret, window, hd, tx, ls));
         let armed = match &opts.arm {
             Some(a) => format!("; armed: triggers on {:?}, naming collector {}", a.on, a.collector),
             None => String::new(),
@@ -227,7 +226,7 @@ fn wait_for_trigger(
     mut watch: Option<&mut Watch>,
     rx: &mpsc::Receiver<HeardTrigger>,
     sender: &UdpSocket,
-    handled: &Mutex<BTreeSet<u64>>,
+    handled: &Handled,
     last_trigger_ns: Option<i64>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Option<HeardTrigger>> {
@@ -268,7 +267,7 @@ fn wait_for_trigger(
                         cooldown_logged = true;
                     }
                 } else {
-                    let t = press(arm, &opts.secret, sender, reason, handled);
+                    let t = press(arm, &opts.secret, sender, reason, &handled.ids);
                     join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, node);
                 }
             }

@@ -63,16 +63,7 @@ pub struct CollectOptions {
     pub trigger_sent_ns: Option<i64>,
     pub progress: bool,
     pub limits: Limits,
-    /// What to check when no agent has said it heard the trigger after [`SILENCE`] (from
-    /// `wgo trigger`: where it sent the trigger); None: no such warning.
-    pub silence_hint: Option<String>,
 }
-
-/// How long a collector waits for the first agent to say it heard the trigger before it
-/// says that none did.
-pub const SILENCE: Duration = Duration::from_secs(5);
-/// How often a collector without progress bars (stderr is no terminal) says where it is.
-const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What one collector takes on at once. Past these it pushes back instead of growing.
 #[derive(Clone, Copy, Debug)]
@@ -274,11 +265,8 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
         rejected: RateLimited::default(),
         damaged: HashMap::new(),
     };
-    let started = Instant::now();
-    let deadline = started + opts.wait;
+    let deadline = Instant::now() + opts.wait;
     let expect = opts.expect.clone();
-    let (hint, lines) = (opts.silence_hint.clone(), !opts.progress);
-    let (mut silence_told, mut last_line) = (false, started);
     let done = move |st: &mut State| {
         let inc = &st.incidents[&SINGLE];
         let arrived = |n: &str| inc.manifest.nodes.iter().any(|x| x.name == n && x.arrived_ns.is_some());
@@ -287,35 +275,6 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
             Expect::Count(c) => inc.arrived() >= *c,
             Expect::Heard => inc.all_heard_arrived(QUIET),
         };
-        // Words for a wait that would otherwise be silent: who heard, who delivered.
-        let heard = inc.manifest.nodes.iter().filter(|n| n.heard_ns.is_some() || n.arrived_ns.is_some()).count();
-        let of = match &expect {
-            Expect::Names(n) => format!(" of {}", n.len()),
-            Expect::Count(c) => format!(" of {c}"),
-            Expect::Heard => String::new(),
-        };
-        let id = trigger_id.map_or_else(|| "(any)".to_string(), |id| format!("{id:016x}"));
-        if let Some(hint) = &hint
-            && heard == 0
-            && !silence_told
-            && started.elapsed() >= SILENCE
-        {
-            tracing::warn!("0{of} agents heard trigger {id} within {} s: {hint}", SILENCE.as_secs());
-            silence_told = true;
-        }
-        if lines && !done && last_line.elapsed() >= PROGRESS_EVERY {
-            last_line = Instant::now();
-            let waiting: Vec<&str> = match &expect {
-                Expect::Names(names) => names.iter().map(String::as_str).filter(|n| !arrived(n)).collect(),
-                _ => inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.as_str()).collect(),
-            };
-            let waiting = if waiting.is_empty() { String::new() } else { format!("; waiting for {}", waiting.join(", ")) };
-            tracing::info!(
-                "trigger {id}: {heard}{of} agents heard it, {} delivered{waiting} ({} s left)",
-                inc.arrived(),
-                deadline.saturating_duration_since(Instant::now()).as_secs()
-            );
-        }
         done || Instant::now() > deadline
     };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
@@ -816,7 +775,6 @@ mod tests {
             trigger_sent_ns: None,
             progress: false,
             limits,
-            silence_hint: None,
         }
     }
 
