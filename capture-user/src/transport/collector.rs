@@ -163,9 +163,10 @@ impl State {
             Router::Single { .. } => Ok(self.incidents.get_mut(&SINGLE).expect("the single incident")),
             Router::Serve { .. } if self.damaged.contains_key(&id) => Err(self.damaged[&id].clone()),
             Router::Serve { root } => {
+                let root = root.clone();
                 if !self.incidents.contains_key(&id) {
                     if self.incidents.values().filter(|i| !i.closed).count() >= MAX_OPEN_INCIDENTS {
-                        return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already; trigger {id:016x} must wait"));
+                        self.make_room(id)?;
                     }
                     let dir = root.join(incident_dir_name(id, at_ns));
                     // Private: it holds dumps, and the reports made from them.
@@ -184,6 +185,30 @@ impl State {
                 Ok(self.incidents.get_mut(&id).expect("just made"))
             }
         }
+    }
+}
+
+impl State {
+    /// Closes the open incident that no dump was offered to and that has been quiet
+    /// longest, for trigger `id`: heard datagrams alone (which anyone holding the secret
+    /// can send for any trigger) must not keep real dumps out. A dump offered to it later
+    /// reopens it. Refused (and retried by the agent) only when every open incident has one.
+    fn make_room(&mut self, id: u64) -> Result<(), String> {
+        let idle = self.incidents.iter_mut().filter(|(_, i)| !i.closed && i.owners.is_empty()).min_by_key(|(_, i)| i.changed);
+        let Some((&old, inc)) = idle else {
+            return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already, each with dumps coming; trigger {id:016x} must wait"));
+        };
+        inc.closed = true;
+        inc.manifest.missing = inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect();
+        inc.manifest.complete = false;
+        if let Err(e) = inc.manifest.save(&inc.dir) {
+            tracing::error!("{e}");
+        }
+        tracing::warn!(
+            "trigger {old:016x}: closed without a dump to make room for trigger {id:016x} ({MAX_OPEN_INCIDENTS} incidents were open; heard from {})",
+            inc.manifest.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        Ok(())
     }
 }
 
@@ -796,8 +821,12 @@ mod tests {
     }
 
     fn ship_to(e: &SpoolEntry, spool: &std::path::Path, to: SocketAddr) -> Result<(), ship::ShipError> {
+        ship_within(e, spool, to, Duration::from_secs(15))
+    }
+
+    fn ship_within(e: &SpoolEntry, spool: &std::path::Path, to: SocketAddr, deadline: Duration) -> Result<(), ship::ShipError> {
         let s = secret();
-        let o = ShipOptions { secret: &s, rate: 0, deadline: Instant::now() + Duration::from_secs(15), stop: None };
+        let o = ShipOptions { secret: &s, rate: 0, deadline: Instant::now() + deadline, stop: None };
         ship::ship(e, Source::File(&e.dump_path(spool)), to, &o)
     }
 
@@ -868,6 +897,52 @@ mod tests {
     }
 
     #[test]
+    fn heard_datagrams_alone_cannot_keep_a_real_dump_out_and_a_refusal_is_retried() {
+        let (root, spool) = (tempdir("crowd"), tempdir("crowd-spool"));
+        let (l, u, addr) = sockets();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = ServeOptions {
+            incidents: root.clone(),
+            secret: secret(),
+            wait: Duration::from_secs(60),
+            limits: Limits::default(),
+            stop: stop.clone(),
+            on_closed: None,
+        };
+        let server = std::thread::spawn(move || serve(opts, l, u));
+        // An insider opens every incident slot with signed "heard" datagrams.
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 1_790_000_000_000_000_000;
+        for id in 1..=MAX_OPEN_INCIDENTS as u64 {
+            let h = Heard { trigger_id: id, heard_ns: sent, sent_ns: sent + id as i64, node: "ghost".into(), reason: String::new() };
+            udp.send_to(&h.encode(&secret()), addr).unwrap();
+        }
+        wait_until(|| std::fs::read_dir(&root).unwrap().count() == MAX_OPEN_INCIDENTS);
+        // A real trigger's dump still gets in.
+        let e = spooled(&spool, "n1", 0x1000, 3000);
+        ship_to(&e, &spool, addr).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        let real = std::fs::read_dir(&root).unwrap().flatten().find(|d| d.file_name().to_string_lossy().ends_with("0000000000001000"));
+        assert!(real.is_some_and(|d| d.path().join("n1.pcapng").exists()), "the real dump was filed");
+
+        // A collector that waits for another trigger refuses; the agent retries until its deadline.
+        let dir = tempdir("refusing");
+        let (l, u, addr) = sockets();
+        let mut o = options(&dir, Expect::Count(1), Some(2), Limits::default());
+        o.wait = Duration::from_secs(8);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        let e = spooled(&spool, "n1", 1, 100);
+        let err = ship_within(&e, &spool, addr, Duration::from_secs(3)).unwrap_err();
+        assert!(
+            matches!(err, ship::ShipError::Refused { attempts, .. } if attempts > 1) && err.to_string().contains("waits for trigger"),
+            "{err}"
+        );
+        assert!(collector.join().unwrap().is_err());
+        let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool), std::fs::remove_dir_all(dir));
+    }
+
+    #[test]
     fn a_trigger_nobody_answered_is_not_complete() {
         let dir = tempdir("nobody");
         let (l, u, _) = sockets();
@@ -928,7 +1003,8 @@ mod tests {
         opts.wait = Duration::from_secs(3);
         let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
         let old = spooled(&spool, "n1", 0x999, 1000);
-        let e = ship_to(&old, &spool, addr).unwrap_err();
+        // Refused until its deadline (a refusal is retried), well within the collector's wait.
+        let e = ship_within(&old, &spool, addr, Duration::from_millis(800)).unwrap_err();
         assert!(e.to_string().contains("waits for trigger 0000000000000abc"), "{e}");
         let current = spooled(&spool, "n2", 0xabc, 1000);
         ship_to(&current, &spool, addr).unwrap();
