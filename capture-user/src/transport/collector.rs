@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -104,11 +104,41 @@ struct Incident {
     changed: Instant,
     /// Its manifest is final (until a late dump reopens it).
     closed: bool,
+    /// The last refusal or failed transfer of each node, for the manifest's `missing_why`.
+    failures: HashMap<String, String>,
 }
 
 impl Incident {
     fn new(dir: PathBuf, manifest: Manifest) -> Incident {
-        Incident { dir, manifest, owners: HashMap::new(), changed: Instant::now(), closed: false }
+        Incident { dir, manifest, owners: HashMap::new(), changed: Instant::now(), closed: false, failures: HashMap::new() }
+    }
+
+    /// Records who is missing, and why, in the manifest.
+    fn close_missing(&mut self, missing: Vec<String>) {
+        let why = |name: &String| {
+            let heard = self.manifest.nodes.iter().any(|n| &n.name == name && n.heard_ns.is_some());
+            match (self.failures.get(name), heard) {
+                (Some(f), _) => f.clone(),
+                (None, true) => "heard the trigger; no dump was offered (its agent may have no route here, or gave up)".into(),
+                (None, false) => "never heard from".into(),
+            }
+        };
+        self.manifest.missing_why = missing.iter().map(|n| (n.clone(), why(n))).collect();
+        self.manifest.missing = missing;
+    }
+
+    /// Removes what failed transfers left in `.partial/`: an incident given up on keeps no
+    /// half dumps filling the disk (a late dump starts over).
+    fn remove_partials(&self) {
+        let Ok(dir) = std::fs::read_dir(self.dir.join(".partial")) else { return };
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".part") {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => tracing::info!("removed the failed transfer {}", e.path().display()),
+                    Err(err) => tracing::warn!("removing {}: {err}", e.path().display()),
+                }
+            }
+        }
     }
 
     fn arrived(&self) -> usize {
@@ -199,7 +229,7 @@ impl State {
             return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already, each with dumps coming; trigger {id:016x} must wait"));
         };
         inc.closed = true;
-        inc.manifest.missing = inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect();
+        inc.close_missing(inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect());
         inc.manifest.complete = false;
         if let Err(e) = inc.manifest.save(&inc.dir) {
             tracing::error!("{e}");
@@ -319,7 +349,10 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
             missing.push(format!("{} more node(s) that never answered", c - known));
         }
     }
-    inc.manifest.missing = missing.clone();
+    inc.close_missing(missing.clone());
+    if !missing.is_empty() {
+        inc.remove_partials();
+    }
     // No dump is never a success, whatever was expected.
     let arrived = inc.arrived();
     inc.manifest.complete = missing.is_empty() && arrived > 0;
@@ -386,8 +419,11 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
                 continue;
             }
             inc.closed = true;
-            inc.manifest.missing = inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect();
+            inc.close_missing(inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect());
             inc.manifest.complete = inc.manifest.missing.is_empty() && inc.arrived() > 0;
+            if !inc.manifest.missing.is_empty() {
+                inc.remove_partials();
+            }
             if let Err(e) = inc.manifest.save(&inc.dir) {
                 tracing::error!("writing {}/manifest.json: {e}", inc.dir.display());
             }
@@ -599,15 +635,24 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
             Ok(_) if offer.size > MAX_DUMP_BYTES => {
                 Err(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES))
             }
-            Ok(inc) => match inc.owners.get(&node) {
-                Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
-                    "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
-                )),
-                _ => {
-                    inc.owners.insert(node.clone(), (from_ip, offer.sha256));
-                    Ok(inc.dir.clone())
+            Ok(inc) => {
+                let placed = match inc.owners.get(&node) {
+                    Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
+                        "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
+                    )),
+                    _ => room_for(&inc.dir, &part_path(&inc.dir, &node, &offer), offer.size),
+                };
+                match placed {
+                    Ok(()) => {
+                        inc.owners.insert(node.clone(), (from_ip, offer.sha256));
+                        Ok(inc.dir.clone())
+                    }
+                    Err(reason) => {
+                        inc.failures.insert(node.clone(), format!("refused: {reason}"));
+                        Err(reason)
+                    }
                 }
-            },
+            }
         }
     };
     let (out, refusal) = match placed {
@@ -624,7 +669,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| bad(format!("{node}: too many agents waiting; it will retry")))?;
     let _turn = ctx.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
     drop(waiting);
-    let part = out.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]));
+    let part = part_path(&out, &node, &offer);
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
     // Kept, not truncated: a resumed transfer goes on after the prefix it already has.
@@ -671,7 +716,11 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         };
         if n == 0 {
             f.sync_data().await?;
-            return Err(bad(format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size)));
+            let why = format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size);
+            if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
+                inc.failures.insert(node.clone(), format!("transfer stopped at {got} of {} bytes", offer.size));
+            }
+            return Err(bad(why));
         }
         f.write_all(&buf[..n]).await?;
         sha2::Digest::update(&mut hash, &buf[..n]);
@@ -716,10 +765,51 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         tracing::info!("{node}: {} bytes arrived, digest ok", offer.size);
     } else {
         let _ = tokio::fs::remove_file(&part).await;
+        if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
+            inc.failures.insert(node.clone(), "its dump arrived damaged (SHA-256 mismatch)".into());
+        }
         tracing::warn!("{node}: digest mismatch, asking for it again");
     }
     write_frame(&mut s, Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }, limits.idle_deadline).await?;
     Ok(())
+}
+
+/// Where a transfer's bytes collect until its digest is checked.
+fn part_path(dir: &Path, node: &str, offer: &wire::Offer) -> PathBuf {
+    dir.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]))
+}
+
+/// Kept free beside every dump accepted: the manifest, and whatever else shares the disk.
+const SPARE_BYTES: u64 = 16 << 20;
+
+/// Whether `dir`'s file system can take the rest of a `size`-byte dump (what `part`
+/// already holds counts), with [`SPARE_BYTES`] to spare; else why not. Accepting a dump
+/// that cannot fit would leave a `.part` that fills the disk for every later one.
+fn room_for(dir: &Path, part: &Path, size: u64) -> Result<(), String> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0).min(size);
+    let free = free_bytes(dir).map_err(|e| format!("cannot tell the free space in {}: {e}", dir.display()))?;
+    let need = size - have + SPARE_BYTES;
+    if free < need {
+        return Err(format!(
+            "not enough space in {}: {free} bytes free, the dump needs {} more (and {SPARE_BYTES} to spare)",
+            dir.display(),
+            size - have
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type for statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The collector address to name in a trigger for agents at `dest`: `listen` itself, or,
@@ -940,6 +1030,47 @@ mod tests {
         );
         assert!(collector.join().unwrap().is_err());
         let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool), std::fs::remove_dir_all(dir));
+    }
+
+    #[test]
+    fn a_dump_that_cannot_fit_is_refused_and_the_manifest_says_why_each_node_is_missing() {
+        let (dir, spool) = (tempdir("full"), tempdir("full-spool"));
+        // The free-space check itself, whatever the disk's size (with room for what other
+        // tests free meanwhile).
+        let free = free_bytes(&dir).unwrap();
+        let part = dir.join("none.part");
+        let err = room_for(&dir, &part, 2 * free + (1 << 30)).unwrap_err();
+        assert!(err.contains("not enough space"), "{err}");
+        room_for(&dir, &part, 1000).unwrap();
+
+        // What an earlier, failed transfer left.
+        std::fs::create_dir_all(dir.join(".partial")).unwrap();
+        let leftover = dir.join(".partial/n3-0000000000000005-0123456789abcdef.part");
+        std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+        let (l, u, addr) = sockets();
+        let mut o = options(&dir, Expect::Names(vec!["n1".into(), "n2".into(), "n3".into()]), Some(5), Limits::default());
+        o.wait = Duration::from_secs(4);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        // n1 heard the trigger and shipped nothing.
+        let h = Heard { trigger_id: 5, heard_ns: 1, sent_ns: 1, node: "n1".into(), reason: String::new() };
+        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(&h.encode(&secret()), addr).unwrap();
+        // n2 offers more than the disk holds (where the disk is smaller than the largest dump allowed).
+        let too_big = free < MAX_DUMP_BYTES / 2;
+        if too_big {
+            let mut e = spooled(&spool, "n2", 5, 100);
+            e.size = MAX_DUMP_BYTES;
+            let err = ship_within(&e, &spool, addr, Duration::from_millis(1500)).unwrap_err();
+            assert!(err.to_string().contains("not enough space"), "{err}");
+        }
+        assert!(matches!(collector.join().unwrap(), Err(CollectError::Missing(_))));
+        let m = Manifest::load(&dir).unwrap().unwrap();
+        assert!(m.missing_why["n1"].contains("heard the trigger"), "{:?}", m.missing_why);
+        assert_eq!(m.missing_why["n3"], "never heard from");
+        if too_big {
+            assert!(m.missing_why["n2"].starts_with("refused: not enough space"), "{:?}", m.missing_why);
+        }
+        assert!(!leftover.exists(), "a given-up incident keeps no failed transfer");
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
     }
 
     #[test]
