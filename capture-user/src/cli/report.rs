@@ -52,12 +52,20 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             if found.is_empty() {
                 anyhow::bail!("{} holds no .pcapng dumps", input.display());
             }
-            files.extend(found);
-            if let Some(m) = wgo::transport::manifest::Manifest::load(input)? {
-                missing.extend(m.missing);
-            }
+            // A node is named as the collector verified it (its manifest's name for the
+            // file), not as the dump calls itself.
+            let manifest = wgo::transport::manifest::Manifest::load(input)?.unwrap_or_default();
+            let verified = |f: &PathBuf| {
+                let file = f.file_name()?.to_str()?;
+                manifest.nodes.iter().find(|n| n.file.as_deref() == Some(file)).map(|n| n.name.clone())
+            };
+            files.extend(found.into_iter().map(|f| {
+                let name = verified(&f);
+                (f, name)
+            }));
+            missing.extend(manifest.missing.iter().cloned());
         } else if input.exists() {
-            files.push(input.clone());
+            files.push((input.clone(), None));
         } else {
             anyhow::bail!("{} does not exist", input.display());
         }
@@ -67,7 +75,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut phase = analysis::Phase::new();
-    let trace = Trace::read_files(&files)?;
+    let trace = Trace::read_files_as(&files)?;
     phase.done("read");
     let inputs = analysis::Inputs { spec, missing_nodes: missing };
     // With --json or --perfetto, the events are written while the analysis orders them.

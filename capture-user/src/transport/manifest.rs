@@ -40,6 +40,9 @@ pub struct Manifest {
     pub nodes: Vec<ManifestNode>,
     /// Expected nodes whose dump did not arrive.
     pub missing: Vec<String>,
+    /// Why each missing node's dump is not here, as far as the collector knows.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub missing_why: std::collections::BTreeMap<String, String>,
     pub complete: bool,
 }
 

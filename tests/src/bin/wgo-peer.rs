@@ -160,6 +160,14 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         step_ns: Option<i64>,
     },
+    /// Write two nodes' dumps of COUNT byte-identical datagrams each way (keep-alives
+    /// without a counter, one a millisecond), for the matching benchmark.
+    SynthIdentical {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
         #[arg(long)]
@@ -357,6 +365,45 @@ fn main() -> anyhow::Result<()> {
             sim::write_dumps(&trace, &out).with_context(|| format!("writing dumps to {}", out.display()))?;
             std::fs::write(out.join("sim.toml"), sim::SPEC)?;
             println!("{}", trace.events.len());
+        }
+        Cmd::SynthIdentical { count, out } => {
+            use capture_ebpf::Direction;
+            use wgo::dump::{DumpInfo, DumpWriter, WritePacket};
+            let (a, b) = (wgo_tests::sim::addr(0), wgo_tests::sim::addr(1));
+            let ping = wgo_tests::sim::udp4(a, b, 7000, 7000, 0, b"PING");
+            let pong = wgo_tests::sim::udp4(b, a, 7000, 7000, 0, b"PONG");
+            std::fs::create_dir_all(&out)?;
+            let t0 = 1_800_000_000_000_000_000u64;
+            let end = t0 + count * 1_000_000 + 1_000_000;
+            // (node, what it sends, what it receives, when in each millisecond it sends)
+            for (name, sent, received, at) in [("n1", &ping, &pong, 0u64), ("n2", &pong, &ping, 500_000)] {
+                let info = DumpInfo { node: name.into(), snaplen: 64, start_wall_ns: t0, end_wall_ns: end, ..DumpInfo::default() };
+                let f = std::io::BufWriter::new(std::fs::File::create(out.join(format!("{name}.pcapng")))?);
+                let mut w = DumpWriter::new(f, &info)?;
+                let mut seq = 0;
+                for i in 0..count {
+                    let ms = t0 + i * 1_000_000;
+                    // Its own send, and the other's send of this millisecond 300 us after it left.
+                    let mut events =
+                        [(ms + at, Direction::Egress, sent), (ms + (at + 500_000) % 1_000_000 + 300_000, Direction::Ingress, received)];
+                    events.sort_by_key(|e| e.0);
+                    for (wall_ns, direction, ip) in events {
+                        seq += 1;
+                        w.packet(&WritePacket {
+                            wall_ns,
+                            direction: Some(direction),
+                            seq,
+                            cpu: 0,
+                            ktime_ns: None,
+                            orig_len: ip.len() as u32,
+                            ip,
+                            drop_reason: None,
+                        })?;
+                    }
+                }
+                w.finish(&info)?;
+            }
+            println!("{}", 4 * count);
         }
         Cmd::TcpSend { to, bytes } => {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connecting to {to}"))?;
