@@ -54,15 +54,18 @@ impl Armed {
         n.spawn(n.command(peer()).unwrap().args(args)).unwrap()
     }
 
-    /// The incident directories once none is open any more (each has its report).
-    fn settled(&self, want: usize) -> Vec<(PathBuf, Manifest)> {
-        let mut found = Vec::new();
+    /// The incident directories once `want` have their reports and every agent has handled
+    /// `want` incidents: an armed agent records again only once its dump was delivered, and
+    /// the serve opens an incident when a dump for it is offered, so no further incident can
+    /// appear after that (a check for "only one" then means something without a sleep).
+    fn settled(&mut self, want: usize) -> Vec<(PathBuf, Manifest)> {
         wait_for("the incidents' reports", Duration::from_secs(60), || {
-            found = incidents(&self.incidents);
+            let found = incidents(&self.incidents);
             found.len() >= want && found.iter().all(|(d, _)| d.join("summary.txt").exists())
         });
-        // Anything more would show up within the serve's quiet time.
-        std::thread::sleep(Duration::from_secs(3));
+        for a in &self.agents {
+            wait_for("every agent to record again", Duration::from_secs(60), || a.stderr().matches("recording again").count() >= want);
+        }
         incidents(&self.incidents)
     }
 

@@ -43,7 +43,6 @@ pub fn wgo_egress(ctx: SkBuffContext) -> i32 {
 /// Why a packet was not recorded; only `RingFull` is a loss.
 enum Skip {
     NotIp,
-    NotRecordedProto,
     Truncated,
     NoRing,
     RingFull,
@@ -107,7 +106,9 @@ fn load_packet(ctx: &SkBuffContext, dst: *mut u8, want: usize) -> usize {
 }
 
 /// IP version, the length of the IP plus L4 headers, where L4 starts, and whether it
-/// has ports (UDP/TCP), for packets we record.
+/// has ports (UDP/TCP). Every IP protocol is recorded: those without a header parsed
+/// here (VRRP, OSPF, SCTP, a raw socket's own) count the IP header alone as headers, so
+/// their record is the IP header and the first snaplen bytes after it.
 #[inline(always)]
 fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Skip> {
     // __sk_buff.protocol holds a big-endian u16 in a u32.
@@ -132,7 +133,7 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
             ((off >> 4) as u32) * 4
         }
         IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => 8,
-        _ => return Err(Skip::NotRecordedProto),
+        _ => 0,
     };
     Ok((version, (l3 + l4).min(len), l3, matches!(l4proto, IPPROTO_TCP | IPPROTO_UDP)))
 }
