@@ -170,6 +170,35 @@ pub mod proto {
 
 use proto::{DebugAnnotation, TracePacket, TrackDescriptor, TrackEvent};
 
+/// Protobuf's wire format, for the events' hand-encoded packets.
+mod wire {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+
+    pub fn varint(out: &mut Vec<u8>, tag: u32, v: u64) {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+    pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+    /// A `TrackEvent.debug_annotations` entry (field 4) with an interned name and a
+    /// varint value in `field` (3 unsigned, 4 signed as two's complement): both tags
+    /// take one byte.
+    pub fn varint_arg(out: &mut Vec<u8>, name_iid: u64, field: u32, v: u64) {
+        let len = 2 + prost::encoding::encoded_len_varint(name_iid) + prost::encoding::encoded_len_varint(v);
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+        varint(out, 1, name_iid);
+        varint(out, field, v);
+    }
+    pub fn fixed64(out: &mut Vec<u8>, tag: u32, v: u64) {
+        encode_key(tag, WireType::SixtyFourBit, out);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// The one packet sequence everything is written on.
 const SEQUENCE: u32 = 1;
 /// Event names interned at most: past that (labels with a field value each), names are
@@ -422,29 +451,41 @@ impl<'a> PerfettoWriter<'a> {
         Some(iid)
     }
 
-    /// A string argument, its value interned while the table has room.
-    fn arg_interned(&mut self, name_iid: u64, value: &str, interned: &mut Option<proto::InternedData>) -> DebugAnnotation {
-        let iid = match self.strings.get(value) {
-            Some(&iid) => iid,
-            None if self.strings.len() >= MAX_INTERNED_NAMES => return arg_str(name_iid, value.to_string()),
-            None => {
-                let iid = self.strings.len() as u64 + 1;
-                self.strings.insert(value.to_string(), iid);
-                interned
-                    .get_or_insert_with(Default::default)
-                    .debug_annotation_string_values
-                    .push(proto::InternedString { iid: Some(iid), str: Some(value.as_bytes().to_vec()) });
-                iid
-            }
-        };
-        DebugAnnotation { name_iid: Some(name_iid), string_value_iid: Some(iid), ..Default::default() }
+    /// The iid of an argument string, interned while the table has room.
+    fn string_iid(&mut self, value: &str, interned: &mut Option<proto::InternedData>) -> Option<u64> {
+        if let Some(&iid) = self.strings.get(value) {
+            return Some(iid);
+        }
+        if self.strings.len() >= MAX_INTERNED_NAMES {
+            return None;
+        }
+        let iid = self.strings.len() as u64 + 1;
+        self.strings.insert(value.to_string(), iid);
+        interned
+            .get_or_insert_with(Default::default)
+            .debug_annotation_string_values
+            .push(proto::InternedString { iid: Some(iid), str: Some(value.as_bytes().to_vec()) });
+        Some(iid)
     }
 
-    /// An instant per placed event, on its node's CPU track, with its flows.
+    /// A string argument into `out` (a `DebugAnnotation`'s fields), interned if it can be.
+    fn string_arg(&mut self, out: &mut Vec<u8>, name_iid: u64, value: &str, interned: &mut Option<proto::InternedData>) {
+        wire::varint(out, 1, name_iid);
+        match self.string_iid(value, interned) {
+            Some(iid) => wire::varint(out, 17, iid),
+            None => wire::bytes(out, 6, value.as_bytes()),
+        }
+    }
+
+    /// An instant per placed event, on its node's CPU track, with its flows. These are
+    /// most of the trace, so they are encoded field by field into reused buffers (the
+    /// same wire format as the structs in [`proto`], which the tests decode them with).
     pub fn push_events(&mut self, events: &[Placed]) -> std::io::Result<()> {
         let t = self.trace;
         let mut label = String::with_capacity(64);
+        let mut flow = String::with_capacity(64);
         let mut num = itoa::Buffer::new();
+        let (mut ev, mut ann, mut dict) = (Vec::with_capacity(256), Vec::with_capacity(64), Vec::with_capacity(128));
         for p in events {
             let i = p.id as usize;
             let e = &t.events[i];
@@ -452,69 +493,93 @@ impl<'a> PerfettoWriter<'a> {
             push_label(t, self.spec, self.classes, i, &mut label, &mut num);
             let mut interned = None;
             let name_iid = self.name_iid(&label, &mut interned);
-            let mut args = Vec::with_capacity(10);
-            args.push(arg_uint(ARG_ID, p.id as u64));
-            args.push(self.arg_interned(ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned));
-            args.push(arg_int(ARG_T_RAW, e.t_raw));
-            args.push(arg_uint(ARG_CPU, e.cpu as u64));
+            ev.clear();
+            let arg = |ev: &mut Vec<u8>, ann: &[u8]| wire::bytes(ev, 4, ann);
+            let uint = |ev: &mut Vec<u8>, name: u64, v: u64| wire::varint_arg(ev, name, 3, v);
+            uint(&mut ev, ARG_ID, p.id as u64);
+            ann.clear();
+            self.string_arg(&mut ann, ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned);
+            arg(&mut ev, &ann);
+            wire::varint_arg(&mut ev, ARG_T_RAW, 4, e.t_raw as u64);
+            uint(&mut ev, ARG_CPU, e.cpu as u64);
             if e.seq != u64::MAX {
-                args.push(arg_uint(ARG_SEQ, e.seq));
+                uint(&mut ev, ARG_SEQ, e.seq);
             }
             match self.clocks.nodes[e.node as usize].uncertainty_ns {
-                Some(u) => args.push(arg_int(ARG_UNCERTAINTY, u)),
-                None => args.push(arg_str(ARG_UNCERTAINTY, "unknown".to_string())),
+                Some(u) => wire::varint_arg(&mut ev, ARG_UNCERTAINTY, 4, u as u64),
+                None => {
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_UNCERTAINTY);
+                    wire::bytes(&mut ann, 6, b"unknown");
+                    arg(&mut ev, &ann);
+                }
             }
-            let mut flow = String::with_capacity(48);
+            flow.clear();
             flow.push_str(e.proto.name());
             flow.push(' ');
             self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
             flow.push_str(" → ");
             self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
-            args.push(self.arg_interned(ARG_FLOW, &flow, &mut interned));
-            args.push(arg_uint(ARG_LEN, e.orig_len as u64));
+            ann.clear();
+            self.string_arg(&mut ann, ARG_FLOW, &flow, &mut interned);
+            arg(&mut ev, &ann);
+            uint(&mut ev, ARG_LEN, e.orig_len as u64);
             if self.classes[i] != UNKNOWN {
                 let c = self.classes[i] as usize;
                 let payload = t.payload(e);
-                let mut dict = Vec::new();
+                dict.clear();
                 for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
                     let Some(v) = self.spec.field(c, fi, payload) else { continue };
                     let iid = self.field_iids[c][fi];
-                    dict.push(match v {
+                    ann.clear();
+                    match v {
                         Value::Int(n) => match f.labels.get(&n) {
-                            Some(l) => self.arg_interned(iid, l, &mut interned),
-                            None => arg_uint(iid, n),
+                            Some(l) => self.string_arg(&mut ann, iid, l, &mut interned),
+                            None => {
+                                wire::varint(&mut ann, 1, iid);
+                                wire::varint(&mut ann, 3, n);
+                            }
                         },
-                        Value::Text(s) => arg_str(iid, s),
-                    });
+                        Value::Text(s) => {
+                            wire::varint(&mut ann, 1, iid);
+                            wire::bytes(&mut ann, 6, s.as_bytes());
+                        }
+                    }
+                    wire::bytes(&mut dict, 11, &ann);
                 }
                 if !dict.is_empty() {
-                    args.push(DebugAnnotation { name_iid: Some(ARG_FIELDS), dict_entries: dict, ..Default::default() });
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_FIELDS);
+                    ann.extend_from_slice(&dict);
+                    arg(&mut ev, &ann);
                 }
             }
             if p.group != NO_GROUP {
-                args.push(arg_uint(ARG_CONCURRENT, p.group as u64));
+                uint(&mut ev, ARG_CONCURRENT, p.group as u64);
             }
+            wire::varint(&mut ev, 9, proto::TYPE_INSTANT as u64);
+            match name_iid {
+                Some(iid) => wire::varint(&mut ev, 10, iid),
+                None => wire::bytes(&mut ev, 23, label.as_bytes()),
+            }
+            let track = self.cpu_tracks[e.node as usize].iter().find(|c| c.0 == e.cpu).expect("every CPU has a track").1;
+            wire::varint(&mut ev, 11, track);
             // Flow ids are message indices + 1: a send starts one per receive, each
             // receive ends its own.
-            let ids = self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize].iter().map(|&k| k as u64 + 1);
-            let (flow_ids, terminating_flow_ids) =
-                if e.dir == Dir::Send { (ids.collect(), Vec::new()) } else { (Vec::new(), ids.collect()) };
-            let track = self.cpu_tracks[e.node as usize].iter().find(|c| c.0 == e.cpu).expect("every CPU has a track").1;
-            let ev = TrackEvent {
-                debug_annotations: args,
-                r#type: Some(proto::TYPE_INSTANT),
-                name_iid,
-                name: name_iid.is_none().then(|| label.clone()),
-                track_uuid: Some(track),
-                flow_ids,
-                terminating_flow_ids,
-            };
-            self.push(&TracePacket {
-                track_event: Some(ev),
-                interned_data: interned,
-                sequence_flags: Some(proto::SEQ_NEEDS_INCREMENTAL_STATE),
-                ..packet(Some(ts(p.t_ns)?))
-            });
+            let tag = if e.dir == Dir::Send { 47 } else { 48 };
+            for &k in &self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize] {
+                wire::fixed64(&mut ev, tag, k as u64 + 1);
+            }
+            // The packet: its length first, so its fields go to a buffer of their own.
+            ann.clear();
+            wire::varint(&mut ann, 8, ts(p.t_ns)?);
+            wire::varint(&mut ann, 10, SEQUENCE as u64);
+            wire::bytes(&mut ann, 11, &ev);
+            if let Some(d) = &interned {
+                prost::encoding::message::encode(12, d, &mut ann);
+            }
+            wire::varint(&mut ann, 13, proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
+            wire::bytes(&mut self.buf, 1, &ann);
         }
         Ok(())
     }

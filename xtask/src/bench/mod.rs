@@ -26,6 +26,8 @@ pub enum Which {
     Timeline,
     /// 1,000 agents shipping to one collector at once, then again beside 1,000 slowloris connections.
     Collect,
+    /// The Perfetto trace (`--perfetto`) against the JSON report: size and time, 1 M and 10 M events.
+    Perfetto,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -36,6 +38,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Shipping => shipping(),
         Which::Timeline => timeline(),
         Which::Collect => collect::run(),
+        Which::Perfetto => perfetto(),
     }
 }
 
@@ -302,6 +305,60 @@ fn collector() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     contradictions(&wgo, &peer)?;
     clock_step(&wgo, &peer)
+}
+
+/// `wgo report` on the same synthetic dumps with no output file, with `--json` and with
+/// `--perfetto`, median of 3 each, interleaved so that the machine's drift hits all three;
+/// the outputs' sizes. The write time of an output is its run's time minus the run without.
+fn perfetto() -> anyhow::Result<()> {
+    crate::build::all()?;
+    let (wgo, peer) = (root().join("target/release/wgo"), root().join("target/release/wgo-peer"));
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-perfetto-{}", std::process::id()));
+    println!("wgo report DIR --spec sim.toml on simulated 5-node dumps: no output, --json out.json, --perfetto out.pftrace;");
+    println!("median of 3 runs each, interleaved; write = the run's time minus the run without an output.");
+    println!(
+        "{:>10}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}  {:>10}  {:>10}  {:>9}  {:>9}",
+        "events", "none s", "json s", "pftrc s", "json wr s", "pftrc wr", "json MB", "pftrc MB", "json B/ev", "pftrc B/ev"
+    );
+    for target in [1_000_000u64, 10_000_000] {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
+        let events: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("synth output")?;
+        let (json, trace) = (tmp.join("out.json"), tmp.join("out.pftrace"));
+        let mut times: [Vec<f64>; 3] = Default::default();
+        let mut sizes = [0.0f64; 3];
+        for _ in 0..3 {
+            for (k, flag) in [None, Some(("--json", &json)), Some(("--perfetto", &trace))].into_iter().enumerate() {
+                let _ = std::fs::remove_file(&json);
+                let _ = std::fs::remove_file(&trace);
+                testbed::run(&mut Command::new("sync"))?;
+                let mut cmd = Command::new(&wgo);
+                cmd.arg("report").arg(&tmp).arg("--spec").arg(tmp.join("sim.toml"));
+                if let Some((flag, path)) = flag {
+                    cmd.arg(flag).arg(path);
+                }
+                let t = std::time::Instant::now();
+                testbed::run(&mut cmd)?;
+                times[k].push(t.elapsed().as_secs_f64());
+                if let Some((_, path)) = flag {
+                    sizes[k] = std::fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?.len() as f64;
+                }
+            }
+        }
+        let (none, js, pf) = (median(&times[0]), median(&times[1]), median(&times[2]));
+        let (js_len, pf_len) = (sizes[1], sizes[2]);
+        println!(
+            "{events:>10.0}  {none:>8.2}  {js:>8.2}  {pf:>8.2}  {:>9.2}  {:>9.2}  {:>10.0}  {:>10.0}  {:>9.0}  {:>9.0}",
+            js - none,
+            pf - none,
+            js_len / 1e6,
+            pf_len / 1e6,
+            js_len / events,
+            pf_len / events
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
 }
 
 fn clocks() -> anyhow::Result<()> {
