@@ -63,6 +63,12 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
     assert!(h.contains("{node1, node2} | {node3, node4, node5}"), "names the two islands: {h}");
     assert!(h.contains("node5 stalled: it sent nothing from"), "names the stall: {h}");
     assert_eq!(h.matches("stalled").count(), 1, "and no other: {h}");
+    // The incident as a Perfetto trace, by the official schema: a track per node, a flow
+    // per matched message, the findings' slices, times in order per track.
+    let checked = wgo_tests::perfetto::check(&dir.join("demo/incident.pftrace"), &dir.join("demo/report.json"))
+        .unwrap_or_else(|e| panic!("the demo's Perfetto trace: {e}"));
+    println!("{checked}");
+    assert!(checked.contains(" 5 node tracks,") && !checked.contains(" 0 islands,") && !checked.contains(" 0 stalls,"), "{checked}");
     // The README's screenshot: the moment the ex-member's heartbeat aborts a ballot.
     let shot = root.join("docs/timeline.png");
     let o = Command::new("node")

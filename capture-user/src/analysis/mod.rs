@@ -17,7 +17,7 @@ pub mod rules;
 pub mod spec;
 pub mod steps;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod trace;
 
 use std::collections::BTreeSet;

@@ -208,7 +208,7 @@ const MAX_INTERNED_NAMES: usize = 1 << 16;
 const FLUSH_AT: usize = 256 << 10;
 
 /// Argument names every event uses, interned once in the first packet (iid = index + 1).
-const ARGS: &[&str] = &["id", "dir", "t_raw_ns", "cpu", "seq", "clock_uncertainty_ns", "flow", "len", "fields", "concurrent"];
+const ARGS: &[&str] = &["id", "dir", "t_raw_ns", "cpu", "seq", "clock_uncertainty_ns", "flow", "len", "fields", "concurrent", "node"];
 const ARG_ID: u64 = 1;
 const ARG_DIR: u64 = 2;
 const ARG_T_RAW: u64 = 3;
@@ -219,6 +219,7 @@ const ARG_FLOW: u64 = 7;
 const ARG_LEN: u64 = 8;
 const ARG_FIELDS: u64 = 9;
 const ARG_CONCURRENT: u64 = 10;
+const ARG_NODE: u64 = 11;
 
 fn arg_uint(iid: u64, v: u64) -> DebugAnnotation {
     DebugAnnotation { name_iid: Some(iid), uint_value: Some(v), ..Default::default() }
@@ -500,6 +501,10 @@ impl<'a> PerfettoWriter<'a> {
             ann.clear();
             self.string_arg(&mut ann, ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned);
             arg(&mut ev, &ann);
+            // The node again, for SQL: a track's process is a join away in Perfetto's tables.
+            ann.clear();
+            self.string_arg(&mut ann, ARG_NODE, &t.nodes[e.node as usize].name, &mut interned);
+            arg(&mut ev, &ann);
             wire::varint_arg(&mut ev, ARG_T_RAW, 4, e.t_raw as u64);
             uint(&mut ev, ARG_CPU, e.cpu as u64);
             if e.seq != u64::MAX {
@@ -617,19 +622,14 @@ impl<'a> PerfettoWriter<'a> {
     /// tracks of `first` named `lane_name`), each track's in time order.
     fn push_lanes(&mut self, first: u64, lane_name: &str, mut spans: Vec<Span>) -> std::io::Result<()> {
         spans.sort_by_key(|s| (s.start, s.end));
-        // Per lane: its track and the end of its last slice.
-        let mut lanes: Vec<(u64, i64)> = Vec::new();
-        for s in spans {
-            let lane = match lanes.iter().position(|l| l.1 < s.start) {
-                Some(k) => k,
-                None => {
-                    let track = if lanes.is_empty() { first } else { self.child_track(Some(first), lane_name, Some(lanes.len() as i32)) };
-                    lanes.push((track, i64::MIN));
-                    lanes.len() - 1
-                }
-            };
-            let track = lanes[lane].0;
-            lanes[lane].1 = s.end;
+        let lane_of = lanes(spans.iter().map(|s| (s.start, s.end)));
+        let mut tracks = vec![first];
+        for (s, lane) in spans.into_iter().zip(lane_of) {
+            while tracks.len() <= lane {
+                let rank = tracks.len() as i32;
+                tracks.push(self.child_track(Some(first), lane_name, Some(rank)));
+            }
+            let track = tracks[lane];
             let begin = self.slice_event(track, proto::TYPE_SLICE_BEGIN, Some(s.name), s.args);
             self.push(&TracePacket { track_event: Some(begin), ..packet(Some(ts(s.start)?)) });
             let end = self.slice_event(track, proto::TYPE_SLICE_END, None, Vec::new());
@@ -677,6 +677,7 @@ impl<'a> PerfettoWriter<'a> {
                 push_label(t, &a.spec, &a.classes, s as usize, &mut label, &mut num);
                 let mut args = vec![
                     named("send", arg_uint(0, s as u64)),
+                    named("node", arg_str(0, name(t.events[s as usize].node).to_string())),
                     named("cause", arg_str(0, cause.to_string())),
                     named("t_raw_ns", arg_int(0, t.events[s as usize].t_raw)),
                 ];
@@ -765,6 +766,22 @@ impl<'a> PerfettoWriter<'a> {
         self.buf.clear();
         Ok(())
     }
+}
+
+/// The lane of each span (sorted by start): the first whose last slice ended before it
+/// begins, so that no two slices on a lane overlap or touch.
+fn lanes(spans: impl Iterator<Item = (i64, i64)>) -> Vec<usize> {
+    let mut ends: Vec<i64> = Vec::new();
+    spans
+        .map(|(start, end)| {
+            let lane = ends.iter().position(|&e| e < start).unwrap_or_else(|| {
+                ends.push(i64::MIN);
+                ends.len() - 1
+            });
+            ends[lane] = end;
+            lane
+        })
+        .collect()
 }
 
 /// Writes the trace after the analysis. [`analyze_to_perfetto`] writes the same bytes
@@ -865,4 +882,92 @@ pub fn analyze_to_json_and_perfetto<J: Write + Send, P: Write + Send>(
     pw.flush()?;
     phase.done("rest of the JSON and the Perfetto trace");
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::proto;
+    use crate::analysis::testkit::{BROADCAST, addr, recv, send, trace_in, udp};
+    use crate::analysis::{Inputs, analyze};
+
+    #[test]
+    fn overlapping_spans_take_the_first_free_lane() {
+        assert_eq!(
+            super::lanes([(0, 10), (5, 15), (11, 20), (20, 30), (31, 31), (31, 40), (31, 35)].into_iter()),
+            vec![0, 1, 0, 1, 0, 1, 2]
+        );
+        assert!(super::lanes(std::iter::empty()).is_empty());
+    }
+
+    /// Two nodes, a unicast answered and a broadcast heard by both peers, and a loss:
+    /// decoded back with the structs, the events carry their names, arguments and flows.
+    #[test]
+    fn events_decode_with_their_names_arguments_and_flows() {
+        let ms = 1_000_000;
+        let base = 1_700_000_000_000_000_000;
+        let (n1, n2, n3) = (addr(0), addr(1), addr(2));
+        let mut n1_events = vec![send(base + ms, udp(n1, n2, 1, b"ping")), send(base + 3 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        n1_events.push(send(base + 500 * ms, udp(n1, n2, 3, b"lost one")));
+        let mut n2_events = vec![recv(base + 2 * ms, udp(n1, n2, 1, b"ping")), recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        n2_events.push(send(base + 900 * ms, udp(n2, n1, 9, b"late")));
+        let n3_events = vec![recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        let t = trace_in(vec![n1_events, n2_events, n3_events], (base, base + 1000 * ms));
+        let a = analyze(t, Inputs::default());
+        assert_eq!(a.matching.messages.len(), 3, "the ping and the broadcast's two receives");
+        let mut out = Vec::new();
+        super::write_perfetto(&a, &mut out).unwrap();
+        let trace = proto::Trace::decode(&out[..]).expect("decodes with the structs");
+        assert_eq!(trace.packet[0].sequence_flags, Some(proto::SEQ_INCREMENTAL_STATE_CLEARED));
+        let names: std::collections::HashMap<u64, String> = trace
+            .packet
+            .iter()
+            .filter_map(|p| p.interned_data.as_ref())
+            .flat_map(|d| d.event_names.iter().map(|n| (n.iid.unwrap(), n.name.clone().unwrap())))
+            .collect();
+        let procs: Vec<&str> =
+            trace.packet.iter().filter_map(|p| p.track_descriptor.as_ref()?.process.as_ref()?.process_name.as_deref()).collect();
+        assert_eq!(procs, ["n1", "n2", "n3"]);
+        let instants: Vec<(&proto::TracePacket, &proto::TrackEvent)> = trace
+            .packet
+            .iter()
+            .filter_map(|p| Some((p, p.track_event.as_ref()?)))
+            .filter(|(_, e)| e.r#type == Some(proto::TYPE_INSTANT) && e.name_iid.is_some())
+            .collect();
+        assert_eq!(instants.len(), a.trace.events.len());
+        let mut times: Vec<u64> = instants.iter().map(|(p, _)| p.timestamp.unwrap()).collect();
+        let sorted = {
+            times.sort_unstable();
+            times.clone()
+        };
+        assert_eq!(times, sorted);
+        let flows_out: Vec<usize> = instants.iter().map(|(_, e)| e.flow_ids.len()).collect();
+        let flows_in: usize = instants.iter().map(|(_, e)| e.terminating_flow_ids.len()).sum();
+        assert_eq!(flows_out.iter().sum::<usize>(), 3);
+        assert_eq!(flows_in, 3);
+        assert!(flows_out.contains(&2), "the broadcast starts a flow per receiver: {flows_out:?}");
+        for (p, e) in &instants {
+            let name = &names[&e.name_iid.unwrap()];
+            assert!(name.starts_with("UDP 7000→7000"), "{name}");
+            let id = e.debug_annotations.iter().find(|d| d.name_iid == Some(super::ARG_ID)).and_then(|d| d.uint_value).unwrap();
+            let raw = e.debug_annotations.iter().find(|d| d.name_iid == Some(super::ARG_T_RAW)).and_then(|d| d.int_value).unwrap();
+            assert_eq!(raw, a.trace.events[id as usize].t_raw);
+            assert_eq!(p.timestamp.unwrap() as i64, a.order.t_ns[id as usize]);
+        }
+        // The loss: an instant on n1's "lost" track.
+        let lost: Vec<&proto::TrackEvent> = trace
+            .packet
+            .iter()
+            .filter_map(|p| p.track_event.as_ref())
+            .filter(|e| e.name.as_deref().is_some_and(|n| n.starts_with("lost: ")))
+            .collect();
+        assert_eq!(lost.len(), 1, "{:?}", a.anomalies);
+    }
+
+    #[test]
+    fn a_time_before_1970_is_an_error_not_a_wrapped_timestamp() {
+        assert_eq!(super::ts(-1).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(super::ts(5).unwrap(), 5);
+    }
 }
