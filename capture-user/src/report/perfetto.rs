@@ -427,9 +427,11 @@ impl<'a> PerfettoWriter<'a> {
                 }),
                 ..Default::default()
             });
-            let mut cpus: Vec<u16> = t.node_events(n as u16).iter().map(|e| e.cpu).collect();
-            cpus.sort_unstable();
-            cpus.dedup();
+            let mut seen = vec![false; u16::MAX as usize + 1];
+            for e in t.node_events(n as u16) {
+                seen[e.cpu as usize] = true;
+            }
+            let cpus: Vec<u16> = (0..=u16::MAX).filter(|&c| seen[c as usize]).collect();
             let tracks = cpus.iter().map(|&cpu| (cpu, self.child_track(Some(uuid), &format!("cpu {cpu}"), Some(cpu as i32)))).collect();
             self.node_tracks.push(uuid);
             self.cpu_tracks.push(tracks);
@@ -645,7 +647,7 @@ impl<'a> PerfettoWriter<'a> {
         let name = |n: u16| t.nodes[n as usize].name.as_str();
         let when = |id: u32| a.order.t_ns[id as usize];
         // The whole recording: the span of a finding that has none.
-        let (first, last) = (a.order.order.first().map_or(0, |&i| when(i)), a.order.t_ns.iter().copied().max().unwrap_or(0));
+        let (first, last) = (a.order.t_ns.iter().copied().min().unwrap_or(0), a.order.t_ns.iter().copied().max().unwrap_or(0));
 
         // Lost messages: an instant per send, on a "lost" track of the sender's.
         let mut lost: Vec<Vec<(i64, u32, u16, &'static str, Option<&str>)>> = vec![Vec::new(); t.nodes.len()];

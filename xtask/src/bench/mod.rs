@@ -307,18 +307,21 @@ fn collector() -> anyhow::Result<()> {
     clock_step(&wgo, &peer)
 }
 
-/// `wgo report` on the same synthetic dumps with no output file, with `--json` and with
-/// `--perfetto`, median of 3 each, interleaved so that the machine's drift hits all three;
-/// the outputs' sizes. The write time of an output is its run's time minus the run without.
+/// The Perfetto trace against the JSON report on the same synthetic dumps, 1 M and 10 M
+/// events. End to end: `wgo report` with no output, with `--json` and with `--perfetto`,
+/// median of 3 each, interleaved so that the machine's drift hits all three (both
+/// outputs are streamed while the order is built, so their cost shows only where the
+/// writer is slower than the order). Writing alone: `wgo-peer write-bench` analyzes once
+/// and writes each from the finished analysis, as `wgo report` writes files, median of 3.
 fn perfetto() -> anyhow::Result<()> {
     crate::build::all()?;
     let (wgo, peer) = (root().join("target/release/wgo"), root().join("target/release/wgo-peer"));
     let tmp = std::env::temp_dir().join(format!("wgo-bench-perfetto-{}", std::process::id()));
-    println!("wgo report DIR --spec sim.toml on simulated 5-node dumps: no output, --json out.json, --perfetto out.pftrace;");
-    println!("median of 3 runs each, interleaved; write = the run's time minus the run without an output.");
+    println!("simulated 5-node dumps, --spec sim.toml; medians of 3. report: `wgo report` end to end with no output, --json, --perfetto;");
+    println!("write: the output alone, from a finished analysis (wgo-peer write-bench).");
     println!(
-        "{:>10}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}  {:>10}  {:>10}  {:>9}  {:>9}",
-        "events", "none s", "json s", "pftrc s", "json wr s", "pftrc wr", "json MB", "pftrc MB", "json B/ev", "pftrc B/ev"
+        "{:>10}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>8}  {:>9}",
+        "events", "report s", "+json s", "+pftrc s", "write js", "write pf", "pf/js t", "json MB", "pftrc MB", "pf B/ev", "pf/js size"
     );
     for target in [1_000_000u64, 10_000_000] {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -326,35 +329,53 @@ fn perfetto() -> anyhow::Result<()> {
         let events: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("synth output")?;
         let (json, trace) = (tmp.join("out.json"), tmp.join("out.pftrace"));
         let mut times: [Vec<f64>; 3] = Default::default();
-        let mut sizes = [0.0f64; 3];
         for _ in 0..3 {
-            for (k, flag) in [None, Some(("--json", &json)), Some(("--perfetto", &trace))].into_iter().enumerate() {
+            for (k, flag) in [None, Some("--json"), Some("--perfetto")].into_iter().enumerate() {
                 let _ = std::fs::remove_file(&json);
                 let _ = std::fs::remove_file(&trace);
                 testbed::run(&mut Command::new("sync"))?;
                 let mut cmd = Command::new(&wgo);
                 cmd.arg("report").arg(&tmp).arg("--spec").arg(tmp.join("sim.toml"));
-                if let Some((flag, path)) = flag {
-                    cmd.arg(flag).arg(path);
-                }
+                match flag {
+                    Some("--json") => cmd.arg("--json").arg(&json),
+                    Some(_) => cmd.arg("--perfetto").arg(&trace),
+                    None => &mut cmd,
+                };
                 let t = std::time::Instant::now();
                 testbed::run(&mut cmd)?;
                 times[k].push(t.elapsed().as_secs_f64());
-                if let Some((_, path)) = flag {
-                    sizes[k] = std::fs::metadata(path).with_context(|| format!("{} was not written", path.display()))?.len() as f64;
-                }
             }
         }
-        let (none, js, pf) = (median(&times[0]), median(&times[1]), median(&times[2]));
-        let (js_len, pf_len) = (sizes[1], sizes[2]);
+        let _ = std::fs::remove_file(&json);
+        let _ = std::fs::remove_file(&trace);
+        testbed::run(&mut Command::new("sync"))?;
+        let w = testbed::run(Command::new(&peer).args(["write-bench", "--rounds", "3", "--dir"]).arg(&tmp))?;
+        let (mut js, mut pf, mut js_len, mut pf_len) = (Vec::new(), Vec::new(), 0.0, 0.0);
+        for line in String::from_utf8_lossy(&w.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (secs, len): (f64, f64) = match f[..] {
+                [_, s, l] => (s.parse()?, l.parse()?),
+                _ => bail!("write-bench printed {line:?}"),
+            };
+            if f[0] == "json" {
+                js.push(secs);
+                js_len = len;
+            } else {
+                pf.push(secs);
+                pf_len = len;
+            }
+        }
+        let (js, pf) = (median(&js), median(&pf));
         println!(
-            "{events:>10.0}  {none:>8.2}  {js:>8.2}  {pf:>8.2}  {:>9.2}  {:>9.2}  {:>10.0}  {:>10.0}  {:>9.0}  {:>9.0}",
-            js - none,
-            pf - none,
+            "{events:>10.0}  {:>9.2}  {:>9.2}  {:>9.2}  {js:>8.2}  {pf:>8.2}  {:>8.2}x  {:>8.0}  {:>8.0}  {:>8.0}  {:>9.2}x",
+            median(&times[0]),
+            median(&times[1]),
+            median(&times[2]),
+            pf / js,
             js_len / 1e6,
             pf_len / 1e6,
-            js_len / events,
-            pf_len / events
+            pf_len / events,
+            pf_len / js_len
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
