@@ -909,7 +909,7 @@ mod tests {
     fn events_decode_with_their_names_arguments_and_flows() {
         let ms = 1_000_000;
         let base = 1_700_000_000_000_000_000;
-        let (n1, n2, n3) = (addr(0), addr(1), addr(2));
+        let (n1, n2) = (addr(0), addr(1));
         let mut n1_events = vec![send(base + ms, udp(n1, n2, 1, b"ping")), send(base + 3 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
         n1_events.push(send(base + 500 * ms, udp(n1, n2, 3, b"lost one")));
         let mut n2_events = vec![recv(base + 2 * ms, udp(n1, n2, 1, b"ping")), recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
