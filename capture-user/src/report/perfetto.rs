@@ -260,6 +260,10 @@ pub struct PerfettoWriter<'a> {
     buf: Vec<u8>,
 }
 
+/// A lost message: when it was sent, its send, the receiver (`u16::MAX` if none), its
+/// cause and the kernel's reason.
+type Lost<'a> = (i64, u32, u16, &'static str, Option<&'a str>);
+
 /// A stretch to draw as a slice, with its arguments.
 struct Span {
     start: i64,
@@ -650,7 +654,7 @@ impl<'a> PerfettoWriter<'a> {
         let (first, last) = (a.order.t_ns.iter().copied().min().unwrap_or(0), a.order.t_ns.iter().copied().max().unwrap_or(0));
 
         // Lost messages: an instant per send, on a "lost" track of the sender's.
-        let mut lost: Vec<Vec<(i64, u32, u16, &'static str, Option<&str>)>> = vec![Vec::new(); t.nodes.len()];
+        let mut lost: Vec<Vec<Lost<'_>>> = vec![Vec::new(); t.nodes.len()];
         for x in &a.anomalies {
             let (cause, reason) = match x.kind {
                 Kind::NetworkLoss => (
