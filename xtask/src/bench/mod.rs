@@ -318,10 +318,24 @@ fn perfetto() -> anyhow::Result<()> {
     let (wgo, peer) = (root().join("target/release/wgo"), root().join("target/release/wgo-peer"));
     let tmp = std::env::temp_dir().join(format!("wgo-bench-perfetto-{}", std::process::id()));
     println!("simulated 5-node dumps, --spec sim.toml; medians of 3. report: `wgo report` end to end with no output, --json, --perfetto;");
-    println!("write: the output alone, from a finished analysis (wgo-peer write-bench).");
     println!(
-        "{:>10}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>8}  {:>9}",
-        "events", "report s", "+json s", "+pftrc s", "write js", "write pf", "pf/js t", "json MB", "pftrc MB", "pf B/ev", "pf/js size"
+        "write: the output alone, from a finished analysis (wgo-peer write-bench): wall seconds, then the writing thread's CPU seconds."
+    );
+    println!(
+        "{:>10}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>8}  {:>9}",
+        "events",
+        "report s",
+        "+json s",
+        "+pftrc s",
+        "write js",
+        "write pf",
+        "cpu js",
+        "cpu pf",
+        "pf/js cpu",
+        "json MB",
+        "pftrc MB",
+        "pf B/ev",
+        "pf/js size"
     );
     for target in [1_000_000u64, 10_000_000] {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -350,32 +364,30 @@ fn perfetto() -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&trace);
         testbed::run(&mut Command::new("sync"))?;
         let w = testbed::run(Command::new(&peer).args(["write-bench", "--rounds", "3", "--dir"]).arg(&tmp))?;
-        let (mut js, mut pf, mut js_len, mut pf_len) = (Vec::new(), Vec::new(), 0.0, 0.0);
+        // Per output: wall seconds, CPU seconds, and its size.
+        let (mut js, mut pf): ((Vec<f64>, Vec<f64>, f64), (Vec<f64>, Vec<f64>, f64)) = Default::default();
         for line in String::from_utf8_lossy(&w.stdout).lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
-            let (secs, len): (f64, f64) = match f[..] {
-                [_, s, l] => (s.parse()?, l.parse()?),
+            let (secs, cpu, len): (f64, f64, f64) = match f[..] {
+                [_, s, c, l] => (s.parse()?, c.parse()?, l.parse()?),
                 _ => bail!("write-bench printed {line:?}"),
             };
-            if f[0] == "json" {
-                js.push(secs);
-                js_len = len;
-            } else {
-                pf.push(secs);
-                pf_len = len;
-            }
+            let out = if f[0] == "json" { &mut js } else { &mut pf };
+            out.0.push(secs);
+            out.1.push(cpu);
+            out.2 = len;
         }
-        let (js, pf) = (median(&js), median(&pf));
+        let (js_s, pf_s, js_cpu, pf_cpu) = (median(&js.0), median(&pf.0), median(&js.1), median(&pf.1));
         println!(
-            "{events:>10.0}  {:>9.2}  {:>9.2}  {:>9.2}  {js:>8.2}  {pf:>8.2}  {:>8.2}x  {:>8.0}  {:>8.0}  {:>8.0}  {:>9.2}x",
+            "{events:>10.0}  {:>9.2}  {:>9.2}  {:>9.2}  {js_s:>8.2}  {pf_s:>8.2}  {js_cpu:>8.2}  {pf_cpu:>8.2}  {:>8.2}x  {:>8.0}  {:>8.0}  {:>8.0}  {:>9.2}x",
             median(&times[0]),
             median(&times[1]),
             median(&times[2]),
-            pf / js,
-            js_len / 1e6,
-            pf_len / 1e6,
-            pf_len / events,
-            pf_len / js_len
+            pf_cpu / js_cpu,
+            js.2 / 1e6,
+            pf.2 / 1e6,
+            pf.2 / events,
+            pf.2 / js.2
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
