@@ -61,6 +61,12 @@ fn demo_names_the_lossy_link_the_aborted_ballot_the_stall_and_the_islands() {
     assert!(h.contains("node5 stalled: it sent nothing from"), "names the stall: {h}");
     assert_eq!(h.matches("stalled").count(), 1, "and no other: {h}");
     the_abort_followed_the_stalled_nodes_return(&dir.join("demo/report.json"));
+    // The incident as a Perfetto trace, by the official schema: a track per node, a flow
+    // per matched message, the findings' slices, times in order per track.
+    let checked = wgo_tests::perfetto::check(&dir.join("demo/incident.pftrace"), &dir.join("demo/report.json"))
+        .unwrap_or_else(|e| panic!("the demo's Perfetto trace: {e}"));
+    println!("{checked}");
+    assert!(checked.contains(" 5 node tracks,") && !checked.contains(" 0 islands,") && !checked.contains(" 0 stalls,"), "{checked}");
     // The timeline's findings list: a click on each zooms to it and selects its evidence; the
     // page stays readable at every zoom, in the causal view and through its URL; and the
     // README's three screenshots (overview, the partition, the causal view) can be made.

@@ -138,8 +138,8 @@ def main(trace_path, report_path):
         expect(tracks[e.track_uuid].name == f"cpu {ev['cpu']}", f"event {ev['id']} is not on its cpu's track")
         expect(t == ev["t_ns"], f"event {ev['id']} at {t}, the report says {ev['t_ns']}")
         expect(a["t_raw_ns"] == ev["t_raw_ns"], f"event {ev['id']}: raw time {a['t_raw_ns']} != {ev['t_raw_ns']}")
-        expect(a["dir"] == ev["dir"] and a["len"] == ev["len"] and a.get("seq") == ev["seq"],
-               f"event {ev['id']}: dir/len/seq differ from the report")
+        expect(a["dir"] == ev["dir"] and a["len"] == ev["len"] and a.get("seq") == ev["seq"] and a["node"] == ev["node"],
+               f"event {ev['id']}: dir/len/seq/node differ from the report")
         expect(name_of(e) == ev["label"], f"event {ev['id']} named {name_of(e)!r}, labelled {ev['label']!r}")
         expect(a.get("fields", {}) == ev["fields"], f"event {ev['id']}: fields {a.get('fields')} != {ev['fields']}")
 

@@ -12,6 +12,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::packages(crate::setup::TEST_PACKAGES)?;
     crate::setup::packages(wgo_tests::corpus::PACKAGES)?;
     crate::setup::browser_test_packages()?;
+    // Perfetto's schema for the trace tests (a virtualenv under target/, made once).
+    wgo_tests::perfetto::python().map_err(anyhow::Error::msg)?;
     if extra.is_empty() {
         lint()?;
     }

@@ -26,7 +26,7 @@ pub mod spec;
 pub mod stalls;
 pub mod steps;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod trace;
 
 use std::collections::BTreeSet;

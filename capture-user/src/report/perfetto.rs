@@ -170,6 +170,35 @@ pub mod proto {
 
 use proto::{DebugAnnotation, TracePacket, TrackDescriptor, TrackEvent};
 
+/// Protobuf's wire format, for the events' hand-encoded packets.
+mod wire {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+
+    pub fn varint(out: &mut Vec<u8>, tag: u32, v: u64) {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(v, out);
+    }
+    pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(b.len() as u64, out);
+        out.extend_from_slice(b);
+    }
+    /// A `TrackEvent.debug_annotations` entry (field 4) with an interned name and a
+    /// varint value in `field` (3 unsigned, 4 signed as two's complement): both tags
+    /// take one byte.
+    pub fn varint_arg(out: &mut Vec<u8>, name_iid: u64, field: u32, v: u64) {
+        let len = 2 + prost::encoding::encoded_len_varint(name_iid) + prost::encoding::encoded_len_varint(v);
+        encode_key(4, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+        varint(out, 1, name_iid);
+        varint(out, field, v);
+    }
+    pub fn fixed64(out: &mut Vec<u8>, tag: u32, v: u64) {
+        encode_key(tag, WireType::SixtyFourBit, out);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
 /// The one packet sequence everything is written on.
 const SEQUENCE: u32 = 1;
 /// Event names interned at most: past that (labels with a field value each), names are
@@ -179,7 +208,7 @@ const MAX_INTERNED_NAMES: usize = 1 << 16;
 const FLUSH_AT: usize = 256 << 10;
 
 /// Argument names every event uses, interned once in the first packet (iid = index + 1).
-const ARGS: &[&str] = &["id", "dir", "t_raw_ns", "cpu", "seq", "clock_uncertainty_ns", "flow", "len", "fields", "concurrent"];
+const ARGS: &[&str] = &["id", "dir", "t_raw_ns", "cpu", "seq", "clock_uncertainty_ns", "flow", "len", "fields", "concurrent", "node"];
 const ARG_ID: u64 = 1;
 const ARG_DIR: u64 = 2;
 const ARG_T_RAW: u64 = 3;
@@ -190,6 +219,7 @@ const ARG_FLOW: u64 = 7;
 const ARG_LEN: u64 = 8;
 const ARG_FIELDS: u64 = 9;
 const ARG_CONCURRENT: u64 = 10;
+const ARG_NODE: u64 = 11;
 
 fn arg_uint(iid: u64, v: u64) -> DebugAnnotation {
     DebugAnnotation { name_iid: Some(iid), uint_value: Some(v), ..Default::default() }
@@ -229,6 +259,10 @@ pub struct PerfettoWriter<'a> {
     addrs: Vec<String>,
     buf: Vec<u8>,
 }
+
+/// A lost message: when it was sent, its send, the receiver (`u16::MAX` if none), its
+/// cause and the kernel's reason.
+type Lost<'a> = (i64, u32, u16, &'static str, Option<&'a str>);
 
 /// A stretch to draw as a slice, with its arguments.
 struct Span {
@@ -397,9 +431,11 @@ impl<'a> PerfettoWriter<'a> {
                 }),
                 ..Default::default()
             });
-            let mut cpus: Vec<u16> = t.node_events(n as u16).iter().map(|e| e.cpu).collect();
-            cpus.sort_unstable();
-            cpus.dedup();
+            let mut seen = vec![false; u16::MAX as usize + 1];
+            for e in t.node_events(n as u16) {
+                seen[e.cpu as usize] = true;
+            }
+            let cpus: Vec<u16> = (0..=u16::MAX).filter(|&c| seen[c as usize]).collect();
             let tracks = cpus.iter().map(|&cpu| (cpu, self.child_track(Some(uuid), &format!("cpu {cpu}"), Some(cpu as i32)))).collect();
             self.node_tracks.push(uuid);
             self.cpu_tracks.push(tracks);
@@ -422,29 +458,41 @@ impl<'a> PerfettoWriter<'a> {
         Some(iid)
     }
 
-    /// A string argument, its value interned while the table has room.
-    fn arg_interned(&mut self, name_iid: u64, value: &str, interned: &mut Option<proto::InternedData>) -> DebugAnnotation {
-        let iid = match self.strings.get(value) {
-            Some(&iid) => iid,
-            None if self.strings.len() >= MAX_INTERNED_NAMES => return arg_str(name_iid, value.to_string()),
-            None => {
-                let iid = self.strings.len() as u64 + 1;
-                self.strings.insert(value.to_string(), iid);
-                interned
-                    .get_or_insert_with(Default::default)
-                    .debug_annotation_string_values
-                    .push(proto::InternedString { iid: Some(iid), str: Some(value.as_bytes().to_vec()) });
-                iid
-            }
-        };
-        DebugAnnotation { name_iid: Some(name_iid), string_value_iid: Some(iid), ..Default::default() }
+    /// The iid of an argument string, interned while the table has room.
+    fn string_iid(&mut self, value: &str, interned: &mut Option<proto::InternedData>) -> Option<u64> {
+        if let Some(&iid) = self.strings.get(value) {
+            return Some(iid);
+        }
+        if self.strings.len() >= MAX_INTERNED_NAMES {
+            return None;
+        }
+        let iid = self.strings.len() as u64 + 1;
+        self.strings.insert(value.to_string(), iid);
+        interned
+            .get_or_insert_with(Default::default)
+            .debug_annotation_string_values
+            .push(proto::InternedString { iid: Some(iid), str: Some(value.as_bytes().to_vec()) });
+        Some(iid)
     }
 
-    /// An instant per placed event, on its node's CPU track, with its flows.
+    /// A string argument into `out` (a `DebugAnnotation`'s fields), interned if it can be.
+    fn string_arg(&mut self, out: &mut Vec<u8>, name_iid: u64, value: &str, interned: &mut Option<proto::InternedData>) {
+        wire::varint(out, 1, name_iid);
+        match self.string_iid(value, interned) {
+            Some(iid) => wire::varint(out, 17, iid),
+            None => wire::bytes(out, 6, value.as_bytes()),
+        }
+    }
+
+    /// An instant per placed event, on its node's CPU track, with its flows. These are
+    /// most of the trace, so they are encoded field by field into reused buffers (the
+    /// same wire format as the structs in [`proto`], which the tests decode them with).
     pub fn push_events(&mut self, events: &[Placed]) -> std::io::Result<()> {
         let t = self.trace;
         let mut label = String::with_capacity(64);
+        let mut flow = String::with_capacity(64);
         let mut num = itoa::Buffer::new();
+        let (mut ev, mut ann, mut dict) = (Vec::with_capacity(256), Vec::with_capacity(64), Vec::with_capacity(128));
         for p in events {
             let i = p.id as usize;
             let e = &t.events[i];
@@ -452,69 +500,97 @@ impl<'a> PerfettoWriter<'a> {
             push_label(t, self.spec, self.classes, i, &mut label, &mut num);
             let mut interned = None;
             let name_iid = self.name_iid(&label, &mut interned);
-            let mut args = Vec::with_capacity(10);
-            args.push(arg_uint(ARG_ID, p.id as u64));
-            args.push(self.arg_interned(ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned));
-            args.push(arg_int(ARG_T_RAW, e.t_raw));
-            args.push(arg_uint(ARG_CPU, e.cpu as u64));
+            ev.clear();
+            let arg = |ev: &mut Vec<u8>, ann: &[u8]| wire::bytes(ev, 4, ann);
+            let uint = |ev: &mut Vec<u8>, name: u64, v: u64| wire::varint_arg(ev, name, 3, v);
+            uint(&mut ev, ARG_ID, p.id as u64);
+            ann.clear();
+            self.string_arg(&mut ann, ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned);
+            arg(&mut ev, &ann);
+            // The node again, for SQL: a track's process is a join away in Perfetto's tables.
+            ann.clear();
+            self.string_arg(&mut ann, ARG_NODE, &t.nodes[e.node as usize].name, &mut interned);
+            arg(&mut ev, &ann);
+            wire::varint_arg(&mut ev, ARG_T_RAW, 4, e.t_raw as u64);
+            uint(&mut ev, ARG_CPU, e.cpu as u64);
             if e.seq != u64::MAX {
-                args.push(arg_uint(ARG_SEQ, e.seq));
+                uint(&mut ev, ARG_SEQ, e.seq);
             }
             match self.clocks.nodes[e.node as usize].uncertainty_ns {
-                Some(u) => args.push(arg_int(ARG_UNCERTAINTY, u)),
-                None => args.push(arg_str(ARG_UNCERTAINTY, "unknown".to_string())),
+                Some(u) => wire::varint_arg(&mut ev, ARG_UNCERTAINTY, 4, u as u64),
+                None => {
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_UNCERTAINTY);
+                    wire::bytes(&mut ann, 6, b"unknown");
+                    arg(&mut ev, &ann);
+                }
             }
-            let mut flow = String::with_capacity(48);
+            flow.clear();
             flow.push_str(e.proto.name());
             flow.push(' ');
             self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
             flow.push_str(" → ");
             self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
-            args.push(self.arg_interned(ARG_FLOW, &flow, &mut interned));
-            args.push(arg_uint(ARG_LEN, e.orig_len as u64));
+            ann.clear();
+            self.string_arg(&mut ann, ARG_FLOW, &flow, &mut interned);
+            arg(&mut ev, &ann);
+            uint(&mut ev, ARG_LEN, e.orig_len as u64);
             if self.classes[i] != UNKNOWN {
                 let c = self.classes[i] as usize;
                 let payload = t.payload(e);
-                let mut dict = Vec::new();
+                dict.clear();
                 for (fi, f) in self.spec.messages[c].fields.iter().enumerate() {
                     let Some(v) = self.spec.field(c, fi, payload) else { continue };
                     let iid = self.field_iids[c][fi];
-                    dict.push(match v {
+                    ann.clear();
+                    match v {
                         Value::Int(n) => match f.labels.get(&n) {
-                            Some(l) => self.arg_interned(iid, l, &mut interned),
-                            None => arg_uint(iid, n),
+                            Some(l) => self.string_arg(&mut ann, iid, l, &mut interned),
+                            None => {
+                                wire::varint(&mut ann, 1, iid);
+                                wire::varint(&mut ann, 3, n);
+                            }
                         },
-                        Value::Text(s) => arg_str(iid, s),
-                    });
+                        Value::Text(s) => {
+                            wire::varint(&mut ann, 1, iid);
+                            wire::bytes(&mut ann, 6, s.as_bytes());
+                        }
+                    }
+                    wire::bytes(&mut dict, 11, &ann);
                 }
                 if !dict.is_empty() {
-                    args.push(DebugAnnotation { name_iid: Some(ARG_FIELDS), dict_entries: dict, ..Default::default() });
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_FIELDS);
+                    ann.extend_from_slice(&dict);
+                    arg(&mut ev, &ann);
                 }
             }
             if p.group != NO_GROUP {
-                args.push(arg_uint(ARG_CONCURRENT, p.group as u64));
+                uint(&mut ev, ARG_CONCURRENT, p.group as u64);
             }
+            wire::varint(&mut ev, 9, proto::TYPE_INSTANT as u64);
+            match name_iid {
+                Some(iid) => wire::varint(&mut ev, 10, iid),
+                None => wire::bytes(&mut ev, 23, label.as_bytes()),
+            }
+            let track = self.cpu_tracks[e.node as usize].iter().find(|c| c.0 == e.cpu).expect("every CPU has a track").1;
+            wire::varint(&mut ev, 11, track);
             // Flow ids are message indices + 1: a send starts one per receive, each
             // receive ends its own.
-            let ids = self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize].iter().map(|&k| k as u64 + 1);
-            let (flow_ids, terminating_flow_ids) =
-                if e.dir == Dir::Send { (ids.collect(), Vec::new()) } else { (Vec::new(), ids.collect()) };
-            let track = self.cpu_tracks[e.node as usize].iter().find(|c| c.0 == e.cpu).expect("every CPU has a track").1;
-            let ev = TrackEvent {
-                debug_annotations: args,
-                r#type: Some(proto::TYPE_INSTANT),
-                name_iid,
-                name: name_iid.is_none().then(|| label.clone()),
-                track_uuid: Some(track),
-                flow_ids,
-                terminating_flow_ids,
-            };
-            self.push(&TracePacket {
-                track_event: Some(ev),
-                interned_data: interned,
-                sequence_flags: Some(proto::SEQ_NEEDS_INCREMENTAL_STATE),
-                ..packet(Some(ts(p.t_ns)?))
-            });
+            let tag = if e.dir == Dir::Send { 47 } else { 48 };
+            for &k in &self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize] {
+                wire::fixed64(&mut ev, tag, k as u64 + 1);
+            }
+            // The packet: its length first, so its fields go to a buffer of their own.
+            ann.clear();
+            wire::varint(&mut ann, 8, ts(p.t_ns)?);
+            wire::varint(&mut ann, 10, SEQUENCE as u64);
+            wire::bytes(&mut ann, 11, &ev);
+            if let Some(d) = &interned {
+                prost::encoding::message::encode(12, d, &mut ann);
+            }
+            wire::varint(&mut ann, 13, proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
+            wire::bytes(&mut self.buf, 1, &ann);
         }
         Ok(())
     }
@@ -552,19 +628,14 @@ impl<'a> PerfettoWriter<'a> {
     /// tracks of `first` named `lane_name`), each track's in time order.
     fn push_lanes(&mut self, first: u64, lane_name: &str, mut spans: Vec<Span>) -> std::io::Result<()> {
         spans.sort_by_key(|s| (s.start, s.end));
-        // Per lane: its track and the end of its last slice.
-        let mut lanes: Vec<(u64, i64)> = Vec::new();
-        for s in spans {
-            let lane = match lanes.iter().position(|l| l.1 < s.start) {
-                Some(k) => k,
-                None => {
-                    let track = if lanes.is_empty() { first } else { self.child_track(Some(first), lane_name, Some(lanes.len() as i32)) };
-                    lanes.push((track, i64::MIN));
-                    lanes.len() - 1
-                }
-            };
-            let track = lanes[lane].0;
-            lanes[lane].1 = s.end;
+        let lane_of = lanes(spans.iter().map(|s| (s.start, s.end)));
+        let mut tracks = vec![first];
+        for (s, lane) in spans.into_iter().zip(lane_of) {
+            while tracks.len() <= lane {
+                let rank = tracks.len() as i32;
+                tracks.push(self.child_track(Some(first), lane_name, Some(rank)));
+            }
+            let track = tracks[lane];
             let begin = self.slice_event(track, proto::TYPE_SLICE_BEGIN, Some(s.name), s.args);
             self.push(&TracePacket { track_event: Some(begin), ..packet(Some(ts(s.start)?)) });
             let end = self.slice_event(track, proto::TYPE_SLICE_END, None, Vec::new());
@@ -580,10 +651,10 @@ impl<'a> PerfettoWriter<'a> {
         let name = |n: u16| t.nodes[n as usize].name.as_str();
         let when = |id: u32| a.order.t_ns[id as usize];
         // The whole recording: the span of a finding that has none.
-        let (first, last) = (a.order.order.first().map_or(0, |&i| when(i)), a.order.t_ns.iter().copied().max().unwrap_or(0));
+        let (first, last) = (a.order.t_ns.iter().copied().min().unwrap_or(0), a.order.t_ns.iter().copied().max().unwrap_or(0));
 
         // Lost messages: an instant per send, on a "lost" track of the sender's.
-        let mut lost: Vec<Vec<(i64, u32, u16, &'static str, Option<&str>)>> = vec![Vec::new(); t.nodes.len()];
+        let mut lost: Vec<Vec<Lost<'_>>> = vec![Vec::new(); t.nodes.len()];
         for x in &a.anomalies {
             let (cause, reason) = match x.kind {
                 Kind::NetworkLoss => (
@@ -612,6 +683,7 @@ impl<'a> PerfettoWriter<'a> {
                 push_label(t, &a.spec, &a.classes, s as usize, &mut label, &mut num);
                 let mut args = vec![
                     named("send", arg_uint(0, s as u64)),
+                    named("node", arg_str(0, name(t.events[s as usize].node).to_string())),
                     named("cause", arg_str(0, cause.to_string())),
                     named("t_raw_ns", arg_int(0, t.events[s as usize].t_raw)),
                 ];
@@ -700,6 +772,22 @@ impl<'a> PerfettoWriter<'a> {
         self.buf.clear();
         Ok(())
     }
+}
+
+/// The lane of each span (sorted by start): the first whose last slice ended before it
+/// begins, so that no two slices on a lane overlap or touch.
+fn lanes(spans: impl Iterator<Item = (i64, i64)>) -> Vec<usize> {
+    let mut ends: Vec<i64> = Vec::new();
+    spans
+        .map(|(start, end)| {
+            let lane = ends.iter().position(|&e| e < start).unwrap_or_else(|| {
+                ends.push(i64::MIN);
+                ends.len() - 1
+            });
+            ends[lane] = end;
+            lane
+        })
+        .collect()
 }
 
 /// Writes the trace after the analysis. [`analyze_to_perfetto`] writes the same bytes
@@ -800,4 +888,92 @@ pub fn analyze_to_json_and_perfetto<J: Write + Send, P: Write + Send>(
     pw.flush()?;
     phase.done("rest of the JSON and the Perfetto trace");
     Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::proto;
+    use crate::analysis::testkit::{BROADCAST, addr, recv, send, trace_in, udp};
+    use crate::analysis::{Inputs, analyze};
+
+    #[test]
+    fn overlapping_spans_take_the_first_free_lane() {
+        assert_eq!(
+            super::lanes([(0, 10), (5, 15), (11, 20), (20, 30), (31, 31), (31, 40), (31, 35)].into_iter()),
+            vec![0, 1, 0, 1, 0, 1, 2]
+        );
+        assert!(super::lanes(std::iter::empty()).is_empty());
+    }
+
+    /// Two nodes, a unicast answered and a broadcast heard by both peers, and a loss:
+    /// decoded back with the structs, the events carry their names, arguments and flows.
+    #[test]
+    fn events_decode_with_their_names_arguments_and_flows() {
+        let ms = 1_000_000;
+        let base = 1_700_000_000_000_000_000;
+        let (n1, n2) = (addr(0), addr(1));
+        let mut n1_events = vec![send(base + ms, udp(n1, n2, 1, b"ping")), send(base + 3 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        n1_events.push(send(base + 500 * ms, udp(n1, n2, 3, b"lost one")));
+        let mut n2_events = vec![recv(base + 2 * ms, udp(n1, n2, 1, b"ping")), recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        n2_events.push(send(base + 900 * ms, udp(n2, n1, 9, b"late")));
+        let n3_events = vec![recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        let t = trace_in(vec![n1_events, n2_events, n3_events], (base, base + 1000 * ms));
+        let a = analyze(t, Inputs::default());
+        assert_eq!(a.matching.messages.len(), 3, "the ping and the broadcast's two receives");
+        let mut out = Vec::new();
+        super::write_perfetto(&a, &mut out).unwrap();
+        let trace = proto::Trace::decode(&out[..]).expect("decodes with the structs");
+        assert_eq!(trace.packet[0].sequence_flags, Some(proto::SEQ_INCREMENTAL_STATE_CLEARED));
+        let names: std::collections::HashMap<u64, String> = trace
+            .packet
+            .iter()
+            .filter_map(|p| p.interned_data.as_ref())
+            .flat_map(|d| d.event_names.iter().map(|n| (n.iid.unwrap(), n.name.clone().unwrap())))
+            .collect();
+        let procs: Vec<&str> =
+            trace.packet.iter().filter_map(|p| p.track_descriptor.as_ref()?.process.as_ref()?.process_name.as_deref()).collect();
+        assert_eq!(procs, ["n1", "n2", "n3"]);
+        let instants: Vec<(&proto::TracePacket, &proto::TrackEvent)> = trace
+            .packet
+            .iter()
+            .filter_map(|p| Some((p, p.track_event.as_ref()?)))
+            .filter(|(_, e)| e.r#type == Some(proto::TYPE_INSTANT) && e.name_iid.is_some())
+            .collect();
+        assert_eq!(instants.len(), a.trace.events.len());
+        let mut times: Vec<u64> = instants.iter().map(|(p, _)| p.timestamp.unwrap()).collect();
+        let sorted = {
+            times.sort_unstable();
+            times.clone()
+        };
+        assert_eq!(times, sorted);
+        let flows_out: Vec<usize> = instants.iter().map(|(_, e)| e.flow_ids.len()).collect();
+        let flows_in: usize = instants.iter().map(|(_, e)| e.terminating_flow_ids.len()).sum();
+        assert_eq!(flows_out.iter().sum::<usize>(), 3);
+        assert_eq!(flows_in, 3);
+        assert!(flows_out.contains(&2), "the broadcast starts a flow per receiver: {flows_out:?}");
+        for (p, e) in &instants {
+            let name = &names[&e.name_iid.unwrap()];
+            assert!(name.starts_with("UDP 7000→7000"), "{name}");
+            let id = e.debug_annotations.iter().find(|d| d.name_iid == Some(super::ARG_ID)).and_then(|d| d.uint_value).unwrap();
+            let raw = e.debug_annotations.iter().find(|d| d.name_iid == Some(super::ARG_T_RAW)).and_then(|d| d.int_value).unwrap();
+            assert_eq!(raw, a.trace.events[id as usize].t_raw);
+            assert_eq!(p.timestamp.unwrap() as i64, a.order.t_ns[id as usize]);
+        }
+        // The loss: an instant on n1's "lost" track.
+        let lost: Vec<&proto::TrackEvent> = trace
+            .packet
+            .iter()
+            .filter_map(|p| p.track_event.as_ref())
+            .filter(|e| e.name.as_deref().is_some_and(|n| n.starts_with("lost: ")))
+            .collect();
+        assert_eq!(lost.len(), 1, "{:?}", a.anomalies);
+    }
+
+    #[test]
+    fn a_time_before_1970_is_an_error_not_a_wrapped_timestamp() {
+        assert_eq!(super::ts(-1).unwrap_err().kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(super::ts(5).unwrap(), 5);
+    }
 }

@@ -189,6 +189,15 @@ enum Cmd {
         #[arg(long, default_value = "wgo-raw")]
         tag: String,
     },
+    /// Analyze DIR's dumps once, then write the JSON report and the Perfetto trace from
+    /// the finished analysis, ROUNDS times each, alternating, as `wgo report` writes
+    /// files; prints `json|perfetto SECONDS CPU_SECONDS BYTES` per write, for benchmarks.
+    WriteBench {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
         #[arg(long)]
@@ -363,6 +372,34 @@ fn main() -> anyhow::Result<()> {
                         }
                     }
                 });
+            }
+        }
+        Cmd::WriteBench { dir, rounds } => {
+            use wgo::analysis::{Inputs, analyze, spec::Spec, trace::Trace};
+            let mut files: Vec<std::path::PathBuf> =
+                std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcapng")).collect();
+            files.sort();
+            let spec = Spec::load(&dir.join("sim.toml"))?;
+            let a = analyze(Trace::read_files(&files)?, Inputs { spec: Some(spec), missing_nodes: vec![] });
+            for _ in 0..rounds {
+                for (what, path) in [("json", dir.join("out.json")), ("perfetto", dir.join("out.pftrace"))] {
+                    let _ = std::fs::remove_file(&path);
+                    // CPU time too: on a shared machine it varies far less than wall time.
+                    let cpu = || {
+                        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                        // SAFETY: ts is a valid timespec to write into.
+                        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+                    };
+                    let (t, c) = (std::time::Instant::now(), cpu());
+                    wgo::outfile::write_atomically(&path, |f| match what {
+                        "json" => wgo::report::json::write_json(&a, f),
+                        _ => wgo::report::perfetto::write_perfetto(&a, f),
+                    })?;
+                    let (secs, cpu_secs) = (t.elapsed().as_secs_f64(), cpu() - c);
+                    println!("{what} {secs:.3} {cpu_secs:.3} {}", std::fs::metadata(&path)?.len());
+                    std::fs::remove_file(&path)?;
+                }
             }
         }
         Cmd::Synth { events, out, nodes, misdated, step_ns } => {
