@@ -25,24 +25,24 @@ struct Link {
     lost: Vec<(i64, EventId, Cause)>,
 }
 
-/// The cluster's usual loss rate: for each node, the median rate of the links that do not
-/// touch it; the least of those. A fault on one link, or on all of one node's links, then
-/// leaves the baseline to the healthy rest (a pool of the others would count a node's other
-/// lossy links against each of them).
-fn baseline(rates: &[((NodeId, NodeId), f64)], nodes: usize) -> f64 {
-    let median = |mut v: Vec<f64>| {
-        v.sort_unstable_by(f64::total_cmp);
-        match v.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(v[n / 2]),
-            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
-    };
-    (0..nodes as NodeId)
-        .filter_map(|x| median(rates.iter().filter(|(k, _)| k.0 != x && k.1 != x).map(|r| r.1).collect()))
+/// The pooled loss rate of the links `keep` keeps.
+fn pooled(links: &BTreeMap<(NodeId, NodeId), Link>, keep: impl Fn(&(NodeId, NodeId)) -> bool) -> Option<f64> {
+    let (sent, lost) = links.iter().filter(|(k, _)| keep(k)).fold((0, 0), |(s, l), (_, x)| (s + x.sent, l + x.lost.len()));
+    (sent > 0).then(|| lost as f64 / sent as f64)
+}
+
+/// The cluster's usual loss rate, robust to one faulty link or node: first the least, over
+/// the nodes, of the pooled rate of the links that do not touch it (so that one node's
+/// lossy links are not counted against each other); then the pooled rate of the links that
+/// this first baseline does not find lossy. (The median of the links' rates would be no
+/// baseline: with a few losses per link most links lose none, and it is zero.)
+fn baseline(links: &BTreeMap<(NodeId, NodeId), Link>, nodes: usize, lossy: &dyn Fn(&Link, f64) -> bool) -> f64 {
+    let first = (0..nodes as NodeId)
+        .filter_map(|x| pooled(links, |k| k.0 != x && k.1 != x))
         .min_by(f64::total_cmp)
-        .or_else(|| median(rates.iter().map(|r| r.1).collect()))
-        .unwrap_or(0.0)
+        .or_else(|| pooled(links, |_| true))
+        .unwrap_or(0.0);
+    pooled(links, |k| !lossy(&links[k], first)).unwrap_or(first)
 }
 
 /// Lossy links, from the lost messages (send, receiver, cause): only losses on the path
@@ -73,22 +73,22 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
     for l in links.values_mut() {
         l.sent = l.sent.max(l.lost.len());
     }
-    let rates: Vec<((NodeId, NodeId), f64)> =
-        links.iter().filter(|(_, l)| l.sent > 0).map(|(k, l)| (*k, l.lost.len() as f64 / l.sent as f64)).collect();
-    let usual = baseline(&rates, t.nodes.len());
     let span_of = |l: &Link| {
         let (a, b) = (l.lost.iter().map(|x| x.0).min(), l.lost.iter().map(|x| x.0).max());
         a.zip(b)
     };
     // High enough a rate to be this fault, whatever the counts.
-    let high = |l: &Link| l.sent > 0 && l.lost.len() as f64 / l.sent as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
-    let lossy = |l: &Link| {
+    let high_vs = |l: &Link, usual: f64| l.sent > 0 && l.lost.len() as f64 / l.sent as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
+    let lossy_vs = |l: &Link, usual: f64| {
         let expected = usual * l.sent as f64;
         let stands_out = l.lost.len() as f64 >= expected + 3.0 * expected.sqrt();
         // A link loses over time: a burst of losses within moments is an event, not the link.
         let lasting = span_of(l).is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
-        l.lost.len() >= LOSSY_MIN_LOST && high(l) && stands_out && lasting
+        l.lost.len() >= LOSSY_MIN_LOST && high_vs(l, usual) && stands_out && lasting
     };
+    let usual = baseline(&links, t.nodes.len(), &lossy_vs);
+    let high = |l: &Link| high_vs(l, usual);
+    let lossy = |l: &Link| lossy_vs(l, usual);
     let found: BTreeSet<(NodeId, NodeId)> = links.iter().filter(|(_, l)| lossy(l)).map(|(k, _)| *k).collect();
     // A node all of whose links lose (two or more of them plainly, none of them clean) is one
     // fault: its own, not each link's.

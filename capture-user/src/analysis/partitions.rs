@@ -218,6 +218,7 @@ fn episode(ctx: &Context<'_>, losses: &[Loss], (t0, t1): Span, delivered: &Deliv
 
 #[cfg(test)]
 mod tests {
+    use super::super::anomalies::CauseKind;
     use super::super::testkit::*;
     use super::*;
 
@@ -304,5 +305,82 @@ mod tests {
         }
         let found = anomalies(&trace(traffic(3, &msgs)));
         assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    /// {n1, n2} | {n3, n4, n5} from 1 s to 3 s, made as `fate` says across the cut.
+    fn two_three(across: Fate) -> Vec<(i64, u8, u8, Fate)> {
+        let side = |n: u8| n < 2;
+        mesh(5, (100 * MS, 4000 * MS), 100 * MS, |t, a, b, _| {
+            if side(a) != side(b) && (1000 * MS..3000 * MS).contains(&t) { across } else { Fate::Delivered }
+        })
+    }
+
+    #[test]
+    fn a_partition_made_by_the_nodes_own_firewalls_is_a_partition_with_the_firewalls_as_its_cause() {
+        for (how, kind, words) in [
+            (Fate::FirewallIn, CauseKind::ReceiverKernel, "dropped by the receivers' firewalls"),
+            (Fate::FirewallOut, CauseKind::SenderKernel, "dropped by the senders' own firewalls"),
+        ] {
+            let t = trace(traffic_fates(5, &two_three(how)));
+            let found = anomalies(&t);
+            let parts = of(&found, Kind::Partition);
+            assert_eq!(parts.len(), 1, "{how:?}: {found:?}");
+            assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+            let cause = parts[0].cause.unwrap();
+            assert_eq!((cause.kind, t.drop_reasons[cause.reason.unwrap() as usize].as_str()), (kind, "netfilter_drop"));
+            assert!(parts[0].text.contains("{n1, n2} | {n3, n4, n5}") && parts[0].text.ends_with(words), "{}", parts[0].text);
+            // The drops are the partition's cause, not findings of their own.
+            let a = crate::analysis::analyze(t, crate::analysis::Inputs::default());
+            let kinds: Vec<_> = a.findings.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, vec![crate::analysis::diagnosis::FindingKind::Partition], "{how:?}: {:?}", a.findings);
+        }
+        // The same cut in the network.
+        let found = anomalies(&trace(traffic_fates(5, &two_three(Fate::Lost))));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].text.ends_with("lost in the network"), "{}", parts[0].text);
+    }
+
+    #[test]
+    fn islands_come_from_the_whole_span_where_traffic_inside_them_is_sparse() {
+        // Leaders n1 and n3; n2 talks only to n1, n4 and n5 only to n3, each once every
+        // 600 ms: most 250 ms windows see no traffic inside an island at all. Across the
+        // cut (1 s to 4 s) the leaders' heartbeats to the other side are lost.
+        let mut msgs = Vec::new();
+        for k in 0..50 {
+            let t = 100 * MS + k * 100 * MS;
+            let cut = (1000 * MS..4000 * MS).contains(&t);
+            let fate = if cut { Fate::Lost } else { Fate::Delivered };
+            for (a, b) in [(0, 2), (0, 3), (0, 4), (2, 0), (2, 1)] {
+                msgs.push((t + a as i64 * MS + b as i64 * 100_000, a, b, fate));
+            }
+            // Inside the islands, sparse: one follower a turn.
+            let (leader, follower) = [(0, 1), (2, 3), (2, 4)][(k % 3) as usize];
+            if k % 2 == 0 {
+                msgs.push((t + 50 * MS, leader, follower, Fate::Delivered));
+                msgs.push((t + 51 * MS, follower, leader, Fate::Delivered));
+            }
+        }
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "one claim: {parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+        let (from, to) = parts[0].span.unwrap();
+        assert!(from >= 1000 * MS && from < 1100 * MS && to > 3800 * MS && to < 4000 * MS, "{from}..{to}");
+    }
+
+    #[test]
+    fn a_pair_with_no_traffic_is_unknown_and_never_splits_an_island() {
+        // n1 and n2 are followers of n3 and never talk to each other; the cut isolates them
+        // from n3, n4, n5 from 1 s to 4 s. n1 and n2 are one island: nothing says otherwise.
+        let side = |n: u8| n < 2;
+        let msgs = mesh(5, (100 * MS, 5000 * MS), 100 * MS, |t, a, b, _| {
+            if side(a) != side(b) && (1000 * MS..4000 * MS).contains(&t) { Fate::Lost } else { Fate::Delivered }
+        });
+        let msgs: Vec<_> = msgs.into_iter().filter(|m| !(side(m.1) && side(m.2))).collect();
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
     }
 }
