@@ -187,3 +187,76 @@ fn cause_words(ctx: &Context<'_>, lost: &[&(i64, EventId, Cause)]) -> &'static s
         CauseKind::SenderKernel => ", dropped by the sender's own firewall",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+
+    /// Five nodes, each sending each other one datagram every 50 ms for 4 s; `lossy` says
+    /// which links lose every fifth message (20%), and how.
+    fn cluster(lossy: impl Fn(u8, u8) -> Option<Fate>) -> Vec<Anomaly> {
+        let msgs = mesh(5, (100 * MS, 4100 * MS), 50 * MS, |_, a, b, k| match lossy(a, b) {
+            Some(how) if k % 5 == 2 => how,
+            _ => Fate::Delivered,
+        });
+        anomalies(&trace(traffic_fates(5, &msgs)))
+    }
+
+    #[test]
+    fn one_lossy_link_is_named_alone() {
+        let found = cluster(|a, b| ((a, b) == (0, 2)).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!((d.links.as_slice(), d.all_links_of), (&[(0, 2)][..], None));
+        assert!(lossy[0].text.starts_with("lossy link n1 → n3: 16 of 80 messages lost (20%)"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn all_of_one_nodes_links_lossy_is_said_so_whatever_the_others() {
+        // Every link of n4, both ways: the baseline must not pool them against each other.
+        let found = cluster(|a, b| (a == 3 || b == 3).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!(d.all_links_of, Some(3));
+        assert_eq!(d.links.len(), 8, "{:?}", d.links);
+        assert_eq!(lossy[0].nodes.as_slice(), &[3]);
+        assert!(lossy[0].text.starts_with("all of n4's links are lossy: 128 of 640 messages lost (20%) on its 8 links"), "{}", lossy[0].text);
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_firewall_rule_dropping_a_fifth_at_random_is_a_lossy_link() {
+        let found = cluster(|a, b| ((a, b) == (0, 2)).then_some(Fate::FirewallIn));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{found:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        assert_eq!(lossy[0].cause.map(|c| c.kind), Some(CauseKind::ReceiverKernel));
+        assert!(lossy[0].text.contains("dropped by the receiver's firewall"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn the_baseline_is_the_healthy_rest() {
+        let link = |sent: usize, lost: usize| Link { sent, lost: (0..lost).map(|k| (k as i64, 0, Cause::NETWORK)).collect() };
+        // Three nodes; n3's four links lose 20%, n1 ↔ n2 2%: the rest is n1 ↔ n2.
+        let links: BTreeMap<(NodeId, NodeId), Link> = [
+            ((0, 1), link(100, 2)),
+            ((1, 0), link(100, 2)),
+            ((0, 2), link(100, 20)),
+            ((2, 0), link(100, 20)),
+            ((1, 2), link(100, 20)),
+            ((2, 1), link(100, 20)),
+        ]
+        .into_iter()
+        .collect();
+        // First the least of the pools that leave one node out (n3: 2%), then the pool of
+        // the links that does not find lossy (three times its rate or more).
+        let lossy = |l: &Link, usual: f64| l.lost.len() as f64 >= 3.0 * usual * l.sent as f64;
+        assert_eq!(baseline(&links, 3, &lossy), 0.02);
+        // A pool of all the links would be 14%, and find none of n3's links lossy.
+        assert_eq!(pooled(&links, |_| true), Some(0.14));
+    }
+}
