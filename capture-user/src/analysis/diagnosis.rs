@@ -347,3 +347,51 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Inputs, analyze};
+    use super::*;
+
+    #[test]
+    fn refusals_while_a_listener_starts_are_no_finding_and_a_partition_ranks_above_a_longer_lasting_drop() {
+        let udp_on = |from: u8, to: u8, port: u16, id: u16| {
+            crate::packet::tests::udp4(addr(from), addr(to), port, port, id, format!("hello {id}").as_bytes())
+        };
+        let udp_to = |from: u8, to: u8, port: u16, id: u16| udp_on(from, to, if port == 7000 { 7000 } else { 7100 }, id);
+        let mut nodes: Vec<Vec<Ev>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for k in 0..50i64 {
+            let t = 100 * MS + k * 100 * MS;
+            let id = k as u16;
+            // n2's listener comes up at 1 s: until then, n1's hellos are refused.
+            nodes[0].push(send(t, udp_to(0, 1, 7000, id)));
+            if t < 1000 * MS {
+                nodes[1].push(dropped(recv(t + MS / 10, udp_to(0, 1, 7000, id)), "no_socket"));
+            } else {
+                nodes[1].push(recv(t + MS / 10, udp_to(0, 1, 7000, id)));
+                nodes[1].push(send(t + MS, udp_to(1, 0, 7000, 1000 + id)));
+                nodes[0].push(recv(t + MS + MS / 10, udp_to(1, 0, 7000, 1000 + id)));
+            }
+            // n3 ↔ n1 and n3 ↔ n2, cut off from 2 s to 4 s.
+            let cut = (2000 * MS..4000 * MS).contains(&t);
+            for (a, b, j) in [(2u8, 0u8, 2000), (0, 2, 3000), (2, 1, 4000), (1, 2, 5000)] {
+                nodes[a as usize].push(send(t + 2 * MS, udp_to(a, b, 7100, j + id)));
+                if !cut {
+                    nodes[b as usize].push(recv(t + 2 * MS + MS / 10, udp_to(a, b, 7100, j + id)));
+                }
+            }
+            // Something n3 sends to a port n2 never listens on, all along.
+            if k % 5 == 0 {
+                nodes[2].push(send(t + 3 * MS, udp_on(2, 1, 7001, 6000 + id)));
+                nodes[1].push(dropped(recv(t + 3 * MS + MS / 10, udp_on(2, 1, 7001, 6000 + id)), "no_socket"));
+            }
+        }
+        let a = analyze(trace(nodes), Inputs::default());
+        let kinds: Vec<(FindingKind, Vec<NodeId>)> = a.findings.iter().map(|f| (f.kind, f.nodes.clone())).collect();
+        // The partition touches all three nodes for 2 s; the refusals to port 7001, one node
+        // for 4.5 s, though they began first; the start-up refusals are none.
+        assert_eq!(kinds, vec![(FindingKind::Partition, vec![0, 1, 2]), (FindingKind::KernelDrop, vec![1])], "{:#?}", a.findings);
+        assert!(a.findings[1].text.starts_with("nothing listened on n2 for 10 messages from n3"), "{}", a.findings[1].text);
+    }
+}
