@@ -320,6 +320,7 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     groups
         .into_iter()
         .map(|((node, out_going, reason), (peers, times, evidence, count))| {
+            let reason_id = reason;
             let reason = t.drop_reasons.get(reason as usize).map_or("?", String::as_str);
             let who = name(node);
             let peers: Vec<&str> = peers.iter().map(|&p| name(p)).collect();
@@ -343,7 +344,18 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
                 Some((a, b)) => format!("{text} from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b)),
                 None => text,
             };
-            Finding { kind: FindingKind::KernelDrop, nodes: vec![node], span, text, evidence, ..Finding::default() }
+            Finding {
+                kind: FindingKind::KernelDrop,
+                nodes: vec![node],
+                span,
+                text,
+                evidence,
+                cause: Some(Cause {
+                    kind: if out_going { CauseKind::SenderKernel } else { CauseKind::ReceiverKernel },
+                    reason: (reason_id != u16::MAX).then_some(reason_id),
+                }),
+                ..Finding::default()
+            }
         })
         .collect()
 }
@@ -393,5 +405,23 @@ mod tests {
         // for 4.5 s, though they began first; the start-up refusals are none.
         assert_eq!(kinds, vec![(FindingKind::Partition, vec![0, 1, 2]), (FindingKind::KernelDrop, vec![1])], "{:#?}", a.findings);
         assert!(a.findings[1].text.starts_with("nothing listened on n2 for 10 messages from n3"), "{}", a.findings[1].text);
+    }
+
+    #[test]
+    fn a_firewall_partition_is_one_finding_whose_cause_is_the_firewalls() {
+        let side = |n: u8| n < 2;
+        for how in [Fate::FirewallIn, Fate::FirewallOut] {
+            let msgs = mesh(5, (100 * MS, 4000 * MS), 100 * MS, |t, a, b, _| {
+                if side(a) != side(b) && (1000 * MS..3000 * MS).contains(&t) { how } else { Fate::Delivered }
+            });
+            let a = analyze(trace(traffic_fates(5, &msgs)), Inputs::default());
+            // The drop records are the partition's cause, not findings of their own.
+            let kinds: Vec<FindingKind> = a.findings.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, vec![FindingKind::Partition], "{how:?}: {:#?}", a.findings);
+            let f = &a.findings[0];
+            assert_eq!(f.islands, vec![vec![0, 1], vec![2, 3, 4]]);
+            let reason = f.cause.and_then(|c| c.reason).map(|r| a.trace.drop_reasons[r as usize].as_str());
+            assert_eq!(reason, Some("netfilter_drop"));
+        }
     }
 }

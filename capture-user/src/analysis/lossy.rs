@@ -224,7 +224,11 @@ mod tests {
         assert_eq!(d.all_links_of, Some(3));
         assert_eq!(d.links.len(), 8, "{:?}", d.links);
         assert_eq!(lossy[0].nodes.as_slice(), &[3]);
-        assert!(lossy[0].text.starts_with("all of n4's links are lossy: 128 of 640 messages lost (20%) on its 8 links"), "{}", lossy[0].text);
+        assert!(
+            lossy[0].text.starts_with("all of n4's links are lossy: 128 of 640 messages lost (20%) on its 8 links"),
+            "{}",
+            lossy[0].text
+        );
         assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
     }
 

@@ -329,10 +329,6 @@ mod tests {
             let cause = parts[0].cause.unwrap();
             assert_eq!((cause.kind, t.drop_reasons[cause.reason.unwrap() as usize].as_str()), (kind, "netfilter_drop"));
             assert!(parts[0].text.contains("{n1, n2} | {n3, n4, n5}") && parts[0].text.ends_with(words), "{}", parts[0].text);
-            // The drops are the partition's cause, not findings of their own.
-            let a = crate::analysis::analyze(t, crate::analysis::Inputs::default());
-            let kinds: Vec<_> = a.findings.iter().map(|f| f.kind).collect();
-            assert_eq!(kinds, vec![crate::analysis::diagnosis::FindingKind::Partition], "{how:?}: {:?}", a.findings);
         }
         // The same cut in the network.
         let found = anomalies(&trace(traffic_fates(5, &two_three(Fate::Lost))));
