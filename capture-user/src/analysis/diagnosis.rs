@@ -11,7 +11,7 @@ use super::clocks::{Clocks, Quality};
 use super::matching::Matching;
 use super::partitions::PARTITION_WINDOW_NS;
 use super::rules::Violation;
-use super::trace::{EventId, NodeId, Trace};
+use super::trace::{Dir, EventId, NodeId, Trace};
 /// How long after a partition ends its cut-off nodes may take to come back (reconnects,
 /// backoffs): a silence that starts then is the partition's.
 pub const REJOIN_NS: i64 = 2_000_000_000;
@@ -84,6 +84,8 @@ pub struct Inputs<'a> {
     /// Names of the spec's `answered` invariants (their violations are unanswered requests).
     pub answered: &'a BTreeSet<String>,
     pub corrected: &'a dyn Fn(EventId) -> i64,
+    /// Message type per event (`rules::UNKNOWN` if none).
+    pub classes: &'a [u16],
     /// An event's words (its message type and fields, or protocol and ports).
     pub describe: &'a dyn Fn(EventId) -> String,
 }
@@ -231,8 +233,8 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             nodes,
             span,
             text: match unanswered {
-                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list)),
-                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list)),
+                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list, t, i.classes)),
+                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list, t, i.classes)),
             },
             evidence: list.iter().flat_map(|v| v.events.iter().copied()).take(MAX_EVIDENCE).collect(),
             ..Finding::default()
@@ -256,16 +258,18 @@ fn rank(out: &mut [Finding], t: &Trace) {
     out.sort_by_key(|f| (f.kind.class(), std::cmp::Reverse(weight(f)), f.span.map_or(i64::MAX, |s| s.0), f.kind));
 }
 
-/// The first violation of each different shape (its text without numbers), up to three:
-/// "a timeout at start-up" and "a member rejoined" are different stories.
-fn examples(list: &[&Violation]) -> String {
+/// The first violation of each different shape (the message types of its events and which
+/// way each went), up to three: "a timeout at start-up" and "a member rejoined" are
+/// different stories. Told from the data, never from the words.
+fn examples(list: &[&Violation], t: &Trace, classes: &[u16]) -> String {
     let mut seen = BTreeSet::new();
-    let picked: Vec<&str> = list
-        .iter()
-        .filter(|v| seen.insert(v.text.chars().filter(|c| !c.is_ascii_digit() && *c != '.').take(60).collect::<String>()))
-        .take(3)
-        .map(|v| v.text.as_str())
-        .collect();
+    let shape = |v: &Violation| {
+        v.events
+            .iter()
+            .map(|&e| (classes.get(e as usize).copied(), t.events.get(e as usize).map(|e| e.dir == Dir::Send)))
+            .collect::<Vec<_>>()
+    };
+    let picked: Vec<&str> = list.iter().filter(|v| seen.insert(shape(v))).take(3).map(|v| v.text.as_str()).collect();
     match picked.len() {
         1 => format!("the first: {}", picked[0]),
         _ => format!("the first of each kind: {}", picked.join("; ")),

@@ -3,7 +3,7 @@
 //! each other during it, directly or through a chain, are one island; a pair with no
 //! traffic is unknown, and unknown never splits an island.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap;
 
@@ -27,19 +27,6 @@ pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
 /// evidence shows it, give or take a message's cadence. Used where other findings ask
 /// whether a partition explains them.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
-
-/// Per pair of nodes: its deliveries as (receive time, send time), by receive time.
-type Delivered = FxHashMap<(NodeId, NodeId), Vec<(i64, i64)>>;
-
-/// Whether the pair delivered a message both sent and received strictly between `from`
-/// and `to`: one in flight when the cut began, or a TCP segment sent during the cut whose
-/// bytes only arrived (in a merged retransmission) after the heal, proves nothing.
-fn between(d: &Delivered, p: (NodeId, NodeId), from: i64, to: i64) -> bool {
-    d.get(&p).is_some_and(|v| {
-        let k = v.partition_point(|x| x.0 <= from);
-        v[k..].iter().take_while(|x| x.0 < to).any(|x| x.1 > from)
-    })
-}
 
 /// One lost message between two nodes: (send time, sender, receiver, send, cause).
 type Loss = (i64, NodeId, NodeId, EventId, Cause);
@@ -73,29 +60,35 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     }
     losses.sort_unstable_by_key(|l| (l.0, l.3));
     let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
-    // Deliveries per pair: (receive time, send time), by receive time.
-    let mut delivered: Delivered = FxHashMap::default();
-    for &(s, r) in &ctx.matching.messages {
+    // Each pair's losses in time order, and per gap between two of them (gap k: before its
+    // k-th loss) whether it delivered a message both sent and received within the gap. A
+    // message in flight when the cut began, or TCP bytes sent during the cut that only a
+    // merged retransmission delivered after the heal, prove nothing.
+    let mut by_pair: FxHashMap<(NodeId, NodeId), (Vec<usize>, Vec<bool>)> = FxHashMap::default();
+    for (k, l) in losses.iter().enumerate() {
+        by_pair.entry(pair(l.1, l.2)).or_default().0.push(k);
+    }
+    for v in by_pair.values_mut() {
+        v.1 = vec![false; v.0.len() + 1];
+    }
+    let messages = &ctx.matching.messages;
+    let ends = |s: EventId, r: EventId| (ctx.corr(s), ctx.corr(r));
+    for &(s, r) in messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
-        if a != b {
-            delivered.entry(pair(a, b)).or_default().push((ctx.corr(r), ctx.corr(s)));
+        let Some((ks, gaps)) = by_pair.get_mut(&pair(a, b)) else { continue };
+        let (ts, tr) = ends(s, r);
+        let g = ks.partition_point(|&k| losses[k].0 < ts);
+        if g > 0 && losses[ks[g - 1]].0 < ts && ks.get(g).is_some_and(|&k| tr < losses[k].0) {
+            gaps[g] = true;
         }
     }
-    for v in delivered.values_mut() {
-        v.sort_unstable();
-    }
-    let delivered_between = |p: (NodeId, NodeId), from: i64, to: i64| between(&delivered, p, from, to);
     // Each pair's cuts: runs of losses with nothing delivered between them.
-    let mut by_pair: BTreeMap<(NodeId, NodeId), Vec<usize>> = BTreeMap::new();
-    for (k, l) in losses.iter().enumerate() {
-        by_pair.entry(pair(l.1, l.2)).or_default().push(k);
-    }
     let mut runs: Vec<Span> = Vec::new();
-    for (&p, ks) in &by_pair {
+    for (ks, gaps) in by_pair.values() {
         let mut cur = (losses[ks[0]].0, losses[ks[0]].0);
-        for &k in &ks[1..] {
+        for (g, &k) in ks.iter().enumerate().skip(1) {
             let t = losses[k].0;
-            if t - cur.1 > PARTITION_MAX_GAP_NS || delivered_between(p, cur.1, t) {
+            if t - cur.1 > PARTITION_MAX_GAP_NS || gaps[g] {
                 runs.push(cur);
                 cur = (t, t);
             } else {
@@ -104,7 +97,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         }
         runs.push(cur);
     }
-    // Episodes: cuts that overlap in time, of any pairs.
+    // Episodes: cuts that overlap in time, of any pairs; only those with enough losses
+    // over long enough to be a partition are looked at further.
     runs.sort_unstable();
     let mut episodes: Vec<Span> = Vec::new();
     for r in runs {
@@ -113,42 +107,60 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
             _ => episodes.push(r),
         }
     }
+    let in_episode = |e: &Span| losses.partition_point(|l| l.0 < e.0)..losses.partition_point(|l| l.0 <= e.1);
+    episodes.retain(|e| {
+        let n = in_episode(e).len();
+        (n >= PARTITION_MIN_LOST && e.1 - e.0 >= PARTITION_MIN_NS) || (n >= PARTITION_BUSY_LOST && e.1 - e.0 >= PARTITION_BUSY_NS)
+    });
+    if episodes.is_empty() {
+        return Vec::new();
+    }
+    // The pairs that delivered a message both sent and received within each episode.
+    let mut delivered: Vec<BTreeSet<(NodeId, NodeId)>> = vec![BTreeSet::new(); episodes.len()];
+    for &(s, r) in messages {
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+        if a == b {
+            continue;
+        }
+        let (ts, tr) = ends(s, r);
+        let e = episodes.partition_point(|e| e.0 <= ts);
+        if e > 0 && tr <= episodes[e - 1].1 {
+            delivered[e - 1].insert(pair(a, b));
+        }
+    }
     let mut out = Vec::new();
-    for (t0, t1) in episodes {
-        let from = losses.partition_point(|l| l.0 < t0);
-        let to = losses.partition_point(|l| l.0 <= t1);
-        if let Some(a) = episode(ctx, &losses[from..to], (t0, t1), &delivered) {
+    for (e, span) in episodes.iter().enumerate() {
+        let range = in_episode(span);
+        // A pair that lost in the episode connects only by a delivery between its own
+        // losses: what it delivered before its first loss or after its last does not undo
+        // its cut.
+        let connected = delivered[e].iter().copied().filter(|p| {
+            let Some((ks, gaps)) = by_pair.get(p) else { return true };
+            let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
+            mine.is_empty() || mine.iter().skip(1).any(|&g| gaps[g])
+        });
+        if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
             out.push(a);
         }
     }
     out
 }
 
-/// The partition of one episode's losses, if they split the cluster.
-fn episode(ctx: &Context<'_>, losses: &[Loss], (t0, t1): Span, delivered: &Delivered) -> Option<Anomaly> {
+/// The partition of one episode's losses, if they split the cluster; `connected` are the
+/// pairs that delivered to each other during it.
+fn episode(ctx: &Context<'_>, losses: &[Loss], connected: impl Iterator<Item = (NodeId, NodeId)>) -> Option<Anomaly> {
     let n = ctx.trace.nodes.len();
-    let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
-    // Each pair's first and last loss in the episode: what it delivered only before its
-    // first loss or after its last does not undo its cut.
-    let mut lost_span: BTreeMap<(NodeId, NodeId), Span> = BTreeMap::new();
     let mut active = vec![false; n];
     for l in losses {
-        let s = lost_span.entry(pair(l.1, l.2)).or_insert((l.0, l.0));
-        *s = (s.0.min(l.0), s.1.max(l.0));
         active[l.1 as usize] = true;
         active[l.2 as usize] = true;
     }
     let mut parent: Vec<usize> = (0..n).collect();
-    for &p in delivered.keys() {
-        // A pair that lost nothing connects if it delivered during the episode; one that
-        // lost, only by a delivery between its losses.
-        let (lo, hi) = lost_span.get(&p).copied().unwrap_or((t0 - 1, t1 + 1));
-        if between(delivered, p, lo, hi) {
-            active[p.0 as usize] = true;
-            active[p.1 as usize] = true;
-            let (ra, rb) = (root(&mut parent, p.0 as usize), root(&mut parent, p.1 as usize));
-            parent[ra] = rb;
-        }
+    for p in connected {
+        active[p.0 as usize] = true;
+        active[p.1 as usize] = true;
+        let (ra, rb) = (root(&mut parent, p.0 as usize), root(&mut parent, p.1 as usize));
+        parent[ra] = rb;
     }
     // Islands that lost nothing to each other are not told apart: unknown never splits.
     let mut islands: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
