@@ -18,7 +18,7 @@ pub const REJOIN_NS: i64 = 2_000_000_000;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     Partition,
@@ -31,6 +31,7 @@ pub enum FindingKind {
     KernelDrop,
     RetryStorm,
     Unanswered,
+    #[default]
     Violation,
 }
 
@@ -67,12 +68,6 @@ pub struct Finding {
     pub all_links_of: Option<NodeId>,
     /// For stalls: the nodes that waited on the stalled one.
     pub waiters: Vec<NodeId>,
-}
-
-impl Default for FindingKind {
-    fn default() -> FindingKind {
-        FindingKind::Violation
-    }
 }
 
 pub struct Inputs<'a> {

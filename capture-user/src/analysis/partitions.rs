@@ -374,7 +374,7 @@ mod tests {
         assert_eq!(parts.len(), 1, "one claim: {parts:?}");
         assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
         let (from, to) = parts[0].span.unwrap();
-        assert!(from >= 1000 * MS && from < 1100 * MS && to > 3800 * MS && to < 4000 * MS, "{from}..{to}");
+        assert!((1000 * MS..1100 * MS).contains(&from) && (3800 * MS..4000 * MS).contains(&to), "{from}..{to}");
     }
 
     #[test]

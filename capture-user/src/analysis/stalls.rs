@@ -143,10 +143,10 @@ pub fn stalls(
         }
     }
     for (peer, waiter, at) in waiters {
-        if let Some(y) = kept.iter_mut().find(|y| y.node == peer && y.from <= at && at <= y.to) {
-            if !y.waiters.contains(&waiter) {
-                y.waiters.push(waiter);
-            }
+        if let Some(y) = kept.iter_mut().find(|y| y.node == peer && y.from <= at && at <= y.to)
+            && !y.waiters.contains(&waiter)
+        {
+            y.waiters.push(waiter);
         }
     }
     kept
