@@ -52,12 +52,19 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
     let t = ctx.trace;
     // Sends per directed link: delivered messages and losses (unicast to an owned address).
     let owners = address_owners(t);
-    let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
+    // Counted in a dense table first: this runs once per delivered message.
+    let n = t.nodes.len();
+    let group: Vec<bool> = t.addrs.iter().map(|a| is_group_address(*a)).collect();
+    let mut sent = vec![0usize; n * n];
     for &(s, r) in &ctx.matching.messages {
-        let (a, b) = (t.events[s as usize].node, t.events[r as usize].node);
-        if a != b && !is_group_address(t.addr(t.events[s as usize].dst)) {
-            links.entry((a, b)).or_default().sent += 1;
+        let (se, re) = (&t.events[s as usize], &t.events[r as usize]);
+        if se.node != re.node && !group[se.dst as usize] {
+            sent[se.node as usize * n + re.node as usize] += 1;
         }
+    }
+    let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
+    for (k, &c) in sent.iter().enumerate().filter(|x| *x.1 > 0) {
+        links.insert(((k / n) as NodeId, (k % n) as NodeId), Link { sent: c, lost: Vec::new() });
     }
     for &(s, to, cause) in lost {
         let from = t.events[s as usize].node;

@@ -73,9 +73,17 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     }
     let messages = &ctx.matching.messages;
     let ends = |s: EventId, r: EventId| (ctx.corr(s), ctx.corr(r));
+    // Which pairs lost anything, in a dense table: this runs once per delivered message.
+    let mut lossy_pair = vec![false; n * n];
+    for &(x, y) in by_pair.keys() {
+        lossy_pair[x as usize * n + y as usize] = true;
+    }
     for &(s, r) in messages {
-        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
-        let Some((ks, gaps)) = by_pair.get_mut(&pair(a, b)) else { continue };
+        let (a, b) = pair(trace.events[s as usize].node, trace.events[r as usize].node);
+        if !lossy_pair[a as usize * n + b as usize] {
+            continue;
+        }
+        let Some((ks, gaps)) = by_pair.get_mut(&(a, b)) else { continue };
         let (ts, tr) = ends(s, r);
         let g = ks.partition_point(|&k| losses[k].0 < ts);
         if g > 0 && losses[ks[g - 1]].0 < ts && ks.get(g).is_some_and(|&k| tr < losses[k].0) {
@@ -122,9 +130,9 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         if a == b {
             continue;
         }
-        let (ts, tr) = ends(s, r);
+        let ts = ctx.corr(s);
         let e = episodes.partition_point(|e| e.0 <= ts);
-        if e > 0 && tr <= episodes[e - 1].1 {
+        if e > 0 && ts <= episodes[e - 1].1 && ctx.corr(r) <= episodes[e - 1].1 {
             delivered[e - 1].insert(pair(a, b));
         }
     }
