@@ -182,8 +182,7 @@ pub fn loss_text(trace: &Trace, describe: &dyn Fn(EventId) -> String, a: &Anomal
     }
 }
 
-/// The UDP and TCP ports each node's recorded traffic uses locally (sent from, received on).
-
+/// What every detector is given.
 pub struct Context<'a> {
     pub trace: &'a Trace,
     pub matching: &'a Matching,

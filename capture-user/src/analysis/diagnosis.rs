@@ -11,14 +11,14 @@ use super::clocks::{Clocks, Quality};
 use super::matching::Matching;
 use super::partitions::PARTITION_WINDOW_NS;
 use super::rules::Violation;
-use super::trace::{EventId, NodeId, Trace};
+use super::trace::{Dir, EventId, NodeId, Trace};
 /// How long after a partition ends its cut-off nodes may take to come back (reconnects,
 /// backoffs): a silence that starts then is the partition's.
 pub const REJOIN_NS: i64 = 2_000_000_000;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     Partition,
@@ -31,6 +31,7 @@ pub enum FindingKind {
     KernelDrop,
     RetryStorm,
     Unanswered,
+    #[default]
     Violation,
 }
 
@@ -69,12 +70,6 @@ pub struct Finding {
     pub waiters: Vec<NodeId>,
 }
 
-impl Default for FindingKind {
-    fn default() -> FindingKind {
-        FindingKind::Violation
-    }
-}
-
 pub struct Inputs<'a> {
     pub trace: &'a Trace,
     pub matching: &'a Matching,
@@ -84,6 +79,8 @@ pub struct Inputs<'a> {
     /// Names of the spec's `answered` invariants (their violations are unanswered requests).
     pub answered: &'a BTreeSet<String>,
     pub corrected: &'a dyn Fn(EventId) -> i64,
+    /// Message type per event (`rules::UNKNOWN` if none).
+    pub classes: &'a [u16],
     /// An event's words (its message type and fields, or protocol and ports).
     pub describe: &'a dyn Fn(EventId) -> String,
 }
@@ -231,8 +228,8 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             nodes,
             span,
             text: match unanswered {
-                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list)),
-                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list)),
+                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list, t, i.classes)),
+                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list, t, i.classes)),
             },
             evidence: list.iter().flat_map(|v| v.events.iter().copied()).take(MAX_EVIDENCE).collect(),
             ..Finding::default()
@@ -256,16 +253,18 @@ fn rank(out: &mut [Finding], t: &Trace) {
     out.sort_by_key(|f| (f.kind.class(), std::cmp::Reverse(weight(f)), f.span.map_or(i64::MAX, |s| s.0), f.kind));
 }
 
-/// The first violation of each different shape (its text without numbers), up to three:
-/// "a timeout at start-up" and "a member rejoined" are different stories.
-fn examples(list: &[&Violation]) -> String {
+/// The first violation of each different shape (the message types of its events and which
+/// way each went), up to three: "a timeout at start-up" and "a member rejoined" are
+/// different stories. Told from the data, never from the words.
+fn examples(list: &[&Violation], t: &Trace, classes: &[u16]) -> String {
     let mut seen = BTreeSet::new();
-    let picked: Vec<&str> = list
-        .iter()
-        .filter(|v| seen.insert(v.text.chars().filter(|c| !c.is_ascii_digit() && *c != '.').take(60).collect::<String>()))
-        .take(3)
-        .map(|v| v.text.as_str())
-        .collect();
+    let shape = |v: &Violation| {
+        v.events
+            .iter()
+            .map(|&e| (classes.get(e as usize).copied(), t.events.get(e as usize).map(|e| e.dir == Dir::Send)))
+            .collect::<Vec<_>>()
+    };
+    let picked: Vec<&str> = list.iter().filter(|v| seen.insert(shape(v))).take(3).map(|v| v.text.as_str()).collect();
     match picked.len() {
         1 => format!("the first: {}", picked[0]),
         _ => format!("the first of each kind: {}", picked.join("; ")),
@@ -320,6 +319,7 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     groups
         .into_iter()
         .map(|((node, out_going, reason), (peers, times, evidence, count))| {
+            let reason_id = reason;
             let reason = t.drop_reasons.get(reason as usize).map_or("?", String::as_str);
             let who = name(node);
             let peers: Vec<&str> = peers.iter().map(|&p| name(p)).collect();
@@ -343,7 +343,84 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
                 Some((a, b)) => format!("{text} from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b)),
                 None => text,
             };
-            Finding { kind: FindingKind::KernelDrop, nodes: vec![node], span, text, evidence, ..Finding::default() }
+            Finding {
+                kind: FindingKind::KernelDrop,
+                nodes: vec![node],
+                span,
+                text,
+                evidence,
+                cause: Some(Cause {
+                    kind: if out_going { CauseKind::SenderKernel } else { CauseKind::ReceiverKernel },
+                    reason: (reason_id != u16::MAX).then_some(reason_id),
+                }),
+                ..Finding::default()
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Inputs, analyze};
+    use super::*;
+
+    #[test]
+    fn refusals_while_a_listener_starts_are_no_finding_and_a_partition_ranks_above_a_longer_lasting_drop() {
+        let udp_on = |from: u8, to: u8, port: u16, id: u16| {
+            crate::packet::tests::udp4(addr(from), addr(to), port, port, id, format!("hello {id}").as_bytes())
+        };
+        let udp_to = |from: u8, to: u8, port: u16, id: u16| udp_on(from, to, if port == 7000 { 7000 } else { 7100 }, id);
+        let mut nodes: Vec<Vec<Ev>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for k in 0..50i64 {
+            let t = 100 * MS + k * 100 * MS;
+            let id = k as u16;
+            // n2's listener comes up at 1 s: until then, n1's hellos are refused.
+            nodes[0].push(send(t, udp_to(0, 1, 7000, id)));
+            if t < 1000 * MS {
+                nodes[1].push(dropped(recv(t + MS / 10, udp_to(0, 1, 7000, id)), "no_socket"));
+            } else {
+                nodes[1].push(recv(t + MS / 10, udp_to(0, 1, 7000, id)));
+                nodes[1].push(send(t + MS, udp_to(1, 0, 7000, 1000 + id)));
+                nodes[0].push(recv(t + MS + MS / 10, udp_to(1, 0, 7000, 1000 + id)));
+            }
+            // n3 ↔ n1 and n3 ↔ n2, cut off from 2 s to 4 s.
+            let cut = (2000 * MS..4000 * MS).contains(&t);
+            for (a, b, j) in [(2u8, 0u8, 2000), (0, 2, 3000), (2, 1, 4000), (1, 2, 5000)] {
+                nodes[a as usize].push(send(t + 2 * MS, udp_to(a, b, 7100, j + id)));
+                if !cut {
+                    nodes[b as usize].push(recv(t + 2 * MS + MS / 10, udp_to(a, b, 7100, j + id)));
+                }
+            }
+            // Something n3 sends to a port n2 never listens on, all along.
+            if k % 5 == 0 {
+                nodes[2].push(send(t + 3 * MS, udp_on(2, 1, 7001, 6000 + id)));
+                nodes[1].push(dropped(recv(t + 3 * MS + MS / 10, udp_on(2, 1, 7001, 6000 + id)), "no_socket"));
+            }
+        }
+        let a = analyze(trace(nodes), Inputs::default());
+        let kinds: Vec<(FindingKind, Vec<NodeId>)> = a.findings.iter().map(|f| (f.kind, f.nodes.clone())).collect();
+        // The partition touches all three nodes for 2 s; the refusals to port 7001, one node
+        // for 4.5 s, though they began first; the start-up refusals are none.
+        assert_eq!(kinds, vec![(FindingKind::Partition, vec![0, 1, 2]), (FindingKind::KernelDrop, vec![1])], "{:#?}", a.findings);
+        assert!(a.findings[1].text.starts_with("nothing listened on n2 for 10 messages from n3"), "{}", a.findings[1].text);
+    }
+
+    #[test]
+    fn a_firewall_partition_is_one_finding_whose_cause_is_the_firewalls() {
+        let side = |n: u8| n < 2;
+        for how in [Fate::FirewallIn, Fate::FirewallOut] {
+            let msgs = mesh(5, (100 * MS, 4000 * MS), 100 * MS, |t, a, b, _| {
+                if side(a) != side(b) && (1000 * MS..3000 * MS).contains(&t) { how } else { Fate::Delivered }
+            });
+            let a = analyze(trace(traffic_fates(5, &msgs)), Inputs::default());
+            // The drop records are the partition's cause, not findings of their own.
+            let kinds: Vec<FindingKind> = a.findings.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, vec![FindingKind::Partition], "{how:?}: {:#?}", a.findings);
+            let f = &a.findings[0];
+            assert_eq!(f.islands, vec![vec![0, 1], vec![2, 3, 4]]);
+            let reason = f.cause.and_then(|c| c.reason).map(|r| a.trace.drop_reasons[r as usize].as_str());
+            assert_eq!(reason, Some("netfilter_drop"));
+        }
+    }
 }

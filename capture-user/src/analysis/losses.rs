@@ -620,4 +620,67 @@ mod tests {
         let losses = of(&anomalies(&t), Kind::NetworkLoss).len();
         assert_eq!(losses, 1, "only the ping to the app's port is a loss");
     }
+
+    /// A TCP segment with IP id `id` (each segment has its own, as Linux sends them).
+    fn with_id((mut ip, len): (Vec<u8>, u32), id: u16) -> (Vec<u8>, u32) {
+        ip[4..6].copy_from_slice(&id.to_be_bytes());
+        (ip, len)
+    }
+
+    #[test]
+    fn a_send_before_the_receivers_first_record_is_not_judged() {
+        // n2's ring wrapped: its recording says it began at 0, but its first record left is
+        // at 1 s. What n1 sent it before then is not known to be lost.
+        let msgs: Vec<(i64, u8, u8, bool)> =
+            (0..30).flat_map(|k| [(k * 100 * MS, 0, 1, k >= 10), (k * 100 * MS + MS, 1, 0, k >= 10)]).collect();
+        let mut nodes = traffic(2, &msgs);
+        // n2's sends before 1 s were overwritten too; n1 still has its receipts of them.
+        nodes[1].retain(|e| e.t >= 1000 * MS);
+        let t = trace(nodes);
+        let found = anomalies(&t);
+        let lost: Vec<_> = of(&found, Kind::NetworkLoss).into_iter().filter(|a| a.nodes.as_slice() == [0, 1]).collect();
+        assert!(lost.is_empty(), "{lost:?}");
+    }
+
+    #[test]
+    fn tcp_bytes_that_first_arrive_in_a_merged_retransmission_were_lost_each_time_before() {
+        let (a, b) = (addr(0), addr(1));
+        let t = trace(vec![
+            vec![
+                tcp_ev(1000 * MS, Dir::Send, with_id(tcp(a, b, 1, 100), 1)),
+                tcp_ev(2000 * MS, Dir::Send, with_id(tcp(a, b, 101, 100), 2)), // lost in the cut
+                tcp_ev(2010 * MS, Dir::Send, with_id(tcp(a, b, 201, 100), 3)), // lost in the cut
+                tcp_ev(2500 * MS, Dir::Send, with_id(tcp(a, b, 101, 200), 4)), // both again, merged
+            ],
+            vec![
+                tcp_ev(1000 * MS + MS / 10, Dir::Recv, with_id(tcp(a, b, 1, 100), 1)),
+                tcp_ev(2500 * MS + MS / 10, Dir::Recv, with_id(tcp(a, b, 101, 200), 4)),
+            ],
+        ]);
+        let lost: Vec<EventId> = of(&anomalies(&t), Kind::NetworkLoss).iter().map(|a| a.events[0]).collect();
+        assert_eq!(lost, vec![1, 2], "both originals, though the matching credits the second with the merged copy");
+    }
+
+    #[test]
+    fn a_syn_is_judged_and_a_headers_only_firewall_drop_is_its_segments_one_loss() {
+        let (a, b) = (addr(0), addr(1));
+        let data = |seq, id| with_id(tcp(a, b, seq, 100), id);
+        // The second segment reaches n2 as a firewall's drop record of its headers only.
+        let (ip, len) = data(101, 2);
+        let headers = (ip[..40].to_vec(), len);
+        let syn = with_id(tcp_segment(a, b, (40001, 8000), 7, 0, 0x02), 3);
+        let t = trace(vec![
+            vec![tcp_ev(1000 * MS, Dir::Send, data(1, 1)), tcp_ev(2000 * MS, Dir::Send, data(101, 2)), tcp_ev(3000 * MS, Dir::Send, syn)],
+            vec![
+                tcp_ev(1000 * MS + MS / 10, Dir::Recv, data(1, 1)),
+                dropped(tcp_ev(2000 * MS + MS / 10, Dir::Recv, headers), "netfilter_drop"),
+            ],
+        ]);
+        let found = anomalies(&t);
+        assert!(of(&found, Kind::KernelDrop).is_empty(), "the drop is the segment's, counted once: {found:?}");
+        let mut lost: Vec<(EventId, CauseKind)> =
+            of(&found, Kind::NetworkLoss).iter().map(|a| (a.events[0], a.cause.unwrap().kind)).collect();
+        lost.sort();
+        assert_eq!(lost, vec![(1, CauseKind::ReceiverKernel), (2, CauseKind::Network)], "the dropped segment and the SYN");
+    }
 }

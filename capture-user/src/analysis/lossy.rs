@@ -25,24 +25,24 @@ struct Link {
     lost: Vec<(i64, EventId, Cause)>,
 }
 
-/// The cluster's usual loss rate: for each node, the median rate of the links that do not
-/// touch it; the least of those. A fault on one link, or on all of one node's links, then
-/// leaves the baseline to the healthy rest (a pool of the others would count a node's other
-/// lossy links against each of them).
-fn baseline(rates: &[((NodeId, NodeId), f64)], nodes: usize) -> f64 {
-    let median = |mut v: Vec<f64>| {
-        v.sort_unstable_by(f64::total_cmp);
-        match v.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(v[n / 2]),
-            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
-    };
-    (0..nodes as NodeId)
-        .filter_map(|x| median(rates.iter().filter(|(k, _)| k.0 != x && k.1 != x).map(|r| r.1).collect()))
+/// The pooled loss rate of the links `keep` keeps.
+fn pooled(links: &BTreeMap<(NodeId, NodeId), Link>, keep: impl Fn(&(NodeId, NodeId)) -> bool) -> Option<f64> {
+    let (sent, lost) = links.iter().filter(|(k, _)| keep(k)).fold((0, 0), |(s, l), (_, x)| (s + x.sent, l + x.lost.len()));
+    (sent > 0).then(|| lost as f64 / sent as f64)
+}
+
+/// The cluster's usual loss rate, robust to one faulty link or node: first the least, over
+/// the nodes, of the pooled rate of the links that do not touch it (so that one node's
+/// lossy links are not counted against each other); then the pooled rate of the links that
+/// this first baseline does not find lossy. (The median of the links' rates would be no
+/// baseline: with a few losses per link most links lose none, and it is zero.)
+fn baseline(links: &BTreeMap<(NodeId, NodeId), Link>, nodes: usize, lossy: &dyn Fn(&Link, f64) -> bool) -> f64 {
+    let first = (0..nodes as NodeId)
+        .filter_map(|x| pooled(links, |k| k.0 != x && k.1 != x))
         .min_by(f64::total_cmp)
-        .or_else(|| median(rates.iter().map(|r| r.1).collect()))
-        .unwrap_or(0.0)
+        .or_else(|| pooled(links, |_| true))
+        .unwrap_or(0.0);
+    pooled(links, |k| !lossy(&links[k], first)).unwrap_or(first)
 }
 
 /// Lossy links, from the lost messages (send, receiver, cause): only losses on the path
@@ -52,12 +52,19 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
     let t = ctx.trace;
     // Sends per directed link: delivered messages and losses (unicast to an owned address).
     let owners = address_owners(t);
-    let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
+    // Counted in a dense table first: this runs once per delivered message.
+    let n = t.nodes.len();
+    let group: Vec<bool> = t.addrs.iter().map(|a| is_group_address(*a)).collect();
+    let mut sent = vec![0usize; n * n];
     for &(s, r) in &ctx.matching.messages {
-        let (a, b) = (t.events[s as usize].node, t.events[r as usize].node);
-        if a != b && !is_group_address(t.addr(t.events[s as usize].dst)) {
-            links.entry((a, b)).or_default().sent += 1;
+        let (se, re) = (&t.events[s as usize], &t.events[r as usize]);
+        if se.node != re.node && !group[se.dst as usize] {
+            sent[se.node as usize * n + re.node as usize] += 1;
         }
+    }
+    let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
+    for (k, &c) in sent.iter().enumerate().filter(|x| *x.1 > 0) {
+        links.insert(((k / n) as NodeId, (k % n) as NodeId), Link { sent: c, lost: Vec::new() });
     }
     for &(s, to, cause) in lost {
         let from = t.events[s as usize].node;
@@ -73,22 +80,22 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
     for l in links.values_mut() {
         l.sent = l.sent.max(l.lost.len());
     }
-    let rates: Vec<((NodeId, NodeId), f64)> =
-        links.iter().filter(|(_, l)| l.sent > 0).map(|(k, l)| (*k, l.lost.len() as f64 / l.sent as f64)).collect();
-    let usual = baseline(&rates, t.nodes.len());
     let span_of = |l: &Link| {
         let (a, b) = (l.lost.iter().map(|x| x.0).min(), l.lost.iter().map(|x| x.0).max());
         a.zip(b)
     };
     // High enough a rate to be this fault, whatever the counts.
-    let high = |l: &Link| l.sent > 0 && l.lost.len() as f64 / l.sent as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
-    let lossy = |l: &Link| {
+    let high_vs = |l: &Link, usual: f64| l.sent > 0 && l.lost.len() as f64 / l.sent as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
+    let lossy_vs = |l: &Link, usual: f64| {
         let expected = usual * l.sent as f64;
         let stands_out = l.lost.len() as f64 >= expected + 3.0 * expected.sqrt();
         // A link loses over time: a burst of losses within moments is an event, not the link.
         let lasting = span_of(l).is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
-        l.lost.len() >= LOSSY_MIN_LOST && high(l) && stands_out && lasting
+        l.lost.len() >= LOSSY_MIN_LOST && high_vs(l, usual) && stands_out && lasting
     };
+    let usual = baseline(&links, t.nodes.len(), &lossy_vs);
+    let high = |l: &Link| high_vs(l, usual);
+    let lossy = |l: &Link| lossy_vs(l, usual);
     let found: BTreeSet<(NodeId, NodeId)> = links.iter().filter(|(_, l)| lossy(l)).map(|(k, _)| *k).collect();
     // A node all of whose links lose (two or more of them plainly, none of them clean) is one
     // fault: its own, not each link's.
@@ -185,5 +192,82 @@ fn cause_words(ctx: &Context<'_>, lost: &[&(i64, EventId, Cause)]) -> &'static s
         CauseKind::Network => "",
         CauseKind::ReceiverKernel => ", dropped by the receiver's firewall",
         CauseKind::SenderKernel => ", dropped by the sender's own firewall",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+
+    /// Five nodes, each sending each other one datagram every 50 ms for 4 s; `lossy` says
+    /// which links lose every fifth message (20%), and how.
+    fn cluster(lossy: impl Fn(u8, u8) -> Option<Fate>) -> Vec<Anomaly> {
+        let msgs = mesh(5, (100 * MS, 4100 * MS), 50 * MS, |_, a, b, k| match lossy(a, b) {
+            Some(how) if k % 5 == 2 => how,
+            _ => Fate::Delivered,
+        });
+        anomalies(&trace(traffic_fates(5, &msgs)))
+    }
+
+    #[test]
+    fn one_lossy_link_is_named_alone() {
+        let found = cluster(|a, b| ((a, b) == (0, 2)).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!((d.links.as_slice(), d.all_links_of), (&[(0, 2)][..], None));
+        assert!(lossy[0].text.starts_with("lossy link n1 → n3: 16 of 80 messages lost (20%)"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn all_of_one_nodes_links_lossy_is_said_so_whatever_the_others() {
+        // Every link of n4, both ways: the baseline must not pool them against each other.
+        let found = cluster(|a, b| (a == 3 || b == 3).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!(d.all_links_of, Some(3));
+        assert_eq!(d.links.len(), 8, "{:?}", d.links);
+        assert_eq!(lossy[0].nodes.as_slice(), &[3]);
+        assert!(
+            lossy[0].text.starts_with("all of n4's links are lossy: 128 of 640 messages lost (20%) on its 8 links"),
+            "{}",
+            lossy[0].text
+        );
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_firewall_rule_dropping_a_fifth_at_random_is_a_lossy_link() {
+        let found = cluster(|a, b| ((a, b) == (0, 2)).then_some(Fate::FirewallIn));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{found:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        assert_eq!(lossy[0].cause.map(|c| c.kind), Some(CauseKind::ReceiverKernel));
+        assert!(lossy[0].text.contains("dropped by the receiver's firewall"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn the_baseline_is_the_healthy_rest() {
+        let link = |sent: usize, lost: usize| Link { sent, lost: (0..lost).map(|k| (k as i64, 0, Cause::NETWORK)).collect() };
+        // Three nodes; n3's four links lose 20%, n1 ↔ n2 2%: the rest is n1 ↔ n2.
+        let links: BTreeMap<(NodeId, NodeId), Link> = [
+            ((0, 1), link(100, 2)),
+            ((1, 0), link(100, 2)),
+            ((0, 2), link(100, 20)),
+            ((2, 0), link(100, 20)),
+            ((1, 2), link(100, 20)),
+            ((2, 1), link(100, 20)),
+        ]
+        .into_iter()
+        .collect();
+        // First the least of the pools that leave one node out (n3: 2%), then the pool of
+        // the links that does not find lossy (three times its rate or more).
+        let lossy = |l: &Link, usual: f64| l.lost.len() as f64 >= 3.0 * usual * l.sent as f64;
+        assert_eq!(baseline(&links, 3, &lossy), 0.02);
+        // A pool of all the links would be 14%, and find none of n3's links lossy.
+        assert_eq!(pooled(&links, |_| true), Some(0.14));
     }
 }

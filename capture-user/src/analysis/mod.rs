@@ -211,6 +211,7 @@ fn analyze_inner<R: Send>(
         violations: &violations,
         answered: &unanswered,
         corrected: &corrected,
+        classes: &classes,
         describe: &describe,
     });
     phase.done("diagnosis");

@@ -3,7 +3,7 @@
 //! each other during it, directly or through a chain, are one island; a pair with no
 //! traffic is unknown, and unknown never splits an island.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::FxHashMap;
 
@@ -27,19 +27,6 @@ pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
 /// evidence shows it, give or take a message's cadence. Used where other findings ask
 /// whether a partition explains them.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
-
-/// Per pair of nodes: its deliveries as (receive time, send time), by receive time.
-type Delivered = FxHashMap<(NodeId, NodeId), Vec<(i64, i64)>>;
-
-/// Whether the pair delivered a message both sent and received strictly between `from`
-/// and `to`: one in flight when the cut began, or a TCP segment sent during the cut whose
-/// bytes only arrived (in a merged retransmission) after the heal, proves nothing.
-fn between(d: &Delivered, p: (NodeId, NodeId), from: i64, to: i64) -> bool {
-    d.get(&p).is_some_and(|v| {
-        let k = v.partition_point(|x| x.0 <= from);
-        v[k..].iter().take_while(|x| x.0 < to).any(|x| x.1 > from)
-    })
-}
 
 /// One lost message between two nodes: (send time, sender, receiver, send, cause).
 type Loss = (i64, NodeId, NodeId, EventId, Cause);
@@ -73,29 +60,43 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     }
     losses.sort_unstable_by_key(|l| (l.0, l.3));
     let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
-    // Deliveries per pair: (receive time, send time), by receive time.
-    let mut delivered: Delivered = FxHashMap::default();
-    for &(s, r) in &ctx.matching.messages {
-        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
-        if a != b {
-            delivered.entry(pair(a, b)).or_default().push((ctx.corr(r), ctx.corr(s)));
+    // Each pair's losses in time order, and per gap between two of them (gap k: before its
+    // k-th loss) whether it delivered a message both sent and received within the gap. A
+    // message in flight when the cut began, or TCP bytes sent during the cut that only a
+    // merged retransmission delivered after the heal, prove nothing.
+    let mut by_pair: FxHashMap<(NodeId, NodeId), (Vec<usize>, Vec<bool>)> = FxHashMap::default();
+    for (k, l) in losses.iter().enumerate() {
+        by_pair.entry(pair(l.1, l.2)).or_default().0.push(k);
+    }
+    for v in by_pair.values_mut() {
+        v.1 = vec![false; v.0.len() + 1];
+    }
+    let messages = &ctx.matching.messages;
+    let ends = |s: EventId, r: EventId| (ctx.corr(s), ctx.corr(r));
+    // Which pairs lost anything, in a dense table: this runs once per delivered message.
+    let mut lossy_pair = vec![false; n * n];
+    for &(x, y) in by_pair.keys() {
+        lossy_pair[x as usize * n + y as usize] = true;
+    }
+    for &(s, r) in messages {
+        let (a, b) = pair(trace.events[s as usize].node, trace.events[r as usize].node);
+        if !lossy_pair[a as usize * n + b as usize] {
+            continue;
+        }
+        let Some((ks, gaps)) = by_pair.get_mut(&(a, b)) else { continue };
+        let (ts, tr) = ends(s, r);
+        let g = ks.partition_point(|&k| losses[k].0 < ts);
+        if g > 0 && losses[ks[g - 1]].0 < ts && ks.get(g).is_some_and(|&k| tr < losses[k].0) {
+            gaps[g] = true;
         }
     }
-    for v in delivered.values_mut() {
-        v.sort_unstable();
-    }
-    let delivered_between = |p: (NodeId, NodeId), from: i64, to: i64| between(&delivered, p, from, to);
     // Each pair's cuts: runs of losses with nothing delivered between them.
-    let mut by_pair: BTreeMap<(NodeId, NodeId), Vec<usize>> = BTreeMap::new();
-    for (k, l) in losses.iter().enumerate() {
-        by_pair.entry(pair(l.1, l.2)).or_default().push(k);
-    }
     let mut runs: Vec<Span> = Vec::new();
-    for (&p, ks) in &by_pair {
+    for (ks, gaps) in by_pair.values() {
         let mut cur = (losses[ks[0]].0, losses[ks[0]].0);
-        for &k in &ks[1..] {
+        for (g, &k) in ks.iter().enumerate().skip(1) {
             let t = losses[k].0;
-            if t - cur.1 > PARTITION_MAX_GAP_NS || delivered_between(p, cur.1, t) {
+            if t - cur.1 > PARTITION_MAX_GAP_NS || gaps[g] {
                 runs.push(cur);
                 cur = (t, t);
             } else {
@@ -104,7 +105,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         }
         runs.push(cur);
     }
-    // Episodes: cuts that overlap in time, of any pairs.
+    // Episodes: cuts that overlap in time, of any pairs; only those with enough losses
+    // over long enough to be a partition are looked at further.
     runs.sort_unstable();
     let mut episodes: Vec<Span> = Vec::new();
     for r in runs {
@@ -113,42 +115,60 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
             _ => episodes.push(r),
         }
     }
+    let in_episode = |e: &Span| losses.partition_point(|l| l.0 < e.0)..losses.partition_point(|l| l.0 <= e.1);
+    episodes.retain(|e| {
+        let n = in_episode(e).len();
+        (n >= PARTITION_MIN_LOST && e.1 - e.0 >= PARTITION_MIN_NS) || (n >= PARTITION_BUSY_LOST && e.1 - e.0 >= PARTITION_BUSY_NS)
+    });
+    if episodes.is_empty() {
+        return Vec::new();
+    }
+    // The pairs that delivered a message both sent and received within each episode.
+    let mut delivered: Vec<BTreeSet<(NodeId, NodeId)>> = vec![BTreeSet::new(); episodes.len()];
+    for &(s, r) in messages {
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+        if a == b {
+            continue;
+        }
+        let ts = ctx.corr(s);
+        let e = episodes.partition_point(|e| e.0 <= ts);
+        if e > 0 && ts <= episodes[e - 1].1 && ctx.corr(r) <= episodes[e - 1].1 {
+            delivered[e - 1].insert(pair(a, b));
+        }
+    }
     let mut out = Vec::new();
-    for (t0, t1) in episodes {
-        let from = losses.partition_point(|l| l.0 < t0);
-        let to = losses.partition_point(|l| l.0 <= t1);
-        if let Some(a) = episode(ctx, &losses[from..to], (t0, t1), &delivered) {
+    for (e, span) in episodes.iter().enumerate() {
+        let range = in_episode(span);
+        // A pair that lost in the episode connects only by a delivery between its own
+        // losses: what it delivered before its first loss or after its last does not undo
+        // its cut.
+        let connected = delivered[e].iter().copied().filter(|p| {
+            let Some((ks, gaps)) = by_pair.get(p) else { return true };
+            let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
+            mine.is_empty() || mine.iter().skip(1).any(|&g| gaps[g])
+        });
+        if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
             out.push(a);
         }
     }
     out
 }
 
-/// The partition of one episode's losses, if they split the cluster.
-fn episode(ctx: &Context<'_>, losses: &[Loss], (t0, t1): Span, delivered: &Delivered) -> Option<Anomaly> {
+/// The partition of one episode's losses, if they split the cluster; `connected` are the
+/// pairs that delivered to each other during it.
+fn episode(ctx: &Context<'_>, losses: &[Loss], connected: impl Iterator<Item = (NodeId, NodeId)>) -> Option<Anomaly> {
     let n = ctx.trace.nodes.len();
-    let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
-    // Each pair's first and last loss in the episode: what it delivered only before its
-    // first loss or after its last does not undo its cut.
-    let mut lost_span: BTreeMap<(NodeId, NodeId), Span> = BTreeMap::new();
     let mut active = vec![false; n];
     for l in losses {
-        let s = lost_span.entry(pair(l.1, l.2)).or_insert((l.0, l.0));
-        *s = (s.0.min(l.0), s.1.max(l.0));
         active[l.1 as usize] = true;
         active[l.2 as usize] = true;
     }
     let mut parent: Vec<usize> = (0..n).collect();
-    for &p in delivered.keys() {
-        // A pair that lost nothing connects if it delivered during the episode; one that
-        // lost, only by a delivery between its losses.
-        let (lo, hi) = lost_span.get(&p).copied().unwrap_or((t0 - 1, t1 + 1));
-        if between(delivered, p, lo, hi) {
-            active[p.0 as usize] = true;
-            active[p.1 as usize] = true;
-            let (ra, rb) = (root(&mut parent, p.0 as usize), root(&mut parent, p.1 as usize));
-            parent[ra] = rb;
-        }
+    for p in connected {
+        active[p.0 as usize] = true;
+        active[p.1 as usize] = true;
+        let (ra, rb) = (root(&mut parent, p.0 as usize), root(&mut parent, p.1 as usize));
+        parent[ra] = rb;
     }
     // Islands that lost nothing to each other are not told apart: unknown never splits.
     let mut islands: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
@@ -218,6 +238,7 @@ fn episode(ctx: &Context<'_>, losses: &[Loss], (t0, t1): Span, delivered: &Deliv
 
 #[cfg(test)]
 mod tests {
+    use super::super::anomalies::CauseKind;
     use super::super::testkit::*;
     use super::*;
 
@@ -304,5 +325,78 @@ mod tests {
         }
         let found = anomalies(&trace(traffic(3, &msgs)));
         assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    /// {n1, n2} | {n3, n4, n5} from 1 s to 3 s, made as `fate` says across the cut.
+    fn two_three(across: Fate) -> Vec<(i64, u8, u8, Fate)> {
+        let side = |n: u8| n < 2;
+        mesh(5, (100 * MS, 4000 * MS), 100 * MS, |t, a, b, _| {
+            if side(a) != side(b) && (1000 * MS..3000 * MS).contains(&t) { across } else { Fate::Delivered }
+        })
+    }
+
+    #[test]
+    fn a_partition_made_by_the_nodes_own_firewalls_is_a_partition_with_the_firewalls_as_its_cause() {
+        for (how, kind, words) in [
+            (Fate::FirewallIn, CauseKind::ReceiverKernel, "dropped by the receivers' firewalls"),
+            (Fate::FirewallOut, CauseKind::SenderKernel, "dropped by the senders' own firewalls"),
+        ] {
+            let t = trace(traffic_fates(5, &two_three(how)));
+            let found = anomalies(&t);
+            let parts = of(&found, Kind::Partition);
+            assert_eq!(parts.len(), 1, "{how:?}: {found:?}");
+            assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+            let cause = parts[0].cause.unwrap();
+            assert_eq!((cause.kind, t.drop_reasons[cause.reason.unwrap() as usize].as_str()), (kind, "netfilter_drop"));
+            assert!(parts[0].text.contains("{n1, n2} | {n3, n4, n5}") && parts[0].text.ends_with(words), "{}", parts[0].text);
+        }
+        // The same cut in the network.
+        let found = anomalies(&trace(traffic_fates(5, &two_three(Fate::Lost))));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].text.ends_with("lost in the network"), "{}", parts[0].text);
+    }
+
+    #[test]
+    fn islands_come_from_the_whole_span_where_traffic_inside_them_is_sparse() {
+        // Leaders n1 and n3; n2 talks only to n1, n4 and n5 only to n3, each once every
+        // 600 ms: most 250 ms windows see no traffic inside an island at all. Across the
+        // cut (1 s to 4 s) the leaders' heartbeats to the other side are lost.
+        let mut msgs = Vec::new();
+        for k in 0..50 {
+            let t = 100 * MS + k * 100 * MS;
+            let cut = (1000 * MS..4000 * MS).contains(&t);
+            let fate = if cut { Fate::Lost } else { Fate::Delivered };
+            for (a, b) in [(0, 2), (0, 3), (0, 4), (2, 0), (2, 1)] {
+                msgs.push((t + a as i64 * MS + b as i64 * 100_000, a, b, fate));
+            }
+            // Inside the islands, sparse: one follower a turn.
+            let (leader, follower) = [(0, 1), (2, 3), (2, 4)][(k % 3) as usize];
+            if k % 2 == 0 {
+                msgs.push((t + 50 * MS, leader, follower, Fate::Delivered));
+                msgs.push((t + 51 * MS, follower, leader, Fate::Delivered));
+            }
+        }
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "one claim: {parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+        let (from, to) = parts[0].span.unwrap();
+        assert!((1000 * MS..1100 * MS).contains(&from) && (3800 * MS..4000 * MS).contains(&to), "{from}..{to}");
+    }
+
+    #[test]
+    fn a_pair_with_no_traffic_is_unknown_and_never_splits_an_island() {
+        // n1 and n2 are followers of n3 and never talk to each other; the cut isolates them
+        // from n3, n4, n5 from 1 s to 4 s. n1 and n2 are one island: nothing says otherwise.
+        let side = |n: u8| n < 2;
+        let msgs = mesh(5, (100 * MS, 5000 * MS), 100 * MS, |t, a, b, _| {
+            if side(a) != side(b) && (1000 * MS..4000 * MS).contains(&t) { Fate::Lost } else { Fate::Delivered }
+        });
+        let msgs: Vec<_> = msgs.into_iter().filter(|m| !(side(m.1) && side(m.2))).collect();
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
     }
 }

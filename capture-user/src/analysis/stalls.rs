@@ -143,10 +143,10 @@ pub fn stalls(
         }
     }
     for (peer, waiter, at) in waiters {
-        if let Some(y) = kept.iter_mut().find(|y| y.node == peer && y.from <= at && at <= y.to) {
-            if !y.waiters.contains(&waiter) {
-                y.waiters.push(waiter);
-            }
+        if let Some(y) = kept.iter_mut().find(|y| y.node == peer && y.from <= at && at <= y.to)
+            && !y.waiters.contains(&waiter)
+        {
+            y.waiters.push(waiter);
         }
     }
     kept
@@ -248,5 +248,67 @@ mod tests {
             stalls[0].text
         );
         assert!(of(&found, Kind::Partition).is_empty(), "a dead node is no island: {:?}", of(&found, Kind::Partition));
+    }
+
+    /// n1 ↔ n2 and n1 → n3 all along; n4 asks n3 and n2 and they answer. From 1 s to 2.2 s
+    /// n3 does not answer (`n3_fate`), and n4 waits for it, silent.
+    fn waiting_on_n3(n3_fate: Fate) -> Vec<Anomaly> {
+        let mut msgs = Vec::new();
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            let out = (1000 * MS..2200 * MS).contains(&t);
+            msgs.push((t, 0, 1, Fate::Delivered));
+            msgs.push((t + MS, 1, 0, Fate::Delivered));
+            msgs.push((t + 2 * MS, 0, 2, if out { n3_fate } else { Fate::Delivered }));
+            msgs.push((t + 5 * MS, 1, 3, Fate::Delivered));
+            if !out || n3_fate == Fate::Lost {
+                let to_n1 = if out { Fate::Lost } else { Fate::Delivered };
+                msgs.push((t + 3 * MS, 2, 0, to_n1));
+            }
+            // n4 asks n3, and its last question before the silence goes unanswered.
+            if !out || t == 1000 * MS {
+                msgs.push((t + 4 * MS, 3, 2, if out { n3_fate } else { Fate::Delivered }));
+            }
+            if !out {
+                msgs.push((t + 6 * MS, 3, 1, Fate::Delivered));
+                msgs.push((t + 7 * MS, 2, 3, Fate::Delivered));
+            }
+        }
+        anomalies(&trace(traffic_fates(4, &msgs)))
+    }
+
+    #[test]
+    fn a_node_that_waits_on_a_stalled_peer_is_no_stall_and_the_peers_stall_names_it() {
+        let found = waiting_on_n3(Fate::Delivered);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{stalls:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[2]);
+        assert_eq!(stalls[0].detail.as_ref().map(|d| d.waiters.clone()), Some(vec![3]));
+        assert!(stalls[0].text.ends_with("; n4 waited on it"), "{}", stalls[0].text);
+    }
+
+    #[test]
+    fn a_node_that_waits_on_a_cut_off_peer_is_no_stall() {
+        // n3 is cut off (everything to and from it lost); n4's question to it was lost, and
+        // n4 waits, though n2 keeps sending it messages.
+        let found = waiting_on_n3(Fate::Lost);
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{:?}", of(&found, Kind::StalledNode));
+    }
+
+    #[test]
+    fn a_node_silent_to_peers_it_never_answers_is_not_stalled() {
+        // n2 hears n1 every 50 ms and never answers it; it talks to n3, and falls silent
+        // from 1 s to 2.5 s while only n1 (whom it never answers) sends to it.
+        let mut msgs = Vec::new();
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            msgs.push((t, 0, 1, true));
+            if !(1000 * MS..2500 * MS).contains(&t) {
+                msgs.push((t + MS, 1, 2, true));
+                msgs.push((t + 2 * MS, 2, 1, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{:?}", of(&found, Kind::StalledNode));
     }
 }

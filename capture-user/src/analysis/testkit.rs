@@ -194,3 +194,56 @@ impl TimeMap for Unknown {
         false
     }
 }
+
+/// What became of a datagram in [`traffic_fates`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Delivered,
+    /// Lost in the network: no record of it on the receiver.
+    Lost,
+    /// Dropped by the receiver's firewall: a drop record of it coming in.
+    FirewallIn,
+    /// Dropped by the sender's own firewall: a drop record of it going out, and no send.
+    FirewallOut,
+}
+
+/// A cluster's traffic as in [`traffic`], with each datagram's fate.
+pub fn traffic_fates(nodes: usize, msgs: &[(i64, u8, u8, Fate)]) -> Vec<Vec<Ev>> {
+    let mut out: Vec<Vec<Ev>> = (0..nodes).map(|_| Vec::new()).collect();
+    for (i, &(t, from, to, fate)) in msgs.iter().enumerate() {
+        let p = || udp(addr(from), addr(to), i as u16, format!("HB{i}").as_bytes());
+        match fate {
+            Fate::FirewallOut => out[from as usize].push(dropped(send(t, p()), "netfilter_drop")),
+            _ => out[from as usize].push(send(t, p())),
+        }
+        match fate {
+            Fate::Delivered => out[to as usize].push(recv(t + MS / 10, p())),
+            Fate::FirewallIn => out[to as usize].push(dropped(recv(t + MS / 10, p()), "netfilter_drop")),
+            Fate::Lost | Fate::FirewallOut => {}
+        }
+    }
+    out
+}
+
+/// Every ordered pair of `nodes` nodes exchanging a datagram every `every` ns over
+/// `from..to`, with the fate `fate` gives (time, from, to, k-th message of that pair).
+pub fn mesh(nodes: u8, (from, to): (i64, i64), every: i64, fate: impl Fn(i64, u8, u8, i64) -> Fate) -> Vec<(i64, u8, u8, Fate)> {
+    let mut msgs = Vec::new();
+    let mut k = 0;
+    let mut t = from;
+    while t < to {
+        let mut j = 0;
+        for a in 0..nodes {
+            for b in 0..nodes {
+                if a != b {
+                    let at = t + j * 10_000;
+                    msgs.push((at, a, b, fate(at, a, b, k)));
+                    j += 1;
+                }
+            }
+        }
+        k += 1;
+        t += every;
+    }
+    msgs
+}
