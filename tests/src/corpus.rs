@@ -185,7 +185,7 @@ impl System {
                 for j in (0..bed.nodes.len()).filter(|&j| j != k) {
                     text += &format!(
                         "protocol bgp peer{j} {{\n  local {} as {};\n  neighbor {} as {};\n  hold time 3;\n  keepalive time 1;\n\
-                         connect retry time 1;\n  ipv4 {{\n    import all;\n    export all;\n  }};\n}}\n",
+                         connect retry time 1;\n  ipv4 {{\n    import all;\n    export where source = RTS_STATIC;\n  }};\n}}\n",
                         ip(k),
                         65001 + k,
                         ip(j),
@@ -195,7 +195,7 @@ impl System {
                 std::fs::write(&conf, text)?;
                 let mut cmd = n.command("bird")?;
                 cmd.arg("-f").arg("-c").arg(&conf).arg("-s").arg(dir.join(format!("bird-{}.ctl", n.name)));
-                cmd.stdout(Stdio::null());
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
                 out.push(cmd);
             }
             System::Knot => {
@@ -232,7 +232,7 @@ impl System {
                 let conf = run_dir.join("knot.conf");
                 std::fs::write(&conf, text)?;
                 let mut cmd = n.command("knotd")?;
-                cmd.arg("-c").arg(&conf).stdout(Stdio::null());
+                cmd.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
                 out.push(cmd);
             }
             _ => {}
@@ -754,6 +754,13 @@ pub fn run_scenario(system: System, scenario: Scenario, seed: u64, dir: &Path) -
         bail!("wgo report failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    // A program that did not start would be a healthy run that proves nothing.
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        let events = n["events"].as_u64().unwrap_or(0);
+        if events < 20 {
+            bail!("{} recorded only {events} events: did {system:?} run there? (the dumps are in {})", n["name"], dumps.display());
+        }
+    }
     let findings = v["findings"].as_array().cloned().unwrap_or_default();
     Ok(Run { system, scenario, seed, truth, findings, summary: String::from_utf8_lossy(&out.stdout).into_owned() })
 }
