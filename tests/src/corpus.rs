@@ -932,3 +932,99 @@ impl Tally {
 
 /// The table's head.
 pub const TABLE_HEAD: &str = "| programs | kind | found | false | missed | precision | recall |\n|---|---|---|---|---|---|---|\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const S: i64 = 1_000_000_000;
+
+    fn run(fault: Fault, findings: Vec<serde_json::Value>) -> Run {
+        Run {
+            system: System::Etcd,
+            scenario: Scenario::Healthy,
+            seed: 0,
+            truth: Truth { fault, span_ns: (10 * S, 13 * S) },
+            findings,
+            summary: String::new(),
+        }
+    }
+
+    fn of<'a>(j: &'a [Judged], kind: &str) -> &'a Judged {
+        j.iter().find(|j| j.kind == kind).expect("judged")
+    }
+
+    fn islands(v: &[&[&str]]) -> Vec<Vec<String>> {
+        v.iter().map(|i| i.iter().map(|n| n.to_string()).collect()).collect()
+    }
+
+    #[test]
+    fn a_partition_seen_for_part_of_the_cut_is_found() {
+        // Issue 26: found for 1.5 s of a 3 s cut, it was judged missed.
+        let truth = Fault::Partition { islands: islands(&[&["node3"], &["node1", "node2"]]) };
+        let f = json!({"kind": "partition", "nodes": ["node1", "node2", "node3"], "islands": [["node1", "node2"], ["node3"]],
+            "links": [], "span_ns": [11 * S + S / 2, 13 * S]});
+        let j = judge(&run(truth.clone(), vec![f]));
+        assert_eq!(*of(&j, "partition"), Judged { kind: "partition", found: 1, false_claims: 0, missed: 0 });
+        // After the heal: no overlap, a false claim and a miss.
+        let late = json!({"kind": "partition", "nodes": ["node1", "node2", "node3"], "islands": [["node1", "node2"], ["node3"]],
+            "links": [], "span_ns": [14 * S, 15 * S]});
+        let j = judge(&run(truth, vec![late]));
+        assert_eq!(*of(&j, "partition"), Judged { kind: "partition", found: 0, false_claims: 1, missed: 1 });
+    }
+
+    #[test]
+    fn a_partition_is_judged_by_its_islands() {
+        let truth = Fault::Partition { islands: islands(&[&["node1"], &["node2"], &["node3", "node4", "node5"]]) };
+        let p = |isl: serde_json::Value| json!({"kind": "partition", "nodes": [], "islands": isl, "links": [], "span_ns": [10 * S, 12 * S]});
+        // Islands the traffic never joined may stay apart.
+        let split = p(json!([["node1"], ["node2"], ["node3", "node4"], ["node5"]]));
+        assert_eq!(of(&judge(&run(truth.clone(), vec![split])), "partition").found, 1);
+        // Mixing two injected islands is wrong.
+        let mixed = p(json!([["node1", "node2"], ["node3", "node4", "node5"]]));
+        assert_eq!(of(&judge(&run(truth.clone(), vec![mixed])), "partition").false_claims, 1);
+        // Leaving an injected island out is wrong.
+        let partial = p(json!([["node1"], ["node3", "node4", "node5"]]));
+        assert_eq!(of(&judge(&run(truth.clone(), vec![partial])), "partition").missed, 1);
+        // Without islands in the JSON, the nodes must touch every island.
+        let flat = json!({"kind": "partition", "nodes": ["node1", "node2", "node5"], "links": [], "span_ns": [10 * S, 12 * S]});
+        assert_eq!(of(&judge(&run(truth, vec![flat])), "partition").found, 1);
+    }
+
+    #[test]
+    fn a_lossy_node_is_found_when_all_its_links_are_named() {
+        let links = vec![("node1".to_string(), "node2".to_string()), ("node2".to_string(), "node1".to_string())];
+        let l = |a: &str, b: &str| json!({"kind": "lossy_link", "nodes": [a, b], "links": [[a, b]], "span_ns": [10 * S, 12 * S]});
+        let truth = Fault::Lossy { links };
+        let half = judge(&run(truth.clone(), vec![l("node1", "node2")]));
+        assert_eq!(*of(&half, "lossy_link"), Judged { kind: "lossy_link", found: 0, false_claims: 0, missed: 1 }, "named in part");
+        let both = judge(&run(truth.clone(), vec![l("node1", "node2"), l("node2", "node1")]));
+        assert_eq!(of(&both, "lossy_link").found, 1);
+        let wrong = judge(&run(truth, vec![l("node1", "node2"), l("node2", "node1"), l("node3", "node1")]));
+        assert_eq!(*of(&wrong, "lossy_link"), Judged { kind: "lossy_link", found: 1, false_claims: 1, missed: 0 });
+    }
+
+    #[test]
+    fn a_stall_names_its_node_and_nothing_else_counts_in_a_healthy_run() {
+        let s = |n: &str| json!({"kind": "stalled_node", "nodes": [n], "links": [], "span_ns": [11 * S, 12 * S]});
+        let j = judge(&run(Fault::Stall { node: "node2".into() }, vec![s("node2"), s("node3")]));
+        assert_eq!(*of(&j, "stalled_node"), Judged { kind: "stalled_node", found: 1, false_claims: 1, missed: 0 }, "the waiter is no stall");
+        let r = run(Fault::Healthy, vec![s("node1")]);
+        let j = judge(&r);
+        assert_eq!(*of(&j, "stalled_node"), Judged { kind: "stalled_node", found: 0, false_claims: 1, missed: 0 });
+        let mut t = Tally::default();
+        t.add(&r, &j);
+        assert_eq!((t.healthy_runs, t.healthy_findings), (1, 1));
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_times() {
+        let a: Vec<Duration> = (0..4).scan(Rng::new(7, System::Knot, Scenario::Crash), |r, _| Some(r.ms(100, 200))).collect();
+        let b: Vec<Duration> = (0..4).scan(Rng::new(7, System::Knot, Scenario::Crash), |r, _| Some(r.ms(100, 200))).collect();
+        assert_eq!(a, b);
+        assert!(a.iter().all(|d| (100..=200).contains(&d.as_millis())));
+        let c: Vec<Duration> = (0..4).scan(Rng::new(7, System::Knot, Scenario::Healthy), |r, _| Some(r.ms(100, 200))).collect();
+        assert_ne!(a, c, "each scenario its own stream");
+    }
+}
