@@ -5,20 +5,30 @@
 //! `matrix` (ignored; `cargo xtask corpus` runs it) runs every scenario of every program
 //! and prints the table of BENCHMARKS.md, per half.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use wgo_tests::corpus::{Fault, Judged, Scenario, System, TABLE_HEAD, Tally, judge, line, run_scenario, seed};
+use wgo_tests::corpus::{Fault, Judged, Scenario, System, TABLE_HEAD, Tally, judge, line, rejudge, run_scenario, seed};
 use wgo_tests::helpers::{require_root, tempdir};
 
 /// Runs `scenarios` of `system`; returns the tally and the failures (a missed fault, a false
 /// claim, any finding in a healthy run), keeping those runs' dumps for a look.
 /// `tolerated`: finding kinds whose false claims and misses are printed but are no failure
 /// (a known open problem, named in BENCHMARKS.md).
-fn scenarios(system: System, scenarios: &[Scenario], seed: u64, tolerated: &[&str]) -> (Tally, Vec<String>) {
+/// `keep`: a directory where every run's dumps and truth stay (for `rejudge`).
+fn scenarios(system: System, scenarios: &[Scenario], seed: u64, tolerated: &[&str], keep: Option<&Path>) -> (Tally, Vec<String>) {
     let mut tally = Tally::default();
     let mut failures = Vec::new();
     for &sc in scenarios.iter().filter(|s| s.applies(system.nodes())) {
-        let dir = tempdir(&format!("corpus-{system:?}-{}", sc.name()));
+        let dir = match keep {
+            Some(k) => {
+                let d = k.join(format!("{system:?}-{}", sc.name()));
+                let _ = std::fs::remove_dir_all(&d);
+                std::fs::create_dir_all(&d).expect("a directory to keep the run in");
+                d
+            }
+            None => tempdir(&format!("corpus-{system:?}-{}", sc.name())),
+        };
         let r = match run_scenario(system, sc, seed, &dir) {
             Ok(r) => r,
             Err(e) => {
@@ -28,27 +38,31 @@ fn scenarios(system: System, scenarios: &[Scenario], seed: u64, tolerated: &[&st
         };
         let judged = judge(&r);
         tally.add(&r, &judged);
-        println!("{}", line(&r, &judged));
-        for f in &r.findings {
-            println!("    {} {}", f["kind"].as_str().unwrap_or("?"), f["text"].as_str().unwrap_or(""));
-        }
+        print_run(&r, &judged);
         let counts = |j: &Judged| !tolerated.contains(&j.kind) && (j.false_claims > 0 || j.missed > 0);
         let healthy_noise =
             r.truth.fault == Fault::Healthy && r.findings.iter().any(|f| !f["kind"].as_str().is_some_and(|k| tolerated.contains(&k)));
         if judged.iter().any(counts) || healthy_noise {
             failures.push(format!("{} (in {}):\n{}", line(&r, &judged), dir.display(), r.summary));
-        } else {
+        } else if keep.is_none() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
     (tally, failures)
 }
 
+fn print_run(r: &wgo_tests::corpus::Run, judged: &[Judged]) {
+    println!("{}", line(r, judged));
+    for f in &r.findings {
+        println!("    {} {}", f["kind"].as_str().unwrap_or("?"), f["text"].as_str().unwrap_or(""));
+    }
+}
+
 fn ci(system: System, tolerated: &[&str]) {
     require_root();
     let seed = seed();
     println!("corpus seed {seed} (WGO_CORPUS_SEED={seed} repeats it)");
-    let (tally, failures) = scenarios(system, Scenario::CI, seed, tolerated);
+    let (tally, failures) = scenarios(system, Scenario::CI, seed, tolerated, None);
     print!("\n{TABLE_HEAD}{}", tally.rows(&format!("{system:?}")));
     assert!(failures.is_empty(), "seed {seed}:\n{}", failures.join("\n\n"));
 }
@@ -81,13 +95,15 @@ fn matrix() {
     let picked = std::env::var("WGO_CORPUS_SCENARIOS").ok();
     let chosen: Vec<Scenario> =
         Scenario::ALL.iter().copied().filter(|s| picked.as_deref().is_none_or(|p| p.split(',').any(|w| w == s.name()))).collect();
+    // WGO_CORPUS_KEEP: keep every run's dumps and truth there, for `rejudge`.
+    let keep = std::env::var_os("WGO_CORPUS_KEEP").map(PathBuf::from);
     println!("corpus seed {seed} (WGO_CORPUS_SEED={seed} repeats it)");
     let began = Instant::now();
     let (mut tuning, mut held_out) = (Tally::default(), Tally::default());
     let mut per_system = String::new();
     let mut broken = Vec::new();
     for &system in System::ALL.iter().filter(|s| wanted(s)) {
-        let (t, failures) = scenarios(system, &chosen, seed, &["partition", "lossy_link", "stalled_node"]);
+        let (t, failures) = scenarios(system, &chosen, seed, &["partition", "lossy_link", "stalled_node"], keep.as_deref());
         broken.extend(failures.into_iter().filter(|f| f.contains("did not run")));
         per_system += &t.rows(&format!("{system:?}{}", if system.held_out() { " (held out)" } else { "" }));
         if system.held_out() { &mut held_out } else { &mut tuning }.merge(&t);
@@ -96,4 +112,35 @@ fn matrix() {
     println!("{TABLE_HEAD}{per_system}");
     println!("matrix took {:.0} s", began.elapsed().as_secs_f64());
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The runs `matrix` kept in `WGO_CORPUS_KEEP`, reported on again by the `wgo` at
+/// `WGO_CORPUS_WGO` (another build: another analysis of the same recordings) and judged;
+/// prints the same lines and tables. Needs no root: nothing is recorded.
+#[test]
+#[ignore = "judges kept runs again: WGO_CORPUS_KEEP=DIR WGO_CORPUS_WGO=BIN"]
+fn rejudge_kept() {
+    let keep = PathBuf::from(std::env::var_os("WGO_CORPUS_KEEP").expect("WGO_CORPUS_KEEP: the matrix's kept runs"));
+    let bin = PathBuf::from(std::env::var_os("WGO_CORPUS_WGO").expect("WGO_CORPUS_WGO: the wgo to report with"));
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&keep).expect("the kept runs").flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    let (mut tuning, mut held_out) = (Tally::default(), Tally::default());
+    let mut per_system: Vec<(System, Tally)> = Vec::new();
+    for dir in dirs.iter().filter(|d| d.join("truth.json").exists()) {
+        let r = rejudge(dir, &bin).unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
+        let judged = judge(&r);
+        print_run(&r, &judged);
+        if r.system.held_out() { &mut held_out } else { &mut tuning }.add(&r, &judged);
+        match per_system.iter_mut().find(|(s, _)| *s == r.system) {
+            Some((_, t)) => t.add(&r, &judged),
+            None => {
+                let mut t = Tally::default();
+                t.add(&r, &judged);
+                per_system.push((r.system, t));
+            }
+        }
+    }
+    println!("\n{TABLE_HEAD}{}{}", tuning.rows("**tuning half**"), held_out.rows("**held-out half**"));
+    let rows: String = per_system.iter().map(|(s, t)| t.rows(&format!("{s:?}{}", if s.held_out() { " (held out)" } else { "" }))).collect();
+    println!("{TABLE_HEAD}{rows}");
 }

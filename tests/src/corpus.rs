@@ -34,6 +34,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("birdc", "bird2"),
     ("knotd", "knot"),
     ("knotc", "knot"),
+    ("kdig", "knot-dnsutils"),
+    ("chronyd", "chrony"),
+    ("haproxy", "haproxy"),
+    ("curl", "curl"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,17 +61,23 @@ pub enum System {
     /// Knot DNS: a primary on node1 whose zone changes every half second; NOTIFY to two
     /// secondaries, which transfer the changes (IXFR over TCP) and refresh by SOA queries.
     Knot,
+    /// chrony: node1 serves time (local stratum 8) polled four times a second by node2 and
+    /// node3, which are also symmetric peers of each other (NTP over UDP; nobody's clock is set).
+    Chrony,
+    /// HAProxy: three instances whose stick tables (requests per client address) are synced
+    /// by the peers protocol over TCP; on each node curl asks the next node's instance.
+    Haproxy,
 }
 
 impl System {
-    pub const ALL: &[System] = &[System::Dnsmasq, System::Redis, System::Etcd, System::Sentinel, System::Nats, System::Serf, System::Bird, System::Knot];
+    pub const ALL: &[System] = &[System::Dnsmasq, System::Redis, System::Etcd, System::Sentinel, System::Nats, System::Serf, System::Bird, System::Knot, System::Chrony, System::Haproxy];
 
     /// The held-out half: never looked at while choosing a detector's rules or numbers.
     /// Fixed here and in BENCHMARKS.md; a program added later joins it.
     pub fn held_out(self) -> bool {
         match self {
             System::Dnsmasq | System::Redis | System::Etcd | System::Sentinel => false,
-            System::Nats | System::Serf | System::Bird | System::Knot => true,
+            System::Nats | System::Serf | System::Bird | System::Knot | System::Chrony | System::Haproxy => true,
         }
     }
 
@@ -75,7 +85,7 @@ impl System {
         match self {
             System::Redis | System::Sentinel => 4,
             System::Serf => 5,
-            System::Dnsmasq | System::Etcd | System::Nats | System::Bird | System::Knot => 3,
+            System::Dnsmasq | System::Etcd | System::Nats | System::Bird | System::Knot | System::Chrony | System::Haproxy => 3,
         }
     }
 
@@ -86,7 +96,7 @@ impl System {
             // Clients to the server (node1) only; the writer talks to the master only.
             // Knot: the primary with each secondary.
             System::Dnsmasq | System::Redis | System::Knot => a != b && (a == 0 || b == 0),
-            System::Etcd | System::Sentinel | System::Nats | System::Serf | System::Bird => a != b,
+            System::Etcd | System::Sentinel | System::Nats | System::Serf | System::Bird | System::Chrony | System::Haproxy => a != b,
         }
     }
 
@@ -235,6 +245,39 @@ impl System {
                 cmd.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
                 out.push(cmd);
             }
+            System::Chrony => {
+                // -x: never set the clock (the nodes share this machine's); no command sockets.
+                let mut text = format!("pidfile {}\ncmdport 0\nbindcmdaddress /\nbindaddress {}\nallow 10.99.0.0/24\n", dir.join(format!("chrony-{}.pid", n.name)).display(), ip(k));
+                if k == 0 {
+                    text += "local stratum 8\n";
+                } else {
+                    text += &format!("server {} iburst minpoll -2 maxpoll -2\n", ip(0));
+                    for j in (1..bed.nodes.len()).filter(|&j| j != k) {
+                        text += &format!("peer {} minpoll -2 maxpoll -2\n", ip(j));
+                    }
+                }
+                let conf = dir.join(format!("chrony-{}.conf", n.name));
+                std::fs::write(&conf, text)?;
+                let mut cmd = n.command("chronyd")?;
+                cmd.args(["-x", "-d", "-u", "root", "-f"]).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
+                out.push(cmd);
+            }
+            System::Haproxy => {
+                let mut text = "global\n  log stderr local0 err\ndefaults\n  mode http\n  timeout client 5s\n  timeout server 5s\n  timeout connect 1s\npeers wgo\n".to_string();
+                for m in &bed.nodes {
+                    text += &format!("  peer {} {}:10000\n", m.name, m.ipv4);
+                }
+                text += &format!(
+                    "frontend web\n  bind {}:80\n  stick-table type ip size 1k expire 1m peers wgo store http_req_cnt\n\
+                     http-request track-sc0 src\n  http-request return status 200 content-type text/plain string ok\n",
+                    ip(k)
+                );
+                let conf = dir.join(format!("haproxy-{}.cfg", n.name));
+                std::fs::write(&conf, text)?;
+                let mut cmd = n.command("haproxy")?;
+                cmd.args(["-db", "-L", &n.name, "-f"]).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
+                out.push(cmd);
+            }
             _ => {}
         }
         Ok(out)
@@ -303,7 +346,13 @@ impl System {
                     ),
                 )]
             }
-            System::Etcd | System::Serf | System::Bird => Vec::new(),
+            System::Haproxy => (0..bed.nodes.len())
+                .map(|k| {
+                    let next = ip((k + 1) % bed.nodes.len());
+                    (k, format!("while :; do curl -s -m 1 -o /dev/null http://{next}/; sleep 0.05; done"))
+                })
+                .collect(),
+            System::Etcd | System::Serf | System::Bird | System::Chrony => Vec::new(),
         }
     }
 
@@ -332,7 +381,7 @@ impl System {
                 }
                 Ok(loaded == bed.nodes.len() - 1)
             }),
-            System::Dnsmasq | System::Redis | System::Sentinel | System::Nats => Ok(()),
+            System::Dnsmasq | System::Redis | System::Sentinel | System::Nats | System::Chrony | System::Haproxy => Ok(()),
         }
     }
 
@@ -345,7 +394,7 @@ impl System {
             System::Redis | System::Sentinel => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
             System::Nats | System::Bird => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
             System::Serf => Targets { cut: 4, link: (0, 1), stall: 2, hub: 0 },
-            System::Knot => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
+            System::Knot | System::Chrony | System::Haproxy => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
             System::Etcd => {
                 let leader = etcd_leader(bed)?;
                 let l = bed.nodes.iter().position(|n| n.name == leader).context("the leader is a node")?;
@@ -509,9 +558,12 @@ pub enum Fault {
     Partition {
         islands: Vec<Vec<String>>,
     },
-    /// These directed links lost messages.
+    /// These directed links lost messages; `used` are those of them the program sends on
+    /// (a finding must name them all); `node`: every link of this node.
     Lossy {
         links: Vec<(String, String)>,
+        used: Vec<(String, String)>,
+        node: Option<String>,
     },
     /// This node stopped answering (stopped, frozen, or crashed and restarted).
     Stall {
@@ -672,9 +724,9 @@ fn inject(system: System, scenario: Scenario, bed: &Testbed, dir: &Path, procs: 
             // A lossy link runs longer: a client that waits out a timeout per loss loses few messages a second.
             let held = rng.ms(5000, 7000);
             let ip = |k: usize| bed.nodes[k].ipv4;
-            let (rules, links) = match scenario {
+            let (rules, links, node) = match scenario {
                 Scenario::LossLink(_) => {
-                    (vec![SwitchRule { from: vec![ip(t.link.0)], to: vec![ip(t.link.1)], percent: Some(p) }], vec![t.link])
+                    (vec![SwitchRule { from: vec![ip(t.link.0)], to: vec![ip(t.link.1)], percent: Some(p) }], vec![t.link], None)
                 }
                 _ => {
                     let others = rest(&[t.hub]);
@@ -682,18 +734,16 @@ fn inject(system: System, scenario: Scenario, bed: &Testbed, dir: &Path, procs: 
                         SwitchRule { from: vec![ip(t.hub)], to: others.iter().map(|&k| ip(k)).collect(), percent: Some(p) },
                         SwitchRule { from: others.iter().map(|&k| ip(k)).collect(), to: vec![ip(t.hub)], percent: Some(p) },
                     ];
-                    let links = others
-                        .iter()
-                        .filter(|&&k| system.talks(t.hub, k))
-                        .flat_map(|&k| [(t.hub, k), (k, t.hub)])
-                        .collect();
-                    (rules, links)
+                    let links = others.iter().flat_map(|&k| [(t.hub, k), (k, t.hub)]).collect();
+                    (rules, links, Some(name(t.hub)))
                 }
             };
+            let used: Vec<(usize, usize)> = links.iter().copied().filter(|&(a, b)| system.talks(a, b)).collect();
             bed.switch_drop("wgo_lossy", Some(&rules))?;
             std::thread::sleep(held);
             bed.switch_drop("wgo_lossy", None)?;
-            Fault::Lossy { links: links.into_iter().map(|(a, b)| (name(a), name(b))).collect() }
+            let named = |l: &[(usize, usize)]| l.iter().map(|&(a, b)| (name(a), name(b))).collect();
+            Fault::Lossy { links: named(&links), used: named(&used), node }
         }
         Scenario::Stop(ms) => {
             let p = &procs[main(procs, t.stall)?].guard;
@@ -748,8 +798,16 @@ pub fn run_scenario(system: System, scenario: Scenario, seed: u64, dir: &Path) -
     drop(bed);
     system.cleanup();
     let truth = result?;
+    std::fs::write(dir.join("truth.json"), truth_json(system, scenario, seed, &truth).to_string())?;
+    report(system, scenario, seed, truth, dir, &wgo())
+}
+
+/// Reports on a run's dumps (in `dir/dumps`) with the `wgo` at `bin`, and checks that every
+/// node recorded traffic.
+fn report(system: System, scenario: Scenario, seed: u64, truth: Truth, dir: &Path, bin: &Path) -> anyhow::Result<Run> {
+    let dumps = dir.join("dumps");
     let json = dir.join("report.json");
-    let out = run(Command::new(wgo()).arg("report").arg(&dumps).arg("--json").arg(&json).env("WGO_LOG", "warn"))?;
+    let out = run(Command::new(bin).arg("report").arg(&dumps).arg("--json").arg(&json).env("WGO_LOG", "warn"))?;
     if !out.status.success() {
         bail!("wgo report failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -763,6 +821,39 @@ pub fn run_scenario(system: System, scenario: Scenario, seed: u64, dir: &Path) -
     }
     let findings = v["findings"].as_array().cloned().unwrap_or_default();
     Ok(Run { system, scenario, seed, truth, findings, summary: String::from_utf8_lossy(&out.stdout).into_owned() })
+}
+
+fn truth_json(system: System, scenario: Scenario, seed: u64, t: &Truth) -> serde_json::Value {
+    let fault = match &t.fault {
+        Fault::Healthy => serde_json::json!({"kind": "healthy"}),
+        Fault::Partition { islands } => serde_json::json!({"kind": "partition", "islands": islands}),
+        Fault::Lossy { links, used, node } => serde_json::json!({"kind": "lossy", "links": links, "used": used, "node": node}),
+        Fault::Stall { node } => serde_json::json!({"kind": "stall", "node": node}),
+    };
+    serde_json::json!({"system": format!("{system:?}"), "scenario": scenario.name(), "seed": seed, "fault": fault, "span_ns": [t.span_ns.0, t.span_ns.1]})
+}
+
+/// Judges a kept run again (`dir` as [`run_scenario`] left it: the dumps and `truth.json`)
+/// with the `wgo` at `bin`: the same recordings, another analysis.
+pub fn rejudge(dir: &Path, bin: &Path) -> anyhow::Result<Run> {
+    let path = dir.join("truth.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    let bad = || anyhow::anyhow!("{}: not a truth this corpus wrote", path.display());
+    let system = *System::ALL.iter().find(|s| v["system"] == format!("{s:?}")).ok_or_else(bad)?;
+    let scenario = *Scenario::ALL.iter().find(|s| v["scenario"] == s.name()).ok_or_else(bad)?;
+    let pairs = |x: &serde_json::Value| -> Vec<(String, String)> {
+        x.as_array().into_iter().flatten().map(strings).filter(|p| p.len() == 2).map(|p| (p[0].clone(), p[1].clone())).collect()
+    };
+    let f = &v["fault"];
+    let fault = match f["kind"].as_str() {
+        Some("healthy") => Fault::Healthy,
+        Some("partition") => Fault::Partition { islands: f["islands"].as_array().into_iter().flatten().map(strings).collect() },
+        Some("lossy") => Fault::Lossy { links: pairs(&f["links"]), used: pairs(&f["used"]), node: f["node"].as_str().map(String::from) },
+        Some("stall") => Fault::Stall { node: f["node"].as_str().ok_or_else(bad)?.to_string() },
+        _ => return Err(bad()),
+    };
+    let span_ns = (v["span_ns"][0].as_i64().ok_or_else(bad)?, v["span_ns"][1].as_i64().ok_or_else(bad)?);
+    report(system, scenario, v["seed"].as_u64().ok_or_else(bad)?, Truth { fault, span_ns }, dir, bin)
 }
 
 /// The structural finding kinds a fault is judged on.
@@ -796,7 +887,7 @@ fn span(f: &serde_json::Value) -> Option<(i64, i64)> {
 fn names_islands(f: &serde_json::Value, truth: &[Vec<String>]) -> bool {
     let side = |n: &str| truth.iter().position(|i| i.iter().any(|m| m == n));
     let touched = |nodes: &[String]| (0..truth.len()).all(|s| nodes.iter().any(|n| side(n) == Some(s)));
-    match f["islands"].as_array() {
+    match f["islands"].as_array().filter(|i| !i.is_empty()) {
         Some(islands) => {
             let islands: Vec<Vec<String>> = islands.iter().map(strings).collect();
             let within = islands.iter().all(|i| i.iter().map(|n| side(n)).collect::<std::collections::BTreeSet<_>>().len() == 1);
@@ -823,15 +914,21 @@ pub fn judge(r: &Run) -> Vec<Judged> {
                     let good = found.iter().filter(|f| overlaps(f) && names_islands(f, islands)).count();
                     (good, good > 0, true)
                 }
-                (Fault::Lossy { links }, "lossy_link") => {
+                (Fault::Lossy { links, used, node }, "lossy_link") => {
                     let injected = |l: &[String]| links.iter().any(|(a, b)| l.len() == 2 && *a == l[0] && *b == l[1]);
-                    let good: Vec<Vec<Vec<String>>> = found
+                    let good: Vec<&&serde_json::Value> = found
                         .iter()
-                        .map(|f| f["links"].as_array().into_iter().flatten().map(strings).collect::<Vec<_>>())
-                        .filter(|ls| !ls.is_empty() && ls.iter().all(|l| injected(l)))
+                        .filter(|f| {
+                            let ls: Vec<Vec<String>> = f["links"].as_array().into_iter().flatten().map(strings).collect();
+                            !ls.is_empty() && ls.iter().all(|l| injected(l))
+                        })
                         .collect();
-                    let all = links.iter().all(|(a, b)| good.iter().flatten().any(|l| l[0] == *a && l[1] == *b));
-                    (good.len(), all, true)
+                    // "All of n1's links" names every one of them.
+                    let whole = node.as_ref().is_some_and(|n| good.iter().any(|f| f["all_links_of"].as_str() == Some(n)));
+                    let named = |a: &str, b: &str| {
+                        good.iter().any(|f| f["links"].as_array().into_iter().flatten().map(strings).any(|l| l == [a, b]))
+                    };
+                    (good.len(), whole || used.iter().all(|(a, b)| named(a, b)), true)
                 }
                 (Fault::Stall { node }, "stalled_node") => {
                     let good = found.iter().filter(|f| overlaps(f) && strings(&f["nodes"]) == [node.clone()]).count();
@@ -912,8 +1009,10 @@ impl Tally {
     /// the healthy runs' findings.
     pub fn rows(&self, label: &str) -> String {
         let ratio = |a: usize, b: usize| if a + b > 0 { format!("{:.2}", a as f64 / (a + b) as f64) } else { "–".into() };
+        let zero: Vec<Judged> = KINDS.iter().map(|&kind| Judged { kind, ..Judged::default() }).collect();
+        let kinds = if self.kinds.is_empty() { &zero } else { &self.kinds };
         let mut out = String::new();
-        for (i, j) in self.kinds.iter().enumerate() {
+        for (i, j) in kinds.iter().enumerate() {
             out += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
                 if i == 0 { label } else { "" },
@@ -996,13 +1095,15 @@ mod tests {
     fn a_lossy_node_is_found_when_all_its_links_are_named() {
         let links = vec![("node1".to_string(), "node2".to_string()), ("node2".to_string(), "node1".to_string())];
         let l = |a: &str, b: &str| json!({"kind": "lossy_link", "nodes": [a, b], "links": [[a, b]], "span_ns": [10 * S, 12 * S]});
-        let truth = Fault::Lossy { links };
+        let truth = Fault::Lossy { links: links.clone(), used: links, node: Some("node1".into()) };
         let half = judge(&run(truth.clone(), vec![l("node1", "node2")]));
         assert_eq!(*of(&half, "lossy_link"), Judged { kind: "lossy_link", found: 0, false_claims: 0, missed: 1 }, "named in part");
         let both = judge(&run(truth.clone(), vec![l("node1", "node2"), l("node2", "node1")]));
         assert_eq!(of(&both, "lossy_link").found, 1);
-        let wrong = judge(&run(truth, vec![l("node1", "node2"), l("node2", "node1"), l("node3", "node1")]));
+        let wrong = judge(&run(truth.clone(), vec![l("node1", "node2"), l("node2", "node1"), l("node3", "node1")]));
         assert_eq!(*of(&wrong, "lossy_link"), Judged { kind: "lossy_link", found: 1, false_claims: 1, missed: 0 });
+        let whole = json!({"kind": "lossy_link", "nodes": ["node1"], "links": [["node1", "node2"]], "all_links_of": "node1", "span_ns": [10 * S, 12 * S]});
+        assert_eq!(of(&judge(&run(truth, vec![whole])), "lossy_link").found, 1, "all of node1's links");
     }
 
     #[test]
