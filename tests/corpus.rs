@@ -82,6 +82,53 @@ fn etcd_raft() {
     ci(System::Etcd, &[]);
 }
 
+const TOLERATED_SENTINEL: &[&str] = &["stalled_node"];
+const TOLERATED_NATS: &[&str] = &["partition", "stalled_node"];
+const TOLERATED_SERF: &[&str] = &["partition", "lossy_link", "stalled_node"];
+const TOLERATED_BIRD: &[&str] = &["partition"];
+const TOLERATED_KNOT: &[&str] = &["partition", "lossy_link", "stalled_node"];
+const TOLERATED_CHRONY: &[&str] = &["partition", "lossy_link", "stalled_node"];
+const TOLERATED_HAPROXY: &[&str] = &["partition", "lossy_link", "stalled_node"];
+
+// Redis Sentinel (tuning half) and the held-out half. Their tolerated kinds are the ones today's detectors miss or claim
+// falsely on them (BENCHMARKS.md, the corpus's first measurement): printed, not failed, so
+// that CI still checks that each program runs, is recorded and its healthy run is quiet.
+
+#[test]
+fn redis_sentinel() {
+    ci(System::Sentinel, TOLERATED_SENTINEL);
+}
+
+#[test]
+fn nats_cluster() {
+    ci(System::Nats, TOLERATED_NATS);
+}
+
+#[test]
+fn serf_gossip() {
+    ci(System::Serf, TOLERATED_SERF);
+}
+
+#[test]
+fn bird_bgp() {
+    ci(System::Bird, TOLERATED_BIRD);
+}
+
+#[test]
+fn knot_notify_and_transfer() {
+    ci(System::Knot, TOLERATED_KNOT);
+}
+
+#[test]
+fn chrony_ntp() {
+    ci(System::Chrony, TOLERATED_CHRONY);
+}
+
+#[test]
+fn haproxy_peers() {
+    ci(System::Haproxy, TOLERATED_HAPROXY);
+}
+
 /// Every scenario of every program (or of the programs `WGO_CORPUS_ONLY`, comma-separated, names),
 /// the table per half. Fails only when a scenario could not be run: it measures.
 #[test]

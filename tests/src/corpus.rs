@@ -356,6 +356,19 @@ impl System {
         }
     }
 
+    /// Waits until node1's servers serve, before the others start: a Knot secondary that
+    /// finds no primary at its start retries the transfer only after tens of seconds.
+    fn first_ready(self, bed: &Testbed) -> anyhow::Result<()> {
+        match self {
+            System::Knot => wait_for(bed, "the primary to serve the zone", |bed| {
+                let n = &bed.nodes[0];
+                let out = n.command_in("kdig", None)?.args([&format!("@{}", n.ipv4), "+short", "+time=1", "wgo.test.", "SOA"]).output()?;
+                Ok(!out.stdout.is_empty())
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until the system serves (or fails with what it said).
     fn ready(self, bed: &Testbed, dir: &Path) -> anyhow::Result<()> {
         match self {
@@ -637,6 +650,9 @@ fn start(system: System, bed: &Testbed, dir: &Path) -> anyhow::Result<Vec<Proc>>
     for k in 0..bed.nodes.len() {
         for (i, mut cmd) in system.servers(bed, dir, k)?.into_iter().enumerate() {
             procs.push(Proc { node: k, main: i == 0, guard: bed.nodes[k].spawn(&mut cmd)? });
+        }
+        if k == 0 {
+            system.first_ready(bed)?;
         }
     }
     system.ready(bed, dir)?;
