@@ -124,11 +124,11 @@ fn check(cfg: &Config) {
 
     // Anomalies found equal the injected ones.
     let of_kind = |k: Kind| a.anomalies.iter().filter(move |x| x.kind == k);
-    let gaps = wgo::analysis::anomalies::recorder_gaps(t, &a.clocks);
+    let gaps = wgo::analysis::losses::recorder_gaps(t, &a.clocks);
     let blind = |node: usize, send: u32| {
         let e = &t.events[send as usize];
         let ts = a.clocks.nodes[e.node as usize].to_ref.apply(e.t_raw);
-        gaps.iter().any(|g| g.node as usize == node && g.from - wgo::analysis::anomalies::MAX_DELAY_NS <= ts && ts <= g.to + 1_000_000)
+        gaps.iter().any(|g| g.node as usize == node && g.from - wgo::analysis::losses::MAX_DELAY_NS <= ts && ts <= g.to + 1_000_000)
     };
     let found: BTreeSet<(u64, u32, usize)> = of_kind(Kind::NetworkLoss)
         .map(|x| (ids.uid[x.events[0] as usize], ids.attempt[x.events[0] as usize], x.nodes[1] as usize))
@@ -167,7 +167,7 @@ fn check(cfg: &Config) {
                 + (truth.clocks[reference].1 * (t - truth.start_ns) as f64) as i64
         };
         let (r0, r1) = (to_ref(*p0), to_ref(*p1));
-        let slack = 2 * wgo::analysis::anomalies::PARTITION_WINDOW_NS;
+        let slack = 2 * wgo::analysis::partitions::PARTITION_WINDOW_NS;
         assert!((f0 - r0).abs() <= slack && (f1 - r1).abs() <= slack, "partition {f0}..{f1} vs truth {r0}..{r1}");
     }
     let _: &Truth = &truth;

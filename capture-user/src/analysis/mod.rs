@@ -4,17 +4,26 @@
 //! A one-way chain, each module using only those before it: [`fmt`] → [`trace`] (read
 //! dumps) → [`spec`] → [`matching`] (certain messages) → [`steps`] (clock steps, undone) → [`clocks`] (estimated from
 //! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
-//! → [`order`] (happens-before) → [`anomalies`] → [`diagnosis`] (ranked findings). This file runs the chain; `report`
+//! → [`order`] (happens-before) → [`anomalies`] (their kinds, as data) → the detectors, one module
+//! each: [`kernel_drops`], [`losses`], [`retries`], [`stalls`], [`partitions`], [`lossy`] →
+//! [`detect`] (runs them) → [`diagnosis`] (ranked findings). This file runs the chain; `report`
 //! turns its [`Analysis`] into JSON, pcapng, HTML and text.
 
 pub mod anomalies;
 pub mod clocks;
+pub mod detect;
 pub mod diagnosis;
 pub mod fmt;
+pub mod kernel_drops;
+pub mod losses;
+pub mod lossy;
 pub mod matching;
 pub mod order;
+pub mod partitions;
+pub mod retries;
 pub mod rules;
 pub mod spec;
+pub mod stalls;
 pub mod steps;
 #[cfg(test)]
 mod testkit;
@@ -149,7 +158,7 @@ fn analyze_inner<R: Send>(
                 }
                 Some(h.finish())
             };
-            let found = anomalies::find(&anomalies::Context {
+            let found = detect::find(&anomalies::Context {
                 trace,
                 matching,
                 clocks,
@@ -198,6 +207,8 @@ fn analyze_inner<R: Send>(
         violations: &violations,
         answered: &unanswered,
         corrected: &corrected,
+        classes: &classes,
+        describe: &describe,
     });
     phase.done("diagnosis");
     (
