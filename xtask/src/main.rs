@@ -2,6 +2,7 @@
 
 mod bench;
 mod build;
+mod corpus;
 mod demo;
 mod exec;
 mod screenshots;
@@ -36,6 +37,9 @@ enum Cmd {
     },
     /// Run the demo and write the README's timeline screenshots into docs/.
     Screenshots,
+    /// Run the whole corpus matrix: every Debian program under every fault, judged; prints
+    /// each scenario and the precision/recall table per half (root; about 40 minutes).
+    Corpus,
     /// Run each fuzz target briefly (as `test` does at its end).
     Fuzz,
     /// Run a benchmark and print its figures.
@@ -51,6 +55,7 @@ fn main() {
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { crash } => demo::run(crash),
         Cmd::Screenshots => screenshots::run(),
+        Cmd::Corpus => corpus::run(),
         Cmd::Fuzz => build::all().and_then(|()| test::fuzz()),
         Cmd::Bench { which } => bench::run(which),
     };
