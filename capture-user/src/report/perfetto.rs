@@ -184,10 +184,13 @@ mod wire {
         out.extend_from_slice(b);
     }
     /// A `TrackEvent.debug_annotations` entry (field 4) with an interned name and a
-    /// varint value in `field` (3 unsigned, 4 signed as two's complement): both tags
-    /// take one byte.
+    /// varint value in `field` (3 unsigned, 4 signed as two's complement, 17 an interned
+    /// string's iid).
     pub fn varint_arg(out: &mut Vec<u8>, name_iid: u64, field: u32, v: u64) {
-        let len = 2 + prost::encoding::encoded_len_varint(name_iid) + prost::encoding::encoded_len_varint(v);
+        let len = prost::encoding::key_len(1)
+            + prost::encoding::encoded_len_varint(name_iid)
+            + prost::encoding::key_len(field)
+            + prost::encoding::encoded_len_varint(v);
         encode_key(4, WireType::LengthDelimited, out);
         encode_varint(len as u64, out);
         varint(out, 1, name_iid);
@@ -254,6 +257,11 @@ pub struct PerfettoWriter<'a> {
     names: rustc_hash::FxHashMap<String, u64>,
     /// Interned argument strings (flows, labelled field values, directions).
     strings: rustc_hash::FxHashMap<String, u64>,
+    /// The iids of the strings every event has, looked up by what they are made of (0: not
+    /// yet interned): direction (send, recv), node, and flow by protocol and endpoints.
+    dir_iids: [u64; 2],
+    node_iids: Vec<u64>,
+    flow_iids: rustc_hash::FxHashMap<(u8, u32, u16, u32, u16), u64>,
     /// Spec field names' iids, per message type.
     field_iids: Vec<Vec<u64>>,
     addrs: Vec<String>,
@@ -319,6 +327,9 @@ impl<'a> PerfettoWriter<'a> {
             next_uuid: 1,
             names: rustc_hash::FxHashMap::default(),
             strings: rustc_hash::FxHashMap::default(),
+            dir_iids: [0; 2],
+            node_iids: vec![0; trace.nodes.len()],
+            flow_iids: rustc_hash::FxHashMap::default(),
             field_iids,
             addrs: trace
                 .addrs
@@ -504,13 +515,25 @@ impl<'a> PerfettoWriter<'a> {
             let arg = |ev: &mut Vec<u8>, ann: &[u8]| wire::bytes(ev, 4, ann);
             let uint = |ev: &mut Vec<u8>, name: u64, v: u64| wire::varint_arg(ev, name, 3, v);
             uint(&mut ev, ARG_ID, p.id as u64);
-            ann.clear();
-            self.string_arg(&mut ann, ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned);
-            arg(&mut ev, &ann);
+            let dir = (e.dir != Dir::Send) as usize;
+            if self.dir_iids[dir] == 0 {
+                self.dir_iids[dir] = self.string_iid(["send", "recv"][dir], &mut interned).unwrap_or(0);
+            }
+            wire::varint_arg(&mut ev, ARG_DIR, 17, self.dir_iids[dir]);
             // The node again, for SQL: a track's process is a join away in Perfetto's tables.
-            ann.clear();
-            self.string_arg(&mut ann, ARG_NODE, &t.nodes[e.node as usize].name, &mut interned);
-            arg(&mut ev, &ann);
+            let n = e.node as usize;
+            if self.node_iids[n] == 0 {
+                self.node_iids[n] = self.string_iid(&t.nodes[n].name, &mut interned).unwrap_or(0);
+            }
+            match self.node_iids[n] {
+                0 => {
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_NODE);
+                    wire::bytes(&mut ann, 6, t.nodes[n].name.as_bytes());
+                    arg(&mut ev, &ann);
+                }
+                iid => wire::varint_arg(&mut ev, ARG_NODE, 17, iid),
+            }
             wire::varint_arg(&mut ev, ARG_T_RAW, 4, e.t_raw as u64);
             uint(&mut ev, ARG_CPU, e.cpu as u64);
             if e.seq != u64::MAX {
@@ -525,15 +548,35 @@ impl<'a> PerfettoWriter<'a> {
                     arg(&mut ev, &ann);
                 }
             }
-            flow.clear();
-            flow.push_str(e.proto.name());
-            flow.push(' ');
-            self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
-            flow.push_str(" → ");
-            self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
-            ann.clear();
-            self.string_arg(&mut ann, ARG_FLOW, &flow, &mut interned);
-            arg(&mut ev, &ann);
+            // The flow's text is made and interned once per protocol and endpoints.
+            let key = (e.proto as u8, e.src, e.sport, e.dst, e.dport);
+            let iid = match self.flow_iids.get(&key) {
+                Some(&iid) => iid,
+                None => {
+                    flow.clear();
+                    flow.push_str(e.proto.name());
+                    flow.push(' ');
+                    self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
+                    flow.push_str(" → ");
+                    self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
+                    match self.string_iid(&flow, &mut interned) {
+                        Some(iid) => {
+                            self.flow_iids.insert(key, iid);
+                            iid
+                        }
+                        None => 0,
+                    }
+                }
+            };
+            match iid {
+                0 => {
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_FLOW);
+                    wire::bytes(&mut ann, 6, flow.as_bytes());
+                    arg(&mut ev, &ann);
+                }
+                iid => wire::varint_arg(&mut ev, ARG_FLOW, 17, iid),
+            }
             uint(&mut ev, ARG_LEN, e.orig_len as u64);
             if self.classes[i] != UNKNOWN {
                 let c = self.classes[i] as usize;
