@@ -172,32 +172,58 @@ use proto::{DebugAnnotation, TracePacket, TrackDescriptor, TrackEvent};
 
 /// Protobuf's wire format, for the events' hand-encoded packets.
 mod wire {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-
-    pub fn varint(out: &mut Vec<u8>, tag: u32, v: u64) {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(v, out);
+    /// A varint (prost's own is generic over its buffer and not inlined: it was the
+    /// writer's hottest function).
+    #[inline]
+    pub fn put(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
     }
+    /// A varint's length in bytes.
+    #[inline]
+    pub fn len(v: u64) -> usize {
+        prost::encoding::encoded_len_varint(v)
+    }
+    /// Wire types.
+    const VARINT: u32 = 0;
+    const FIXED64: u32 = 1;
+    const LEN: u32 = 2;
+    #[inline]
+    fn key(out: &mut Vec<u8>, tag: u32, wire_type: u32) {
+        put(out, (tag << 3 | wire_type) as u64);
+    }
+    #[inline]
+    pub fn varint(out: &mut Vec<u8>, tag: u32, v: u64) {
+        key(out, tag, VARINT);
+        put(out, v);
+    }
+    /// A length-delimited field's key and length (its bytes follow).
+    #[inline]
+    pub fn len_prefix(out: &mut Vec<u8>, tag: u32, len: usize) {
+        key(out, tag, LEN);
+        put(out, len as u64);
+    }
+    #[inline]
     pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(b.len() as u64, out);
+        len_prefix(out, tag, b.len());
         out.extend_from_slice(b);
     }
     /// A `TrackEvent.debug_annotations` entry (field 4) with an interned name and a
     /// varint value in `field` (3 unsigned, 4 signed as two's complement, 17 an interned
     /// string's iid).
+    #[inline]
     pub fn varint_arg(out: &mut Vec<u8>, name_iid: u64, field: u32, v: u64) {
-        let len = prost::encoding::key_len(1)
-            + prost::encoding::encoded_len_varint(name_iid)
-            + prost::encoding::key_len(field)
-            + prost::encoding::encoded_len_varint(v);
-        encode_key(4, WireType::LengthDelimited, out);
-        encode_varint(len as u64, out);
+        let n = 1 + len(name_iid) + len((field << 3) as u64) + len(v);
+        len_prefix(out, 4, n);
         varint(out, 1, name_iid);
         varint(out, field, v);
     }
+    #[inline]
     pub fn fixed64(out: &mut Vec<u8>, tag: u32, v: u64) {
-        encode_key(tag, WireType::SixtyFourBit, out);
+        key(out, tag, FIXED64);
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
@@ -624,16 +650,28 @@ impl<'a> PerfettoWriter<'a> {
             for &k in &self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize] {
                 wire::fixed64(&mut ev, tag, k as u64 + 1);
             }
-            // The packet: its length first, so its fields go to a buffer of their own.
-            ann.clear();
-            wire::varint(&mut ann, 8, ts(p.t_ns)?);
-            wire::varint(&mut ann, 10, SEQUENCE as u64);
-            wire::bytes(&mut ann, 11, &ev);
+            // The packet, its length worked out first so that the event is copied once.
+            let t_ns = ts(p.t_ns)?;
+            let interned_len = interned.as_ref().map(prost::Message::encoded_len);
+            let len = 1
+                + wire::len(t_ns)
+                + 1
+                + wire::len(SEQUENCE as u64)
+                + 1
+                + wire::len(ev.len() as u64)
+                + ev.len()
+                + interned_len.map_or(0, |n| 1 + wire::len(n as u64) + n)
+                + 1
+                + wire::len(proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
+            let buf = &mut self.buf;
+            wire::len_prefix(buf, 1, len);
+            wire::varint(buf, 8, t_ns);
+            wire::varint(buf, 10, SEQUENCE as u64);
+            wire::bytes(buf, 11, &ev);
             if let Some(d) = &interned {
-                prost::encoding::message::encode(12, d, &mut ann);
+                prost::encoding::message::encode(12, d, buf);
             }
-            wire::varint(&mut ann, 13, proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
-            wire::bytes(&mut self.buf, 1, &ann);
+            wire::varint(buf, 13, proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
         }
         Ok(())
     }
