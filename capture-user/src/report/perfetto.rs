@@ -172,29 +172,58 @@ use proto::{DebugAnnotation, TracePacket, TrackDescriptor, TrackEvent};
 
 /// Protobuf's wire format, for the events' hand-encoded packets.
 mod wire {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-
-    pub fn varint(out: &mut Vec<u8>, tag: u32, v: u64) {
-        encode_key(tag, WireType::Varint, out);
-        encode_varint(v, out);
+    /// A varint (prost's own is generic over its buffer and not inlined: it was the
+    /// writer's hottest function).
+    #[inline]
+    pub fn put(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
     }
+    /// A varint's length in bytes.
+    #[inline]
+    pub fn len(v: u64) -> usize {
+        prost::encoding::encoded_len_varint(v)
+    }
+    /// Wire types.
+    const VARINT: u32 = 0;
+    const FIXED64: u32 = 1;
+    const LEN: u32 = 2;
+    #[inline]
+    fn key(out: &mut Vec<u8>, tag: u32, wire_type: u32) {
+        put(out, (tag << 3 | wire_type) as u64);
+    }
+    #[inline]
+    pub fn varint(out: &mut Vec<u8>, tag: u32, v: u64) {
+        key(out, tag, VARINT);
+        put(out, v);
+    }
+    /// A length-delimited field's key and length (its bytes follow).
+    #[inline]
+    pub fn len_prefix(out: &mut Vec<u8>, tag: u32, len: usize) {
+        key(out, tag, LEN);
+        put(out, len as u64);
+    }
+    #[inline]
     pub fn bytes(out: &mut Vec<u8>, tag: u32, b: &[u8]) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(b.len() as u64, out);
+        len_prefix(out, tag, b.len());
         out.extend_from_slice(b);
     }
     /// A `TrackEvent.debug_annotations` entry (field 4) with an interned name and a
-    /// varint value in `field` (3 unsigned, 4 signed as two's complement): both tags
-    /// take one byte.
+    /// varint value in `field` (3 unsigned, 4 signed as two's complement, 17 an interned
+    /// string's iid).
+    #[inline]
     pub fn varint_arg(out: &mut Vec<u8>, name_iid: u64, field: u32, v: u64) {
-        let len = 2 + prost::encoding::encoded_len_varint(name_iid) + prost::encoding::encoded_len_varint(v);
-        encode_key(4, WireType::LengthDelimited, out);
-        encode_varint(len as u64, out);
+        let n = 1 + len(name_iid) + len((field << 3) as u64) + len(v);
+        len_prefix(out, 4, n);
         varint(out, 1, name_iid);
         varint(out, field, v);
     }
+    #[inline]
     pub fn fixed64(out: &mut Vec<u8>, tag: u32, v: u64) {
-        encode_key(tag, WireType::SixtyFourBit, out);
+        key(out, tag, FIXED64);
         out.extend_from_slice(&v.to_le_bytes());
     }
 }
@@ -254,6 +283,11 @@ pub struct PerfettoWriter<'a> {
     names: rustc_hash::FxHashMap<String, u64>,
     /// Interned argument strings (flows, labelled field values, directions).
     strings: rustc_hash::FxHashMap<String, u64>,
+    /// The iids of the strings every event has, looked up by what they are made of (0: not
+    /// yet interned): direction (send, recv), node, and flow by protocol and endpoints.
+    dir_iids: [u64; 2],
+    node_iids: Vec<u64>,
+    flow_iids: rustc_hash::FxHashMap<(u8, u32, u16, u32, u16), u64>,
     /// Spec field names' iids, per message type.
     field_iids: Vec<Vec<u64>>,
     addrs: Vec<String>,
@@ -319,6 +353,9 @@ impl<'a> PerfettoWriter<'a> {
             next_uuid: 1,
             names: rustc_hash::FxHashMap::default(),
             strings: rustc_hash::FxHashMap::default(),
+            dir_iids: [0; 2],
+            node_iids: vec![0; trace.nodes.len()],
+            flow_iids: rustc_hash::FxHashMap::default(),
             field_iids,
             addrs: trace
                 .addrs
@@ -504,13 +541,25 @@ impl<'a> PerfettoWriter<'a> {
             let arg = |ev: &mut Vec<u8>, ann: &[u8]| wire::bytes(ev, 4, ann);
             let uint = |ev: &mut Vec<u8>, name: u64, v: u64| wire::varint_arg(ev, name, 3, v);
             uint(&mut ev, ARG_ID, p.id as u64);
-            ann.clear();
-            self.string_arg(&mut ann, ARG_DIR, if e.dir == Dir::Send { "send" } else { "recv" }, &mut interned);
-            arg(&mut ev, &ann);
+            let dir = (e.dir != Dir::Send) as usize;
+            if self.dir_iids[dir] == 0 {
+                self.dir_iids[dir] = self.string_iid(["send", "recv"][dir], &mut interned).unwrap_or(0);
+            }
+            wire::varint_arg(&mut ev, ARG_DIR, 17, self.dir_iids[dir]);
             // The node again, for SQL: a track's process is a join away in Perfetto's tables.
-            ann.clear();
-            self.string_arg(&mut ann, ARG_NODE, &t.nodes[e.node as usize].name, &mut interned);
-            arg(&mut ev, &ann);
+            let n = e.node as usize;
+            if self.node_iids[n] == 0 {
+                self.node_iids[n] = self.string_iid(&t.nodes[n].name, &mut interned).unwrap_or(0);
+            }
+            match self.node_iids[n] {
+                0 => {
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_NODE);
+                    wire::bytes(&mut ann, 6, t.nodes[n].name.as_bytes());
+                    arg(&mut ev, &ann);
+                }
+                iid => wire::varint_arg(&mut ev, ARG_NODE, 17, iid),
+            }
             wire::varint_arg(&mut ev, ARG_T_RAW, 4, e.t_raw as u64);
             uint(&mut ev, ARG_CPU, e.cpu as u64);
             if e.seq != u64::MAX {
@@ -525,15 +574,35 @@ impl<'a> PerfettoWriter<'a> {
                     arg(&mut ev, &ann);
                 }
             }
-            flow.clear();
-            flow.push_str(e.proto.name());
-            flow.push(' ');
-            self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
-            flow.push_str(" → ");
-            self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
-            ann.clear();
-            self.string_arg(&mut ann, ARG_FLOW, &flow, &mut interned);
-            arg(&mut ev, &ann);
+            // The flow's text is made and interned once per protocol and endpoints.
+            let key = (e.proto as u8, e.src, e.sport, e.dst, e.dport);
+            let iid = match self.flow_iids.get(&key) {
+                Some(&iid) => iid,
+                None => {
+                    flow.clear();
+                    flow.push_str(e.proto.name());
+                    flow.push(' ');
+                    self.push_endpoint(&mut flow, e.src, e.sport, e.proto, &mut num);
+                    flow.push_str(" → ");
+                    self.push_endpoint(&mut flow, e.dst, e.dport, e.proto, &mut num);
+                    match self.string_iid(&flow, &mut interned) {
+                        Some(iid) => {
+                            self.flow_iids.insert(key, iid);
+                            iid
+                        }
+                        None => 0,
+                    }
+                }
+            };
+            match iid {
+                0 => {
+                    ann.clear();
+                    wire::varint(&mut ann, 1, ARG_FLOW);
+                    wire::bytes(&mut ann, 6, flow.as_bytes());
+                    arg(&mut ev, &ann);
+                }
+                iid => wire::varint_arg(&mut ev, ARG_FLOW, 17, iid),
+            }
             uint(&mut ev, ARG_LEN, e.orig_len as u64);
             if self.classes[i] != UNKNOWN {
                 let c = self.classes[i] as usize;
@@ -581,16 +650,28 @@ impl<'a> PerfettoWriter<'a> {
             for &k in &self.flows[self.flow_at[i] as usize..self.flow_at[i + 1] as usize] {
                 wire::fixed64(&mut ev, tag, k as u64 + 1);
             }
-            // The packet: its length first, so its fields go to a buffer of their own.
-            ann.clear();
-            wire::varint(&mut ann, 8, ts(p.t_ns)?);
-            wire::varint(&mut ann, 10, SEQUENCE as u64);
-            wire::bytes(&mut ann, 11, &ev);
+            // The packet, its length worked out first so that the event is copied once.
+            let t_ns = ts(p.t_ns)?;
+            let interned_len = interned.as_ref().map(prost::Message::encoded_len);
+            let len = 1
+                + wire::len(t_ns)
+                + 1
+                + wire::len(SEQUENCE as u64)
+                + 1
+                + wire::len(ev.len() as u64)
+                + ev.len()
+                + interned_len.map_or(0, |n| 1 + wire::len(n as u64) + n)
+                + 1
+                + wire::len(proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
+            let buf = &mut self.buf;
+            wire::len_prefix(buf, 1, len);
+            wire::varint(buf, 8, t_ns);
+            wire::varint(buf, 10, SEQUENCE as u64);
+            wire::bytes(buf, 11, &ev);
             if let Some(d) = &interned {
-                prost::encoding::message::encode(12, d, &mut ann);
+                prost::encoding::message::encode(12, d, buf);
             }
-            wire::varint(&mut ann, 13, proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
-            wire::bytes(&mut self.buf, 1, &ann);
+            wire::varint(buf, 13, proto::SEQ_NEEDS_INCREMENTAL_STATE as u64);
         }
         Ok(())
     }

@@ -365,7 +365,8 @@ fn perfetto() -> anyhow::Result<()> {
         testbed::run(&mut Command::new("sync"))?;
         let w = testbed::run(Command::new(&peer).args(["write-bench", "--rounds", "3", "--dir"]).arg(&tmp))?;
         // Per output: wall seconds, CPU seconds, and its size.
-        let (mut js, mut pf): ((Vec<f64>, Vec<f64>, f64), (Vec<f64>, Vec<f64>, f64)) = Default::default();
+        type Writes = (Vec<f64>, Vec<f64>, f64);
+        let (mut js, mut pf): (Writes, Writes) = Default::default();
         for line in String::from_utf8_lossy(&w.stdout).lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (secs, cpu, len): (f64, f64, f64) = match f[..] {
