@@ -124,8 +124,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         return Vec::new();
     }
     // The pairs that delivered a message both sent and received within each episode, with
-    // their earliest receipt and latest send then.
-    let mut delivered: Vec<BTreeMap<(NodeId, NodeId), Span>> = vec![BTreeMap::new(); episodes.len()];
+    // their earliest receipt and latest send then, and how many.
+    let mut delivered: Vec<BTreeMap<(NodeId, NodeId), (i64, i64, usize)>> = vec![BTreeMap::new(); episodes.len()];
     for &(s, r) in messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
         if a == b {
@@ -136,23 +136,27 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         if e > 0 && ts <= episodes[e - 1].1 {
             let tr = ctx.corr(r);
             if tr <= episodes[e - 1].1 {
-                let d = delivered[e - 1].entry(pair(a, b)).or_insert((tr, ts));
-                *d = (d.0.min(tr), d.1.max(ts));
+                let d = delivered[e - 1].entry(pair(a, b)).or_insert((tr, ts, 0));
+                *d = (d.0.min(tr), d.1.max(ts), d.2 + 1);
             }
         }
     }
     let mut out = Vec::new();
     for (e, span) in episodes.iter().enumerate() {
         let range = in_episode(span);
-        // A pair that lost in the episode connects by a delivery between its own losses, or
-        // by deliveries both before its first and after its last (a link that loses now and
-        // then): what it delivered only before its first loss (a cut that began) or only
-        // after its last (a heal) does not undo its cut.
-        let connected = delivered[e].iter().filter(|&(p, &(first_receipt, last_send))| {
+        // A pair that lost in the episode connects if it delivered more than it lost then,
+        // between its losses or both before its first and after its last (a link that loses
+        // now and then). One that lost more than it delivered was cut: a straggler that got
+        // through while the cut was being made (firewall rules go in one at a time), or what
+        // it delivered before its cut began or after it healed while other pairs' cuts went
+        // on, does not undo it.
+        let connected = delivered[e].iter().filter(|&(p, &(first_receipt, last_send, count))| {
             let Some((ks, gaps)) = by_pair.get(p) else { return true };
             let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
             let (Some(&g0), Some(&g1)) = (mine.first(), mine.last()) else { return true };
-            mine.iter().skip(1).any(|&g| gaps[g]) || (first_receipt < losses[ks[g0]].0 && last_send > losses[ks[g1]].0)
+            let around = first_receipt < losses[ks[g0]].0 && last_send > losses[ks[g1]].0;
+            let between = mine.iter().skip(1).any(|&g| gaps[g]);
+            (between || around) && count > mine.len()
         });
         let connected = connected.map(|(p, _)| *p);
         if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
@@ -414,6 +418,19 @@ mod tests {
         let mut msgs = two_three(Fate::Lost);
         let k = msgs.iter().position(|m| (m.1, m.2) == (0, 1) && m.0 >= 2000 * MS).unwrap();
         msgs[k].3 = Fate::Lost;
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_straggler_across_the_cut_does_not_join_the_islands() {
+        // The 2 | 3 cut, and one of n5's messages to n1 gets through in the middle of it (the
+        // firewall rules went in one at a time, say).
+        let mut msgs = two_three(Fate::Lost);
+        let k = msgs.iter().position(|m| (m.1, m.2) == (4, 0) && m.0 >= 2000 * MS).unwrap();
+        msgs[k].3 = Fate::Delivered;
         let found = anomalies(&trace(traffic_fates(5, &msgs)));
         let parts = of(&found, Kind::Partition);
         assert_eq!(parts.len(), 1, "{parts:?}");
