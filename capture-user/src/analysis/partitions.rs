@@ -28,6 +28,9 @@ pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
 /// whether a partition explains them.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
 
+/// A pair's deliveries within an episode: earliest receipt, latest send, how many.
+type Delivered = (i64, i64, usize);
+
 /// One lost message between two nodes: (send time, sender, receiver, send, cause).
 type Loss = (i64, NodeId, NodeId, EventId, Cause);
 
@@ -125,7 +128,7 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     }
     // The pairs that delivered a message both sent and received within each episode, with
     // their earliest receipt and latest send then, and how many.
-    let mut delivered: Vec<BTreeMap<(NodeId, NodeId), (i64, i64, usize)>> = vec![BTreeMap::new(); episodes.len()];
+    let mut delivered: Vec<BTreeMap<(NodeId, NodeId), Delivered>> = vec![BTreeMap::new(); episodes.len()];
     for &(s, r) in messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
         if a == b {
