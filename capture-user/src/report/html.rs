@@ -19,7 +19,7 @@ use crate::analysis::trace::Dir;
 const TEMPLATE: &str = include_str!("../../../templates/timeline.html");
 
 /// Anomaly kinds, in the bit order the page uses.
-pub const KINDS: [Kind; 13] = [
+pub const KINDS: [Kind; 14] = [
     Kind::NetworkLoss,
     Kind::RecorderLoss,
     Kind::Duplicate,
@@ -33,6 +33,7 @@ pub const KINDS: [Kind; 13] = [
     Kind::Contradiction,
     Kind::ClockStep,
     Kind::KernelDrop,
+    Kind::LossyLink,
 ];
 
 struct Blob {
