@@ -19,7 +19,7 @@ use crate::analysis::trace::Dir;
 const TEMPLATE: &str = include_str!("../../../templates/timeline.html");
 
 /// Anomaly kinds, in the bit order the page uses.
-pub const KINDS: [Kind; 13] = [
+pub const KINDS: [Kind; 14] = [
     Kind::NetworkLoss,
     Kind::RecorderLoss,
     Kind::Duplicate,
@@ -33,6 +33,7 @@ pub const KINDS: [Kind; 13] = [
     Kind::Contradiction,
     Kind::ClockStep,
     Kind::KernelDrop,
+    Kind::LossyLink,
 ];
 
 struct Blob {
@@ -230,4 +231,51 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
         .and_then(|tpl| tpl.render(minijinja::context! { title => title, data => data, events => n, nodes => t.nodes.len() }))
         .map_err(std::io::Error::other)?;
     out.write_all(page.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every anomaly kind has its bit in the timeline's kind mask: a kind missing from
+    /// `KINDS` made the report panic. The match is exhaustive, so a new kind must be named
+    /// here, and then in `KINDS`.
+    #[test]
+    fn every_anomaly_kind_is_listed() {
+        let all = [
+            Kind::NetworkLoss,
+            Kind::RecorderLoss,
+            Kind::Duplicate,
+            Kind::Retransmission,
+            Kind::RetryStorm,
+            Kind::Unanswered,
+            Kind::Partition,
+            Kind::StalledNode,
+            Kind::ClosedConnection,
+            Kind::MissingNode,
+            Kind::Contradiction,
+            Kind::ClockStep,
+            Kind::KernelDrop,
+            Kind::LossyLink,
+        ];
+        for k in all {
+            match k {
+                Kind::NetworkLoss
+                | Kind::RecorderLoss
+                | Kind::Duplicate
+                | Kind::Retransmission
+                | Kind::RetryStorm
+                | Kind::Unanswered
+                | Kind::Partition
+                | Kind::StalledNode
+                | Kind::ClosedConnection
+                | Kind::MissingNode
+                | Kind::Contradiction
+                | Kind::ClockStep
+                | Kind::KernelDrop
+                | Kind::LossyLink => assert!(KINDS.contains(&k), "{k:?} is not in KINDS"),
+            }
+        }
+        assert!(KINDS.len() <= 16, "the kind mask is 16 bits");
+    }
 }
