@@ -809,7 +809,10 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs succeeded, so it filled the buffer.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    // The casts are no-ops here, not on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    Ok(free)
 }
 
 /// The collector address to name in a trigger for agents at `dest`: `listen` itself, or,
