@@ -224,7 +224,8 @@ impl State {
     /// can send for any trigger) must not keep real dumps out. A dump offered to it later
     /// reopens it. Refused (and retried by the agent) only when every open incident has one.
     fn make_room(&mut self, id: u64) -> Result<(), String> {
-        let idle = self.incidents.iter_mut().filter(|(_, i)| !i.closed && i.owners.is_empty()).min_by_key(|(_, i)| i.changed);
+        let idle =
+            self.incidents.iter_mut().filter(|(_, i)| !i.closed && i.owners.is_empty() && i.arrived() == 0).min_by_key(|(_, i)| i.changed);
         let Some((&old, inc)) = idle else {
             return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already, each with dumps coming; trigger {id:016x} must wait"));
         };
