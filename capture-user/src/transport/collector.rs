@@ -637,10 +637,20 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
                 Err(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES))
             }
             Ok(inc) => {
+                // What the manifest says arrived for this name: after a restart, the
+                // owners are forgotten, and the manifest is what remembers.
+                let delivered = inc.manifest.nodes.iter().find(|n| n.name == node && n.arrived_ns.is_some());
+                let delivered = delivered.map(|n| (n.addr.clone().unwrap_or_default(), n.sha256.clone().unwrap_or_default()));
                 let placed = match inc.owners.get(&node) {
                     Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
                         "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
                     )),
+                    None if delivered.as_ref().is_some_and(|(_, sha)| *sha != hex(&offer.sha256)) => {
+                        let (addr, _) = delivered.expect("checked");
+                        Err(format!(
+                            "a dump of node {node} was delivered already, from {addr}; a different one from {from_ip} is refused (give each agent its own --node; the delivered dump is kept)"
+                        ))
+                    }
                     _ => room_for(&inc.dir, &part_path(&inc.dir, &node, &offer), offer.size),
                 };
                 match placed {
@@ -1075,6 +1085,33 @@ mod tests {
         }
         assert!(!leftover.exists(), "a given-up incident keeps no failed transfer");
         let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    #[test]
+    fn after_a_restart_a_second_dump_under_a_delivered_name_is_refused_not_swapped_in() {
+        let (dir, spool) = (tempdir("samename"), tempdir("samename-spool"));
+        let (l, u, addr) = sockets();
+        let collector = std::thread::spawn({
+            let o = options(&dir, Expect::Count(1), Some(9), Limits::default());
+            move || collect(o, l, u, || {})
+        });
+        let first = spooled(&spool, "n1", 9, 2000);
+        ship_to(&first, &spool, addr).unwrap();
+        collector.join().unwrap().unwrap();
+        // `wgo collect` again on the same directory: another agent calls itself n1 too.
+        let (l, u, addr) = sockets();
+        let mut o = options(&dir, Expect::Count(2), None, Limits::default());
+        o.wait = Duration::from_secs(3);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        let other_spool = tempdir("samename-other");
+        let other = spooled(&other_spool, "n1", 9, 3000);
+        let err = ship_within(&other, &other_spool, addr, Duration::from_millis(800)).unwrap_err();
+        assert!(err.to_string().contains("a dump of node n1 was delivered already"), "{err}");
+        // The same dump again (a resend) is still taken.
+        ship_to(&first, &spool, addr).unwrap();
+        let _ = collector.join().unwrap();
+        assert_eq!(hex(&super::super::spool::file_sha256(&dir.join("n1.pcapng")).unwrap()), first.sha256, "the delivered dump is kept");
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool), std::fs::remove_dir_all(other_spool));
     }
 
     #[test]
