@@ -412,7 +412,24 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
     let state =
         State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default(), damaged };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
-    let (wait, stop, on_closed) = (opts.wait, opts.stop.clone(), opts.on_closed.clone());
+    let (wait, stop) = (opts.wait, opts.stop.clone());
+    // Reports run one at a time on a thread of their own, never on the runtime's blocking
+    // pool: there, 8 slow reports held every thread that file I/O for deliveries needs.
+    let reports = opts.on_closed.clone().map(|f| {
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Manifest)>();
+        std::thread::Builder::new()
+            .name("wgo-reports".into())
+            .spawn(move || {
+                for (dir, manifest) in rx {
+                    f(&dir, &manifest);
+                }
+            })
+            .map(|_| tx)
+    });
+    let reports = match reports {
+        Some(r) => Some(r.map_err(io("starting the report thread"))?),
+        None => None,
+    };
     let tick = move |st: &mut State| {
         for inc in st.incidents.values_mut().filter(|i| !i.closed) {
             let given_up = inc.changed.elapsed() > wait;
@@ -438,11 +455,10 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
                     inc.manifest.missing.join(", ")
                 ),
             }
-            if let Some(f) = &on_closed
+            if let Some(tx) = &reports
                 && inc.arrived() > 0
             {
-                let (f, dir, manifest) = (f.clone(), inc.dir.clone(), inc.manifest.clone());
-                tokio::task::spawn_blocking(move || f(&dir, &manifest));
+                let _ = tx.send((inc.dir.clone(), inc.manifest.clone()));
             }
         }
         stop.load(Ordering::Relaxed)
@@ -1112,6 +1128,49 @@ mod tests {
         let _ = collector.join().unwrap();
         assert_eq!(hex(&super::super::spool::file_sha256(&dir.join("n1.pcapng")).unwrap()), first.sha256, "the delivered dump is kept");
         let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool), std::fs::remove_dir_all(other_spool));
+    }
+
+    #[test]
+    fn slow_reports_do_not_hold_up_deliveries() {
+        let (root, spool) = (tempdir("slowreports"), tempdir("slowreports-spool"));
+        let (l, u, addr) = sockets();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Each report blocks until the test lets it go.
+        let (started, release) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let on_closed: OnClosed = {
+            let (started, release) = (started.clone(), release.clone());
+            Arc::new(move |_: &std::path::Path, _: &Manifest| {
+                started.fetch_add(1, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let opts = ServeOptions {
+            incidents: root.clone(),
+            secret: secret(),
+            wait: Duration::from_secs(60),
+            limits: Limits::default(),
+            stop: stop.clone(),
+            on_closed: Some(on_closed),
+        };
+        let server = std::thread::spawn(move || serve(opts, l, u));
+        // Nine incidents complete, so nine reports are due (more than the runtime's 8
+        // blocking threads), and the first one never ends.
+        for id in 1..=9u64 {
+            ship_to(&spooled(&spool, "n1", id, 500), &spool, addr).unwrap();
+        }
+        // Every incident closed (its manifest final), so every report is due.
+        let complete = |d: &std::fs::DirEntry| Manifest::load(&d.path()).ok().flatten().is_some_and(|m| m.complete);
+        wait_until(|| std::fs::read_dir(&root).unwrap().flatten().filter(complete).count() == 9);
+        wait_until(|| started.load(Ordering::SeqCst) >= 1);
+        // A delivery still goes through at once.
+        ship_within(&spooled(&spool, "n2", 10, 500), &spool, addr, Duration::from_secs(10)).unwrap();
+        release.store(true, Ordering::SeqCst);
+        wait_until(|| started.load(Ordering::SeqCst) >= 9);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool));
     }
 
     #[test]
