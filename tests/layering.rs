@@ -18,7 +18,25 @@ const ALLOWED: &[(&str, &[&str])] = &[
 ];
 
 /// The analysis chain: each module may use only those before it.
-const ANALYSIS_CHAIN: &[&str] = &["fmt", "trace", "spec", "matching", "steps", "clocks", "rules", "order", "anomalies", "diagnosis"];
+const ANALYSIS_CHAIN: &[&str] = &[
+    "fmt",
+    "trace",
+    "spec",
+    "matching",
+    "steps",
+    "clocks",
+    "rules",
+    "order",
+    "anomalies",
+    "kernel_drops",
+    "losses",
+    "retries",
+    "stalls",
+    "partitions",
+    "lossy",
+    "detect",
+    "diagnosis",
+];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {

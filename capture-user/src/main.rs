@@ -22,6 +22,8 @@ fn main() {
         Command::Collect(args) => cli::collect::run(args.collector, None, args.trigger_id),
         Command::Serve(args) => cli::serve::run(args),
         Command::Ship(args) => cli::ship::run(args),
+        Command::Secret(args) => cli::secret::run(args),
+        Command::Thaw(args) => cli::thaw::run(args),
     };
     if let Err(e) = result {
         eprintln!("wgo: error: {e:#}");

@@ -59,6 +59,7 @@ try {
       if (got.status !== f.text) await fail(`finding ${i + 1}: status says ${got.status}`);
       if (f.span && !(got.view.a <= f.span[0] && f.span[1] <= got.view.b)) await fail(`finding ${i + 1}: view ${JSON.stringify(got.view)} does not hold its span ${f.span}`);
       if (f.evidence.length && got.sel !== f.evidence[0]) await fail(`finding ${i + 1}: selected ${got.sel}, not its first evidence ${f.evidence[0]}`);
+      if (!f.evidence.length && got.sel !== -1) await fail(`finding ${i + 1} has no evidence, yet event ${got.sel} stays selected`);
       const hot = await page.evaluate(() => [...document.querySelectorAll("#heads .lane")].map((l, n) => (l.classList.contains("hot") ? n : -1)).filter((n) => n >= 0));
       const want = [...new Set([...f.nodes, ...(f.links || []).flat()])].sort((a, b) => a - b);
       if (JSON.stringify(hot) !== JSON.stringify(want)) await fail(`finding ${i + 1}: lanes ${hot} stand out, not its nodes ${want}`);
@@ -115,8 +116,10 @@ try {
     if (lost.out.some((m) => m.lane !== m.drawnIn)) await fail(`a lost message ends outside its receiver's lane: ${JSON.stringify(lost.out.find((m) => m.lane !== m.drawnIn))}`);
     if (lost.total && !lost.out.length) await fail("no lost message drawn when focused on one");
     // The causal view: every receive below its send.
-    const causal = await page.evaluate(() => { const W = window.wgo; W.setMode("causal"); W.fit(); const bad = W.receivesAboveSends(); const ok = W.labels; W.setMode("corr"); return { bad, labels: ok.length }; });
+    const causal = await page.evaluate(() => { const W = window.wgo; W.setMode("causal"); W.fit(); const bad = W.receivesAboveSends(); const ok = W.labels; const breaks = (W.breakLabels || []).slice(); W.setMode("corr"); return { bad, labels: ok.length, breaks }; });
     if (causal.bad) await fail(`${causal.bad} receives not below their sends in the causal view`);
+    // The breaks' labels ("≈ 20 ms with nothing happening") never overlap, fitted or not.
+    for (let i = 1; i < causal.breaks.length; i++) if (causal.breaks[i] - causal.breaks[i - 1] < 16) await fail(`break labels at y ${causal.breaks[i - 1]} and ${causal.breaks[i]} overlap`);
     // The URL hash round-trips: a new page opened at it shows the same view, mode, filter and selection.
     const state = await page.evaluate(() => {
       const W = window.wgo; W.fit(); W.zoom(0.3); W.pan(0.1);
@@ -130,6 +133,14 @@ try {
     const near = (x, y) => Math.abs(x - y) <= 1;
     if (!(near(again.view.a, state.view.a) && near(again.view.b, state.view.b) && again.sel === state.sel && again.mode === state.mode && again.shown === state.shown)) {
       await fail(`the URL hash did not round-trip: ${JSON.stringify(state)} became ${JSON.stringify(again)}`);
+    }
+    // In the causal view, v counts rows: a URL with v=0,40 shows the first 40 steps.
+    const page3 = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    await page3.goto(url + "#m=causal&v=0,40");
+    await page3.waitForFunction(() => window.wgo && (window.wgo.ready || window.wgo.error), null, { timeout: 120000 });
+    const rows = await page3.evaluate(() => { const W = window.wgo; return { mode: W.viewMode(), view: W.view(), hash: W.hash(), drawn: W.labels.length }; });
+    if (rows.mode !== "causal" || rows.view.a !== 0 || rows.view.b !== 40e6 || !rows.hash.includes("v=0%2C40") || !rows.drawn) {
+      await fail(`#m=causal&v=0,40 should show the first 40 rows: ${JSON.stringify(rows)}`);
     }
     if (errors.length) await fail("page errors: " + errors.join("; "));
     console.log(`ok: labels ${zooms.map((z) => `${z.labels} drawn/${z.hidden} hidden`).join(", ")} at three zooms, none overlapping; ${zooms[0].marks + zooms[0].losses} marks in the overview; ${lost.out.length} lost messages in their receivers' lanes; causal view ordered; hash ${state.hash.length} chars round-trips`);

@@ -33,6 +33,8 @@ pub struct DemoOutcome {
     pub report: String,
     pub timeline: PathBuf,
     pub json: PathBuf,
+    /// The incident as a Perfetto trace.
+    pub perfetto: PathBuf,
 }
 
 /// The commands the demo runs, with the Debian package of each: `cargo xtask demo`
@@ -180,8 +182,21 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
             (dir, m.reason)
         }
     };
-    for a in agents {
-        let (status, _, err) = a.wait(Duration::from_secs(30))?;
+    for (a, n) in agents.into_iter().zip(&bed.nodes) {
+        let (status, _, err) = match o.crash {
+            // An armed agent records on after an incident: stopped once it froze its app.
+            true => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while !std::fs::read_to_string(n.cgroup.join("cgroup.events")).unwrap_or_default().contains("frozen 1") {
+                    if std::time::Instant::now() > deadline {
+                        bail!("the agent on {} did not freeze its app: {}", n.name, a.stderr());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                a.stop(Duration::from_secs(10))?
+            }
+            false => a.wait(Duration::from_secs(30))?,
+        };
         if !status.success() {
             bail!("an agent failed: {err}");
         }
@@ -193,7 +208,7 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
         .count();
     log(&format!("the agents shipped their dumps and froze the application on {frozen} of {NODES} nodes"));
 
-    let (timeline, json) = (o.out.join("timeline.html"), o.out.join("report.json"));
+    let (timeline, json, perfetto) = (o.out.join("timeline.html"), o.out.join("report.json"), o.out.join("incident.pftrace"));
     let rep = run(Command::new(&o.wgo)
         .arg("report")
         .arg(&collected)
@@ -203,12 +218,14 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
         .arg(&timeline)
         .arg("--json")
         .arg(&json)
+        .arg("--perfetto")
+        .arg(&perfetto)
         .env("WGO_LOG", "warn"))?;
     let report = String::from_utf8_lossy(&rep.stdout).into_owned();
     drop(apps);
     drop(bed);
     log("removed the namespaces, cgroups, links and processes");
-    Ok(DemoOutcome { trigger, report, timeline, json })
+    Ok(DemoOutcome { trigger, report, timeline, json, perfetto })
 }
 
 /// Presses the button from node1 and collects all five dumps; returns where they are.

@@ -1,7 +1,8 @@
 //! Matching each receive to the send it came from, across nodes.
 //!
-//! - UDP, ICMP and TCP segments without data: by key (5-tuple, IP id, lengths, first
-//!   payload bytes, TCP seq/ack/flags). Keys with one send are certain; keys with
+//! - UDP, ICMP, TCP segments without data and every other IP protocol (VRRP, OSPF, SCTP,
+//!   raw sockets: no ports, the payload starts after the IP header): by key (addresses,
+//!   IP protocol, ports, IP id, lengths, first payload bytes, TCP seq/ack/flags). Keys with one send are certain; keys with
 //!   several (identical retransmissions) are resolved by corrected time, once the
 //!   clocks are known ([`resolve_by_time`]).
 //! - TCP data: by sequence range. A receive happens after the first send of its last
@@ -19,6 +20,7 @@ struct Key {
     sport: u16,
     dport: u16,
     ip_id: u16,
+    /// The IP protocol number.
     proto: u8,
     tcp_flags: u8,
     hash: u64,
@@ -34,13 +36,24 @@ impl Key {
             sport: e.sport,
             dport: e.dport,
             ip_id: e.ip_id,
-            proto: e.proto as u8,
+            proto: ip_protocol(trace, e),
             tcp_flags: e.tcp_flags,
             hash: trace.content_hash(e),
             tcp_seq: e.tcp_seq,
             tcp_ack: e.tcp_ack,
         }
     }
+}
+
+/// The IP protocol number: the code itself for UDP, TCP and ICMP; read from the IP header
+/// for the rest, which share one code, so that two protocols' packets never match.
+fn ip_protocol(trace: &Trace, e: &Event) -> u8 {
+    if e.proto != ProtoCode::Other {
+        return e.proto as u8;
+    }
+    let ip = trace.data(e);
+    let at = if ip.first().is_some_and(|b| b >> 4 == 6) { 6 } else { 9 };
+    ip.get(at).copied().unwrap_or(0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -629,6 +642,19 @@ mod tests {
             compared += 1;
         }
         assert!(compared > 100, "{compared} rounds had identical sends to resolve");
+    }
+
+    #[test]
+    fn another_ip_protocol_matches_by_ip_id_length_and_payload_and_never_across_protocols() {
+        use crate::packet::tests::ip4;
+        let t = trace(vec![
+            vec![send(100, ip4(addr(0), addr(1), 253, 1, b"hello")), send(200, ip4(addr(0), addr(1), 253, 2, b"hello"))],
+            // The second send's IP id and bytes, but another protocol: not its receive.
+            vec![recv(150, ip4(addr(0), addr(1), 253, 1, b"hello")), recv(250, ip4(addr(0), addr(1), 254, 2, b"hello"))],
+        ]);
+        let m = matched(&t);
+        assert_eq!(m.messages, vec![(0, 2)]);
+        assert_eq!((m.unmatched_sends.as_slice(), m.unmatched_recvs.as_slice()), (&[1][..], &[3][..]));
     }
 
     #[test]

@@ -4,20 +4,29 @@
 //! A one-way chain, each module using only those before it: [`fmt`] → [`trace`] (read
 //! dumps) → [`spec`] → [`matching`] (certain messages) → [`steps`] (clock steps, undone) → [`clocks`] (estimated from
 //! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
-//! → [`order`] (happens-before) → [`anomalies`] → [`diagnosis`] (ranked findings). This file runs the chain; `report`
+//! → [`order`] (happens-before) → [`anomalies`] (their kinds, as data) → the detectors, one module
+//! each: [`kernel_drops`], [`losses`], [`retries`], [`stalls`], [`partitions`], [`lossy`] →
+//! [`detect`] (runs them) → [`diagnosis`] (ranked findings). This file runs the chain; `report`
 //! turns its [`Analysis`] into JSON, pcapng, HTML and text.
 
 pub mod anomalies;
 pub mod clocks;
+pub mod detect;
 pub mod diagnosis;
 pub mod fmt;
+pub mod kernel_drops;
+pub mod losses;
+pub mod lossy;
 pub mod matching;
 pub mod order;
+pub mod partitions;
+pub mod retries;
 pub mod rules;
 pub mod spec;
+pub mod stalls;
 pub mod steps;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod trace;
 
 use std::collections::BTreeSet;
@@ -46,6 +55,8 @@ pub struct Analysis {
     pub anomalies: Vec<Anomaly>,
     /// What went wrong, ranked: most important and earliest first.
     pub findings: Vec<diagnosis::Finding>,
+    /// What each part of the spec matched.
+    pub spec_usage: spec::SpecUsage,
 }
 
 #[derive(Default)]
@@ -66,6 +77,7 @@ pub struct Streamed<'a> {
     pub spec: &'a Spec,
     pub classes: &'a [u16],
     pub clocks: &'a Clocks,
+    pub matching: &'a Matching,
     pub batches: std::sync::mpsc::Receiver<Vec<order::Placed>>,
 }
 
@@ -105,6 +117,7 @@ fn analyze_inner<R: Send>(
     let (rule_edges, mut violations) = rules::rule_edges(&trace, &spec, &classes, &clocks);
     phase.done("rules");
     let n_rule = rule_edges.len();
+    let spec_usage = spec.usage(&classes, rule_edges.iter().map(|e| e.2 as usize));
     let rule_edge_list: Vec<(EventId, EventId)> = rule_edges.iter().map(|&(a, b, _)| (a, b)).collect();
     let rule_edges = rule_edges.into_iter().map(|(a, b, r)| (a, b, EdgeKind::Rule(r)));
     // The order and most anomalies do not depend on each other: built side by side,
@@ -117,7 +130,7 @@ fn analyze_inner<R: Send>(
         let writer = stream.map(|f| {
             std::thread::Builder::new()
                 .name("wgo-stream".into())
-                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, batches }))
+                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, matching, batches }))
                 .expect("spawning the event stream")
         });
         let placed_tx = writer.is_some().then_some(placed_tx);
@@ -149,7 +162,7 @@ fn analyze_inner<R: Send>(
                 }
                 Some(h.finish())
             };
-            let found = anomalies::find(&anomalies::Context {
+            let found = detect::find(&anomalies::Context {
                 trace,
                 matching,
                 clocks,
@@ -198,10 +211,25 @@ fn analyze_inner<R: Send>(
         violations: &violations,
         answered: &unanswered,
         corrected: &corrected,
+        classes: &classes,
+        describe: &describe,
     });
     phase.done("diagnosis");
     (
-        Analysis { trace, spec, classes, matching, clocks, order, rule_edges: n_rule, rule_edge_list, violations, anomalies, findings },
+        Analysis {
+            trace,
+            spec,
+            classes,
+            matching,
+            clocks,
+            order,
+            rule_edges: n_rule,
+            rule_edge_list,
+            violations,
+            anomalies,
+            findings,
+            spec_usage,
+        },
         streamed,
     )
 }

@@ -47,6 +47,43 @@
 //! ```
 //!
 //! Rule ends take `where` too: `event = { message = "VOTE", dir = "send", where = { phase = "PROMISE" } }`.
+//!
+//! Every key, by table (all offsets are bytes into the L4 payload, after the UDP or TCP
+//! header; only the first `--snaplen` bytes of each packet are captured):
+//!
+//! | where | key | value |
+//! |---|---|---|
+//! | top | `name` | the protocol's name (optional) |
+//! | `[[message]]` | `name` | required, unique |
+//! | | `transport` | `"udp"` or `"tcp"` (default: either) |
+//! | | `port` | a source or destination port (0–65535) |
+//! | | `match` | a list of `{ offset, ascii = "TEXT" }`, `{ offset, hex = "41 43" }` or `{ offset, u8 = 7 }`, all of which must hold; a message needs a `match` or a `port` |
+//! | | `display` | the label, with `{field}` placeholders (a missing or short field shows `?`) |
+//! | | `fields` | a list of fields, below |
+//! | | `identity` | field names: sends that agree on them are one request resent |
+//! | field | `name`, `offset` | required |
+//! | | `width` | bytes: 1, 2, 4 or 8 for a number; any for text; optional with `until` |
+//! | | `endian` | `"big"` (default) or `"little"`, for numbers |
+//! | | `ascii` | `true`: text of `width` bytes, ending early at a NUL; bytes that are not printable show as `.` |
+//! | | `until` | text that ends before the first occurrence of this string (e.g. `"\r\n"`), within `width` if given, else within what was captured; it implies `ascii` |
+//! | | `labels` | `{ 1 = "PREPARE", … }`: names for a number's values |
+//! | `[[rule]]` | `name`, `event`, `after` | required: the event is after the `after` event it matches |
+//! | | `same_node` | `true`: both on one node (default `false`) |
+//! | | `key` | field names both messages have and must agree on |
+//! | rule end | `message` | required |
+//! | | `dir` | `"send"`, `"recv"` or `"any"` (default) |
+//! | | `where` | `{ field = value }`: a non-negative number, a label of the field, or text for a text field |
+//! | `[[invariant]]` | `name`, `kind` | required; `kind` is `"answered"`, `"monotonic"` or `"never"` |
+//! | answered | `request`, `response`, `within_ms` | required: every request sent gets a response received by its sender within `within_ms` (a number of milliseconds, e.g. `200` or `2.5`) |
+//! | | `key` | field names request and response agree on |
+//! | monotonic | `message`, `field` | required: the field never decreases, per node |
+//! | | `dir` | as for rule ends |
+//! | never | `message` | required: each such event is a violation |
+//! | | `dir`, `where` | as for rule ends |
+//!
+//! `wgo report`'s summary says how many packets each message matched, and warns about a
+//! message that matched none, a rule that added no edge and an invariant whose message
+//! matched nothing (it holds vacuously): a typo in a port or a match loads cleanly.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -118,11 +155,15 @@ struct MatchToml {
 struct FieldToml {
     name: String,
     offset: usize,
-    width: usize,
+    #[serde(default)]
+    width: Option<usize>,
     #[serde(default)]
     endian: Option<String>,
     #[serde(default)]
     ascii: bool,
+    /// A text field ends before the first of these bytes (e.g. "\r\n").
+    #[serde(default)]
+    until: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
@@ -162,7 +203,7 @@ struct InvariantToml {
     #[serde(default)]
     key: Vec<Spanned<String>>,
     #[serde(default)]
-    within_ms: Option<f64>,
+    within_ms: Option<Spanned<toml::Value>>,
     #[serde(default)]
     message: Option<Spanned<String>>,
     #[serde(default)]
@@ -187,6 +228,9 @@ pub struct FieldDef {
     pub endian: Endian,
     pub ascii: bool,
     pub labels: BTreeMap<u64, String>,
+    /// A text field that ends before the first occurrence of these bytes (within `width`,
+    /// or the captured payload where `width` is 0).
+    pub until: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -332,7 +376,7 @@ impl Spec {
         let err = |span: Range<usize>, message: String| SpecError::At { file: file.to_string(), line: line_of(text, span), message };
         let raw: SpecFile = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s));
-            SpecError::At { file: file.to_string(), line, message: e.message().to_string() }
+            SpecError::At { file: file.to_string(), line, message: plain_types(e.message()) }
         })?;
         let mut spec = Spec { name: raw.name.unwrap_or_else(|| "protocol".into()), ..Spec::default() };
         // Messages by name: a lookup per message, rule and invariant, not a scan (a spec
@@ -370,14 +414,31 @@ impl Spec {
             for f in &m.fields {
                 let span = f.span();
                 let f = f.get_ref();
-                if !f.ascii && ![1, 2, 4, 8].contains(&f.width) {
+                let until = match &f.until {
+                    Some(d) if d.is_empty() => return Err(err(span, format!("field {}: until needs at least one byte", f.name))),
+                    Some(d) => Some(d.as_bytes().to_vec()),
+                    None => None,
+                };
+                // A field that ends at a delimiter is text, and its width (optional) a bound.
+                let ascii = f.ascii || until.is_some();
+                let width = match (f.width, &until) {
+                    (Some(w), _) => w,
+                    (None, Some(_)) => 0,
+                    (None, None) => {
+                        return Err(err(
+                            span,
+                            format!("field {}: give its width in bytes (or until = \"…\", for text that ends at a delimiter)", f.name),
+                        ));
+                    }
+                };
+                if !ascii && ![1, 2, 4, 8].contains(&width) {
                     return Err(err(
                         span,
-                        format!("field {}: width must be 1, 2, 4 or 8 bytes (or set ascii = true), not {}", f.name, f.width),
+                        format!("field {}: width must be 1, 2, 4 or 8 bytes (or set ascii = true), not {width}", f.name),
                     ));
                 }
-                if f.ascii && f.width == 0 {
-                    return Err(err(span, format!("field {}: an ascii field needs a width", f.name)));
+                if ascii && until.is_none() && width == 0 {
+                    return Err(err(span, format!("field {}: an ascii field needs a width, or until = \"…\"", f.name)));
                 }
                 let endian = match f.endian.as_deref() {
                     None | Some("big") => Endian::Big,
@@ -389,7 +450,7 @@ impl Spec {
                     let n: u64 = k.parse().map_err(|_| err(span.clone(), format!("field {}: label key {k:?} is not a number", f.name)))?;
                     labels.insert(n, v.clone());
                 }
-                fields.push(FieldDef { name: f.name.clone(), offset: f.offset, width: f.width, endian, ascii: f.ascii, labels });
+                fields.push(FieldDef { name: f.name.clone(), offset: f.offset, width, endian, ascii, labels, until });
             }
             if let Some(d) = &m.display {
                 for name in placeholders(d.get_ref()) {
@@ -496,8 +557,14 @@ impl Spec {
                 "answered" => {
                     let request = msg(&spec, &need(&inv.request, "request")?)?;
                     let response = msg(&spec, &need(&inv.response, "response")?)?;
-                    let within =
-                        inv.within_ms.ok_or_else(|| err(inv.kind.span(), format!("invariant {} needs within_ms", inv.name.get_ref())))?;
+                    let within = match inv.within_ms.as_ref().map(|v| (v.get_ref(), v.span())) {
+                        None => return Err(err(inv.kind.span(), format!("invariant {} needs within_ms", inv.name.get_ref()))),
+                        Some((toml::Value::Integer(n), _)) => *n as f64,
+                        Some((toml::Value::Float(x), _)) => *x,
+                        Some((other, span)) => {
+                            return Err(err(span, format!("within_ms must be a number of milliseconds (within_ms = 200), not {other}")));
+                        }
+                    };
                     // NaN and infinity pass a plain `<= 0` test and then compare false with every time.
                     if !(within > 0.0 && within.is_finite()) {
                         return Err(err(
@@ -553,6 +620,12 @@ impl Spec {
 
     pub fn field(&self, message: usize, field: usize, payload: &[u8]) -> Option<Value> {
         let f = &self.messages[message].fields[field];
+        if let Some(delim) = &f.until {
+            let end = if f.width == 0 { payload.len() } else { payload.len().min(f.offset + f.width) };
+            let b = payload.get(f.offset..end)?;
+            let b = b.windows(delim.len()).position(|w| w == delim.as_slice()).map_or(b, |at| &b[..at]);
+            return Some(Value::Text(b.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect()));
+        }
         let b = payload.get(f.offset..f.offset + f.width)?;
         if f.ascii {
             let s: String =
@@ -609,6 +682,57 @@ impl Spec {
                 },
             }
         }
+    }
+}
+
+/// The TOML reader's words for types ("expected f64") in the spec's words.
+fn plain_types(message: &str) -> String {
+    message
+        .replace("expected f64", "expected a number")
+        .replace("expected usize", "expected a whole number of bytes (0 or more)")
+        .replace("expected u16", "expected a port number (0 to 65535)")
+        .replace("expected u8", "expected a byte value (0 to 255)")
+        .replace("expected a boolean", "expected true or false")
+}
+
+/// How much of a trace each part of a spec matched: a typo in a port or a match leaves a
+/// message matching nothing, and whatever uses it vacuous.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecUsage {
+    /// Packets (events, sends and receives) each message matched, in spec order.
+    pub messages: Vec<usize>,
+    /// Happens-before edges each rule added.
+    pub rules: Vec<usize>,
+    /// Events of the message each invariant is about (an answered one's request).
+    pub invariants: Vec<usize>,
+}
+
+impl Spec {
+    /// What each message, rule and invariant matched, from the events' classes (a message
+    /// index, or anything past the messages for none) and the rule edges' rule indices.
+    pub fn usage(&self, classes: &[u16], rule_of_edge: impl IntoIterator<Item = usize>) -> SpecUsage {
+        let mut messages = vec![0; self.messages.len()];
+        for &c in classes {
+            if let Some(n) = messages.get_mut(c as usize) {
+                *n += 1;
+            }
+        }
+        let mut rules = vec![0; self.rules.len()];
+        for r in rule_of_edge {
+            if let Some(n) = rules.get_mut(r) {
+                *n += 1;
+            }
+        }
+        let invariants = self
+            .invariants
+            .iter()
+            .map(|i| match i {
+                InvariantDef::Answered { request, .. } => messages[*request],
+                InvariantDef::Monotonic { message, .. } => messages[*message],
+                InvariantDef::Never { sel, .. } => messages[sel.message],
+            })
+            .collect();
+        SpecUsage { messages, rules, invariants }
     }
 }
 
@@ -793,5 +917,61 @@ dir = "send"
             let e = Spec::parse(&spec, "t.toml").unwrap_err().to_string();
             assert!(e.contains("within_ms must be a positive, finite number") && e.contains("line "), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn text_fields_can_end_at_a_delimiter() {
+        let text = r#"
+[[message]]
+name = "INT"
+port = 6379
+match = [{ offset = 0, ascii = ":" }]
+display = "reply {n} then {rest}"
+fields = [
+  { name = "n", offset = 1, until = "\r\n" },
+  { name = "short", offset = 1, width = 2, until = "\r\n" },
+  { name = "rest", offset = 6, ascii = true, width = 3 },
+]
+"#;
+        let s = Spec::parse(text, "r.toml").unwrap();
+        let p = b":642\r\n+OK";
+        assert_eq!(s.field(0, 0, p), Some(Value::Text("642".into())));
+        assert_eq!(s.field(0, 1, p), Some(Value::Text("64".into())), "width bounds it");
+        assert_eq!(s.label(0, p), "reply 642 then +OK");
+        // No delimiter in what was captured: the text runs to its end.
+        assert_eq!(s.field(0, 0, b":12345"), Some(Value::Text("12345".into())));
+        assert_eq!(s.field(0, 0, b""), None);
+        let e = Spec::parse(&text.replace("until = \"\\r\\n\" }", "until = \"\" }"), "r.toml").unwrap_err().to_string();
+        assert!(e.contains("line 8") && e.contains("until needs at least one byte"), "{e}");
+        let e = Spec::parse(&text.replace(", until = \"\\r\\n\" }", " }"), "r.toml").unwrap_err().to_string();
+        assert!(e.contains("field n: give its width in bytes"), "{e}");
+    }
+
+    #[test]
+    fn type_mistakes_are_said_in_the_spec_s_words() {
+        let e = Spec::parse(&SPEC.replace("within_ms = 200", "within_ms = \"200ms\""), "t.toml").unwrap_err().to_string();
+        assert!(e.contains("within_ms must be a number of milliseconds") && e.contains("\"200ms\""), "{e}");
+        assert!(e.contains("line "), "{e}");
+        assert!(!e.contains("f64"), "{e}");
+        let e = Spec::parse(&SPEC.replacen("offset = 4", "offset = \"4\"", 1), "t.toml").unwrap_err().to_string();
+        assert!(e.contains("expected a whole number of bytes") && !e.contains("usize"), "{e}");
+        assert!(Spec::parse(&SPEC.replace("within_ms = 200", "within_ms = 2.5"), "t.toml").is_ok());
+    }
+
+    #[test]
+    fn usage_counts_what_each_message_rule_and_invariant_matched() {
+        let s = Spec::parse(SPEC, "t.toml").unwrap();
+        let (task, ack) =
+            (s.messages.iter().position(|m| m.name == "TASK").unwrap(), s.messages.iter().position(|m| m.name == "ACK").unwrap());
+        let unknown = u16::MAX;
+        let classes = [task as u16, task as u16, unknown, task as u16];
+        let u = s.usage(&classes, [0, 0]);
+        assert_eq!(u.messages[task], 3);
+        assert_eq!(u.messages[ack], 0);
+        assert_eq!(u.rules, vec![2]);
+        // The answered invariant is about its request, TASK: 3 packets.
+        assert_eq!(u.invariants, vec![3]);
+        let none = s.usage(&[unknown; 4], []);
+        assert!(none.messages.iter().all(|&n| n == 0) && none.rules.iter().all(|&n| n == 0) && none.invariants.iter().all(|&n| n == 0));
     }
 }

@@ -20,11 +20,12 @@ pub struct AgentArgs {
     #[arg(long)]
     pub secret_file: PathBuf,
     /// UDP port to hear triggers on.
-    #[arg(long, default_value_t = 7301)]
+    #[arg(long, default_value_t = super::DEFAULT_TRIGGER_PORT)]
     pub trigger_port: u16,
-    /// What to do to the application once its dump is shipped.
-    #[arg(long, value_enum, default_value_t = wgo::node::stop::StopPolicy::Freeze)]
-    pub on_trigger: wgo::node::stop::StopPolicy,
+    /// What to do to the application once its dump is shipped [default: freeze; for an
+    /// armed agent (--auto-trigger), none: it keeps recording for the next incident].
+    #[arg(long, value_enum)]
+    pub on_trigger: Option<wgo::node::stop::StopPolicy>,
     /// The application's cgroup (default: the recorded one).
     #[arg(long)]
     pub app_cgroup: Option<PathBuf>,
@@ -86,11 +87,20 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             Some(wgo::node::agent::Arming { on: args.auto_trigger, collector, to, cooldown: Duration::from_secs_f64(args.cooldown) })
         }
     };
+    // An armed agent runs unattended and goes on recording after each incident: by
+    // default it leaves the application to serve (and to crash again, on the record).
+    let on_trigger = args.on_trigger.unwrap_or(match arm {
+        Some(_) => wgo::node::stop::StopPolicy::None,
+        None => wgo::node::stop::StopPolicy::Freeze,
+    });
+    if arm.is_some() && on_trigger == wgo::node::stop::StopPolicy::Freeze {
+        tracing::warn!("armed with --on-trigger freeze: after an incident the app stays frozen (and records nothing) until `wgo thaw`");
+    }
     let opts = wgo::node::agent::AgentOptions {
         record: args.capture.record_options(args.cgroup, args.node),
         secret,
         trigger_port: args.trigger_port,
-        on_trigger: args.on_trigger,
+        on_trigger,
         app_cgroup,
         spool: args.spool_dir,
         ship_rate: args.ship_rate,

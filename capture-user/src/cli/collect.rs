@@ -2,9 +2,9 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
-use std::time::Duration;
-
-use anyhow::Context;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::positive_f64;
 
@@ -108,19 +108,96 @@ fn dual_stack(
     }
 }
 
-/// A trigger to send once the collector listens: its id, its send time, and the sending.
-pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
+/// A trigger to send once the collector listens: its id, its send time, the sending, and
+/// what to check if no agent hears it.
+pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>, String);
+
+/// Binding the collector's port: one taken (by `wgo serve`, most likely) gets a hint.
+fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr, triggering: bool) -> anyhow::Error {
+    let taken = e.kind() == std::io::ErrorKind::AddrInUse;
+    let e = anyhow::Error::new(e).context(format!("listening on {proto} {addr}"));
+    match (taken, triggering) {
+        (true, true) => e.context(format!(
+            "port {} is taken, perhaps by `wgo serve`: to have it collect, give `--collector {addr}` (instead of --listen and --out); or --listen on another port",
+            addr.port()
+        )),
+        (true, false) => e.context(format!("port {} is taken, perhaps by `wgo serve` or another collector: --listen on another port", addr.port())),
+        (false, _) => e,
+    }
+}
+
+/// How long the collector waits for the first agent to say it heard the trigger before it
+/// says that none did.
+const SILENCE: Duration = Duration::from_secs(5);
+/// How often a collector without progress bars (stderr is no terminal) says where it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Says, from `out`'s manifest, that no agent heard the trigger (once, after [`SILENCE`],
+/// with `hint`), and with `lines`, every [`PROGRESS_EVERY`] who heard and who delivered;
+/// until `done`.
+fn watch_progress(
+    out: &std::path::Path,
+    expect: &wgo::transport::collector::Expect,
+    trigger_id: Option<u64>,
+    hint: Option<&str>,
+    lines: bool,
+    wait: Duration,
+    done: &AtomicBool,
+) {
+    use wgo::transport::collector::Expect;
+    let started = Instant::now();
+    let (mut silence_told, mut last_line) = (false, started);
+    let id = trigger_id.map_or_else(|| "(any)".to_string(), |id| format!("{id:016x}"));
+    let of = match expect {
+        Expect::Names(n) => format!(" of {}", n.len()),
+        Expect::Count(c) => format!(" of {c}"),
+        Expect::Heard => String::new(),
+    };
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        let silence_due = hint.is_some() && !silence_told && started.elapsed() >= SILENCE;
+        let line_due = lines && last_line.elapsed() >= PROGRESS_EVERY;
+        if !(silence_due || line_due) {
+            continue;
+        }
+        // Written whole and renamed into place by the collector: never half a file.
+        let Some(m) = std::fs::read(out.join("manifest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<wgo::transport::manifest::Manifest>(&b).ok())
+        else {
+            continue;
+        };
+        let heard = m.nodes.iter().filter(|n| n.heard_ns.is_some() || n.arrived_ns.is_some()).count();
+        let arrived: Vec<&str> = m.nodes.iter().filter(|n| n.arrived_ns.is_some()).map(|n| n.name.as_str()).collect();
+        if silence_due {
+            silence_told = true;
+            if heard == 0 {
+                tracing::warn!("0{of} agents heard trigger {id} within {} s: {}", SILENCE.as_secs(), hint.unwrap_or_default());
+            }
+        }
+        if line_due {
+            last_line = Instant::now();
+            let waiting: Vec<&str> = match expect {
+                Expect::Names(names) => names.iter().map(String::as_str).filter(|n| !arrived.contains(n)).collect(),
+                _ => m.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.as_str()).collect(),
+            };
+            let waiting = if waiting.is_empty() { String::new() } else { format!("; waiting for {}", waiting.join(", ")) };
+            let left = wait.saturating_sub(started.elapsed()).as_secs();
+            tracing::info!("trigger {id}: {heard}{of} agents heard it, {} delivered{waiting} ({left} s left)", arrived.len());
+        }
+    }
+}
 
 /// Binds the collector's sockets (before any trigger goes out) and collects.
 pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Option<u64>) -> anyhow::Result<()> {
     let out = args.out.clone().ok_or_else(|| anyhow::anyhow!("say where the dumps go: --out DIR"))?;
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
-    let listener = listen(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
-    let udp = listen_udp(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
-    let (trigger_id, sent, send) = match trigger {
-        Some((id, sent, send)) => (Some(id), Some(sent), Some(send)),
-        None => (known_id, None, None),
+    let listener = listen(args.listen).map_err(|e| bind_error(e, "TCP", args.listen, trigger.is_some()))?;
+    let udp = listen_udp(args.listen).map_err(|e| bind_error(e, "UDP", args.listen, trigger.is_some()))?;
+    let (trigger_id, sent, send, hint) = match trigger {
+        Some((id, sent, send, hint)) => (Some(id), Some(sent), Some(send), Some(hint)),
+        None => (known_id, None, None, None),
     };
     let opts = wgo::transport::collector::CollectOptions {
         out: out.clone(),
@@ -131,6 +208,14 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
         trigger_sent_ns: sent,
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         limits: wgo::transport::collector::Limits::default(),
+    };
+    // Words for a wait that would otherwise be silent, from the manifest the collector
+    // keeps up to date: who heard, who delivered, and when nobody heard the trigger at all.
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (out, expect, done, hint) = (out.clone(), opts.expect.clone(), done.clone(), hint.clone());
+        let (lines, wait) = (!opts.progress, opts.wait);
+        std::thread::spawn(move || watch_progress(&out, &expect, trigger_id, hint.as_deref(), lines, wait, &done))
     };
     // The trigger goes out once the collector is ready for it (and its directory checked).
     let result = wgo::transport::collector::collect(opts, listener, udp, move || {
@@ -146,7 +231,16 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
             _ => println!("{:<16} heard the trigger, no dump", n.name),
         }
     }
+    done.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
     println!("manifest: {}", out.join("manifest.json").display());
-    result?;
-    Ok(())
+    match (result, hint) {
+        (Err(e), Some(hint)) if manifest.nodes.iter().all(|n| n.heard_ns.is_none() && n.arrived_ns.is_none()) => {
+            Err(anyhow::Error::new(e).context(format!("no agent heard the trigger: {hint}")))
+        }
+        (result, _) => {
+            result?;
+            Ok(())
+        }
+    }
 }

@@ -5,8 +5,10 @@ pub mod agent;
 pub mod collect;
 pub mod record;
 pub mod report;
+pub mod secret;
 pub mod serve;
 pub mod ship;
+pub mod thaw;
 pub mod trigger;
 
 use std::sync::Arc;
@@ -28,7 +30,8 @@ pub enum Command {
     Record(record::RecordArgs),
     /// Merge per-node dumps into one causally ordered story and say what went wrong.
     Report(report::ReportArgs),
-    /// Record a cgroup until a signed trigger arrives; then dump, ship, stop the app, exit.
+    /// Record a cgroup until a signed trigger arrives; then dump, ship, stop the app, exit
+    /// (an armed agent records again, for the next incident).
     Agent(agent::AgentArgs),
     /// Press the button: tell every agent to dump, ship and stop; collect their dumps.
     Trigger(trigger::TriggerArgs),
@@ -39,7 +42,14 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Ship dumps that stayed in an agent's spool (e.g. from a partitioned node).
     Ship(ship::ShipArgs),
+    /// Make a new shared secret: `wgo secret /etc/wgo/secret` (or `wgo secret > FILE`), mode 600.
+    Secret(secret::SecretArgs),
+    /// Thaw an application that `--on-trigger freeze` left frozen.
+    Thaw(thaw::ThawArgs),
 }
+
+/// The UDP port agents hear triggers on unless told otherwise.
+pub const DEFAULT_TRIGGER_PORT: u16 = 7301;
 
 #[derive(clap::Args)]
 pub struct CaptureFlags {

@@ -20,6 +20,9 @@ pub struct ReportArgs {
     /// Write all packets, merged in global order with corrected times, as pcapng.
     #[arg(long)]
     pub pcapng: Option<PathBuf>,
+    /// Write a Perfetto trace (ui.perfetto.dev): a track per node, flows from sends to receives, findings.
+    #[arg(long)]
+    pub perfetto: Option<PathBuf>,
     /// Write the browser timeline (one self-contained HTML file).
     #[arg(long)]
     pub html: Option<PathBuf>,
@@ -75,17 +78,36 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let trace = Trace::read_files_as(&files)?;
     phase.done("read");
     let inputs = analysis::Inputs { spec, missing_nodes: missing };
-    // With --json, the events are written while the analysis orders them.
-    let a = match &args.json {
-        Some(p) => {
+    // With --json or --perfetto, the events are written while the analysis orders them.
+    let a = match (&args.json, &args.perfetto) {
+        (Some(j), Some(p)) => {
             let mut done = None;
-            write_atomically(p, |f| {
+            write_atomically(j, |jf| {
+                write_atomically(p, |pf| {
+                    done = Some(report::perfetto::analyze_to_json_and_perfetto(trace, inputs, jf, pf)?);
+                    Ok(())
+                })
+                .map_err(std::io::Error::other)
+            })?;
+            done.expect("analysis finished")
+        }
+        (Some(j), None) => {
+            let mut done = None;
+            write_atomically(j, |f| {
                 done = Some(report::json::analyze_to_json(trace, inputs, f)?);
                 Ok(())
             })?;
             done.expect("analysis finished")
         }
-        None => analysis::analyze(trace, inputs),
+        (None, Some(p)) => {
+            let mut done = None;
+            write_atomically(p, |f| {
+                done = Some(report::perfetto::analyze_to_perfetto(trace, inputs, f)?);
+                Ok(())
+            })?;
+            done.expect("analysis finished")
+        }
+        (None, None) => analysis::analyze(trace, inputs),
     };
     let mut phase = analysis::Phase::new();
     if let Some(p) = &args.pcapng {
@@ -99,7 +121,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut text = report::text::summary(&a);
     phase.done("summary");
     tracing::info!("peak memory {} KiB", analysis::peak_resident_kib().max(peak_rss_kib() as u64));
-    for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
+    for (flag, p) in [("json", &args.json), ("perfetto", &args.perfetto), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
         if let Some(p) = p {
             text.push_str(&format!("{flag}: {}\n", p.display()));
         }

@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use super::collect::CollectorFlags;
 
 #[derive(clap::Args)]
@@ -57,17 +55,28 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
     // Every copy names the collector (signed): agents ship nowhere else. Listening on an
     // unspecified address, the copy for each destination names the address that reaches it.
     let mut datagrams = Vec::new();
+    let mut routes = Vec::new();
     for dest in args.broadcast.iter().chain(&args.to) {
-        let collector = wgo::transport::collector::address_for(listen, *dest)
-            .with_context(|| format!("finding the address agents at {dest} reach this collector on; give --listen ADDR:PORT"))?;
+        let flag = if args.broadcast == Some(*dest) { "--broadcast" } else { "--to" };
+        let collector = wgo::transport::collector::address_for(listen, *dest).map_err(|e| {
+            // No route to the agents: the address they were given by is what to look at.
+            anyhow::Error::new(e).context(format!(
+                "no way from here to {flag} {dest}: is {flag} the agents' network (its broadcast address, or an agent's address)? (--listen {listen} is where agents ship to)"
+            ))
+        })?;
         let t =
             wgo::transport::wire::Trigger { id, sent_ns: sent, collector: Some(collector), port: listen.port(), reason: reason.clone() };
         datagrams.push((*dest, t.encode(&secret), args.broadcast == Some(*dest)));
-        tracing::info!("trigger {id:016x} to {dest}: collect on {collector}");
+        routes.push(format!("trigger {id:016x} to {dest}: collect on {collector}"));
     }
     let copies = args.copies.max(1);
-    tracing::info!("trigger {id:016x}: sending {copies} times; collecting on {listen}");
+    let hint = silence_hint(&args);
     let send: Box<dyn FnOnce() + Send> = Box::new(move || {
+        // Said only now that the collector listens: nothing goes out before.
+        for r in routes {
+            tracing::info!("{r}");
+        }
+        tracing::info!("trigger {id:016x}: sending {copies} times; collecting on {listen}");
         // Keep sending in the background while collecting goes on.
         std::thread::spawn(move || {
             if let Err(e) = wgo::transport::collector::send_trigger(&datagrams, copies, Duration::from_millis(200)) {
@@ -75,5 +84,18 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
             }
         });
     });
-    super::collect::run(args.collector, Some((id, sent, send)), None)
+    super::collect::run(args.collector, Some((id, sent, send, hint)), None)
+}
+
+/// What to check when no agent says it heard the trigger: where it went.
+fn silence_hint(args: &TriggerArgs) -> String {
+    let mut flags: Vec<String> = args.broadcast.iter().map(|b| format!("--broadcast {b}")).collect();
+    flags.extend(args.to.iter().map(|t| format!("--to {t}")));
+    let ports: std::collections::BTreeSet<u16> = args.broadcast.iter().chain(&args.to).map(|a| a.port()).collect();
+    let sent_to = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+    format!(
+        "check {} (agents listen on port {} unless their --trigger-port says otherwise; this went to port {sent_to}), that the agents run, and that they use this secret file",
+        flags.join(" and "),
+        super::DEFAULT_TRIGGER_PORT
+    )
 }

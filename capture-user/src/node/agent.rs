@@ -1,5 +1,6 @@
 //! The agent: records a cgroup until a valid trigger arrives, then dumps to its spool,
-//! ships to the collector, applies the stop policy to the application, and exits.
+//! ships to the collector, applies the stop policy to the application, and exits; an armed
+//! agent records again and waits for the next incident.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -61,6 +62,8 @@ struct Ignored {
     unsigned: u64,
     stale: u64,
     replayed: u64,
+    /// Further copies of triggers heard in this run: expected, not logged.
+    copies: u64,
     logged: Option<Instant>,
 }
 
@@ -88,6 +91,13 @@ impl Ignored {
     }
 }
 
+/// Trigger ids this agent handled: in this run, and before it (from its spool).
+struct Handled {
+    ids: Mutex<BTreeSet<u64>>,
+    /// Those the spool held at the start: hearing one again is a replay.
+    replays: BTreeSet<u64>,
+}
+
 struct HeardTrigger {
     trigger: Trigger,
     from: SocketAddr,
@@ -95,24 +105,23 @@ struct HeardTrigger {
 }
 
 /// Listens for triggers; passes the first valid, unhandled one to the agent.
-fn listen(
-    sock: UdpSocket,
-    secret: Secret,
-    window_ns: i64,
-    handled: &Mutex<BTreeSet<u64>>,
-    tx: mpsc::Sender<HeardTrigger>,
-    stop: &AtomicBool,
-) {
+fn listen(sock: UdpSocket, secret: Secret, window_ns: i64, handled: &Handled, tx: mpsc::Sender<HeardTrigger>, stop: &AtomicBool) {
     let mut ignored = Ignored::default();
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
         let now = clock::wall_ns() as i64;
         match Trigger::decode(&buf[..n], &secret, now, window_ns) {
-            Ok(t) if handled.lock().expect("lock").contains(&t.id) => {
-                // Our own repeated copies land here too; a replay after restart as well.
+            Ok(t) if handled.replays.contains(&t.id) => {
+                // Handled before this agent started (its dump is in the spool): a replay.
                 ignored.replayed += 1;
                 ignored.log(&format!("trigger {:016x} from {from} was already handled", t.id));
+            }
+            Ok(t) if handled.ids.lock().expect("lock").contains(&t.id) => {
+                // A trigger goes out in several copies (and ours come back to us): the
+                // copies of one heard in this run are no replay, and no news.
+                ignored.copies += 1;
+                tracing::debug!("trigger {:016x} from {from}: a copy of one already heard", t.id);
             }
             Ok(t) if t.collector.is_none() => {
                 // Agents ship only to the collector a signed trigger names: one that names
@@ -121,7 +130,7 @@ fn listen(
                 ignored.log(&format!("trigger {:016x} from {from} names no collector", t.id));
             }
             Ok(t) => {
-                handled.lock().expect("lock").insert(t.id);
+                handled.ids.lock().expect("lock").insert(t.id);
                 let _ = tx.send(HeardTrigger { trigger: t, from: SocketAddr::new(from.ip().to_canonical(), from.port()), heard_ns: now });
             }
             Err(e) => ignored.count(&e, from),
@@ -133,27 +142,38 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
     spool::create_spool_dir(&opts.spool).with_context(|| format!("creating spool {}", opts.spool.display()))?;
     if let Some(app) = &opts.app_cgroup {
         super::cgroup::check_v2(app).with_context(|| format!("--app-cgroup {}", app.display()))?;
+        // An earlier incident's freeze would leave the app (and whatever is started in it
+        // again) stopped: starting to record again is the way out.
+        if super::stop::thaw(app)? {
+            tracing::warn!("{} was frozen (an earlier incident's --on-trigger freeze): thawed it", app.display());
+        }
     }
     let entries = spool::spool_entries(&opts.spool)?;
-    let handled: Mutex<BTreeSet<u64>> = Mutex::new(entries.iter().map(|e| e.trigger_id).collect());
-    let last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
+    // Triggers whose dumps are in the spool were handled before this start: hearing one
+    // again is a replay.
+    let replays: BTreeSet<u64> = entries.iter().map(|e| e.trigger_id).collect();
+    let handled = Handled { ids: Mutex::new(replays.clone()), replays };
+    let mut last_trigger_ns = entries.iter().map(|e| e.heard_ns).max();
     let sock = trigger_socket(opts.trigger_port).with_context(|| format!("binding trigger port {}", opts.trigger_port))?;
     sock.set_read_timeout(Some(Duration::from_millis(200)))?;
     let sender = sock.try_clone()?;
-    let mut recorder = Recorder::start(&opts.record)?;
-    recorder.exclude_port(opts.trigger_port)?;
     let node = opts.record.node.clone();
     let mut watch = match (&opts.arm, &opts.app_cgroup) {
-        (Some(arm), Some(app)) => {
-            let w = Watch::new(app, &node, &arm.on)?;
-            if w.wants_signals() {
-                recorder.watch_signals(app).context("watching the application for crashes")?;
-            }
-            Some(w)
-        }
+        (Some(arm), Some(app)) => Some(Watch::new(app, &node, &arm.on)?),
         (Some(_), None) => anyhow::bail!("an armed agent needs the application's cgroup"),
         _ => None,
     };
+    let start_recording = |watch: &Option<Watch>| -> anyhow::Result<Recorder> {
+        let mut recorder = Recorder::start(&opts.record)?;
+        recorder.exclude_port(opts.trigger_port)?;
+        if let (Some(w), Some(app)) = (watch, &opts.app_cgroup)
+            && w.wants_signals()
+        {
+            recorder.watch_signals(app).context("watching the application for crashes")?;
+        }
+        Ok(recorder)
+    };
+    let mut recorder = start_recording(&watch)?;
     let (tx, rx) = mpsc::channel();
     let listener_stop = AtomicBool::new(false);
     std::thread::scope(|scope| -> anyhow::Result<()> {
@@ -178,59 +198,95 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
             opts.record.cgroup.display(),
             opts.trigger_port
         ));
-        let mut pending: Option<(HeardTrigger, Instant)> = None;
-        let mut cooldown_logged = false;
-        let heard = loop {
-            if stop.load(Ordering::Relaxed) {
+        // An armed agent handles one incident after another; any other handles one, and exits.
+        loop {
+            let Some(heard) = wait_for_trigger(&opts, &mut recorder, watch.as_mut(), &rx, &sender, &handled, last_trigger_ns, stop)? else {
                 listener_stop.store(true, Ordering::Relaxed);
-                match pending {
-                    // The dump is kept (spooled); shipping sees the signal and leaves it there.
-                    Some((h, _)) => {
-                        tracing::info!("agent {node} stopping on a signal during the aftermath: dumping now");
-                        break h;
-                    }
-                    None => {
-                        tracing::info!("agent {node} stopping on a signal; no trigger was heard");
-                        return Ok(());
-                    }
-                }
+                return Ok(());
+            };
+            let heard_ns = heard.heard_ns;
+            // Further triggers (and our own repeats) are ignored while this one is handled.
+            let result = on_trigger(&opts, recorder, heard, stop);
+            if opts.arm.is_none() || stop.load(Ordering::Relaxed) {
+                listener_stop.store(true, Ordering::Relaxed);
+                return result;
             }
-            recorder.poll(20)?;
+            // Nobody may be watching: an armed agent records on whatever happened to
+            // this incident's dump (it stays in the spool if shipping failed).
+            if let Err(e) = result {
+                tracing::error!("{e:#}");
+            }
+            last_trigger_ns = Some(heard_ns);
             while let Ok(h) = rx.try_recv() {
-                join(&mut pending, h, opts.after, &node);
+                tracing::warn!("trigger {:016x} came while this incident was handled: ignored", h.trigger.id);
             }
-            if pending.is_none()
-                && let (Some(w), Some(arm)) = (watch.as_mut(), &opts.arm)
-            {
-                let events = recorder.signal_events();
-                if let Some(reason) = w.check(&events) {
-                    let now = clock::wall_ns() as i64;
-                    let since = last_trigger_ns.map(|t| now.saturating_sub(t));
-                    if since.is_some_and(|d| d >= 0 && (d as u128) < arm.cooldown.as_nanos()) {
-                        if !cooldown_logged {
-                            tracing::warn!(
-                                "{reason}; no trigger: the last incident was {} ms ago, within the cooldown",
-                                since.unwrap_or(0) / 1_000_000
-                            );
-                            cooldown_logged = true;
-                        }
-                    } else {
-                        let t = press(arm, &opts.secret, &sender, reason, &handled);
-                        join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, &node);
+            recorder = start_recording(&watch)?;
+            tracing::info!("agent {node}: recording again; armed, waiting for the next trigger");
+        }
+    })
+}
+
+/// Records until a trigger is due: one heard, or our own when the application crashed,
+/// once its aftermath (`--after`) is recorded too. None: stopped by a signal first.
+#[allow(clippy::too_many_arguments)]
+fn wait_for_trigger(
+    opts: &AgentOptions,
+    recorder: &mut Recorder,
+    mut watch: Option<&mut Watch>,
+    rx: &mpsc::Receiver<HeardTrigger>,
+    sender: &UdpSocket,
+    handled: &Handled,
+    last_trigger_ns: Option<i64>,
+    stop: &AtomicBool,
+) -> anyhow::Result<Option<HeardTrigger>> {
+    let node = &opts.record.node;
+    let mut pending: Option<(HeardTrigger, Instant)> = None;
+    let mut cooldown_logged = false;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(match pending {
+                // The dump is kept (spooled); shipping sees the signal and leaves it there.
+                Some((h, _)) => {
+                    tracing::info!("agent {node} stopping on a signal during the aftermath: dumping now");
+                    Some(h)
+                }
+                None => {
+                    tracing::info!("agent {node} stopping on a signal; no trigger was heard");
+                    None
+                }
+            });
+        }
+        recorder.poll(20)?;
+        while let Ok(h) = rx.try_recv() {
+            join(&mut pending, h, opts.after, node);
+        }
+        if pending.is_none()
+            && let (Some(w), Some(arm)) = (watch.as_deref_mut(), &opts.arm)
+        {
+            let events = recorder.signal_events();
+            if let Some(reason) = w.check(&events) {
+                let now = clock::wall_ns() as i64;
+                let since = last_trigger_ns.map(|t| now.saturating_sub(t));
+                if since.is_some_and(|d| d >= 0 && (d as u128) < arm.cooldown.as_nanos()) {
+                    if !cooldown_logged {
+                        tracing::warn!(
+                            "{reason}; no trigger: the last incident was {} ms ago, within the cooldown",
+                            since.unwrap_or(0) / 1_000_000
+                        );
+                        cooldown_logged = true;
                     }
+                } else {
+                    let t = press(arm, &opts.secret, sender, reason, &handled.ids);
+                    join(&mut pending, HeardTrigger { trigger: t, from: sender.local_addr()?, heard_ns: now }, opts.after, node);
                 }
             }
-            if let Some((_, at)) = &pending
-                && Instant::now() >= *at
-            {
-                break pending.take().expect("pending").0;
-            }
-        };
-        // Further triggers (and our own repeats) are ignored from here on.
-        let result = on_trigger(&opts, recorder, heard, stop);
-        listener_stop.store(true, Ordering::Relaxed);
-        result
-    })
+        }
+        if let Some((_, at)) = &pending
+            && Instant::now() >= *at
+        {
+            return Ok(Some(pending.take().expect("pending").0));
+        }
+    }
 }
 
 /// Takes a trigger heard (or sent) while recording. The first starts the aftermath; during

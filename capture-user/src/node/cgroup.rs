@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); wgo needs cgroup v2")]
+    #[error(
+        "no cgroup2 filesystem is mounted here (looked in /proc/self/mountinfo); wgo needs cgroup v2. Under `ip netns exec`, which mounts a /sys of its own without the cgroup filesystems, run wgo with `nsenter --net=/run/netns/NAME` instead: it enters only the network namespace"
+    )]
     NoCgroup2Mount,
     #[error("cgroup path {0} does not exist")]
     Missing(PathBuf),
@@ -84,6 +86,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CgroupError> {
 /// Checks that `path` exists and is a directory on a cgroup2 filesystem.
 pub fn check_v2(path: &Path) -> Result<(), CgroupError> {
     let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+        // Nothing there because no cgroup2 is mounted at all (`ip netns exec`): say that.
+        std::io::ErrorKind::NotFound if cgroup2_mount().is_err() => CgroupError::NoCgroup2Mount,
         std::io::ErrorKind::NotFound => CgroupError::Missing(path.to_path_buf()),
         _ => CgroupError::Io { path: path.to_path_buf(), source },
     })?;

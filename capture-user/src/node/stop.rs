@@ -48,3 +48,27 @@ pub fn apply_policy(app: &Path, policy: StopPolicy) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether the cgroup at `app` is set to be frozen (`cgroup.freeze` is 1).
+pub fn is_frozen(app: &Path) -> anyhow::Result<bool> {
+    let f = app.join("cgroup.freeze");
+    Ok(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?.trim() == "1")
+}
+
+/// Thaws the cgroup at `app` if it is frozen (after `--on-trigger freeze`, its processes
+/// stay stopped, and so does anything started in it later) and waits until the kernel
+/// reports it running. Returns whether it was frozen.
+pub fn thaw(app: &Path) -> anyhow::Result<bool> {
+    if !is_frozen(app)? {
+        return Ok(false);
+    }
+    std::fs::write(app.join("cgroup.freeze"), "0").with_context(|| format!("thawing {}", app.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(app.join("cgroup.events")).unwrap_or_default().contains("frozen 1") {
+        if Instant::now() > deadline {
+            bail!("{} did not thaw within 5 s", app.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}

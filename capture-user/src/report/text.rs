@@ -40,6 +40,7 @@ pub fn summary(a: &Analysis) -> String {
         a.rule_edges,
         t.nodes[a.clocks.reference as usize].name
     );
+    spec_usage(&mut s, a);
     for (i, n) in t.nodes.iter().enumerate() {
         let c = &a.clocks.nodes[i];
         let unc = c.uncertainty_ns.map_or("unknown".to_string(), |u| format!("± {}", fmt_ns(u)));
@@ -128,4 +129,39 @@ pub fn summary(a: &Analysis) -> String {
         }
     }
     s
+}
+
+/// How many packets each message of the spec matched, and a warning for each message,
+/// rule and invariant that matched nothing (a typo in a port or a match loads cleanly).
+fn spec_usage(s: &mut String, a: &Analysis) {
+    let (spec, u) = (&a.spec, &a.spec_usage);
+    if spec.messages.is_empty() {
+        return;
+    }
+    let counts: Vec<String> = spec.messages.iter().zip(&u.messages).map(|(m, n)| format!("{} {n}", m.name)).collect();
+    let _ = writeln!(s, "  spec {}: packets per message: {}", spec.name, counts.join(", "));
+    for (m, _) in spec.messages.iter().zip(&u.messages).filter(|(_, n)| **n == 0) {
+        let _ = writeln!(s, "  warning: spec message {} matched no packet: check its port, transport and match", m.name);
+    }
+    for (r, _) in spec.rules.iter().zip(&u.rules).filter(|(_, n)| **n == 0) {
+        let (e, b) = (&spec.messages[r.event.message].name, &spec.messages[r.after.message].name);
+        let _ = writeln!(
+            s,
+            "  warning: spec rule {} (line {}) added no edge: {e} matched {} packet(s), {b} {}; check its ends, dir, where and key",
+            r.name, r.line, u.messages[r.event.message], u.messages[r.after.message]
+        );
+    }
+    for (i, _) in spec.invariants.iter().zip(&u.invariants).filter(|(_, n)| **n == 0) {
+        let about = match i {
+            crate::analysis::spec::InvariantDef::Answered { request, .. } => *request,
+            crate::analysis::spec::InvariantDef::Monotonic { message, .. } => *message,
+            crate::analysis::spec::InvariantDef::Never { sel, .. } => sel.message,
+        };
+        let _ = writeln!(
+            s,
+            "  warning: spec invariant {} checked nothing: {} matched no packet, so it holds vacuously",
+            i.name(),
+            spec.messages[about].name
+        );
+    }
 }
