@@ -507,6 +507,30 @@ fn a_collector_under_a_task_limit_survives_a_connection_flood_and_still_collects
     drop(flood);
 }
 
+/// `wgo trigger --listen 0.0.0.0:P --to [v6]:port`: the trigger names the collector's IPv6
+/// address to that agent, so the collector must listen on IPv6 too (it listened on IPv4
+/// only, and the agent retried "connection refused" until its deadline).
+#[test]
+fn an_agent_reached_over_ipv6_ships_to_the_collector_over_ipv6() {
+    let c = Cluster::new("ipv6", 2);
+    let agent = c.agent("node2", &[]);
+    let out = c.dir.join("collected");
+    let (collector_v6, agent_v6) = (c.bed.node("node1").ipv6, c.bed.node("node2").ipv6);
+    let mut cmd = c.collector_command("trigger", &out, &format!("0.0.0.0:{COLLECT_PORT}"), "node2", "60");
+    cmd.args(["--to", &format!("[{agent_v6}]:{TRIGGER_PORT}")]);
+    let trig = WgoProcess::spawn(&mut cmd, "sending", Duration::from_secs(10)).unwrap();
+    let (status, stdout, stderr) = trig.wait(Duration::from_secs(90)).unwrap();
+    assert!(status.success(), "wgo trigger failed: {stdout}\n{stderr}");
+    assert!(stderr.contains(&format!("collect on [{collector_v6}]:{COLLECT_PORT}")), "the trigger names the IPv6 address: {stderr}");
+    let (status, _, err) = agent.wait(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "agent failed: {err}");
+    let m = wgo::transport::manifest::Manifest::load(&out).unwrap().unwrap();
+    assert!(m.complete, "{m:?}");
+    let n = m.nodes.iter().find(|n| n.name == "node2").unwrap();
+    assert_eq!(n.addr.as_deref(), Some(agent_v6.to_string().as_str()), "shipped over IPv6");
+    assert_eq!(n.sha256.as_deref(), Some(sha(&out.join("node2.pcapng")).as_str()));
+}
+
 #[test]
 fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_flag_to_fix() {
     let c = Cluster::new("unheard", 2);

@@ -214,12 +214,13 @@ pub fn partial_path(out: &Path) -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("cannot create {path}: {source}")]
-    Create { path: PathBuf, source: io::Error },
-    #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("renaming {from} to {to}: {source}")]
-    Rename { from: PathBuf, to: PathBuf, source: io::Error },
+    // The io errors are fields, not `source`s: each message says its cause once.
+    #[error("cannot create {path}: {error}")]
+    Create { path: PathBuf, error: io::Error },
+    #[error("writing {path}: {error}")]
+    Write { path: PathBuf, error: io::Error },
+    #[error("renaming {from} to {to}: {error}")]
+    Rename { from: PathBuf, to: PathBuf, error: io::Error },
     #[error("refusing to write into {dir}: anyone may write there, and without the sticky bit anyone may replace what we write")]
     OpenDirectory { dir: PathBuf },
     #[error("refusing to write through {path}: it is a symlink owned by uid {owner}, neither root nor us")]
@@ -257,7 +258,7 @@ impl Partial {
     pub fn create(dest: &Path, mode: u32) -> Result<Partial, OutputError> {
         check_dir(dest)?;
         let tmp = partial_path(dest);
-        let cerr = |source| OutputError::Create { path: tmp.clone(), source };
+        let cerr = |error| OutputError::Create { path: tmp.clone(), error };
         let file = match create_new(&tmp, mode) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // A second one there after removing the first means someone races us: an error.
@@ -285,18 +286,18 @@ impl Partial {
     pub fn commit(mut self, durability: Durability) -> Result<(), OutputError> {
         let file = self.file.take().expect("committed once");
         if durability == Durability::Durable {
-            file.sync_all().map_err(|source| OutputError::Write { path: self.tmp.clone(), source })?;
+            file.sync_all().map_err(|error| OutputError::Write { path: self.tmp.clone(), error })?;
         }
         drop(file);
-        std::fs::rename(&self.tmp, &self.dest).map_err(|source| OutputError::Rename {
+        std::fs::rename(&self.tmp, &self.dest).map_err(|error| OutputError::Rename {
             from: self.tmp.clone(),
             to: self.dest.clone(),
-            source,
+            error,
         })?;
         // Renamed: nothing to remove any more.
         self.tmp = PathBuf::new();
         if durability == Durability::Durable {
-            sync_dir(parent(&self.dest)).map_err(|source| OutputError::Write { path: parent(&self.dest).to_path_buf(), source })?;
+            sync_dir(parent(&self.dest)).map_err(|error| OutputError::Write { path: parent(&self.dest).to_path_buf(), error })?;
         }
         Ok(())
     }
@@ -405,14 +406,14 @@ pub fn open_special(path: &Path) -> Result<File, OutputError> {
             return Err(OutputError::ForeignSymlink { path: path.to_path_buf(), owner: m.uid() });
         }
     }
-    std::fs::OpenOptions::new().write(true).open(path).map_err(|source| OutputError::Create { path: path.to_path_buf(), source })
+    std::fs::OpenOptions::new().write(true).open(path).map_err(|error| OutputError::Create { path: path.to_path_buf(), error })
 }
 
 /// Writes `path` through `write`: a regular file is written beside it and renamed into
 /// place (readers never see half a report), private to its owner (0600: reports carry
 /// the dumps' payload bytes), a special file is written in place.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut (dyn Write + Send)) -> io::Result<()>) -> Result<(), OutputError> {
-    let werr = |source| OutputError::Write { path: path.to_path_buf(), source };
+    let werr = |error| OutputError::Write { path: path.to_path_buf(), error };
     if is_special(path) {
         let mut f = open_special(path)?;
         return write(&mut f).and_then(|()| f.flush()).map_err(werr);
@@ -429,7 +430,7 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut (dyn Write + Send))
 pub fn write_file(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), OutputError> {
     let partial = Partial::create(path, 0o600)?;
     let mut f = partial.file();
-    f.write_all(bytes).map_err(|source| OutputError::Write { path: partial.path().to_path_buf(), source })?;
+    f.write_all(bytes).map_err(|error| OutputError::Write { path: partial.path().to_path_buf(), error })?;
     partial.commit(durability)
 }
 

@@ -97,8 +97,9 @@ use super::trace::{Dir, Event, ProtoCode, Trace};
 pub enum SpecError {
     #[error("{file}: line {line}: {message}")]
     At { file: String, line: usize, message: String },
-    #[error("{file}: {source}")]
-    Io { file: String, source: std::io::Error },
+    /// Not a `source`: the message says it once, not again as its cause.
+    #[error("{file}: {error}")]
+    Io { file: String, error: std::io::Error },
     #[error("{file}: larger than {max} bytes, more than any protocol's spec needs")]
     TooLarge { file: String, max: u64 },
 }
@@ -361,7 +362,7 @@ impl Spec {
     pub fn load(path: &std::path::Path) -> Result<Spec, SpecError> {
         use std::io::Read;
         let file = path.display().to_string();
-        let io = |source| SpecError::Io { file: file.clone(), source };
+        let io = |error| SpecError::Io { file: file.clone(), error };
         let mut text = String::new();
         // Bounded as it is read, not only by its size now: a file may grow.
         crate::outfile::open_regular(path).map_err(io)?.take(MAX_SPEC_BYTES + 1).read_to_string(&mut text).map_err(io)?;

@@ -163,8 +163,9 @@ pub struct KernelDrop {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{file}: {source}")]
-    Open { file: PathBuf, source: std::io::Error },
+    /// Not a `source`: the message says it once, not again as its cause.
+    #[error("{file}: {error}")]
+    Open { file: PathBuf, error: std::io::Error },
     #[error("{file}: {what}")]
     Unusable { file: PathBuf, what: String },
     #[error("two dumps are from node {name}: {first} and {second}")]
@@ -518,7 +519,7 @@ impl TraceBuilder {
     /// Reads one dump as one node. A damaged file keeps what was read before the damage.
     pub fn read_file(&mut self, file: &Path) -> Result<NodeId, TraceError> {
         // A FIFO or a device is refused: it would hang the report, or never end.
-        let f = crate::outfile::open_regular(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
+        let f = crate::outfile::open_regular(file).map_err(|error| TraceError::Open { file: file.to_path_buf(), error })?;
         self.read_dump(std::io::BufReader::with_capacity(1 << 20, f), file)
     }
 

@@ -58,14 +58,54 @@ fn parse_expect(s: Option<&str>) -> anyhow::Result<wgo::transport::collector::Ex
 }
 
 /// A TCP listener with room for many agents connecting at once (the usual backlog of 128
-/// would turn a burst of them into connect timeouts and retries).
+/// would turn a burst of them into connect timeouts and retries). An unspecified address
+/// (`0.0.0.0`, `::`) listens on IPv4 and IPv6 both: a trigger names whichever address
+/// reaches each agent, an IPv6 one included.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
+    use socket2::{Socket, Type};
+    dual_stack(addr, Type::STREAM, |s: &Socket| {
+        s.set_reuse_address(true)?;
+        Ok(())
+    })
+    .and_then(|s| {
+        s.listen(4096)?;
+        Ok(s.into())
+    })
+}
+
+/// The UDP socket agents say they heard the trigger on: dual-stack like [`listen`].
+pub fn listen_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    dual_stack(addr, socket2::Type::DGRAM, |_: &socket2::Socket| Ok(())).map(Into::into)
+}
+
+/// A socket bound to `addr`, or for an unspecified one to `[::]` with IPv4 too (where
+/// the host has no IPv6, to `0.0.0.0`).
+fn dual_stack(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    setup: impl Fn(&socket2::Socket) -> std::io::Result<()>,
+) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket};
+    let bind = |a: SocketAddr, both: bool| -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::for_address(a), kind, None)?;
+        if both {
+            s.set_only_v6(false)?;
+        }
+        setup(&s)?;
+        s.bind(&a.into())?;
+        Ok(s)
+    };
+    if !addr.ip().is_unspecified() {
+        return bind(addr, false);
+    }
+    match bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, addr.port())), true) {
+        Ok(s) => Ok(s),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) && addr.is_ipv4() => {
+            tracing::info!("no IPv6 here ({e}): collecting on IPv4 only");
+            bind(addr, false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// A trigger to send once the collector listens: its id, its send time, the sending, and
@@ -154,7 +194,7 @@ pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Opti
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
     let listener = listen(args.listen).map_err(|e| bind_error(e, "TCP", args.listen, trigger.is_some()))?;
-    let udp = UdpSocket::bind(args.listen).map_err(|e| bind_error(e, "UDP", args.listen, trigger.is_some()))?;
+    let udp = listen_udp(args.listen).map_err(|e| bind_error(e, "UDP", args.listen, trigger.is_some()))?;
     let (trigger_id, sent, send, hint) = match trigger {
         Some((id, sent, send, hint)) => (Some(id), Some(sent), Some(send), Some(hint)),
         None => (known_id, None, None, None),

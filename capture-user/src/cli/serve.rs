@@ -1,7 +1,7 @@
 //! `wgo serve`: a collector that runs as a service and files every incident in a
 //! directory of its own, optionally with a report.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let listener = super::collect::listen(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
-    let udp = UdpSocket::bind(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
+    let udp = super::collect::listen_udp(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
     let on_closed: Option<wgo::transport::collector::OnClosed> = match args.report {
         true => {
             let exe = std::env::current_exe().context("finding this program, to run its reports")?;

@@ -224,7 +224,8 @@ impl State {
     /// can send for any trigger) must not keep real dumps out. A dump offered to it later
     /// reopens it. Refused (and retried by the agent) only when every open incident has one.
     fn make_room(&mut self, id: u64) -> Result<(), String> {
-        let idle = self.incidents.iter_mut().filter(|(_, i)| !i.closed && i.owners.is_empty()).min_by_key(|(_, i)| i.changed);
+        let idle =
+            self.incidents.iter_mut().filter(|(_, i)| !i.closed && i.owners.is_empty() && i.arrived() == 0).min_by_key(|(_, i)| i.changed);
         let Some((&old, inc)) = idle else {
             return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already, each with dumps coming; trigger {id:016x} must wait"));
         };
@@ -411,7 +412,24 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
     let state =
         State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default(), damaged };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
-    let (wait, stop, on_closed) = (opts.wait, opts.stop.clone(), opts.on_closed.clone());
+    let (wait, stop) = (opts.wait, opts.stop.clone());
+    // Reports run one at a time on a thread of their own, never on the runtime's blocking
+    // pool: there, 8 slow reports held every thread that file I/O for deliveries needs.
+    let reports = opts.on_closed.clone().map(|f| {
+        let (tx, rx) = std::sync::mpsc::channel::<(PathBuf, Manifest)>();
+        std::thread::Builder::new()
+            .name("wgo-reports".into())
+            .spawn(move || {
+                for (dir, manifest) in rx {
+                    f(&dir, &manifest);
+                }
+            })
+            .map(|_| tx)
+    });
+    let reports = match reports {
+        Some(r) => Some(r.map_err(io("starting the report thread"))?),
+        None => None,
+    };
     let tick = move |st: &mut State| {
         for inc in st.incidents.values_mut().filter(|i| !i.closed) {
             let given_up = inc.changed.elapsed() > wait;
@@ -437,11 +455,10 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
                     inc.manifest.missing.join(", ")
                 ),
             }
-            if let Some(f) = &on_closed
+            if let Some(tx) = &reports
                 && inc.arrived() > 0
             {
-                let (f, dir, manifest) = (f.clone(), inc.dir.clone(), inc.manifest.clone());
-                tokio::task::spawn_blocking(move || f(&dir, &manifest));
+                let _ = tx.send((inc.dir.clone(), inc.manifest.clone()));
             }
         }
         stop.load(Ordering::Relaxed)
@@ -636,10 +653,20 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
                 Err(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES))
             }
             Ok(inc) => {
+                // What the manifest says arrived for this name: after a restart, the
+                // owners are forgotten, and the manifest is what remembers.
+                let delivered = inc.manifest.nodes.iter().find(|n| n.name == node && n.arrived_ns.is_some());
+                let delivered = delivered.map(|n| (n.addr.clone().unwrap_or_default(), n.sha256.clone().unwrap_or_default()));
                 let placed = match inc.owners.get(&node) {
                     Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
                         "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
                     )),
+                    None if delivered.as_ref().is_some_and(|(_, sha)| *sha != hex(&offer.sha256)) => {
+                        let (addr, _) = delivered.expect("checked");
+                        Err(format!(
+                            "a dump of node {node} was delivered already, from {addr}; a different one from {from_ip} is refused (give each agent its own --node; the delivered dump is kept)"
+                        ))
+                    }
                     _ => room_for(&inc.dir, &part_path(&inc.dir, &node, &offer), offer.size),
                 };
                 match placed {
@@ -809,7 +836,10 @@ fn free_bytes(dir: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs succeeded, so it filled the buffer.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    // The casts are no-ops here, not on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    Ok(free)
 }
 
 /// The collector address to name in a trigger for agents at `dest`: `listen` itself, or,
@@ -1071,6 +1101,76 @@ mod tests {
         }
         assert!(!leftover.exists(), "a given-up incident keeps no failed transfer");
         let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    #[test]
+    fn after_a_restart_a_second_dump_under_a_delivered_name_is_refused_not_swapped_in() {
+        let (dir, spool) = (tempdir("samename"), tempdir("samename-spool"));
+        let (l, u, addr) = sockets();
+        let collector = std::thread::spawn({
+            let o = options(&dir, Expect::Count(1), Some(9), Limits::default());
+            move || collect(o, l, u, || {})
+        });
+        let first = spooled(&spool, "n1", 9, 2000);
+        ship_to(&first, &spool, addr).unwrap();
+        collector.join().unwrap().unwrap();
+        // `wgo collect` again on the same directory: another agent calls itself n1 too.
+        let (l, u, addr) = sockets();
+        let mut o = options(&dir, Expect::Count(2), None, Limits::default());
+        o.wait = Duration::from_secs(3);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        let other_spool = tempdir("samename-other");
+        let other = spooled(&other_spool, "n1", 9, 3000);
+        let err = ship_within(&other, &other_spool, addr, Duration::from_millis(800)).unwrap_err();
+        assert!(err.to_string().contains("a dump of node n1 was delivered already"), "{err}");
+        // The same dump again (a resend) is still taken.
+        ship_to(&first, &spool, addr).unwrap();
+        let _ = collector.join().unwrap();
+        assert_eq!(hex(&super::super::spool::file_sha256(&dir.join("n1.pcapng")).unwrap()), first.sha256, "the delivered dump is kept");
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool), std::fs::remove_dir_all(other_spool));
+    }
+
+    #[test]
+    fn slow_reports_do_not_hold_up_deliveries() {
+        let (root, spool) = (tempdir("slowreports"), tempdir("slowreports-spool"));
+        let (l, u, addr) = sockets();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Each report blocks until the test lets it go.
+        let (started, release) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+        let on_closed: OnClosed = {
+            let (started, release) = (started.clone(), release.clone());
+            Arc::new(move |_: &std::path::Path, _: &Manifest| {
+                started.fetch_add(1, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let opts = ServeOptions {
+            incidents: root.clone(),
+            secret: secret(),
+            wait: Duration::from_secs(60),
+            limits: Limits::default(),
+            stop: stop.clone(),
+            on_closed: Some(on_closed),
+        };
+        let server = std::thread::spawn(move || serve(opts, l, u));
+        // Nine incidents complete, so nine reports are due (more than the runtime's 8
+        // blocking threads), and the first one never ends.
+        for id in 1..=9u64 {
+            ship_to(&spooled(&spool, "n1", id, 500), &spool, addr).unwrap();
+        }
+        // Every incident closed (its manifest final), so every report is due.
+        let complete = |d: &std::fs::DirEntry| Manifest::load(&d.path()).ok().flatten().is_some_and(|m| m.complete);
+        wait_until(|| std::fs::read_dir(&root).unwrap().flatten().filter(complete).count() == 9);
+        wait_until(|| started.load(Ordering::SeqCst) >= 1);
+        // A delivery still goes through at once.
+        ship_within(&spooled(&spool, "n2", 10, 500), &spool, addr, Duration::from_secs(10)).unwrap();
+        release.store(true, Ordering::SeqCst);
+        wait_until(|| started.load(Ordering::SeqCst) >= 9);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool));
     }
 
     #[test]

@@ -22,10 +22,10 @@ pub struct ManifestNode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path} is damaged ({source}): repair it, or move it away to start that directory over")]
-    Damaged { path: PathBuf, source: serde_json::Error },
+    #[error("reading {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{path} is damaged ({error}): repair it, or move it away to start that directory over")]
+    Damaged { path: PathBuf, error: serde_json::Error },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,9 +59,9 @@ impl Manifest {
         let bytes = match read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(ManifestError::Read { path, source }),
+            Err(error) => return Err(ManifestError::Read { path, error }),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|source| ManifestError::Damaged { path, source })
+        serde_json::from_slice(&bytes).map(Some).map_err(|error| ManifestError::Damaged { path, error })
     }
     /// Durably: the manifest is the collector's record of what arrived.
     pub fn save(&self, dir: &Path) -> Result<(), OutputError> {
