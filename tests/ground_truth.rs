@@ -181,6 +181,24 @@ fn five_nodes_with_every_fault() {
 }
 
 #[test]
+fn a_partition_by_the_receivers_firewalls_is_the_same_partition_with_the_firewalls_as_its_cause() {
+    use wgo::analysis::diagnosis::FindingKind;
+    for seed in 1..=3 {
+        let cfg = Config { seed, firewall_partition: true, ..Config::default() };
+        check(&cfg);
+        let (trace, _) = sim::generate(&cfg);
+        let a = analyze(trace, Inputs { spec: Some(Spec::parse(SPEC, "sim.toml").unwrap()), missing_nodes: vec![] });
+        let parts: Vec<_> = a.findings.iter().filter(|f| f.kind == FindingKind::Partition).collect();
+        assert_eq!(parts.len(), 1, "seed {seed}: {}", summary(&a));
+        let reason = parts[0].cause.and_then(|c| c.reason).map(|r| a.trace.drop_reasons[r as usize].as_str());
+        assert_eq!(reason, Some("netfilter_drop"), "seed {seed}: {}", summary(&a));
+        assert!(parts[0].text.ends_with("dropped by the receivers' firewalls"), "{}", parts[0].text);
+        // The drops are the partition's cause, not findings of their own.
+        assert!(a.findings.iter().all(|f| f.kind != FindingKind::KernelDrop), "seed {seed}: {}", summary(&a));
+    }
+}
+
+#[test]
 fn a_stalled_node_and_a_lossy_link_are_the_findings_and_nothing_else() {
     for seed in 1..=3 {
         let cfg =

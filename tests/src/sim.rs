@@ -101,6 +101,9 @@ pub struct Config {
     /// A stalled node: it sends nothing between these true times (ns from start), while
     /// what others send it still arrives (a stopped process's kernel takes it).
     pub stall: Option<(usize, i64, i64)>,
+    /// The partition is made by the receivers' firewalls: what crosses it reaches the
+    /// receiver's host and is recorded as its firewall's drop record (`netfilter_drop`).
+    pub firewall_partition: bool,
     /// A lossy link: this share of what node `from` sends node `to` is lost.
     pub lossy: Option<(usize, usize, f64)>,
     /// After the TCP rounds node 1 closes the connection (FIN), and node 0 still sends three
@@ -130,6 +133,7 @@ impl Default for Config {
             misdated_receives: 0,
             stall: None,
             lossy: None,
+            firewall_partition: false,
             closed_connection: false,
             clock_steps: Vec::new(),
         }
@@ -178,6 +182,8 @@ struct Pkt {
     data: Vec<u8>,
     orig_len: u32,
     uid: u64,
+    /// Recorded as the receiver's firewall's drop record of it.
+    dropped: bool,
 }
 
 pub fn addr(i: usize) -> Ipv4Addr {
@@ -287,16 +293,20 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
         ip_id[from] = ip_id[from].wrapping_add(1);
         let data = udp4(addr(from), dst, 7000, 7000, ip_id[from], &payload(tag, num, u));
         let len = data.len() as u32;
-        pkts.push(Pkt { node: from, t_true: t, dir: Dir::Send, data: data.clone(), orig_len: len, uid: u });
+        pkts.push(Pkt { node: from, t_true: t, dir: Dir::Send, data: data.clone(), orig_len: len, uid: u, dropped: false });
         let mut arrived = Vec::new();
         for &r in to {
             let lossy = cfg.lossy.is_some_and(|(a, b, rate)| a == from && b == r && t < last_drop && rng.chance(rate));
             if cut(from, r, t) || lossy || (t < last_drop && rng.chance(cfg.drop_rate)) {
                 truth.network_losses.push((u, attempt, r));
+                if cut(from, r, t) && cfg.firewall_partition {
+                    let at = t + delay(rng);
+                    pkts.push(Pkt { node: r, t_true: at, dir: Dir::Recv, data: data.clone(), orig_len: len, uid: u, dropped: true });
+                }
                 continue;
             }
             let at = t + delay(rng);
-            pkts.push(Pkt { node: r, t_true: at, dir: Dir::Recv, data: data.clone(), orig_len: len, uid: u });
+            pkts.push(Pkt { node: r, t_true: at, dir: Dir::Recv, data: data.clone(), orig_len: len, uid: u, dropped: false });
             truth.delivered.push((u, r));
             arrived.push((r, at));
         }
@@ -325,7 +335,7 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                     // The network delivers this datagram twice.
                     let data = pkts.iter().rev().find(|p| p.uid == u).expect("just pushed").data.clone();
                     let len = data.len() as u32;
-                    pkts.push(Pkt { node: worker, t_true: at + 300_000, dir: Dir::Recv, data, orig_len: len, uid: u });
+                    pkts.push(Pkt { node: worker, t_true: at + 300_000, dir: Dir::Recv, data, orig_len: len, uid: u, dropped: false });
                     truth.duplicates.push(u);
                     dup_done = true;
                 }
@@ -403,14 +413,14 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                 let mut cap = vec![b'T'; 16];
                 cap[8..16].copy_from_slice(&su.to_be_bytes());
                 let (data, len) = tcp4(addr(0), addr(1), 40000, 8000, ip_id[0], seq, 1, 0x18, 3000, &cap);
-                pkts.push(Pkt { node: 0, t_true: t, dir: Dir::Send, data, orig_len: len, uid: su });
+                pkts.push(Pkt { node: 0, t_true: t, dir: Dir::Send, data, orig_len: len, uid: su, dropped: false });
                 for (k, (off, l)) in [(0u32, 1448usize), (1448, 1448), (2896, 104)].into_iter().enumerate() {
                     uid += 1;
                     let mut cap = vec![b'R'; 16];
                     cap[8..16].copy_from_slice(&uid.to_be_bytes());
                     let (data, len) =
                         tcp4(addr(0), addr(1), 40000, 8000, ip_id[0].wrapping_add(k as u16), seq.wrapping_add(off), 1, 0x10, l, &cap);
-                    pkts.push(Pkt { node: 1, t_true: t + d + k as i64 * 10_000, dir: Dir::Recv, data, orig_len: len, uid });
+                    pkts.push(Pkt { node: 1, t_true: t + d + k as i64 * 10_000, dir: Dir::Recv, data, orig_len: len, uid, dropped: false });
                     truth.tcp_pairs.push((vec![su], uid));
                 }
                 seq = seq.wrapping_add(3000);
@@ -422,14 +432,14 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                     let mut cap = vec![b'S'; 16];
                     cap[8..16].copy_from_slice(&uid.to_be_bytes());
                     let (data, len) = tcp4(addr(0), addr(1), 40000, 8000, ip_id[0], seq.wrapping_add(500 * k), 1, 0x18, 500, &cap);
-                    pkts.push(Pkt { node: 0, t_true: t + k as i64 * 20_000, dir: Dir::Send, data, orig_len: len, uid });
+                    pkts.push(Pkt { node: 0, t_true: t + k as i64 * 20_000, dir: Dir::Send, data, orig_len: len, uid, dropped: false });
                     sends.push(uid);
                 }
                 uid += 1;
                 let mut cap = vec![b'M'; 16];
                 cap[8..16].copy_from_slice(&uid.to_be_bytes());
                 let (data, len) = tcp4(addr(0), addr(1), 40000, 8000, ip_id[0], seq, 1, 0x10, 1500, &cap);
-                pkts.push(Pkt { node: 1, t_true: t + 40_000 + d, dir: Dir::Recv, data, orig_len: len, uid });
+                pkts.push(Pkt { node: 1, t_true: t + 40_000 + d, dir: Dir::Recv, data, orig_len: len, uid, dropped: false });
                 truth.tcp_pairs.push((sends, uid));
                 seq = seq.wrapping_add(1500);
             }
@@ -441,8 +451,8 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
             uid += 1;
             cap[8..16].copy_from_slice(&uid.to_be_bytes());
             let (fin, len) = tcp4(addr(1), addr(0), 8000, 40000, 1, 1, seq, 0x11, 0, &cap);
-            pkts.push(Pkt { node: 1, t_true: t, dir: Dir::Send, data: fin.clone(), orig_len: len, uid });
-            pkts.push(Pkt { node: 0, t_true: t + 500_000, dir: Dir::Recv, data: fin, orig_len: len, uid });
+            pkts.push(Pkt { node: 1, t_true: t, dir: Dir::Send, data: fin.clone(), orig_len: len, uid, dropped: false });
+            pkts.push(Pkt { node: 0, t_true: t + 500_000, dir: Dir::Recv, data: fin, orig_len: len, uid, dropped: false });
             for k in 0..3i64 {
                 uid += 1;
                 ip_id[0] = ip_id[0].wrapping_add(1);
@@ -450,13 +460,13 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                 cap[8..16].copy_from_slice(&uid.to_be_bytes());
                 let at = t + 10_000_000 + k * 5_000_000;
                 let (data, len) = tcp4(addr(0), addr(1), 40000, 8000, ip_id[0], seq, 1, 0x18, 200, &cap);
-                pkts.push(Pkt { node: 0, t_true: at, dir: Dir::Send, data, orig_len: len, uid });
+                pkts.push(Pkt { node: 0, t_true: at, dir: Dir::Send, data, orig_len: len, uid, dropped: false });
                 truth.closed_sends.push(uid);
                 seq = seq.wrapping_add(200);
                 // The RST comes from node 1's kernel, with no socket: only node 0 records it.
                 uid += 1;
                 let (rst, len) = tcp4(addr(1), addr(0), 8000, 40000, 2, 2, seq, 0x14, 0, &[]);
-                pkts.push(Pkt { node: 0, t_true: at + 600_000, dir: Dir::Recv, data: rst, orig_len: len, uid });
+                pkts.push(Pkt { node: 0, t_true: at + 600_000, dir: Dir::Recv, data: rst, orig_len: len, uid, dropped: false });
             }
         }
     }
@@ -530,7 +540,7 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                 dir: Some(p.dir),
                 orig_len: p.orig_len,
                 data: &p.data,
-                drop: None,
+                drop: p.dropped.then_some("netfilter_drop"),
             });
         }
         b.end_node();

@@ -3,7 +3,7 @@
 //! each other during it, directly or through a chain, are one island; a pair with no
 //! traffic is unknown, and unknown never splits an island.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
@@ -27,6 +27,9 @@ pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
 /// evidence shows it, give or take a message's cadence. Used where other findings ask
 /// whether a partition explains them.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
+
+/// A pair's deliveries within an episode: earliest receipt, latest send, how many.
+type Delivered = (i64, i64, usize);
 
 /// One lost message between two nodes: (send time, sender, receiver, send, cause).
 type Loss = (i64, NodeId, NodeId, EventId, Cause);
@@ -123,8 +126,9 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     if episodes.is_empty() {
         return Vec::new();
     }
-    // The pairs that delivered a message both sent and received within each episode.
-    let mut delivered: Vec<BTreeSet<(NodeId, NodeId)>> = vec![BTreeSet::new(); episodes.len()];
+    // The pairs that delivered a message both sent and received within each episode, with
+    // their earliest receipt and latest send then, and how many.
+    let mut delivered: Vec<BTreeMap<(NodeId, NodeId), Delivered>> = vec![BTreeMap::new(); episodes.len()];
     for &(s, r) in messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
         if a == b {
@@ -132,21 +136,32 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         }
         let ts = ctx.corr(s);
         let e = episodes.partition_point(|e| e.0 <= ts);
-        if e > 0 && ts <= episodes[e - 1].1 && ctx.corr(r) <= episodes[e - 1].1 {
-            delivered[e - 1].insert(pair(a, b));
+        if e > 0 && ts <= episodes[e - 1].1 {
+            let tr = ctx.corr(r);
+            if tr <= episodes[e - 1].1 {
+                let d = delivered[e - 1].entry(pair(a, b)).or_insert((tr, ts, 0));
+                *d = (d.0.min(tr), d.1.max(ts), d.2 + 1);
+            }
         }
     }
     let mut out = Vec::new();
     for (e, span) in episodes.iter().enumerate() {
         let range = in_episode(span);
-        // A pair that lost in the episode connects only by a delivery between its own
-        // losses: what it delivered before its first loss or after its last does not undo
-        // its cut.
-        let connected = delivered[e].iter().copied().filter(|p| {
+        // A pair that lost in the episode connects if it delivered more than it lost then,
+        // between its losses or both before its first and after its last (a link that loses
+        // now and then). One that lost more than it delivered was cut: a straggler that got
+        // through while the cut was being made (firewall rules go in one at a time), or what
+        // it delivered before its cut began or after it healed while other pairs' cuts went
+        // on, does not undo it.
+        let connected = delivered[e].iter().filter(|&(p, &(first_receipt, last_send, count))| {
             let Some((ks, gaps)) = by_pair.get(p) else { return true };
             let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
-            mine.is_empty() || mine.iter().skip(1).any(|&g| gaps[g])
+            let (Some(&g0), Some(&g1)) = (mine.first(), mine.last()) else { return true };
+            let around = first_receipt < losses[ks[g0]].0 && last_send > losses[ks[g1]].0;
+            let between = mine.iter().skip(1).any(|&g| gaps[g]);
+            (between || around) && count > mine.len()
         });
+        let connected = connected.map(|(p, _)| *p);
         if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
             out.push(a);
         }
@@ -394,6 +409,31 @@ mod tests {
             if side(a) != side(b) && (1000 * MS..4000 * MS).contains(&t) { Fate::Lost } else { Fate::Delivered }
         });
         let msgs: Vec<_> = msgs.into_iter().filter(|m| !(side(m.1) && side(m.2))).collect();
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_link_that_loses_now_and_then_inside_an_island_does_not_split_it() {
+        // The 2 | 3 cut, and n1 → n2 loses one message in the middle of it.
+        let mut msgs = two_three(Fate::Lost);
+        let k = msgs.iter().position(|m| (m.1, m.2) == (0, 1) && m.0 >= 2000 * MS).unwrap();
+        msgs[k].3 = Fate::Lost;
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_straggler_across_the_cut_does_not_join_the_islands() {
+        // The 2 | 3 cut, and one of n5's messages to n1 gets through in the middle of it (the
+        // firewall rules went in one at a time, say).
+        let mut msgs = two_three(Fate::Lost);
+        let k = msgs.iter().position(|m| (m.1, m.2) == (4, 0) && m.0 >= 2000 * MS).unwrap();
+        msgs[k].3 = Fate::Delivered;
         let found = anomalies(&trace(traffic_fates(5, &msgs)));
         let parts = of(&found, Kind::Partition);
         assert_eq!(parts.len(), 1, "{parts:?}");
