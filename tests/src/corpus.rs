@@ -560,8 +560,9 @@ impl Scenario {
             Scenario::OneWay => "one-way-cut".into(),
             Scenario::Halves => "halves".into(),
             Scenario::TwoAlone => "two-alone".into(),
-            Scenario::LossLink(p) => format!("loss-{p}%-link"),
-            Scenario::LossNode(p) => format!("loss-{p}%-node"),
+            // No "%": Knot reads it in paths (the run's directory is named after its scenario).
+            Scenario::LossLink(p) => format!("loss{p}-link"),
+            Scenario::LossNode(p) => format!("loss{p}-node"),
             Scenario::Stop(ms) => format!("sigstop-{ms}ms"),
             Scenario::Freeze(ms) => format!("freeze-{ms}ms"),
             Scenario::Crash => "crash".into(),
