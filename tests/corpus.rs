@@ -88,7 +88,7 @@ const TOLERATED_SENTINEL: &[&str] = &["stalled_node"];
 const TOLERATED_NATS: &[&str] = &["partition", "stalled_node"];
 const TOLERATED_SERF: &[&str] = &["partition", "lossy_link", "stalled_node"];
 const TOLERATED_BIRD: &[&str] = &["partition"];
-const TOLERATED_KNOT: &[&str] = &["partition", "stalled_node"];
+const TOLERATED_KNOT: &[&str] = &["partition", "lossy_link", "stalled_node"];
 const TOLERATED_CHRONY: &[&str] = &[];
 const TOLERATED_HAPROXY: &[&str] = &["lossy_link", "stalled_node"];
 
