@@ -82,17 +82,19 @@ fn etcd_raft() {
     ci(System::Etcd, &[]);
 }
 
+// What the first measurement (and, where the runs were kept, the detect branch's analysis
+// of the same recordings) got wrong in these four scenarios; see BENCHMARKS.md.
 const TOLERATED_SENTINEL: &[&str] = &["stalled_node"];
 const TOLERATED_NATS: &[&str] = &["partition", "stalled_node"];
 const TOLERATED_SERF: &[&str] = &["partition", "lossy_link", "stalled_node"];
 const TOLERATED_BIRD: &[&str] = &["partition"];
 const TOLERATED_KNOT: &[&str] = &["partition", "lossy_link", "stalled_node"];
-const TOLERATED_CHRONY: &[&str] = &["partition", "lossy_link", "stalled_node"];
-const TOLERATED_HAPROXY: &[&str] = &["partition", "lossy_link", "stalled_node"];
+const TOLERATED_CHRONY: &[&str] = &[];
+const TOLERATED_HAPROXY: &[&str] = &["lossy_link", "stalled_node"];
 
-// Redis Sentinel (tuning half) and the held-out half. Their tolerated kinds are the ones today's detectors miss or claim
-// falsely on them (BENCHMARKS.md, the corpus's first measurement): printed, not failed, so
-// that CI still checks that each program runs, is recorded and its healthy run is quiet.
+// Redis Sentinel (tuning half) and the held-out half: their tolerated kinds are printed, not
+// failed, so that CI still checks that each program runs and is recorded, that the kinds
+// found today stay found, and that a healthy run is quiet.
 
 #[test]
 fn redis_sentinel() {

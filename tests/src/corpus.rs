@@ -547,8 +547,9 @@ impl Scenario {
         Scenario::Crash,
     ];
 
-    /// What CI runs of each program: one scenario of each fault kind.
-    pub const CI: &[Scenario] = &[Scenario::Healthy, Scenario::FirewallInput, Scenario::LossLink(20), Scenario::Stop(3000)];
+    /// What CI runs of each program: one scenario of each fault kind (of the losses, the
+    /// one most messages show: a detector that misses 5% is measured by the matrix).
+    pub const CI: &[Scenario] = &[Scenario::Healthy, Scenario::FirewallInput, Scenario::LossLink(50), Scenario::Stop(3000)];
 
     pub fn name(self) -> String {
         match self {
@@ -559,8 +560,9 @@ impl Scenario {
             Scenario::OneWay => "one-way-cut".into(),
             Scenario::Halves => "halves".into(),
             Scenario::TwoAlone => "two-alone".into(),
-            Scenario::LossLink(p) => format!("loss-{p}%-link"),
-            Scenario::LossNode(p) => format!("loss-{p}%-node"),
+            // No "%": Knot reads it in paths (the run's directory is named after its scenario).
+            Scenario::LossLink(p) => format!("loss{p}-link"),
+            Scenario::LossNode(p) => format!("loss{p}-node"),
             Scenario::Stop(ms) => format!("sigstop-{ms}ms"),
             Scenario::Freeze(ms) => format!("freeze-{ms}ms"),
             Scenario::Crash => "crash".into(),
