@@ -54,15 +54,21 @@ impl Armed {
         n.spawn(n.command(peer()).unwrap().args(args)).unwrap()
     }
 
-    /// The incident directories once none is open any more (each has its report).
-    fn settled(&self, want: usize) -> Vec<(PathBuf, Manifest)> {
-        let mut found = Vec::new();
+    /// The incident directories once `want` have their reports; the agents record on.
+    fn reported(&self, want: usize) -> Vec<(PathBuf, Manifest)> {
         wait_for("the incidents' reports", Duration::from_secs(60), || {
-            found = incidents(&self.incidents);
+            let found = incidents(&self.incidents);
             found.len() >= want && found.iter().all(|(d, _)| d.join("summary.txt").exists())
         });
-        // Anything more would show up within the serve's quiet time.
-        std::thread::sleep(Duration::from_secs(3));
+        incidents(&self.incidents)
+    }
+
+    /// The incident directories once `want` have their reports and every agent is done
+    /// with `want` incidents (stopped then): no further incident can appear after that, so
+    /// a check for "only one" means something without a sleep.
+    fn settled(&mut self, want: usize) -> Vec<(PathBuf, Manifest)> {
+        self.reported(want);
+        self.agents_done(want);
         incidents(&self.incidents)
     }
 
@@ -135,7 +141,6 @@ fn a_segfault_in_one_app_gives_one_incident_with_every_dump_and_the_aftermath() 
         let later = packets_after(&dir.join(format!("{n}.pcapng")), sent + 1_000_000_000);
         assert!(later > 20, "{n}: {later} packets recorded more than 1 s after the crash");
     }
-    a.agents_done(1);
     let log = a.stop_serve();
     assert!(log.contains("complete: 3 dump(s)"), "{log}");
 }
@@ -145,7 +150,7 @@ fn armed_agents_keep_recording_two_incidents_in_a_row_each_with_every_dump() {
     let mut a = Armed::new("armed-twice", 3, &["--cooldown", "1"]);
     std::thread::sleep(Duration::from_millis(500));
     let first = a.app("node3", &["crash", "--after-ms", "300"]);
-    let found = a.settled(1);
+    let found = a.reported(1);
     assert_eq!(found.len(), 1, "{found:?}");
     check_incident(&found[0].0, &found[0].1, &["node1", "node2", "node3"], &["node3", &format!("pid {}", first.id()), "SIGSEGV"]);
     let first_sent = found[0].1.trigger_sent_ns.expect("the first trigger's send time");
@@ -167,7 +172,6 @@ fn armed_agents_keep_recording_two_incidents_in_a_row_each_with_every_dump() {
         let later = packets_after(&dump, sent + 1_000_000_000);
         assert!(later > 20, "{n}: {later} packets recorded more than 1 s after the second crash");
     }
-    a.agents_done(2);
     let log = a.stop_serve();
     assert_eq!(log.matches("complete: 3 dump(s)").count(), 2, "{log}");
 }
@@ -212,7 +216,6 @@ fn an_oom_kill_gives_one_incident_naming_the_victim() {
     assert_eq!(found.len(), 1, "one incident: {found:?}");
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2", "node3"], &["node2", &format!("pid {}", hog.id()), "OOM killer"]);
-    a.agents_done(1);
     drop(hog);
 }
 
@@ -232,7 +235,6 @@ fn ten_crashes_within_a_second_on_every_node_give_one_incident_and_a_crash_loop_
     assert_eq!(found.len(), 1, "one incident, not {}: {:?}", found.len(), found.iter().map(|f| &f.0).collect::<Vec<_>>());
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2", "node3"], &["SIGSEGV"]);
-    a.agents_done(1);
     drop(crashers);
 
     // The crash loop: the app (and its agent) come back and crash again at once. The
@@ -268,7 +270,6 @@ fn a_manual_trigger_still_works_beside_armed_agents_and_serve() {
     assert_eq!(found.len(), 1, "{found:?}");
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2", "node3"], &["operator: the cluster is slow"]);
-    a.agents_done(1);
     // And a report of the incident directory reads the same.
     let rep = run(Command::new(wgo()).arg("report").arg(dir)).unwrap();
     assert!(String::from_utf8_lossy(&rep.stdout).starts_with("Triggered: operator: the cluster is slow\n"));
@@ -285,5 +286,4 @@ fn a_sigkill_from_an_operator_is_a_crash_naming_who_sent_it() {
     assert_eq!(found.len(), 1, "{found:?}");
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2"], &["node2", &format!("pid {}", victim.id()), "killed by SIGKILL sent by kill (pid "]);
-    a.agents_done(1);
 }
