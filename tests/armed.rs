@@ -54,21 +54,18 @@ impl Armed {
         n.spawn(n.command(peer()).unwrap().args(args)).unwrap()
     }
 
-    /// The incident directories once `want` have their reports; the agents record on.
-    fn reported(&self, want: usize) -> Vec<(PathBuf, Manifest)> {
+    /// The incident directories once `want` have their reports and every agent has handled
+    /// `want` incidents: an armed agent records again only once its dump was delivered, and
+    /// the serve opens an incident when a dump for it is offered, so no further incident can
+    /// appear after that (a check for "only one" then means something without a sleep).
+    fn settled(&mut self, want: usize) -> Vec<(PathBuf, Manifest)> {
         wait_for("the incidents' reports", Duration::from_secs(60), || {
             let found = incidents(&self.incidents);
             found.len() >= want && found.iter().all(|(d, _)| d.join("summary.txt").exists())
         });
-        incidents(&self.incidents)
-    }
-
-    /// The incident directories once `want` have their reports and every agent is done
-    /// with `want` incidents (stopped then): no further incident can appear after that, so
-    /// a check for "only one" means something without a sleep.
-    fn settled(&mut self, want: usize) -> Vec<(PathBuf, Manifest)> {
-        self.reported(want);
-        self.agents_done(want);
+        for a in &self.agents {
+            wait_for("every agent to record again", Duration::from_secs(60), || a.stderr().matches("recording again").count() >= want);
+        }
         incidents(&self.incidents)
     }
 
@@ -92,8 +89,12 @@ impl Armed {
 }
 
 fn incidents(root: &Path) -> Vec<(PathBuf, Manifest)> {
-    let mut v: Vec<(PathBuf, Manifest)> =
-        std::fs::read_dir(root).into_iter().flatten().flatten().filter_map(|e| Some((e.path(), Manifest::load(&e.path())?))).collect();
+    let mut v: Vec<(PathBuf, Manifest)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.path(), Manifest::load(&e.path()).ok().flatten()?)))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
@@ -141,6 +142,7 @@ fn a_segfault_in_one_app_gives_one_incident_with_every_dump_and_the_aftermath() 
         let later = packets_after(&dir.join(format!("{n}.pcapng")), sent + 1_000_000_000);
         assert!(later > 20, "{n}: {later} packets recorded more than 1 s after the crash");
     }
+    a.agents_done(1);
     let log = a.stop_serve();
     assert!(log.contains("complete: 3 dump(s)"), "{log}");
 }
@@ -150,7 +152,7 @@ fn armed_agents_keep_recording_two_incidents_in_a_row_each_with_every_dump() {
     let mut a = Armed::new("armed-twice", 3, &["--cooldown", "1"]);
     std::thread::sleep(Duration::from_millis(500));
     let first = a.app("node3", &["crash", "--after-ms", "300"]);
-    let found = a.reported(1);
+    let found = a.settled(1);
     assert_eq!(found.len(), 1, "{found:?}");
     check_incident(&found[0].0, &found[0].1, &["node1", "node2", "node3"], &["node3", &format!("pid {}", first.id()), "SIGSEGV"]);
     let first_sent = found[0].1.trigger_sent_ns.expect("the first trigger's send time");
@@ -172,6 +174,7 @@ fn armed_agents_keep_recording_two_incidents_in_a_row_each_with_every_dump() {
         let later = packets_after(&dump, sent + 1_000_000_000);
         assert!(later > 20, "{n}: {later} packets recorded more than 1 s after the second crash");
     }
+    a.agents_done(2);
     let log = a.stop_serve();
     assert_eq!(log.matches("complete: 3 dump(s)").count(), 2, "{log}");
 }
@@ -216,6 +219,7 @@ fn an_oom_kill_gives_one_incident_naming_the_victim() {
     assert_eq!(found.len(), 1, "one incident: {found:?}");
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2", "node3"], &["node2", &format!("pid {}", hog.id()), "OOM killer"]);
+    a.agents_done(1);
     drop(hog);
 }
 
@@ -235,6 +239,7 @@ fn ten_crashes_within_a_second_on_every_node_give_one_incident_and_a_crash_loop_
     assert_eq!(found.len(), 1, "one incident, not {}: {:?}", found.len(), found.iter().map(|f| &f.0).collect::<Vec<_>>());
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2", "node3"], &["SIGSEGV"]);
+    a.agents_done(1);
     drop(crashers);
 
     // The crash loop: the app (and its agent) come back and crash again at once. The
@@ -270,6 +275,7 @@ fn a_manual_trigger_still_works_beside_armed_agents_and_serve() {
     assert_eq!(found.len(), 1, "{found:?}");
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2", "node3"], &["operator: the cluster is slow"]);
+    a.agents_done(1);
     // And a report of the incident directory reads the same.
     let rep = run(Command::new(wgo()).arg("report").arg(dir)).unwrap();
     assert!(String::from_utf8_lossy(&rep.stdout).starts_with("Triggered: operator: the cluster is slow\n"));
@@ -286,4 +292,5 @@ fn a_sigkill_from_an_operator_is_a_crash_naming_who_sent_it() {
     assert_eq!(found.len(), 1, "{found:?}");
     let (dir, m) = &found[0];
     check_incident(dir, m, &["node1", "node2"], &["node2", &format!("pid {}", victim.id()), "killed by SIGKILL sent by kill (pid "]);
+    a.agents_done(1);
 }

@@ -11,14 +11,32 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("outfile", &[]),
     ("dump", &[]),
-    ("transport", &["clock"]),
-    ("node", &["dump", "transport", "packet", "clock"]),
-    ("analysis", &["dump", "packet"]),
+    ("transport", &["clock", "outfile"]),
+    ("node", &["dump", "transport", "packet", "clock", "outfile"]),
+    ("analysis", &["dump", "packet", "outfile"]),
     ("report", &["analysis", "dump", "outfile"]),
 ];
 
 /// The analysis chain: each module may use only those before it.
-const ANALYSIS_CHAIN: &[&str] = &["fmt", "trace", "spec", "matching", "steps", "clocks", "rules", "order", "anomalies", "diagnosis"];
+const ANALYSIS_CHAIN: &[&str] = &[
+    "fmt",
+    "trace",
+    "spec",
+    "matching",
+    "steps",
+    "clocks",
+    "rules",
+    "order",
+    "anomalies",
+    "kernel_drops",
+    "losses",
+    "retries",
+    "stalls",
+    "partitions",
+    "lossy",
+    "detect",
+    "diagnosis",
+];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {

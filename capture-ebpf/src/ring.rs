@@ -61,6 +61,7 @@ impl Ring {
     pub fn next_seq(&self) -> u64 {
         // SeqCst, not Relaxed: LLVM's BPF backend lowers a relaxed add to a non-fetching
         // `lock +=` even when the old value is used, which made every seq 1.
+        // SAFETY: `state` is this CPU's value in RING_STATE, valid for the program's run.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*self.state).seq, 1) }
     }
 
@@ -69,23 +70,32 @@ impl Ring {
     pub fn reserve(&self, capacity: u32, body: u32) -> Option<Slot> {
         let len = (FRAME_SIZE as u64 + body as u64 + RECORD_ALIGN as u64 - 1) & !(RECORD_ALIGN as u64 - 1);
         let capacity = capacity as u64;
+        // SAFETY: `state` is this CPU's value in RING_STATE; only the fields' addresses are taken.
         let head_ptr = unsafe { &raw mut (*self.state).head };
+        // SAFETY: as above.
         let tail_ptr = unsafe { &raw const (*self.state).tail };
         for _ in 0..RESERVE_TRIES {
+            // SAFETY: aligned u64 fields of the map value; volatile because userspace (tail) and
+            // a nested hook (head) change them behind our back.
             let head = unsafe { core::ptr::read_volatile(head_ptr) };
+            // SAFETY: as above.
             let tail = unsafe { core::ptr::read_volatile(tail_ptr) };
             let fill_after = head.wrapping_sub(tail) + len;
             if fill_after > capacity {
                 break;
             }
+            // SAFETY: `head_ptr` is an aligned u64 in the map value, changed only atomically.
             let (_, won) =
                 unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(head_ptr, head, head + len) };
             if won {
                 let off = head & (capacity - 1) & OFFSET_MASK;
+                // SAFETY: `off` is masked below MAX_RING_BYTES, and the area has room for a
+                // whole record past that (RING_AREA_BYTES), so the record stays inside it.
                 let record = unsafe { self.area.add(off as usize) };
                 return Some(Slot { record, pos: head, len, fill_after });
             }
         }
+        // SAFETY: `state` is this CPU's value in RING_STATE, valid for the program's run.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*self.state).drops, 1) };
         None
     }
@@ -95,6 +105,7 @@ impl Slot {
     /// Where the record's body (after the frame) goes.
     #[inline(always)]
     pub fn body(&self) -> *mut u8 {
+        // SAFETY: the slot is at least FRAME_SIZE bytes long, inside the ring area.
         unsafe { self.record.add(FRAME_SIZE) }
     }
 
@@ -103,6 +114,7 @@ impl Slot {
     #[inline(always)]
     pub fn commit(self, wakeup_bytes: u32, cpu: u32) {
         // An atomic exchange orders every store to the body before the frame.
+        // SAFETY: the record starts 8-byte aligned (OFFSET_MASK) with its frame, inside the area.
         unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(self.record.cast::<u64>(), frame(self.pos, self.len)) };
         let threshold = wakeup_bytes as u64;
         if self.fill_after >= threshold && self.fill_after - self.len < threshold {

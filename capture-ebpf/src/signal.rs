@@ -68,6 +68,7 @@ pub fn wgo_signal_deliver(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
     let cfg = WATCH_CONFIG.get(0).ok_or(0)?;
+    // SAFETY: bpf_get_current_ancestor_cgroup_id takes any level (0 for one beyond the task's).
     if cfg.cgroup_id == 0 || unsafe { aya_ebpf::helpers::generated::bpf_get_current_ancestor_cgroup_id(cfg.level as i32) } != cfg.cgroup_id
     {
         return Ok(());
@@ -77,7 +78,9 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
         // A SIGKILL that somebody sent. The other SIGKILL deliveries are the kernel's own
         // way of ending a thread group (an exit_group, a fatal signal's siblings).
         SIGKILL => {
+            // SAFETY: bpf_get_current_task has no preconditions.
             let task = unsafe { bpf_get_current_task() };
+            // SAFETY: the value is copied out at once, before anything can remove it.
             let kill = *unsafe { KILLS.get(task) }.ok_or(0)?;
             let _ = KILLS.remove(task);
             (kill.sender_tgid, kill.flags, kill.sender_comm)
@@ -86,6 +89,7 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
             // Only with the default action (the process dies), not a handler that recovers.
             // `sa_handler` is the first field of `struct k_sigaction` (x86-64, arm64).
             let ka: u64 = ctx.arg(2);
+            // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly on a bad one.
             let handler: u64 = unsafe { bpf_probe_read_kernel(ka as *const u64) }.map_err(|e| e as i64)?;
             if handler != SIG_DFL {
                 return Ok(());
@@ -96,6 +100,7 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = SignalEvent {
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
         tgid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
@@ -106,5 +111,5 @@ fn try_deliver(ctx: &RawTracePointContext) -> Result<(), i64> {
         pad: 0,
         sender_comm,
     };
-    SIGNALS.output(&event, 0).map_err(|e| e as i64)
+    SIGNALS.output(event, 0).map_err(|e| e as i64)
 }

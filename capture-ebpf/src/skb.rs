@@ -43,7 +43,6 @@ pub fn wgo_egress(ctx: SkBuffContext) -> i32 {
 /// Why a packet was not recorded; only `RingFull` is a loss.
 enum Skip {
     NotIp,
-    NotRecordedProto,
     Truncated,
     NoRing,
     RingFull,
@@ -65,12 +64,15 @@ fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
     let cfg = CONFIG.get(0).ok_or(Skip::NoRing)?;
     let want = headers.saturating_add(cfg.snaplen).min(len).min(MAX_CAPTURE as u32);
 
+    // SAFETY: bpf_get_smp_processor_id has no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let ring = Ring::of_cpu(cpu).ok_or(Skip::NoRing)?;
     let seq = ring.next_seq();
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
     let ktime_ns = unsafe { bpf_ktime_get_ns() };
     let slot = ring.reserve(cfg.ring_bytes, RECORD_HEADER_SIZE as u32 + want).ok_or(Skip::RingFull)?;
     let body = slot.body();
+    // SAFETY: the slot's body holds RECORD_HEADER_SIZE + want bytes.
     let cap = load_packet(ctx, unsafe { body.add(RECORD_HEADER_SIZE) }, want as usize);
     let header = RecordHeader {
         ktime_ns,
@@ -84,6 +86,7 @@ fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
         reason: 0,
         pad: 0,
     };
+    // SAFETY: the slot's body starts with room for the header.
     unsafe { core::ptr::write_unaligned(body.cast::<RecordHeader>(), header) };
     slot.commit(cfg.wakeup_bytes, cpu);
     Ok(())
@@ -97,12 +100,15 @@ fn load_packet(ctx: &SkBuffContext, dst: *mut u8, want: usize) -> usize {
     if want == 0 || want > MAX_CAPTURE {
         return 0;
     }
+    // SAFETY: `dst` has room for `want` bytes (the caller's slot); the helper checks the packet side.
     let ret = unsafe { aya_ebpf::helpers::generated::bpf_skb_load_bytes(ctx.skb.skb.cast(), 0, dst.cast(), want as u32) };
     if ret == 0 { want } else { 0 }
 }
 
 /// IP version, the length of the IP plus L4 headers, where L4 starts, and whether it
-/// has ports (UDP/TCP), for packets we record.
+/// has ports (UDP/TCP). Every IP protocol is recorded: those without a header parsed
+/// here (VRRP, OSPF, SCTP, a raw socket's own) count the IP header alone as headers, so
+/// their record is the IP header and the first snaplen bytes after it.
 #[inline(always)]
 fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Skip> {
     // __sk_buff.protocol holds a big-endian u16 in a u32.
@@ -127,7 +133,7 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
             ((off >> 4) as u32) * 4
         }
         IPPROTO_UDP | IPPROTO_ICMP | IPPROTO_ICMPV6 => 8,
-        _ => return Err(Skip::NotRecordedProto),
+        _ => 0,
     };
     Ok((version, (l3 + l4).min(len), l3, matches!(l4proto, IPPROTO_TCP | IPPROTO_UDP)))
 }
@@ -138,9 +144,11 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
 #[inline(always)]
 fn bytes_at(ctx: &SkBuffContext, off: usize) -> Result<[u8; 2], Skip> {
     let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the context's __sk_buff, valid for the program's run.
     let (data, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     if data + off + 2 <= end {
         let p = (data + off) as *const u8;
+        // SAFETY: `data + off + 2 <= end`: both bytes are in the packet's linear area.
         Ok(unsafe { [*p, *p.add(1)] })
     } else {
         ctx.load(off).map_err(|_| Skip::Truncated)

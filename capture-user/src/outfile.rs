@@ -1,5 +1,8 @@
-//! Writing large outputs: atomically (a temporary file renamed into place), and with
-//! `O_DIRECT` from a background thread. A leaf: it uses only std and libc.
+//! Writing outputs: atomically (a temporary file renamed into place, never through a
+//! planted symlink), durably where they must survive a crash, and large ones with
+//! `O_DIRECT` from a background thread. The one implementation of "write a temporary
+//! file, then rename" (reports, dumps, the spool, manifests). A leaf: it uses only std
+//! and libc.
 //!
 //! Why direct I/O: a report's JSON can be gigabytes. Through the page cache every
 //! byte is copied by the CPU into freshly allocated cache pages, which costs more than
@@ -217,28 +220,217 @@ pub enum OutputError {
     Write { path: PathBuf, source: io::Error },
     #[error("renaming {from} to {to}: {source}")]
     Rename { from: PathBuf, to: PathBuf, source: io::Error },
+    #[error("refusing to write into {dir}: anyone may write there, and without the sticky bit anyone may replace what we write")]
+    OpenDirectory { dir: PathBuf },
+    #[error("refusing to write through {path}: it is a symlink owned by uid {owner}, neither root nor us")]
+    ForeignSymlink { path: PathBuf, owner: u32 },
+}
+
+/// How much an output must survive once committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Readers see the old file or the whole new one, never half (reports: they can be
+    /// made again).
+    Atomic,
+    /// And a crash after the commit keeps it: the file and its directory are fsynced
+    /// (dumps, spool entries, manifests).
+    Durable,
+}
+
+/// A new output being written beside its destination, renamed into place by
+/// [`Partial::commit`]; removed if dropped uncommitted.
+///
+/// The temporary file is created with `O_CREAT | O_EXCL | O_NOFOLLOW`: whatever was at its
+/// name (a crash's leftover, or a symlink planted to make root write elsewhere) is removed
+/// (a symlink itself, never its target) and the file made anew, so nothing outside the
+/// destination's directory is ever opened. The directory must not be writable by others
+/// unless it has the sticky bit (`/tmp`): otherwise anyone could swap the file between
+/// our writes and the rename.
+pub struct Partial {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl Partial {
+    /// A new, empty temporary file for `dest`, with permissions `mode` (before the umask).
+    pub fn create(dest: &Path, mode: u32) -> Result<Partial, OutputError> {
+        check_dir(dest)?;
+        let tmp = partial_path(dest);
+        let cerr = |source| OutputError::Create { path: tmp.clone(), source };
+        let file = match create_new(&tmp, mode) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // A second one there after removing the first means someone races us: an error.
+                remove_stale(&tmp).map_err(cerr)?;
+                create_new(&tmp, mode)
+            }
+            r => r,
+        }
+        .map_err(cerr)?;
+        Ok(Partial { file: Some(file), tmp, dest: dest.to_path_buf() })
+    }
+
+    /// The temporary file, to write into.
+    pub fn file(&self) -> &File {
+        self.file.as_ref().expect("open until committed")
+    }
+
+    /// Where it is written until committed.
+    pub fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the file into place, after fsyncing it (and then its directory) if it
+    /// must be `Durable`.
+    pub fn commit(mut self, durability: Durability) -> Result<(), OutputError> {
+        let file = self.file.take().expect("committed once");
+        if durability == Durability::Durable {
+            file.sync_all().map_err(|source| OutputError::Write { path: self.tmp.clone(), source })?;
+        }
+        drop(file);
+        std::fs::rename(&self.tmp, &self.dest).map_err(|source| OutputError::Rename {
+            from: self.tmp.clone(),
+            to: self.dest.clone(),
+            source,
+        })?;
+        // Renamed: nothing to remove any more.
+        self.tmp = PathBuf::new();
+        if durability == Durability::Durable {
+            sync_dir(parent(&self.dest)).map_err(|source| OutputError::Write { path: parent(&self.dest).to_path_buf(), source })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            self.file = None;
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Refuses a destination whose directory others may write into without the sticky bit.
+fn check_dir(dest: &Path) -> Result<(), OutputError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = parent(dest);
+    match std::fs::metadata(dir) {
+        Ok(m) if m.permissions().mode() & 0o002 != 0 && m.permissions().mode() & 0o1000 == 0 => {
+            Err(OutputError::OpenDirectory { dir: dir.to_path_buf() })
+        }
+        // A missing directory fails at the create, with its own error.
+        _ => Ok(()),
+    }
+}
+
+fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).mode(mode).open(path)
+}
+
+/// Removes what sits at a temporary file's name: a file or a symlink (never what it
+/// points to); a directory there is an error.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    let m = std::fs::symlink_metadata(path)?;
+    if m.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::AlreadyExists, "a directory is in the way"));
+    }
+    std::fs::remove_file(path)
+}
+
+/// Creates `dir` (and what is missing above it) only its owner may enter, as a directory
+/// that will hold dumps or what is made from them must be.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Opens an input (a dump, a spec, a manifest) for reading, refusing what is not a regular
+/// file, without blocking on it: a FIFO would hang the reader, a device never end.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
+    let t = f.metadata()?.file_type();
+    if !t.is_file() {
+        let what = match () {
+            _ if t.is_dir() => "a directory",
+            _ if t.is_fifo() => "a FIFO",
+            _ if t.is_char_device() => "a character device",
+            _ if t.is_block_device() => "a block device",
+            _ if t.is_socket() => "a socket",
+            _ => "not a file",
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file ({what}); give a file")));
+    }
+    set_nonblocking(&f, false);
+    Ok(f)
+}
+
+fn set_nonblocking(file: &File, on: bool) {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on an fd we own, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK });
+        }
+    }
+}
+
+/// Fsyncs a directory, so that a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Opens an existing special output (`/dev/null`, a FIFO, `/dev/stdout`) for writing in
+/// place. A symlink to it must be root's or ours: one planted by another user is refused.
+pub fn open_special(path: &Path) -> Result<File, OutputError> {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && m.file_type().is_symlink()
+    {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if m.uid() != 0 && m.uid() != me {
+            return Err(OutputError::ForeignSymlink { path: path.to_path_buf(), owner: m.uid() });
+        }
+    }
+    std::fs::OpenOptions::new().write(true).open(path).map_err(|source| OutputError::Create { path: path.to_path_buf(), source })
 }
 
 /// Writes `path` through `write`: a regular file is written beside it and renamed into
-/// place (readers never see half a report), a special file is written in place.
+/// place (readers never see half a report), private to its owner (0600: reports carry
+/// the dumps' payload bytes), a special file is written in place.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut (dyn Write + Send)) -> io::Result<()>) -> Result<(), OutputError> {
     let werr = |source| OutputError::Write { path: path.to_path_buf(), source };
     if is_special(path) {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|source| OutputError::Create { path: path.to_path_buf(), source })?;
+        let mut f = open_special(path)?;
         return write(&mut f).and_then(|()| f.flush()).map_err(werr);
     }
-    let tmp = partial_path(path);
-    let f = File::create(&tmp).map_err(|source| OutputError::Create { path: path.to_path_buf(), source })?;
+    let partial = Partial::create(path, 0o600)?;
+    let f = partial.file().try_clone().map_err(werr)?;
     let mut out = DirectFile::new(f);
-    let written = write(&mut out).and_then(|()| out.finish());
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(werr(e));
-    }
-    std::fs::rename(&tmp, path).map_err(|source| OutputError::Rename { from: tmp, to: path.to_path_buf(), source })
+    write(&mut out).and_then(|()| out.finish()).map_err(werr)?;
+    partial.commit(Durability::Atomic)
+}
+
+/// Writes `bytes` as `path`, private to its owner (0600), through a temporary file
+/// renamed into place; `Durable` also fsyncs the file and its directory.
+pub fn write_file(path: &Path, bytes: &[u8], durability: Durability) -> Result<(), OutputError> {
+    let partial = Partial::create(path, 0o600)?;
+    let mut f = partial.file();
+    f.write_all(bytes).map_err(|source| OutputError::Write { path: partial.path().to_path_buf(), source })?;
+    partial.commit(durability)
 }
 
 #[cfg(test)]
@@ -293,6 +485,112 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("formatting failed") && err.to_string().contains("out.json"), "{err}");
         assert!(!path.exists() && !partial_path(&path).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wgo-outfile-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_symlink_planted_at_the_temporary_name_is_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("symlink");
+        let target = dir.join("victim");
+        std::fs::write(&target, "precious").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        type WriteFn = dyn Fn(&Path) -> Result<(), OutputError>;
+        let writes: [(&str, &WriteFn); 3] = [
+            ("report.html", &|p| write_atomically(p, |w| w.write_all(b"new"))),
+            ("manifest.json", &|p| write_file(p, b"new", Durability::Durable)),
+            ("dump.pcapng", &|p| {
+                let partial = Partial::create(p, 0o600)?;
+                let mut f = partial.file();
+                f.write_all(b"new").unwrap();
+                partial.commit(Durability::Durable)
+            }),
+        ];
+        for (name, write) in writes {
+            let out = dir.join(name);
+            std::os::unix::fs::symlink(&target, partial_path(&out)).unwrap();
+            // And a dangling one: it must not create what it points to.
+            let dangling = dir.join(format!("{name}.nowhere"));
+            let out2 = dir.join(format!("{name}.2"));
+            std::os::unix::fs::symlink(&dangling, partial_path(&out2)).unwrap();
+            write(&out).unwrap();
+            write(&out2).unwrap();
+            assert_eq!(std::fs::read(&out).unwrap(), b"new", "{name}");
+            assert_eq!(std::fs::read(&target).unwrap(), b"precious", "{name}: the symlink's target was written");
+            assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o644, "{name}: its mode changed");
+            assert!(!dangling.exists(), "{name}: the dangling symlink's target was created");
+            assert!(std::fs::symlink_metadata(partial_path(&out)).is_err(), "{name}: the temporary name is left");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn outputs_are_private_even_over_a_readable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("private");
+        let out = dir.join("timeline.html");
+        std::fs::write(&out, "old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomically(&out, |w| w.write_all(b"payload bytes")).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        write_file(&out, b"payload bytes", Durability::Atomic).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+        let sub = dir.join("incident/.partial");
+        create_private_dir(&sub).unwrap();
+        assert_eq!(std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_directory_anyone_may_write_into_is_refused_unless_sticky() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir("open");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = dir.join("report.json");
+        let err = write_file(&out, b"x", Durability::Atomic).unwrap_err();
+        assert!(matches!(err, OutputError::OpenDirectory { .. }) && err.to_string().contains("anyone may write"), "{err}");
+        assert!(!out.exists() && !partial_path(&out).exists());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        write_file(&out, b"x", Durability::Atomic).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_partial_leaves_nothing_and_a_leftover_is_replaced() {
+        let dir = tempdir("leftover");
+        let out = dir.join("dump.pcapng");
+        std::fs::write(partial_path(&out), "a crash's leftover").unwrap();
+        let p = Partial::create(&out, 0o600).unwrap();
+        assert_eq!(std::fs::read(p.path()).unwrap(), b"", "the leftover was not replaced");
+        drop(p);
+        assert!(!partial_path(&out).exists() && !out.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_input_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let dir = tempdir("fifo");
+        let fifo = dir.join("node1.pcapng");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // No writer ever comes: a blocking open would hang this test.
+        for (p, what) in [(fifo.as_path(), "a FIFO"), (Path::new("/dev/zero"), "a character device"), (dir.as_path(), "a directory")] {
+            let err = open_regular(p).unwrap_err();
+            assert!(err.kind() == io::ErrorKind::InvalidInput && err.to_string().contains(what), "{}: {err}", p.display());
+        }
+        let file = dir.join("spec.toml");
+        std::fs::write(&file, "name = 'x'").unwrap();
+        let mut s = String::new();
+        io::Read::read_to_string(&mut open_regular(&file).unwrap(), &mut s).unwrap();
+        assert_eq!(s, "name = 'x'");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -127,6 +127,18 @@ impl Packet {
 pub(crate) mod tests {
     use super::*;
 
+    /// An IPv4 packet of IP protocol `proto` carrying `payload` right after its header
+    /// (VRRP, OSPF, a raw socket's own protocol: wgo parses nothing past the IP header).
+    pub fn ip4(src: [u8; 4], dst: [u8; 4], proto: u8, ip_id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+        p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&ip_id.to_be_bytes());
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(payload);
+        p
+    }
+
     /// An IPv4/UDP packet, for tests across the crate.
     pub fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, ip_id: u16, payload: &[u8]) -> Vec<u8> {
         let total = 28 + payload.len();
@@ -160,6 +172,14 @@ pub(crate) mod tests {
         let pkt = Packet::parse(&p[..40], p.len() as u32).unwrap();
         assert_eq!(pkt.payload_len, 100);
         assert_eq!(pkt.payload(&p[..40]), &[7u8; 12]);
+    }
+
+    #[test]
+    fn any_other_ip_protocol_has_its_payload_right_after_the_ip_header() {
+        let p = ip4([10, 0, 0, 1], [224, 0, 0, 18], 112, 9, b"\x21\x01\x64\x01vrrp");
+        let pkt = Packet::parse(&p, p.len() as u32).unwrap();
+        assert_eq!((pkt.proto, pkt.sport, pkt.dport, pkt.ip_id), (Proto::Other(112), 0, 0, 9));
+        assert_eq!((pkt.payload(&p), pkt.payload_len), (&b"\x21\x01\x64\x01vrrp"[..], 8));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct DemoOutcome {
     pub report: String,
     pub timeline: PathBuf,
     pub json: PathBuf,
+    /// The incident as a Perfetto trace.
+    pub perfetto: PathBuf,
 }
 
 /// The commands the demo runs, with the Debian package of each: `cargo xtask demo`
@@ -176,7 +178,7 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
             for l in err.lines().filter(|l| l.contains("incident")) {
                 log(&format!("  wgo serve: {}", l.split_once("INFO ").map_or(l, |x| x.1)));
             }
-            let m = wgo::transport::manifest::Manifest::load(&dir).context("the incident's manifest")?;
+            let m = wgo::transport::manifest::Manifest::load(&dir)?.context("the incident's manifest")?;
             (dir, m.reason)
         }
     };
@@ -206,7 +208,7 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
         .count();
     log(&format!("the agents shipped their dumps and froze the application on {frozen} of {NODES} nodes"));
 
-    let (timeline, json) = (o.out.join("timeline.html"), o.out.join("report.json"));
+    let (timeline, json, perfetto) = (o.out.join("timeline.html"), o.out.join("report.json"), o.out.join("incident.pftrace"));
     let rep = run(Command::new(&o.wgo)
         .arg("report")
         .arg(&collected)
@@ -216,12 +218,14 @@ pub fn run_demo(o: &DemoOptions<'_>) -> anyhow::Result<DemoOutcome> {
         .arg(&timeline)
         .arg("--json")
         .arg(&json)
+        .arg("--perfetto")
+        .arg(&perfetto)
         .env("WGO_LOG", "warn"))?;
     let report = String::from_utf8_lossy(&rep.stdout).into_owned();
     drop(apps);
     drop(bed);
     log("removed the namespaces, cgroups, links and processes");
-    Ok(DemoOutcome { trigger, report, timeline, json })
+    Ok(DemoOutcome { trigger, report, timeline, json, perfetto })
 }
 
 /// Presses the button from node1 and collects all five dumps; returns where they are.

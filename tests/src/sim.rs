@@ -57,6 +57,10 @@ key = ["task"]
 within_ms = 100
 "#;
 
+/// One-way network delay, ns: every delivered message arrives this long after its send.
+pub const MIN_DELAY_NS: i64 = 50_000;
+pub const MAX_DELAY_NS: i64 = 2_000_000;
+
 /// Deterministic xorshift, so scenarios are reproducible without a dependency.
 pub struct Rng(u64);
 
@@ -146,6 +150,12 @@ pub struct Truth {
     pub start_ns: i64,
     /// (send uid, attempt, receiving node) the network dropped; attempt counts resends of a uid.
     pub network_losses: Vec<(u64, u32, usize)>,
+    /// When each of `network_losses` was sent (true time, ns).
+    pub network_loss_sent_ns: Vec<i64>,
+    /// (node, true from, true to): where a node's recorder lost records, from the last record
+    /// it kept before them to the first after them, on the CPU of the lost ones (what a
+    /// sequence gap shows).
+    pub recorder_blind: Vec<(usize, i64, i64)>,
     /// uid of the message received twice.
     pub duplicates: Vec<u64>,
     /// uids sent more than once (identical payload: retransmissions), with how often.
@@ -258,7 +268,7 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
     let island = |i: usize| cfg.partition.is_some_and(|(split, _, _)| i >= split);
     let cut =
         |a: usize, b: usize, t: i64| cfg.partition.is_some_and(|(_, p0, p1)| island(a) != island(b) && t >= start + p0 && t < start + p1);
-    let delay = |rng: &mut Rng| rng.range(50_000, 2_000_000);
+    let delay = |rng: &mut Rng| rng.range(MIN_DELAY_NS, MAX_DELAY_NS);
     if let Some((split, p0, p1)) = cfg.partition {
         truth.partition = Some(((0..split).collect(), (split..n).collect(), start + p0, start + p1));
     }
@@ -293,6 +303,7 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
             let lossy = cfg.lossy.is_some_and(|(a, b, rate)| a == from && b == r && t < last_drop && rng.chance(rate));
             if cut(from, r, t) || lossy || (t < last_drop && rng.chance(cfg.drop_rate)) {
                 truth.network_losses.push((u, attempt, r));
+                truth.network_loss_sent_ns.push(t);
                 continue;
             }
             let at = t + delay(rng);
@@ -504,6 +515,9 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
         let last = mine.last().map_or(start, |&i| raw(pkts[i].t_true));
         b.begin_node(NodeInfo { name, window: (first, last), ..NodeInfo::default() }).expect("unique names");
         let mut seqs = [0u64; 2];
+        // Per CPU: the true time of the last record kept, and where a run of lost ones began.
+        let mut kept_at: [Option<i64>; 2] = [None; 2];
+        let mut blind_from: [Option<i64>; 2] = [None; 2];
         // Every k-th receive of each node is misdated, spread over the whole run.
         let receives = mine.iter().filter(|&&i| pkts[i].dir == Dir::Recv).count();
         let every = (receives * n).checked_div(cfg.misdated_receives).map_or(usize::MAX, |k| k.max(1));
@@ -514,8 +528,13 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
             let seq = seqs[cpu];
             seqs[cpu] += 1;
             if lost_records.contains(&i) {
+                blind_from[cpu] = blind_from[cpu].or(Some(kept_at[cpu].unwrap_or(start)));
                 continue;
             }
+            if let Some(from) = blind_from[cpu].take() {
+                truth.recorder_blind.push((node, from, p.t_true));
+            }
+            kept_at[cpu] = Some(p.t_true);
             let mut t = raw(p.t_true);
             if p.dir == Dir::Recv {
                 nth_receive += 1;
@@ -533,9 +552,25 @@ pub fn generate(cfg: &Config) -> (Trace, Truth) {
                 drop: None,
             });
         }
+        // Lost records after the last one kept: blind to the end.
+        truth.recorder_blind.extend(blind_from.iter().flatten().map(|&from| (node, from, i64::MAX)));
         b.end_node();
     }
     (b.finish(), truth)
+}
+
+impl Truth {
+    /// The network losses that would have arrived (MIN_DELAY_NS to MAX_DELAY_NS after their
+    /// send) while their receiver's recorder was blind, or up to `margin_ns` before that.
+    /// With no margin, these are the losses no analysis can call lost: a missing receive
+    /// there may be the recorder's loss.
+    pub fn losses_into_blind(&self, margin_ns: i64) -> std::collections::BTreeSet<(u64, u32, usize)> {
+        let near = |r: usize, sent: i64| {
+            let (a, b) = (sent + MIN_DELAY_NS, sent + MAX_DELAY_NS);
+            self.recorder_blind.iter().any(|&(node, from, to)| node == r && a <= to && from - margin_ns <= b)
+        };
+        self.network_losses.iter().zip(&self.network_loss_sent_ns).filter(|(l, sent)| near(l.2, **sent)).map(|(l, _)| *l).collect()
+    }
 }
 
 /// Node clock minus reference clock at true time `t`, from the truth.

@@ -31,6 +31,13 @@ fn ip(args: &[&str]) -> anyhow::Result<Output> {
     run(Command::new("ip").args(args))
 }
 
+/// A netfilter hook of a node's own firewall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Input,
+    Output,
+}
+
 pub struct Node {
     pub name: String,
     pub netns: String,
@@ -113,6 +120,47 @@ impl Node {
     pub fn nft(&self, script: &str) -> anyhow::Result<()> {
         nft_in(&self.netns, &self.name, script)
     }
+
+    /// This node's own firewall (table `wgo_fw`) drops what arrives from `peers` (`Input`) or
+    /// what it sends to them (`Output`); `None` removes the table.
+    pub fn firewall(&self, hook: Hook, peers: Option<&[Ipv4Addr]>) -> anyhow::Result<()> {
+        let Some(peers) = peers else { return self.nft("delete table inet wgo_fw") };
+        let set = peers.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+        let (chain, dir) = match hook {
+            Hook::Input => ("input", "saddr"),
+            Hook::Output => ("output", "daddr"),
+        };
+        self.nft(&format!(
+            "table inet wgo_fw {{\n  chain {chain} {{\n    type filter hook {chain} priority 0; policy accept;\n    ip {dir} {{ {set} }} drop\n  }}\n}}\n"
+        ))
+    }
+
+    /// Freezes (or thaws) every process of the node's cgroup (cgroup v2 `cgroup.freeze`),
+    /// waiting until the kernel reports it done.
+    pub fn freeze(&self, frozen: bool) -> anyhow::Result<()> {
+        std::fs::write(self.cgroup.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+            .with_context(|| format!("writing {}/cgroup.freeze", self.cgroup.display()))?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = std::fs::read_to_string(self.cgroup.join("cgroup.events"))?;
+            if events.lines().any(|l| l == want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{}: cgroup not {want} after 5 s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// One rule of [`Testbed::switch_drop`].
+pub struct SwitchRule {
+    pub from: Vec<Ipv4Addr>,
+    pub to: Vec<Ipv4Addr>,
+    /// `None`: everything.
+    pub percent: Option<u8>,
 }
 
 /// Runs an nft script (`nft -f -`) in a namespace.
@@ -253,6 +301,22 @@ impl Testbed {
             self.node(from).ipv4,
             self.node(to).ipv4
         ))
+    }
+
+    /// Installs (or, with `None`, removes) the switch's table `table`: each rule drops what
+    /// any of its sources sends to any of its destinations, all of it or `percent`% at random.
+    /// A fault of the network, not of either node. Each rule and brace on its own line (nft
+    /// 1.0.6 rejects `... drop; } }`).
+    pub fn switch_drop(&self, table: &str, rules: Option<&[SwitchRule]>) -> anyhow::Result<()> {
+        let Some(rules) = rules else { return self.switch_nft(&format!("delete table bridge {table}")) };
+        let mut script = format!("table bridge {table} {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n");
+        for r in rules {
+            let set = |a: &[Ipv4Addr]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ");
+            let chance = r.percent.map_or(String::new(), |p| format!("numgen random mod 100 < {p} "));
+            script += &format!("    ip saddr {{ {} }} ip daddr {{ {} }} {chance}drop\n", set(&r.from), set(&r.to));
+        }
+        script += "  }\n}\n";
+        self.switch_nft(&script)
     }
 
     /// Packets the switch's lossy rule dropped so far.

@@ -19,16 +19,20 @@ pub fn bin_dir() -> PathBuf {
     root().join("target/release")
 }
 
+/// `cargo +nightly SUBCOMMAND` on the eBPF programs, for the BPF target, as they are built.
+pub fn bpf_cargo(subcommand: &str) -> std::process::Command {
+    let mut cmd = clean_command("cargo");
+    cmd.current_dir(root())
+        // BTF for the btf maps; cpu v3 for atomic fetch-add.
+        .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3")
+        .args(["+nightly", subcommand, "--quiet", "-p", "capture-ebpf", "--bin", "capture", "--features", "programs"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--profile", "bpf"])
+        .args(["--target-dir", "target/bpf"]);
+    cmd
+}
+
 pub fn bpf() -> anyhow::Result<PathBuf> {
-    exec(
-        clean_command("cargo")
-            .current_dir(root())
-            // BTF for the btf maps; cpu v3 for atomic fetch-add.
-            .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf -C target-cpu=v3")
-            .args(["+nightly", "build", "--quiet", "-p", "capture-ebpf", "--bin", "capture", "--features", "programs"])
-            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--profile", "bpf"])
-            .args(["--target-dir", "target/bpf"]),
-    )?;
+    exec(&mut bpf_cargo("build"))?;
     Ok(bpf_object())
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask demo`: build, install what the demo runs, then run `wgo-demo`.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -10,6 +11,12 @@ use crate::build::root;
 
 pub fn run(crash: bool) -> anyhow::Result<()> {
     crate::build::all()?;
+    run_built(&root().join(if crash { "wgo-out/demo-crash" } else { "wgo-out/demo" }), crash)?;
+    Ok(())
+}
+
+/// Runs the (already built) demo with its output in `out`; returns the timeline page.
+pub fn run_built(out: &Path, crash: bool) -> anyhow::Result<PathBuf> {
     crate::setup::packages(wgo_tests::demo::COMMANDS)?;
     // Ctrl-C reaches the demo too, which cleans up and exits: wait for it instead of dying first.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -25,12 +32,12 @@ pub fn run(crash: bool) -> anyhow::Result<()> {
         .arg("--spec")
         .arg(root().join("examples/demo.toml"))
         .arg("--out")
-        .arg(root().join(if crash { "wgo-out/demo-crash" } else { "wgo-out/demo" }))
+        .arg(out)
         .args(crash.then_some("--crash"))
         .status()
         .context("starting wgo-demo")?;
     if !status.success() {
         bail!("the demo failed ({status})");
     }
-    Ok(())
+    Ok(out.join("timeline.html"))
 }

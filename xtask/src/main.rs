@@ -2,8 +2,10 @@
 
 mod bench;
 mod build;
+mod corpus;
 mod demo;
 mod exec;
+mod screenshots;
 mod setup;
 mod test;
 
@@ -33,6 +35,11 @@ enum Cmd {
         #[arg(long)]
         crash: bool,
     },
+    /// Run the demo and write the README's timeline screenshots into docs/.
+    Screenshots,
+    /// Run the whole corpus matrix: every Debian program under every fault, judged; prints
+    /// each scenario and the precision/recall table per half (root; about 40 minutes).
+    Corpus,
     /// Run each fuzz target briefly (as `test` does at its end).
     Fuzz,
     /// Run a benchmark and print its figures.
@@ -47,6 +54,8 @@ fn main() {
         Cmd::Build => build::all(),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo { crash } => demo::run(crash),
+        Cmd::Screenshots => screenshots::run(),
+        Cmd::Corpus => corpus::run(),
         Cmd::Fuzz => build::all().and_then(|()| test::fuzz()),
         Cmd::Bench { which } => bench::run(which),
     };

@@ -66,9 +66,12 @@ pub fn toolchain() -> anyhow::Result<()> {
         exec(clean_command("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
     let comps = output(clean_command("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
-    if !comps.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("xtask: adding rust-src to nightly");
-        exec(clean_command("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    // rust-src to build core for the BPF target; clippy to lint the programs there.
+    for comp in ["rust-src", "clippy"] {
+        if !comps.lines().any(|l| l.starts_with(comp)) {
+            eprintln!("xtask: adding {comp} to nightly");
+            exec(clean_command("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
+        }
     }
     bpf_linker()
 }

@@ -12,6 +12,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     crate::setup::packages(crate::setup::TEST_PACKAGES)?;
     crate::setup::packages(wgo_tests::corpus::PACKAGES)?;
     crate::setup::browser_test_packages()?;
+    // Perfetto's schema for the trace tests (a virtualenv under target/, made once).
+    wgo_tests::perfetto::python().map_err(anyhow::Error::msg)?;
     if extra.is_empty() {
         lint()?;
     }
@@ -31,7 +33,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo fmt --check` and clippy with every warning an error, on every target.
+/// `cargo fmt --check` and clippy with every warning an error, on every target, and on the
+/// eBPF programs (nightly, for the BPF target: the workspace's clippy never compiles them).
 pub fn lint() -> anyhow::Result<()> {
     let root = crate::build::root();
     eprintln!("xtask: checking formatting and lints");
@@ -46,7 +49,8 @@ pub fn lint() -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    exec(crate::build::bpf_cargo("clippy").args(["--", "-D", "warnings"]))
 }
 
 /// Runs each fuzz target briefly, from a corpus seeded with valid messages.

@@ -6,28 +6,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::anomalies::{Anomaly, CauseKind, Kind, PARTITION_WINDOW_NS};
+use super::anomalies::{Anomaly, Cause, CauseKind, Kind};
 use super::clocks::{Clocks, Quality};
-use super::matching::{Matching, address_owners, is_group_address};
+use super::matching::Matching;
+use super::partitions::PARTITION_WINDOW_NS;
 use super::rules::Violation;
-use super::trace::{EventId, NodeId, Trace};
-
-/// A link is lossy when at least this many of its messages were lost...
-pub const LOSSY_MIN_LOST: usize = 3;
-/// ...at least this share of them...
-pub const LOSSY_MIN_RATE: f64 = 0.05;
-/// ...at least this many times the other links' rate, pooled, and three standard deviations
-/// more losses than that rate gives (a link that is only unlucky is not lossy).
-pub const LOSSY_VS_OTHERS: f64 = 3.0;
-/// ...spread over at least this long.
-pub const LOSSY_MIN_SPAN_NS: i64 = 2 * PARTITION_WINDOW_NS;
+use super::trace::{Dir, EventId, NodeId, Trace};
 /// How long after a partition ends its cut-off nodes may take to come back (reconnects,
 /// backoffs): a silence that starts then is the partition's.
 pub const REJOIN_NS: i64 = 2_000_000_000;
 /// Evidence events kept per finding.
 const MAX_EVIDENCE: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     Partition,
@@ -40,6 +31,7 @@ pub enum FindingKind {
     KernelDrop,
     RetryStorm,
     Unanswered,
+    #[default]
     Violation,
 }
 
@@ -58,7 +50,7 @@ impl FindingKind {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Finding {
     pub kind: FindingKind,
     pub nodes: Vec<NodeId>,
@@ -68,6 +60,14 @@ pub struct Finding {
     pub span: Option<(i64, i64)>,
     pub text: String,
     pub evidence: Vec<EventId>,
+    /// For partitions: one list of nodes per island.
+    pub islands: Vec<Vec<NodeId>>,
+    /// For partitions, lossy links and kernel drops: where the lost messages died.
+    pub cause: Option<Cause>,
+    /// For a lossy node: the node all of whose links lost.
+    pub all_links_of: Option<NodeId>,
+    /// For stalls: the nodes that waited on the stalled one.
+    pub waiters: Vec<NodeId>,
 }
 
 pub struct Inputs<'a> {
@@ -79,6 +79,10 @@ pub struct Inputs<'a> {
     /// Names of the spec's `answered` invariants (their violations are unanswered requests).
     pub answered: &'a BTreeSet<String>,
     pub corrected: &'a dyn Fn(EventId) -> i64,
+    /// Message type per event (`rules::UNKNOWN` if none).
+    pub classes: &'a [u16],
+    /// An event's words (its message type and fields, or protocol and ports).
+    pub describe: &'a dyn Fn(EventId) -> String,
 }
 
 /// The ranked findings.
@@ -90,13 +94,17 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
     let evidence = |a: &Anomaly| a.events.iter().copied().take(MAX_EVIDENCE).collect::<Vec<_>>();
 
     for a in of(Kind::Partition) {
+        let mut nodes: Vec<NodeId> = a.islands.iter().flatten().copied().collect();
+        nodes.sort_unstable();
         out.push(Finding {
             kind: FindingKind::Partition,
-            nodes: a.islands.iter().flatten().copied().collect(),
-            links: Vec::new(),
+            nodes,
             span: a.span,
             text: a.text.clone(),
             evidence: evidence(a),
+            islands: a.islands.clone(),
+            cause: a.cause,
+            ..Finding::default()
         });
     }
     // A node cut off by a partition may fall silent as it comes back (reconnecting, catching
@@ -112,42 +120,56 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
         out.push(Finding {
             kind: FindingKind::StalledNode,
             nodes: a.nodes.to_vec(),
-            links: Vec::new(),
             span: a.span,
             text: a.text.clone(),
             evidence: evidence(a),
+            waiters: a.detail.as_ref().map_or_else(Vec::new, |d| d.waiters.clone()),
+            ..Finding::default()
         });
     }
     for a in of(Kind::MissingNode) {
         out.push(Finding {
             kind: FindingKind::MissingNode,
             nodes: Vec::new(),
-            links: Vec::new(),
             span: None,
             text: a.text.clone(),
             evidence: Vec::new(),
+            ..Finding::default()
         });
     }
-    out.extend(lossy_links(i));
+    for a in of(Kind::LossyLink) {
+        let d = a.detail.as_deref();
+        out.push(Finding {
+            kind: FindingKind::LossyLink,
+            nodes: a.nodes.to_vec(),
+            links: d.map_or_else(Vec::new, |d| d.links.clone()),
+            span: a.span,
+            text: a.text.clone(),
+            evidence: evidence(a),
+            cause: a.cause,
+            all_links_of: d.and_then(|d| d.all_links_of),
+            ..Finding::default()
+        });
+    }
     out.extend(kernel_drops(i));
     for a in of(Kind::RecorderLoss) {
         out.push(Finding {
             kind: FindingKind::RecorderLoss,
             nodes: a.nodes.to_vec(),
-            links: Vec::new(),
             span: a.span,
             text: a.text.clone(),
             evidence: evidence(a),
+            ..Finding::default()
         });
     }
     for a in of(Kind::ClockStep) {
         out.push(Finding {
             kind: FindingKind::ClockStep,
             nodes: a.nodes.to_vec(),
-            links: Vec::new(),
             span: a.span,
             text: a.text.clone(),
             evidence: evidence(a),
+            ..Finding::default()
         });
     }
     for (n, c) in i.clocks.nodes.iter().enumerate() {
@@ -155,14 +177,14 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             out.push(Finding {
                 kind: FindingKind::Clock,
                 nodes: vec![n as NodeId],
-                links: Vec::new(),
-                span: None,
+                    span: None,
                 text: format!(
                     "{}'s clock could not be estimated from the traffic (too few messages both ways): its times are taken as NTP-aligned, and losses to it are judged with a {} ms margin",
                     name(n as NodeId),
-                    super::anomalies::NTP_MARGIN_NS / 1_000_000
+                    super::losses::NTP_MARGIN_NS / 1_000_000
                 ),
                 evidence: Vec::new(),
+                ..Finding::default()
             });
         }
     }
@@ -176,18 +198,18 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
         out.push(Finding {
             kind: FindingKind::RetryStorm,
             nodes: vec![n],
-            links: Vec::new(),
             span,
             text: format!(
                 "retry storm on {}: {} message(s) resent {}+ times within {} ms{}; the first: {}",
                 name(n),
                 list.len(),
-                super::anomalies::STORM_COUNT,
-                super::anomalies::STORM_WINDOW_NS / 1_000_000,
+                super::retries::STORM_COUNT,
+                super::retries::STORM_WINDOW_NS / 1_000_000,
                 span.map_or(String::new(), |(a, b)| format!(" from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b))),
-                list[0].text.trim_start_matches("retry storm: ")
+                list[0].events.first().map_or_else(String::new, |&e| (i.describe)(e))
             ),
             evidence: list.iter().flat_map(|a| a.events.iter().copied()).take(MAX_EVIDENCE).collect(),
+            ..Finding::default()
         });
     }
     // Unanswered requests and other violations, one finding per invariant or rule.
@@ -204,29 +226,45 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
         out.push(Finding {
             kind: if unanswered { FindingKind::Unanswered } else { FindingKind::Violation },
             nodes,
-            links: Vec::new(),
             span,
             text: match unanswered {
-                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list)),
-                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list)),
+                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list, t, i.classes)),
+                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list, t, i.classes)),
             },
             evidence: list.iter().flat_map(|v| v.events.iter().copied()).take(MAX_EVIDENCE).collect(),
+            ..Finding::default()
         });
     }
-    out.sort_by_key(|f| (f.kind.class(), f.span.map_or(i64::MAX, |s| s.0), f.kind));
+    rank(&mut out, t);
     out
 }
 
-/// The first violation of each different shape (its text without numbers), up to three:
-/// "a timeout at start-up" and "a member rejoined" are different stories.
-fn examples(list: &[&Violation]) -> String {
+/// Most important first: within a class, by how much of the cluster a finding touches and
+/// for how long (a partition of the whole cluster for seconds before a kernel's drops at one
+/// node for a moment), then the earliest.
+fn rank(out: &mut [Finding], t: &Trace) {
+    let recording = t.nodes.iter().map(|n| n.window.1 - n.window.0).max().unwrap_or(0).max(1);
+    let weight = |f: &Finding| {
+        let touched = (f.nodes.len() + f.waiters.len()).max(1) as i128;
+        // A moment (one drop) weighs a millisecond; a finding with no span, the whole recording.
+        let long = f.span.map_or(recording, |(a, b)| (b - a).max(1_000_000)) as i128;
+        touched * long
+    };
+    out.sort_by_key(|f| (f.kind.class(), std::cmp::Reverse(weight(f)), f.span.map_or(i64::MAX, |s| s.0), f.kind));
+}
+
+/// The first violation of each different shape (the message types of its events and which
+/// way each went), up to three: "a timeout at start-up" and "a member rejoined" are
+/// different stories. Told from the data, never from the words.
+fn examples(list: &[&Violation], t: &Trace, classes: &[u16]) -> String {
     let mut seen = BTreeSet::new();
-    let picked: Vec<&str> = list
-        .iter()
-        .filter(|v| seen.insert(v.text.chars().filter(|c| !c.is_ascii_digit() && *c != '.').take(60).collect::<String>()))
-        .take(3)
-        .map(|v| v.text.as_str())
-        .collect();
+    let shape = |v: &Violation| {
+        v.events
+            .iter()
+            .map(|&e| (classes.get(e as usize).copied(), t.events.get(e as usize).map(|e| e.dir == Dir::Send)))
+            .collect::<Vec<_>>()
+    };
+    let picked: Vec<&str> = list.iter().filter(|v| seen.insert(shape(v))).take(3).map(|v| v.text.as_str()).collect();
     match picked.len() {
         1 => format!("the first: {}", picked[0]),
         _ => format!("the first of each kind: {}", picked.join("; ")),
@@ -237,83 +275,6 @@ fn span_of(times: impl Iterator<Item = i64>) -> Option<(i64, i64)> {
     times.fold(None, |acc, t| Some(acc.map_or((t, t), |(a, b): (i64, i64)| (a.min(t), b.max(t)))))
 }
 
-/// Directed links whose loss rate stands out from the others'. Losses a partition or a
-/// stall explains are not counted against a link.
-fn lossy_links(i: &Inputs<'_>) -> Vec<Finding> {
-    let t = i.trace;
-    let name = |n: NodeId| t.nodes[n as usize].name.as_str();
-    let partitions: Vec<(i64, i64, &Vec<Vec<NodeId>>)> =
-        i.anomalies.iter().filter(|a| a.kind == Kind::Partition).filter_map(|a| Some((a.span?.0, a.span?.1, &a.islands))).collect();
-    let stalls: Vec<(i64, i64, NodeId)> =
-        i.anomalies.iter().filter(|a| a.kind == Kind::StalledNode).filter_map(|a| Some((a.span?.0, a.span?.1, a.nodes[0]))).collect();
-    let explained = |from: NodeId, to: NodeId, at: i64| {
-        let island = |isl: &Vec<Vec<NodeId>>, n: NodeId| isl.iter().position(|x| x.contains(&n));
-        // A partition is known to a window or two: losses across it just outside are its own too.
-        partitions.iter().any(|(a, b, isl)| {
-            a - 2 * PARTITION_WINDOW_NS <= at && at <= b + 2 * PARTITION_WINDOW_NS && island(isl, from) != island(isl, to)
-        }) || stalls.iter().any(|(a, b, n)| *a <= at && at <= *b && (*n == from || *n == to))
-    };
-    // Sends per directed link: delivered messages and losses (unicast to an owned address).
-    let owners = address_owners(t);
-    let mut sent: BTreeMap<(NodeId, NodeId), usize> = BTreeMap::new();
-    for &(s, r) in &i.matching.messages {
-        let (a, b) = (t.events[s as usize].node, t.events[r as usize].node);
-        if a != b && !is_group_address(t.addr(t.events[s as usize].dst)) {
-            *sent.entry((a, b)).or_default() += 1;
-        }
-    }
-    let mut lost: BTreeMap<(NodeId, NodeId), Vec<(i64, EventId)>> = BTreeMap::new();
-    for a in i.anomalies.iter().filter(|a| a.kind == Kind::NetworkLoss) {
-        let (Some(&s), [from, to]) = (a.events.first(), a.nodes.as_slice()) else { continue };
-        let at = (i.corrected)(s);
-        let unicast = owners.get(&t.events[s as usize].dst) == Some(to);
-        if unicast {
-            *sent.entry((*from, *to)).or_default() += 1;
-        }
-        // A kernel's drops are its own finding, not the link's.
-        let network = a.cause.is_none_or(|c| c.kind == CauseKind::Network);
-        if network && !explained(*from, *to, at) {
-            lost.entry((*from, *to)).or_default().push((at, s));
-        }
-    }
-    let sent_on = |k: &(NodeId, NodeId)| sent.get(k).copied().unwrap_or(0).max(lost.get(k).map_or(0, Vec::len));
-    let links: BTreeSet<(NodeId, NodeId)> = sent.keys().chain(lost.keys()).copied().collect();
-    let (all_sent, all_lost): (usize, usize) = (links.iter().map(sent_on).sum(), lost.values().map(Vec::len).sum());
-    let mut out = Vec::new();
-    for (k, l) in &lost {
-        let n = sent_on(k);
-        let r = l.len() as f64 / n.max(1) as f64;
-        // The other links' loss rate, pooled: what this link would lose if it were like them.
-        let others = all_lost.saturating_sub(l.len()) as f64 / all_sent.saturating_sub(n).max(1) as f64;
-        let expected = others * n as f64;
-        let stands_out = l.len() as f64 >= expected + 3.0 * expected.sqrt();
-        let span = span_of(l.iter().map(|x| x.0));
-        // A link loses over time: a burst of losses within moments is an event, not the link.
-        let lasting = span.is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
-        if l.len() < LOSSY_MIN_LOST || r < LOSSY_MIN_RATE || r < LOSSY_VS_OTHERS * others || !stands_out || !lasting {
-            continue;
-        }
-        out.push(Finding {
-            kind: FindingKind::LossyLink,
-            nodes: vec![k.0, k.1],
-            links: vec![*k],
-            span,
-            text: format!(
-                "lossy link {} → {}: {} of {} messages lost ({:.0}%){}; the other links lost {:.1}%",
-                name(k.0),
-                name(k.1),
-                l.len(),
-                n,
-                r * 100.0,
-                span.map_or(String::new(), |(a, b)| format!(" from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b))),
-                others * 100.0
-            ),
-            evidence: l.iter().map(|x| x.1).take(MAX_EVIDENCE).collect(),
-        });
-    }
-    out
-}
-
 /// The kernels' drops, one finding per node that dropped, which way and why: lost messages
 /// whose drop was recorded, and drops no recorded send explains.
 fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
@@ -322,8 +283,25 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     // (dropping node, going out, reason) → (peers, span, evidence, count, unexplained drops).
     type Group = (BTreeSet<NodeId>, Vec<i64>, Vec<EventId>, usize);
     let mut groups: BTreeMap<(NodeId, bool, u16), Group> = BTreeMap::new();
+    // A lost message a partition or a lossy link explains is theirs: its drop record is
+    // their cause, not a finding of its own.
+    let partitions: Vec<&Anomaly> = i.anomalies.iter().filter(|a| a.kind == Kind::Partition).collect();
+    let lossy: Vec<&Anomaly> = i.anomalies.iter().filter(|a| a.kind == Kind::LossyLink).collect();
+    let theirs = |a: &Anomaly| {
+        let ([from, to], Some((at, _))) = (a.nodes.as_slice(), a.span) else { return false };
+        let island = |isl: &Vec<Vec<NodeId>>, n: NodeId| isl.iter().position(|x| x.contains(&n));
+        let slack = 2 * PARTITION_WINDOW_NS;
+        partitions.iter().any(|p| {
+            p.span.is_some_and(|(x, y)| x - slack <= at && at <= y + slack) && island(&p.islands, *from) != island(&p.islands, *to)
+        }) || lossy
+            .iter()
+            .any(|l| l.span.is_some_and(|(x, y)| x <= at && at <= y) && l.detail.as_ref().is_some_and(|d| d.links.contains(&(*from, *to))))
+    };
     for a in i.anomalies {
         let Some(c) = a.cause.filter(|c| c.kind != CauseKind::Network) else { continue };
+        if a.detail.as_ref().is_some_and(|d| d.startup) || (a.kind == Kind::NetworkLoss && c.on_path(t) && theirs(a)) {
+            continue;
+        }
         let out_going = c.kind == CauseKind::SenderKernel;
         let (node, peer) = match (a.kind, a.nodes.as_slice()) {
             (Kind::NetworkLoss, [from, to]) => (if out_going { *from } else { *to }, Some(if out_going { *to } else { *from })),
@@ -341,6 +319,7 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     groups
         .into_iter()
         .map(|((node, out_going, reason), (peers, times, evidence, count))| {
+            let reason_id = reason;
             let reason = t.drop_reasons.get(reason as usize).map_or("?", String::as_str);
             let who = name(node);
             let peers: Vec<&str> = peers.iter().map(|&p| name(p)).collect();
@@ -364,7 +343,84 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
                 Some((a, b)) => format!("{text} from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b)),
                 None => text,
             };
-            Finding { kind: FindingKind::KernelDrop, nodes: vec![node], links: Vec::new(), span, text, evidence }
+            Finding {
+                kind: FindingKind::KernelDrop,
+                nodes: vec![node],
+                span,
+                text,
+                evidence,
+                cause: Some(Cause {
+                    kind: if out_going { CauseKind::SenderKernel } else { CauseKind::ReceiverKernel },
+                    reason: (reason_id != u16::MAX).then_some(reason_id),
+                }),
+                ..Finding::default()
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::super::{Inputs, analyze};
+    use super::*;
+
+    #[test]
+    fn refusals_while_a_listener_starts_are_no_finding_and_a_partition_ranks_above_a_longer_lasting_drop() {
+        let udp_on = |from: u8, to: u8, port: u16, id: u16| {
+            crate::packet::tests::udp4(addr(from), addr(to), port, port, id, format!("hello {id}").as_bytes())
+        };
+        let udp_to = |from: u8, to: u8, port: u16, id: u16| udp_on(from, to, if port == 7000 { 7000 } else { 7100 }, id);
+        let mut nodes: Vec<Vec<Ev>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for k in 0..50i64 {
+            let t = 100 * MS + k * 100 * MS;
+            let id = k as u16;
+            // n2's listener comes up at 1 s: until then, n1's hellos are refused.
+            nodes[0].push(send(t, udp_to(0, 1, 7000, id)));
+            if t < 1000 * MS {
+                nodes[1].push(dropped(recv(t + MS / 10, udp_to(0, 1, 7000, id)), "no_socket"));
+            } else {
+                nodes[1].push(recv(t + MS / 10, udp_to(0, 1, 7000, id)));
+                nodes[1].push(send(t + MS, udp_to(1, 0, 7000, 1000 + id)));
+                nodes[0].push(recv(t + MS + MS / 10, udp_to(1, 0, 7000, 1000 + id)));
+            }
+            // n3 ↔ n1 and n3 ↔ n2, cut off from 2 s to 4 s.
+            let cut = (2000 * MS..4000 * MS).contains(&t);
+            for (a, b, j) in [(2u8, 0u8, 2000), (0, 2, 3000), (2, 1, 4000), (1, 2, 5000)] {
+                nodes[a as usize].push(send(t + 2 * MS, udp_to(a, b, 7100, j + id)));
+                if !cut {
+                    nodes[b as usize].push(recv(t + 2 * MS + MS / 10, udp_to(a, b, 7100, j + id)));
+                }
+            }
+            // Something n3 sends to a port n2 never listens on, all along.
+            if k % 5 == 0 {
+                nodes[2].push(send(t + 3 * MS, udp_on(2, 1, 7001, 6000 + id)));
+                nodes[1].push(dropped(recv(t + 3 * MS + MS / 10, udp_on(2, 1, 7001, 6000 + id)), "no_socket"));
+            }
+        }
+        let a = analyze(trace(nodes), Inputs::default());
+        let kinds: Vec<(FindingKind, Vec<NodeId>)> = a.findings.iter().map(|f| (f.kind, f.nodes.clone())).collect();
+        // The partition touches all three nodes for 2 s; the refusals to port 7001, one node
+        // for 4.5 s, though they began first; the start-up refusals are none.
+        assert_eq!(kinds, vec![(FindingKind::Partition, vec![0, 1, 2]), (FindingKind::KernelDrop, vec![1])], "{:#?}", a.findings);
+        assert!(a.findings[1].text.starts_with("nothing listened on n2 for 10 messages from n3"), "{}", a.findings[1].text);
+    }
+
+    #[test]
+    fn a_firewall_partition_is_one_finding_whose_cause_is_the_firewalls() {
+        let side = |n: u8| n < 2;
+        for how in [Fate::FirewallIn, Fate::FirewallOut] {
+            let msgs = mesh(5, (100 * MS, 4000 * MS), 100 * MS, |t, a, b, _| {
+                if side(a) != side(b) && (1000 * MS..3000 * MS).contains(&t) { how } else { Fate::Delivered }
+            });
+            let a = analyze(trace(traffic_fates(5, &msgs)), Inputs::default());
+            // The drop records are the partition's cause, not findings of their own.
+            let kinds: Vec<FindingKind> = a.findings.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, vec![FindingKind::Partition], "{how:?}: {:#?}", a.findings);
+            let f = &a.findings[0];
+            assert_eq!(f.islands, vec![vec![0, 1], vec![2, 3, 4]]);
+            let reason = f.cause.and_then(|c| c.reason).map(|r| a.trace.drop_reasons[r as usize].as_str());
+            assert_eq!(reason, Some("netfilter_drop"));
+        }
+    }
 }

@@ -4,20 +4,29 @@
 //! A one-way chain, each module using only those before it: [`fmt`] → [`trace`] (read
 //! dumps) → [`spec`] → [`matching`] (certain messages) → [`steps`] (clock steps, undone) → [`clocks`] (estimated from
 //! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
-//! → [`order`] (happens-before) → [`anomalies`] → [`diagnosis`] (ranked findings). This file runs the chain; `report`
+//! → [`order`] (happens-before) → [`anomalies`] (their kinds, as data) → the detectors, one module
+//! each: [`kernel_drops`], [`losses`], [`retries`], [`stalls`], [`partitions`], [`lossy`] →
+//! [`detect`] (runs them) → [`diagnosis`] (ranked findings). This file runs the chain; `report`
 //! turns its [`Analysis`] into JSON, pcapng, HTML and text.
 
 pub mod anomalies;
 pub mod clocks;
+pub mod detect;
 pub mod diagnosis;
 pub mod fmt;
+pub mod kernel_drops;
+pub mod losses;
+pub mod lossy;
 pub mod matching;
 pub mod order;
+pub mod partitions;
+pub mod retries;
 pub mod rules;
 pub mod spec;
+pub mod stalls;
 pub mod steps;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 pub mod trace;
 
 use std::collections::BTreeSet;
@@ -68,6 +77,7 @@ pub struct Streamed<'a> {
     pub spec: &'a Spec,
     pub classes: &'a [u16],
     pub clocks: &'a Clocks,
+    pub matching: &'a Matching,
     pub batches: std::sync::mpsc::Receiver<Vec<order::Placed>>,
 }
 
@@ -120,7 +130,7 @@ fn analyze_inner<R: Send>(
         let writer = stream.map(|f| {
             std::thread::Builder::new()
                 .name("wgo-stream".into())
-                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, batches }))
+                .spawn_scoped(scope, move || f(Streamed { trace, spec: spec_ref, classes: classes_ref, clocks, matching, batches }))
                 .expect("spawning the event stream")
         });
         let placed_tx = writer.is_some().then_some(placed_tx);
@@ -152,7 +162,7 @@ fn analyze_inner<R: Send>(
                 }
                 Some(h.finish())
             };
-            let found = anomalies::find(&anomalies::Context {
+            let found = detect::find(&anomalies::Context {
                 trace,
                 matching,
                 clocks,
@@ -201,6 +211,8 @@ fn analyze_inner<R: Send>(
         violations: &violations,
         answered: &unanswered,
         corrected: &corrected,
+        classes: &classes,
+        describe: &describe,
     });
     phase.done("diagnosis");
     (

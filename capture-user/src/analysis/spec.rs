@@ -99,7 +99,12 @@ pub enum SpecError {
     At { file: String, line: usize, message: String },
     #[error("{file}: {source}")]
     Io { file: String, source: std::io::Error },
+    #[error("{file}: larger than {max} bytes, more than any protocol's spec needs")]
+    TooLarge { file: String, max: u64 },
 }
+
+/// The largest spec read: 4 MiB is some 40 000 messages, and loads in well under a second.
+pub const MAX_SPEC_BYTES: u64 = 4 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,9 +357,17 @@ fn line_of(text: &str, span: Range<usize>) -> usize {
 }
 
 impl Spec {
+    /// Reads and parses a spec: a regular file of at most [`MAX_SPEC_BYTES`].
     pub fn load(path: &std::path::Path) -> Result<Spec, SpecError> {
+        use std::io::Read;
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io { file: file.clone(), source })?;
+        let io = |source| SpecError::Io { file: file.clone(), source };
+        let mut text = String::new();
+        // Bounded as it is read, not only by its size now: a file may grow.
+        crate::outfile::open_regular(path).map_err(io)?.take(MAX_SPEC_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+        if text.len() as u64 > MAX_SPEC_BYTES {
+            return Err(SpecError::TooLarge { file, max: MAX_SPEC_BYTES });
+        }
         Spec::parse(&text, &file)
     }
 
@@ -365,8 +378,11 @@ impl Spec {
             SpecError::At { file: file.to_string(), line, message: plain_types(e.message()) }
         })?;
         let mut spec = Spec { name: raw.name.unwrap_or_else(|| "protocol".into()), ..Spec::default() };
+        // Messages by name: a lookup per message, rule and invariant, not a scan (a spec
+        // of 200 000 messages loaded in over a minute).
+        let mut by_name: std::collections::HashMap<String, usize> = std::collections::HashMap::with_capacity(raw.message.len());
         for m in &raw.message {
-            if spec.messages.iter().any(|x| x.name == *m.name.get_ref()) {
+            if by_name.insert(m.name.get_ref().clone(), spec.messages.len()).is_some() {
                 return Err(err(m.name.span(), format!("message {} is defined twice", m.name.get_ref())));
             }
             let transport = match m.transport.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
@@ -464,12 +480,12 @@ impl Spec {
                 label_parts,
             });
         }
-        let msg = |spec: &Spec, name: &Spanned<String>| {
-            spec.messages
-                .iter()
-                .position(|m| m.name == *name.get_ref())
-                .ok_or_else(|| err(name.span(), format!("no message is named {}", name.get_ref())))
+        let msg = |_: &Spec, name: &Spanned<String>| {
+            by_name.get(name.get_ref()).copied().ok_or_else(|| err(name.span(), format!("no message is named {}", name.get_ref())))
         };
+        // Where each line starts, for the line of every rule.
+        let line_starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let line_at = |span: Range<usize>| line_starts.partition_point(|&s| s <= span.start.min(text.len()));
         let dir = |d: &Option<Spanned<String>>| match d.as_ref().map(|d| (d.get_ref().as_str(), d.span())) {
             None | Some(("any", _)) => Ok(None),
             Some(("send", _)) => Ok(Some(Dir::Send)),
@@ -527,7 +543,7 @@ impl Spec {
                 after,
                 same_node: r.same_node,
                 key: k,
-                line: line_of(text, r.name.span()),
+                line: line_at(r.name.span()),
             });
         }
         for inv in &raw.invariant {
@@ -838,6 +854,33 @@ dir = "send"
         assert!(e.contains("line 14") && e.contains("no label \"ABORTED\""), "{e}");
         let e = Spec::parse(&text.replace("where = { phase", "where = { stage"), "v.toml").unwrap_err().to_string();
         assert!(e.contains("VOTE has no field stage"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_that_is_not_a_bounded_regular_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("wgo-spec-bounds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("spec.toml");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // A FIFO nobody writes to hangs a blocking read; /dev/zero never ends.
+        for (p, what) in [(fifo.clone(), "a FIFO"), (std::path::PathBuf::from("/dev/zero"), "a character device")] {
+            let err = Spec::load(&p).unwrap_err().to_string();
+            assert!(err.contains(&p.display().to_string()) && err.contains(what), "{err}");
+        }
+        let big = dir.join("big.toml");
+        let mut text = SPEC.to_string();
+        while (text.len() as u64) <= MAX_SPEC_BYTES {
+            text.push_str("# padding, padding, padding, padding, padding, padding, padding\n");
+        }
+        std::fs::write(&big, &text).unwrap();
+        let err = Spec::load(&big).unwrap_err();
+        assert!(matches!(err, SpecError::TooLarge { .. }) && err.to_string().contains("larger than"), "{err}");
+        std::fs::write(&big, SPEC).unwrap();
+        assert_eq!(Spec::load(&big).unwrap().messages.len(), Spec::parse(SPEC, "t").unwrap().messages.len());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

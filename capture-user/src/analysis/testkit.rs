@@ -2,8 +2,10 @@
 //! named `n{k+1}` and sends from 10.0.0.{k+1}; events are given per node with their
 //! raw time, and get per-CPU sequence numbers on CPU 0 in time order.
 
-use super::matching::TimeMap;
-use super::trace::{Dir, NodeId, NodeInfo, RawPacket, Trace, TraceBuilder};
+use super::anomalies::{Anomaly, Context, Kind};
+use super::detect::find;
+use super::matching::{MatchIndex, TimeMap, match_messages, resolve_by_time};
+use super::trace::{Dir, EventId, NodeId, NodeInfo, RawPacket, Trace, TraceBuilder};
 
 /// A node's address.
 pub fn addr(node: u8) -> [u8; 4] {
@@ -140,4 +142,108 @@ impl TimeMap for Offsets {
     fn uncertainty(&self, _: NodeId) -> i64 {
         0
     }
+}
+
+/// Runs every detector on a trace whose clocks are all the same (missing node: n9).
+pub fn anomalies(t: &Trace) -> Vec<Anomaly> {
+    let index = MatchIndex::new(t);
+    let mut m = match_messages(t, &index);
+    resolve_by_time(&mut m, t, &index, &SameClock);
+    let describe = |id: EventId| format!("event {id}");
+    find(&Context {
+        trace: t,
+        matching: &m,
+        clocks: &SameClock,
+        describe: &describe,
+        missing_nodes: &["n9".to_string()],
+        identity: &|_| None,
+    })
+}
+
+/// The anomalies of one kind.
+pub fn of(found: &[Anomaly], kind: Kind) -> Vec<&Anomaly> {
+    found.iter().filter(|a| a.kind == kind).collect()
+}
+
+pub const MS: i64 = 1_000_000;
+
+/// A cluster's traffic: each (time, from, to, delivered) is a datagram, received
+/// 100 µs later when delivered.
+pub fn traffic(nodes: usize, msgs: &[(i64, u8, u8, bool)]) -> Vec<Vec<Ev>> {
+    let mut out: Vec<Vec<Ev>> = (0..nodes).map(|_| Vec::new()).collect();
+    for (i, &(t, from, to, delivered)) in msgs.iter().enumerate() {
+        let p = || udp(addr(from), addr(to), i as u16, format!("HB{i}").as_bytes());
+        out[from as usize].push(send(t, p()));
+        if delivered {
+            out[to as usize].push(recv(t + MS / 10, p()));
+        }
+    }
+    out
+}
+
+/// Clocks that could not be estimated (assumed NTP-aligned).
+pub struct Unknown;
+impl TimeMap for Unknown {
+    fn corrected(&self, _: NodeId, t_raw: i64) -> i64 {
+        t_raw
+    }
+    fn uncertainty(&self, _: NodeId) -> i64 {
+        0
+    }
+    fn known(&self, _: NodeId) -> bool {
+        false
+    }
+}
+
+/// What became of a datagram in [`traffic_fates`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Delivered,
+    /// Lost in the network: no record of it on the receiver.
+    Lost,
+    /// Dropped by the receiver's firewall: a drop record of it coming in.
+    FirewallIn,
+    /// Dropped by the sender's own firewall: a drop record of it going out, and no send.
+    FirewallOut,
+}
+
+/// A cluster's traffic as in [`traffic`], with each datagram's fate.
+pub fn traffic_fates(nodes: usize, msgs: &[(i64, u8, u8, Fate)]) -> Vec<Vec<Ev>> {
+    let mut out: Vec<Vec<Ev>> = (0..nodes).map(|_| Vec::new()).collect();
+    for (i, &(t, from, to, fate)) in msgs.iter().enumerate() {
+        let p = || udp(addr(from), addr(to), i as u16, format!("HB{i}").as_bytes());
+        match fate {
+            Fate::FirewallOut => out[from as usize].push(dropped(send(t, p()), "netfilter_drop")),
+            _ => out[from as usize].push(send(t, p())),
+        }
+        match fate {
+            Fate::Delivered => out[to as usize].push(recv(t + MS / 10, p())),
+            Fate::FirewallIn => out[to as usize].push(dropped(recv(t + MS / 10, p()), "netfilter_drop")),
+            Fate::Lost | Fate::FirewallOut => {}
+        }
+    }
+    out
+}
+
+/// Every ordered pair of `nodes` nodes exchanging a datagram every `every` ns over
+/// `from..to`, with the fate `fate` gives (time, from, to, k-th message of that pair).
+pub fn mesh(nodes: u8, (from, to): (i64, i64), every: i64, fate: impl Fn(i64, u8, u8, i64) -> Fate) -> Vec<(i64, u8, u8, Fate)> {
+    let mut msgs = Vec::new();
+    let mut k = 0;
+    let mut t = from;
+    while t < to {
+        let mut j = 0;
+        for a in 0..nodes {
+            for b in 0..nodes {
+                if a != b {
+                    let at = t + j * 10_000;
+                    msgs.push((at, a, b, fate(at, a, b, k)));
+                    j += 1;
+                }
+            }
+        }
+        k += 1;
+        t += every;
+    }
+    msgs
 }

@@ -250,6 +250,15 @@ impl Trace {
 
     /// Reads dumps, one node per file.
     pub fn read_files(files: &[PathBuf]) -> Result<Trace, TraceError> {
+        let files: Vec<(PathBuf, Option<String>)> = files.iter().map(|f| (f.clone(), None)).collect();
+        Trace::read_files_as(&files)
+    }
+
+    /// Reads dumps, one node per file, each named as the collector verified it where that
+    /// is known (its manifest's name for the file): a dump's own `wgo:node=` is only a
+    /// claim. Two dumps that still claim one name do not stop the report: the later is
+    /// named after its file (or numbered), with a note in its node's `skipped`.
+    pub fn read_files_as(files: &[(PathBuf, Option<String>)]) -> Result<Trace, TraceError> {
         if files.is_empty() {
             return Err(TraceError::Empty);
         }
@@ -257,13 +266,36 @@ impl Trace {
         // Files are read in parallel, each into a trace of its own, then appended in order.
         let parts: Vec<Result<Trace, TraceError>> = files
             .par_iter()
-            .map(|f| {
+            .map(|(f, verified)| {
                 let mut b = TraceBuilder::default();
                 b.read_file(f)?;
-                Ok(b.finish())
+                let mut t = b.finish();
+                if let (Some(name), Some(node)) = (verified, t.nodes.first_mut())
+                    && node.name != *name
+                {
+                    tracing::warn!("{}: the dump says it is node {}, the collector received it from {name}", f.display(), node.name);
+                    node.skipped.push(format!("its claim to be node {}: the collector received it from {name}", node.name));
+                    node.name = name.clone();
+                }
+                Ok(t)
             })
             .collect();
         let mut parts = parts.into_iter().collect::<Result<Vec<Trace>, TraceError>>()?;
+        let mut names = std::collections::HashSet::new();
+        for part in &mut parts {
+            let Some(node) = part.nodes.first_mut() else { continue };
+            if !names.insert(node.name.clone()) {
+                let stem = node.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "node".into());
+                let free = std::iter::once(stem.clone())
+                    .chain((2..).map(|k| format!("{stem}-{k}")))
+                    .find(|n| !names.contains(n))
+                    .expect("a free name");
+                tracing::warn!("two dumps are from node {}: {} is reported as {free}", node.name, node.file.display());
+                node.skipped.push(format!("its claim to be node {}, which an earlier dump is: reported as {free}", node.name));
+                node.name = free.clone();
+                names.insert(free);
+            }
+        }
         let t0 = std::time::Instant::now();
         let mut b = TraceBuilder::default();
         b.trace.events.reserve_exact(parts.iter().map(|p| p.events.len()).sum());
@@ -485,7 +517,8 @@ impl TraceBuilder {
 
     /// Reads one dump as one node. A damaged file keeps what was read before the damage.
     pub fn read_file(&mut self, file: &Path) -> Result<NodeId, TraceError> {
-        let f = std::fs::File::open(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
+        // A FIFO or a device is refused: it would hang the report, or never end.
+        let f = crate::outfile::open_regular(file).map_err(|source| TraceError::Open { file: file.to_path_buf(), source })?;
         self.read_dump(std::io::BufReader::with_capacity(1 << 20, f), file)
     }
 
@@ -632,6 +665,62 @@ impl TraceBuilder {
 mod tests {
     use super::super::testkit::{addr, recv, send, trace, udp};
     use super::*;
+
+    /// Writes a one-packet dump that calls itself `node`.
+    fn dump_claiming(dir: &Path, file: &str, node: &str) -> PathBuf {
+        use crate::dump::{DumpInfo, DumpWriter, WritePacket};
+        let info = DumpInfo { node: node.into(), snaplen: 64, start_wall_ns: 1_000, end_wall_ns: 9_000, ..DumpInfo::default() };
+        let path = dir.join(file);
+        let mut w = DumpWriter::new(std::fs::File::create(&path).unwrap(), &info).unwrap();
+        let ip = udp(addr(0), addr(1), 1, b"A");
+        w.packet(&WritePacket {
+            wall_ns: 2_000,
+            direction: Some(Direction::Egress),
+            seq: 1,
+            cpu: 0,
+            ktime_ns: None,
+            orig_len: ip.len() as u32,
+            ip: &ip,
+            drop_reason: None,
+        })
+        .unwrap();
+        w.finish(&info).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_dump_claiming_another_nodes_name_is_named_as_verified_and_the_rest_reported() {
+        let dir = std::env::temp_dir().join(format!("wgo-trace-claims-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // b's dump says it is a (the collector checked the name b in the handshake).
+        let a = dump_claiming(&dir, "a.pcapng", "a");
+        let b = dump_claiming(&dir, "b.pcapng", "a");
+        let t = Trace::read_files_as(&[(a.clone(), Some("a".into())), (b.clone(), Some("b".into()))]).unwrap();
+        assert_eq!(t.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(t.nodes[0].skipped.is_empty());
+        assert!(t.nodes[1].skipped[0].contains("claim to be node a") && t.nodes[1].skipped[0].contains("received it from b"));
+        // Without a manifest: the report goes on, the second named after its file.
+        let t = Trace::read_files(&[a, b]).unwrap();
+        assert_eq!(t.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(t.nodes[1].skipped[0].contains("an earlier dump is"), "{:?}", t.nodes[1].skipped);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_given_as_a_dump_is_refused_not_waited_on() {
+        let dir = std::env::temp_dir().join(format!("wgo-trace-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("node1.pcapng");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let Err(err) = Trace::read_files(std::slice::from_ref(&fifo)) else { panic!("a FIFO read as a dump") };
+        let err = err.to_string();
+        assert!(err.contains("node1.pcapng") && err.contains("a FIFO"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn events_are_per_node_in_time_order_with_the_addresses_each_node_sends_from() {

@@ -4,10 +4,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-use std::time::Instant;
-
-use anyhow::Context;
+use std::time::{Duration, Instant};
 
 use super::positive_f64;
 
@@ -71,8 +68,23 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(s.into())
 }
 
-/// A trigger to send once the collector listens: its id, its send time, and the sending.
-pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>);
+/// A trigger to send once the collector listens: its id, its send time, the sending, and
+/// what to check if no agent hears it.
+pub type PendingTrigger = (u64, i64, Box<dyn FnOnce() + Send>, String);
+
+/// Binding the collector's port: one taken (by `wgo serve`, most likely) gets a hint.
+fn bind_error(e: std::io::Error, proto: &str, addr: SocketAddr, triggering: bool) -> anyhow::Error {
+    let taken = e.kind() == std::io::ErrorKind::AddrInUse;
+    let e = anyhow::Error::new(e).context(format!("listening on {proto} {addr}"));
+    match (taken, triggering) {
+        (true, true) => e.context(format!(
+            "port {} is taken, perhaps by `wgo serve`: to have it collect, give `--collector {addr}` (instead of --listen and --out); or --listen on another port",
+            addr.port()
+        )),
+        (true, false) => e.context(format!("port {} is taken, perhaps by `wgo serve` or another collector: --listen on another port", addr.port())),
+        (false, _) => e,
+    }
+}
 
 /// How long the collector waits for the first agent to say it heard the trigger before it
 /// says that none did.
@@ -138,25 +150,14 @@ fn watch_progress(
 
 /// Binds the collector's sockets (before any trigger goes out) and collects.
 pub fn run(args: CollectorFlags, trigger: Option<PendingTrigger>, known_id: Option<u64>) -> anyhow::Result<()> {
-    run_saying(args, trigger, known_id, None)
-}
-
-/// [`run`]; and if no agent says it heard the trigger within [`SILENCE`], a warning that
-/// says so, with `hint`: what to check (`wgo trigger` says where it sent the trigger).
-pub fn run_saying(
-    args: CollectorFlags,
-    trigger: Option<PendingTrigger>,
-    known_id: Option<u64>,
-    hint: Option<String>,
-) -> anyhow::Result<()> {
     let out = args.out.clone().ok_or_else(|| anyhow::anyhow!("say where the dumps go: --out DIR"))?;
     let secret = wgo::transport::secret::load_secret(&args.secret_file)?;
     let expect = parse_expect(args.expect.as_deref())?;
-    let listener = listen(args.listen).with_context(|| format!("listening on TCP {}", args.listen))?;
-    let udp = UdpSocket::bind(args.listen).with_context(|| format!("listening on UDP {}", args.listen))?;
-    let (trigger_id, sent, send) = match trigger {
-        Some((id, sent, send)) => (Some(id), Some(sent), Some(send)),
-        None => (known_id, None, None),
+    let listener = listen(args.listen).map_err(|e| bind_error(e, "TCP", args.listen, trigger.is_some()))?;
+    let udp = UdpSocket::bind(args.listen).map_err(|e| bind_error(e, "UDP", args.listen, trigger.is_some()))?;
+    let (trigger_id, sent, send, hint) = match trigger {
+        Some((id, sent, send, hint)) => (Some(id), Some(sent), Some(send), Some(hint)),
+        None => (known_id, None, None, None),
     };
     let opts = wgo::transport::collector::CollectOptions {
         out: out.clone(),
@@ -182,7 +183,8 @@ pub fn run_saying(
             send();
         }
     });
-    let manifest = wgo::transport::manifest::Manifest::load(&out).unwrap_or_default();
+    // A damaged one is the collector's error, in `result`.
+    let manifest = wgo::transport::manifest::Manifest::load(&out).ok().flatten().unwrap_or_default();
     for n in &manifest.nodes {
         match (n.bytes, n.arrived_ns) {
             (Some(b), Some(_)) => println!("{:<16} {b:>12} bytes  sha256 {}", n.name, n.sha256.as_deref().unwrap_or("")),

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use wgo::node::recorder::Recorder;
+use wgo::outfile;
 
 use super::{CaptureFlags, hostname, peak_rss_kib, positive_f64, stop_flag};
 
@@ -29,11 +30,12 @@ pub struct RecordArgs {
 pub fn run(args: RecordArgs) -> anyhow::Result<()> {
     let opts = args.capture.record_options(args.cgroup, args.node.unwrap_or_else(hostname));
     // Fail before recording, not after, if the dump cannot be written.
-    let special = wgo::outfile::is_special(&args.out);
-    let tmp = if special { args.out.clone() } else { wgo::outfile::partial_path(&args.out) };
     // Private: a dump holds payload bytes.
-    let open = || if special { std::fs::OpenOptions::new().write(true).open(&tmp) } else { wgo::transport::spool::create_private(&tmp) };
-    open().with_context(|| format!("cannot write {}", args.out.display()))?;
+    let out = if outfile::is_special(&args.out) {
+        Output::Special(outfile::open_special(&args.out)?)
+    } else {
+        Output::Partial(outfile::Partial::create(&args.out, 0o600)?)
+    };
 
     let stop = stop_flag()?;
     let result = (|| {
@@ -43,18 +45,26 @@ pub fn run(args: RecordArgs) -> anyhow::Result<()> {
         let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
         recorder.run(&stop, deadline)?;
         let (ring, info) = recorder.finish()?;
-        let file = open().with_context(|| format!("writing {}", tmp.display()))?;
-        let written = wgo::dump::write_dump(file, &info, ring.iter())?;
-        if !special {
-            std::fs::rename(&tmp, &args.out).with_context(|| format!("renaming {} to {}", tmp.display(), args.out.display()))?;
-        }
+        let written = match out {
+            Output::Special(f) => wgo::dump::write_dump(f, &info, ring.iter())?,
+            Output::Partial(p) => {
+                let written =
+                    wgo::dump::write_dump(p.file(), &info, ring.iter()).with_context(|| format!("writing {}", p.path().display()))?;
+                p.commit(outfile::Durability::Durable)?;
+                written
+            }
+        };
         print!("{}", wgo::node::recorder::summarize(&ring, &info));
         println!("wrote {} packets to {}", written.packets, args.out.display());
         tracing::info!("peak memory {} KiB", peak_rss_kib());
         anyhow::Ok(())
     })();
-    if result.is_err() && !special {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // An uncommitted partial file removes itself.
     result
+}
+
+/// Where the dump goes: a special file written in place, or a regular one beside it.
+enum Output {
+    Special(std::fs::File),
+    Partial(outfile::Partial),
 }

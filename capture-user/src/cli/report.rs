@@ -20,6 +20,9 @@ pub struct ReportArgs {
     /// Write all packets, merged in global order with corrected times, as pcapng.
     #[arg(long)]
     pub pcapng: Option<PathBuf>,
+    /// Write a Perfetto trace (ui.perfetto.dev): a track per node, flows from sends to receives, findings.
+    #[arg(long)]
+    pub perfetto: Option<PathBuf>,
     /// Write the browser timeline (one self-contained HTML file).
     #[arg(long)]
     pub html: Option<PathBuf>,
@@ -49,13 +52,20 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             if found.is_empty() {
                 anyhow::bail!("{} holds no .pcapng dumps", input.display());
             }
-            files.extend(found);
-            let manifest = input.join("manifest.json");
-            if manifest.exists() {
-                missing.extend(read_missing(&manifest)?);
-            }
+            // A node is named as the collector verified it (its manifest's name for the
+            // file), not as the dump calls itself.
+            let manifest = wgo::transport::manifest::Manifest::load(input)?.unwrap_or_default();
+            let verified = |f: &PathBuf| {
+                let file = f.file_name()?.to_str()?;
+                manifest.nodes.iter().find(|n| n.file.as_deref() == Some(file)).map(|n| n.name.clone())
+            };
+            files.extend(found.into_iter().map(|f| {
+                let name = verified(&f);
+                (f, name)
+            }));
+            missing.extend(manifest.missing.iter().cloned());
         } else if input.exists() {
-            files.push(input.clone());
+            files.push((input.clone(), None));
         } else {
             anyhow::bail!("{} does not exist", input.display());
         }
@@ -65,20 +75,39 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut phase = analysis::Phase::new();
-    let trace = Trace::read_files(&files)?;
+    let trace = Trace::read_files_as(&files)?;
     phase.done("read");
     let inputs = analysis::Inputs { spec, missing_nodes: missing };
-    // With --json, the events are written while the analysis orders them.
-    let a = match &args.json {
-        Some(p) => {
+    // With --json or --perfetto, the events are written while the analysis orders them.
+    let a = match (&args.json, &args.perfetto) {
+        (Some(j), Some(p)) => {
             let mut done = None;
-            write_atomically(p, |f| {
+            write_atomically(j, |jf| {
+                write_atomically(p, |pf| {
+                    done = Some(report::perfetto::analyze_to_json_and_perfetto(trace, inputs, jf, pf)?);
+                    Ok(())
+                })
+                .map_err(std::io::Error::other)
+            })?;
+            done.expect("analysis finished")
+        }
+        (Some(j), None) => {
+            let mut done = None;
+            write_atomically(j, |f| {
                 done = Some(report::json::analyze_to_json(trace, inputs, f)?);
                 Ok(())
             })?;
             done.expect("analysis finished")
         }
-        None => analysis::analyze(trace, inputs),
+        (None, Some(p)) => {
+            let mut done = None;
+            write_atomically(p, |f| {
+                done = Some(report::perfetto::analyze_to_perfetto(trace, inputs, f)?);
+                Ok(())
+            })?;
+            done.expect("analysis finished")
+        }
+        (None, None) => analysis::analyze(trace, inputs),
     };
     let mut phase = analysis::Phase::new();
     if let Some(p) = &args.pcapng {
@@ -92,7 +121,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut text = report::text::summary(&a);
     phase.done("summary");
     tracing::info!("peak memory {} KiB", analysis::peak_resident_kib().max(peak_rss_kib() as u64));
-    for (flag, p) in [("json", &args.json), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
+    for (flag, p) in [("json", &args.json), ("perfetto", &args.perfetto), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
         if let Some(p) = p {
             text.push_str(&format!("{flag}: {}\n", p.display()));
         }
@@ -127,11 +156,4 @@ fn open_in_browser(path: &std::path::Path) {
     } else {
         println!("no browser found; open {} yourself", path.display());
     }
-}
-
-/// Node names a trigger's manifest lists as expected but missing.
-fn read_missing(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    Ok(v["missing"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default())
 }

@@ -69,8 +69,8 @@ fn report(exe: &Path, dir: &Path, spec: Option<&Path>) {
     }
     match cmd.stdin(std::process::Stdio::null()).output() {
         Ok(out) if out.status.success() => {
-            if let Err(e) = std::fs::write(dir.join("summary.txt"), &out.stdout) {
-                tracing::error!("writing {}/summary.txt: {e}", dir.display());
+            if let Err(e) = wgo::outfile::write_file(&dir.join("summary.txt"), &out.stdout, wgo::outfile::Durability::Atomic) {
+                tracing::error!("{e}");
             }
             tracing::info!("report of {} written", dir.display());
         }

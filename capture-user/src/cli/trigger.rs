@@ -84,17 +84,7 @@ pub fn run(args: TriggerArgs) -> anyhow::Result<()> {
             }
         });
     });
-    super::collect::run_saying(args.collector, Some((id, sent, send)), None, Some(hint)).map_err(|e| {
-        // The collector's port is taken, most likely by `wgo serve`: it can collect instead.
-        let taken = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse));
-        match taken {
-            true => e.context(format!(
-                "port {} is taken, perhaps by `wgo serve`: to have it collect, give `--collector {listen}` (instead of --listen and --out); or --listen on another port",
-                listen.port()
-            )),
-            false => e,
-        }
-    })
+    super::collect::run(args.collector, Some((id, sent, send, hint)), None)
 }
 
 /// What to check when no agent says it heard the trigger: where it went.

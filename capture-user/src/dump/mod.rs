@@ -22,6 +22,15 @@
 //!
 //! Metadata the collector needs goes into `wgo:key=value` comment lines ([`keys`]) on
 //! the section and statistics blocks, readable in Wireshark's capture file properties.
+//!
+//! [`WGO_PEN`] is 32473, the private enterprise number RFC 5612 reserves for documentation
+//! and examples: wgo has no registered number. What a user of the files should expect:
+//! Wireshark and other pcapng tools show both options as custom options of PEN 32473,
+//! unnamed; the number is shared by every example, so an option under it means wgo's only
+//! in a dump whose section says `wgo:version=` (wgo's reader takes a 2988 string under it as
+//! a drop reason in any pcapng it reads). Every custom option is written and read through
+//! this one constant, so a registered number is a one-line change; dumps written before
+//! such a change keep 32473.
 
 pub mod pcapng;
 pub mod reader;
@@ -32,7 +41,8 @@ pub use writer::{DumpInfo, DumpSummary, DumpWriter, Record, RingCounts, WritePac
 
 use capture_ebpf::Direction;
 
-/// IANA's private enterprise number for documentation (RFC 5612): wgo has none of its own.
+/// The private enterprise number of wgo's custom pcapng options: 32473, which RFC 5612
+/// reserves for documentation and examples (wgo has none of its own; see the module doc).
 pub const WGO_PEN: u32 = 32473;
 /// `epb_flags` bits 0–1: the packet's direction.
 pub const EPB_FLAG_INBOUND: u32 = 0b01;

@@ -521,7 +521,7 @@ mod tests {
         idb.str(IF_NAME, "alpha").bytes(IF_TSRESOL, &[9]);
         w.interface(LINKTYPE_RAW, 512, &idb).unwrap();
         w.packet(0, 1_700_000_000_123_456_789, 100, b"hello", |o| {
-            o.u32(EPB_FLAGS, 2).u64(EPB_PACKETID, 7).u32(EPB_QUEUE, 1).custom(32473, &42u64.to_le_bytes());
+            o.u32(EPB_FLAGS, 2).u64(EPB_PACKETID, 7).u32(EPB_QUEUE, 1).custom(super::super::WGO_PEN, &42u64.to_le_bytes());
         })
         .unwrap();
         let mut isb = Options::new();
@@ -552,7 +552,7 @@ mod tests {
                 assert_eq!(o.read_u32(o.find(EPB_FLAGS).unwrap()), Some(2));
                 assert_eq!(o.read_u64(o.find(EPB_PACKETID).unwrap()), Some(7));
                 assert_eq!(o.read_u32(o.find(EPB_QUEUE).unwrap()), Some(1));
-                assert_eq!(o.custom(32473), Some(&42u64.to_le_bytes()[..]));
+                assert_eq!(o.custom(super::super::WGO_PEN), Some(&42u64.to_le_bytes()[..]));
             }
             b => panic!("{b:?}"),
         }

@@ -71,6 +71,7 @@ impl<R: Read> DumpReader<R> {
     /// An error names the byte offset where the file stops making sense.
     pub fn next_item(&mut self) -> Result<Option<Item<'_>>, ReadError> {
         {
+            let at = self.blocks.offset();
             let Some(block) = self.blocks.next_block()? else { return Ok(None) };
             match block {
                 Block::Section { options } => {
@@ -78,8 +79,8 @@ impl<R: Read> DumpReader<R> {
                     for (k, v) in wgo_comments(&options) {
                         match k {
                             keys::NODE => info.node = Some(v.to_string()),
-                            keys::SNAPLEN => info.snaplen = v.parse().ok(),
-                            keys::TRIGGER_HEARD_NS => info.trigger_heard_ns = v.parse().ok(),
+                            keys::SNAPLEN => info.snaplen = Some(number(at, k, v)?),
+                            keys::TRIGGER_HEARD_NS => info.trigger_heard_ns = Some(number(at, k, v)?),
                             keys::TRIGGER_REASON => info.trigger_reason = Some(v.to_string()),
                             _ => {}
                         }
@@ -108,9 +109,12 @@ impl<R: Read> DumpReader<R> {
                     let s = &mut self.stats;
                     for (k, v) in wgo_comments(&options) {
                         match k {
-                            keys::DROPS_PER_CPU => s.drops_per_cpu = v.split(',').filter_map(|x| x.parse().ok()).collect(),
-                            keys::KERNEL_DROPS => s.kernel_drops = v.parse().unwrap_or(0),
-                            keys::EVICTED_BY_AGE | keys::EVICTED_BY_SIZE => s.evicted += v.parse::<u64>().unwrap_or(0),
+                            keys::DROPS_PER_CPU => {
+                                s.drops_per_cpu =
+                                    v.split(',').filter(|x| !x.is_empty()).map(|x| number(at, k, x)).collect::<Result<_, _>>()?
+                            }
+                            keys::KERNEL_DROPS => s.kernel_drops = number(at, k, v)?,
+                            keys::EVICTED_BY_AGE | keys::EVICTED_BY_SIZE => s.evicted = s.evicted.saturating_add(number::<u64>(at, k, v)?),
                             _ => {}
                         }
                     }
@@ -133,6 +137,12 @@ impl<R: Read> DumpReader<R> {
     pub fn stats(&self) -> &DumpStats {
         &self.stats
     }
+}
+
+/// A number in a `wgo:` key of the block at `at`: a count that does not parse is a damaged
+/// dump, named as such, never read as zero.
+fn number<T: std::str::FromStr>(at: u64, key: &str, v: &str) -> Result<T, ReadError> {
+    v.trim().parse().map_err(|_| ReadError::Corrupt { offset: at, what: format!("{}{key}={v:?} is not a number", keys::PREFIX) })
 }
 
 const LINKTYPE_LINUX_SLL2: u16 = 276;
@@ -295,6 +305,25 @@ mod tests {
         );
         assert_eq!(not_ip, 1);
         assert_eq!(r.stats(), &DumpStats { drops_per_cpu: vec![0, 3, 4], kernel_drops: 7, evicted: 3, window: Some((1_000, 9_000)) });
+
+        // A damaged count is named, never read as zero.
+        for (good, bad) in
+            [("kernel_drops=7", "kernel_drops=x"), ("drops_per_cpu=0,3,4", "drops_per_cpu=0,3,?"), ("snaplen=64", "snaplen=6x")]
+        {
+            let at = out.windows(good.len()).position(|w| w == good.as_bytes()).unwrap_or_else(|| panic!("{good} in the dump"));
+            let mut damaged = out.clone();
+            damaged[at..at + bad.len()].copy_from_slice(bad.as_bytes());
+            let mut r = DumpReader::new(&damaged[..]);
+            let err = loop {
+                match r.next_item() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("{bad} read as a number: {:?}", r.stats()),
+                    Err(e) => break e,
+                }
+            };
+            let key = bad.split('=').next().unwrap();
+            assert!(matches!(err, ReadError::Corrupt { .. }) && err.to_string().contains(key), "{err}");
+        }
 
         // The raw kernel time and the comments are where the README says, for Wireshark.
         let mut blocks = Reader::new(&out[..]);

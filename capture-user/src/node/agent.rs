@@ -180,6 +180,15 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
         let (secret, window) = (opts.secret.clone(), opts.trigger_window.as_nanos() as i64);
         let (ls, hd) = (&listener_stop, &handled);
         scope.spawn(move || listen(sock, secret, window, hd, tx, ls));
+        // Dumps an earlier run left unshipped (it was killed while shipping, or gave up):
+        // shipped now, beside the recording, each to the collector its trigger named.
+        let leftovers: Vec<SpoolEntry> = entries.into_iter().filter(|e| !e.shipped).collect();
+        if !leftovers.is_empty() {
+            let o =
+                ShipOptions { secret: &opts.secret, rate: opts.ship_rate, deadline: Instant::now() + opts.ship_deadline, stop: Some(stop) };
+            let spool = &opts.spool;
+            scope.spawn(move || ship_leftovers(leftovers, spool, &o));
+        }
         let armed = match &opts.arm {
             Some(a) => format!("; armed: triggers on {:?}, naming collector {}", a.on, a.collector),
             None => String::new(),
@@ -440,19 +449,49 @@ fn on_trigger(opts: &AgentOptions, mut recorder: Recorder, heard: HeardTrigger, 
     }
 }
 
+/// Ships dumps that an earlier run of the agent left in the spool, saying so; what still
+/// fails stays there, with how to send it. Returns how many were delivered.
+fn ship_leftovers(mut entries: Vec<SpoolEntry>, spool: &Path, o: &ShipOptions<'_>) -> usize {
+    let mut delivered = 0;
+    for e in &mut entries {
+        let path = e.dump_path(spool);
+        let Ok(to) = e.collector.parse::<SocketAddr>() else {
+            tracing::error!(
+                "{} (trigger {:016x}) was never shipped, and names no collector ({:?}): send it with `wgo ship --spool {} --to ADDR`",
+                path.display(),
+                e.trigger_id,
+                e.collector,
+                spool.display()
+            );
+            continue;
+        };
+        tracing::warn!("{} (trigger {:016x}) was never shipped: shipping it to {to} now", path.display(), e.trigger_id);
+        match ship_spooled(e, spool, to, o) {
+            Ok(()) => delivered += 1,
+            Err(err) => tracing::error!(
+                "{}: {err:#}; it stays in the spool: send it later with `wgo ship --spool {}`",
+                path.display(),
+                spool.display()
+            ),
+        }
+    }
+    delivered
+}
+
 /// Writes the dump into the spool (a `.partial` file renamed when complete, private to
 /// root: it holds payload bytes) with its entry. On failure nothing is left behind.
 fn spool_dump(entry: &mut SpoolEntry, spool: &Path, info: &crate::dump::DumpInfo, ring: &super::ring::Ring) -> anyhow::Result<()> {
     let path = entry.dump_path(spool);
-    let tmp = path.with_extension("pcapng.partial");
     let result = (|| -> anyhow::Result<()> {
-        write_hashed(spool::create_private(&tmp)?, entry, info, ring)?.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        // Durable: the spool is what survives the agent's crash.
+        let partial = crate::outfile::Partial::create(&path, 0o600)?;
+        write_hashed(partial.file(), entry, info, ring)?;
+        partial.commit(crate::outfile::Durability::Durable)?;
         entry.save(spool)?;
         Ok(())
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        // An uncommitted partial file removes itself; a dump without its entry goes too.
         let _ = std::fs::remove_file(&path);
     }
     result.with_context(|| format!("could not spool the dump in {}", spool.display()))
@@ -493,5 +532,56 @@ impl<W: Write> Write for HashingWriter<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::collector::{CollectOptions, Expect, Limits, collect};
+
+    #[test]
+    fn a_dump_an_earlier_run_left_unshipped_is_shipped() {
+        let secret = Secret::new(b"agent test secret, 16 bytes+".to_vec()).unwrap();
+        let base = std::env::temp_dir().join(format!("wgo-agent-leftover-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (spool, out) = (base.join("spool"), base.join("out"));
+        spool::create_spool_dir(&spool).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let udp = UdpSocket::bind(addr).unwrap();
+        // What the killed agent left: a dump and its entry, not shipped.
+        let bytes: Vec<u8> = (0..20_000).map(|i| (i * 13 % 251) as u8).collect();
+        let mut e = SpoolEntry {
+            node: "n1".into(),
+            trigger_id: 0x77,
+            heard_ns: 1,
+            collector: addr.to_string(),
+            size: bytes.len() as u64,
+            sha256: spool::hex(&Sha256::digest(&bytes)),
+            shipped: false,
+        };
+        std::fs::write(e.dump_path(&spool), &bytes).unwrap();
+        e.save(&spool).unwrap();
+        let opts = CollectOptions {
+            out: out.clone(),
+            secret: secret.clone(),
+            expect: Expect::Count(1),
+            wait: Duration::from_secs(20),
+            trigger_id: Some(0x77),
+            trigger_sent_ns: None,
+            progress: false,
+            limits: Limits::default(),
+        };
+        let collector = std::thread::spawn(move || collect(opts, listener, udp, || {}));
+        let o = ShipOptions { secret: &secret, rate: 0, deadline: Instant::now() + Duration::from_secs(15), stop: None };
+        let left: Vec<SpoolEntry> = spool::spool_entries(&spool).unwrap().into_iter().filter(|e| !e.shipped).collect();
+        assert_eq!(ship_leftovers(left, &spool, &o), 1);
+        let m = collector.join().unwrap().unwrap();
+        assert!(m.complete && m.nodes[0].name == "n1");
+        assert_eq!(std::fs::read(out.join("n1.pcapng")).unwrap(), bytes);
+        e.shipped = true;
+        assert_eq!(spool::spool_entries(&spool).unwrap(), vec![e], "marked shipped: not shipped again by the next run");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -167,7 +167,7 @@ pub fn summarize(ring: &Ring, info: &DumpInfo) -> String {
         let e = by_kind.entry((p.proto, dir)).or_default();
         e.0 += 1;
         e.1 += rec.header.orig_len as u64;
-        let flow = if p.proto == Proto::Icmp {
+        let flow = if matches!(p.proto, Proto::Icmp | Proto::Other(_)) {
             format!("{} {} -> {}", p.proto, p.src, p.dst)
         } else {
             format!("{} {}:{} -> {}:{}", p.proto, p.src, p.sport, p.dst, p.dport)

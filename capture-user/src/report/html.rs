@@ -156,7 +156,7 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
             })
         })
         .collect();
-    let gaps: Vec<serde_json::Value> = crate::analysis::anomalies::recorder_gaps(t, &an.clocks)
+    let gaps: Vec<serde_json::Value> = crate::analysis::losses::recorder_gaps(t, &an.clocks)
         .iter()
         .map(|g| json!({"node": g.node, "cpu": g.cpu, "lost": g.lost, "from": (g.from - t0) as f64, "to": (g.to - t0) as f64}))
         .collect();

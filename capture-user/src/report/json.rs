@@ -271,7 +271,7 @@ fn step_json(t: &Trace, clocks: &Clocks, s: &crate::analysis::steps::ClockStep) 
 }
 
 /// The report after the events array: messages, anomalies, violations.
-fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
+pub(crate) fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
     let t = &a.trace;
     w.write_all(b"],\"messages\":[")?;
     let mut buf = String::with_capacity(64);
@@ -311,6 +311,18 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
         /// For kernel drops: the node whose kernel dropped it.
         #[serde(skip_serializing_if = "Option::is_none")]
         node: Option<&'a str>,
+        /// For lossy links: their directed links.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        links: Vec<[&'a str; 2]>,
+        /// For a lossy node: the node all of whose links lost.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        all_links_of: Option<&'a str>,
+        /// For stalls: the nodes that waited on the stalled one.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        waiters: Vec<&'a str>,
+        /// For kernel drops and losses to them: a refusal while the listener was starting.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        startup: bool,
     }
     let mut steps = a.clocks.steps.iter();
     let name = |n: &u16| t.nodes[*n as usize].name.as_str();
@@ -328,12 +340,16 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
             span_ns: x.span,
             step: if x.kind == Kind::ClockStep { steps.next().map(|s| step_json(t, &a.clocks, s)) } else { None },
             cause: match x.kind {
-                Kind::NetworkLoss => x.cause.map(|c| c.kind.name()),
+                Kind::NetworkLoss | Kind::Partition | Kind::LossyLink => x.cause.map(|c| c.kind.name()),
                 Kind::ClosedConnection => Some("closed_connection"),
                 _ => None,
             },
             reason: x.cause.and_then(|c| c.reason).and_then(|r| t.drop_reasons.get(r as usize)).map(String::as_str),
             node: (x.kind == Kind::KernelDrop).then(|| x.nodes.first().map(name)).flatten(),
+            links: x.detail.iter().flat_map(|d| d.links.iter().map(|(p, q)| [name(p), name(q)])).collect(),
+            all_links_of: x.detail.as_ref().and_then(|d| d.all_links_of.as_ref().map(name)),
+            waiters: x.detail.iter().flat_map(|d| d.waiters.iter().map(name)).collect(),
+            startup: x.detail.as_ref().is_some_and(|d| d.startup),
         };
         serde_json::to_writer(&mut *w, &json)?;
     }
@@ -343,6 +359,15 @@ fn write_json_tail<W: Write>(a: &Analysis, w: &mut W) -> std::io::Result<()> {
     w.write_all(b",\"findings\":")?;
     serde_json::to_writer(&mut *w, &findings_json(a))?;
     w.write_all(b"}\n")
+}
+
+/// Where lost messages died: `kind` (`network`, `sender_kernel`, `receiver_kernel`) and,
+/// for a kernel's, its `reason`.
+fn cause_json(t: &Trace, c: crate::analysis::anomalies::Cause) -> serde_json::Value {
+    serde_json::json!({
+        "kind": c.kind.name(),
+        "reason": c.reason.and_then(|r| t.drop_reasons.get(r as usize)),
+    })
 }
 
 /// The ranked findings as JSON values.
@@ -360,6 +385,10 @@ pub fn findings_json(a: &Analysis) -> Vec<serde_json::Value> {
                 "span_ns": f.span,
                 "text": f.text,
                 "evidence": f.evidence,
+                "islands": f.islands.iter().map(|i| i.iter().map(name).collect::<Vec<_>>()).collect::<Vec<_>>(),
+                "cause": f.cause.map(|c| cause_json(&a.trace, c)),
+                "all_links_of": f.all_links_of.as_ref().map(name),
+                "waiters": f.waiters.iter().map(name).collect::<Vec<_>>(),
             })
         })
         .collect()

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,8 +41,14 @@ pub enum Expect {
 pub enum CollectError {
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Output(#[from] crate::outfile::OutputError),
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
     #[error("missing dumps from: {}", .0.join(", "))]
     Missing(Vec<String>),
+    #[error("no dump arrived{}: no agent answered the trigger", if .heard == &0 { String::new() } else { format!(" ({} node(s) heard it and shipped nothing)", .heard) })]
+    NoDump { heard: usize },
     #[error("{out} is not empty: {why}; collect into a new directory, or remove it")]
     Stale { out: PathBuf, why: String },
 }
@@ -98,11 +104,41 @@ struct Incident {
     changed: Instant,
     /// Its manifest is final (until a late dump reopens it).
     closed: bool,
+    /// The last refusal or failed transfer of each node, for the manifest's `missing_why`.
+    failures: HashMap<String, String>,
 }
 
 impl Incident {
     fn new(dir: PathBuf, manifest: Manifest) -> Incident {
-        Incident { dir, manifest, owners: HashMap::new(), changed: Instant::now(), closed: false }
+        Incident { dir, manifest, owners: HashMap::new(), changed: Instant::now(), closed: false, failures: HashMap::new() }
+    }
+
+    /// Records who is missing, and why, in the manifest.
+    fn close_missing(&mut self, missing: Vec<String>) {
+        let why = |name: &String| {
+            let heard = self.manifest.nodes.iter().any(|n| &n.name == name && n.heard_ns.is_some());
+            match (self.failures.get(name), heard) {
+                (Some(f), _) => f.clone(),
+                (None, true) => "heard the trigger; no dump was offered (its agent may have no route here, or gave up)".into(),
+                (None, false) => "never heard from".into(),
+            }
+        };
+        self.manifest.missing_why = missing.iter().map(|n| (n.clone(), why(n))).collect();
+        self.manifest.missing = missing;
+    }
+
+    /// Removes what failed transfers left in `.partial/`: an incident given up on keeps no
+    /// half dumps filling the disk (a late dump starts over).
+    fn remove_partials(&self) {
+        let Ok(dir) = std::fs::read_dir(self.dir.join(".partial")) else { return };
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".part") {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => tracing::info!("removed the failed transfer {}", e.path().display()),
+                    Err(err) => tracing::warn!("removing {}: {err}", e.path().display()),
+                }
+            }
+        }
     }
 
     fn arrived(&self) -> usize {
@@ -137,6 +173,9 @@ struct State {
     bars: Option<indicatif::MultiProgress>,
     /// Errors seen, for a rate-limited log.
     rejected: RateLimited,
+    /// Incidents on disk whose manifest is damaged, and why: their dumps are refused, not
+    /// filed beside a manifest that would be written over.
+    damaged: HashMap<u64, String>,
 }
 
 impl State {
@@ -152,13 +191,18 @@ impl State {
                 Err(format!("this collector waits for trigger {want:016x}, not {id:016x}"))
             }
             Router::Single { .. } => Ok(self.incidents.get_mut(&SINGLE).expect("the single incident")),
+            Router::Serve { .. } if self.damaged.contains_key(&id) => Err(self.damaged[&id].clone()),
             Router::Serve { root } => {
+                let root = root.clone();
                 if !self.incidents.contains_key(&id) {
                     if self.incidents.values().filter(|i| !i.closed).count() >= MAX_OPEN_INCIDENTS {
-                        return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already; trigger {id:016x} must wait"));
+                        self.make_room(id)?;
                     }
                     let dir = root.join(incident_dir_name(id, at_ns));
-                    std::fs::create_dir_all(dir.join(".partial")).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    // Private: it holds dumps, and the reports made from them.
+                    crate::outfile::create_private_dir(&dir)
+                        .and_then(|()| crate::outfile::create_private_dir(&dir.join(".partial")))
+                        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
                     let manifest = Manifest {
                         trigger_id: Some(format!("{id:016x}")),
                         expected: Some(serde_json::json!("every node that heard the trigger")),
@@ -171,6 +215,30 @@ impl State {
                 Ok(self.incidents.get_mut(&id).expect("just made"))
             }
         }
+    }
+}
+
+impl State {
+    /// Closes the open incident that no dump was offered to and that has been quiet
+    /// longest, for trigger `id`: heard datagrams alone (which anyone holding the secret
+    /// can send for any trigger) must not keep real dumps out. A dump offered to it later
+    /// reopens it. Refused (and retried by the agent) only when every open incident has one.
+    fn make_room(&mut self, id: u64) -> Result<(), String> {
+        let idle = self.incidents.iter_mut().filter(|(_, i)| !i.closed && i.owners.is_empty()).min_by_key(|(_, i)| i.changed);
+        let Some((&old, inc)) = idle else {
+            return Err(format!("{MAX_OPEN_INCIDENTS} incidents are open already, each with dumps coming; trigger {id:016x} must wait"));
+        };
+        inc.closed = true;
+        inc.close_missing(inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect());
+        inc.manifest.complete = false;
+        if let Err(e) = inc.manifest.save(&inc.dir) {
+            tracing::error!("{e}");
+        }
+        tracing::warn!(
+            "trigger {old:016x}: closed without a dump to make room for trigger {id:016x} ({MAX_OPEN_INCIDENTS} incidents were open; heard from {})",
+            inc.manifest.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        Ok(())
     }
 }
 
@@ -190,7 +258,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CollectError {
 /// another incident are refused rather than mixed in.
 fn adopt(opts: &CollectOptions) -> Result<(Manifest, Option<u64>), CollectError> {
     let stale = |why: String| Err(CollectError::Stale { out: opts.out.clone(), why });
-    let manifest = Manifest::load(&opts.out);
+    let manifest = Manifest::load(&opts.out)?;
     let prior = manifest.as_ref().and_then(|m| m.trigger_id.as_deref()).and_then(|h| u64::from_str_radix(h, 16).ok());
     if let (Some(m), Some(old)) = (&manifest, prior) {
         return match opts.trigger_id {
@@ -229,7 +297,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, CollectError> {
 /// `ready` runs once the output directory is checked and its manifest written, before any
 /// connection is taken: that is when a trigger may go out.
 pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, ready: impl FnOnce()) -> Result<Manifest, CollectError> {
-    std::fs::create_dir_all(opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
+    // Made private (0700) where missing: it will hold dumps.
+    crate::outfile::create_private_dir(&opts.out.join(".partial")).map_err(io(format!("creating {}", opts.out.display())))?;
     let (mut manifest, trigger_id) = adopt(&opts)?;
     manifest.trigger_id = trigger_id.map(|id| format!("{id:016x}"));
     if opts.trigger_sent_ns.is_some() {
@@ -242,13 +311,14 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
     });
     manifest.complete = false;
     // Written before anything arrives: a restarted collector picks up this trigger.
-    manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
+    manifest.save(&opts.out)?;
     ready();
     let state = State {
         router: Router::Single { trigger_id },
         incidents: HashMap::from([(SINGLE, Incident::new(opts.out.clone(), manifest))]),
         bars: opts.progress.then(indicatif::MultiProgress::new),
         rejected: RateLimited::default(),
+        damaged: HashMap::new(),
     };
     let deadline = Instant::now() + opts.wait;
     let expect = opts.expect.clone();
@@ -279,10 +349,19 @@ pub fn collect(opts: CollectOptions, listener: TcpListener, udp: UdpSocket, read
             missing.push(format!("{} more node(s) that never answered", c - known));
         }
     }
-    inc.manifest.missing = missing.clone();
-    inc.manifest.complete = missing.is_empty();
-    inc.manifest.save(&opts.out).map_err(io("writing manifest.json"))?;
-    if missing.is_empty() { Ok(inc.manifest.clone()) } else { Err(CollectError::Missing(missing)) }
+    inc.close_missing(missing.clone());
+    if !missing.is_empty() {
+        inc.remove_partials();
+    }
+    // No dump is never a success, whatever was expected.
+    let arrived = inc.arrived();
+    inc.manifest.complete = missing.is_empty() && arrived > 0;
+    inc.manifest.save(&opts.out)?;
+    match (missing.is_empty(), arrived) {
+        (false, _) => Err(CollectError::Missing(missing)),
+        (true, 0) => Err(CollectError::NoDump { heard: inc.manifest.nodes.len() }),
+        (true, _) => Ok(inc.manifest.clone()),
+    }
 }
 
 /// What to do with an incident once it is complete, or given up on: its directory and manifest.
@@ -304,22 +383,33 @@ pub struct ServeOptions {
 /// Serves until `stop` is set. Incidents already on disk are picked up again, so that
 /// dumps shipped late (from a spool) still join theirs.
 pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Result<(), CollectError> {
-    std::fs::create_dir_all(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
-    let mut incidents = HashMap::new();
+    if !opts.incidents.is_dir() {
+        crate::outfile::create_private_dir(&opts.incidents).map_err(io(format!("creating {}", opts.incidents.display())))?;
+    }
+    let (mut incidents, mut damaged) = (HashMap::new(), HashMap::new());
     for entry in std::fs::read_dir(&opts.incidents).map_err(io(format!("reading {}", opts.incidents.display())))?.flatten() {
         let dir = entry.path();
         let id =
             dir.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-')).and_then(|(_, id)| u64::from_str_radix(id, 16).ok());
-        if let (Some(id), Some(manifest)) = (id, Manifest::load(&dir)) {
-            let mut inc = Incident::new(dir, manifest);
-            inc.closed = true;
-            incidents.insert(id, inc);
+        let Some(id) = id else { continue };
+        match Manifest::load(&dir) {
+            Ok(Some(manifest)) => {
+                let mut inc = Incident::new(dir, manifest);
+                inc.closed = true;
+                incidents.insert(id, inc);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e}; dumps of trigger {id:016x} are refused until then");
+                damaged.insert(id, e.to_string());
+            }
         }
     }
     if !incidents.is_empty() {
         tracing::info!("{} earlier incident(s) in {}", incidents.len(), opts.incidents.display());
     }
-    let state = State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default() };
+    let state =
+        State { router: Router::Serve { root: opts.incidents.clone() }, incidents, bars: None, rejected: RateLimited::default(), damaged };
     let ctx = Arc::new(Ctx::new(state, opts.secret.clone(), opts.limits));
     let (wait, stop, on_closed) = (opts.wait, opts.stop.clone(), opts.on_closed.clone());
     let tick = move |st: &mut State| {
@@ -329,8 +419,11 @@ pub fn serve(opts: ServeOptions, listener: TcpListener, udp: UdpSocket) -> Resul
                 continue;
             }
             inc.closed = true;
-            inc.manifest.missing = inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect();
+            inc.close_missing(inc.manifest.nodes.iter().filter(|n| n.arrived_ns.is_none()).map(|n| n.name.clone()).collect());
             inc.manifest.complete = inc.manifest.missing.is_empty() && inc.arrived() > 0;
+            if !inc.manifest.missing.is_empty() {
+                inc.remove_partials();
+            }
             if let Err(e) = inc.manifest.save(&inc.dir) {
                 tracing::error!("writing {}/manifest.json: {e}", inc.dir.display());
             }
@@ -482,7 +575,9 @@ async fn heard_loop(udp: tokio::net::UdpSocket, ctx: Arc<Ctx>) {
                 if new {
                     inc.changed = Instant::now();
                     inc.closed = false;
-                    let _ = inc.manifest.save(&inc.dir);
+                    if let Err(e) = inc.manifest.save(&inc.dir) {
+                        tracing::error!("{}: {e}", h.node);
+                    }
                 }
             }
             Err(e) => st.reject(&format!("heard datagram from {from}: {e}")),
@@ -540,15 +635,24 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
             Ok(_) if offer.size > MAX_DUMP_BYTES => {
                 Err(format!("dump of {} bytes is larger than the {} allowed", offer.size, MAX_DUMP_BYTES))
             }
-            Ok(inc) => match inc.owners.get(&node) {
-                Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
-                    "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
-                )),
-                _ => {
-                    inc.owners.insert(node.clone(), (from_ip, offer.sha256));
-                    Ok(inc.dir.clone())
+            Ok(inc) => {
+                let placed = match inc.owners.get(&node) {
+                    Some((addr, sha)) if *addr != from_ip && *sha != offer.sha256 => Err(format!(
+                        "two agents use the node name {node}: {addr} and {from_ip}; give each its own --node (the dump from {addr} is kept)"
+                    )),
+                    _ => room_for(&inc.dir, &part_path(&inc.dir, &node, &offer), offer.size),
+                };
+                match placed {
+                    Ok(()) => {
+                        inc.owners.insert(node.clone(), (from_ip, offer.sha256));
+                        Ok(inc.dir.clone())
+                    }
+                    Err(reason) => {
+                        inc.failures.insert(node.clone(), format!("refused: {reason}"));
+                        Err(reason)
+                    }
                 }
-            },
+            }
         }
     };
     let (out, refusal) = match placed {
@@ -565,11 +669,20 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| bad(format!("{node}: too many agents waiting; it will retry")))?;
     let _turn = ctx.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
     drop(waiting);
-    let part = out.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]));
+    let part = part_path(&out, &node, &offer);
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
     // Kept, not truncated: a resumed transfer goes on after the prefix it already has.
-    let mut f = tokio::fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).mode(0o600).open(&part).await?;
+    // Never through a symlink planted at its name.
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&part)
+        .await?;
     f.set_len(have).await?;
     // Hash as the bytes arrive (a resumed prefix first), so nothing is read twice.
     let mut hash = <sha2::Sha256 as sha2::Digest>::new();
@@ -603,7 +716,11 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         };
         if n == 0 {
             f.sync_data().await?;
-            return Err(bad(format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size)));
+            let why = format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size);
+            if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
+                inc.failures.insert(node.clone(), format!("transfer stopped at {got} of {} bytes", offer.size));
+            }
+            return Err(bad(why));
         }
         f.write_all(&buf[..n]).await?;
         sha2::Digest::update(&mut hash, &buf[..n]);
@@ -619,6 +736,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     if ok {
         let dest = out.join(format!("{node}.pcapng"));
         tokio::fs::rename(&part, &dest).await?;
+        crate::outfile::sync_dir(&out)?;
         let mut st = ctx.state.lock().expect("lock");
         if let Router::Single { trigger_id } = &mut st.router {
             trigger_id.get_or_insert(offer.trigger_id);
@@ -636,17 +754,62 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         n.file = Some(format!("{node}.pcapng"));
         inc.changed = Instant::now();
         inc.closed = false;
-        let _ = inc.manifest.save(&out);
+        // Not acknowledged unless recorded: the agent keeps its dump and retries.
+        inc.manifest.save(&out).map_err(|e| {
+            tracing::error!("{node}: its dump arrived, but {e}");
+            std::io::Error::other(e)
+        })?;
         if let Some(b) = &bar {
             b.finish();
         }
         tracing::info!("{node}: {} bytes arrived, digest ok", offer.size);
     } else {
         let _ = tokio::fs::remove_file(&part).await;
+        if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
+            inc.failures.insert(node.clone(), "its dump arrived damaged (SHA-256 mismatch)".into());
+        }
         tracing::warn!("{node}: digest mismatch, asking for it again");
     }
     write_frame(&mut s, Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }, limits.idle_deadline).await?;
     Ok(())
+}
+
+/// Where a transfer's bytes collect until its digest is checked.
+fn part_path(dir: &Path, node: &str, offer: &wire::Offer) -> PathBuf {
+    dir.join(".partial").join(format!("{node}-{:016x}-{}.part", offer.trigger_id, &hex(&offer.sha256)[..16]))
+}
+
+/// Kept free beside every dump accepted: the manifest, and whatever else shares the disk.
+const SPARE_BYTES: u64 = 16 << 20;
+
+/// Whether `dir`'s file system can take the rest of a `size`-byte dump (what `part`
+/// already holds counts), with [`SPARE_BYTES`] to spare; else why not. Accepting a dump
+/// that cannot fit would leave a `.part` that fills the disk for every later one.
+fn room_for(dir: &Path, part: &Path, size: u64) -> Result<(), String> {
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0).min(size);
+    let free = free_bytes(dir).map_err(|e| format!("cannot tell the free space in {}: {e}", dir.display()))?;
+    let need = size - have + SPARE_BYTES;
+    if free < need {
+        return Err(format!(
+            "not enough space in {}: {free} bytes free, the dump needs {} more (and {SPARE_BYTES} to spare)",
+            dir.display(),
+            size - have
+        ));
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system.
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a buffer of the right type for statvfs to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// The collector address to name in a trigger for agents at `dest`: `listen` itself, or,
@@ -748,8 +911,12 @@ mod tests {
     }
 
     fn ship_to(e: &SpoolEntry, spool: &std::path::Path, to: SocketAddr) -> Result<(), ship::ShipError> {
+        ship_within(e, spool, to, Duration::from_secs(15))
+    }
+
+    fn ship_within(e: &SpoolEntry, spool: &std::path::Path, to: SocketAddr, deadline: Duration) -> Result<(), ship::ShipError> {
         let s = secret();
-        let o = ShipOptions { secret: &s, rate: 0, deadline: Instant::now() + Duration::from_secs(15), stop: None };
+        let o = ShipOptions { secret: &s, rate: 0, deadline: Instant::now() + deadline, stop: None };
         ship::ship(e, Source::File(&e.dump_path(spool)), to, &o)
     }
 
@@ -820,6 +987,106 @@ mod tests {
     }
 
     #[test]
+    fn heard_datagrams_alone_cannot_keep_a_real_dump_out_and_a_refusal_is_retried() {
+        let (root, spool) = (tempdir("crowd"), tempdir("crowd-spool"));
+        let (l, u, addr) = sockets();
+        let stop = Arc::new(AtomicBool::new(false));
+        let opts = ServeOptions {
+            incidents: root.clone(),
+            secret: secret(),
+            wait: Duration::from_secs(60),
+            limits: Limits::default(),
+            stop: stop.clone(),
+            on_closed: None,
+        };
+        let server = std::thread::spawn(move || serve(opts, l, u));
+        // An insider opens every incident slot with signed "heard" datagrams.
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sent = 1_790_000_000_000_000_000;
+        for id in 1..=MAX_OPEN_INCIDENTS as u64 {
+            let h = Heard { trigger_id: id, heard_ns: sent, sent_ns: sent + id as i64, node: "ghost".into(), reason: String::new() };
+            udp.send_to(&h.encode(&secret()), addr).unwrap();
+        }
+        wait_until(|| std::fs::read_dir(&root).unwrap().count() == MAX_OPEN_INCIDENTS);
+        // A real trigger's dump still gets in.
+        let e = spooled(&spool, "n1", 0x1000, 3000);
+        ship_to(&e, &spool, addr).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        let real = std::fs::read_dir(&root).unwrap().flatten().find(|d| d.file_name().to_string_lossy().ends_with("0000000000001000"));
+        assert!(real.is_some_and(|d| d.path().join("n1.pcapng").exists()), "the real dump was filed");
+
+        // A collector that waits for another trigger refuses; the agent retries until its deadline.
+        let dir = tempdir("refusing");
+        let (l, u, addr) = sockets();
+        let mut o = options(&dir, Expect::Count(1), Some(2), Limits::default());
+        o.wait = Duration::from_secs(8);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        let e = spooled(&spool, "n1", 1, 100);
+        let err = ship_within(&e, &spool, addr, Duration::from_secs(3)).unwrap_err();
+        assert!(
+            matches!(err, ship::ShipError::Refused { attempts, .. } if attempts > 1) && err.to_string().contains("waits for trigger"),
+            "{err}"
+        );
+        assert!(collector.join().unwrap().is_err());
+        let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool), std::fs::remove_dir_all(dir));
+    }
+
+    #[test]
+    fn a_dump_that_cannot_fit_is_refused_and_the_manifest_says_why_each_node_is_missing() {
+        let (dir, spool) = (tempdir("full"), tempdir("full-spool"));
+        // The free-space check itself, whatever the disk's size (with room for what other
+        // tests free meanwhile).
+        let free = free_bytes(&dir).unwrap();
+        let part = dir.join("none.part");
+        let err = room_for(&dir, &part, 2 * free + (1 << 30)).unwrap_err();
+        assert!(err.contains("not enough space"), "{err}");
+        room_for(&dir, &part, 1000).unwrap();
+
+        // What an earlier, failed transfer left.
+        std::fs::create_dir_all(dir.join(".partial")).unwrap();
+        let leftover = dir.join(".partial/n3-0000000000000005-0123456789abcdef.part");
+        std::fs::write(&leftover, vec![0u8; 4096]).unwrap();
+        let (l, u, addr) = sockets();
+        let mut o = options(&dir, Expect::Names(vec!["n1".into(), "n2".into(), "n3".into()]), Some(5), Limits::default());
+        o.wait = Duration::from_secs(4);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        // n1 heard the trigger and shipped nothing.
+        let h = Heard { trigger_id: 5, heard_ns: 1, sent_ns: 1, node: "n1".into(), reason: String::new() };
+        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(&h.encode(&secret()), addr).unwrap();
+        // n2 offers more than the disk holds (where the disk is smaller than the largest dump allowed).
+        let too_big = free < MAX_DUMP_BYTES / 2;
+        if too_big {
+            let mut e = spooled(&spool, "n2", 5, 100);
+            e.size = MAX_DUMP_BYTES;
+            let err = ship_within(&e, &spool, addr, Duration::from_millis(1500)).unwrap_err();
+            assert!(err.to_string().contains("not enough space"), "{err}");
+        }
+        assert!(matches!(collector.join().unwrap(), Err(CollectError::Missing(_))));
+        let m = Manifest::load(&dir).unwrap().unwrap();
+        assert!(m.missing_why["n1"].contains("heard the trigger"), "{:?}", m.missing_why);
+        assert_eq!(m.missing_why["n3"], "never heard from");
+        if too_big {
+            assert!(m.missing_why["n2"].starts_with("refused: not enough space"), "{:?}", m.missing_why);
+        }
+        assert!(!leftover.exists(), "a given-up incident keeps no failed transfer");
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    #[test]
+    fn a_trigger_nobody_answered_is_not_complete() {
+        let dir = tempdir("nobody");
+        let (l, u, _) = sockets();
+        let mut opts = options(&dir, Expect::Heard, Some(3), Limits::default());
+        opts.wait = Duration::from_millis(300);
+        let err = collect(opts, l, u, || {}).unwrap_err();
+        assert!(matches!(err, CollectError::NoDump { heard: 0 }) && err.to_string().contains("no agent answered"), "{err}");
+        let m = Manifest::load(&dir).unwrap().unwrap();
+        assert!(!m.complete && m.nodes.is_empty(), "{m:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn dumps_of_another_incident_are_refused_not_mixed_in() {
         let dir = tempdir("stale");
         // A manifest for trigger 1: a collector for trigger 2 refuses the directory.
@@ -838,6 +1105,14 @@ mod tests {
         let (l, u, _) = sockets();
         let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
         assert!(err.to_string().contains("node1.pcapng") && err.to_string().contains("new directory"), "{err}");
+
+        // A damaged manifest is named, and left as it is: not taken for a missing one.
+        std::fs::remove_file(dir.join("node1.pcapng")).unwrap();
+        std::fs::write(dir.join("manifest.json"), b"{\"trigger_id\": \"0000000000000001\", \"no").unwrap();
+        let (l, u, _) = sockets();
+        let err = collect(options(&dir, Expect::Count(1), Some(2), Limits::default()), l, u, || {}).unwrap_err();
+        assert!(err.to_string().contains("manifest.json is damaged"), "{err}");
+        assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), b"{\"trigger_id\": \"0000000000000001\", \"no");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -848,7 +1123,7 @@ mod tests {
         let mut opts = options(&dir, Expect::Count(1), Some(0xabc), Limits::default());
         opts.wait = Duration::from_millis(200);
         let mut seen = None;
-        let err = collect(opts, l, u, || seen = Manifest::load(&dir)).unwrap_err();
+        let err = collect(opts, l, u, || seen = Manifest::load(&dir).unwrap()).unwrap_err();
         assert!(matches!(err, CollectError::Missing(_)));
         assert_eq!(seen.and_then(|m| m.trigger_id).as_deref(), Some("0000000000000abc"), "written before the trigger goes out");
         // `wgo collect` after a crash: no id given, the manifest's is kept, and an agent
@@ -859,7 +1134,8 @@ mod tests {
         opts.wait = Duration::from_secs(3);
         let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
         let old = spooled(&spool, "n1", 0x999, 1000);
-        let e = ship_to(&old, &spool, addr).unwrap_err();
+        // Refused until its deadline (a refusal is retried), well within the collector's wait.
+        let e = ship_within(&old, &spool, addr, Duration::from_millis(800)).unwrap_err();
         assert!(e.to_string().contains("waits for trigger 0000000000000abc"), "{e}");
         let current = spooled(&spool, "n2", 0xabc, 1000);
         ship_to(&current, &spool, addr).unwrap();
@@ -909,9 +1185,15 @@ mod tests {
         assert_eq!(a.1.reason.as_deref(), Some("n2: app (pid 5) killed by SIGSEGV"));
         assert_eq!(a.1.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
         assert!(a.0.join("n1.pcapng").exists() && a.0.join("n2.pcapng").exists());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&a.0), 0o700, "an incident directory holds payload bytes");
+            assert_eq!(mode(&a.0.join("n1.pcapng")), 0o600);
+        }
         let b = closed.iter().find(|(_, m)| m.trigger_id.as_deref() == Some("000000000000000b")).unwrap();
         assert_eq!(b.1.nodes.len(), 1);
-        assert_eq!(Manifest::load(&b.0).unwrap(), b.1, "the manifest on disk is the one reported");
+        assert_eq!(Manifest::load(&b.0).unwrap().unwrap(), b.1, "the manifest on disk is the one reported");
 
         // Restarted, it finds the incidents again: a late dump joins its own, reopens and closes it again.
         let (l, u, addr) = sockets();

@@ -14,8 +14,8 @@ use super::wire::{self, Frame, Offer, Secret};
 pub enum ShipError {
     #[error("{0}")]
     Spool(String),
-    #[error("the collector at {0} refused the dump: {1}")]
-    Refused(SocketAddr, String),
+    #[error("the collector at {to} refused the dump until the deadline ({attempts} attempts): {reason}")]
+    Refused { to: SocketAddr, attempts: u32, reason: String },
     #[error("gave up shipping to {to} after {attempts} attempts ({last})")]
     Deadline { to: SocketAddr, attempts: u32, last: String },
     #[error("stopped by a signal while shipping to {0}")]
@@ -74,24 +74,46 @@ pub fn ship(entry: &SpoolEntry, source: Source<'_>, to: SocketAddr, opts: &ShipO
         match ship_once(entry, source, &digest, to, opts) {
             Ok(()) => return Ok(()),
             Err(_) if opts.stopped() => return Err(ShipError::Stopped(to)),
-            Err(Attempt::Refused(r)) => return Err(ShipError::Refused(to, r)),
-            Err(Attempt::Retry(last)) => {
+            Err(failed) => {
+                // A refusal may pass (the collector had too many incidents open, or waits for
+                // another trigger until restarted): retried like a failure, so that the
+                // application is not stopped before the deadline.
+                let (refused, why) = match failed {
+                    Attempt::Refused(r) => (true, r),
+                    Attempt::Retry(r) => (false, r),
+                };
                 if Instant::now() + backoff > opts.deadline {
-                    return Err(ShipError::Deadline { to, attempts, last });
+                    return Err(if refused {
+                        ShipError::Refused { to, attempts, reason: why }
+                    } else {
+                        ShipError::Deadline { to, attempts, last: why }
+                    });
                 }
-                tracing::info!("shipping to {to} failed ({last}); retrying in {backoff:?}");
+                if refused {
+                    tracing::warn!("the collector at {to} refused the dump ({why}); retrying in {backoff:?}");
+                } else {
+                    tracing::info!("shipping to {to} failed ({why}); retrying in {backoff:?}");
+                }
                 // In small steps, so that a stop is noticed at once.
-                let until = Instant::now() + backoff;
-                while Instant::now() < until {
-                    if opts.stopped() {
-                        return Err(ShipError::Stopped(to));
-                    }
-                    std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+                if !pause(backoff, opts) {
+                    return Err(ShipError::Stopped(to));
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
+}
+
+/// Sleeps `d` in small steps; false if a stop came meanwhile.
+fn pause(d: Duration, opts: &ShipOptions<'_>) -> bool {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if opts.stopped() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+    }
+    true
 }
 
 enum Attempt {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::outfile::{self, Durability, OutputError};
+
 /// What the spool knows about one dump (stored as JSON beside it).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SpoolEntry {
@@ -27,18 +29,10 @@ impl SpoolEntry {
     pub fn meta_path(&self, spool: &Path) -> PathBuf {
         spool.join(format!("{}-{:016x}.json", self.node, self.trigger_id))
     }
-    pub fn save(&self, spool: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        let tmp = spool.join(format!(".{}-{:016x}.json.tmp", self.node, self.trigger_id));
-        let written = create_private(&tmp).and_then(|mut f| {
-            f.write_all(&serde_json::to_vec_pretty(self).expect("serializable"))?;
-            f.sync_all()
-        });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, self.meta_path(spool))
+    /// Durably: an entry says whether its dump was shipped, after any crash.
+    pub fn save(&self, spool: &Path) -> Result<(), OutputError> {
+        let json = serde_json::to_vec_pretty(self).expect("serializable");
+        outfile::write_file(&self.meta_path(spool), &json, Durability::Durable)
     }
     /// The dump's SHA-256, or None when the entry's is not 64 hex digits.
     pub fn digest(&self) -> Option<[u8; 32]> {
@@ -46,20 +40,9 @@ impl SpoolEntry {
     }
 }
 
-/// Creates (or truncates) a file only its owner may read: dumps hold payload bytes.
-pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    // An existing file keeps its mode on open: set it.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    Ok(f)
-}
-
 /// Creates a spool directory only its owner may enter.
 pub fn create_spool_dir(spool: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(spool)?;
-    std::fs::set_permissions(spool, std::fs::Permissions::from_mode(0o700))
+    outfile::create_private_dir(spool)
 }
 
 /// Every dump the spool holds, oldest trigger first.
@@ -113,4 +96,37 @@ pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_saved_private_and_never_through_a_planted_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let spool = std::env::temp_dir().join(format!("wgo-spool-symlink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&spool);
+        create_spool_dir(&spool).unwrap();
+        let victim = spool.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let e = SpoolEntry {
+            node: "a".into(),
+            trigger_id: 7,
+            heard_ns: 1,
+            collector: "127.0.0.1:1".into(),
+            size: 0,
+            sha256: String::new(),
+            shipped: false,
+        };
+        // The name an entry was once written through, and the one it is now.
+        for tmp in [".a-0000000000000007.json.tmp", "a-0000000000000007.json.partial"] {
+            std::os::unix::fs::symlink(&victim, spool.join(tmp)).unwrap();
+        }
+        e.save(&spool).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "the symlink's target was overwritten");
+        assert_eq!(std::fs::metadata(e.meta_path(&spool)).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(spool_entries(&spool).unwrap(), vec![e]);
+        std::fs::remove_dir_all(&spool).unwrap();
+    }
 }

@@ -56,6 +56,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     println!("\nwgo report, from the packets and examples/demo.toml alone:\n{}", out.report);
     println!("timeline: {}", out.timeline.display());
     println!("json:     {}", out.json.display());
+    println!("perfetto: {} (open it in ui.perfetto.dev)", out.perfetto.display());
     eprintln!("demo: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -160,6 +160,44 @@ enum Cmd {
         #[arg(long, allow_hyphen_values = true)]
         step_ns: Option<i64>,
     },
+    /// Write two nodes' dumps of COUNT byte-identical datagrams each way (keep-alives
+    /// without a counter, one a millisecond), for the matching benchmark.
+    SynthIdentical {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Echo every IPv4 packet of IP protocol PROTO (a raw socket: no ports) back to its
+    /// sender, same protocol. Prints `ready` once the socket is open.
+    RawEcho {
+        #[arg(long)]
+        proto: u8,
+    },
+    /// Send COUNT IPv4 packets of IP protocol PROTO (`TAG #i`, SIZE bytes after the IP
+    /// header) from a raw socket, one at a time, each waiting for its echo (resent every
+    /// 200 ms until the echo comes, for at most 10 s).
+    RawRequest {
+        #[arg(long)]
+        to: std::net::Ipv4Addr,
+        #[arg(long)]
+        proto: u8,
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        #[arg(long, default_value = "wgo-raw")]
+        tag: String,
+    },
+    /// Analyze DIR's dumps once, then write the JSON report and the Perfetto trace from
+    /// the finished analysis, ROUNDS times each, alternating, as `wgo report` writes
+    /// files; prints `json|perfetto SECONDS CPU_SECONDS BYTES` per write, for benchmarks.
+    WriteBench {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Connect, send BYTES bytes of a known pattern, read them back, close.
     TcpSend {
         #[arg(long)]
@@ -336,6 +374,34 @@ fn main() -> anyhow::Result<()> {
                 });
             }
         }
+        Cmd::WriteBench { dir, rounds } => {
+            use wgo::analysis::{Inputs, analyze, spec::Spec, trace::Trace};
+            let mut files: Vec<std::path::PathBuf> =
+                std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcapng")).collect();
+            files.sort();
+            let spec = Spec::load(&dir.join("sim.toml"))?;
+            let a = analyze(Trace::read_files(&files)?, Inputs { spec: Some(spec), missing_nodes: vec![] });
+            for _ in 0..rounds {
+                for (what, path) in [("json", dir.join("out.json")), ("perfetto", dir.join("out.pftrace"))] {
+                    let _ = std::fs::remove_file(&path);
+                    // CPU time too: on a shared machine it varies far less than wall time.
+                    let cpu = || {
+                        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                        // SAFETY: ts is a valid timespec to write into.
+                        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+                    };
+                    let (t, c) = (std::time::Instant::now(), cpu());
+                    wgo::outfile::write_atomically(&path, |f| match what {
+                        "json" => wgo::report::json::write_json(&a, f),
+                        _ => wgo::report::perfetto::write_perfetto(&a, f),
+                    })?;
+                    let (secs, cpu_secs) = (t.elapsed().as_secs_f64(), cpu() - c);
+                    println!("{what} {secs:.3} {cpu_secs:.3} {}", std::fs::metadata(&path)?.len());
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
         Cmd::Synth { events, out, nodes, misdated, step_ns } => {
             use wgo_tests::sim;
             // Heartbeats dominate: n(n-1) pairs, 2 events each per interval. At least 2 s
@@ -358,6 +424,79 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(out.join("sim.toml"), sim::SPEC)?;
             println!("{}", trace.events.len());
         }
+        Cmd::SynthIdentical { count, out } => {
+            use capture_ebpf::Direction;
+            use wgo::dump::{DumpInfo, DumpWriter, WritePacket};
+            let (a, b) = (wgo_tests::sim::addr(0), wgo_tests::sim::addr(1));
+            let ping = wgo_tests::sim::udp4(a, b, 7000, 7000, 0, b"PING");
+            let pong = wgo_tests::sim::udp4(b, a, 7000, 7000, 0, b"PONG");
+            std::fs::create_dir_all(&out)?;
+            let t0 = 1_800_000_000_000_000_000u64;
+            let end = t0 + count * 1_000_000 + 1_000_000;
+            // (node, what it sends, what it receives, when in each millisecond it sends)
+            for (name, sent, received, at) in [("n1", &ping, &pong, 0u64), ("n2", &pong, &ping, 500_000)] {
+                let info = DumpInfo { node: name.into(), snaplen: 64, start_wall_ns: t0, end_wall_ns: end, ..DumpInfo::default() };
+                let f = std::io::BufWriter::new(std::fs::File::create(out.join(format!("{name}.pcapng")))?);
+                let mut w = DumpWriter::new(f, &info)?;
+                let mut seq = 0;
+                for i in 0..count {
+                    let ms = t0 + i * 1_000_000;
+                    // Its own send, and the other's send of this millisecond 300 us after it left.
+                    let mut events =
+                        [(ms + at, Direction::Egress, sent), (ms + (at + 500_000) % 1_000_000 + 300_000, Direction::Ingress, received)];
+                    events.sort_by_key(|e| e.0);
+                    for (wall_ns, direction, ip) in events {
+                        seq += 1;
+                        w.packet(&WritePacket {
+                            wall_ns,
+                            direction: Some(direction),
+                            seq,
+                            cpu: 0,
+                            ktime_ns: None,
+                            orig_len: ip.len() as u32,
+                            ip,
+                            drop_reason: None,
+                        })?;
+                    }
+                }
+                w.finish(&info)?;
+            }
+            println!("{}", 4 * count);
+        }
+        Cmd::RawEcho { proto } => {
+            let sock = raw_socket(proto)?;
+            println!("ready");
+            std::io::stdout().flush()?;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                // An IPv4 raw socket reads whole packets, IP header included.
+                let (n, from) = sock.recv_from(&mut buf)?;
+                let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                if n >= ihl {
+                    sock.send_to(&buf[ihl..n], from)?;
+                }
+            }
+        }
+        Cmd::RawRequest { to, proto, count, size, tag } => {
+            let sock = raw_socket(proto)?;
+            sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let mut buf = vec![0u8; 65536];
+            let give_up = Instant::now() + Duration::from_secs(10);
+            for i in 0..count {
+                let msg = payload(&tag, i, size);
+                'resend: loop {
+                    anyhow::ensure!(Instant::now() < give_up, "no echo for request {i} from {to}");
+                    sock.send_to(&msg, SocketAddr::from((to, 0)))?;
+                    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                        if from.ip() == to && buf.get(ihl..n) == Some(&msg[..]) {
+                            break 'resend;
+                        }
+                    }
+                }
+            }
+            println!("{count} requests answered");
+        }
         Cmd::TcpSend { to, bytes } => {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).with_context(|| format!("connecting to {to}"))?;
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -370,6 +509,17 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An IPv4 raw socket for IP protocol `proto`, driven through std's UdpSocket: its
+/// send_to/recv_from/timeouts are the plain sendto/recvfrom/SO_RCVTIMEO a raw socket takes
+/// (the port in the address is ignored; the kernel writes the IP header on sends).
+fn raw_socket(proto: u8) -> anyhow::Result<UdpSocket> {
+    // SAFETY: socket(2) with plain integer arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto as libc::c_int) };
+    anyhow::ensure!(fd >= 0, "a raw socket for IP protocol {proto}: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a socket just opened here, owned by nothing else.
+    Ok(UdpSocket::from(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }))
 }
 
 fn client_socket(to: SocketAddr) -> anyhow::Result<UdpSocket> {

@@ -26,6 +26,8 @@ pub enum Which {
     Timeline,
     /// 1,000 agents shipping to one collector at once, then again beside 1,000 slowloris connections.
     Collect,
+    /// The Perfetto trace (`--perfetto`) against the JSON report: size and time, 1 M and 10 M events.
+    Perfetto,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -36,6 +38,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Shipping => shipping(),
         Which::Timeline => timeline(),
         Which::Collect => collect::run(),
+        Which::Perfetto => perfetto(),
     }
 }
 
@@ -302,6 +305,94 @@ fn collector() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&tmp);
     contradictions(&wgo, &peer)?;
     clock_step(&wgo, &peer)
+}
+
+/// The Perfetto trace against the JSON report on the same synthetic dumps, 1 M and 10 M
+/// events. End to end: `wgo report` with no output, with `--json` and with `--perfetto`,
+/// median of 3 each, interleaved so that the machine's drift hits all three (both
+/// outputs are streamed while the order is built, so their cost shows only where the
+/// writer is slower than the order). Writing alone: `wgo-peer write-bench` analyzes once
+/// and writes each from the finished analysis, as `wgo report` writes files, median of 3.
+fn perfetto() -> anyhow::Result<()> {
+    crate::build::all()?;
+    let (wgo, peer) = (root().join("target/release/wgo"), root().join("target/release/wgo-peer"));
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-perfetto-{}", std::process::id()));
+    println!("simulated 5-node dumps, --spec sim.toml; medians of 3. report: `wgo report` end to end with no output, --json, --perfetto;");
+    println!(
+        "write: the output alone, from a finished analysis (wgo-peer write-bench): wall seconds, then the writing thread's CPU seconds."
+    );
+    println!(
+        "{:>10}  {:>9}  {:>9}  {:>9}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {:>8}  {:>8}  {:>8}  {:>9}",
+        "events",
+        "report s",
+        "+json s",
+        "+pftrc s",
+        "write js",
+        "write pf",
+        "cpu js",
+        "cpu pf",
+        "pf/js cpu",
+        "json MB",
+        "pftrc MB",
+        "pf B/ev",
+        "pf/js size"
+    );
+    for target in [1_000_000u64, 10_000_000] {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
+        let events: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("synth output")?;
+        let (json, trace) = (tmp.join("out.json"), tmp.join("out.pftrace"));
+        let mut times: [Vec<f64>; 3] = Default::default();
+        for _ in 0..3 {
+            for (k, flag) in [None, Some("--json"), Some("--perfetto")].into_iter().enumerate() {
+                let _ = std::fs::remove_file(&json);
+                let _ = std::fs::remove_file(&trace);
+                testbed::run(&mut Command::new("sync"))?;
+                let mut cmd = Command::new(&wgo);
+                cmd.arg("report").arg(&tmp).arg("--spec").arg(tmp.join("sim.toml"));
+                match flag {
+                    Some("--json") => cmd.arg("--json").arg(&json),
+                    Some(_) => cmd.arg("--perfetto").arg(&trace),
+                    None => &mut cmd,
+                };
+                let t = std::time::Instant::now();
+                testbed::run(&mut cmd)?;
+                times[k].push(t.elapsed().as_secs_f64());
+            }
+        }
+        let _ = std::fs::remove_file(&json);
+        let _ = std::fs::remove_file(&trace);
+        testbed::run(&mut Command::new("sync"))?;
+        let w = testbed::run(Command::new(&peer).args(["write-bench", "--rounds", "3", "--dir"]).arg(&tmp))?;
+        // Per output: wall seconds, CPU seconds, and its size.
+        type Writes = (Vec<f64>, Vec<f64>, f64);
+        let (mut js, mut pf): (Writes, Writes) = Default::default();
+        for line in String::from_utf8_lossy(&w.stdout).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (secs, cpu, len): (f64, f64, f64) = match f[..] {
+                [_, s, c, l] => (s.parse()?, c.parse()?, l.parse()?),
+                _ => bail!("write-bench printed {line:?}"),
+            };
+            let out = if f[0] == "json" { &mut js } else { &mut pf };
+            out.0.push(secs);
+            out.1.push(cpu);
+            out.2 = len;
+        }
+        let (js_s, pf_s, js_cpu, pf_cpu) = (median(&js.0), median(&pf.0), median(&js.1), median(&pf.1));
+        println!(
+            "{events:>10.0}  {:>9.2}  {:>9.2}  {:>9.2}  {js_s:>8.2}  {pf_s:>8.2}  {js_cpu:>8.2}  {pf_cpu:>8.2}  {:>8.2}x  {:>8.0}  {:>8.0}  {:>8.0}  {:>9.2}x",
+            median(&times[0]),
+            median(&times[1]),
+            median(&times[2]),
+            pf_cpu / js_cpu,
+            js.2 / 1e6,
+            pf.2 / 1e6,
+            pf.2 / events,
+            pf.2 / js.2
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
 }
 
 fn clocks() -> anyhow::Result<()> {

@@ -1,0 +1,273 @@
+//! Lossy links: directed links whose share of lost messages stands out from what the rest
+//! of the cluster loses. A partition's or a stall's losses are theirs, not the link's.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, NodeList};
+use super::matching::{address_owners, is_group_address};
+use super::partitions::PARTITION_WINDOW_NS;
+use super::trace::{EventId, NodeId};
+
+/// A link is lossy when at least this many of its messages were lost...
+pub const LOSSY_MIN_LOST: usize = 3;
+/// ...at least this share of them...
+pub const LOSSY_MIN_RATE: f64 = 0.05;
+/// ...at least this many times the cluster's usual rate, and three standard deviations more
+/// losses than that rate gives (a link that is only unlucky is not lossy)...
+pub const LOSSY_VS_OTHERS: f64 = 3.0;
+/// ...spread over at least this long.
+pub const LOSSY_MIN_SPAN_NS: i64 = 2 * PARTITION_WINDOW_NS;
+
+/// A directed link's traffic: messages sent, and the losses counted against it.
+#[derive(Default)]
+struct Link {
+    sent: usize,
+    lost: Vec<(i64, EventId, Cause)>,
+}
+
+/// The pooled loss rate of the links `keep` keeps.
+fn pooled(links: &BTreeMap<(NodeId, NodeId), Link>, keep: impl Fn(&(NodeId, NodeId)) -> bool) -> Option<f64> {
+    let (sent, lost) = links.iter().filter(|(k, _)| keep(k)).fold((0, 0), |(s, l), (_, x)| (s + x.sent, l + x.lost.len()));
+    (sent > 0).then(|| lost as f64 / sent as f64)
+}
+
+/// The cluster's usual loss rate, robust to one faulty link or node: first the least, over
+/// the nodes, of the pooled rate of the links that do not touch it (so that one node's
+/// lossy links are not counted against each other); then the pooled rate of the links that
+/// this first baseline does not find lossy. (The median of the links' rates would be no
+/// baseline: with a few losses per link most links lose none, and it is zero.)
+fn baseline(links: &BTreeMap<(NodeId, NodeId), Link>, nodes: usize, lossy: &dyn Fn(&Link, f64) -> bool) -> f64 {
+    let first = (0..nodes as NodeId)
+        .filter_map(|x| pooled(links, |k| k.0 != x && k.1 != x))
+        .min_by(f64::total_cmp)
+        .or_else(|| pooled(links, |_| true))
+        .unwrap_or(0.0);
+    pooled(links, |k| !lossy(&links[k], first)).unwrap_or(first)
+}
+
+/// Lossy links, from the lost messages (send, receiver, cause): only losses on the path
+/// count, the network's and the firewalls'. `explained` says whether a partition or a stall
+/// explains a loss from `from` to `to` at a time.
+pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dyn Fn(NodeId, NodeId, i64) -> bool) -> Vec<Anomaly> {
+    let t = ctx.trace;
+    // Sends per directed link: delivered messages and losses (unicast to an owned address).
+    let owners = address_owners(t);
+    // Counted in a dense table first: this runs once per delivered message.
+    let n = t.nodes.len();
+    let group: Vec<bool> = t.addrs.iter().map(|a| is_group_address(*a)).collect();
+    let mut sent = vec![0usize; n * n];
+    for &(s, r) in &ctx.matching.messages {
+        let (se, re) = (&t.events[s as usize], &t.events[r as usize]);
+        if se.node != re.node && !group[se.dst as usize] {
+            sent[se.node as usize * n + re.node as usize] += 1;
+        }
+    }
+    let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
+    for (k, &c) in sent.iter().enumerate().filter(|x| *x.1 > 0) {
+        links.insert(((k / n) as NodeId, (k % n) as NodeId), Link { sent: c, lost: Vec::new() });
+    }
+    for &(s, to, cause) in lost {
+        let from = t.events[s as usize].node;
+        let at = ctx.corr(s);
+        let link = links.entry((from, to)).or_default();
+        if owners.get(&t.events[s as usize].dst) == Some(&to) {
+            link.sent += 1;
+        }
+        if cause.on_path(t) && !explained(from, to, at) {
+            link.lost.push((at, s, cause));
+        }
+    }
+    for l in links.values_mut() {
+        l.sent = l.sent.max(l.lost.len());
+    }
+    let span_of = |l: &Link| {
+        let (a, b) = (l.lost.iter().map(|x| x.0).min(), l.lost.iter().map(|x| x.0).max());
+        a.zip(b)
+    };
+    // High enough a rate to be this fault, whatever the counts.
+    let high_vs = |l: &Link, usual: f64| l.sent > 0 && l.lost.len() as f64 / l.sent as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
+    let lossy_vs = |l: &Link, usual: f64| {
+        let expected = usual * l.sent as f64;
+        let stands_out = l.lost.len() as f64 >= expected + 3.0 * expected.sqrt();
+        // A link loses over time: a burst of losses within moments is an event, not the link.
+        let lasting = span_of(l).is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
+        l.lost.len() >= LOSSY_MIN_LOST && high_vs(l, usual) && stands_out && lasting
+    };
+    let usual = baseline(&links, t.nodes.len(), &lossy_vs);
+    let high = |l: &Link| high_vs(l, usual);
+    let lossy = |l: &Link| lossy_vs(l, usual);
+    let found: BTreeSet<(NodeId, NodeId)> = links.iter().filter(|(_, l)| lossy(l)).map(|(k, _)| *k).collect();
+    // A node all of whose links lose (two or more of them plainly, none of them clean) is one
+    // fault: its own, not each link's.
+    let mut whole: Vec<(NodeId, Vec<(NodeId, NodeId)>)> = Vec::new();
+    for x in 0..t.nodes.len() as NodeId {
+        let mine: Vec<(NodeId, NodeId)> = links.iter().filter(|(k, l)| (k.0 == x || k.1 == x) && l.sent > 0).map(|(k, _)| *k).collect();
+        let plain = mine.iter().filter(|k| found.contains(k)).count();
+        if plain >= 2 && mine.len() >= 3 && mine.iter().all(|k| high(&links[k])) {
+            whole.push((x, mine));
+        }
+    }
+    let pct = |l: &Link| 100.0 * l.lost.len() as f64 / l.sent.max(1) as f64;
+    let fmt_time = super::fmt::fmt_time;
+    let mut out = Vec::new();
+    let mut done: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
+    for (x, mine) in &whole {
+        // Two nodes whose links all lose share the link between them: it goes to the first.
+        let mine: Vec<(NodeId, NodeId)> = mine.iter().copied().filter(|k| !done.contains(k)).collect();
+        let (sent, lost): (usize, Vec<&(i64, EventId, Cause)>) = mine.iter().fold((0, Vec::new()), |(s, mut v), k| {
+            (s + links[k].sent, {
+                v.extend(&links[k].lost);
+                v
+            })
+        });
+        let mut lost = lost;
+        lost.sort_unstable_by_key(|x| x.0);
+        let (Some(a), Some(b)) = (lost.first().map(|x| x.0), lost.last().map(|x| x.0)) else { continue };
+        let mut a_ = Anomaly::new(
+            Kind::LossyLink,
+            lost.iter().map(|x| x.1).collect(),
+            format!(
+                "all of {}'s links are lossy: {} of {} messages lost ({:.0}%) on its {} links from {} to {}{}; the rest of the cluster lost {:.1}%",
+                ctx.name(*x),
+                lost.len(),
+                sent,
+                100.0 * lost.len() as f64 / sent.max(1) as f64,
+                mine.len(),
+                fmt_time(a),
+                fmt_time(b),
+                cause_words(ctx, &lost),
+                usual * 100.0
+            ),
+        );
+        a_.nodes = NodeList::from_slice(&[*x]);
+        a_.span = Some((a, b));
+        a_.cause = Some(main_cause(&lost));
+        let d = a_.detail_mut();
+        d.links = mine.clone();
+        d.all_links_of = Some(*x);
+        out.push(a_);
+        done.extend(mine);
+    }
+    for k in found.iter().filter(|k| !done.contains(k)) {
+        let l = &links[k];
+        let Some((a, b)) = span_of(l) else { continue };
+        let lost: Vec<&(i64, EventId, Cause)> = l.lost.iter().collect();
+        let mut a_ = Anomaly::new(
+            Kind::LossyLink,
+            l.lost.iter().map(|x| x.1).collect(),
+            format!(
+                "lossy link {} → {}: {} of {} messages lost ({:.0}%) from {} to {}{}; the other links lost {:.1}%",
+                ctx.name(k.0),
+                ctx.name(k.1),
+                l.lost.len(),
+                l.sent,
+                pct(l),
+                fmt_time(a),
+                fmt_time(b),
+                cause_words(ctx, &lost),
+                usual * 100.0
+            ),
+        );
+        a_.nodes = NodeList::from_slice(&[k.0, k.1]);
+        a_.span = Some((a, b));
+        a_.cause = Some(main_cause(&lost));
+        a_.detail_mut().links = vec![*k];
+        out.push(a_);
+    }
+    out
+}
+
+/// Where most of the losses died.
+fn main_cause(lost: &[&(i64, EventId, Cause)]) -> Cause {
+    let mut by: BTreeMap<(CauseKind, Option<u16>), usize> = BTreeMap::new();
+    for l in lost {
+        *by.entry((l.2.kind, l.2.reason)).or_default() += 1;
+    }
+    by.into_iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).map_or(Cause::NETWORK, |((kind, reason), _)| Cause { kind, reason })
+}
+
+fn cause_words(ctx: &Context<'_>, lost: &[&(i64, EventId, Cause)]) -> &'static str {
+    let _ = ctx;
+    match main_cause(lost).kind {
+        CauseKind::Network => "",
+        CauseKind::ReceiverKernel => ", dropped by the receiver's firewall",
+        CauseKind::SenderKernel => ", dropped by the sender's own firewall",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+
+    /// Five nodes, each sending each other one datagram every 50 ms for 4 s; `lossy` says
+    /// which links lose every fifth message (20%), and how.
+    fn cluster(lossy: impl Fn(u8, u8) -> Option<Fate>) -> Vec<Anomaly> {
+        let msgs = mesh(5, (100 * MS, 4100 * MS), 50 * MS, |_, a, b, k| match lossy(a, b) {
+            Some(how) if k % 5 == 2 => how,
+            _ => Fate::Delivered,
+        });
+        anomalies(&trace(traffic_fates(5, &msgs)))
+    }
+
+    #[test]
+    fn one_lossy_link_is_named_alone() {
+        let found = cluster(|a, b| ((a, b) == (0, 2)).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!((d.links.as_slice(), d.all_links_of), (&[(0, 2)][..], None));
+        assert!(lossy[0].text.starts_with("lossy link n1 → n3: 16 of 80 messages lost (20%)"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn all_of_one_nodes_links_lossy_is_said_so_whatever_the_others() {
+        // Every link of n4, both ways: the baseline must not pool them against each other.
+        let found = cluster(|a, b| (a == 3 || b == 3).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!(d.all_links_of, Some(3));
+        assert_eq!(d.links.len(), 8, "{:?}", d.links);
+        assert_eq!(lossy[0].nodes.as_slice(), &[3]);
+        assert!(
+            lossy[0].text.starts_with("all of n4's links are lossy: 128 of 640 messages lost (20%) on its 8 links"),
+            "{}",
+            lossy[0].text
+        );
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_firewall_rule_dropping_a_fifth_at_random_is_a_lossy_link() {
+        let found = cluster(|a, b| ((a, b) == (0, 2)).then_some(Fate::FirewallIn));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{found:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        assert_eq!(lossy[0].cause.map(|c| c.kind), Some(CauseKind::ReceiverKernel));
+        assert!(lossy[0].text.contains("dropped by the receiver's firewall"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn the_baseline_is_the_healthy_rest() {
+        let link = |sent: usize, lost: usize| Link { sent, lost: (0..lost).map(|k| (k as i64, 0, Cause::NETWORK)).collect() };
+        // Three nodes; n3's four links lose 20%, n1 ↔ n2 2%: the rest is n1 ↔ n2.
+        let links: BTreeMap<(NodeId, NodeId), Link> = [
+            ((0, 1), link(100, 2)),
+            ((1, 0), link(100, 2)),
+            ((0, 2), link(100, 20)),
+            ((2, 0), link(100, 20)),
+            ((1, 2), link(100, 20)),
+            ((2, 1), link(100, 20)),
+        ]
+        .into_iter()
+        .collect();
+        // First the least of the pools that leave one node out (n3: 2%), then the pool of
+        // the links that does not find lossy (three times its rate or more).
+        let lossy = |l: &Link, usual: f64| l.lost.len() as f64 >= 3.0 * usual * l.sent as f64;
+        assert_eq!(baseline(&links, 3, &lossy), 0.02);
+        // A pool of all the links would be 14%, and find none of n3's links lossy.
+        assert_eq!(pooled(&links, |_| true), Some(0.14));
+    }
+}

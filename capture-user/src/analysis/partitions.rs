@@ -1,0 +1,402 @@
+//! Partitions: the cluster split into islands whose messages to each other are lost. The
+//! islands come from the evidence over the partition's whole span: nodes that deliver to
+//! each other during it, directly or through a chain, are one island; a pair with no
+//! traffic is unknown, and unknown never splits an island.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
+
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, Span};
+use super::stalls::Stall;
+use super::trace::{EventId, NodeId};
+
+/// A partition is claimed on at least this many messages lost across it...
+pub const PARTITION_MIN_LOST: usize = 3;
+/// ...over at least this long: a client that waits out a timeout after each loss on a
+/// lossy link falls as silent as a cut-off node, for about as long...
+pub const PARTITION_MIN_NS: i64 = 1_500_000_000;
+/// ...unless this many messages were lost across it, over this long at least: a busy
+/// cluster shows a short partition plainly.
+pub const PARTITION_BUSY_LOST: usize = 10;
+pub const PARTITION_BUSY_NS: i64 = 250_000_000;
+/// How long one pair's losses with nothing delivered between them stay one cut: longer
+/// than any retry backoff seen in practice, short enough to keep two cuts apart.
+pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
+/// How far beyond its first and last loss a partition is known: its edges are where the
+/// evidence shows it, give or take a message's cadence. Used where other findings ask
+/// whether a partition explains them.
+pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
+
+/// One lost message between two nodes: (send time, sender, receiver, send, cause).
+type Loss = (i64, NodeId, NodeId, EventId, Cause);
+
+fn root(p: &mut [usize], x: usize) -> usize {
+    let mut x = x;
+    while p[x] != x {
+        p[x] = p[p[x]];
+        x = p[x];
+    }
+    x
+}
+
+/// The partitions in `lost` (send, receiver, cause): only losses on the path count (the
+/// network's and the firewalls'), and none to or from a node stalled then (the stall's).
+pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stall]) -> Vec<Anomaly> {
+    let trace = ctx.trace;
+    let n = trace.nodes.len();
+    if n < 2 {
+        return Vec::new();
+    }
+    let stalled = |x: NodeId, t: i64| stalls.iter().any(|st| st.node == x && st.from <= t && t <= st.to);
+    let mut losses: Vec<Loss> = lost
+        .iter()
+        .filter(|l| l.2.on_path(trace))
+        .map(|&(s, r, c)| (ctx.corr(s), trace.events[s as usize].node, r, s, c))
+        .filter(|&(t, a, r, _, _)| a != r && !stalled(a, t) && !stalled(r, t))
+        .collect();
+    if losses.is_empty() {
+        return Vec::new();
+    }
+    losses.sort_unstable_by_key(|l| (l.0, l.3));
+    let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
+    // Each pair's losses in time order, and per gap between two of them (gap k: before its
+    // k-th loss) whether it delivered a message both sent and received within the gap. A
+    // message in flight when the cut began, or TCP bytes sent during the cut that only a
+    // merged retransmission delivered after the heal, prove nothing.
+    let mut by_pair: FxHashMap<(NodeId, NodeId), (Vec<usize>, Vec<bool>)> = FxHashMap::default();
+    for (k, l) in losses.iter().enumerate() {
+        by_pair.entry(pair(l.1, l.2)).or_default().0.push(k);
+    }
+    for v in by_pair.values_mut() {
+        v.1 = vec![false; v.0.len() + 1];
+    }
+    let messages = &ctx.matching.messages;
+    let ends = |s: EventId, r: EventId| (ctx.corr(s), ctx.corr(r));
+    // Which pairs lost anything, in a dense table: this runs once per delivered message.
+    let mut lossy_pair = vec![false; n * n];
+    for &(x, y) in by_pair.keys() {
+        lossy_pair[x as usize * n + y as usize] = true;
+    }
+    for &(s, r) in messages {
+        let (a, b) = pair(trace.events[s as usize].node, trace.events[r as usize].node);
+        if !lossy_pair[a as usize * n + b as usize] {
+            continue;
+        }
+        let Some((ks, gaps)) = by_pair.get_mut(&(a, b)) else { continue };
+        let (ts, tr) = ends(s, r);
+        let g = ks.partition_point(|&k| losses[k].0 < ts);
+        if g > 0 && losses[ks[g - 1]].0 < ts && ks.get(g).is_some_and(|&k| tr < losses[k].0) {
+            gaps[g] = true;
+        }
+    }
+    // Each pair's cuts: runs of losses with nothing delivered between them.
+    let mut runs: Vec<Span> = Vec::new();
+    for (ks, gaps) in by_pair.values() {
+        let mut cur = (losses[ks[0]].0, losses[ks[0]].0);
+        for (g, &k) in ks.iter().enumerate().skip(1) {
+            let t = losses[k].0;
+            if t - cur.1 > PARTITION_MAX_GAP_NS || gaps[g] {
+                runs.push(cur);
+                cur = (t, t);
+            } else {
+                cur.1 = t;
+            }
+        }
+        runs.push(cur);
+    }
+    // Episodes: cuts that overlap in time, of any pairs; only those with enough losses
+    // over long enough to be a partition are looked at further.
+    runs.sort_unstable();
+    let mut episodes: Vec<Span> = Vec::new();
+    for r in runs {
+        match episodes.last_mut() {
+            Some(e) if r.0 <= e.1 => e.1 = e.1.max(r.1),
+            _ => episodes.push(r),
+        }
+    }
+    let in_episode = |e: &Span| losses.partition_point(|l| l.0 < e.0)..losses.partition_point(|l| l.0 <= e.1);
+    episodes.retain(|e| {
+        let n = in_episode(e).len();
+        (n >= PARTITION_MIN_LOST && e.1 - e.0 >= PARTITION_MIN_NS) || (n >= PARTITION_BUSY_LOST && e.1 - e.0 >= PARTITION_BUSY_NS)
+    });
+    if episodes.is_empty() {
+        return Vec::new();
+    }
+    // The pairs that delivered a message both sent and received within each episode.
+    let mut delivered: Vec<BTreeSet<(NodeId, NodeId)>> = vec![BTreeSet::new(); episodes.len()];
+    for &(s, r) in messages {
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+        if a == b {
+            continue;
+        }
+        let ts = ctx.corr(s);
+        let e = episodes.partition_point(|e| e.0 <= ts);
+        if e > 0 && ts <= episodes[e - 1].1 && ctx.corr(r) <= episodes[e - 1].1 {
+            delivered[e - 1].insert(pair(a, b));
+        }
+    }
+    let mut out = Vec::new();
+    for (e, span) in episodes.iter().enumerate() {
+        let range = in_episode(span);
+        // A pair that lost in the episode connects only by a delivery between its own
+        // losses: what it delivered before its first loss or after its last does not undo
+        // its cut.
+        let connected = delivered[e].iter().copied().filter(|p| {
+            let Some((ks, gaps)) = by_pair.get(p) else { return true };
+            let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
+            mine.is_empty() || mine.iter().skip(1).any(|&g| gaps[g])
+        });
+        if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// The partition of one episode's losses, if they split the cluster; `connected` are the
+/// pairs that delivered to each other during it.
+fn episode(ctx: &Context<'_>, losses: &[Loss], connected: impl Iterator<Item = (NodeId, NodeId)>) -> Option<Anomaly> {
+    let n = ctx.trace.nodes.len();
+    let mut active = vec![false; n];
+    for l in losses {
+        active[l.1 as usize] = true;
+        active[l.2 as usize] = true;
+    }
+    let mut parent: Vec<usize> = (0..n).collect();
+    for p in connected {
+        active[p.0 as usize] = true;
+        active[p.1 as usize] = true;
+        let (ra, rb) = (root(&mut parent, p.0 as usize), root(&mut parent, p.1 as usize));
+        parent[ra] = rb;
+    }
+    // Islands that lost nothing to each other are not told apart: unknown never splits.
+    let mut islands: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+    for x in (0..n).filter(|&x| active[x]) {
+        islands.entry(root(&mut parent, x)).or_default().push(x as NodeId);
+    }
+    let mut isl: Vec<Vec<NodeId>> = islands.into_values().collect();
+    let lost_across = |a: &[NodeId], b: &[NodeId]| {
+        losses.iter().any(|l| (a.contains(&l.1) && b.contains(&l.2)) || (a.contains(&l.2) && b.contains(&l.1)))
+    };
+    'merge: loop {
+        for i in 0..isl.len() {
+            for j in i + 1..isl.len() {
+                if !lost_across(&isl[i], &isl[j]) {
+                    let b = isl.remove(j);
+                    isl[i].extend(b);
+                    isl[i].sort_unstable();
+                    continue 'merge;
+                }
+            }
+        }
+        break;
+    }
+    if isl.len() < 2 {
+        return None;
+    }
+    isl.sort();
+    let side = |x: NodeId| isl.iter().position(|i| i.contains(&x));
+    let crossing: Vec<&Loss> = losses.iter().filter(|l| side(l.1) != side(l.2)).collect();
+    let (first, last) = (crossing.first()?.0, crossing.last()?.0);
+    // One lost message in a quiet moment is no partition: a lossy link does that too.
+    let long = crossing.len() >= PARTITION_MIN_LOST && last - first >= PARTITION_MIN_NS;
+    let busy = crossing.len() >= PARTITION_BUSY_LOST && last - first >= PARTITION_BUSY_NS;
+    if !(long || busy) {
+        return None;
+    }
+    // Where most of them died: in the network, or at the firewalls of one side or the other.
+    let mut causes: BTreeMap<(CauseKind, Option<u16>), usize> = BTreeMap::new();
+    for l in &crossing {
+        *causes.entry((l.4.kind, l.4.reason)).or_default() += 1;
+    }
+    let ((kind, reason), _) = causes.into_iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).expect("crossing losses");
+    let cause = Cause { kind, reason };
+    let names: Vec<String> = isl.iter().map(|i| format!("{{{}}}", i.iter().map(|&x| ctx.name(x)).collect::<Vec<_>>().join(", "))).collect();
+    let how = match cause.kind {
+        CauseKind::Network => "lost in the network",
+        CauseKind::ReceiverKernel => "dropped by the receivers' firewalls",
+        CauseKind::SenderKernel => "dropped by the senders' own firewalls",
+    };
+    let mut a = Anomaly::new(
+        Kind::Partition,
+        crossing.iter().map(|l| l.3).collect(),
+        format!(
+            "partition into {} islands {} from {} to {} ({} ms): messages between them were {how}",
+            isl.len(),
+            names.join(" | "),
+            super::fmt::fmt_time(first),
+            super::fmt::fmt_time(last),
+            (last - first) / 1_000_000
+        ),
+    );
+    a.islands = isl;
+    a.span = Some((first, last));
+    a.cause = Some(cause);
+    Some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::anomalies::CauseKind;
+    use super::super::testkit::*;
+    use super::*;
+
+    /// n1 and n2 keep talking, as do n3 and n4, while everything between the pairs is lost.
+    fn split(at: i64) -> Vec<(i64, u8, u8, bool)> {
+        vec![
+            (at, 0, 1, true),
+            (at + MS, 1, 0, true),
+            (at + 2 * MS, 2, 3, true),
+            (at + 3 * MS, 3, 2, true),
+            (at + 4 * MS, 0, 2, false),
+            (at + 5 * MS, 3, 1, false),
+        ]
+    }
+
+    #[test]
+    fn partitions_are_merged_across_a_quiet_window_and_kept_apart_after_a_long_one() {
+        let w = PARTITION_WINDOW_NS;
+        let mut msgs = Vec::new();
+        // Healthy first: everyone reaches everyone.
+        for (k, (a, b)) in [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)].into_iter().enumerate() {
+            msgs.push((w / 2 + k as i64 * MS, a, b, true));
+        }
+        // Split in windows 4 and 6 to 9, nothing in window 5; healthy again in window 12;
+        // split again in windows 20 to 25.
+        for k in [4, 6, 7, 8, 9] {
+            msgs.extend(split(k * w + 10 * MS));
+        }
+        for (k, (a, b)) in [(0, 2), (1, 3)].into_iter().enumerate() {
+            msgs.push((12 * w + k as i64 * MS, a, b, true));
+        }
+        for k in 20..26 {
+            msgs.extend(split(k * w + 10 * MS));
+        }
+        let t = trace(traffic(4, &msgs));
+        let found = anomalies(&t);
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3]]);
+        // From the first crossing loss (window 4) to the last (window 9), the quiet one included.
+        assert_eq!(parts[0].span, Some((4 * w + 14 * MS, 9 * w + 15 * MS)));
+        assert_eq!(parts[0].events.len(), 10, "the crossing losses of every window");
+        assert!(
+            parts[0].text.starts_with("partition into 2 islands {n1, n2} | {n3, n4} from 00:00:01.014000 to 00:00:02.265000"),
+            "{}",
+            parts[0].text
+        );
+        assert_eq!(parts[1].span, Some((20 * w + 14 * MS, 25 * w + 15 * MS)));
+        assert_eq!(of(&found, Kind::NetworkLoss).len(), 22, "each lost message is also a loss");
+    }
+
+    #[test]
+    fn a_partition_is_one_claim_across_quiet_windows_and_a_lone_loss_is_none() {
+        let w = PARTITION_WINDOW_NS;
+        // n1 ↔ n2 talk all along; n3 asks n1 once a second (a client that waits for its
+        // timeout): cut off from 2 s to 5 s, its requests are lost one per second.
+        let mut msgs = Vec::new();
+        for k in 0..32 {
+            msgs.push((k * w, 0, 1, true));
+            msgs.push((k * w + MS, 1, 0, true));
+        }
+        for s in 0..8 {
+            let t = s * 1000 * MS + 100 * MS;
+            let cut = (2000 * MS..5000 * MS).contains(&t);
+            msgs.push((t, 2, 0, !cut));
+            if !cut {
+                msgs.push((t + MS, 0, 2, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "one claim: {parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2]]);
+        assert_eq!(parts[0].span, Some((2100 * MS, 4100 * MS)), "its first lost request to its last");
+        // A lossy link: one request lost now and then, answered ones between. No partition.
+        let mut msgs: Vec<(i64, u8, u8, bool)> = (0..32).flat_map(|k| [(k * w, 0, 1, true), (k * w + MS, 1, 0, true)]).collect();
+        for s in 0..8 {
+            let t = s * 1000 * MS + 100 * MS;
+            let lost = s % 2 == 1;
+            msgs.push((t, 2, 0, !lost));
+            if !lost {
+                msgs.push((t + MS, 0, 2, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    /// {n1, n2} | {n3, n4, n5} from 1 s to 3 s, made as `fate` says across the cut.
+    fn two_three(across: Fate) -> Vec<(i64, u8, u8, Fate)> {
+        let side = |n: u8| n < 2;
+        mesh(5, (100 * MS, 4000 * MS), 100 * MS, |t, a, b, _| {
+            if side(a) != side(b) && (1000 * MS..3000 * MS).contains(&t) { across } else { Fate::Delivered }
+        })
+    }
+
+    #[test]
+    fn a_partition_made_by_the_nodes_own_firewalls_is_a_partition_with_the_firewalls_as_its_cause() {
+        for (how, kind, words) in [
+            (Fate::FirewallIn, CauseKind::ReceiverKernel, "dropped by the receivers' firewalls"),
+            (Fate::FirewallOut, CauseKind::SenderKernel, "dropped by the senders' own firewalls"),
+        ] {
+            let t = trace(traffic_fates(5, &two_three(how)));
+            let found = anomalies(&t);
+            let parts = of(&found, Kind::Partition);
+            assert_eq!(parts.len(), 1, "{how:?}: {found:?}");
+            assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+            let cause = parts[0].cause.unwrap();
+            assert_eq!((cause.kind, t.drop_reasons[cause.reason.unwrap() as usize].as_str()), (kind, "netfilter_drop"));
+            assert!(parts[0].text.contains("{n1, n2} | {n3, n4, n5}") && parts[0].text.ends_with(words), "{}", parts[0].text);
+        }
+        // The same cut in the network.
+        let found = anomalies(&trace(traffic_fates(5, &two_three(Fate::Lost))));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1);
+        assert!(parts[0].text.ends_with("lost in the network"), "{}", parts[0].text);
+    }
+
+    #[test]
+    fn islands_come_from_the_whole_span_where_traffic_inside_them_is_sparse() {
+        // Leaders n1 and n3; n2 talks only to n1, n4 and n5 only to n3, each once every
+        // 600 ms: most 250 ms windows see no traffic inside an island at all. Across the
+        // cut (1 s to 4 s) the leaders' heartbeats to the other side are lost.
+        let mut msgs = Vec::new();
+        for k in 0..50 {
+            let t = 100 * MS + k * 100 * MS;
+            let cut = (1000 * MS..4000 * MS).contains(&t);
+            let fate = if cut { Fate::Lost } else { Fate::Delivered };
+            for (a, b) in [(0, 2), (0, 3), (0, 4), (2, 0), (2, 1)] {
+                msgs.push((t + a as i64 * MS + b as i64 * 100_000, a, b, fate));
+            }
+            // Inside the islands, sparse: one follower a turn.
+            let (leader, follower) = [(0, 1), (2, 3), (2, 4)][(k % 3) as usize];
+            if k % 2 == 0 {
+                msgs.push((t + 50 * MS, leader, follower, Fate::Delivered));
+                msgs.push((t + 51 * MS, follower, leader, Fate::Delivered));
+            }
+        }
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "one claim: {parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+        let (from, to) = parts[0].span.unwrap();
+        assert!((1000 * MS..1100 * MS).contains(&from) && (3800 * MS..4000 * MS).contains(&to), "{from}..{to}");
+    }
+
+    #[test]
+    fn a_pair_with_no_traffic_is_unknown_and_never_splits_an_island() {
+        // n1 and n2 are followers of n3 and never talk to each other; the cut isolates them
+        // from n3, n4, n5 from 1 s to 4 s. n1 and n2 are one island: nothing says otherwise.
+        let side = |n: u8| n < 2;
+        let msgs = mesh(5, (100 * MS, 5000 * MS), 100 * MS, |t, a, b, _| {
+            if side(a) != side(b) && (1000 * MS..4000 * MS).contains(&t) { Fate::Lost } else { Fate::Delivered }
+        });
+        let msgs: Vec<_> = msgs.into_iter().filter(|m| !(side(m.1) && side(m.2))).collect();
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{parts:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+}

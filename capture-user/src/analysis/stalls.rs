@@ -1,0 +1,314 @@
+//! Stalled nodes: a node that stops answering while what it usually answers keeps arriving
+//! (a stopped process, a long pause, a crash). A node that has nothing to say is not
+//! stalled, nor one that waits on a stalled or cut-off peer: that is the peer's story, and
+//! the peer's stall names it as a waiter.
+
+use std::collections::BTreeSet;
+
+use super::anomalies::{Anomaly, Cause, Context, Kind, NodeList};
+use super::matching::address_owners;
+use super::trace::{Dir, EventId, NodeId, ProtoCode, Trace};
+
+/// A node is stalled when it sends nothing for this many times its usual longest gap
+/// between sends (the 90th percentile)...
+pub const STALL_FACTOR: i64 = 5;
+/// ...and for at least this long...
+pub const STALL_MIN_NS: i64 = 500_000_000;
+/// ...while its peers send it at least this many messages.
+pub const STALL_MIN_SENT_TO: usize = 3;
+/// Sends a node needs before its usual cadence is known.
+const STALL_MIN_SENDS: usize = 10;
+
+/// A node that fell silent while its peers kept sending to it.
+#[derive(Clone, Debug)]
+pub struct Stall {
+    pub node: NodeId,
+    /// Its last send before the silence, and when the silence ends (its next send, or the
+    /// end of its recording), reference clock ns.
+    pub from: i64,
+    pub to: i64,
+    pub until_end: bool,
+    pub last_send: Option<EventId>,
+    /// Messages its peers sent it meanwhile, and how many of those it never received.
+    pub sent_to: usize,
+    pub lost: usize,
+    /// Its usual longest gap between sends (90th percentile), ns.
+    pub cadence: i64,
+    /// Nodes that waited on it meanwhile.
+    pub waiters: Vec<NodeId>,
+}
+
+/// Whether a send says something: pure TCP ACKs go out from a stopped process's kernel too.
+fn says_something(e: &super::trace::Event) -> bool {
+    e.proto != ProtoCode::Tcp || e.payload_len > 0
+}
+
+/// Nodes that stopped sending, for much longer than their own cadence, while their peers
+/// kept sending them what they usually answer. `lost` are the lost messages (send,
+/// receiver, cause): those that reached the receiver's host and died there (a full buffer)
+/// show it was there to answer; the network's and the firewalls' show nothing about the
+/// node, unless the silence lasts to the end of its recording (it died: nothing got
+/// through). A node whose last word went to a stalled peer, or was lost on its way (a
+/// cut-off peer), waits on it: no stall of its own.
+pub fn stalls(
+    trace: &Trace,
+    lost: &[(EventId, NodeId, Cause)],
+    corr: &dyn Fn(EventId) -> i64,
+    end_of: &dyn Fn(NodeId) -> i64,
+) -> Vec<Stall> {
+    let owners = address_owners(trace);
+    let mut out = Vec::new();
+    for (x, range) in trace.node_ranges.iter().enumerate() {
+        let x = x as NodeId;
+        let sends: Vec<(i64, EventId)> = range
+            .clone()
+            .filter(|&i| {
+                let e = &trace.events[i];
+                e.dir == Dir::Send && says_something(e)
+            })
+            .map(|i| (corr(i as EventId), i as EventId))
+            .collect();
+        if sends.len() < STALL_MIN_SENDS {
+            continue;
+        }
+        let mut gaps: Vec<i64> = sends.windows(2).map(|w| w[1].0 - w[0].0).collect();
+        gaps.sort_unstable();
+        let cadence = gaps[(gaps.len() * 9 / 10).min(gaps.len() - 1)].max(1);
+        let threshold = cadence.saturating_mul(STALL_FACTOR).max(STALL_MIN_NS);
+        let end = end_of(x);
+        let mut spans: Vec<(i64, i64, bool, EventId)> =
+            sends.windows(2).filter(|w| w[1].0 - w[0].0 > threshold).map(|w| (w[0].0, w[1].0, false, w[0].1)).collect();
+        let &(last_t, last_id) = sends.last().expect("sends");
+        if end - last_t > threshold {
+            spans.push((last_t, end, true, last_id));
+        }
+        if spans.is_empty() {
+            continue;
+        }
+        // The peers it answers: those it sends to.
+        let answers: BTreeSet<NodeId> =
+            sends.iter().filter_map(|&(_, s)| owners.get(&trace.events[s as usize].dst).copied()).filter(|&p| p != x).collect();
+        let from_answered = |e: &super::trace::Event| owners.get(&e.src).is_none_or(|p| answers.contains(p));
+        // What its peers sent it that it usually answers (not the kernel's TCP ACKs).
+        let received: Vec<i64> = range
+            .clone()
+            .filter(|&i| {
+                let e = &trace.events[i];
+                e.dir == Dir::Recv && says_something(e) && from_answered(e)
+            })
+            .map(|i| corr(i as EventId))
+            .collect();
+        let mine = |&&(s, r, _): &&(EventId, NodeId, Cause)| r == x && from_answered(&trace.events[s as usize]);
+        let lost_to: Vec<i64> = lost.iter().filter(mine).filter(|l| l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+        let dropped_there: Vec<i64> = lost.iter().filter(mine).filter(|l| !l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+        for (from, to, until_end, last_send) in spans {
+            // Only what arrived well inside the silence: a cluster-wide lull ends with every
+            // node hearing from the others at once, and began with the last answers.
+            let inside = |t: &&i64| from + cadence < **t && **t < to - cadence;
+            let got = received.iter().filter(inside).count() + dropped_there.iter().filter(inside).count();
+            let lost = lost_to.iter().filter(inside).count();
+            if got >= STALL_MIN_SENT_TO || (until_end && got + lost >= STALL_MIN_SENT_TO) {
+                out.push(Stall {
+                    node: x,
+                    from,
+                    to,
+                    until_end,
+                    last_send: Some(last_send),
+                    sent_to: got + lost,
+                    lost,
+                    cadence,
+                    waiters: Vec::new(),
+                });
+            }
+        }
+    }
+    // A node whose last word was to a stalled peer, and that speaks again once that peer
+    // does, was waiting for it: the peer's stall, not its own. So is one whose last word was
+    // lost on its way: it waits on a peer it cannot reach.
+    let waited_on = |x: &Stall, all: &[Stall]| {
+        let s = x.last_send?;
+        let peer = *owners.get(&trace.events[s as usize].dst)?;
+        let stalled = all.iter().any(|y| y.node == peer && y.node != x.node && y.from <= x.from && x.to <= y.to + STALL_MIN_NS);
+        let cut_off = lost.binary_search_by_key(&(s, peer), |l| (l.0, l.1)).is_ok_and(|k| lost[k].2.on_path(trace));
+        (stalled || cut_off).then_some((peer, stalled))
+    };
+    let waits: Vec<Option<(NodeId, bool)>> = out.iter().map(|x| waited_on(x, &out)).collect();
+    let mut kept: Vec<Stall> = Vec::new();
+    let mut waiters: Vec<(NodeId, NodeId, i64)> = Vec::new();
+    for (x, w) in out.into_iter().zip(waits) {
+        match w {
+            Some((peer, true)) => waiters.push((peer, x.node, x.from)),
+            Some((_, false)) => {}
+            None => kept.push(x),
+        }
+    }
+    for (peer, waiter, at) in waiters {
+        if let Some(y) = kept.iter_mut().find(|y| y.node == peer && y.from <= at && at <= y.to)
+            && !y.waiters.contains(&waiter)
+        {
+            y.waiters.push(waiter);
+        }
+    }
+    kept
+}
+
+/// The stall anomalies, with the nodes that waited on each.
+pub fn to_anomalies(ctx: &Context<'_>, stalls: &[Stall], out: &mut Vec<Anomaly>) {
+    for st in stalls {
+        let name = ctx.name(st.node);
+        let fmt_time = super::fmt::fmt_time;
+        let how_long = match st.until_end {
+            true => format!("from {} to the end of its recording ({} ms)", fmt_time(st.from), (st.to - st.from) / 1_000_000),
+            false => format!("from {} to {} ({} ms)", fmt_time(st.from), fmt_time(st.to), (st.to - st.from) / 1_000_000),
+        };
+        let peers = match st.lost {
+            0 => format!("though it received {} messages from its peers meanwhile", st.sent_to),
+            l if l == st.sent_to => format!("though its peers sent it {l} messages, none of which it received"),
+            l => format!("though its peers sent it {} messages ({l} never received)", st.sent_to),
+        };
+        let waiters = match st.waiters.as_slice() {
+            [] => String::new(),
+            w => format!("; {} waited on it", w.iter().map(|&n| ctx.name(n)).collect::<Vec<_>>().join(" and ")),
+        };
+        let mut a = Anomaly::new(
+            Kind::StalledNode,
+            st.last_send.into_iter().collect(),
+            format!(
+                "{name} stalled: it sent nothing {how_long}, {peers}; it usually sends every {} ms or less{waiters}",
+                (st.cadence / 1_000_000).max(1)
+            ),
+        );
+        a.nodes = NodeList::from_slice(&[st.node]);
+        a.span = Some((st.from, st.to));
+        if !st.waiters.is_empty() {
+            a.detail_mut().waiters = st.waiters.clone();
+        }
+        out.push(a);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+
+    /// n1 ↔ n2 every 50 ms; n1 ↔ n3 every 50 ms, except for what `n3_sends` and `to_n3` say.
+    fn with_n3(n3_sends: impl Fn(i64) -> bool, to_n3: impl Fn(i64) -> Option<bool>, quiet_n4: bool) -> Vec<(i64, u8, u8, bool)> {
+        let mut msgs = Vec::new();
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            msgs.push((t, 0, 1, true));
+            msgs.push((t + MS, 1, 0, true));
+            if let Some(delivered) = to_n3(t) {
+                msgs.push((t + 2 * MS, 0, 2, delivered));
+            }
+            if n3_sends(t) {
+                msgs.push((t + 3 * MS, 2, 0, true));
+            }
+            if quiet_n4 {
+                msgs.push((t + 4 * MS, 1, 3, true));
+                if k % 20 == 0 {
+                    msgs.push((t + 5 * MS, 3, 1, true));
+                }
+            }
+        }
+        msgs
+    }
+
+    #[test]
+    fn a_node_silent_while_its_peers_send_to_it_is_stalled_and_a_quiet_one_is_not() {
+        let ms = |t: i64| t / MS;
+        // n3 stops from 1 s to 2.2 s (SIGSTOP): its kernel still takes what n1 sends it.
+        let stopped = trace(traffic(4, &with_n3(|t| !(1000 * MS..2200 * MS).contains(&t), |_| Some(true), true)));
+        let found = anomalies(&stopped);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[2]);
+        let (from, to) = stalls[0].span.unwrap();
+        assert!((950..1000).contains(&ms(from)) && (2200..2250).contains(&ms(to)), "{from}..{to}");
+        assert!(stalls[0].text.starts_with("n3 stalled: it sent nothing from"), "{}", stalls[0].text);
+        assert!(stalls[0].text.contains("though it received 23 messages from its peers meanwhile"), "{}", stalls[0].text);
+        // n4 speaks once a second though n2 talks to it all the time: that is its cadence, not a stall.
+        assert!(stalls.iter().all(|s| s.nodes[0] != 3));
+        assert!(of(&found, Kind::Partition).is_empty());
+    }
+
+    #[test]
+    fn a_crashed_node_is_stalled_to_the_end_and_no_partition() {
+        // n3 dies at 2 s: it sends nothing more and everything sent to it is lost, while
+        // its (still running) recorder goes on to the end.
+        // Its recording ends with the others' (the agent keeps recording after the crash).
+        let t = trace(traffic(4, &with_n3(|t| t < 2000 * MS, |t| Some(t < 2000 * MS), false)));
+        let found = anomalies(&t);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert!(
+            stalls[0].text.contains("to the end of its recording") && stalls[0].text.contains("none of which it received"),
+            "{}",
+            stalls[0].text
+        );
+        assert!(of(&found, Kind::Partition).is_empty(), "a dead node is no island: {:?}", of(&found, Kind::Partition));
+    }
+
+    /// n1 ↔ n2 and n1 → n3 all along; n4 asks n3 and n2 and they answer. From 1 s to 2.2 s
+    /// n3 does not answer (`n3_fate`), and n4 waits for it, silent.
+    fn waiting_on_n3(n3_fate: Fate) -> Vec<Anomaly> {
+        let mut msgs = Vec::new();
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            let out = (1000 * MS..2200 * MS).contains(&t);
+            msgs.push((t, 0, 1, Fate::Delivered));
+            msgs.push((t + MS, 1, 0, Fate::Delivered));
+            msgs.push((t + 2 * MS, 0, 2, if out { n3_fate } else { Fate::Delivered }));
+            msgs.push((t + 5 * MS, 1, 3, Fate::Delivered));
+            if !out || n3_fate == Fate::Lost {
+                let to_n1 = if out { Fate::Lost } else { Fate::Delivered };
+                msgs.push((t + 3 * MS, 2, 0, to_n1));
+            }
+            // n4 asks n3, and its last question before the silence goes unanswered.
+            if !out || t == 1000 * MS {
+                msgs.push((t + 4 * MS, 3, 2, if out { n3_fate } else { Fate::Delivered }));
+            }
+            if !out {
+                msgs.push((t + 6 * MS, 3, 1, Fate::Delivered));
+                msgs.push((t + 7 * MS, 2, 3, Fate::Delivered));
+            }
+        }
+        anomalies(&trace(traffic_fates(4, &msgs)))
+    }
+
+    #[test]
+    fn a_node_that_waits_on_a_stalled_peer_is_no_stall_and_the_peers_stall_names_it() {
+        let found = waiting_on_n3(Fate::Delivered);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{stalls:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[2]);
+        assert_eq!(stalls[0].detail.as_ref().map(|d| d.waiters.clone()), Some(vec![3]));
+        assert!(stalls[0].text.ends_with("; n4 waited on it"), "{}", stalls[0].text);
+    }
+
+    #[test]
+    fn a_node_that_waits_on_a_cut_off_peer_is_no_stall() {
+        // n3 is cut off (everything to and from it lost); n4's question to it was lost, and
+        // n4 waits, though n2 keeps sending it messages.
+        let found = waiting_on_n3(Fate::Lost);
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{:?}", of(&found, Kind::StalledNode));
+    }
+
+    #[test]
+    fn a_node_silent_to_peers_it_never_answers_is_not_stalled() {
+        // n2 hears n1 every 50 ms and never answers it; it talks to n3, and falls silent
+        // from 1 s to 2.5 s while only n1 (whom it never answers) sends to it.
+        let mut msgs = Vec::new();
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            msgs.push((t, 0, 1, true));
+            if !(1000 * MS..2500 * MS).contains(&t) {
+                msgs.push((t + MS, 1, 2, true));
+                msgs.push((t + 2 * MS, 2, 1, true));
+            }
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{:?}", of(&found, Kind::StalledNode));
+    }
+}
