@@ -199,30 +199,35 @@ pub fn run(opts: AgentOptions, stop: &AtomicBool) -> anyhow::Result<()> {
             opts.trigger_port
         ));
         // An armed agent handles one incident after another; any other handles one, and exits.
-        loop {
-            let Some(heard) = wait_for_trigger(&opts, &mut recorder, watch.as_mut(), &rx, &sender, &handled, last_trigger_ns, stop)? else {
-                listener_stop.store(true, Ordering::Relaxed);
-                return Ok(());
-            };
-            let heard_ns = heard.heard_ns;
-            // Further triggers (and our own repeats) are ignored while this one is handled.
-            let result = on_trigger(&opts, recorder, heard, stop);
-            if opts.arm.is_none() || stop.load(Ordering::Relaxed) {
-                listener_stop.store(true, Ordering::Relaxed);
-                return result;
+        let incidents = || -> anyhow::Result<()> {
+            loop {
+                let Some(heard) = wait_for_trigger(&opts, &mut recorder, watch.as_mut(), &rx, &sender, &handled, last_trigger_ns, stop)?
+                else {
+                    return Ok(());
+                };
+                let heard_ns = heard.heard_ns;
+                // Further triggers (and our own repeats) are ignored while this one is handled.
+                let result = on_trigger(&opts, recorder, heard, stop);
+                if opts.arm.is_none() || stop.load(Ordering::Relaxed) {
+                    return result;
+                }
+                // Nobody may be watching: an armed agent records on whatever happened to
+                // this incident's dump (it stays in the spool if shipping failed).
+                if let Err(e) = result {
+                    tracing::error!("{e:#}");
+                }
+                last_trigger_ns = Some(heard_ns);
+                while let Ok(h) = rx.try_recv() {
+                    tracing::warn!("trigger {:016x} came while this incident was handled: ignored", h.trigger.id);
+                }
+                recorder = start_recording(&watch)?;
+                tracing::info!("agent {node}: recording again; armed, waiting for the next trigger");
             }
-            // Nobody may be watching: an armed agent records on whatever happened to
-            // this incident's dump (it stays in the spool if shipping failed).
-            if let Err(e) = result {
-                tracing::error!("{e:#}");
-            }
-            last_trigger_ns = Some(heard_ns);
-            while let Ok(h) = rx.try_recv() {
-                tracing::warn!("trigger {:016x} came while this incident was handled: ignored", h.trigger.id);
-            }
-            recorder = start_recording(&watch)?;
-            tracing::info!("agent {node}: recording again; armed, waiting for the next trigger");
-        }
+        };
+        // However it ends (an error too), the listener stops, or the scope would wait for it.
+        let result = incidents();
+        listener_stop.store(true, Ordering::Relaxed);
+        result
     })
 }
 

@@ -52,7 +52,12 @@ pub fn apply_policy(app: &Path, policy: StopPolicy) -> anyhow::Result<()> {
 /// Whether the cgroup at `app` is set to be frozen (`cgroup.freeze` is 1).
 pub fn is_frozen(app: &Path) -> anyhow::Result<bool> {
     let f = app.join("cgroup.freeze");
-    Ok(std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?.trim() == "1")
+    match std::fs::read_to_string(&f) {
+        Ok(s) => Ok(s.trim() == "1"),
+        // The root cgroup has no freezer: it is never frozen.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", f.display()))),
+    }
 }
 
 /// Thaws the cgroup at `app` if it is frozen (after `--on-trigger freeze`, its processes
@@ -71,4 +76,21 @@ pub fn thaw(app: &Path) -> anyhow::Result<bool> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_without_a_freezer_is_not_frozen_and_needs_no_thaw() {
+        let d = std::env::temp_dir().join(format!("wgo-stop-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(!is_frozen(&d).unwrap());
+        assert!(!thaw(&d).unwrap());
+        std::fs::write(d.join("cgroup.freeze"), "0\n").unwrap();
+        assert!(!thaw(&d).unwrap(), "not frozen: nothing written");
+        assert_eq!(std::fs::read_to_string(d.join("cgroup.freeze")).unwrap(), "0\n");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }
