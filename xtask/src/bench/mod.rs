@@ -168,6 +168,8 @@ fn capture() -> anyhow::Result<()> {
         "capture-user",
         "--bench",
         "drain",
+        "--features",
+        "bench",
     ]))
 }
 
