@@ -68,6 +68,7 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     for log in &logs {
         let dumped: Vec<&str> = log.lines().filter(|l| l.contains("then dumping")).collect();
         assert!(dumped.len() == 1 && dumped[0].contains(&format!("{trigger_id:016x}")), "one dump, the real trigger's: {log}");
+        assert!(!log.contains("joining trigger"), "no other trigger joined it: {log}");
     }
     for n in &c.bed.nodes {
         let got = out.join(format!("{}.pcapng", n.name));
