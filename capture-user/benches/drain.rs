@@ -6,7 +6,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use capture_ebpf::{MAX_RING_BYTES, RING_AREA_BYTES, RecordHeader};
-use wgo::node::capture::{read_ring, write_test_record};
+use wgo::node::capture::bench::{read_ring, write_test_record};
 use wgo::node::ring::Ring;
 
 const RECORDS: u64 = 1_000_000;

@@ -43,14 +43,14 @@ use capture_ebpf::Direction;
 
 /// The private enterprise number of wgo's custom pcapng options: 32473, which RFC 5612
 /// reserves for documentation and examples (wgo has none of its own; see the module doc).
-pub const WGO_PEN: u32 = 32473;
+pub(crate) const WGO_PEN: u32 = 32473;
 /// `epb_flags` bits 0–1: the packet's direction.
-pub const EPB_FLAG_INBOUND: u32 = 0b01;
-pub const EPB_FLAG_OUTBOUND: u32 = 0b10;
+pub(crate) const EPB_FLAG_INBOUND: u32 = 0b01;
+pub(crate) const EPB_FLAG_OUTBOUND: u32 = 0b10;
 const EPB_DIRECTION_MASK: u32 = 0b11;
 
 /// The `epb_flags` value for a direction.
-pub fn direction_flags(d: Direction) -> u32 {
+pub(crate) fn direction_flags(d: Direction) -> u32 {
     match d {
         Direction::Ingress => EPB_FLAG_INBOUND,
         Direction::Egress => EPB_FLAG_OUTBOUND,
@@ -58,7 +58,7 @@ pub fn direction_flags(d: Direction) -> u32 {
 }
 
 /// The direction an `epb_flags` value names, if any.
-pub fn flags_direction(flags: u32) -> Option<Direction> {
+pub(crate) fn flags_direction(flags: u32) -> Option<Direction> {
     match flags & EPB_DIRECTION_MASK {
         EPB_FLAG_INBOUND => Some(Direction::Ingress),
         EPB_FLAG_OUTBOUND => Some(Direction::Egress),
@@ -69,22 +69,22 @@ pub fn flags_direction(flags: u32) -> Option<Direction> {
 /// The `wgo:key=value` keys of a dump's comments.
 pub mod keys {
     /// Prefix of every wgo comment line.
-    pub const PREFIX: &str = "wgo:";
+    pub(crate) const PREFIX: &str = "wgo:";
     // Section header.
     pub const NODE: &str = "node";
-    pub const CGROUP: &str = "cgroup";
-    pub const SNAPLEN: &str = "snaplen";
-    pub const WALL_MINUS_MONO_NS: &str = "wall_minus_mono_ns";
-    pub const VERSION: &str = "version";
-    pub const TRIGGER_ID: &str = "trigger_id";
+    pub(crate) const CGROUP: &str = "cgroup";
+    pub(crate) const SNAPLEN: &str = "snaplen";
+    pub(crate) const WALL_MINUS_MONO_NS: &str = "wall_minus_mono_ns";
+    pub(crate) const VERSION: &str = "version";
+    pub(crate) const TRIGGER_ID: &str = "trigger_id";
     pub const TRIGGER_HEARD_NS: &str = "trigger_heard_ns";
-    pub const TRIGGER_SENT_NS: &str = "trigger_sent_ns";
+    pub(crate) const TRIGGER_SENT_NS: &str = "trigger_sent_ns";
     /// Why the trigger was sent (one line).
     pub const TRIGGER_REASON: &str = "trigger_reason";
     // Interface statistics.
-    pub const DROPS_PER_CPU: &str = "drops_per_cpu";
-    pub const KERNEL_DROPS: &str = "kernel_drops";
-    pub const EVICTED_BY_AGE: &str = "evicted_by_age";
+    pub(crate) const DROPS_PER_CPU: &str = "drops_per_cpu";
+    pub(crate) const KERNEL_DROPS: &str = "kernel_drops";
+    pub(crate) const EVICTED_BY_AGE: &str = "evicted_by_age";
     pub const EVICTED_BY_SIZE: &str = "evicted_by_size";
 }
 

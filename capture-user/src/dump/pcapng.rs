@@ -9,34 +9,34 @@
 
 use std::io::{self, Read, Write};
 
-pub const BT_SHB: u32 = 0x0A0D_0D0A;
-pub const BT_IDB: u32 = 1;
-pub const BT_SPB: u32 = 3;
-pub const BT_ISB: u32 = 5;
-pub const BT_EPB: u32 = 6;
+pub(crate) const BT_SHB: u32 = 0x0A0D_0D0A;
+pub(crate) const BT_IDB: u32 = 1;
+pub(crate) const BT_SPB: u32 = 3;
+pub(crate) const BT_ISB: u32 = 5;
+pub(crate) const BT_EPB: u32 = 6;
 const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
-pub const LINKTYPE_ETHERNET: u16 = 1;
-pub const LINKTYPE_RAW: u16 = 101;
-pub const LINKTYPE_LINUX_SLL: u16 = 113;
-pub const LINKTYPE_IPV4: u16 = 228;
-pub const LINKTYPE_IPV6: u16 = 229;
+pub(crate) const LINKTYPE_ETHERNET: u16 = 1;
+pub(crate) const LINKTYPE_RAW: u16 = 101;
+pub(crate) const LINKTYPE_LINUX_SLL: u16 = 113;
+pub(crate) const LINKTYPE_IPV4: u16 = 228;
+pub(crate) const LINKTYPE_IPV6: u16 = 229;
 
-pub const OPT_COMMENT: u16 = 1;
-pub const OPT_CUSTOM_STRING: u16 = 2988;
-pub const OPT_CUSTOM_BINARY: u16 = 2989;
-pub const SHB_OS: u16 = 3;
-pub const SHB_USERAPPL: u16 = 4;
-pub const IF_NAME: u16 = 2;
-pub const IF_DESCRIPTION: u16 = 3;
-pub const IF_TSRESOL: u16 = 9;
-pub const EPB_FLAGS: u16 = 2;
-pub const EPB_PACKETID: u16 = 5;
-pub const EPB_QUEUE: u16 = 6;
-pub const ISB_STARTTIME: u16 = 2;
-pub const ISB_ENDTIME: u16 = 3;
-pub const ISB_IFRECV: u16 = 4;
+pub(crate) const OPT_COMMENT: u16 = 1;
+pub(crate) const OPT_CUSTOM_STRING: u16 = 2988;
+pub(crate) const OPT_CUSTOM_BINARY: u16 = 2989;
+pub(crate) const SHB_OS: u16 = 3;
+pub(crate) const SHB_USERAPPL: u16 = 4;
+pub(crate) const IF_NAME: u16 = 2;
+pub(crate) const IF_DESCRIPTION: u16 = 3;
+pub(crate) const IF_TSRESOL: u16 = 9;
+pub(crate) const EPB_FLAGS: u16 = 2;
+pub(crate) const EPB_PACKETID: u16 = 5;
+pub(crate) const EPB_QUEUE: u16 = 6;
+pub(crate) const ISB_STARTTIME: u16 = 2;
+pub(crate) const ISB_ENDTIME: u16 = 3;
+pub(crate) const ISB_IFRECV: u16 = 4;
 pub const ISB_IFDROP: u16 = 5;
-pub const ISB_USRDELIV: u16 = 8;
+pub(crate) const ISB_USRDELIV: u16 = 8;
 
 /// Largest block accepted when reading; anything bigger is a corrupt length.
 const MAX_BLOCK: usize = 64 << 20;
@@ -45,7 +45,7 @@ const MAX_BLOCK: usize = 64 << 20;
 
 /// Options of one block, encoded as they go on disk (native byte order).
 #[derive(Default)]
-pub struct Options(Vec<u8>);
+pub(crate) struct Options(Vec<u8>);
 
 impl Options {
     pub fn new() -> Options {
@@ -78,14 +78,14 @@ impl Options {
         self.bytes(code, &b)
     }
     /// Custom UTF-8 option (code 2988) with a private enterprise number.
-    pub fn custom_str(&mut self, pen: u32, value: &str) -> &mut Options {
+    pub(crate) fn custom_str(&mut self, pen: u32, value: &str) -> &mut Options {
         let mut v = Vec::with_capacity(4 + value.len());
         v.extend_from_slice(&pen.to_ne_bytes());
         v.extend_from_slice(value.as_bytes());
         self.bytes(OPT_CUSTOM_STRING, &v)
     }
     /// Custom binary option (code 2989) with a private enterprise number.
-    pub fn custom(&mut self, pen: u32, value: &[u8]) -> &mut Options {
+    pub(crate) fn custom(&mut self, pen: u32, value: &[u8]) -> &mut Options {
         let mut v = Vec::with_capacity(4 + value.len());
         v.extend_from_slice(&pen.to_ne_bytes());
         v.extend_from_slice(value);
@@ -103,7 +103,7 @@ impl Options {
     }
 }
 
-pub struct Writer<W: Write> {
+pub(crate) struct Writer<W: Write> {
     out: W,
     scratch: Options,
 }
@@ -202,7 +202,7 @@ pub struct Interface {
 }
 
 impl Interface {
-    pub fn to_ns(&self, raw: u64) -> u64 {
+    pub(crate) fn to_ns(&self, raw: u64) -> u64 {
         raw.saturating_mul(self.ts_mul) / self.ts_div
     }
 }
@@ -244,11 +244,11 @@ pub struct OptIter<'a> {
 }
 
 impl<'a> OptIter<'a> {
-    pub fn u16_at(&self, b: &[u8]) -> u16 {
+    pub(crate) fn u16_at(&self, b: &[u8]) -> u16 {
         let a = [b[0], b[1]];
         if self.big_endian { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) }
     }
-    pub fn read_u32(&self, b: &[u8]) -> Option<u32> {
+    pub(crate) fn read_u32(&self, b: &[u8]) -> Option<u32> {
         let a: [u8; 4] = b.get(..4)?.try_into().ok()?;
         Some(if self.big_endian { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
     }
@@ -257,18 +257,19 @@ impl<'a> OptIter<'a> {
         Some(if self.big_endian { u64::from_be_bytes(a) } else { u64::from_le_bytes(a) })
     }
     /// A pcapng 64-bit time (high word first).
-    pub fn read_time(&self, b: &[u8]) -> Option<u64> {
+    pub(crate) fn read_time(&self, b: &[u8]) -> Option<u64> {
         Some(((self.read_u32(b)? as u64) << 32) | self.read_u32(b.get(4..)?)? as u64)
     }
     pub fn find(&self, code: u16) -> Option<&'a [u8]> {
         self.into_iter().find(|o| o.code == code).map(|o| o.value)
     }
-    /// The value of custom option 2989 with enterprise number `pen`.
-    pub fn custom(&self, pen: u32) -> Option<&'a [u8]> {
+    /// The value of custom option 2989 with enterprise number `pen` (only tests read it back).
+    #[cfg(test)]
+    pub(crate) fn custom(&self, pen: u32) -> Option<&'a [u8]> {
         self.custom_of(OPT_CUSTOM_BINARY, pen)
     }
     /// The value of custom option 2988 (UTF-8) with enterprise number `pen`.
-    pub fn custom_str(&self, pen: u32) -> Option<&'a str> {
+    pub(crate) fn custom_str(&self, pen: u32) -> Option<&'a str> {
         self.custom_of(OPT_CUSTOM_STRING, pen).and_then(|v| std::str::from_utf8(v).ok())
     }
     fn custom_of(&self, code: u16, pen: u32) -> Option<&'a [u8]> {
@@ -278,7 +279,7 @@ impl<'a> OptIter<'a> {
             .map(|o| &o.value[4..])
     }
     /// Every line of the block's comments (those that are UTF-8).
-    pub fn comment_lines(&self) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn comment_lines(&self) -> impl Iterator<Item = &'a str> + 'a {
         let it = *self;
         it.into_iter().filter(|o| o.code == OPT_COMMENT).filter_map(|o| std::str::from_utf8(o.value).ok()).flat_map(str::lines)
     }

@@ -148,7 +148,7 @@ fn number<T: std::str::FromStr>(at: u64, key: &str, v: &str) -> Result<T, ReadEr
 const LINKTYPE_LINUX_SLL2: u16 = 276;
 
 /// The IP packet inside a frame of the given link type, or None for non-IP frames.
-pub fn ip_payload(linktype: u16, data: &[u8]) -> Option<&[u8]> {
+pub(crate) fn ip_payload(linktype: u16, data: &[u8]) -> Option<&[u8]> {
     let ip = match linktype {
         pcapng::LINKTYPE_RAW | pcapng::LINKTYPE_IPV4 | pcapng::LINKTYPE_IPV6 => data,
         pcapng::LINKTYPE_ETHERNET => {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BtfError {
+pub(crate) enum BtfError {
     #[error("reading {path}: {source}")]
     Read { path: String, source: std::io::Error },
     #[error("the kernel's BTF is malformed: {0}")]
@@ -51,7 +51,7 @@ enum Type {
     Other,
 }
 
-pub struct Btf {
+pub(crate) struct Btf {
     /// Index = type id (0 is void).
     types: Vec<Type>,
     strings: Vec<u8>,
@@ -63,7 +63,7 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
 }
 
 impl Btf {
-    pub fn from_sys_fs() -> Result<Btf, BtfError> {
+    pub(crate) fn from_sys_fs() -> Result<Btf, BtfError> {
         let path = "/sys/kernel/btf/vmlinux";
         let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.into(), source })?;
         Btf::parse(&data)
@@ -196,7 +196,7 @@ impl Btf {
     }
 
     /// Names of an enum's values, by value (those below `limit`).
-    pub fn enum_names(&self, name: &str, limit: usize) -> Result<Vec<Option<String>>, BtfError> {
+    pub(crate) fn enum_names(&self, name: &str, limit: usize) -> Result<Vec<Option<String>>, BtfError> {
         let values = self
             .types
             .iter()

@@ -41,7 +41,7 @@ pub enum CaptureError {
 }
 
 #[derive(Clone, Debug)]
-pub struct CaptureOptions {
+pub(crate) struct CaptureOptions {
     pub snaplen: u32,
     /// Size of each CPU's kernel ring, bytes (power of two, 4096 to [`MAX_RING_BYTES`]).
     pub kernel_ring_bytes: u32,
@@ -94,7 +94,7 @@ pub struct Capture {
     drop_reasons: Option<Vec<Option<String>>>,
 }
 
-pub fn check_root() -> Result<(), CaptureError> {
+pub(crate) fn check_root() -> Result<(), CaptureError> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     if uid != 0 { Err(CaptureError::NotRoot(uid)) } else { Ok(()) }
@@ -148,7 +148,7 @@ pub fn possible_cpus() -> usize {
 }
 
 impl Capture {
-    pub fn attach(cgroup: &Path, opts: &CaptureOptions) -> Result<Capture, CaptureError> {
+    pub(crate) fn attach(cgroup: &Path, opts: &CaptureOptions) -> Result<Capture, CaptureError> {
         check_root()?;
         if BPF_OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
@@ -225,7 +225,7 @@ impl Capture {
 
     /// Names of the kernel's drop reasons by number (lower case, without `SKB_DROP_REASON_`);
     /// None when drops are not recorded.
-    pub fn drop_reasons(&self) -> Option<&[Option<String>]> {
+    pub(crate) fn drop_reasons(&self) -> Option<&[Option<String>]> {
         self.drop_reasons.as_deref()
     }
 
@@ -268,14 +268,14 @@ impl Capture {
     }
 
     /// Stops recording packets whose local UDP/TCP port is `port` (the agent's own sockets).
-    pub fn exclude_port(&mut self, port: u16) -> Result<(), CaptureError> {
+    pub(crate) fn exclude_port(&mut self, port: u16) -> Result<(), CaptureError> {
         let mut map: Array<&mut MapData, u8> = array_mut(&mut self.ebpf, names::EXCLUDED_PORTS)?;
         map.set(port as u32, 1, 0).map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS[{port}]: {e}")))
     }
 
     /// Starts watching the cgroup `id` at depth `level` (and its descendants) for processes
     /// about to die of a crash or a sent SIGKILL; [`Capture::signal_events`] hands them over.
-    pub fn watch_signals(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
+    pub(crate) fn watch_signals(&mut self, id: u64, level: u32) -> Result<(), CaptureError> {
         let mut config: Array<&mut MapData, WatchConfig> = array_mut(&mut self.ebpf, names::WATCH_CONFIG)?;
         config.set(0, WatchConfig { cgroup_id: id, level, pad: 0 }, 0).map_err(|e| CaptureError::Map(format!("WATCH_CONFIG: {e}")))?;
         // The generating side first: a SIGKILL delivered is only reported if its sending was seen.
@@ -295,7 +295,7 @@ impl Capture {
     }
 
     /// Fatal signals seen since the last call (none unless watching).
-    pub fn signal_events(&mut self) -> Vec<SignalEvent> {
+    pub(crate) fn signal_events(&mut self) -> Vec<SignalEvent> {
         let mut out = Vec::new();
         if let Some(ring) = &mut self.signals {
             while let Some(item) = ring.next() {
@@ -342,14 +342,15 @@ fn array_mut<'a, T: aya::Pod>(ebpf: &'a mut Ebpf, name: &str) -> Result<Array<&'
 /// or to the first record still being written, handed to `sink` in order. Returns the new
 /// tail and the number of records; calls `release` with the tail now and then while
 /// reading, so the producer gets space back early. A malformed frame gives its position
-/// and length. Pure (no maps), so that tests and the drain benchmark use it as it is.
+/// and length. Pure (no maps), so that tests and the drain benchmark use it as it is
+/// (the benchmark through [`bench`]).
 ///
 /// # Safety
 /// `area` must point to `RING_AREA_BYTES` readable, 8-byte-aligned bytes laid out as
 /// `capture-ebpf/src/ring.rs` writes them, for a ring of `capacity` bytes (a power of two
 /// up to `MAX_RING_BYTES`), and nothing may write the records between `tail` and `head`
 /// except to complete their frames.
-pub unsafe fn read_ring(
+pub(crate) unsafe fn read_ring(
     area: *const u8,
     capacity: u64,
     head: u64,
@@ -394,7 +395,8 @@ pub unsafe fn read_ring(
 
 /// Writes a record into a ring area as the kernel side does (for tests and benchmarks).
 /// Returns the record's length in the ring.
-pub fn write_test_record(area: &mut [u64], capacity: u64, pos: u64, header: &RecordHeader, data: &[u8]) -> u64 {
+#[cfg(any(test, feature = "bench"))]
+pub(crate) fn write_test_record(area: &mut [u64], capacity: u64, pos: u64, header: &RecordHeader, data: &[u8]) -> u64 {
     let len = (FRAME_SIZE + RECORD_HEADER_SIZE + data.len()).next_multiple_of(RECORD_ALIGN) as u64;
     let off = (pos & (capacity - 1) & OFFSET_MASK) as usize;
     // SAFETY: plain bytes of an u64 slice.
@@ -403,6 +405,36 @@ pub fn write_test_record(area: &mut [u64], capacity: u64, pos: u64, header: &Rec
     bytes[off + FRAME_SIZE + RECORD_HEADER_SIZE..][..data.len()].copy_from_slice(data);
     area[off / 8] = capture_ebpf::frame(pos, len);
     len
+}
+
+/// The ring's reader and a kernel-format writer for the drain benchmark
+/// (`benches/drain.rs`), which is outside the crate: not part of the library's API, only
+/// built with the `bench` feature.
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench {
+    use capture_ebpf::RecordHeader;
+
+    /// [`super::read_ring`].
+    ///
+    /// # Safety
+    /// As for [`super::read_ring`].
+    pub unsafe fn read_ring(
+        area: *const u8,
+        capacity: u64,
+        head: u64,
+        tail: u64,
+        sink: &mut impl FnMut(&RecordHeader, &[u8]),
+        release: &mut impl FnMut(u64),
+    ) -> Result<(u64, u64), (u64, u64)> {
+        // SAFETY: the caller upholds read_ring's contract, stated the same here.
+        unsafe { super::read_ring(area, capacity, head, tail, sink, release) }
+    }
+
+    /// [`super::write_test_record`].
+    pub fn write_test_record(area: &mut [u64], capacity: u64, pos: u64, header: &RecordHeader, data: &[u8]) -> u64 {
+        super::write_test_record(area, capacity, pos, header, data)
+    }
 }
 
 /// Turns on the kernel's per-program run-time statistics while the fd lives.

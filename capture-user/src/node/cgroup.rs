@@ -84,7 +84,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CgroupError> {
 }
 
 /// Checks that `path` exists and is a directory on a cgroup2 filesystem.
-pub fn check_v2(path: &Path) -> Result<(), CgroupError> {
+pub(crate) fn check_v2(path: &Path) -> Result<(), CgroupError> {
     let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
         // Nothing there because no cgroup2 is mounted at all (`ip netns exec`): say that.
         std::io::ErrorKind::NotFound if cgroup2_mount().is_err() => CgroupError::NoCgroup2Mount,
@@ -118,7 +118,7 @@ fn fs_magic(path: &Path) -> Result<i64, CgroupError> {
 
 /// A cgroup's id (its directory's inode number, as `bpf_get_current_cgroup_id` gives it)
 /// and its depth below the cgroup2 root.
-pub fn id_and_level(path: &Path) -> Result<(u64, u32), CgroupError> {
+pub(crate) fn id_and_level(path: &Path) -> Result<(u64, u32), CgroupError> {
     use std::os::unix::fs::MetadataExt;
     check_v2(path)?;
     let io = |source| CgroupError::Io { path: path.to_path_buf(), source };

@@ -3,7 +3,7 @@
 //! such as the demo and the tests). No outside tool is needed to see readiness.
 
 /// The log line every recording command prints once its programs are attached.
-pub const READY_LINE: &str = "recording";
+pub(crate) const READY_LINE: &str = "recording";
 
 /// Says the recorder is ready: the log line, and sd_notify where a socket is given.
 pub fn ready(what: &str) {

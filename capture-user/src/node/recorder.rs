@@ -64,7 +64,7 @@ impl Recorder {
     }
 
     /// Moves whatever the kernel has into the ring, waiting up to `timeout_ms` for it.
-    pub fn poll(&mut self, timeout_ms: i32) -> Result<u64, RecordError> {
+    pub(crate) fn poll(&mut self, timeout_ms: i32) -> Result<u64, RecordError> {
         let offset = clock::wall_minus_mono_ns();
         let (batch, bytes) = (&mut self.batch, &mut self.batch_bytes);
         batch.clear();
@@ -108,23 +108,23 @@ impl Recorder {
     }
 
     /// Stops recording the agent's own socket on this local port.
-    pub fn exclude_port(&mut self, port: u16) -> Result<(), RecordError> {
+    pub(crate) fn exclude_port(&mut self, port: u16) -> Result<(), RecordError> {
         Ok(self.capture.exclude_port(port)?)
     }
 
     /// Watches the application's cgroup for crashes (see [`Capture::watch_signals`]).
-    pub fn watch_signals(&mut self, app: &std::path::Path) -> Result<(), RecordError> {
+    pub(crate) fn watch_signals(&mut self, app: &std::path::Path) -> Result<(), RecordError> {
         let (id, level) = super::cgroup::id_and_level(app)?;
         Ok(self.capture.watch_signals(id, level)?)
     }
 
     /// Fatal signals seen in the watched cgroup since the last call.
-    pub fn signal_events(&mut self) -> Vec<capture_ebpf::SignalEvent> {
+    pub(crate) fn signal_events(&mut self) -> Vec<capture_ebpf::SignalEvent> {
         self.capture.signal_events()
     }
 
     /// Metadata added to the dump (e.g. when the trigger was heard).
-    pub fn annotate(&mut self, key: &'static str, value: String) {
+    pub(crate) fn annotate(&mut self, key: &'static str, value: String) {
         self.info.extra.push((key, value));
     }
 
@@ -146,7 +146,7 @@ impl Recorder {
     }
 }
 
-pub fn fmt_per_cpu(per_cpu: &[u64]) -> String {
+pub(crate) fn fmt_per_cpu(per_cpu: &[u64]) -> String {
     per_cpu.iter().enumerate().filter(|(_, n)| **n > 0).map(|(c, n)| format!("cpu{c}={n}")).collect::<Vec<_>>().join(" ")
 }
 

@@ -117,7 +117,7 @@ impl Ring {
     }
 
     /// Evicts every record whose wall time is before `cutoff_ns`, oldest first.
-    pub fn evict_older_than(&mut self, cutoff_ns: u64) {
+    pub(crate) fn evict_older_than(&mut self, cutoff_ns: u64) {
         while let Some(front) = self.chunks.front_mut() {
             while front.start < front.buf.len() {
                 let rec = decode(&front.buf[front.start..]);

@@ -19,7 +19,7 @@ pub enum StopPolicy {
 }
 
 /// Stops (or not) the application's cgroup.
-pub fn apply_policy(app: &Path, policy: StopPolicy) -> anyhow::Result<()> {
+pub(crate) fn apply_policy(app: &Path, policy: StopPolicy) -> anyhow::Result<()> {
     match policy {
         StopPolicy::None => {}
         StopPolicy::Freeze => {

@@ -18,7 +18,7 @@ pub enum AutoTrigger {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum WatchError {
+pub(crate) enum WatchError {
     #[error(
         "--auto-trigger oom needs the memory controller: {0} has no memory.events, and no cgroup v1 memory hierarchy is mounted (enable it in the parent's cgroup.subtree_control)"
     )]
@@ -28,7 +28,7 @@ pub enum WatchError {
 /// How often the application's v1 memory cgroups are looked up again (processes come and go).
 const RESCAN: Duration = Duration::from_secs(1);
 
-pub struct Watch {
+pub(crate) struct Watch {
     crash: bool,
     oom: bool,
     node: String,
@@ -79,7 +79,7 @@ impl Watch {
     }
 
     /// Whether the kernel's signal programs are needed (they also name OOM victims).
-    pub fn wants_signals(&self) -> bool {
+    pub(crate) fn wants_signals(&self) -> bool {
         self.crash || self.oom
     }
 
@@ -205,7 +205,7 @@ fn comm_of(pid: u32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim().to_string())
 }
 
-pub fn signal_name(sig: u32) -> String {
+pub(crate) fn signal_name(sig: u32) -> String {
     match sig as i32 {
         libc::SIGSEGV => "SIGSEGV".into(),
         libc::SIGABRT => "SIGABRT".into(),

@@ -171,6 +171,8 @@ fn capture() -> anyhow::Result<()> {
         "capture-user",
         "--bench",
         "drain",
+        "--features",
+        "bench",
     ]))
 }
 
