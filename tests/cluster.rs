@@ -574,9 +574,9 @@ fn a_trigger_nobody_hears_says_so_and_a_wrong_address_or_a_taken_port_names_the_
     assert!(!res.status.success());
     assert!(err.contains(&format!("give `--collector {}`", c.collector_addr())), "{err}");
     assert!(!err.contains("sending"), "nothing is sent, or said to be, before the port is bound: {err}");
-    std::thread::sleep(Duration::from_millis(500));
+    // (No check that the agents heard nothing: after a fixed wait it could pass without
+    // testing anything. The trigger's own log says whether it sent.)
     for a in agents {
-        assert!(!a.stderr().contains("dumping"), "{}", a.stderr());
         let (status, _, err) = a.stop(Duration::from_secs(10)).unwrap();
         assert!(status.success(), "{err}");
     }
