@@ -225,13 +225,24 @@ fn episode(ctx: &Context<'_>, losses: &[Loss], connected: impl Iterator<Item = (
     for l in &crossing {
         *causes.entry((l.4.kind, l.4.reason)).or_default() += 1;
     }
-    let ((kind, reason), _) = causes.into_iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).expect("crossing losses");
-    let cause = Cause { kind, reason };
+    let ((kind, reason), _) = causes.iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).expect("crossing losses");
+    let cause = Cause { kind: *kind, reason: *reason };
     let names: Vec<String> = isl.iter().map(|i| format!("{{{}}}", i.iter().map(|&x| ctx.name(x)).collect::<Vec<_>>().join(", "))).collect();
-    let how = match cause.kind {
+    // Every place they died, the most first; counts only where there is more than one.
+    let mut by_kind: BTreeMap<CauseKind, usize> = BTreeMap::new();
+    for (&(k, _), &n) in &causes {
+        *by_kind.entry(k).or_default() += n;
+    }
+    let mut by_kind: Vec<(CauseKind, usize)> = by_kind.into_iter().collect();
+    by_kind.sort_by_key(|&(k, n)| (std::cmp::Reverse(n), k));
+    let place = |k: CauseKind| match k {
         CauseKind::Network => "lost in the network",
         CauseKind::ReceiverKernel => "dropped by the receivers' firewalls",
         CauseKind::SenderKernel => "dropped by the senders' own firewalls",
+    };
+    let how = match by_kind[..] {
+        [(k, _)] => place(k).to_string(),
+        _ => by_kind.iter().map(|&(k, n)| format!("{} ({n})", place(k))).collect::<Vec<_>>().join(", "),
     };
     let mut a = Anomaly::new(
         Kind::Partition,
