@@ -236,7 +236,9 @@ fn a_partition_by_the_receivers_firewalls_is_the_same_partition_with_the_firewal
         assert_eq!(parts.len(), 1, "seed {seed}: {}", summary(&a));
         let reason = parts[0].cause.and_then(|c| c.reason).map(|r| a.trace.drop_reasons[r as usize].as_str());
         assert_eq!(reason, Some("netfilter_drop"), "seed {seed}: {}", summary(&a));
-        assert!(parts[0].text.ends_with("dropped by the receivers' firewalls"), "{}", parts[0].text);
+        // Where most of them died comes first (the simulator's background loss may add a
+        // few lost in the network, each place with its count then).
+        assert!(parts[0].text.contains("messages between them were dropped by the receivers' firewalls"), "{}", parts[0].text);
         // The drops are the partition's cause, not findings of their own.
         assert!(a.findings.iter().all(|f| f.kind != FindingKind::KernelDrop), "seed {seed}: {}", summary(&a));
     }
