@@ -20,6 +20,9 @@ pub const PARTITION_MIN_NS: i64 = 1_500_000_000;
 /// cluster shows a short partition plainly.
 pub const PARTITION_BUSY_LOST: usize = 10;
 pub const PARTITION_BUSY_NS: i64 = 250_000_000;
+/// Deliveries between a pair's losses in this many places make it a lossy link, not a cut:
+/// more than the one or two stragglers that get through while a cut is being made.
+const LOSSY_INTERLEAVINGS: usize = 3;
 /// How long one pair's losses with nothing delivered between them stay one cut: longer
 /// than any retry backoff seen in practice, short enough to keep two cuts apart.
 pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
@@ -158,8 +161,10 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
             let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
             let (Some(&g0), Some(&g1)) = (mine.first(), mine.last()) else { return true };
             let around = first_receipt < losses[ks[g0]].0 && last_send > losses[ks[g1]].0;
-            let between = mine.iter().skip(1).any(|&g| gaps[g]);
-            (between || around) && count > mine.len()
+            let between = mine.iter().skip(1).filter(|&&g| gaps[g]).count();
+            // A cut lets a straggler or two through; a lossy link delivers between its losses
+            // again and again, however many it loses (at 50% about as many as it delivers).
+            (between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS)
         });
         let connected = connected.map(|(p, _)| *p);
         if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
