@@ -82,14 +82,7 @@ impl<'a> EventJson<'a> {
             spec,
             classes,
             nodes: trace.nodes.iter().map(|n| json_str(&n.name)).collect(),
-            addrs: trace
-                .addrs
-                .iter()
-                .map(|a| match a {
-                    std::net::IpAddr::V4(v4) => v4.to_string(),
-                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                })
-                .collect(),
+            addrs: super::addr_texts(trace),
             fields: spec.messages.iter().map(|m| m.fields.iter().map(|f| json_str(&f.name)).collect()).collect(),
         }
     }

@@ -357,14 +357,7 @@ impl<'a> PerfettoWriter<'a> {
             node_iids: vec![0; trace.nodes.len()],
             flow_iids: rustc_hash::FxHashMap::default(),
             field_iids,
-            addrs: trace
-                .addrs
-                .iter()
-                .map(|a| match a {
-                    std::net::IpAddr::V4(v4) => v4.to_string(),
-                    std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                })
-                .collect(),
+            addrs: super::addr_texts(trace),
             buf: Vec::with_capacity(FLUSH_AT + (64 << 10)),
         }
     }
