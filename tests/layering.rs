@@ -36,6 +36,7 @@ const ANALYSIS_CHAIN: &[&str] = &[
     "lossy",
     "detect",
     "diagnosis",
+    "words",
 ];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

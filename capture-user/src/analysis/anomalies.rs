@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::matching::{Matching, TimeMap};
+use super::order::EdgeKind;
 use super::rules::Violation;
 use super::steps::ClockStep;
 use super::trace::{EventId, NodeId, Trace};
@@ -103,8 +104,9 @@ pub type NodeList = smallvec::SmallVec<[NodeId; 4]>;
 pub struct Anomaly {
     pub kind: Kind,
     pub events: EventList,
-    /// What happened, for people. Empty for network losses, whose text is made when
-    /// asked for: see `Analysis::anomaly_text`.
+    /// What happened, for people: made by [`super::words`] at the end of the analysis
+    /// (empty until then, and for network losses, whose text is made when asked for: see
+    /// `Analysis::anomaly_text`).
     pub text: String,
     /// Nodes involved (for losses: sender then receiver).
     pub nodes: NodeList,
@@ -120,7 +122,7 @@ pub struct Anomaly {
 }
 
 /// The structure of a partition, a lossy link or a stall, as data.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Detail {
     /// Directed links (from, to): a lossy link's, or all of one node's.
     pub links: Vec<(NodeId, NodeId)>,
@@ -133,14 +135,76 @@ pub struct Detail {
     pub waiters: Vec<NodeId>,
     /// For refusals (nothing listened): while the receiver's listener was still starting.
     pub startup: bool,
+    /// The rest of what the words need, per kind.
+    pub facts: Facts,
+}
+
+/// What an anomaly's words need besides its kind, nodes, span, cause and links: counts and
+/// the like, as the detector found them. The words are made in [`super::words`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Facts {
+    #[default]
+    None,
+    /// A recorder's sequence gap: records lost on one CPU.
+    RecorderGap {
+        lost: u64,
+        cpu: u16,
+    },
+    /// A kernel ring's drops beyond what the gaps show.
+    RingDrops {
+        count: u64,
+        besides_gaps: bool,
+    },
+    /// Segments sent after the peer closed the connection (`how`: "RST" or "FIN").
+    Closed {
+        how: &'static str,
+    },
+    /// A kernel drop no recorded send explains: an index into `Trace::drops`.
+    KernelDrop {
+        drop: usize,
+    },
+    /// A stall: whether it lasted to the end of the recording, what its peers sent it
+    /// meanwhile and how much of that it never received, and its usual cadence (ns).
+    Stall {
+        until_end: bool,
+        sent_to: usize,
+        lost: usize,
+        cadence: i64,
+    },
+    /// A lossy link (or all of one node's): lost of sent, and the other links' loss rate.
+    LossyLink {
+        lost: usize,
+        sent: usize,
+        usual: f64,
+    },
+    /// A partition: where its lost messages died, the most first, with counts.
+    Partition {
+        places: Vec<(CauseKind, usize)>,
+    },
+    /// A node that sent no dump.
+    MissingNode {
+        name: String,
+    },
+    ClockStep(ClockStep),
+    /// An unanswered request: an index into `Analysis::violations`.
+    Unanswered {
+        violation: usize,
+    },
+    /// A cycle in the order: the edges named (up to a few), how many more it had, and the
+    /// one ignored to break it.
+    Contradiction {
+        edges: Vec<(EventId, EventId, EdgeKind)>,
+        more: usize,
+        dropped: (EventId, EventId, EdgeKind),
+    },
 }
 
 impl Anomaly {
-    pub fn new(kind: Kind, events: Vec<EventId>, text: String) -> Anomaly {
+    pub fn new(kind: Kind, events: Vec<EventId>) -> Anomaly {
         Anomaly {
             kind,
             events: EventList::from_vec(events),
-            text,
+            text: String::new(),
             nodes: NodeList::new(),
             islands: Vec::new(),
             span: None,
@@ -152,33 +216,16 @@ impl Anomaly {
     pub fn detail_mut(&mut self) -> &mut Detail {
         self.detail.get_or_insert_with(Default::default)
     }
-}
-
-/// Human words for a kernel drop reason: what the operator would call it.
-pub fn reason_words(reason: &str) -> &'static str {
-    match reason {
-        "netfilter_drop" => "firewall",
-        "socket_rcvbuff" => "full receive buffer",
-        "no_socket" => "no socket on the port",
-        "socket_filter" => "socket filter",
-        "qdisc_drop" | "full_ring" => "full queue",
-        _ => "",
+    /// An anomaly with the facts its words need.
+    pub fn with_facts(kind: Kind, events: Vec<EventId>, facts: Facts) -> Anomaly {
+        let mut a = Anomaly::new(kind, events);
+        a.detail_mut().facts = facts;
+        a
     }
-}
-
-/// The text of a network loss (made on demand: see [`Anomaly::text`]).
-pub fn loss_text(trace: &Trace, describe: &dyn Fn(EventId) -> String, a: &Anomaly) -> String {
-    let name = |n: NodeId| trace.nodes[n as usize].name.as_str();
-    let (from, to) = (a.nodes[0], a.nodes[1]);
-    let reason = |c: &Cause| c.reason.and_then(|r| trace.drop_reasons.get(r as usize)).map_or("?", String::as_str);
-    match a.cause {
-        Some(c @ Cause { kind: CauseKind::SenderKernel, .. }) => {
-            format!("{} never left {}: its own kernel dropped it ({})", describe(a.events[0]), name(from), reason(&c))
-        }
-        Some(c @ Cause { kind: CauseKind::ReceiverKernel, .. }) => {
-            format!("{} reached {}, whose kernel dropped it ({})", describe(a.events[0]), name(to), reason(&c))
-        }
-        _ => format!("{} never reached {} (network loss on {}→{})", describe(a.events[0]), name(to), name(from), name(to)),
+    /// Its facts (`Facts::None` if it has none).
+    pub fn facts(&self) -> &Facts {
+        const NONE: &Facts = &Facts::None;
+        self.detail.as_deref().map_or(NONE, |d| &d.facts)
     }
 }
 
@@ -187,7 +234,6 @@ pub struct Context<'a> {
     pub trace: &'a Trace,
     pub matching: &'a Matching,
     pub clocks: &'a dyn TimeMap,
-    pub describe: &'a dyn Fn(EventId) -> String,
     pub missing_nodes: &'a [String],
     /// A hash of the event's message type and identity fields, where the spec declares them.
     pub identity: &'a dyn Fn(EventId) -> Option<u64>,
@@ -207,32 +253,6 @@ impl Context<'_> {
 /// First and last time, ns.
 pub type Span = (i64, i64);
 
-/// A clock step's text: node, direction and size, when, and how it was told.
-pub fn clock_step_text(trace: &Trace, clocks: &dyn TimeMap, s: &ClockStep) -> String {
-    let name = |n: NodeId| trace.nodes[n as usize].name.as_str();
-    let size = super::fmt::fmt_ns(s.size_ns.abs());
-    let how = match (s.seen_in_order, s.uncertainty_ns) {
-        (true, Some(u)) => format!("time ran back in its program order; the size is from its traffic, ± {}", super::fmt::fmt_ns(u)),
-        (true, None) => "time ran back in its program order; no traffic on both sides gave the exact size, which is at least this".into(),
-        (false, Some(u)) => format!("all its peers' messages moved by it at once; ± {}", super::fmt::fmt_ns(u)),
-        (false, None) => "its messages moved by it at once".into(),
-    };
-    let or = s.or_peer.map_or(String::new(), |p| {
-        format!(
-            " Only its traffic with {} shows it: {}'s clock may have stepped {} instead.",
-            name(p),
-            name(p),
-            if s.size_ns > 0 { "back" } else { "forward" }
-        )
-    });
-    format!(
-        "{}'s clock stepped {} {size} at {} ({how}); its times after the step are moved back onto its clock before it.{or}",
-        name(s.node),
-        if s.size_ns < 0 { "back" } else { "forward" },
-        super::fmt::fmt_time(clocks.corrected(s.node, s.at_raw))
-    )
-}
-
 /// One anomaly per clock step, with the events either side of it.
 pub fn add_clock_steps(out: &mut Vec<Anomaly>, trace: &Trace, clocks: &dyn TimeMap, steps: &[ClockStep]) {
     for s in steps {
@@ -243,7 +263,7 @@ pub fn add_clock_steps(out: &mut Vec<Anomaly>, trace: &Trace, clocks: &dyn TimeM
             .flatten()
             .map(|i| i as EventId)
             .collect();
-        let mut a = Anomaly::new(Kind::ClockStep, events, clock_step_text(trace, clocks, s));
+        let mut a = Anomaly::with_facts(Kind::ClockStep, events, Facts::ClockStep(s.clone()));
         a.nodes = NodeList::from_slice(&[s.node]);
         let at = clocks.corrected(s.node, s.at_raw);
         a.span = Some((at, at));
@@ -251,17 +271,33 @@ pub fn add_clock_steps(out: &mut Vec<Anomaly>, trace: &Trace, clocks: &dyn TimeM
     }
 }
 
+/// Edges of a contradicting cycle named in its text.
+pub const CYCLE_EDGES_NAMED: usize = 8;
+
 /// Adds the anomalies that need the global order: unanswered requests (from violated
-/// "answered" invariants, placed before partitions) and contradicting edges (last).
+/// "answered" invariants, placed before partitions; `first` is the index the first of
+/// `violations` will have in `Analysis::violations`) and contradicting cycles (last).
 /// Kept apart from [`find`] so that the two can run while the order is built.
-pub fn add_from_order(out: &mut Vec<Anomaly>, violations: &[Violation], unanswered: &BTreeSet<String>, contradictions: Vec<String>) {
+pub fn add_from_order(
+    out: &mut Vec<Anomaly>,
+    violations: &[Violation],
+    first: usize,
+    unanswered: &BTreeSet<String>,
+    cycles: &[super::order::CycleReport],
+) {
     let at = out.iter().position(|a| matches!(a.kind, Kind::Partition | Kind::MissingNode)).unwrap_or(out.len());
     let found = violations
         .iter()
-        .filter(|v| unanswered.contains(&v.name))
-        .map(|v| Anomaly::new(Kind::Unanswered, v.events.clone(), v.text.clone()));
+        .enumerate()
+        .filter(|(_, v)| unanswered.contains(&v.name))
+        .map(|(k, v)| Anomaly::with_facts(Kind::Unanswered, v.events.clone(), Facts::Unanswered { violation: first + k }));
     out.splice(at..at, found);
-    out.extend(contradictions.into_iter().map(|text| Anomaly::new(Kind::Contradiction, Vec::new(), text)));
+    out.extend(cycles.iter().map(|c| {
+        // Named up to a few: a long cycle's full list says no more, and costs much more.
+        let edges = c.edges.iter().take(CYCLE_EDGES_NAMED).copied().collect();
+        let more = c.edges.len().saturating_sub(CYCLE_EDGES_NAMED);
+        Anomaly::with_facts(Kind::Contradiction, Vec::new(), Facts::Contradiction { edges, more, dropped: c.dropped })
+    }));
 }
 
 #[cfg(test)]
@@ -270,15 +306,16 @@ mod tests {
 
     #[test]
     fn order_anomalies_go_before_partitions_and_contradictions_last() {
-        let mut out = vec![Anomaly::new(Kind::NetworkLoss, vec![1], String::new()), Anomaly::new(Kind::Partition, vec![], "p".into())];
+        let mut out = vec![Anomaly::new(Kind::NetworkLoss, vec![1]), Anomaly::new(Kind::Partition, vec![])];
         let v = vec![
             Violation { name: "every-task-acked".into(), events: vec![3], text: "TASK #3 unanswered".into() },
             Violation { name: "other".into(), events: vec![4], text: "x".into() },
         ];
         let unanswered: BTreeSet<String> = ["every-task-acked".to_string()].into();
-        add_from_order(&mut out, &v, &unanswered, vec!["contradiction: a, and b".into()]);
+        let cycle = super::super::order::CycleReport { edges: vec![(1, 2, EdgeKind::Program)], dropped: (2, 1, EdgeKind::Program) };
+        add_from_order(&mut out, &v, 5, &unanswered, &[cycle]);
         let kinds: Vec<Kind> = out.iter().map(|a| a.kind).collect();
         assert_eq!(kinds, vec![Kind::NetworkLoss, Kind::Unanswered, Kind::Partition, Kind::Contradiction]);
-        assert_eq!(out[1].text, "TASK #3 unanswered");
+        assert_eq!(out[1].facts(), &Facts::Unanswered { violation: 5 });
     }
 }

@@ -3,7 +3,7 @@
 //! kernels' drops, resends, stalls, partitions (which leave stalled nodes' losses to the
 //! stalls) and lossy links (which leave the partitions' and stalls' losses to them).
 
-use super::anomalies::{Anomaly, Context, Kind, NodeList};
+use super::anomalies::{Anomaly, Context, Facts, Kind, NodeList};
 use super::kernel_drops::{self, DropIndex};
 use super::partitions::{self, PARTITION_WINDOW_NS};
 use super::trace::NodeId;
@@ -22,7 +22,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     drop(drops);
     for &(s, r, cause) in &found.lost {
         let e = &trace.events[s as usize];
-        let mut a = Anomaly::new(Kind::NetworkLoss, vec![s], String::new());
+        let mut a = Anomaly::new(Kind::NetworkLoss, vec![s]);
         a.nodes = NodeList::from_slice(&[e.node, r]);
         let t = ctx.corr(s);
         a.span = Some((t, t));
@@ -36,7 +36,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     retries::find(ctx, &mut out);
     let end_of = |n: NodeId| ctx.clocks.corrected(n, trace.nodes[n as usize].window.1);
     let stalls = stalls::stalls(trace, &found.lost, &|id| ctx.corr(id), &end_of);
-    stalls::to_anomalies(ctx, &stalls, &mut out);
+    stalls::to_anomalies(&stalls, &mut out);
     let parts = partitions::find(ctx, &found.lost, &stalls);
     // A partition is known to a window or two: losses across it just outside are its own too.
     let explained = |from: NodeId, to: NodeId, at: i64| {
@@ -49,7 +49,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     out.extend(lossy::find(ctx, &found.lost, &explained));
     out.extend(parts);
     for name in ctx.missing_nodes {
-        out.push(Anomaly::new(Kind::MissingNode, Vec::new(), format!("{name} never answered the trigger: no dump from it")));
+        out.push(Anomaly::with_facts(Kind::MissingNode, Vec::new(), Facts::MissingNode { name: name.clone() }));
     }
     out
 }

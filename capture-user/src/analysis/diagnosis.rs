@@ -58,6 +58,7 @@ pub struct Finding {
     pub links: Vec<(NodeId, NodeId)>,
     /// Reference clock ns.
     pub span: Option<(i64, i64)>,
+    /// Made by [`super::words`] at the end of the analysis, from the fields here.
     pub text: String,
     pub evidence: Vec<EventId>,
     /// For partitions: one list of nodes per island.
@@ -68,6 +69,16 @@ pub struct Finding {
     pub all_links_of: Option<NodeId>,
     /// For stalls: the nodes that waited on the stalled one.
     pub waiters: Vec<NodeId>,
+    /// The anomaly it tells (an index into `Analysis::anomalies`), where it tells one.
+    pub anomaly: Option<usize>,
+    /// How many: kernel drops, messages in a retry storm, violations of a rule.
+    pub count: usize,
+    /// For kernel drops: the nodes on the other end.
+    pub peers: Vec<NodeId>,
+    /// For violations: the rule's or invariant's name, and the first of each shape (indices
+    /// into `Analysis::violations`, up to three).
+    pub rule: String,
+    pub examples: Vec<usize>,
 }
 
 pub struct Inputs<'a> {
@@ -81,27 +92,24 @@ pub struct Inputs<'a> {
     pub corrected: &'a dyn Fn(EventId) -> i64,
     /// Message type per event (`rules::UNKNOWN` if none).
     pub classes: &'a [u16],
-    /// An event's words (its message type and fields, or protocol and ports).
-    pub describe: &'a dyn Fn(EventId) -> String,
 }
 
 /// The ranked findings.
 pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
     let t = i.trace;
-    let name = |n: NodeId| t.nodes[n as usize].name.as_str();
     let mut out = Vec::new();
-    let of = |k: Kind| i.anomalies.iter().filter(move |a| a.kind == k);
+    let of = |k: Kind| i.anomalies.iter().enumerate().filter(move |(_, a)| a.kind == k);
     let evidence = |a: &Anomaly| a.events.iter().copied().take(MAX_EVIDENCE).collect::<Vec<_>>();
 
-    for a in of(Kind::Partition) {
+    for (ix, a) in of(Kind::Partition) {
         let mut nodes: Vec<NodeId> = a.islands.iter().flatten().copied().collect();
         nodes.sort_unstable();
         out.push(Finding {
             kind: FindingKind::Partition,
             nodes,
             span: a.span,
-            text: a.text.clone(),
             evidence: evidence(a),
+            anomaly: Some(ix),
             islands: a.islands.clone(),
             cause: a.cause,
             ..Finding::default()
@@ -111,64 +119,64 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
     // up): a stall that starts during a partition it was cut off by, or within REJOIN_NS of
     // its end, is the partition's story, not a finding of its own.
     let cut_off = |n: NodeId, t: i64| {
-        of(Kind::Partition).any(|p| {
+        of(Kind::Partition).any(|(_, p)| {
             let minority = p.islands.iter().min_by_key(|i| i.len()).is_some_and(|i| i.contains(&n));
             p.span.is_some_and(|(a, b)| minority && a - PARTITION_WINDOW_NS <= t && t <= b + REJOIN_NS)
         })
     };
-    for a in of(Kind::StalledNode).filter(|a| !a.span.is_some_and(|(from, _)| cut_off(a.nodes[0], from))) {
+    for (ix, a) in of(Kind::StalledNode).filter(|(_, a)| !a.span.is_some_and(|(from, _)| cut_off(a.nodes[0], from))) {
         out.push(Finding {
             kind: FindingKind::StalledNode,
             nodes: a.nodes.to_vec(),
             span: a.span,
-            text: a.text.clone(),
             evidence: evidence(a),
+            anomaly: Some(ix),
             waiters: a.detail.as_ref().map_or_else(Vec::new, |d| d.waiters.clone()),
             ..Finding::default()
         });
     }
-    for a in of(Kind::MissingNode) {
+    for (ix, _) in of(Kind::MissingNode) {
         out.push(Finding {
             kind: FindingKind::MissingNode,
             nodes: Vec::new(),
             span: None,
-            text: a.text.clone(),
             evidence: Vec::new(),
+            anomaly: Some(ix),
             ..Finding::default()
         });
     }
-    for a in of(Kind::LossyLink) {
+    for (ix, a) in of(Kind::LossyLink) {
         let d = a.detail.as_deref();
         out.push(Finding {
             kind: FindingKind::LossyLink,
             nodes: a.nodes.to_vec(),
             links: d.map_or_else(Vec::new, |d| d.links.clone()),
             span: a.span,
-            text: a.text.clone(),
             evidence: evidence(a),
+            anomaly: Some(ix),
             cause: a.cause,
             all_links_of: d.and_then(|d| d.all_links_of),
             ..Finding::default()
         });
     }
     out.extend(kernel_drops(i));
-    for a in of(Kind::RecorderLoss) {
+    for (ix, a) in of(Kind::RecorderLoss) {
         out.push(Finding {
             kind: FindingKind::RecorderLoss,
             nodes: a.nodes.to_vec(),
             span: a.span,
-            text: a.text.clone(),
             evidence: evidence(a),
+            anomaly: Some(ix),
             ..Finding::default()
         });
     }
-    for a in of(Kind::ClockStep) {
+    for (ix, a) in of(Kind::ClockStep) {
         out.push(Finding {
             kind: FindingKind::ClockStep,
             nodes: a.nodes.to_vec(),
             span: a.span,
-            text: a.text.clone(),
             evidence: evidence(a),
+            anomaly: Some(ix),
             ..Finding::default()
         });
     }
@@ -177,12 +185,7 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             out.push(Finding {
                 kind: FindingKind::Clock,
                 nodes: vec![n as NodeId],
-                    span: None,
-                text: format!(
-                    "{}'s clock could not be estimated from the traffic (too few messages both ways): its times are taken as NTP-aligned, and losses to it are judged with a {} ms margin",
-                    name(n as NodeId),
-                    super::losses::NTP_MARGIN_NS / 1_000_000
-                ),
+                span: None,
                 evidence: Vec::new(),
                 ..Finding::default()
             });
@@ -190,7 +193,7 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
     }
     // Retry storms, one finding per sending node.
     let mut storms: BTreeMap<NodeId, Vec<&Anomaly>> = BTreeMap::new();
-    for a in of(Kind::RetryStorm) {
+    for (_, a) in of(Kind::RetryStorm) {
         storms.entry(a.nodes[0]).or_default().push(a);
     }
     for (n, list) in storms {
@@ -199,25 +202,19 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             kind: FindingKind::RetryStorm,
             nodes: vec![n],
             span,
-            text: format!(
-                "retry storm on {}: {} message(s) resent {}+ times within {} ms{}; the first: {}",
-                name(n),
-                list.len(),
-                super::retries::STORM_COUNT,
-                super::retries::STORM_WINDOW_NS / 1_000_000,
-                span.map_or(String::new(), |(a, b)| format!(" from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b))),
-                list[0].events.first().map_or_else(String::new, |&e| (i.describe)(e))
-            ),
+            count: list.len(),
             evidence: list.iter().flat_map(|a| a.events.iter().copied()).take(MAX_EVIDENCE).collect(),
             ..Finding::default()
         });
     }
     // Unanswered requests and other violations, one finding per invariant or rule.
-    let mut by_name: BTreeMap<&str, Vec<&Violation>> = BTreeMap::new();
-    for v in i.violations {
-        by_name.entry(&v.name).or_default().push(v);
+    let mut by_name: BTreeMap<&str, Vec<(usize, &Violation)>> = BTreeMap::new();
+    for (k, v) in i.violations.iter().enumerate() {
+        by_name.entry(&v.name).or_default().push((k, v));
     }
     for (rule, list) in by_name {
+        let examples = examples(&list, t, i.classes);
+        let list: Vec<&Violation> = list.into_iter().map(|(_, v)| v).collect();
         let unanswered = i.answered.contains(rule);
         let span = span_of(list.iter().filter_map(|v| v.events.first().map(|&e| (i.corrected)(e))));
         let mut nodes: Vec<NodeId> = list.iter().filter_map(|v| v.events.first()).map(|&e| t.events[e as usize].node).collect();
@@ -227,10 +224,9 @@ pub fn diagnose(i: &Inputs<'_>) -> Vec<Finding> {
             kind: if unanswered { FindingKind::Unanswered } else { FindingKind::Violation },
             nodes,
             span,
-            text: match unanswered {
-                true => format!("{} request(s) unanswered ({rule}); {}", list.len(), examples(&list, t, i.classes)),
-                false => format!("{rule} violated {} time(s); {}", list.len(), examples(&list, t, i.classes)),
-            },
+            count: list.len(),
+            rule: rule.to_string(),
+            examples,
             evidence: list.iter().flat_map(|v| v.events.iter().copied()).take(MAX_EVIDENCE).collect(),
             ..Finding::default()
         });
@@ -256,7 +252,7 @@ fn rank(out: &mut [Finding], t: &Trace) {
 /// The first violation of each different shape (the message types of its events and which
 /// way each went), up to three: "a timeout at start-up" and "a member rejoined" are
 /// different stories. Told from the data, never from the words.
-fn examples(list: &[&Violation], t: &Trace, classes: &[u16]) -> String {
+fn examples(list: &[(usize, &Violation)], t: &Trace, classes: &[u16]) -> Vec<usize> {
     let mut seen = BTreeSet::new();
     let shape = |v: &Violation| {
         v.events
@@ -264,11 +260,7 @@ fn examples(list: &[&Violation], t: &Trace, classes: &[u16]) -> String {
             .map(|&e| (classes.get(e as usize).copied(), t.events.get(e as usize).map(|e| e.dir == Dir::Send)))
             .collect::<Vec<_>>()
     };
-    let picked: Vec<&str> = list.iter().filter(|v| seen.insert(shape(v))).take(3).map(|v| v.text.as_str()).collect();
-    match picked.len() {
-        1 => format!("the first: {}", picked[0]),
-        _ => format!("the first of each kind: {}", picked.join("; ")),
-    }
+    list.iter().filter(|(_, v)| seen.insert(shape(v))).take(3).map(|&(k, _)| k).collect()
 }
 
 fn span_of(times: impl Iterator<Item = i64>) -> Option<(i64, i64)> {
@@ -279,7 +271,6 @@ fn span_of(times: impl Iterator<Item = i64>) -> Option<(i64, i64)> {
 /// whose drop was recorded, and drops no recorded send explains.
 fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     let t = i.trace;
-    let name = |n: NodeId| t.nodes[n as usize].name.as_str();
     // (dropping node, going out, reason) → (peers, span, evidence, count, unexplained drops).
     type Group = (BTreeSet<NodeId>, Vec<i64>, Vec<EventId>, usize);
     let mut groups: BTreeMap<(NodeId, bool, u16), Group> = BTreeMap::new();
@@ -319,39 +310,17 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     groups
         .into_iter()
         .map(|((node, out_going, reason), (peers, times, evidence, count))| {
-            let reason_id = reason;
-            let reason = t.drop_reasons.get(reason as usize).map_or("?", String::as_str);
-            let who = name(node);
-            let peers: Vec<&str> = peers.iter().map(|&p| name(p)).collect();
-            let with =
-                if peers.is_empty() { String::new() } else { format!(" {} {}", if out_going { "to" } else { "from" }, peers.join(", ")) };
-            let text = match (out_going, reason) {
-                (true, "netfilter_drop") => {
-                    format!("{who}'s own firewall dropped {count} of its messages{with} before they left (netfilter_drop)")
-                }
-                (false, "netfilter_drop") => format!("dropped by {who}'s firewall: {count} messages{with} (netfilter_drop)"),
-                (false, "socket_rcvbuff") => format!(
-                    "{who}'s receive buffer was full ({count} drops{with}, socket_rcvbuff): its application did not read fast enough"
-                ),
-                (false, "no_socket") => format!("nothing listened on {who} for {count} messages{with} (no_socket)"),
-                (true, _) => format!("{who}'s kernel dropped {count} of its messages{with} on the way out ({reason})"),
-                (false, _) => format!("{who}'s kernel dropped {count} messages{with} on the way in ({reason})"),
-            };
             let span = span_of(times.into_iter());
-            let text = match span {
-                Some((a, b)) if a == b => format!("{text} at {}", super::fmt::fmt_time(a)),
-                Some((a, b)) => format!("{text} from {} to {}", super::fmt::fmt_time(a), super::fmt::fmt_time(b)),
-                None => text,
-            };
             Finding {
                 kind: FindingKind::KernelDrop,
                 nodes: vec![node],
                 span,
-                text,
                 evidence,
+                count,
+                peers: peers.into_iter().collect(),
                 cause: Some(Cause {
                     kind: if out_going { CauseKind::SenderKernel } else { CauseKind::ReceiverKernel },
-                    reason: (reason_id != u16::MAX).then_some(reason_id),
+                    reason: (reason != u16::MAX).then_some(reason),
                 }),
                 ..Finding::default()
             }

@@ -3,7 +3,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, NodeList, reason_words};
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Facts, Kind, NodeList};
 use super::matching::{TimeMap, is_group_address};
 use super::trace::{AddrId, Dir, Event, NodeId, ProtoCode, Trace};
 
@@ -76,15 +76,7 @@ pub fn unexplained(ctx: &Context<'_>, drops: &DropIndex, explained: &[bool], out
         {
             continue;
         }
-        let words = reason_words(reason);
-        let what = format!("{} {}:{} → {}:{}", e.proto.name(), trace.addr(e.src), e.sport, trace.addr(e.dst), e.dport);
-        let sep = if words.is_empty() { "" } else { ": " };
-        let text = if e.dir == Dir::Send {
-            format!("{}'s kernel dropped its own {what} on the way out ({reason}{sep}{words})", ctx.name(e.node))
-        } else {
-            format!("{}'s kernel dropped {what} on the way in ({reason}{sep}{words})", ctx.name(e.node))
-        };
-        let mut a = Anomaly::new(Kind::KernelDrop, Vec::new(), text);
+        let mut a = Anomaly::with_facts(Kind::KernelDrop, Vec::new(), Facts::KernelDrop { drop: k });
         a.nodes = NodeList::from_slice(&[e.node]);
         if reason == "no_socket"
             && e.dir == Dir::Recv

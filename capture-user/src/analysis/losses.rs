@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, NodeList};
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Facts, Kind, NodeList};
 use super::kernel_drops::DropIndex;
 use super::matching::{TimeMap, address_owners, is_group_address};
 use super::trace::{AddrId, Dir, EventId, NodeId, ProtoCode, Trace};
@@ -122,11 +122,7 @@ pub struct Losses {
 /// than its gaps show.
 pub fn recorder_losses(ctx: &Context<'_>, gaps: &[RecorderGap], out: &mut Vec<Anomaly>) {
     for g in gaps {
-        let mut a = Anomaly::new(
-            Kind::RecorderLoss,
-            vec![g.events.0, g.events.1],
-            format!("{}'s recorder lost {} records on cpu {} (sequence gap)", ctx.name(g.node), g.lost, g.cpu),
-        );
+        let mut a = Anomaly::with_facts(Kind::RecorderLoss, vec![g.events.0, g.events.1], Facts::RecorderGap { lost: g.lost, cpu: g.cpu });
         a.nodes = NodeList::from_slice(&[g.node]);
         a.span = Some((g.from, g.to));
         out.push(a);
@@ -135,16 +131,8 @@ pub fn recorder_losses(ctx: &Context<'_>, gaps: &[RecorderGap], out: &mut Vec<An
         // Saturating: sequence numbers come from the dump, which may be damaged.
         let in_gaps: u64 = gaps.iter().filter(|g| g.node == n as NodeId).fold(0, |sum, g| sum.saturating_add(g.lost));
         if info.kernel_drops > in_gaps {
-            let mut a = Anomaly::new(
-                Kind::RecorderLoss,
-                Vec::new(),
-                format!(
-                    "{}'s kernel ring dropped {} records{}",
-                    info.name,
-                    info.kernel_drops - in_gaps,
-                    if in_gaps > 0 { " besides the sequence gaps" } else { " (after its last record on that CPU)" }
-                ),
-            );
+            let facts = Facts::RingDrops { count: info.kernel_drops - in_gaps, besides_gaps: in_gaps > 0 };
+            let mut a = Anomaly::with_facts(Kind::RecorderLoss, Vec::new(), facts);
             a.nodes = NodeList::from_slice(&[n as NodeId]);
             out.push(a);
         }
@@ -394,20 +382,9 @@ fn closed_connections(ctx: &Context<'_>, losses: &mut Vec<(EventId, NodeId)>, ou
         }
         None => true,
     });
-    for ((src, sport, dst, dport), (sends, r, how)) in closed {
+    for (_, (sends, r, how)) in closed {
         let e = &trace.events[sends[0] as usize];
-        let mut a = Anomaly::new(
-            Kind::ClosedConnection,
-            sends.clone(),
-            format!(
-                "{} sent {} TCP segment(s) on {}:{sport} → {}:{dport} after {} had closed the connection ({how}): not a network loss",
-                ctx.name(e.node),
-                sends.len(),
-                trace.addr(src),
-                trace.addr(dst),
-                ctx.name(r)
-            ),
-        );
+        let mut a = Anomaly::with_facts(Kind::ClosedConnection, sends.clone(), Facts::Closed { how });
         a.nodes = NodeList::from_slice(&[e.node, r]);
         a.span = Some((corr(sends[0]), corr(*sends.last().expect("non-empty"))));
         out.push(a);
@@ -542,9 +519,7 @@ mod tests {
         let index = MatchIndex::new(&t);
         let mut m = match_messages(&t, &index);
         resolve_by_time(&mut m, &t, &index, &Unknown);
-        let describe = |id: EventId| format!("event {id}");
-        let found =
-            find(&Context { trace: &t, matching: &m, clocks: &Unknown, describe: &describe, missing_nodes: &[], identity: &|_| None });
+        let found = find(&Context { trace: &t, matching: &m, clocks: &Unknown, missing_nodes: &[], identity: &|_| None });
         let losses = of(&found, Kind::NetworkLoss);
         // Sends 10..=39 at 2.0 to 4.9 s, minus those within 250 ms (+20 ms) of the end at 4.95 s.
         assert_eq!(losses.len(), 27, "{found:?}");

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, NodeList};
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Facts, Kind, NodeList};
 use super::matching::{address_owners, is_group_address};
 use super::partitions::PARTITION_WINDOW_NS;
 use super::trace::{EventId, NodeId};
@@ -107,8 +107,6 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
             whole.push((x, mine));
         }
     }
-    let pct = |l: &Link| 100.0 * l.lost.len() as f64 / l.sent.max(1) as f64;
-    let fmt_time = super::fmt::fmt_time;
     let mut out = Vec::new();
     let mut done: BTreeSet<(NodeId, NodeId)> = BTreeSet::new();
     for (x, mine) in &whole {
@@ -123,22 +121,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
         let mut lost = lost;
         lost.sort_unstable_by_key(|x| x.0);
         let (Some(a), Some(b)) = (lost.first().map(|x| x.0), lost.last().map(|x| x.0)) else { continue };
-        let mut a_ = Anomaly::new(
-            Kind::LossyLink,
-            lost.iter().map(|x| x.1).collect(),
-            format!(
-                "all of {}'s links are lossy: {} of {} messages lost ({:.0}%) on its {} links from {} to {}{}; the rest of the cluster lost {:.1}%",
-                ctx.name(*x),
-                lost.len(),
-                sent,
-                100.0 * lost.len() as f64 / sent.max(1) as f64,
-                mine.len(),
-                fmt_time(a),
-                fmt_time(b),
-                cause_words(ctx, &lost),
-                usual * 100.0
-            ),
-        );
+        let facts = Facts::LossyLink { lost: lost.len(), sent, usual };
+        let mut a_ = Anomaly::with_facts(Kind::LossyLink, lost.iter().map(|x| x.1).collect(), facts);
         a_.nodes = NodeList::from_slice(&[*x]);
         a_.span = Some((a, b));
         a_.cause = Some(main_cause(&lost));
@@ -152,22 +136,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
         let l = &links[k];
         let Some((a, b)) = span_of(l) else { continue };
         let lost: Vec<&(i64, EventId, Cause)> = l.lost.iter().collect();
-        let mut a_ = Anomaly::new(
-            Kind::LossyLink,
-            l.lost.iter().map(|x| x.1).collect(),
-            format!(
-                "lossy link {} → {}: {} of {} messages lost ({:.0}%) from {} to {}{}; the other links lost {:.1}%",
-                ctx.name(k.0),
-                ctx.name(k.1),
-                l.lost.len(),
-                l.sent,
-                pct(l),
-                fmt_time(a),
-                fmt_time(b),
-                cause_words(ctx, &lost),
-                usual * 100.0
-            ),
-        );
+        let facts = Facts::LossyLink { lost: l.lost.len(), sent: l.sent, usual };
+        let mut a_ = Anomaly::with_facts(Kind::LossyLink, l.lost.iter().map(|x| x.1).collect(), facts);
         a_.nodes = NodeList::from_slice(&[k.0, k.1]);
         a_.span = Some((a, b));
         a_.cause = Some(main_cause(&lost));
@@ -184,15 +154,6 @@ fn main_cause(lost: &[&(i64, EventId, Cause)]) -> Cause {
         *by.entry((l.2.kind, l.2.reason)).or_default() += 1;
     }
     by.into_iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).map_or(Cause::NETWORK, |((kind, reason), _)| Cause { kind, reason })
-}
-
-fn cause_words(ctx: &Context<'_>, lost: &[&(i64, EventId, Cause)]) -> &'static str {
-    let _ = ctx;
-    match main_cause(lost).kind {
-        CauseKind::Network => "",
-        CauseKind::ReceiverKernel => ", dropped by the receiver's firewall",
-        CauseKind::SenderKernel => ", dropped by the sender's own firewall",
-    }
 }
 
 #[cfg(test)]

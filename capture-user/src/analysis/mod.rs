@@ -6,8 +6,9 @@
 //! them; then the rest is matched by corrected time) → [`rules`] (edges from the spec)
 //! → [`order`] (happens-before) → [`anomalies`] (their kinds, as data) → the detectors, one module
 //! each: [`kernel_drops`], [`losses`], [`retries`], [`stalls`], [`partitions`], [`lossy`] →
-//! [`detect`] (runs them) → [`diagnosis`] (ranked findings). This file runs the chain; `report`
-//! turns its [`Analysis`] into JSON, pcapng, HTML and text.
+//! [`detect`] (runs them) → [`diagnosis`] (ranked findings) → [`words`] (every anomaly's and
+//! finding's text, made last from their data). This file runs the chain; `report` turns its
+//! [`Analysis`] into JSON, pcapng, HTML and text.
 
 pub mod anomalies;
 pub mod clocks;
@@ -28,6 +29,7 @@ pub mod steps;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod trace;
+pub mod words;
 
 use std::collections::BTreeSet;
 
@@ -122,7 +124,6 @@ fn analyze_inner<R: Send>(
     let rule_edges = rule_edges.into_iter().map(|(a, b, r)| (a, b, EdgeKind::Rule(r)));
     // The order and most anomalies do not depend on each other: built side by side,
     // while the JSON's events are written as the order places them.
-    let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
     let ((order, mut anomalies), streamed) = std::thread::scope(|scope| {
         let (trace, clocks, matching) = (&trace, &clocks, &matching);
         let (spec_ref, classes_ref) = (&spec, &classes[..]);
@@ -149,7 +150,6 @@ fn analyze_inner<R: Send>(
         };
         let anomaly_pass = || {
             let t = std::time::Instant::now();
-            let describe = |id: EventId| rules::describe(trace, &spec, &classes, id);
             let identity = |id: EventId| {
                 let class = classes[id as usize];
                 let m = spec.messages.get(class as usize).filter(|m| class != rules::UNKNOWN && !m.identity.is_empty())?;
@@ -162,14 +162,8 @@ fn analyze_inner<R: Send>(
                 }
                 Some(h.finish())
             };
-            let found = detect::find(&anomalies::Context {
-                trace,
-                matching,
-                clocks,
-                describe: &describe,
-                missing_nodes: &inputs.missing_nodes,
-                identity: &identity,
-            });
+            let found =
+                detect::find(&anomalies::Context { trace, matching, clocks, missing_nodes: &inputs.missing_nodes, identity: &identity });
             tracing::debug!("  anomalies alone: {:.3} s", t.elapsed().as_secs_f64());
             found
         };
@@ -181,21 +175,7 @@ fn analyze_inner<R: Send>(
     phase.done("invariants");
     let unanswered: BTreeSet<String> =
         spec.invariants.iter().filter(|i| matches!(i, spec::InvariantDef::Answered { .. })).map(|i| i.name().to_string()).collect();
-    let contradictions = order
-        .cycles
-        .iter()
-        .map(|c| {
-            // Named up to a few: a long cycle's full list says no more, and costs much more.
-            let mut parts: Vec<String> =
-                c.edges.iter().take(CYCLE_EDGES_NAMED).map(|&(a, b, k)| edge_text(&spec, &matching, &describe, a, b, k)).collect();
-            if c.edges.len() > CYCLE_EDGES_NAMED {
-                parts.push(format!("{} more edges of the cycle", c.edges.len() - CYCLE_EDGES_NAMED));
-            }
-            let (a, b, k) = c.dropped;
-            format!("contradiction: {} cannot all hold; ignored {}", parts.join(", and "), edge_text(&spec, &matching, &describe, a, b, k))
-        })
-        .collect();
-    anomalies::add_from_order(&mut anomalies, &inv, &unanswered, contradictions);
+    anomalies::add_from_order(&mut anomalies, &inv, violations.len(), &unanswered, &order.cycles);
     anomalies::add_clock_steps(&mut anomalies, &trace, &clocks, &clocks.steps);
     violations.extend(inv);
     phase.done("anomalies from the order");
@@ -203,7 +183,7 @@ fn analyze_inner<R: Send>(
         let e = &trace.events[id as usize];
         matching::TimeMap::corrected(&clocks, e.node, e.t_raw)
     };
-    let findings = diagnosis::diagnose(&diagnosis::Inputs {
+    let mut findings = diagnosis::diagnose(&diagnosis::Inputs {
         trace: &trace,
         matching: &matching,
         clocks: &clocks,
@@ -212,9 +192,12 @@ fn analyze_inner<R: Send>(
         answered: &unanswered,
         corrected: &corrected,
         classes: &classes,
-        describe: &describe,
     });
     phase.done("diagnosis");
+    let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
+    let w = words::Words { trace: &trace, clocks: &clocks, spec: &spec, matching: &matching, describe: &describe };
+    words::fill(&w, &mut anomalies, &violations, &mut findings);
+    phase.done("words");
     (
         Analysis {
             trace,
@@ -232,24 +215,6 @@ fn analyze_inner<R: Send>(
         },
         streamed,
     )
-}
-
-/// Edges of a contradicting cycle named in its text.
-const CYCLE_EDGES_NAMED: usize = 8;
-
-fn edge_text(spec: &Spec, m: &Matching, describe: &dyn Fn(EventId) -> String, a: EventId, b: EventId, k: EdgeKind) -> String {
-    match k {
-        EdgeKind::Program => format!("{} before {} (program order)", describe(a), describe(b)),
-        EdgeKind::Message(i) => {
-            let kind = m.kinds.get(i as usize).map_or("match", |k| match k {
-                matching::MessageKind::Keyed => "match",
-                matching::MessageKind::KeyedByTime => "match by time",
-                matching::MessageKind::TcpRange => "TCP byte-range match",
-            });
-            format!("{} before {} ({kind})", describe(a), describe(b))
-        }
-        EdgeKind::Rule(r) => format!("{} before {} (rule {})", describe(a), describe(b), spec.rules[r as usize].name),
-    }
 }
 
 /// An event's display label: from the spec, else protocol and ports.
@@ -282,7 +247,9 @@ impl Analysis {
     pub fn anomaly_text<'a>(&self, a: &'a Anomaly) -> std::borrow::Cow<'a, str> {
         if a.kind == anomalies::Kind::NetworkLoss && a.text.is_empty() {
             let describe = |id: EventId| rules::describe(&self.trace, &self.spec, &self.classes, id);
-            std::borrow::Cow::Owned(anomalies::loss_text(&self.trace, &describe, a))
+            let w =
+                words::Words { trace: &self.trace, clocks: &self.clocks, spec: &self.spec, matching: &self.matching, describe: &describe };
+            std::borrow::Cow::Owned(words::anomaly(&w, a, &self.violations))
         } else {
             std::borrow::Cow::Borrowed(&a.text)
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use super::anomalies::{Anomaly, Cause, CauseKind, Context, Kind, Span};
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Facts, Kind, Span};
 use super::stalls::Stall;
 use super::trace::{EventId, NodeId};
 
@@ -232,35 +232,14 @@ fn episode(ctx: &Context<'_>, losses: &[Loss], connected: impl Iterator<Item = (
     }
     let ((kind, reason), _) = causes.iter().max_by_key(|&(k, c)| (c, std::cmp::Reverse(k))).expect("crossing losses");
     let cause = Cause { kind: *kind, reason: *reason };
-    let names: Vec<String> = isl.iter().map(|i| format!("{{{}}}", i.iter().map(|&x| ctx.name(x)).collect::<Vec<_>>().join(", "))).collect();
-    // Every place they died, the most first; counts only where there is more than one.
+    // Every place they died, the most first.
     let mut by_kind: BTreeMap<CauseKind, usize> = BTreeMap::new();
     for (&(k, _), &n) in &causes {
         *by_kind.entry(k).or_default() += n;
     }
     let mut by_kind: Vec<(CauseKind, usize)> = by_kind.into_iter().collect();
     by_kind.sort_by_key(|&(k, n)| (std::cmp::Reverse(n), k));
-    let place = |k: CauseKind| match k {
-        CauseKind::Network => "lost in the network",
-        CauseKind::ReceiverKernel => "dropped by the receivers' firewalls",
-        CauseKind::SenderKernel => "dropped by the senders' own firewalls",
-    };
-    let how = match by_kind[..] {
-        [(k, _)] => place(k).to_string(),
-        _ => by_kind.iter().map(|&(k, n)| format!("{} ({n})", place(k))).collect::<Vec<_>>().join(", "),
-    };
-    let mut a = Anomaly::new(
-        Kind::Partition,
-        crossing.iter().map(|l| l.3).collect(),
-        format!(
-            "partition into {} islands {} from {} to {} ({} ms): messages between them were {how}",
-            isl.len(),
-            names.join(" | "),
-            super::fmt::fmt_time(first),
-            super::fmt::fmt_time(last),
-            (last - first) / 1_000_000
-        ),
-    );
+    let mut a = Anomaly::with_facts(Kind::Partition, crossing.iter().map(|l| l.3).collect(), Facts::Partition { places: by_kind });
     a.islands = isl;
     a.span = Some((first, last));
     a.cause = Some(cause);

@@ -17,7 +17,7 @@ pub fn find(ctx: &Context<'_>, out: &mut Vec<Anomaly>) {
     let m = ctx.matching;
     let corr = |id: EventId| ctx.corr(id);
     for &(first, again) in &m.duplicates {
-        let mut a = Anomaly::new(Kind::Duplicate, vec![first, again], format!("{} twice (network duplicate)", (ctx.describe)(again)));
+        let mut a = Anomaly::new(Kind::Duplicate, vec![first, again]);
         a.nodes = NodeList::from_slice(&[trace.events[again as usize].node]);
         out.push(a);
     }
@@ -88,11 +88,7 @@ pub fn find(ctx: &Context<'_>, out: &mut Vec<Anomaly>) {
     runs.sort();
     for run in runs {
         let e = &trace.events[run[0] as usize];
-        let mut a = Anomaly::new(
-            Kind::Retransmission,
-            run.clone(),
-            format!("{} was sent {} times (retransmissions)", (ctx.describe)(run[0]), run.len()),
-        );
+        let mut a = Anomaly::new(Kind::Retransmission, run.clone());
         a.nodes = NodeList::from_slice(&[e.node]);
         a.span = Some((corr(run[0]), corr(*run.last().expect("non-empty"))));
         out.push(a);
@@ -100,16 +96,7 @@ pub fn find(ctx: &Context<'_>, out: &mut Vec<Anomaly>) {
         let times: Vec<i64> = run.iter().map(|&id| trace.events[id as usize].t_raw).collect();
         let dense = (0..times.len()).any(|i| times.get(i + STORM_COUNT - 1).is_some_and(|t| t - times[i] <= STORM_WINDOW_NS));
         if dense {
-            let mut a = Anomaly::new(
-                Kind::RetryStorm,
-                run.clone(),
-                format!(
-                    "retry storm: {} sent {} times, at least {STORM_COUNT} within {} ms",
-                    (ctx.describe)(run[0]),
-                    run.len(),
-                    STORM_WINDOW_NS / 1_000_000
-                ),
-            );
+            let mut a = Anomaly::new(Kind::RetryStorm, run.clone());
             a.nodes = NodeList::from_slice(&[e.node]);
             out.push(a);
         }
@@ -162,9 +149,8 @@ mod tests {
         let index = MatchIndex::new(&t);
         let mut m = match_messages(&t, &index);
         resolve_by_time(&mut m, &t, &index, &SameClock);
-        let describe = |id: EventId| format!("event {id}");
         let run = |identity: &dyn Fn(EventId) -> Option<u64>| {
-            find(&Context { trace: &t, matching: &m, clocks: &SameClock, describe: &describe, missing_nodes: &[], identity })
+            find(&Context { trace: &t, matching: &m, clocks: &SameClock, missing_nodes: &[], identity })
         };
         assert!(of(&run(&|_| None), Kind::Retransmission).is_empty(), "different bytes: no resend without a spec");
         // The spec's identity is the task number (bytes 4..8).

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use super::anomalies::{Anomaly, Cause, Context, Kind, NodeList};
+use super::anomalies::{Anomaly, Cause, Facts, Kind, NodeList};
 use super::matching::address_owners;
 use super::trace::{Dir, EventId, NodeId, ProtoCode, Trace};
 
@@ -153,31 +153,10 @@ pub fn stalls(
 }
 
 /// The stall anomalies, with the nodes that waited on each.
-pub fn to_anomalies(ctx: &Context<'_>, stalls: &[Stall], out: &mut Vec<Anomaly>) {
+pub fn to_anomalies(stalls: &[Stall], out: &mut Vec<Anomaly>) {
     for st in stalls {
-        let name = ctx.name(st.node);
-        let fmt_time = super::fmt::fmt_time;
-        let how_long = match st.until_end {
-            true => format!("from {} to the end of its recording ({} ms)", fmt_time(st.from), (st.to - st.from) / 1_000_000),
-            false => format!("from {} to {} ({} ms)", fmt_time(st.from), fmt_time(st.to), (st.to - st.from) / 1_000_000),
-        };
-        let peers = match st.lost {
-            0 => format!("though it received {} messages from its peers meanwhile", st.sent_to),
-            l if l == st.sent_to => format!("though its peers sent it {l} messages, none of which it received"),
-            l => format!("though its peers sent it {} messages ({l} never received)", st.sent_to),
-        };
-        let waiters = match st.waiters.as_slice() {
-            [] => String::new(),
-            w => format!("; {} waited on it", w.iter().map(|&n| ctx.name(n)).collect::<Vec<_>>().join(" and ")),
-        };
-        let mut a = Anomaly::new(
-            Kind::StalledNode,
-            st.last_send.into_iter().collect(),
-            format!(
-                "{name} stalled: it sent nothing {how_long}, {peers}; it usually sends every {} ms or less{waiters}",
-                (st.cadence / 1_000_000).max(1)
-            ),
-        );
+        let facts = Facts::Stall { until_end: st.until_end, sent_to: st.sent_to, lost: st.lost, cadence: st.cadence };
+        let mut a = Anomaly::with_facts(Kind::StalledNode, st.last_send.into_iter().collect(), facts);
         a.nodes = NodeList::from_slice(&[st.node]);
         a.span = Some((st.from, st.to));
         if !st.waiters.is_empty() {

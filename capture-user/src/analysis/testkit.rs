@@ -149,15 +149,12 @@ pub fn anomalies(t: &Trace) -> Vec<Anomaly> {
     let index = MatchIndex::new(t);
     let mut m = match_messages(t, &index);
     resolve_by_time(&mut m, t, &index, &SameClock);
+    let mut found = find(&Context { trace: t, matching: &m, clocks: &SameClock, missing_nodes: &["n9".to_string()], identity: &|_| None });
     let describe = |id: EventId| format!("event {id}");
-    find(&Context {
-        trace: t,
-        matching: &m,
-        clocks: &SameClock,
-        describe: &describe,
-        missing_nodes: &["n9".to_string()],
-        identity: &|_| None,
-    })
+    let spec = super::spec::Spec::default();
+    let w = super::words::Words { trace: t, clocks: &SameClock, spec: &spec, matching: &m, describe: &describe };
+    super::words::fill(&w, &mut found, &[], &mut []);
+    found
 }
 
 /// The anomalies of one kind.

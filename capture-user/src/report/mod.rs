@@ -13,12 +13,5 @@ pub mod text;
 /// Each of the trace's addresses as the outputs print it: IPv6 in brackets, so that
 /// `addr:port` reads unambiguously.
 pub(crate) fn addr_texts(trace: &crate::analysis::trace::Trace) -> Vec<String> {
-    trace
-        .addrs
-        .iter()
-        .map(|a| match a {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        })
-        .collect()
+    trace.addrs.iter().map(|&a| crate::analysis::fmt::fmt_addr(a)).collect()
 }
