@@ -71,6 +71,9 @@ pub struct Finding {
     pub waiters: Vec<NodeId>,
     /// The anomaly it tells (an index into `Analysis::anomalies`), where it tells one.
     pub anomaly: Option<usize>,
+    /// For kernel drops: the drop anomalies it groups (up to `MAX_EVIDENCE`), which have no
+    /// events of their own to point at: a timeline selects them instead.
+    pub drops: Vec<usize>,
     /// How many: kernel drops, messages in a retry storm, violations of a rule.
     pub count: usize,
     /// For kernel drops: the nodes on the other end.
@@ -272,7 +275,7 @@ fn span_of(times: impl Iterator<Item = i64>) -> Option<(i64, i64)> {
 fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
     let t = i.trace;
     // (dropping node, going out, reason) → (peers, span, evidence, count, unexplained drops).
-    type Group = (BTreeSet<NodeId>, Vec<i64>, Vec<EventId>, usize);
+    type Group = (BTreeSet<NodeId>, Vec<i64>, Vec<EventId>, usize, Vec<usize>);
     let mut groups: BTreeMap<(NodeId, bool, u16), Group> = BTreeMap::new();
     // A lost message a partition or a lossy link explains is theirs: its drop record is
     // their cause, not a finding of its own.
@@ -288,7 +291,7 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
             .iter()
             .any(|l| l.span.is_some_and(|(x, y)| x <= at && at <= y) && l.detail.as_ref().is_some_and(|d| d.links.contains(&(*from, *to))))
     };
-    for a in i.anomalies {
+    for (ix, a) in i.anomalies.iter().enumerate() {
         let Some(c) = a.cause.filter(|c| c.kind != CauseKind::Network) else { continue };
         if a.detail.as_ref().is_some_and(|d| d.startup) || (a.kind == Kind::NetworkLoss && c.on_path(t) && theirs(a)) {
             continue;
@@ -306,10 +309,13 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
             g.2.extend(a.events.iter().copied());
         }
         g.3 += 1;
+        if a.kind == Kind::KernelDrop && g.4.len() < MAX_EVIDENCE {
+            g.4.push(ix);
+        }
     }
     groups
         .into_iter()
-        .map(|((node, out_going, reason), (peers, times, evidence, count))| {
+        .map(|((node, out_going, reason), (peers, times, evidence, count, drops))| {
             let span = span_of(times.into_iter());
             Finding {
                 kind: FindingKind::KernelDrop,
@@ -317,6 +323,7 @@ fn kernel_drops(i: &Inputs<'_>) -> Vec<Finding> {
                 span,
                 evidence,
                 count,
+                drops,
                 peers: peers.into_iter().collect(),
                 cause: Some(Cause {
                     kind: if out_going { CauseKind::SenderKernel } else { CauseKind::ReceiverKernel },

@@ -57,6 +57,19 @@ pub fn reason_words(reason: &str) -> &'static str {
     }
 }
 
+/// Where lost messages died, in a few words (a timeline's partition shading says it).
+pub fn cause(trace: &Trace, c: Cause) -> String {
+    let reason = c.reason.and_then(|r| trace.drop_reasons.get(r as usize)).map(String::as_str);
+    let words = reason.map(reason_words).filter(|w| !w.is_empty());
+    match (c.kind, words) {
+        (CauseKind::Network, _) => "lost in the network".into(),
+        (CauseKind::ReceiverKernel, Some(w)) => format!("dropped at the receivers ({w})"),
+        (CauseKind::SenderKernel, Some(w)) => format!("dropped at the senders ({w})"),
+        (CauseKind::ReceiverKernel, None) => format!("dropped by the receivers' kernels ({})", reason.unwrap_or("?")),
+        (CauseKind::SenderKernel, None) => format!("dropped by the senders' kernels ({})", reason.unwrap_or("?")),
+    }
+}
+
 /// One anomaly's text.
 pub fn anomaly(w: &Words<'_>, a: &Anomaly, violations: &[Violation]) -> String {
     let t = w.trace;

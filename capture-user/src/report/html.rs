@@ -11,7 +11,7 @@ use base64::Engine;
 use serde_json::json;
 
 use crate::analysis::Analysis;
-use crate::analysis::anomalies::Kind;
+use crate::analysis::anomalies::{Facts, Kind};
 use crate::analysis::order::NO_GROUP;
 use crate::analysis::rules::UNKNOWN;
 use crate::analysis::trace::Dir;
@@ -154,6 +154,11 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
                 "nodes": a.nodes.as_slice(),
                 "islands": a.islands,
                 "span": a.span.map(|(x, y)| [(x - t0) as f64, (y - t0) as f64]),
+                "cause": a.cause.map(|c| crate::analysis::words::cause(&an.trace, c)),
+                "links": a.detail.as_ref().map_or(&[][..], |d| d.links.as_slice()),
+                "allLinksOf": a.detail.as_ref().and_then(|d| d.all_links_of),
+                "waiters": a.detail.as_ref().map_or(&[][..], |d| d.waiters.as_slice()),
+                "untilEnd": matches!(a.facts(), Facts::Stall { until_end: true, .. }),
             })
         })
         .collect();
@@ -190,7 +195,7 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
             })).collect();
             json!({"name": nd.name, "offset_ns": c.offset_ns, "uncertainty_ns": c.uncertainty_ns, "quality": c.quality, "events": t.node_ranges[i].len(), "steps": steps})
         }).collect::<Vec<_>>(),
-        "addrs": t.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "addrs": super::addr_texts(t),
         "types": messages_by_type,
         "kinds": KINDS.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "anomalies": anomalies,
@@ -201,6 +206,8 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
             "nodes": f.nodes,
             "links": f.links,
             "evidence": f.evidence.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>(),
+            "anomaly": f.anomaly,
+            "drops": f.drops,
         })).collect::<Vec<_>>(),
         "violations": an.violations.iter().map(|v| json!({"name": v.name, "text": v.text, "events": v.events.iter().map(|&e| pos[e as usize]).collect::<Vec<_>>()})).collect::<Vec<_>>(),
         "gaps": gaps,
