@@ -54,18 +54,32 @@ try {
     if (items.length !== findings.length || !findings.length) await fail(`${items.length} findings listed, the report has ${findings.length}`);
     for (let i = 0; i < findings.length; i++) {
       await items[i].click();
-      const got = await page.evaluate(() => ({ view: window.wgo.view(), status: document.getElementById("status").textContent, sel: window.wgo.selected() }));
+      const got = await page.evaluate(() => ({ view: window.wgo.view(), status: document.getElementById("status").textContent, sel: window.wgo.selected(), drop: window.wgo.selectedDrop() }));
       const f = findings[i];
       if (got.status !== f.text) await fail(`finding ${i + 1}: status says ${got.status}`);
       if (f.span && !(got.view.a <= f.span[0] && f.span[1] <= got.view.b)) await fail(`finding ${i + 1}: view ${JSON.stringify(got.view)} does not hold its span ${f.span}`);
       if (f.evidence.length && got.sel !== f.evidence[0]) await fail(`finding ${i + 1}: selected ${got.sel}, not its first evidence ${f.evidence[0]}`);
       if (!f.evidence.length && got.sel !== -1) await fail(`finding ${i + 1} has no evidence, yet event ${got.sel} stays selected`);
+      // A kernel drop's finding without events selects its first drop: something to click.
+      if (!f.evidence.length && (f.drops || []).length && got.drop !== f.drops[0]) await fail(`finding ${i + 1}: selected drop ${got.drop}, not its first ${f.drops[0]}`);
+      if (f.kind === "kernel_drop" && !f.evidence.length && !(f.drops || []).length) await fail(`finding ${i + 1}: a kernel drop with nothing to select`);
       const hot = await page.evaluate(() => [...document.querySelectorAll("#heads .lane")].map((l, n) => (l.classList.contains("hot") ? n : -1)).filter((n) => n >= 0));
       const want = [...new Set([...f.nodes, ...(f.links || []).flat()])].sort((a, b) => a - b);
       if (JSON.stringify(hot) !== JSON.stringify(want)) await fail(`finding ${i + 1}: lanes ${hot} stand out, not its nodes ${want}`);
     }
+    // Selecting a kernel drop's finding changes the selection, whatever was selected before.
+    for (let i = 0; i < findings.length; i++) {
+      if (findings[i].kind !== "kernel_drop") continue;
+      const other = findings.findIndex((f) => f.kind !== "kernel_drop" && f.evidence.length);
+      const before = other >= 0 ? (await items[other].click(), await page.evaluate(() => window.wgo.selected())) : -1;
+      await items[i].click();
+      const after = await page.evaluate(() => ({ sel: window.wgo.selected(), drop: window.wgo.selectedDrop(), details: document.getElementById("details").textContent }));
+      if (before >= 0 && after.sel === before) await fail(`finding ${i + 1} (kernel drop) left event ${before} selected`);
+      if (after.sel < 0 && after.drop < 0) await fail(`finding ${i + 1} (kernel drop) selected nothing`);
+      if (!after.details.trim()) await fail(`finding ${i + 1} (kernel drop): no details shown`);
+    }
     if (errors.length) await fail("page errors: " + errors.join("; "));
-    console.log(`ok: ${findings.length} findings, each click zooms to its span and selects its evidence`);
+    console.log(`ok: ${findings.length} findings, each click zooms to its span and selects its evidence (a kernel drop's: its first drop)`);
     await browser.close();
     process.exit(0);
   }
@@ -103,6 +117,27 @@ try {
     // Anomaly marks are drawn at every zoom: at the whole view too (dense or not).
     const anomalies = await page.evaluate(() => window.wgo.header.anomalies.filter((a) => a.events.length).length);
     if (anomalies && zooms[0].marks + zooms[0].losses === 0 && zooms[0].mode === "density") await fail("no anomaly marks in the overview");
+    // Every finding where it happened, in the overview: stalls hatched on their lanes (and the
+    // nodes that waited on them linked), partitions shaded with their cause, kernel drops and
+    // a lossy link's lost messages marked.
+    const where = await page.evaluate(() => {
+      const W = window.wgo; W.setMode("corr"); W.fit();
+      const A = W.header.anomalies, has = (k) => A.filter((a) => a.kind === k);
+      return {
+        shaded: W.shaded.slice(), drops: W.dropMarks.length, lossyArrows: W.lossyArrows, drawMode: W.mode,
+        stalls: has("stalled_node").map((a) => ({ node: a.nodes[0], crash: a.untilEnd, waiters: a.waiters })),
+        partitions: has("partition").length, kernelDrops: has("kernel_drop").length,
+        lossyLost: has("lossy_link").reduce((n, a) => n + a.events.length, 0),
+      };
+    });
+    for (const st of where.stalls) {
+      if (!where.shaded.some((x) => (x.kind === "stall" || x.kind === "crash") && x.node === st.node && (x.kind === "crash") === st.crash)) await fail(`the stall of node ${st.node} is not shaded on its lane in the overview`);
+      for (const w of st.waiters) if (!where.shaded.some((x) => x.kind === "waited" && x.node === w && x.on === st.node)) await fail(`node ${w} waited on node ${st.node}: not linked to it`);
+    }
+    const parts = where.shaded.filter((x) => x.kind === "partition");
+    if (parts.length !== where.partitions || parts.some((x) => !x.cause)) await fail(`${where.partitions} partitions, ${parts.length} shaded, causes ${JSON.stringify(parts.map((x) => x.cause))}`);
+    if (where.kernelDrops && !where.drops) await fail(`${where.kernelDrops} kernel drops, none marked in the overview`);
+    if (where.lossyLost && where.drawMode === "density" && !where.lossyArrows) await fail("a lossy link's lost messages have no arrows in the overview");
     // Every lost message ends in its receiver's lane.
     const lost = await page.evaluate(() => {
       const W = window.wgo, a = W.header.anomalies.filter((x) => x.kind === "network_loss" && x.events.length && x.nodes.length > 1);
@@ -120,6 +155,17 @@ try {
     if (causal.bad) await fail(`${causal.bad} receives not below their sends in the causal view`);
     // The breaks' labels ("≈ 20 ms with nothing happening") never overlap, fitted or not.
     for (let i = 1; i < causal.breaks.length; i++) if (causal.breaks[i] - causal.breaks[i - 1] < 16) await fail(`break labels at y ${causal.breaks[i - 1]} and ${causal.breaks[i]} overlap`);
+    // The causal view named by a URL without v is fitted to everything: it fills the canvas.
+    {
+      const pc = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+      await pc.goto(url + "#m=causal");
+      await pc.waitForFunction(() => window.wgo && (window.wgo.ready || window.wgo.error), null, { timeout: 120000 });
+      const e = await pc.evaluate(() => window.wgo.extent());
+      if (!(e.first >= 0 && e.last <= e.height && e.last - e.first >= 0.9 * e.height)) await fail(`#m=causal draws only y ${e.first} to ${e.last} of ${e.height} px`);
+      const breaks = await pc.evaluate(() => window.wgo.breakLabels || []);
+      for (let i = 1; i < breaks.length; i++) if (breaks[i] - breaks[i - 1] < 16) await fail(`break labels at y ${breaks[i - 1]} and ${breaks[i]} overlap under #m=causal`);
+      await pc.close();
+    }
     // The URL hash round-trips: a new page opened at it shows the same view, mode, filter and selection.
     const state = await page.evaluate(() => {
       const W = window.wgo; W.fit(); W.zoom(0.3); W.pan(0.1);
@@ -142,6 +188,15 @@ try {
     if (rows.mode !== "causal" || rows.view.a !== 0 || rows.view.b !== 40e6 || !rows.hash.includes("v=0%2C40") || !rows.drawn) {
       await fail(`#m=causal&v=0,40 should show the first 40 rows: ${JSON.stringify(rows)}`);
     }
+    // And rows far down show what they name: the events drawn are those of those steps.
+    const page4 = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+    const levels = await page.evaluate(() => { const W = window.wgo; W.setMode("causal"); W.fit(); const v = W.view(); W.setMode("corr"); return Math.floor(v.b / 1e6); });
+    const a = Math.floor(levels * 0.6), b = a + 100;
+    await page4.goto(url + `#m=causal&v=${a},${b}`);
+    await page4.waitForFunction(() => window.wgo && (window.wgo.ready || window.wgo.error), null, { timeout: 120000 });
+    const far = await page4.evaluate(() => { const W = window.wgo; return { view: W.view(), drawn: W.eventsDrawn, status: document.getElementById("status").textContent }; });
+    if (far.view.a !== a * 1e6 || far.view.b !== b * 1e6 || !far.drawn || !far.status.includes("100 steps shown")) await fail(`#m=causal&v=${a},${b} should show steps ${a} to ${b}: ${JSON.stringify(far)}`);
+    await page4.close();
     if (errors.length) await fail("page errors: " + errors.join("; "));
     console.log(`ok: labels ${zooms.map((z) => `${z.labels} drawn/${z.hidden} hidden`).join(", ")} at three zooms, none overlapping; ${zooms[0].marks + zooms[0].losses} marks in the overview; ${lost.out.length} lost messages in their receivers' lanes; causal view ordered; hash ${state.hash.length} chars round-trips`);
     await browser.close();
