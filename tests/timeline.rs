@@ -85,3 +85,86 @@ fn timeline_of_a_real_capture_works_in_chromium() {
     assert!(o.status.success(), "readability check failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Every finding where it happened, on simulated clusters (no root): a stall hatched on its
+/// lane (one to the end of the recording marked as such), a lossy link's lost arrows in the
+/// overview, a partition shaded with its cause, kernel drops that select what they point
+/// at, and the causal view fitted to the whole canvas (tests/browser/timeline.mjs
+/// `findings` and `readable`).
+#[test]
+fn the_timeline_draws_every_finding_where_it_happened() {
+    use wgo::analysis::anomalies::Facts;
+    use wgo::analysis::diagnosis::FindingKind;
+    use wgo::analysis::trace::{Dir, KernelDrop, ProtoCode};
+    use wgo::analysis::{Inputs, analyze, spec::Spec};
+    use wgo_tests::sim::{self, Config};
+    let dir = tempdir("timeline-findings");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let scenarios = [
+        // A node silent to the end, and a lossy link.
+        (
+            "crash-and-lossy",
+            Config {
+                seed: 1,
+                partition: None,
+                stall: Some((3, 1_500_000_000, 4_000_000_000)),
+                lossy: Some((0, 2, 0.3)),
+                ..Config::default()
+            },
+        ),
+        // A stall in the middle.
+        ("stall", Config { seed: 2, partition: None, stall: Some((3, 1_500_000_000, 2_700_000_000)), ..Config::default() }),
+        // A partition by the receivers' firewalls.
+        ("firewalls", Config { seed: 1, firewall_partition: true, ..Config::default() }),
+        // Kernel drops no recorded send explains: findings with no events of their own.
+        ("drops", Config { seed: 3, partition: None, ..Config::default() }),
+    ];
+    for (name, cfg) in scenarios {
+        let (mut trace, _) = sim::generate(&cfg);
+        if name == "drops" {
+            // Five datagrams node2's firewall dropped on their way in, from a port nobody sent from.
+            let reason = trace.drop_reasons.iter().position(|r| r == "netfilter_drop").unwrap_or_else(|| {
+                trace.drop_reasons.push("netfilter_drop".into());
+                trace.drop_reasons.len() - 1
+            }) as u16;
+            let recvs: Vec<_> =
+                trace.events.iter().filter(|e| e.node == 1 && e.dir == Dir::Recv && e.proto == ProtoCode::Udp).copied().collect();
+            for k in 1..=5 {
+                let mut event = recvs[recvs.len() * k / 6];
+                (event.sport, event.dport) = (9, 9);
+                trace.drops.push(KernelDrop { event, reason, stands_for_send: false });
+            }
+        }
+        let a = analyze(trace, Inputs { spec: Some(Spec::parse(sim::SPEC, "sim.toml").unwrap()), missing_nodes: vec![] });
+        let kinds: Vec<String> = a.findings.iter().map(|f| format!("{:?}", f.kind)).collect();
+        println!("{name}: {}", kinds.join(", "));
+        // What each scenario is there to show is among its findings (else the page's checks, which
+        // look at what there is, would pass on nothing).
+        let has = |k: FindingKind| a.findings.iter().any(|f| f.kind == k);
+        match name {
+            "crash-and-lossy" => {
+                let to_end = a.anomalies.iter().any(|x| matches!(x.facts(), Facts::Stall { until_end: true, .. }));
+                assert!(has(FindingKind::StalledNode) && to_end && has(FindingKind::LossyLink), "{name}: {kinds:?}");
+            }
+            "stall" => assert!(has(FindingKind::StalledNode), "{name}: {kinds:?}"),
+            "firewalls" => assert!(has(FindingKind::Partition), "{name}: {kinds:?}"),
+            _ => assert!(
+                a.findings.iter().any(|f| f.kind == FindingKind::KernelDrop && f.evidence.is_empty() && !f.drops.is_empty()),
+                "{name}: {kinds:?}"
+            ),
+        }
+        let html = dir.join(format!("{name}.html"));
+        wgo::report::html::write_html(&a, std::fs::File::create(&html).unwrap(), name).unwrap();
+        for mode in ["findings", "readable"] {
+            let o = Command::new("node")
+                .arg(root.join("tests/browser/timeline.mjs"))
+                .arg(mode)
+                .arg(&html)
+                .output()
+                .expect("node runs (cargo xtask test installs the browser test's packages)");
+            println!("{}", String::from_utf8_lossy(&o.stdout).trim());
+            assert!(o.status.success(), "{name}, {mode}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
