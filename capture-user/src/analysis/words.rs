@@ -16,11 +16,11 @@ use super::trace::{Dir, EventId, NodeId, Trace};
 /// What the words are made from besides the anomalies and findings themselves.
 pub struct Words<'a> {
     pub trace: &'a Trace,
-    pub clocks: &'a dyn TimeMap,
+    pub clocks: &'a (dyn TimeMap + Sync),
     pub spec: &'a Spec,
     pub matching: &'a Matching,
     /// An event's words (its message type and fields, or protocol and ports).
-    pub describe: &'a dyn Fn(EventId) -> String,
+    pub describe: &'a (dyn Fn(EventId) -> String + Sync),
 }
 
 impl Words<'_> {
@@ -37,9 +37,9 @@ impl Words<'_> {
 
 /// Fills in the text of every anomaly but the network losses, then of every finding.
 pub fn fill(w: &Words<'_>, anomalies: &mut [Anomaly], violations: &[Violation], findings: &mut [Finding]) {
-    for a in anomalies.iter_mut().filter(|a| a.kind != Kind::NetworkLoss) {
-        a.text = anomaly(w, a, violations);
-    }
+    use rayon::prelude::*;
+    // On all cores: a meltdown's resends can be hundreds of thousands, each described.
+    anomalies.par_iter_mut().filter(|a| a.kind != Kind::NetworkLoss).for_each(|a| a.text = anomaly(w, a, violations));
     for f in findings {
         f.text = finding(w, f, anomalies, violations);
     }
@@ -331,7 +331,7 @@ mod tests {
     use super::super::testkit::*;
     use super::*;
 
-    fn words_for<'a>(t: &'a Trace, m: &'a Matching, spec: &'a Spec, describe: &'a dyn Fn(EventId) -> String) -> Words<'a> {
+    fn words_for<'a>(t: &'a Trace, m: &'a Matching, spec: &'a Spec, describe: &'a (dyn Fn(EventId) -> String + Sync)) -> Words<'a> {
         Words { trace: t, clocks: &SameClock, spec, matching: m, describe }
     }
 
