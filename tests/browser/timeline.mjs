@@ -198,7 +198,7 @@ try {
     if (far.view.a !== a * 1e6 || far.view.b !== b * 1e6 || !far.drawn || !far.status.includes("100 steps shown")) await fail(`#m=causal&v=${a},${b} should show steps ${a} to ${b}: ${JSON.stringify(far)}`);
     await page4.close();
     if (errors.length) await fail("page errors: " + errors.join("; "));
-    console.log(`ok: labels ${zooms.map((z) => `${z.labels} drawn/${z.hidden} hidden`).join(", ")} at three zooms, none overlapping; ${zooms[0].marks + zooms[0].losses} marks in the overview; ${lost.out.length} lost messages in their receivers' lanes; causal view ordered; hash ${state.hash.length} chars round-trips`);
+    console.log(`ok: labels ${zooms.map((z) => `${z.labels} drawn/${z.hidden} hidden`).join(", ")} at three zooms, none overlapping; ${zooms[0].marks + zooms[0].losses} marks in the overview; ${lost.out.length} lost messages in their receivers' lanes; causal view ordered; hash ${state.hash.length} chars round-trips; overview (${where.drawMode}): ${where.stalls.length} stalls shaded (${where.stalls.filter((x) => x.crash).length} to the end), ${where.shaded.filter((x) => x.kind === "waited").length} waiters linked, ${parts.length} partitions with their cause, ${where.drops} kernel-drop marks, ${where.lossyArrows} lossy arrows`);
     await browser.close();
     process.exit(0);
   }
