@@ -196,7 +196,7 @@ fn analyze_inner<R: Send>(
     phase.done("diagnosis");
     let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
     let w = words::Words { trace: &trace, clocks: &clocks, spec: &spec, matching: &matching, describe: &describe };
-    words::fill(&w, &mut anomalies, &violations, &mut findings);
+    words::fill(&w, &mut anomalies, &mut violations, &mut findings);
     phase.done("words");
     (
         Analysis {

@@ -18,17 +18,36 @@ pub const NEVER_SAME_NS: i64 = 1_000_000;
 pub const RULE_HORIZON_NS: i64 = 1_000_000_000;
 
 /// The node that sent what event `id` received (by its source address).
-fn sender_name(trace: &Trace, id: usize) -> Option<String> {
+pub fn sender_name(trace: &Trace, id: usize) -> Option<String> {
     let src = trace.events[id].src;
     trace.nodes.iter().find(|n| n.addrs.contains(&src)).map(|n| n.name.clone())
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Violation {
     /// The rule or invariant's name.
     pub name: String,
     pub events: Vec<EventId>,
+    /// Made by [`super::words`] at the end of the analysis, from `what`.
     pub text: String,
+    #[serde(skip)]
+    pub what: Broken,
+}
+
+/// How a rule or invariant was broken, as data: the words are made in [`super::words`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Broken {
+    #[default]
+    Unknown,
+    /// No earlier event of rule `rule` (an index into `Spec::rules`) precedes `events[0]`.
+    NoEarlier { rule: usize },
+    /// Request `events[0]` got no `response` (a message index) within `within_ns`.
+    Unanswered { response: usize, within_ns: i64 },
+    /// A "never" event, `events[0]`, right after the receives `events[1..]`; per receive,
+    /// how long its sender had been silent before it, where that was long (≥ `SILENCE_NS`).
+    Never { silences: Vec<Option<i64>> },
+    /// A monotonic field went down: from its value in `events[0]` to that in `events[1]`.
+    Decrease { message: usize, field: usize, from: Value, to: Value },
 }
 
 /// The message type of every event (UNKNOWN where none matched).
@@ -95,18 +114,11 @@ pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn Time
                 Some(&(_, a)) => edges.push((a, id as EventId, ri as u32)),
                 None if e.t_raw - trace.nodes[e.node as usize].window.0 < RULE_HORIZON_NS => {}
                 None => {
-                    let node = &trace.nodes[e.node as usize];
-                    let after = &spec.messages[rule.after.message].name;
-                    let where_ = if rule.same_node { format!(" on {}", node.name) } else { String::new() };
                     violations.push(Violation {
                         name: rule.name.clone(),
                         events: vec![id as EventId],
-                        text: format!(
-                            "{}: no {after} {}{where_} precedes it in the recording (rule {} requires one)",
-                            describe(trace, spec, classes, id as EventId),
-                            dir_word(rule.after.dir),
-                            rule.name
-                        ),
+                        what: Broken::NoEarlier { rule: ri },
+                        ..Violation::default()
                     });
                 }
             }
@@ -115,7 +127,7 @@ pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn Time
     (edges, violations)
 }
 
-fn dir_word(d: Option<Dir>) -> &'static str {
+pub fn dir_word(d: Option<Dir>) -> &'static str {
     match d {
         Some(Dir::Send) => "sent",
         Some(Dir::Recv) => "received",
@@ -163,12 +175,8 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                         out.push(Violation {
                             name: name.clone(),
                             events: vec![id as EventId],
-                            text: format!(
-                                "{} got no {} within {} ms",
-                                describe(trace, spec, classes, id as EventId),
-                                spec.messages[*response].name,
-                                within_ns / 1_000_000
-                            ),
+                            what: Broken::Unanswered { response: *response, within_ns: *within_ns },
+                            ..Violation::default()
                         });
                     }
                 }
@@ -195,34 +203,21 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                             .filter(|&p| trace.events[p].dir == Dir::Recv && e.t_raw - trace.events[p].t_raw <= NEVER_CAUSE_WINDOW_NS)
                             .take(5)
                             .collect();
-                        let text = if causes.is_empty() {
-                            describe(trace, spec, classes, id as EventId)
-                        } else {
-                            let list: Vec<String> = causes
-                                .iter()
-                                .map(|&p| {
-                                    // A sender heard from again after a silence is often the story.
-                                    let src = trace.events[p].src;
-                                    let silence = (r.start..p)
-                                        .rev()
-                                        .find(|&q| trace.events[q].dir == Dir::Recv && trace.events[q].src == src)
-                                        .map(|q| trace.events[p].t_raw - trace.events[q].t_raw)
-                                        .filter(|&gap| gap >= SILENCE_NS)
-                                        .map(|gap| format!(", the first from it in {}", super::fmt::fmt_ns(gap)))
-                                        .unwrap_or_default();
-                                    format!(
-                                        "{} (from {}, {} before{silence})",
-                                        describe(trace, spec, classes, p as EventId),
-                                        sender_name(trace, p).unwrap_or_else(|| "an unrecorded node".into()),
-                                        super::fmt::fmt_ns(e.t_raw - trace.events[p].t_raw)
-                                    )
-                                })
-                                .collect();
-                            format!("{}, right after {}", describe(trace, spec, classes, id as EventId), list.join("; "))
-                        };
+                        // A sender heard from again after a silence is often the story.
+                        let silences = causes
+                            .iter()
+                            .map(|&p| {
+                                let src = trace.events[p].src;
+                                (r.start..p)
+                                    .rev()
+                                    .find(|&q| trace.events[q].dir == Dir::Recv && trace.events[q].src == src)
+                                    .map(|q| trace.events[p].t_raw - trace.events[q].t_raw)
+                                    .filter(|&gap| gap >= SILENCE_NS)
+                            })
+                            .collect();
                         let mut events = vec![id as EventId];
                         events.extend(causes.iter().map(|&p| p as EventId));
-                        out.push(Violation { name: name.clone(), events, text });
+                        out.push(Violation { name: name.clone(), events, what: Broken::Never { silences }, ..Violation::default() });
                     }
                 }
             }
@@ -240,13 +235,8 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
                             out.push(Violation {
                                 name: name.clone(),
                                 events: vec![*pid as EventId, id as EventId],
-                                text: format!(
-                                    "{} went from {prev} to {v} on {}: {} after {}",
-                                    spec.messages[*message].fields[*field].name,
-                                    trace.nodes[trace.events[id].node as usize].name,
-                                    describe(trace, spec, classes, id as EventId),
-                                    describe(trace, spec, classes, *pid as EventId)
-                                ),
+                                what: Broken::Decrease { message: *message, field: *field, from: prev.clone(), to: v.clone() },
+                                ..Violation::default()
                             });
                         }
                         last = Some((v, id));
@@ -260,7 +250,7 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{SameClock, addr, recv, send, trace_in, udp};
+    use super::super::testkit::{SameClock, addr, recv, send, trace_in, udp, violation_text};
     use super::*;
 
     const SPEC: &str = r#"
@@ -353,7 +343,8 @@ dir = "send"
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert_eq!(violations[0].name, "ack-after-task");
         assert_eq!(violations[0].events, vec![8]);
-        assert!(violations[0].text.contains("ACK #3 sent by n2: no TASK received on n2 precedes it"), "{}", violations[0].text);
+        let text = violation_text(&t, &spec, &classes, &violations[0]);
+        assert!(text.contains("ACK #3 sent by n2: no TASK received on n2 precedes it"), "{text}");
     }
 
     #[test]
@@ -368,5 +359,11 @@ dir = "send"
         let decrease = by_name("ballots-never-decrease");
         assert_eq!(decrease.len(), 1, "{v:?}");
         assert!(decrease[0].events.contains(&4), "{:?}", decrease[0]);
+        // Their words, made from the data at the end.
+        assert_eq!(violation_text(&t, &spec, &classes, unanswered[0]), "TASK #2 sent by n1 got no ACK within 100 ms");
+        assert_eq!(
+            violation_text(&t, &spec, &classes, decrease[0]),
+            "ballot went from 5 to 4 on n1: VOTE 4 sent by n1 after VOTE 5 sent by n1"
+        );
     }
 }

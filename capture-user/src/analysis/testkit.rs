@@ -153,8 +153,16 @@ pub fn anomalies(t: &Trace) -> Vec<Anomaly> {
     let describe = |id: EventId| format!("event {id}");
     let spec = super::spec::Spec::default();
     let w = super::words::Words { trace: t, clocks: &SameClock, spec: &spec, matching: &m, describe: &describe };
-    super::words::fill(&w, &mut found, &[], &mut []);
+    super::words::fill(&w, &mut found, &mut [], &mut []);
     found
+}
+
+/// A violation's words, its events described by the spec (as the report says them).
+pub fn violation_text(t: &Trace, spec: &super::spec::Spec, classes: &[u16], v: &super::rules::Violation) -> String {
+    let m = super::matching::Matching::default();
+    let describe = |id: EventId| super::rules::describe(t, spec, classes, id);
+    let w = super::words::Words { trace: t, clocks: &SameClock, spec, matching: &m, describe: &describe };
+    super::words::violation(&w, v)
 }
 
 /// The anomalies of one kind.

@@ -8,7 +8,7 @@ use super::diagnosis::{Finding, FindingKind};
 use super::fmt::{fmt_endpoint, fmt_ns, fmt_time};
 use super::matching::{Matching, MessageKind, TimeMap};
 use super::order::EdgeKind;
-use super::rules::Violation;
+use super::rules::{Broken, Violation};
 use super::spec::Spec;
 use super::steps::ClockStep;
 use super::trace::{Dir, EventId, NodeId, Trace};
@@ -35,9 +35,12 @@ impl Words<'_> {
     }
 }
 
-/// Fills in the text of every anomaly but the network losses, then of every finding.
-pub fn fill(w: &Words<'_>, anomalies: &mut [Anomaly], violations: &[Violation], findings: &mut [Finding]) {
+/// Fills in the text of every violation, of every anomaly but the network losses, then of
+/// every finding (each in turn may quote the one before).
+pub fn fill(w: &Words<'_>, anomalies: &mut [Anomaly], violations: &mut [Violation], findings: &mut [Finding]) {
     use rayon::prelude::*;
+    violations.par_iter_mut().for_each(|v| v.text = violation(w, v));
+    let violations = &*violations;
     // On all cores: a meltdown's resends can be hundreds of thousands, each described.
     anomalies.par_iter_mut().filter(|a| a.kind != Kind::NetworkLoss).for_each(|a| a.text = anomaly(w, a, violations));
     for f in findings {
@@ -67,6 +70,56 @@ pub fn cause(trace: &Trace, c: Cause) -> String {
         (CauseKind::SenderKernel, Some(w)) => format!("dropped at the senders ({w})"),
         (CauseKind::ReceiverKernel, None) => format!("dropped by the receivers' kernels ({})", reason.unwrap_or("?")),
         (CauseKind::SenderKernel, None) => format!("dropped by the senders' kernels ({})", reason.unwrap_or("?")),
+    }
+}
+
+/// One violation's text: the event that broke the rule or invariant, and how.
+pub fn violation(w: &Words<'_>, v: &Violation) -> String {
+    let (t, spec, d) = (w.trace, w.spec, w.describe);
+    let Some(&first) = v.events.first() else { return v.name.clone() };
+    match &v.what {
+        Broken::NoEarlier { rule } => {
+            let rule = &spec.rules[*rule];
+            let after = &spec.messages[rule.after.message].name;
+            let where_ = if rule.same_node { format!(" on {}", w.name(t.events[first as usize].node)) } else { String::new() };
+            format!(
+                "{}: no {after} {}{where_} precedes it in the recording (rule {} requires one)",
+                d(first),
+                super::rules::dir_word(rule.after.dir),
+                rule.name
+            )
+        }
+        Broken::Unanswered { response, within_ns } => {
+            format!("{} got no {} within {} ms", d(first), spec.messages[*response].name, within_ns / 1_000_000)
+        }
+        Broken::Never { silences } if v.events.len() > 1 => {
+            let e = &t.events[first as usize];
+            let list: Vec<String> = v.events[1..]
+                .iter()
+                .zip(silences.iter().chain(std::iter::repeat(&None)))
+                .map(|(&p, silence)| {
+                    let silence = silence.map(|gap| format!(", the first from it in {}", fmt_ns(gap))).unwrap_or_default();
+                    format!(
+                        "{} (from {}, {} before{silence})",
+                        d(p),
+                        super::rules::sender_name(t, p as usize).unwrap_or_else(|| "an unrecorded node".into()),
+                        fmt_ns(e.t_raw - t.events[p as usize].t_raw)
+                    )
+                })
+                .collect();
+            format!("{}, right after {}", d(first), list.join("; "))
+        }
+        Broken::Decrease { message, field, from, to } if v.events.len() > 1 => {
+            let id = v.events[1];
+            format!(
+                "{} went from {from} to {to} on {}: {} after {}",
+                spec.messages[*message].fields[*field].name,
+                w.name(t.events[id as usize].node),
+                d(id),
+                d(first)
+            )
+        }
+        _ => d(first),
     }
 }
 
