@@ -194,7 +194,7 @@ fn analyze_inner<R: Send>(
         classes: &classes,
     });
     phase.done("diagnosis");
-    let describe = |id: EventId| rules::describe(&trace, &spec, &classes, id);
+    let describe = |id: EventId| words::describe(&trace, &spec, &classes, id);
     let w = words::Words { trace: &trace, clocks: &clocks, spec: &spec, matching: &matching, describe: &describe };
     words::fill(&w, &mut anomalies, &mut violations, &mut findings);
     phase.done("words");
@@ -246,7 +246,7 @@ impl Analysis {
     /// An anomaly's text (network losses get theirs only when asked).
     pub fn anomaly_text<'a>(&self, a: &'a Anomaly) -> std::borrow::Cow<'a, str> {
         if a.kind == anomalies::Kind::NetworkLoss && a.text.is_empty() {
-            let describe = |id: EventId| rules::describe(&self.trace, &self.spec, &self.classes, id);
+            let describe = |id: EventId| words::describe(&self.trace, &self.spec, &self.classes, id);
             let w =
                 words::Words { trace: &self.trace, clocks: &self.clocks, spec: &self.spec, matching: &self.matching, describe: &describe };
             std::borrow::Cow::Owned(words::anomaly(&w, a, &self.violations))

@@ -66,22 +66,6 @@ fn key_of(trace: &Trace, spec: &Spec, message: usize, fields: impl Iterator<Item
     fields.map(|f| spec.field(message, f, payload)).collect()
 }
 
-/// Describes an event for people: `TASK #5 received by node2`.
-pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> String {
-    let e = &trace.events[id as usize];
-    let what = match classes.get(id as usize) {
-        Some(&c) if c != UNKNOWN => spec.label(c as usize, trace.payload(e)),
-        _ => format!(
-            "{} {} -> {}",
-            e.proto.name(),
-            super::fmt::fmt_endpoint(trace.addr(e.src), e.sport),
-            super::fmt::fmt_endpoint(trace.addr(e.dst), e.dport)
-        ),
-    };
-    let verb = if e.dir == Dir::Send { "sent by" } else { "received by" };
-    format!("{what} {verb} {}", trace.nodes[e.node as usize].name)
-}
-
 /// A rule's edge: (earlier, later, index of the rule in the spec).
 pub type RuleEdge = (EventId, EventId, u32);
 
@@ -125,14 +109,6 @@ pub fn rule_edges(trace: &Trace, spec: &Spec, classes: &[u16], clocks: &dyn Time
         }
     }
     (edges, violations)
-}
-
-pub fn dir_word(d: Option<Dir>) -> &'static str {
-    match d {
-        Some(Dir::Send) => "sent",
-        Some(Dir::Recv) => "received",
-        None => "seen",
-    }
 }
 
 /// Checks the spec's invariants on the ordered events (`t_ns`: causally consistent time).
@@ -250,7 +226,7 @@ pub fn check_invariants(trace: &Trace, spec: &Spec, classes: &[u16], t_ns: &[i64
 
 #[cfg(test)]
 mod tests {
-    use super::super::testkit::{SameClock, addr, recv, send, trace_in, udp, violation_text};
+    use super::super::testkit::{SameClock, addr, describe, recv, send, trace_in, udp, violation_text};
     use super::*;
 
     const SPEC: &str = r#"

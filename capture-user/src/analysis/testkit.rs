@@ -157,10 +157,12 @@ pub fn anomalies(t: &Trace) -> Vec<Anomaly> {
     found
 }
 
+pub use super::words::describe;
+
 /// A violation's words, its events described by the spec (as the report says them).
 pub fn violation_text(t: &Trace, spec: &super::spec::Spec, classes: &[u16], v: &super::rules::Violation) -> String {
     let m = super::matching::Matching::default();
-    let describe = |id: EventId| super::rules::describe(t, spec, classes, id);
+    let describe = |id: EventId| super::words::describe(t, spec, classes, id);
     let w = super::words::Words { trace: t, clocks: &SameClock, spec, matching: &m, describe: &describe };
     super::words::violation(&w, v)
 }

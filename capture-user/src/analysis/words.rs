@@ -73,6 +73,25 @@ pub fn cause(trace: &Trace, c: Cause) -> String {
     }
 }
 
+/// Describes an event for people: `TASK #5 received by node2`.
+pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> String {
+    let e = &trace.events[id as usize];
+    let what = match classes.get(id as usize) {
+        Some(&c) if c != super::rules::UNKNOWN => spec.label(c as usize, trace.payload(e)),
+        _ => format!("{} {} -> {}", e.proto.name(), fmt_endpoint(trace.addr(e.src), e.sport), fmt_endpoint(trace.addr(e.dst), e.dport)),
+    };
+    let verb = if e.dir == Dir::Send { "sent by" } else { "received by" };
+    format!("{what} {verb} {}", trace.nodes[e.node as usize].name)
+}
+
+fn dir_word(d: Option<Dir>) -> &'static str {
+    match d {
+        Some(Dir::Send) => "sent",
+        Some(Dir::Recv) => "received",
+        None => "seen",
+    }
+}
+
 /// One violation's text: the event that broke the rule or invariant, and how.
 pub fn violation(w: &Words<'_>, v: &Violation) -> String {
     let (t, spec, d) = (w.trace, w.spec, w.describe);
@@ -85,7 +104,7 @@ pub fn violation(w: &Words<'_>, v: &Violation) -> String {
             format!(
                 "{}: no {after} {}{where_} precedes it in the recording (rule {} requires one)",
                 d(first),
-                super::rules::dir_word(rule.after.dir),
+                dir_word(rule.after.dir),
                 rule.name
             )
         }
