@@ -133,12 +133,24 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
     let lossy = |l: &Link| lossy_vs(l, usual);
     let found: BTreeSet<(NodeId, NodeId)> = links.iter().filter(|(_, l)| lossy(l)).map(|(k, _)| *k).collect();
     // A node all of whose links lose (two or more of them plainly, none of them clean) is one
-    // fault: its own, not each link's.
+    // fault: its own, not each link's. A link is clean when it lost plainly less than the
+    // node's lossy links do together (three standard deviations): one that sent ten
+    // messages and lost none by chance at 20% is not.
     let mut whole: Vec<(NodeId, Vec<(NodeId, NodeId)>)> = Vec::new();
     for x in 0..t.nodes.len() as NodeId {
         let mine: Vec<(NodeId, NodeId)> = links.iter().filter(|(k, l)| (k.0 == x || k.1 == x) && l.sent > 0).map(|(k, _)| *k).collect();
         let plain = mine.iter().filter(|k| found.contains(k)).count();
-        if plain >= 2 && mine.len() >= 3 && mine.iter().all(|k| high(&links[k])) {
+        if plain < 2 || mine.len() < 3 {
+            continue;
+        }
+        let (lost, sent) =
+            mine.iter().filter(|k| found.contains(k)).fold((0, 0), |(l, s), k| (l + links[k].lost.len(), s + links[k].judged()));
+        let rate = lost as f64 / sent.max(1) as f64;
+        let clean = |l: &Link| {
+            let expected = rate * l.judged() as f64;
+            (l.lost.len() as f64) < expected - 3.0 * (expected * (1.0 - rate)).sqrt()
+        };
+        if !mine.iter().any(|k| clean(&links[k])) {
             whole.push((x, mine));
         }
     }
@@ -287,6 +299,35 @@ mod tests {
             lossy[0].text
         );
         assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_quiet_link_that_lost_nothing_by_chance_does_not_split_a_lossy_node() {
+        // Every link of n4 loses a fifth, but n4 → n5 sends only 8 messages and, by chance,
+        // loses none of them: n4's links are all lossy all the same.
+        let msgs: Vec<(i64, u8, u8, Fate)> = mesh(5, (100 * MS, 4100 * MS), 50 * MS, |_, a, b, k| match (a, b) {
+            (3, _) | (_, 3) if k % 5 == 2 => Fate::Lost,
+            _ => Fate::Delivered,
+        })
+        .into_iter()
+        .filter(|&(t, a, b, _)| (a, b) != (3, 4) || (t / MS) % 500 < 50)
+        .map(|(t, a, b, f)| if (a, b) == (3, 4) { (t, a, b, Fate::Delivered) } else { (t, a, b, f) })
+        .collect();
+        let found = anomalies(&trace(traffic_fates(5, &msgs)));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{lossy:?}");
+        let d = lossy[0].detail.as_deref().unwrap();
+        assert_eq!(d.all_links_of, Some(3), "{}", lossy[0].text);
+        assert_eq!(d.links.len(), 8, "{:?}", d.links);
+    }
+
+    #[test]
+    fn a_clean_link_of_a_node_keeps_its_other_lossy_links_its_own() {
+        // n4's links lose a fifth, except n4 → n5, busy and clean: no node-wide finding.
+        let found = cluster(|a, b| ((a == 3 || b == 3) && (a, b) != (3, 4)).then_some(Fate::Lost));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 7, "{lossy:?}");
+        assert!(lossy.iter().all(|f| f.detail.as_deref().unwrap().all_links_of.is_none()), "{lossy:?}");
     }
 
     #[test]
