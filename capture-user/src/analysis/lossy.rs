@@ -129,7 +129,6 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
         l.lost.len() >= LOSSY_MIN_LOST && high_vs(l, usual) && stands_out && lasting
     };
     let usual = baseline(&links, t.nodes.len(), &lossy_vs);
-    let high = |l: &Link| high_vs(l, usual);
     let lossy = |l: &Link| lossy_vs(l, usual);
     let found: BTreeSet<(NodeId, NodeId)> = links.iter().filter(|(_, l)| lossy(l)).map(|(k, _)| *k).collect();
     // A node all of whose links lose (two or more of them plainly, none of them clean) is one
