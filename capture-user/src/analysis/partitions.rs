@@ -66,13 +66,14 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     }
     losses.sort_unstable_by_key(|l| (l.0, l.3));
     let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
-    // Each pair's losses in time order, and per gap between two of them (gap k: before its
-    // k-th loss) whether it delivered a message both sent and received within the gap. A
+    // Each directed link's losses in time order, and per gap between two of them (gap k:
+    // before its k-th loss) whether it delivered a message both sent and received within the
+    // gap, the same way: what the other way delivers says nothing of a one-way cut. A
     // message in flight when the cut began, or TCP bytes sent during the cut that only a
     // merged retransmission delivered after the heal, prove nothing.
     let mut by_pair: FxHashMap<(NodeId, NodeId), (Vec<usize>, Vec<bool>)> = FxHashMap::default();
     for (k, l) in losses.iter().enumerate() {
-        by_pair.entry(pair(l.1, l.2)).or_default().0.push(k);
+        by_pair.entry((l.1, l.2)).or_default().0.push(k);
     }
     for v in by_pair.values_mut() {
         v.1 = vec![false; v.0.len() + 1];
@@ -85,7 +86,7 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         lossy_pair[x as usize * n + y as usize] = true;
     }
     for &(s, r) in messages {
-        let (a, b) = pair(trace.events[s as usize].node, trace.events[r as usize].node);
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
         if !lossy_pair[a as usize * n + b as usize] {
             continue;
         }
@@ -129,8 +130,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     if episodes.is_empty() {
         return Vec::new();
     }
-    // The pairs that delivered a message both sent and received within each episode, with
-    // their earliest receipt and latest send then, and how many.
+    // The directed links that delivered a message both sent and received within each
+    // episode, with their earliest receipt and latest send then, and how many.
     let mut delivered: Vec<BTreeMap<(NodeId, NodeId), Delivered>> = vec![BTreeMap::new(); episodes.len()];
     for &(s, r) in messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
@@ -142,7 +143,7 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         if e > 0 && ts <= episodes[e - 1].1 {
             let tr = ctx.corr(r);
             if tr <= episodes[e - 1].1 {
-                let d = delivered[e - 1].entry(pair(a, b)).or_insert((tr, ts, 0));
+                let d = delivered[e - 1].entry((a, b)).or_insert((tr, ts, 0));
                 *d = (d.0.min(tr), d.1.max(ts), d.2 + 1);
             }
         }
@@ -156,8 +157,14 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         // through while the cut was being made (firewall rules go in one at a time), or what
         // it delivered before its cut began or after it healed while other pairs' cuts went
         // on, does not undo it.
-        let connected = delivered[e].iter().filter(|&(p, &(first_receipt, last_send, count))| {
-            let Some((ks, gaps)) = by_pair.get(p) else { return true };
+        // A directed link that lost in the episode delivers if it delivered more than it lost
+        // then, between its losses or both before its first and after its last (a link that
+        // loses now and then). One that lost more than it delivered was cut: a straggler that
+        // got through while the cut was being made (firewall rules go in one at a time), or
+        // what it delivered before its cut began or after it healed while other links' cuts
+        // went on, does not undo it.
+        let delivers = |link: &(NodeId, NodeId), &(first_receipt, last_send, count): &Delivered| {
+            let Some((ks, gaps)) = by_pair.get(link) else { return true };
             let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
             let (Some(&g0), Some(&g1)) = (mine.first(), mine.last()) else { return true };
             let around = first_receipt < losses[ks[g0]].0 && last_send > losses[ks[g1]].0;
@@ -165,8 +172,21 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
             // A cut lets a straggler or two through; a lossy link delivers between its losses
             // again and again, however many it loses (at 50% about as many as it delivers).
             (between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS)
-        });
-        let connected = connected.map(|(p, _)| *p);
+        };
+        // A pair is connected when it delivered and neither way was cut: a one-way cut parts
+        // them too.
+        let lost_in = |link: &(NodeId, NodeId)| by_pair.get(link).is_some_and(|(ks, _)| ks.iter().any(|k| range.contains(k)));
+        let pairs: std::collections::BTreeSet<(NodeId, NodeId)> = delivered[e].keys().map(|&(a, b)| pair(a, b)).collect();
+        let connected: Vec<(NodeId, NodeId)> = pairs
+            .into_iter()
+            .filter(|&(a, b)| {
+                [(a, b), (b, a)].iter().all(|link| match delivered[e].get(link) {
+                    Some(d) => delivers(link, d),
+                    None => !lost_in(link),
+                })
+            })
+            .collect();
+        let connected = connected.into_iter();
         if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
             out.push(a);
         }
@@ -298,7 +318,8 @@ mod tests {
         for k in [4, 6, 7, 8, 9] {
             msgs.extend(split(k * w + 10 * MS));
         }
-        for (k, (a, b)) in [(0, 2), (1, 3)].into_iter().enumerate() {
+        // (Both ways: what one way delivers says nothing of the other.)
+        for (k, (a, b)) in [(0, 2), (2, 0), (1, 3), (3, 1)].into_iter().enumerate() {
             msgs.push((12 * w + k as i64 * MS, a, b, true));
         }
         for k in 20..26 {
@@ -441,6 +462,19 @@ mod tests {
         let parts = of(&found, Kind::Partition);
         assert_eq!(parts.len(), 1, "{parts:?}");
         assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_one_way_cut_is_a_partition_though_the_other_way_delivers() {
+        // Everything n3 sends from 1 s to 3 s is lost; what it is sent still arrives.
+        let msgs = mesh(4, (100 * MS, 4100 * MS), 50 * MS, |at, a, _, _| {
+            if a == 2 && (1000 * MS..3000 * MS).contains(&at) { Fate::Lost } else { Fate::Delivered }
+        });
+        let found = anomalies(&trace(traffic_fates(4, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{found:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1, 3], vec![2]]);
+        assert!(of(&found, Kind::LossyLink).is_empty(), "{found:?}");
     }
 
     #[test]
