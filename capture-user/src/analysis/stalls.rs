@@ -57,6 +57,51 @@ struct Unit {
     recvs: Vec<EventId>,
 }
 
+/// Where a node talks with a peer: protocol, its local port, the peer.
+type Conversation = (ProtoCode, u16, NodeId);
+
+fn conversation(owners: &std::collections::HashMap<AddrId, NodeId>, e: &Event) -> Option<Conversation> {
+    match e.dir {
+        Dir::Send => owners.get(&e.dst).map(|&p| (e.proto, e.sport, p)),
+        Dir::Recv => owners.get(&e.src).map(|&p| (e.proto, e.dport, p)),
+    }
+}
+
+/// Per conversation of a node (`unit`: the whole node), how long what it receives there
+/// usually waits for its next word there (the median, which a stall's own long waits do not
+/// move while they are fewer than the rest): microseconds for a request, half a second for
+/// a replication stream answered once a second. Unknown below 5 waits.
+fn answer_times(
+    trace: &Trace,
+    owners: &std::collections::HashMap<AddrId, NodeId>,
+    unit: &Unit,
+    corr: &dyn Fn(EventId) -> i64,
+) -> FxHashMap<Conversation, i64> {
+    let mut events: Vec<(i64, EventId)> = unit.sends.iter().chain(&unit.recvs).map(|&i| (corr(i), i)).collect();
+    events.sort_unstable();
+    let mut pending: FxHashMap<Conversation, (Vec<i64>, Vec<i64>)> = FxHashMap::default();
+    for (t, i) in events {
+        let e = &trace.events[i as usize];
+        if !says_something(e) {
+            continue;
+        }
+        let Some(c) = conversation(owners, e) else { continue };
+        let (waiting, waits) = pending.entry(c).or_default();
+        match e.dir {
+            Dir::Recv => waiting.push(t),
+            Dir::Send => waits.extend(waiting.drain(..).map(|r| t - r)),
+        }
+    }
+    pending
+        .into_iter()
+        .filter(|(_, (_, w))| w.len() >= 5)
+        .map(|(c, (_, mut w))| {
+            w.sort_unstable();
+            (c, w[w.len() / 2])
+        })
+        .collect()
+}
+
 /// The silences of one node, or of one of its endpoints (`port`), in its `sends` (time
 /// order): longer than its own cadence allows, while its peers sent it what it usually
 /// answers (`recvs`: what it received there).
@@ -70,6 +115,7 @@ fn silences(
     port: Option<(ProtoCode, u16)>,
     sends: &[(i64, EventId)],
     recvs: &[EventId],
+    answer: &FxHashMap<Conversation, i64>,
     end: i64,
 ) -> Vec<Stall> {
     let mut out = Vec::new();
@@ -94,14 +140,15 @@ fn silences(
         sends.iter().filter_map(|&(_, s)| owners.get(&trace.events[s as usize].dst).copied()).filter(|&p| p != x).collect();
     let from_answered = |e: &Event| owners.get(&e.src).is_none_or(|p| answers.contains(p));
     let at_port = |e: &Event| port.is_none_or(|(proto, p)| e.proto == proto && e.dport == p);
-    // What its peers sent it that it usually answers (not the kernel's TCP ACKs).
-    let received: Vec<i64> = recvs
+    // What its peers sent it that it usually answers (not the kernel's TCP ACKs), with how
+    // long it usually takes to answer there.
+    let received: Vec<(i64, Option<i64>)> = recvs
         .iter()
         .filter(|&&i| {
             let e = &trace.events[i as usize];
             says_something(e) && from_answered(e)
         })
-        .map(|&i| corr(i))
+        .map(|&i| (corr(i), conversation(owners, &trace.events[i as usize]).and_then(|c| answer.get(&c).copied())))
         .collect();
     let mine = |&&(s, r, _): &&(EventId, NodeId, Cause)| {
         let e = &trace.events[s as usize];
@@ -113,7 +160,10 @@ fn silences(
         // Only what arrived well inside the silence: a cluster-wide lull ends with every
         // node hearing from the others at once, and began with the last answers.
         let inside = |t: &&i64| from + cadence < **t && **t < to - cadence;
-        let got = received.iter().filter(inside).count() + dropped_there.iter().filter(inside).count();
+        // An input that waits there longer than it usually does for an answer: a replica
+        // answers its master's stream once a second, not each write.
+        let waits = |&&(t, usual): &&(i64, Option<i64>)| inside(&&t) && usual.is_none_or(|d| d.saturating_mul(STALL_FACTOR) <= to - from);
+        let got = received.iter().filter(waits).count() + dropped_there.iter().filter(inside).count();
         let lost = lost_to.iter().filter(inside).count();
         if got >= STALL_MIN_SENT_TO || (until_end && got + lost >= STALL_MIN_SENT_TO) {
             out.push(Stall {
@@ -174,6 +224,7 @@ pub fn stalls(
                 _ => {}
             }
         }
+        let answer = answer_times(trace, &owners, &whole, corr);
         units.push(whole);
         let mut ports: Vec<_> = by_port.into_iter().filter(|(_, u)| u.sends.len() >= STALL_MIN_SENDS).collect();
         // A node with one endpoint says on it what it says as a whole.
@@ -184,7 +235,7 @@ pub fn stalls(
         let mut found: Vec<Stall> = Vec::new();
         for u in units {
             let sends: Vec<(i64, EventId)> = u.sends.iter().map(|&i| (corr(i), i)).collect();
-            for st in silences(trace, &owners, lost, corr, x, u.port, &sends, &u.recvs, end) {
+            for st in silences(trace, &owners, lost, corr, x, u.port, &sends, &u.recvs, &answer, end) {
                 // The node's own silence and its endpoints' are one stall where they overlap.
                 if !found.iter().any(|y| y.from < st.to && st.from < y.to) {
                     found.push(st);
@@ -349,6 +400,38 @@ mod tests {
         // And a server that answers all along is not.
         let found = server_and_local_client(|_| true);
         assert!(of(&found, Kind::StalledNode).is_empty(), "{found:?}");
+    }
+
+    /// n1 streams to n2 every 20 ms and n2 acknowledges once a second; n3 asks n2 every
+    /// 100 ms and n2 answers at once, but from 2 s to 2.8 s n3 asks nothing (`n3_quiet`) or
+    /// n2 answers nothing (`n2_stopped`).
+    fn replica(n3_quiet: bool, n2_stopped: bool) -> Vec<Anomaly> {
+        let mut msgs = Vec::new();
+        let pause = |t: i64| (2000 * MS..2800 * MS).contains(&t);
+        for k in 0..200 {
+            let t = 100 * MS + k * 20 * MS;
+            msgs.push((t, 0, 1, true));
+            if k % 50 == 49 && !(n2_stopped && pause(t)) {
+                msgs.push((t + MS, 1, 0, true));
+            }
+            if k % 5 == 0 && !(n3_quiet && pause(t)) {
+                msgs.push((t + 2 * MS, 2, 1, true));
+                if !(n2_stopped && pause(t)) {
+                    msgs.push((t + 3 * MS, 1, 2, true));
+                }
+            }
+        }
+        anomalies(&trace(traffic(3, &msgs)))
+    }
+
+    #[test]
+    fn a_stream_it_answers_once_a_second_does_not_make_a_pause_a_stall() {
+        let found = replica(true, false);
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{:?}", of(&found, Kind::StalledNode));
+        let found = replica(false, true);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[1]);
     }
 
     #[test]
