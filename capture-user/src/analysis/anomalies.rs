@@ -164,12 +164,14 @@ pub enum Facts {
         drop: usize,
     },
     /// A stall: whether it lasted to the end of the recording, what its peers sent it
-    /// meanwhile and how much of that it never received, and its usual cadence (ns).
+    /// meanwhile and how much of that it never received, its usual cadence (ns), and where.
     Stall {
         until_end: bool,
         sent_to: usize,
         lost: usize,
         cadence: i64,
+        /// The endpoint (protocol, local port) that fell silent, where the node did not.
+        port: Option<(super::trace::ProtoCode, u16)>,
     },
     /// A lossy link (or all of one node's): lost of sent, and the other links' loss rate.
     LossyLink {

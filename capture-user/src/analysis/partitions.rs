@@ -31,6 +31,14 @@ pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
 /// whether a partition explains them.
 pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
 
+/// One directed link's losses (indices into the losses, in time order) and, per gap before
+/// each, whether it delivered then.
+#[derive(Default)]
+struct LinkLosses {
+    ks: Vec<usize>,
+    same: Vec<bool>,
+}
+
 /// A pair's deliveries within an episode: earliest receipt, latest send, how many.
 type Delivered = (i64, i64, usize);
 
@@ -66,16 +74,22 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     }
     losses.sort_unstable_by_key(|l| (l.0, l.3));
     let pair = |a: NodeId, b: NodeId| (a.min(b), a.max(b));
-    // Each pair's losses in time order, and per gap between two of them (gap k: before its
-    // k-th loss) whether it delivered a message both sent and received within the gap. A
+    // Each directed link's losses in time order, and per gap between two of them (gap k:
+    // before its k-th loss) whether it delivered a message both sent and received within the
+    // gap, the same way: what the other way delivers says nothing of a one-way cut. A
     // message in flight when the cut began, or TCP bytes sent during the cut that only a
     // merged retransmission delivered after the heal, prove nothing.
-    let mut by_pair: FxHashMap<(NodeId, NodeId), (Vec<usize>, Vec<bool>)> = FxHashMap::default();
+    let mut by_pair: FxHashMap<(NodeId, NodeId), LinkLosses> = FxHashMap::default();
     for (k, l) in losses.iter().enumerate() {
-        by_pair.entry(pair(l.1, l.2)).or_default().0.push(k);
+        by_pair.entry((l.1, l.2)).or_default().ks.push(k);
     }
-    for v in by_pair.values_mut() {
-        v.1 = vec![false; v.0.len() + 1];
+    // The same per pair, either way (`same` then is delivered either way).
+    let mut by_both: FxHashMap<(NodeId, NodeId), LinkLosses> = FxHashMap::default();
+    for (k, l) in losses.iter().enumerate() {
+        by_both.entry(pair(l.1, l.2)).or_default().ks.push(k);
+    }
+    for v in by_pair.values_mut().chain(by_both.values_mut()) {
+        v.same = vec![false; v.ks.len() + 1];
     }
     let messages = &ctx.matching.messages;
     let ends = |s: EventId, r: EventId| (ctx.corr(s), ctx.corr(r));
@@ -85,20 +99,21 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         lossy_pair[x as usize * n + y as usize] = true;
     }
     for &(s, r) in messages {
-        let (a, b) = pair(trace.events[s as usize].node, trace.events[r as usize].node);
-        if !lossy_pair[a as usize * n + b as usize] {
+        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+        if !lossy_pair[a as usize * n + b as usize] && !lossy_pair[b as usize * n + a as usize] {
             continue;
         }
-        let Some((ks, gaps)) = by_pair.get_mut(&(a, b)) else { continue };
         let (ts, tr) = ends(s, r);
-        let g = ks.partition_point(|&k| losses[k].0 < ts);
-        if g > 0 && losses[ks[g - 1]].0 < ts && ks.get(g).is_some_and(|&k| tr < losses[k].0) {
-            gaps[g] = true;
+        for l in [by_pair.get_mut(&(a, b)), by_both.get_mut(&pair(a, b))].into_iter().flatten() {
+            let g = l.ks.partition_point(|&k| losses[k].0 < ts);
+            if g > 0 && losses[l.ks[g - 1]].0 < ts && l.ks.get(g).is_some_and(|&k| tr < losses[k].0) {
+                l.same[g] = true;
+            }
         }
     }
     // Each pair's cuts: runs of losses with nothing delivered between them.
     let mut runs: Vec<Span> = Vec::new();
-    for (ks, gaps) in by_pair.values() {
+    for LinkLosses { ks, same: gaps, .. } in by_pair.values() {
         let mut cur = (losses[ks[0]].0, losses[ks[0]].0);
         for (g, &k) in ks.iter().enumerate().skip(1) {
             let t = losses[k].0;
@@ -129,8 +144,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     if episodes.is_empty() {
         return Vec::new();
     }
-    // The pairs that delivered a message both sent and received within each episode, with
-    // their earliest receipt and latest send then, and how many.
+    // The directed links that delivered a message both sent and received within each
+    // episode, with their earliest receipt and latest send then, and how many.
     let mut delivered: Vec<BTreeMap<(NodeId, NodeId), Delivered>> = vec![BTreeMap::new(); episodes.len()];
     for &(s, r) in messages {
         let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
@@ -142,7 +157,7 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         if e > 0 && ts <= episodes[e - 1].1 {
             let tr = ctx.corr(r);
             if tr <= episodes[e - 1].1 {
-                let d = delivered[e - 1].entry(pair(a, b)).or_insert((tr, ts, 0));
+                let d = delivered[e - 1].entry((a, b)).or_insert((tr, ts, 0));
                 *d = (d.0.min(tr), d.1.max(ts), d.2 + 1);
             }
         }
@@ -150,23 +165,40 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     let mut out = Vec::new();
     for (e, span) in episodes.iter().enumerate() {
         let range = in_episode(span);
-        // A pair that lost in the episode connects if it delivered more than it lost then,
-        // between its losses or both before its first and after its last (a link that loses
-        // now and then). One that lost more than it delivered was cut: a straggler that got
-        // through while the cut was being made (firewall rules go in one at a time), or what
-        // it delivered before its cut began or after it healed while other pairs' cuts went
-        // on, does not undo it.
-        let connected = delivered[e].iter().filter(|&(p, &(first_receipt, last_send, count))| {
-            let Some((ks, gaps)) = by_pair.get(p) else { return true };
-            let mine: Vec<usize> = (0..ks.len()).filter(|&g| range.contains(&ks[g])).collect();
-            let (Some(&g0), Some(&g1)) = (mine.first(), mine.last()) else { return true };
-            let around = first_receipt < losses[ks[g0]].0 && last_send > losses[ks[g1]].0;
-            let between = mine.iter().skip(1).filter(|&&g| gaps[g]).count();
-            // A cut lets a straggler or two through; a lossy link delivers between its losses
-            // again and again, however many it loses (at 50% about as many as it delivers).
-            (between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS)
-        });
-        let connected = connected.map(|(p, _)| *p);
+        // A pair that lost in the episode connects if it delivered between its losses or both
+        // before its first and after its last (a link that loses now and then), and each way
+        // that lost delivered more than it lost then, or between its losses again and again
+        // (at 50% a lossy link delivers about as many as it loses). Otherwise it was cut: a
+        // straggler or two that got through while the cut was being made (firewall rules go
+        // in one at a time), what it delivered before its cut began or after it healed while
+        // other pairs' cuts went on, or what the other way delivered (a one-way cut), does
+        // not undo it.
+        let got = |link: &(NodeId, NodeId)| delivered[e].get(link).copied();
+        let in_range = |l: &LinkLosses| -> Vec<usize> { (0..l.ks.len()).filter(|&g| range.contains(&l.ks[g])).collect() };
+        let connects = |a: NodeId, b: NodeId| {
+            let (ab, ba) = (got(&(a, b)), got(&(b, a)));
+            if let Some(l) = by_both.get(&(a, b)) {
+                let mine = in_range(l);
+                if let (Some(&g0), Some(&g1)) = (mine.first(), mine.last()) {
+                    let (first_receipt, last_send, count) =
+                        [ab, ba].into_iter().flatten().fold((i64::MAX, i64::MIN, 0), |(f, s, c), d| (f.min(d.0), s.max(d.1), c + d.2));
+                    let around = first_receipt < losses[l.ks[g0]].0 && last_send > losses[l.ks[g1]].0;
+                    let between = mine.iter().skip(1).filter(|&&g| l.same[g]).count();
+                    if !((between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS)) {
+                        return false;
+                    }
+                }
+            }
+            [(a, b), (b, a)].iter().all(|link| {
+                let Some(l) = by_pair.get(link) else { return true };
+                let mine = in_range(l);
+                let between = mine.iter().skip(1).filter(|&&g| l.same[g]).count();
+                mine.is_empty() || got(link).map_or(0, |d| d.2) > mine.len() || between >= LOSSY_INTERLEAVINGS
+            })
+        };
+        let pairs: std::collections::BTreeSet<(NodeId, NodeId)> = delivered[e].keys().map(|&(a, b)| pair(a, b)).collect();
+        let connected: Vec<(NodeId, NodeId)> = pairs.into_iter().filter(|&(a, b)| connects(a, b)).collect();
+        let connected = connected.into_iter();
         if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
             out.push(a);
         }
@@ -277,7 +309,8 @@ mod tests {
         for k in [4, 6, 7, 8, 9] {
             msgs.extend(split(k * w + 10 * MS));
         }
-        for (k, (a, b)) in [(0, 2), (1, 3)].into_iter().enumerate() {
+        // (Both ways: what one way delivers says nothing of the other.)
+        for (k, (a, b)) in [(0, 2), (2, 0), (1, 3), (3, 1)].into_iter().enumerate() {
             msgs.push((12 * w + k as i64 * MS, a, b, true));
         }
         for k in 20..26 {
@@ -420,6 +453,19 @@ mod tests {
         let parts = of(&found, Kind::Partition);
         assert_eq!(parts.len(), 1, "{parts:?}");
         assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_one_way_cut_is_a_partition_though_the_other_way_delivers() {
+        // Everything n3 sends from 1 s to 3 s is lost; what it is sent still arrives.
+        let msgs = mesh(4, (100 * MS, 4100 * MS), 50 * MS, |at, a, _, _| {
+            if a == 2 && (1000 * MS..3000 * MS).contains(&at) { Fate::Lost } else { Fate::Delivered }
+        });
+        let found = anomalies(&trace(traffic_fates(4, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{found:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1, 3], vec![2]]);
+        assert!(of(&found, Kind::LossyLink).is_empty(), "{found:?}");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 
 use super::anomalies::{Anomaly, Cause, Facts, Kind, NodeList};
 use super::matching::address_owners;
-use super::trace::{Dir, EventId, NodeId, ProtoCode, Trace};
+use rustc_hash::FxHashMap;
+
+use super::trace::{AddrId, Dir, Event, EventId, NodeId, ProtoCode, Trace};
 
 /// A node is stalled when it sends nothing for this many times its usual longest gap
 /// between sends (the 90th percentile)...
@@ -23,6 +25,9 @@ const STALL_MIN_SENDS: usize = 10;
 #[derive(Clone, Debug)]
 pub struct Stall {
     pub node: NodeId,
+    /// The endpoint (protocol and local port) that fell silent, where the node as a whole
+    /// did not.
+    pub port: Option<(ProtoCode, u16)>,
     /// Its last send before the silence, and when the silence ends (its next send, or the
     /// end of its recording), reference clock ns.
     pub from: i64,
@@ -43,6 +48,141 @@ fn says_something(e: &super::trace::Event) -> bool {
     e.proto != ProtoCode::Tcp || e.payload_len > 0
 }
 
+/// A node, or one of its endpoints (protocol and local port): what it sent that says
+/// something, and what it received.
+#[derive(Default)]
+struct Unit {
+    port: Option<(ProtoCode, u16)>,
+    sends: Vec<EventId>,
+    recvs: Vec<EventId>,
+}
+
+/// Where a node talks with a peer: protocol, its local port, the peer.
+type Conversation = (ProtoCode, u16, NodeId);
+
+fn conversation(owners: &std::collections::HashMap<AddrId, NodeId>, e: &Event) -> Option<Conversation> {
+    match e.dir {
+        Dir::Send => owners.get(&e.dst).map(|&p| (e.proto, e.sport, p)),
+        Dir::Recv => owners.get(&e.src).map(|&p| (e.proto, e.dport, p)),
+    }
+}
+
+/// Per conversation of a node (`unit`: the whole node), how long what it receives there
+/// usually waits for its next word there (the median, which a stall's own long waits do not
+/// move while they are fewer than the rest): microseconds for a request, half a second for
+/// a replication stream answered once a second. Unknown below 5 waits.
+fn answer_times(
+    trace: &Trace,
+    owners: &std::collections::HashMap<AddrId, NodeId>,
+    unit: &Unit,
+    corr: &dyn Fn(EventId) -> i64,
+) -> FxHashMap<Conversation, i64> {
+    let mut events: Vec<(i64, EventId)> = unit.sends.iter().chain(&unit.recvs).map(|&i| (corr(i), i)).collect();
+    events.sort_unstable();
+    let mut pending: FxHashMap<Conversation, (Vec<i64>, Vec<i64>)> = FxHashMap::default();
+    for (t, i) in events {
+        let e = &trace.events[i as usize];
+        if !says_something(e) {
+            continue;
+        }
+        let Some(c) = conversation(owners, e) else { continue };
+        let (waiting, waits) = pending.entry(c).or_default();
+        match e.dir {
+            Dir::Recv => waiting.push(t),
+            Dir::Send => waits.extend(waiting.drain(..).map(|r| t - r)),
+        }
+    }
+    pending
+        .into_iter()
+        .filter(|(_, (_, w))| w.len() >= 5)
+        .map(|(c, (_, mut w))| {
+            w.sort_unstable();
+            (c, w[w.len() / 2])
+        })
+        .collect()
+}
+
+/// The silences of one node, or of one of its endpoints (`port`), in its `sends` (time
+/// order): longer than its own cadence allows, while its peers sent it what it usually
+/// answers (`recvs`: what it received there).
+#[allow(clippy::too_many_arguments)]
+fn silences(
+    trace: &Trace,
+    owners: &std::collections::HashMap<AddrId, NodeId>,
+    lost: &[(EventId, NodeId, Cause)],
+    corr: &dyn Fn(EventId) -> i64,
+    x: NodeId,
+    port: Option<(ProtoCode, u16)>,
+    sends: &[(i64, EventId)],
+    recvs: &[EventId],
+    answer: &FxHashMap<Conversation, i64>,
+    end: i64,
+) -> Vec<Stall> {
+    let mut out = Vec::new();
+    if sends.len() < STALL_MIN_SENDS {
+        return out;
+    }
+    let mut gaps: Vec<i64> = sends.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    gaps.sort_unstable();
+    let cadence = gaps[(gaps.len() * 9 / 10).min(gaps.len() - 1)].max(1);
+    let threshold = cadence.saturating_mul(STALL_FACTOR).max(STALL_MIN_NS);
+    let mut spans: Vec<(i64, i64, bool, EventId)> =
+        sends.windows(2).filter(|w| w[1].0 - w[0].0 > threshold).map(|w| (w[0].0, w[1].0, false, w[0].1)).collect();
+    let &(last_t, last_id) = sends.last().expect("sends");
+    if end - last_t > threshold {
+        spans.push((last_t, end, true, last_id));
+    }
+    if spans.is_empty() {
+        return out;
+    }
+    // The peers it answers: those it sends to.
+    let answers: BTreeSet<NodeId> =
+        sends.iter().filter_map(|&(_, s)| owners.get(&trace.events[s as usize].dst).copied()).filter(|&p| p != x).collect();
+    let from_answered = |e: &Event| owners.get(&e.src).is_none_or(|p| answers.contains(p));
+    let at_port = |e: &Event| port.is_none_or(|(proto, p)| e.proto == proto && e.dport == p);
+    // What its peers sent it that it usually answers (not the kernel's TCP ACKs), with how
+    // long it usually takes to answer there.
+    let received: Vec<(i64, Option<i64>)> = recvs
+        .iter()
+        .filter(|&&i| {
+            let e = &trace.events[i as usize];
+            says_something(e) && from_answered(e)
+        })
+        .map(|&i| (corr(i), conversation(owners, &trace.events[i as usize]).and_then(|c| answer.get(&c).copied())))
+        .collect();
+    let mine = |&&(s, r, _): &&(EventId, NodeId, Cause)| {
+        let e = &trace.events[s as usize];
+        r == x && from_answered(e) && at_port(e)
+    };
+    let lost_to: Vec<i64> = lost.iter().filter(mine).filter(|l| l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+    let dropped_there: Vec<i64> = lost.iter().filter(mine).filter(|l| !l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+    for (from, to, until_end, last_send) in spans {
+        // Only what arrived well inside the silence: a cluster-wide lull ends with every
+        // node hearing from the others at once, and began with the last answers.
+        let inside = |t: &&i64| from + cadence < **t && **t < to - cadence;
+        // An input that waits there longer than it usually does for an answer: a replica
+        // answers its master's stream once a second, not each write.
+        let waits = |&&(t, usual): &&(i64, Option<i64>)| inside(&&t) && usual.is_none_or(|d| d.saturating_mul(STALL_FACTOR) <= to - from);
+        let got = received.iter().filter(waits).count() + dropped_there.iter().filter(inside).count();
+        let lost = lost_to.iter().filter(inside).count();
+        if got >= STALL_MIN_SENT_TO || (until_end && got + lost >= STALL_MIN_SENT_TO) {
+            out.push(Stall {
+                node: x,
+                port,
+                from,
+                to,
+                until_end,
+                last_send: Some(last_send),
+                sent_to: got + lost,
+                lost,
+                cadence,
+                waiters: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
 /// Nodes that stopped sending, for much longer than their own cadence, while their peers
 /// kept sending them what they usually answer. `lost` are the lost messages (send,
 /// receiver, cause): those that reached the receiver's host and died there (a full buffer)
@@ -57,70 +197,52 @@ pub fn stalls(
     end_of: &dyn Fn(NodeId) -> i64,
 ) -> Vec<Stall> {
     let owners = address_owners(trace);
-    let mut out = Vec::new();
+    let mut out: Vec<Stall> = Vec::new();
     for (x, range) in trace.node_ranges.iter().enumerate() {
         let x = x as NodeId;
-        let sends: Vec<(i64, EventId)> = range
-            .clone()
-            .filter(|&i| {
-                let e = &trace.events[i];
-                e.dir == Dir::Send && says_something(e)
-            })
-            .map(|i| (corr(i as EventId), i as EventId))
-            .collect();
-        if sends.len() < STALL_MIN_SENDS {
-            continue;
-        }
-        let mut gaps: Vec<i64> = sends.windows(2).map(|w| w[1].0 - w[0].0).collect();
-        gaps.sort_unstable();
-        let cadence = gaps[(gaps.len() * 9 / 10).min(gaps.len() - 1)].max(1);
-        let threshold = cadence.saturating_mul(STALL_FACTOR).max(STALL_MIN_NS);
         let end = end_of(x);
-        let mut spans: Vec<(i64, i64, bool, EventId)> =
-            sends.windows(2).filter(|w| w[1].0 - w[0].0 > threshold).map(|w| (w[0].0, w[1].0, false, w[0].1)).collect();
-        let &(last_t, last_id) = sends.last().expect("sends");
-        if end - last_t > threshold {
-            spans.push((last_t, end, true, last_id));
-        }
-        if spans.is_empty() {
-            continue;
-        }
-        // The peers it answers: those it sends to.
-        let answers: BTreeSet<NodeId> =
-            sends.iter().filter_map(|&(_, s)| owners.get(&trace.events[s as usize].dst).copied()).filter(|&p| p != x).collect();
-        let from_answered = |e: &super::trace::Event| owners.get(&e.src).is_none_or(|p| answers.contains(p));
-        // What its peers sent it that it usually answers (not the kernel's TCP ACKs).
-        let received: Vec<i64> = range
-            .clone()
-            .filter(|&i| {
-                let e = &trace.events[i];
-                e.dir == Dir::Recv && says_something(e) && from_answered(e)
-            })
-            .map(|i| corr(i as EventId))
-            .collect();
-        let mine = |&&(s, r, _): &&(EventId, NodeId, Cause)| r == x && from_answered(&trace.events[s as usize]);
-        let lost_to: Vec<i64> = lost.iter().filter(mine).filter(|l| l.2.on_path(trace)).map(|l| corr(l.0)).collect();
-        let dropped_there: Vec<i64> = lost.iter().filter(mine).filter(|l| !l.2.on_path(trace)).map(|l| corr(l.0)).collect();
-        for (from, to, until_end, last_send) in spans {
-            // Only what arrived well inside the silence: a cluster-wide lull ends with every
-            // node hearing from the others at once, and began with the last answers.
-            let inside = |t: &&i64| from + cadence < **t && **t < to - cadence;
-            let got = received.iter().filter(inside).count() + dropped_there.iter().filter(inside).count();
-            let lost = lost_to.iter().filter(inside).count();
-            if got >= STALL_MIN_SENT_TO || (until_end && got + lost >= STALL_MIN_SENT_TO) {
-                out.push(Stall {
-                    node: x,
-                    from,
-                    to,
-                    until_end,
-                    last_send: Some(last_send),
-                    sent_to: got + lost,
-                    lost,
-                    cadence,
-                    waiters: Vec::new(),
-                });
+        let remote = |e: &Event| owners.get(&e.dst) != Some(&x);
+        // The whole node first; then each of its endpoints (protocol and local port) that
+        // talks to its peers: a stopped server falls silent on its own ports while other
+        // processes of its node (a local client, a sidecar) keep talking.
+        let mut units: Vec<Unit> = Vec::new();
+        let mut whole = Unit::default();
+        let mut by_port: FxHashMap<(ProtoCode, u16), Unit> = FxHashMap::default();
+        for i in range.clone() {
+            let (e, id) = (&trace.events[i], i as EventId);
+            match e.dir {
+                Dir::Send if says_something(e) => {
+                    whole.sends.push(id);
+                    if remote(e) {
+                        by_port.entry((e.proto, e.sport)).or_default().sends.push(id);
+                    }
+                }
+                Dir::Recv => {
+                    whole.recvs.push(id);
+                    by_port.entry((e.proto, e.dport)).or_default().recvs.push(id);
+                }
+                _ => {}
             }
         }
+        let answer = answer_times(trace, &owners, &whole, corr);
+        units.push(whole);
+        let mut ports: Vec<_> = by_port.into_iter().filter(|(_, u)| u.sends.len() >= STALL_MIN_SENDS).collect();
+        // A node with one endpoint says on it what it says as a whole.
+        if ports.len() > 1 {
+            ports.sort_unstable_by_key(|(k, _)| (k.0 as u8, k.1));
+            units.extend(ports.into_iter().map(|(k, u)| Unit { port: Some(k), ..u }));
+        }
+        let mut found: Vec<Stall> = Vec::new();
+        for u in units {
+            let sends: Vec<(i64, EventId)> = u.sends.iter().map(|&i| (corr(i), i)).collect();
+            for st in silences(trace, &owners, lost, corr, x, u.port, &sends, &u.recvs, &answer, end) {
+                // The node's own silence and its endpoints' are one stall where they overlap.
+                if !found.iter().any(|y| y.from < st.to && st.from < y.to) {
+                    found.push(st);
+                }
+            }
+        }
+        out.extend(found);
     }
     // A node whose last word was to a stalled peer, and that speaks again once that peer
     // does, was waiting for it: the peer's stall, not its own. So is one whose last word was
@@ -155,7 +277,7 @@ pub fn stalls(
 /// The stall anomalies, with the nodes that waited on each.
 pub fn to_anomalies(stalls: &[Stall], out: &mut Vec<Anomaly>) {
     for st in stalls {
-        let facts = Facts::Stall { until_end: st.until_end, sent_to: st.sent_to, lost: st.lost, cadence: st.cadence };
+        let facts = Facts::Stall { until_end: st.until_end, sent_to: st.sent_to, lost: st.lost, cadence: st.cadence, port: st.port };
         let mut a = Anomaly::with_facts(Kind::StalledNode, st.last_send.into_iter().collect(), facts);
         a.nodes = NodeList::from_slice(&[st.node]);
         a.span = Some((st.from, st.to));
@@ -210,6 +332,80 @@ mod tests {
         // n4 speaks once a second though n2 talks to it all the time: that is its cadence, not a stall.
         assert!(stalls.iter().all(|s| s.nodes[0] != 3));
         assert!(of(&found, Kind::Partition).is_empty());
+    }
+
+    /// n1 asks n3's server (UDP port 7000) and it answers, every 50 ms; a client process on
+    /// n3 (port 9000) asks n2 and n2 answers, all along. `server_up` says when n3's server
+    /// answers.
+    fn server_and_local_client(server_up: impl Fn(i64) -> bool) -> Vec<Anomaly> {
+        let dgram = |from: u8, to: u8, (sport, dport): (u16, u16), id: u16| {
+            crate::packet::tests::udp4(addr(from), addr(to), sport, dport, id, b"Q")
+        };
+        let mut nodes: Vec<Vec<Ev>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut id = 0u16;
+        let mut msg = |nodes: &mut Vec<Vec<Ev>>, t: i64, from: u8, to: u8, ports: (u16, u16)| {
+            id += 1;
+            nodes[from as usize].push(send(t, dgram(from, to, ports, id)));
+            nodes[to as usize].push(recv(t + MS / 10, dgram(from, to, ports, id)));
+        };
+        for k in 0..80 {
+            let t = 100 * MS + k * 50 * MS;
+            msg(&mut nodes, t, 0, 2, (7000, 7000));
+            if server_up(t) {
+                msg(&mut nodes, t + MS, 2, 0, (7000, 7000));
+            }
+            msg(&mut nodes, t + 2 * MS, 2, 1, (9000, 7000));
+            msg(&mut nodes, t + 3 * MS, 1, 2, (7000, 9000));
+        }
+        for n in &mut nodes {
+            n.sort_by_key(|e| e.t);
+        }
+        anomalies(&trace(nodes))
+    }
+
+    #[test]
+    fn a_stopped_server_is_stalled_though_another_process_of_its_node_keeps_talking() {
+        let found = server_and_local_client(|t| !(1000 * MS..1800 * MS).contains(&t));
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[2]);
+        assert!(stalls[0].text.starts_with("n3 stalled: its UDP port 7000 sent nothing from"), "{}", stalls[0].text);
+        assert!(stalls[0].text.contains("from its peers there meanwhile"), "{}", stalls[0].text);
+        // And a server that answers all along is not.
+        let found = server_and_local_client(|_| true);
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{found:?}");
+    }
+
+    /// n1 streams to n2 every 20 ms and n2 acknowledges once a second; n3 asks n2 every
+    /// 100 ms and n2 answers at once, but from 2 s to 2.8 s n3 asks nothing (`n3_quiet`) or
+    /// n2 answers nothing (`n2_stopped`).
+    fn replica(n3_quiet: bool, n2_stopped: bool) -> Vec<Anomaly> {
+        let mut msgs = Vec::new();
+        let pause = |t: i64| (2000 * MS..2800 * MS).contains(&t);
+        for k in 0..200 {
+            let t = 100 * MS + k * 20 * MS;
+            msgs.push((t, 0, 1, true));
+            if k % 50 == 49 && !(n2_stopped && pause(t)) {
+                msgs.push((t + MS, 1, 0, true));
+            }
+            if k % 5 == 0 && !(n3_quiet && pause(t)) {
+                msgs.push((t + 2 * MS, 2, 1, true));
+                if !(n2_stopped && pause(t)) {
+                    msgs.push((t + 3 * MS, 1, 2, true));
+                }
+            }
+        }
+        anomalies(&trace(traffic(3, &msgs)))
+    }
+
+    #[test]
+    fn a_stream_it_answers_once_a_second_does_not_make_a_pause_a_stall() {
+        let found = replica(true, false);
+        assert!(of(&found, Kind::StalledNode).is_empty(), "{:?}", of(&found, Kind::StalledNode));
+        let found = replica(false, true);
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[1]);
     }
 
     #[test]

@@ -189,14 +189,19 @@ pub fn anomaly(w: &Words<'_>, a: &Anomaly, violations: &[Violation]) -> String {
                 Dir::Recv => format!("{}'s kernel dropped {what} on the way in ({reason}{sep}{words})", w.name(e.node)),
             }
         }
-        (_, Facts::Stall { until_end, sent_to, lost, cadence }) => {
+        (_, Facts::Stall { until_end, sent_to, lost, cadence, port }) => {
             let (from, to) = span;
             let how_long = match until_end {
                 true => format!("from {} to the end of its recording ({} ms)", fmt_time(from), (to - from) / 1_000_000),
                 false => format!("from {} to {} ({} ms)", fmt_time(from), fmt_time(to), (to - from) / 1_000_000),
             };
+            // Where only one endpoint fell silent, the node's other processes kept talking.
+            let (what, there) = match port {
+                None => ("it".to_string(), ""),
+                Some((proto, p)) => (format!("its {} port {p}", proto.name()), " there"),
+            };
             let peers = match *lost {
-                0 => format!("though it received {sent_to} messages from its peers meanwhile"),
+                0 => format!("though it received {sent_to} messages from its peers{there} meanwhile"),
                 l if l == *sent_to => format!("though its peers sent it {l} messages, none of which it received"),
                 l => format!("though its peers sent it {sent_to} messages ({l} never received)"),
             };
@@ -205,7 +210,7 @@ pub fn anomaly(w: &Words<'_>, a: &Anomaly, violations: &[Violation]) -> String {
                 ws => format!("; {} waited on it", w.names(ws, " and ")),
             };
             format!(
-                "{} stalled: it sent nothing {how_long}, {peers}; it usually sends every {} ms or less{waiters}",
+                "{} stalled: {what} sent nothing {how_long}, {peers}; it usually sends every {} ms or less{waiters}",
                 w.name(a.nodes[0]),
                 (cadence / 1_000_000).max(1)
             )
