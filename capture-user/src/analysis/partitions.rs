@@ -111,9 +111,11 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
             }
         }
     }
-    // Each pair's cuts: runs of losses with nothing delivered between them.
+    // Each link's cuts, and each pair's: runs of losses with nothing delivered between them,
+    // that way (a one-way cut) or either way (each side's own firewall, whose drops of the
+    // two ways need not overlap in time).
     let mut runs: Vec<Span> = Vec::new();
-    for LinkLosses { ks, same: gaps, .. } in by_pair.values() {
+    for LinkLosses { ks, same: gaps, .. } in by_pair.values().chain(by_both.values()) {
         let mut cur = (losses[ks[0]].0, losses[ks[0]].0);
         for (g, &k) in ks.iter().enumerate().skip(1) {
             let t = losses[k].0;
@@ -166,9 +168,10 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     for (e, span) in episodes.iter().enumerate() {
         let range = in_episode(span);
         // A pair that lost in the episode connects if it delivered between its losses or both
-        // before its first and after its last (a link that loses now and then), and each way
-        // that lost delivered more than it lost then, or between its losses again and again
-        // (at 50% a lossy link delivers about as many as it loses). Otherwise it was cut: a
+        // before its first and after its last (a link that loses now and then), more than it
+        // lost then or between its losses again and again (at 50% a lossy link delivers about
+        // as many as it loses), and each way that lost delivered more than a straggler or two
+        // that way. Otherwise it was cut: a
         // straggler or two that got through while the cut was being made (firewall rules go
         // in one at a time), what it delivered before its cut began or after it healed while
         // other pairs' cuts went on, or what the other way delivered (a one-way cut), does
@@ -189,11 +192,10 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
                     }
                 }
             }
+            // Each way that lost delivered more than a straggler or two then, that way.
             [(a, b), (b, a)].iter().all(|link| {
                 let Some(l) = by_pair.get(link) else { return true };
-                let mine = in_range(l);
-                let between = mine.iter().skip(1).filter(|&&g| l.same[g]).count();
-                mine.is_empty() || got(link).map_or(0, |d| d.2) > mine.len() || between >= LOSSY_INTERLEAVINGS
+                in_range(l).is_empty() || got(link).map_or(0, |d| d.2) >= LOSSY_INTERLEAVINGS
             })
         };
         let pairs: std::collections::BTreeSet<(NodeId, NodeId)> = delivered[e].keys().map(|&(a, b)| pair(a, b)).collect();
@@ -466,6 +468,29 @@ mod tests {
         assert_eq!(parts.len(), 1, "{found:?}");
         assert_eq!(parts[0].islands, vec![vec![0, 1, 3], vec![2]]);
         assert!(of(&found, Kind::LossyLink).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn each_sides_own_firewall_dropping_at_different_times_is_one_partition() {
+        // n3 is a client: it asks n1 every 200 ms and n1 answers. n1's OUTPUT rule drops its
+        // answers from 1 s; n3's own drops its questions from 1.5 s, to 3.5 s: the two ways'
+        // losses do not overlap in time, and nothing gets through either way between them.
+        let mut msgs = Vec::new();
+        for k in 0..20 {
+            let t = 100 * MS + k * 200 * MS;
+            let q = if (1500 * MS..3500 * MS).contains(&t) { Fate::FirewallOut } else { Fate::Delivered };
+            msgs.push((t, 2, 0, q));
+            if q == Fate::Delivered {
+                let a = if (1000 * MS..3500 * MS).contains(&t) { Fate::FirewallOut } else { Fate::Delivered };
+                msgs.push((t + MS, 0, 2, a));
+            }
+        }
+        msgs.extend(mesh(2, (100 * MS, 4100 * MS), 50 * MS, |_, _, _, _| Fate::Delivered));
+        msgs.sort_by_key(|m| m.0);
+        let found = anomalies(&trace(traffic_fates(3, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{found:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2]]);
     }
 
     #[test]
