@@ -6,7 +6,7 @@
 use super::anomalies::{Anomaly, Context, Facts, Kind, NodeList};
 use super::kernel_drops::{self, DropIndex};
 use super::partitions::{self, PARTITION_WINDOW_NS};
-use super::trace::NodeId;
+use super::trace::{EventId, NodeId};
 use super::{losses, lossy, retries, stalls};
 
 pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
@@ -35,7 +35,13 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     }
     retries::find(ctx, &mut out);
     let end_of = |n: NodeId| ctx.clocks.corrected(n, trace.nodes[n as usize].window.1);
-    let stalls = stalls::stalls(trace, &found.lost, &|id| ctx.corr(id), &end_of);
+    // Sends the receiver's kernel refused (its socket was gone: a crash), as (send, receiver).
+    let refused: Vec<(EventId, NodeId)> = out
+        .iter()
+        .filter(|a| a.kind == Kind::ClosedConnection && a.nodes.len() == 2)
+        .flat_map(|a| a.events.iter().map(move |&s| (s, a.nodes[1])))
+        .collect();
+    let stalls = stalls::stalls(trace, &found.lost, &refused, &|id| ctx.corr(id), &end_of);
     stalls::to_anomalies(&stalls, &mut out);
     let parts = partitions::find(ctx, &found.lost, &stalls);
     // A partition is known to a window or two: losses across it just outside are its own too.

@@ -110,6 +110,7 @@ fn silences(
     trace: &Trace,
     owners: &std::collections::HashMap<AddrId, NodeId>,
     lost: &[(EventId, NodeId, Cause)],
+    refused: &[(EventId, NodeId)],
     corr: &dyn Fn(EventId) -> i64,
     x: NodeId,
     port: Option<(ProtoCode, u16)>,
@@ -155,7 +156,15 @@ fn silences(
         r == x && from_answered(e) && at_port(e)
     };
     let lost_to: Vec<i64> = lost.iter().filter(mine).filter(|l| l.2.on_path(trace)).map(|l| corr(l.0)).collect();
-    let dropped_there: Vec<i64> = lost.iter().filter(mine).filter(|l| !l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+    // What reached its host and died there, or that its kernel refused (nobody was there to
+    // take it: a crash), shows it was there to answer.
+    let mut dropped_there: Vec<i64> = lost.iter().filter(mine).filter(|l| !l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+    dropped_there.extend(
+        refused
+            .iter()
+            .filter(|&&(s, r)| r == x && from_answered(&trace.events[s as usize]) && at_port(&trace.events[s as usize]))
+            .map(|&(s, _)| corr(s)),
+    );
     for (from, to, until_end, last_send) in spans {
         // Only what arrived well inside the silence: a cluster-wide lull ends with every
         // node hearing from the others at once, and began with the last answers.
@@ -193,6 +202,7 @@ fn silences(
 pub fn stalls(
     trace: &Trace,
     lost: &[(EventId, NodeId, Cause)],
+    refused: &[(EventId, NodeId)],
     corr: &dyn Fn(EventId) -> i64,
     end_of: &dyn Fn(NodeId) -> i64,
 ) -> Vec<Stall> {
@@ -235,7 +245,7 @@ pub fn stalls(
         let mut found: Vec<Stall> = Vec::new();
         for u in units {
             let sends: Vec<(i64, EventId)> = u.sends.iter().map(|&i| (corr(i), i)).collect();
-            for st in silences(trace, &owners, lost, corr, x, u.port, &sends, &u.recvs, &answer, end) {
+            for st in silences(trace, &owners, lost, refused, corr, x, u.port, &sends, &u.recvs, &answer, end) {
                 // The node's own silence and its endpoints' are one stall where they overlap.
                 if !found.iter().any(|y| y.from < st.to && st.from < y.to) {
                     found.push(st);
@@ -406,6 +416,49 @@ mod tests {
         let stalls = of(&found, Kind::StalledNode);
         assert_eq!(stalls.len(), 1, "{found:?}");
         assert_eq!(stalls[0].nodes.as_slice(), &[1]);
+    }
+
+    #[test]
+    fn a_crashed_tcp_server_whose_kernel_refuses_the_reconnects_is_stalled() {
+        use super::super::testkit::{tcp_ev, tcp_segment};
+        let (c, srv) = (addr(0), addr(1));
+        let (mut client, mut server) = (Vec::new(), Vec::new());
+        // Requests and answers every 50 ms on one connection until the crash at 1.5 s.
+        for k in 0..28u32 {
+            let t = 100 * MS + k as i64 * 50 * MS;
+            let q = tcp_segment(c, srv, (40000, 8000), 1 + 10 * k, 10, 0x18);
+            let a = tcp_segment(srv, c, (8000, 40000), 1 + 10 * k, 10, 0x18);
+            client.push(tcp_ev(t, Dir::Send, q.clone()));
+            server.push(tcp_ev(t + MS / 10, Dir::Recv, q));
+            server.push(tcp_ev(t + MS, Dir::Send, a.clone()));
+            client.push(tcp_ev(t + MS + MS / 10, Dir::Recv, a));
+        }
+        // The kernel closes the dead server's socket; the client reconnects every 100 ms and
+        // each SYN is refused, until it restarts at 3 s and answers a new connection.
+        let fin = tcp_segment(srv, c, (8000, 40000), 281, 0, 0x11);
+        server.push(tcp_ev(1500 * MS, Dir::Send, fin.clone()));
+        client.push(tcp_ev(1500 * MS + MS / 10, Dir::Recv, fin));
+        for k in 0..14u16 {
+            let t = 1600 * MS + k as i64 * 100 * MS;
+            client.push(tcp_ev(t, Dir::Send, tcp_segment(c, srv, (40001 + k, 8000), 7, 0, 0x02)));
+            client.push(tcp_ev(t + MS / 5, Dir::Recv, tcp_segment(srv, c, (8000, 40001 + k), 0, 0, 0x14)));
+        }
+        for k in 0..10u32 {
+            let t = 3000 * MS + k as i64 * 50 * MS;
+            let q = tcp_segment(c, srv, (40100, 8000), 1 + 10 * k, 10, 0x18);
+            let a = tcp_segment(srv, c, (8000, 40100), 1 + 10 * k, 10, 0x18);
+            client.push(tcp_ev(t, Dir::Send, q.clone()));
+            server.push(tcp_ev(t + MS / 10, Dir::Recv, q));
+            server.push(tcp_ev(t + MS, Dir::Send, a.clone()));
+            client.push(tcp_ev(t + MS + MS / 10, Dir::Recv, a));
+        }
+        client.sort_by_key(|e| e.t);
+        server.sort_by_key(|e| e.t);
+        let found = anomalies(&trace(vec![client, server]));
+        let stalls = of(&found, Kind::StalledNode);
+        assert_eq!(stalls.len(), 1, "{found:?}");
+        assert_eq!(stalls[0].nodes.as_slice(), &[1]);
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
     }
 
     #[test]
