@@ -36,7 +36,7 @@ use crate::analysis::order::{NO_GROUP, Placed};
 use crate::analysis::rules::UNKNOWN;
 use crate::analysis::spec::{Spec, Value};
 use crate::analysis::trace::{Dir, ProtoCode, Trace};
-use crate::analysis::{Analysis, Inputs, Phase, push_label};
+use crate::analysis::{Analysis, Phase, push_label};
 
 /// The tables' schema version: raised whenever a column changes meaning or type, or goes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -286,10 +286,7 @@ pub enum TablesError {
 
 impl From<TablesError> for std::io::Error {
     fn from(e: TablesError) -> std::io::Error {
-        match e {
-            TablesError::Io { error, .. } if error.kind() == std::io::ErrorKind::Other => error,
-            e => std::io::Error::other(e),
-        }
+        std::io::Error::other(e)
     }
 }
 
@@ -1037,18 +1034,4 @@ impl<'a> EventTables<'a> {
         ];
         RecordBatch::try_new(self.schema.clone(), columns).expect("the columns follow events_schema")
     }
-}
-
-/// Analyzes, writing the events' table while the order places them; the caller then
-/// writes the rest with [`TablesDir::finish`].
-pub fn analyze_to_tables(trace: Trace, inputs: Inputs, dir: &TablesDir) -> Result<(Analysis, EventsWritten), TablesError> {
-    let (a, written) = crate::analysis::analyze_streaming(
-        trace,
-        inputs,
-        Some(|s: crate::analysis::Streamed<'_>| {
-            EventTables::new(dir, s.trace, s.spec, s.classes, s.clocks, s.matching).write_from(s.batches)
-        }),
-    );
-    let events = written.expect("a stream was given")?;
-    Ok((a, events))
 }

@@ -277,9 +277,9 @@ pub struct PerfettoWriter<'a> {
     flow_at: Vec<u32>,
     flows: Vec<u32>,
     /// Per node: its process track, and its CPUs' tracks (by CPU number).
-    node_tracks: Vec<u64>,
+    pub(crate) node_tracks: Vec<u64>,
     cpu_tracks: Vec<Vec<(u16, u64)>>,
-    next_uuid: u64,
+    pub(crate) next_uuid: u64,
     names: rustc_hash::FxHashMap<String, u64>,
     /// Interned argument strings (flows, labelled field values, directions).
     strings: rustc_hash::FxHashMap<String, u64>,
