@@ -486,6 +486,12 @@ fn properties(table: &str) -> WriterProperties {
     for c in delta {
         b = b.set_column_encoding(ColumnPath::from(*c), Encoding::DELTA_BINARY_PACKED);
     }
+    // Free text no query prunes by: its minimum and maximum cost a comparison a value.
+    if table == "events" {
+        for c in ["label", "fields.entries.keys", "fields.entries.values"] {
+            b = b.set_column_statistics_enabled(ColumnPath::from(c), EnabledStatistics::None);
+        }
+    }
     b.build()
 }
 
