@@ -9,7 +9,7 @@
 //! | [`transport`] | the signed trigger, wire frames, spool, shipping, the collector and its manifest | `clock`, `outfile` |
 //! | [`node`] | the agent's side: kernel attach (aya), agent ring, recorder, cgroups, stop policy, the agent | `dump`, `transport`, `packet`, `clock`, `outfile` |
 //! | [`analysis`] | merge, match, clocks, happens-before graph, anomalies (one module per detector), findings: no aya, no root | `dump`, `packet`, `outfile` |
-//! | [`report`] | JSON, merged pcapng, Perfetto trace, HTML timeline, text summary | `analysis`, `dump`, `outfile` |
+//! | [`report`] | JSON, merged pcapng, Perfetto trace, Parquet tables, HTML timeline, text summary | `analysis`, `dump`, `outfile` |
 //!
 //! Only `node::capture` touches aya and needs root; everything else is plain code that
 //! `cargo test` covers without privileges. The `wgo` binary (`src/main.rs`, one file per

@@ -320,7 +320,7 @@ fn parent(path: &Path) -> &Path {
 }
 
 /// Refuses a destination whose directory others may write into without the sticky bit.
-fn check_dir(dest: &Path) -> Result<(), OutputError> {
+pub fn check_dir(dest: &Path) -> Result<(), OutputError> {
     use std::os::unix::fs::PermissionsExt;
     let dir = parent(dest);
     match std::fs::metadata(dir) {
@@ -332,7 +332,8 @@ fn check_dir(dest: &Path) -> Result<(), OutputError> {
     }
 }
 
-fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+/// Creates a new file with `mode`, never through a symlink and never over what exists.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).mode(mode).open(path)
 }
