@@ -148,7 +148,13 @@ pub fn find_tables(dir: &Path) -> Result<Vec<Table>, Error> {
 
 /// Collects the `key=value` levels below a table's root and the depths of its Parquet
 /// files; a table partitioned by different keys at one depth is refused.
-fn walk(dir: &Path, depth: usize, levels: &mut Vec<String>, depths: &mut std::collections::BTreeSet<usize>, table: &str) -> Result<(), Error> {
+fn walk(
+    dir: &Path,
+    depth: usize,
+    levels: &mut Vec<String>,
+    depths: &mut std::collections::BTreeSet<usize>,
+    table: &str,
+) -> Result<(), Error> {
     let layout = |problem: String| Error::Layout { table: table.to_string(), problem };
     let read = std::fs::read_dir(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
     for e in read {
@@ -184,7 +190,9 @@ pub async fn register_dir(ctx: &SessionContext, dir: &Path) -> Result<Vec<Table>
         // A directory's URL ends with a slash, or DataFusion reads it as one file.
         let url = if t.path.is_dir() { format!("{}/", path.trim_end_matches('/')) } else { path.to_string() };
         let options = ParquetReadOptions::default().table_partition_cols(t.partitions.clone());
-        ctx.register_parquet(t.name.as_str(), &url, options).await.map_err(|e| Error::Layout { table: t.name.clone(), problem: e.to_string() })?;
+        ctx.register_parquet(t.name.as_str(), &url, options)
+            .await
+            .map_err(|e| Error::Layout { table: t.name.clone(), problem: e.to_string() })?;
     }
     Ok(tables)
 }
@@ -273,7 +281,9 @@ pub fn readable(ctx: &SessionContext, e: DataFusionError) -> Error {
     let root = e.find_root();
     let tables = catalog(ctx);
     let list = |v: &mut dyn Iterator<Item = &String>| v.map(|s| s.as_str()).collect::<Vec<_>>().join(", ");
-    if let DataFusionError::SchemaError(SchemaError::FieldNotFound { field, valid_fields }, _) = root {
+    if let DataFusionError::SchemaError(se, _) = root
+        && let SchemaError::FieldNotFound { field, valid_fields } = se.as_ref()
+    {
         let mut msg = format!("no column `{}`", field.flat_name());
         let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for c in valid_fields {

@@ -136,18 +136,21 @@ const ROWS_PER_GROUP: usize = 1 << 20;
 pub fn synth(cfg: &Config, dir: &Path) -> Result<Truth, Box<dyn std::error::Error + Send + Sync>> {
     let n = cfg.nodes.max(2);
     let mut rng = Rng(cfg.seed);
-    let clocks: Vec<(i64, f64)> =
-        (0..n).map(|k| ((k as i64 - 2) * 1_300_000 + 200_000, (k as f64 - 2.0) * 10e-6)).collect();
+    let clocks: Vec<(i64, f64)> = (0..n).map(|k| ((k as i64 - 2) * 1_300_000 + 200_000, (k as f64 - 2.0) * 10e-6)).collect();
     let clock = |k: usize, t: i64| t + clocks[k].0 + (t as f64 * clocks[k].1) as i64;
     // Gaps, in true time, spread so that no two of a node's are within 2 margins.
     let slot = cfg.duration_ns / (cfg.gaps_per_node as i64 + 1);
     let gaps: Vec<Vec<(i64, i64)>> = (0..n)
-        .map(|k| (0..cfg.gaps_per_node).map(|g| (slot * (g as i64 + 1) + k as i64 * 7_000_000, slot * (g as i64 + 1) + k as i64 * 7_000_000 + cfg.gap_ns)).collect())
+        .map(|k| {
+            (0..cfg.gaps_per_node)
+                .map(|g| (slot * (g as i64 + 1) + k as i64 * 7_000_000, slot * (g as i64 + 1) + k as i64 * 7_000_000 + cfg.gap_ns))
+                .collect()
+        })
         .collect();
     let in_gap = |k: usize, t: i64| gaps[k].iter().any(|&(a, b)| t >= a && t < b);
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_size(ROWS_PER_GROUP)
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
         .build();
     let mut writers = Vec::new();
     for k in 0..n {
@@ -161,7 +164,16 @@ pub fn synth(cfg: &Config, dir: &Path) -> Result<Truth, Box<dyn std::error::Erro
     let mut seq = vec![[0i64; 2]; n];
     let mut truth = Truth { clocks: clocks.clone(), ..Truth::default() };
     let messages = (cfg.events / 2).max(1) as i64;
-    let mut record = |cols: &mut Vec<Columns>, k: usize, dir: &'static str, t: i64, src: usize, dst: usize, len: i32, key: i64, seq: &mut Vec<[i64; 2]>, rng: &mut Rng| {
+    let record = |cols: &mut Vec<Columns>,
+                  k: usize,
+                  dir: &'static str,
+                  t: i64,
+                  src: usize,
+                  dst: usize,
+                  len: i32,
+                  key: i64,
+                  seq: &mut Vec<[i64; 2]>,
+                  rng: &mut Rng| {
         let cpu = rng.below(2) as usize;
         let blind = in_gap(k, t);
         seq[k][cpu] += 1;
@@ -275,6 +287,29 @@ pub const BOUNDS: &str = "SELECT send_node, recv_node, count(*) AS messages,
 FROM messages
 GROUP BY send_node, recv_node
 ORDER BY send_node, recv_node";
+
+/// One of the stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Match,
+    Losses,
+    Bounds,
+}
+
+/// The stage's SQL for the tables under `dir` (MATCH writes `dir/messages/`, which it
+/// empties first).
+pub fn stage_sql(stage: Stage, dir: &Path) -> std::io::Result<String> {
+    Ok(match stage {
+        Stage::Match => {
+            let out = dir.join("messages");
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out)?;
+            MATCH.replace("{out}", &format!("{}/", out.display()))
+        }
+        Stage::Losses => LOSSES.replace("{margin}", &GAP_MARGIN_NS.to_string()),
+        Stage::Bounds => BOUNDS.to_string(),
+    })
+}
 
 /// The lower convex hull of points sorted by x (one point per x, the lowest): the
 /// monotone chain's lower half.

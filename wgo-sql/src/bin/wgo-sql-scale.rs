@@ -90,16 +90,12 @@ fn main() -> anyhow::Result<()> {
                     ctx.sql("SET datafusion.optimizer.prefer_hash_join = false").await?.collect().await?;
                 }
                 scale::register(&ctx, &dir).await?;
-                let sql = match which {
-                    Stage::Match => {
-                        let out = dir.join("messages");
-                        let _ = std::fs::remove_dir_all(&out);
-                        std::fs::create_dir_all(&out)?;
-                        scale::MATCH.replace("{out}", &format!("{}/", out.display()))
-                    }
-                    Stage::Losses => scale::LOSSES.replace("{margin}", &scale::GAP_MARGIN_NS.to_string()),
-                    Stage::Bounds => scale::BOUNDS.to_string(),
+                let stage = match which {
+                    Stage::Match => scale::Stage::Match,
+                    Stage::Losses => scale::Stage::Losses,
+                    Stage::Bounds => scale::Stage::Bounds,
                 };
+                let sql = scale::stage_sql(stage, &dir)?;
                 let t = std::time::Instant::now();
                 let df = ctx.sql(&sql).await.map_err(|e| wgo_sql::readable(&ctx, e))?;
                 let plan = df.create_physical_plan().await?;
