@@ -14,7 +14,8 @@ use wgo::analysis::anomalies::Kind;
 use wgo::analysis::spec::Spec;
 use wgo::analysis::trace::Dir;
 use wgo::analysis::{Analysis, Inputs};
-use wgo::report::parquet::{TablesDir, analyze_to_tables};
+use wgo::report::analyze_to;
+use wgo::report::parquet::TablesDir;
 use wgo_tests::sim::{self, Config, SPEC};
 
 /// The README's queries under its `wgo sql` heading: (first comment line, SQL).
@@ -61,8 +62,8 @@ fn incident() -> &'static Incident {
         let tables = dir.join("tables");
         let out = TablesDir::create(&tables).unwrap();
         let inputs = Inputs { spec: Some(Spec::parse(SPEC, "sim.toml").unwrap()), missing_nodes: vec![] };
-        let (a, events) = analyze_to_tables(trace, inputs, &out).unwrap();
-        out.finish(&a, events).unwrap();
+        let (a, events) = analyze_to(trace, inputs, None, None, Some(&out)).unwrap();
+        out.finish(&a, events.expect("the tables' events were written")).unwrap();
         Incident { dir: tables, a }
     })
 }

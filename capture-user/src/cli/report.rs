@@ -23,6 +23,9 @@ pub struct ReportArgs {
     /// Write a Perfetto trace (ui.perfetto.dev): a track per node, flows from sends to receives, findings.
     #[arg(long)]
     pub perfetto: Option<PathBuf>,
+    /// Write the report as Parquet tables (events, messages, anomalies, violations, findings, clock_pairs, nodes) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub parquet: Option<PathBuf>,
     /// Write the browser timeline (one self-contained HTML file).
     #[arg(long)]
     pub html: Option<PathBuf>,
@@ -78,37 +81,15 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let trace = Trace::read_files_as(&files)?;
     phase.done("read");
     let inputs = analysis::Inputs { spec, missing_nodes: missing };
-    // With --json or --perfetto, the events are written while the analysis orders them.
-    let a = match (&args.json, &args.perfetto) {
-        (Some(j), Some(p)) => {
-            let mut done = None;
-            write_atomically(j, |jf| {
-                write_atomically(p, |pf| {
-                    done = Some(report::perfetto::analyze_to_json_and_perfetto(trace, inputs, jf, pf)?);
-                    Ok(())
-                })
-                .map_err(std::io::Error::other)
-            })?;
-            done.expect("analysis finished")
-        }
-        (Some(j), None) => {
-            let mut done = None;
-            write_atomically(j, |f| {
-                done = Some(report::json::analyze_to_json(trace, inputs, f)?);
-                Ok(())
-            })?;
-            done.expect("analysis finished")
-        }
-        (None, Some(p)) => {
-            let mut done = None;
-            write_atomically(p, |f| {
-                done = Some(report::perfetto::analyze_to_perfetto(trace, inputs, f)?);
-                Ok(())
-            })?;
-            done.expect("analysis finished")
-        }
-        (None, None) => analysis::analyze(trace, inputs),
-    };
+    // Refused before the analysis, not after it: a DIR that is a file, or not ours.
+    let tables = args.parquet.as_deref().map(report::parquet::TablesDir::create).transpose()?;
+    // With --json, --perfetto or --parquet, the events are written while the analysis orders them.
+    let (a, events) = with_output(args.json.as_deref(), |jw| {
+        with_output(args.perfetto.as_deref(), |pw| report::analyze_to(trace, inputs, jw, pw, tables.as_ref()))
+    })?;
+    if let (Some(dir), Some(events)) = (tables, events) {
+        dir.finish(&a, events)?;
+    }
     let mut phase = analysis::Phase::new();
     if let Some(p) = &args.pcapng {
         write_atomically(p, |f| report::pcapng::write_merged(&a, f))?;
@@ -121,7 +102,9 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut text = report::text::summary(&a);
     phase.done("summary");
     tracing::info!("peak memory {} KiB", analysis::peak_resident_kib().max(peak_rss_kib() as u64));
-    for (flag, p) in [("json", &args.json), ("perfetto", &args.perfetto), ("pcapng", &args.pcapng), ("timeline", &args.html)] {
+    for (flag, p) in
+        [("json", &args.json), ("perfetto", &args.perfetto), ("pcapng", &args.pcapng), ("parquet", &args.parquet), ("timeline", &args.html)]
+    {
         if let Some(p) = p {
             text.push_str(&format!("{flag}: {}\n", p.display()));
         }
@@ -137,6 +120,21 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         open_in_browser(p);
     }
     Ok(())
+}
+
+/// Runs `f` with the output at `path` (written atomically), or with none.
+fn with_output<R>(
+    path: Option<&std::path::Path>,
+    f: impl FnOnce(Option<&mut (dyn std::io::Write + Send)>) -> std::io::Result<R>,
+) -> std::io::Result<R> {
+    let Some(path) = path else { return f(None) };
+    let mut done = None;
+    wgo::outfile::write_atomically(path, |w| {
+        done = Some(f(Some(w))?);
+        Ok(())
+    })
+    .map_err(std::io::Error::other)?;
+    Ok(done.expect("written"))
 }
 
 /// Opens a file in the user's browser: $BROWSER (left running), then xdg-open (which

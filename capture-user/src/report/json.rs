@@ -13,7 +13,7 @@ use crate::analysis::order::{NO_GROUP, Placed};
 use crate::analysis::rules::UNKNOWN;
 use crate::analysis::spec::{Spec, Value};
 use crate::analysis::trace::{Dir, ProtoCode, Trace};
-use crate::analysis::{self, Analysis, Inputs, Phase, push_label};
+use crate::analysis::{Analysis, Inputs, push_label};
 
 /// `addr:port` (IPv6 bracketed), or just the address for ICMP.
 fn push_endpoint(buf: &mut String, addr: &str, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
@@ -389,25 +389,8 @@ pub fn findings_json(a: &Analysis) -> Vec<serde_json::Value> {
 
 /// Analyzes and writes the JSON report to `out`. The events are written while the order
 /// places them, so the output's I/O overlaps the analysis instead of following it.
-pub fn analyze_to_json<W: Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
-    // Small: the events come in pieces larger than this, which pass straight through.
-    let w = std::io::BufWriter::with_capacity(64 << 10, out);
-    let (a, written) = analysis::analyze_streaming(
-        trace,
-        inputs,
-        Some(move |s: analysis::Streamed<'_>| {
-            let json = EventJson::new(s.trace, s.spec, s.classes);
-            let mut w = w;
-            json.write_head(&mut w, s.clocks)?;
-            json.write_events_from(w, s.batches)
-        }),
-    );
-    let mut phase = Phase::new();
-    let mut w = written.expect("a stream was given")?;
-    write_json_tail(&a, &mut w)?;
-    w.flush()?;
-    phase.done("rest of the JSON");
-    Ok(a)
+pub fn analyze_to_json<W: Write + Send>(trace: Trace, inputs: Inputs, mut out: W) -> std::io::Result<Analysis> {
+    crate::report::analyze_to(trace, inputs, Some(&mut out), None, None).map(|(a, _)| a)
 }
 
 #[cfg(test)]

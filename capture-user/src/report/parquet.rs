@@ -36,7 +36,7 @@ use crate::analysis::order::{NO_GROUP, Placed};
 use crate::analysis::rules::UNKNOWN;
 use crate::analysis::spec::{Spec, Value};
 use crate::analysis::trace::{Dir, ProtoCode, Trace};
-use crate::analysis::{Analysis, Inputs, Phase, push_label};
+use crate::analysis::{Analysis, Phase, push_label};
 
 /// The tables' schema version: raised whenever a column changes meaning or type, or goes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -50,19 +50,19 @@ pub const TABLES: [&str; 7] = ["events", "messages", "anomalies", "violations", 
 /// [`partition_value`]); it is in the path, not in the files.
 pub const EVENTS_PARTITION: &str = "node";
 /// Rows per row group at most (a few MiB of events compressed).
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 /// Rows per file of a node's events before the next part begins.
 pub const FILE_ROWS: usize = 1 << 20;
 /// Rows of the other tables per record batch.
 pub const BATCH_ROWS: usize = 64 * 1024;
-/// Events gathered before they are split per node (so that many nodes still give each
-/// writer runs of some length).
-const CHUNK_EVENTS: usize = 64 * 1024;
-/// Bytes the open event files may buffer in their unfinished row groups, together: past
-/// it, the largest is flushed.
-const BUFFERED_BYTES: usize = 64 << 20;
-/// Event files open at once (a file descriptor and a row group each): past it, the least
-/// recently written is finished, and the node's next events begin a new part.
+/// Events (16 bytes each: id, time, group) buffered for all nodes together before they are
+/// written: past it, the node with the most is written as a row group. Their columns are
+/// made only then, [`SLICE_ROWS`] at a time, so the writer holds little beside the report.
+const BUFFERED_EVENTS: usize = 256 * 1024;
+/// Rows whose columns are made at once.
+const SLICE_ROWS: usize = 8 * 1024;
+/// Event files open at once (a file descriptor each): past it, the least recently written
+/// is finished, and the node's next events begin a new part.
 const OPEN_FILES: usize = 128;
 
 fn str_list() -> DataType {
@@ -286,10 +286,7 @@ pub enum TablesError {
 
 impl From<TablesError> for std::io::Error {
     fn from(e: TablesError) -> std::io::Error {
-        match e {
-            TablesError::Io { error, .. } if error.kind() == std::io::ErrorKind::Other => error,
-            e => std::io::Error::other(e),
-        }
+        std::io::Error::other(e)
     }
 }
 
@@ -363,9 +360,9 @@ impl TablesDir {
         crate::outfile::create_new(&path, 0o600).map_err(io_err(&path))
     }
 
-    fn writer(&self, rel: &Path, schema: SchemaRef) -> Result<ArrowWriter<BufWriter<File>>, TablesError> {
+    fn writer(&self, table: &str, rel: &Path, schema: SchemaRef) -> Result<ArrowWriter<BufWriter<File>>, TablesError> {
         let f = self.create_file(rel)?;
-        ArrowWriter::try_new(BufWriter::with_capacity(1 << 20, f), schema, Some(properties()))
+        ArrowWriter::try_new(BufWriter::with_capacity(256 << 10, f), schema, Some(properties(table)))
             .map_err(|error| TablesError::Parquet { path: self.tmp.join(rel), error })
     }
 
@@ -389,7 +386,7 @@ impl TablesDir {
         // No node had events: the table still exists, empty, so that queries find it.
         if events.rows == 0 {
             let rel = PathBuf::from("events/part-00000.parquet");
-            let w = self.writer(&rel, events_schema())?;
+            let w = self.writer("events", &rel, events_schema())?;
             w.close().map_err(|error| TablesError::Parquet { path: self.tmp.join(&rel), error })?;
             files.push(rel);
         }
@@ -444,12 +441,52 @@ impl Drop for TablesDir {
     }
 }
 
-fn properties() -> WriterProperties {
-    WriterProperties::builder()
+/// How a table's files are written: zstd, statistics per row group (they are small
+/// enough that page statistics would add little), and the encodings that suit each column.
+/// Dictionaries only where few distinct values repeat (building one for ids or times costs
+/// more time than anything else in the writer, and is then thrown away); deltas for ids and
+/// times, which mostly rise.
+fn properties(table: &str) -> WriterProperties {
+    use parquet::basic::Encoding;
+    use parquet::file::properties::EnabledStatistics;
+    use parquet::schema::types::ColumnPath;
+    let (dictionary, delta): (&[&str], &[&str]) = match table {
+        "events" => (
+            &[
+                "node_id",
+                "dir",
+                "t_err_ns",
+                "cpu",
+                "proto",
+                "src",
+                "dst",
+                "sport",
+                "dport",
+                "len",
+                "caplen",
+                "msg_type",
+                "fields.entries.keys",
+            ],
+            &["id", "t_raw_ns", "t_ns", "seq", "concurrent", "msg_id"],
+        ),
+        "messages" => (&["kind", "src_node", "dst_node"], &["msg_id", "send", "recv", "send_t_ns", "recv_t_ns"]),
+        _ => (&[], &[]),
+    };
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_key_value_metadata(Some(vec![KeyValue::new(VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]))
-        .build()
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_key_value_metadata(Some(vec![KeyValue::new(VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]));
+    if !dictionary.is_empty() || !delta.is_empty() {
+        b = b.set_dictionary_enabled(false);
+    }
+    for c in dictionary {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(*c), true);
+    }
+    for c in delta {
+        b = b.set_column_encoding(ColumnPath::from(*c), Encoding::DELTA_BINARY_PACKED);
+    }
+    b.build()
 }
 
 /// Writes one table in batches of [`BATCH_ROWS`]; returns its rows.
@@ -463,7 +500,7 @@ fn write_table(
     let rel = table_path(table);
     let path = dir.tmp.join(&rel);
     let perr = |error| TablesError::Parquet { path: path.clone(), error };
-    let mut w = dir.writer(&rel, schema.clone())?;
+    let mut w = dir.writer(table, &rel, schema.clone())?;
     let mut start = 0;
     while start < rows {
         let end = (start + BATCH_ROWS).min(rows);
@@ -773,6 +810,20 @@ fn serde_name(v: &impl serde::Serialize) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
+/// How much the events' writer holds at once (the constants; smaller in tests).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub file_rows: usize,
+    pub open_files: usize,
+    pub buffered_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { file_rows: FILE_ROWS, open_files: OPEN_FILES, buffered_events: BUFFERED_EVENTS }
+    }
+}
+
 /// What the events' writer left: how many rows, in which files.
 pub struct EventsWritten {
     pub rows: usize,
@@ -800,10 +851,14 @@ pub struct EventTables<'a> {
     addrs: Vec<String>,
     schema: SchemaRef,
     open: Vec<Option<NodeFile>>,
+    /// Each node's events not yet written, and how many of them all nodes have.
+    buffered: Vec<Vec<Placed>>,
+    buffered_events: usize,
     next_part: Vec<u32>,
-    pending: Vec<Placed>,
-    chunks: u64,
+    /// Row groups written, as a clock for which file was written least recently.
+    row_groups: u64,
     written: EventsWritten,
+    pub limits: Limits,
 }
 
 impl<'a> EventTables<'a> {
@@ -830,10 +885,12 @@ impl<'a> EventTables<'a> {
             addrs,
             schema: events_schema(),
             open: (0..n).map(|_| None).collect(),
+            buffered: vec![Vec::new(); n],
+            buffered_events: 0,
             next_part: vec![0; n],
-            pending: Vec::with_capacity(CHUNK_EVENTS),
-            chunks: 0,
+            row_groups: 0,
             written: EventsWritten { rows: 0, files: Vec::new() },
+            limits: Limits::default(),
         }
     }
 
@@ -852,39 +909,29 @@ impl<'a> EventTables<'a> {
 
     /// Takes placed events, in global order.
     pub fn push(&mut self, events: &[Placed]) -> Result<(), TablesError> {
-        for piece in events.chunks(CHUNK_EVENTS) {
-            let room = CHUNK_EVENTS - self.pending.len();
-            let (now, later) = piece.split_at(room.min(piece.len()));
-            self.pending.extend_from_slice(now);
-            if self.pending.len() == CHUNK_EVENTS {
-                self.write_pending()?;
+        for &p in events {
+            let node = self.trace.events[p.id as usize].node as usize;
+            self.buffered[node].push(p);
+            self.buffered_events += 1;
+            if self.buffered[node].len() >= ROW_GROUP_ROWS {
+                self.write_row_group(node)?;
             }
-            self.pending.extend_from_slice(later);
+            if self.buffered_events > self.limits.buffered_events {
+                let largest = (0..self.buffered.len()).max_by_key(|&n| self.buffered[n].len()).expect("a node has events");
+                self.write_row_group(largest)?;
+            }
         }
         Ok(())
     }
 
-    /// Writes what is gathered, split per node (each node's in global order).
-    fn write_pending(&mut self) -> Result<(), TablesError> {
-        if self.pending.is_empty() {
+    /// Writes a node's buffered events as one row group. Its encoders, with their
+    /// compression contexts, live only meanwhile: one set at a time, not one per node.
+    fn write_row_group(&mut self, node: usize) -> Result<(), TablesError> {
+        if self.buffered[node].is_empty() {
             return Ok(());
         }
-        self.chunks += 1;
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_by_key(|p| self.trace.events[p.id as usize].node);
-        for run in pending.chunk_by(|x, y| self.trace.events[x.id as usize].node == self.trace.events[y.id as usize].node) {
-            let node = self.trace.events[run[0].id as usize].node as usize;
-            let batch = self.batch(run);
-            self.write_node(node, &batch)?;
-        }
-        pending.clear();
-        self.pending = pending;
-        self.bound_buffers()
-    }
-
-    fn write_node(&mut self, node: usize, batch: &RecordBatch) -> Result<(), TablesError> {
         if self.open[node].is_none() {
-            if self.open.iter().flatten().count() >= OPEN_FILES
+            if self.open.iter().flatten().count() >= self.limits.open_files
                 && let Some(lru) =
                     (0..self.open.len()).filter(|&i| self.open[i].is_some()).min_by_key(|&i| self.open[i].as_ref().map(|f| f.last_used))
             {
@@ -892,15 +939,24 @@ impl<'a> EventTables<'a> {
             }
             let rel = events_part_path(&self.trace.nodes[node].name, self.next_part[node]);
             self.next_part[node] += 1;
-            let w = self.dir.writer(&rel, self.schema.clone())?;
+            let w = self.dir.writer("events", &rel, self.schema.clone())?;
             self.open[node] = Some(NodeFile { w, rel, rows: 0, last_used: 0 });
         }
-        let f = self.open[node].as_mut().expect("opened above");
-        f.w.write(batch).map_err(|error| TablesError::Parquet { path: self.dir.tmp.join(&f.rel), error })?;
-        f.rows += batch.num_rows();
-        f.last_used = self.chunks;
-        self.written.rows += batch.num_rows();
-        if f.rows >= FILE_ROWS {
+        let events = std::mem::take(&mut self.buffered[node]);
+        self.buffered_events -= events.len();
+        self.row_groups += 1;
+        let mut f = self.open[node].take().expect("opened above");
+        let perr = |error| TablesError::Parquet { path: self.dir.tmp.join(&f.rel), error };
+        for slice in events.chunks(SLICE_ROWS) {
+            f.w.write(&self.batch(slice)).map_err(perr)?;
+        }
+        f.w.flush().map_err(perr)?;
+        f.rows += events.len();
+        f.last_used = self.row_groups;
+        self.written.rows += events.len();
+        let full = f.rows >= self.limits.file_rows;
+        self.open[node] = Some(f);
+        if full {
             self.close_node(node)?;
         }
         Ok(())
@@ -909,30 +965,16 @@ impl<'a> EventTables<'a> {
     fn close_node(&mut self, node: usize) -> Result<(), TablesError> {
         if let Some(f) = self.open[node].take() {
             let path = self.dir.tmp.join(&f.rel);
-            let w = f.w.close().map_err(|error| TablesError::Parquet { path: path.clone(), error });
-            w?;
+            f.w.close().map_err(|error| TablesError::Parquet { path, error })?;
             self.written.files.push(f.rel);
         }
         Ok(())
     }
 
-    /// Flushes the largest unfinished row groups while they hold more than [`BUFFERED_BYTES`].
-    fn bound_buffers(&mut self) -> Result<(), TablesError> {
-        loop {
-            let sizes = self.open.iter().map(|f| f.as_ref().map_or(0, |f| f.w.in_progress_size()));
-            if sizes.clone().sum::<usize>() <= BUFFERED_BYTES {
-                return Ok(());
-            }
-            let (largest, _) = sizes.enumerate().max_by_key(|&(_, s)| s).expect("some file is open");
-            let f = self.open[largest].as_mut().expect("it has bytes");
-            f.w.flush().map_err(|error| TablesError::Parquet { path: self.dir.tmp.join(&f.rel), error })?;
-        }
-    }
-
-    /// Finishes every file.
+    /// Writes what is left and finishes every file.
     pub fn finish(mut self) -> Result<EventsWritten, TablesError> {
-        self.write_pending()?;
         for node in 0..self.open.len() {
+            self.write_row_group(node)?;
             self.close_node(node)?;
         }
         self.written.files.sort();
@@ -1039,16 +1081,241 @@ impl<'a> EventTables<'a> {
     }
 }
 
-/// Analyzes, writing the events' table while the order places them; the caller then
-/// writes the rest with [`TablesDir::finish`].
-pub fn analyze_to_tables(trace: Trace, inputs: Inputs, dir: &TablesDir) -> Result<(Analysis, EventsWritten), TablesError> {
-    let (a, written) = crate::analysis::analyze_streaming(
-        trace,
-        inputs,
-        Some(|s: crate::analysis::Streamed<'_>| {
-            EventTables::new(dir, s.trace, s.spec, s.classes, s.clocks, s.matching).write_from(s.batches)
-        }),
-    );
-    let events = written.expect("a stream was given")?;
-    Ok((a, events))
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    use arrow_array::RecordBatch;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{UInt32Type, UInt64Type};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::{EventTables, Limits, TablesDir, TablesError};
+    use crate::analysis::testkit::{BROADCAST, addr, recv, send, trace_in, udp};
+    use crate::analysis::{Analysis, Inputs, analyze};
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wgo-parquet-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    /// Three nodes: a unicast answered, a broadcast heard by both peers, a message lost.
+    fn small() -> Analysis {
+        let ms = 1_000_000;
+        let base = 1_700_000_000_000_000_000;
+        let (n1, n2) = (addr(0), addr(1));
+        let n1_events = vec![
+            send(base + ms, udp(n1, n2, 1, b"ping")),
+            send(base + 3 * ms, udp(n1, BROADCAST, 2, b"hello all")),
+            send(base + 500 * ms, udp(n1, n2, 3, b"lost one")),
+        ];
+        let n2_events = vec![
+            recv(base + 2 * ms, udp(n1, n2, 1, b"ping")),
+            recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all")),
+            send(base + 900 * ms, udp(n2, n1, 9, b"late")),
+        ];
+        let n3_events = vec![recv(base + 4 * ms, udp(n1, BROADCAST, 2, b"hello all"))];
+        analyze(trace_in(vec![n1_events, n2_events, n3_events], (base, base + 1000 * ms)), Inputs::default())
+    }
+
+    /// Writes `a`'s tables into `dest` with `limits`, its events in the order's order.
+    fn write(a: &Analysis, dest: &Path, limits: Limits) {
+        let dir = TablesDir::create(dest).unwrap();
+        let mut ev = EventTables::new(&dir, &a.trace, &a.spec, &a.classes, &a.clocks, &a.matching);
+        ev.limits = limits;
+        for &id in &a.order.order {
+            let p = crate::analysis::order::Placed { id, t_ns: a.order.t_ns[id as usize], group: a.order.group[id as usize] };
+            ev.push(&[p]).unwrap();
+        }
+        let events = ev.finish().unwrap();
+        dir.finish(a, events).unwrap();
+    }
+
+    fn read(path: &Path) -> (Vec<RecordBatch>, std::collections::HashMap<String, String>) {
+        let b = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap();
+        let meta = b.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+        let meta = meta.into_iter().map(|kv| (kv.key, kv.value.unwrap_or_default())).collect();
+        (b.build().unwrap().map(|r| r.unwrap()).collect(), meta)
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o700, "{}", p.display());
+                out.extend(files(&p));
+            } else {
+                assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{}", p.display());
+                out.push(p);
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn u32s(b: &RecordBatch, col: &str) -> Vec<Option<u32>> {
+        b.column_by_name(col).unwrap().as_primitive::<UInt32Type>().iter().collect()
+    }
+
+    #[test]
+    fn a_small_report_reads_back_table_by_table() {
+        let a = small();
+        assert_eq!(a.matching.messages.len(), 3, "the ping and the broadcast's two receives");
+        let root = tempdir("small");
+        let dest = root.join("tables");
+        write(&a, &dest, Limits::default());
+        let all = files(&dest);
+        let names: Vec<String> = all.iter().map(|p| p.strip_prefix(&dest).unwrap().display().to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "_wgo_tables.json",
+                "anomalies/part-00000.parquet",
+                "clock_pairs/part-00000.parquet",
+                "events/node=n1/part-00000.parquet",
+                "events/node=n2/part-00000.parquet",
+                "events/node=n3/part-00000.parquet",
+                "findings/part-00000.parquet",
+                "messages/part-00000.parquet",
+                "nodes/part-00000.parquet",
+                "violations/part-00000.parquet",
+            ]
+        );
+        // Each node's events: its own, in global order, with the message each is in.
+        let mut seen = Vec::new();
+        for (k, node) in ["n1", "n2", "n3"].iter().enumerate() {
+            let (batches, meta) = read(&dest.join(format!("events/node={node}/part-00000.parquet")));
+            assert_eq!(meta.get(super::VERSION_KEY).map(String::as_str), Some("1"));
+            assert_eq!(batches.len(), 1, "{node}: seven events are one batch");
+            let b = &batches[0];
+            assert_eq!(b.num_rows(), a.trace.node_ranges[k].len(), "{node}");
+            let ids: Vec<u32> = u32s(b, "id").into_iter().flatten().collect();
+            let t: Vec<i64> = b.column_by_name("t_ns").unwrap().as_primitive::<arrow_array::types::Int64Type>().values().to_vec();
+            assert!(t.is_sorted(), "{node}: {t:?}");
+            for (&id, msg) in ids.iter().zip(u32s(b, "msg_id")) {
+                assert_eq!(a.trace.events[id as usize].node as usize, k);
+                let want = a.matching.messages.iter().position(|&(s, r)| s == id || r == id).map(|m| m as u32);
+                assert_eq!(msg, want, "event {id}");
+            }
+            seen.extend(ids);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..a.trace.events.len() as u32).collect::<Vec<_>>());
+        // The lost send has no message; the broadcast's send the first of its two.
+        let (m, _) = read(&dest.join("messages/part-00000.parquet"));
+        assert_eq!(m[0].num_rows(), 3);
+        assert_eq!(u32s(&m[0], "send"), a.matching.messages.iter().map(|&(s, _)| Some(s)).collect::<Vec<_>>());
+        let (an, _) = read(&dest.join("anomalies/part-00000.parquet"));
+        let kinds: Vec<&str> = an[0].column_by_name("kind").unwrap().as_string::<i32>().iter().flatten().collect();
+        assert_eq!(kinds.len(), a.anomalies.len());
+        let loss = kinds.iter().position(|&k| k == "network_loss").expect("the lost message");
+        assert_eq!(an[0].column_by_name("cause").unwrap().as_string::<i32>().value(loss), "network");
+        let (nodes, _) = read(&dest.join("nodes/part-00000.parquet"));
+        let events: Vec<u64> = nodes[0].column_by_name("events").unwrap().as_primitive::<UInt64Type>().values().to_vec();
+        assert_eq!(events, [3, 3, 1]);
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dest.join(super::MANIFEST)).unwrap()).unwrap();
+        assert_eq!(manifest["schema_version"], 1);
+        assert_eq!(manifest["tables"][0], serde_json::json!({"name": "events", "rows": 7}));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// With one file open at a time and two rows a file, every node's events still all
+    /// arrive, in parts of at most two rows, each in order.
+    #[test]
+    fn small_limits_roll_parts_and_close_the_least_recent_file() {
+        let a = small();
+        let root = tempdir("limits");
+        let dest = root.join("tables");
+        write(&a, &dest, Limits { file_rows: 2, open_files: 1, buffered_events: 1 });
+        let mut rows = 0;
+        let mut parts = 0;
+        for p in files(&dest.join("events")) {
+            let (batches, _) = read(&p);
+            let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+            assert!((1..=2).contains(&n), "{}: {n} rows", p.display());
+            rows += n;
+            parts += 1;
+        }
+        assert_eq!(rows, a.trace.events.len());
+        assert!(parts >= 5, "{parts} parts");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_dir_that_cannot_be_ours_is_refused_and_a_leftover_replaced() {
+        let root = tempdir("bad");
+        let file = root.join("file");
+        std::fs::write(&file, "mine").unwrap();
+        assert!(matches!(TablesDir::create(&file), Err(TablesError::NotADirectory { .. })));
+        let link = root.join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        assert!(matches!(TablesDir::create(&link), Err(TablesError::Symlink { .. })));
+        let foreign = root.join("foreign");
+        std::fs::create_dir(&foreign).unwrap();
+        std::fs::write(foreign.join("x"), "mine").unwrap();
+        let err = TablesDir::create(&foreign).err().unwrap();
+        assert!(matches!(err, TablesError::NotOurs { .. }) && err.to_string().contains("foreign"), "{err}");
+        let under_file = file.join("tables");
+        let err = TablesDir::create(&under_file).err().unwrap();
+        assert!(err.to_string().contains("file/tables"), "{err}");
+        // A directory anyone may write into.
+        let open = root.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(TablesDir::create(&open.join("t")), Err(TablesError::Output(_))));
+        // A crash's leftover is replaced; a directory at that name that is not one is not.
+        let dest = root.join("tables");
+        let partial = crate::outfile::partial_path(&dest);
+        std::fs::create_dir(&partial).unwrap();
+        std::fs::write(partial.join("x"), "mine").unwrap();
+        assert!(matches!(TablesDir::create(&dest), Err(TablesError::NotOurs { .. })));
+        std::fs::write(partial.join(super::PARTIAL_MARK), "").unwrap();
+        let dir = TablesDir::create(&dest).unwrap();
+        assert!(!partial.join("x").exists());
+        // Dropped before it is finished: nothing is left.
+        drop(dir);
+        assert!(!partial.exists() && !dest.exists());
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+        assert_eq!(std::fs::read(foreign.join("x")).unwrap(), b"mine");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_second_report_replaces_the_first_whole() {
+        let a = small();
+        let root = tempdir("again");
+        let dest = root.join("tables");
+        write(&a, &dest, Limits::default());
+        std::fs::write(dest.join("events/node=n1/part-00009.parquet"), "stale").unwrap();
+        write(&a, &dest, Limits::default());
+        assert!(!dest.join("events/node=n1/part-00009.parquet").exists(), "a file of the first run is left");
+        assert!(dest.join(super::MANIFEST).is_file() && !crate::outfile::partial_path(&dest).exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn partition_values_keep_plain_names_and_escape_the_rest() {
+        assert_eq!(super::partition_value("node-1.example_a"), "node-1.example_a");
+        assert_eq!(super::partition_value("a/b=c%"), "a%2Fb%3Dc%25");
+        assert_eq!(super::partition_value("_x"), "%5Fx");
+        assert_eq!(super::partition_value(".x"), "%2Ex");
+        assert_eq!(super::partition_value("é"), "%C3%A9");
+        assert_eq!(super::events_part_path("n 1", 3), Path::new("events/node=n%201/part-00003.parquet"));
+    }
+
+    /// Every table's schema is the one its writer fills (a mismatch would fail here, not
+    /// in a user's report).
+    #[test]
+    fn every_table_has_its_schema_and_version() {
+        for t in super::TABLES {
+            let s = super::table_schema(t).unwrap_or_else(|| panic!("{t}"));
+            assert_eq!(s.metadata().get(super::VERSION_KEY).map(String::as_str), Some("1"), "{t}");
+        }
+        assert!(super::table_schema("nope").is_none());
+    }
 }

@@ -28,8 +28,7 @@ use crate::analysis::order::{NO_GROUP, Placed};
 use crate::analysis::rules::UNKNOWN;
 use crate::analysis::spec::{Spec, Value};
 use crate::analysis::trace::{Dir, ProtoCode, Trace};
-use crate::analysis::{self, Analysis, Inputs, Phase, push_label};
-use crate::report::json::EventJson;
+use crate::analysis::{Analysis, Inputs, push_label};
 
 /// Perfetto's messages, only the fields written. Perfetto's protos are proto2: an
 /// optional field is written when set, repeated scalars unpacked.
@@ -277,9 +276,9 @@ pub struct PerfettoWriter<'a> {
     flow_at: Vec<u32>,
     flows: Vec<u32>,
     /// Per node: its process track, and its CPUs' tracks (by CPU number).
-    node_tracks: Vec<u64>,
+    pub(crate) node_tracks: Vec<u64>,
     cpu_tracks: Vec<Vec<(u16, u64)>>,
-    next_uuid: u64,
+    pub(crate) next_uuid: u64,
     names: rustc_hash::FxHashMap<String, u64>,
     /// Interned argument strings (flows, labelled field values, directions).
     strings: rustc_hash::FxHashMap<String, u64>,
@@ -883,29 +882,8 @@ pub fn write_perfetto<W: Write>(a: &Analysis, out: W) -> std::io::Result<()> {
 }
 
 /// Analyzes and writes the trace to `out`, the events while the order places them.
-pub fn analyze_to_perfetto<W: Write + Send>(trace: Trace, inputs: Inputs, out: W) -> std::io::Result<Analysis> {
-    let w = std::io::BufWriter::with_capacity(64 << 10, out);
-    let (a, written) = analysis::analyze_streaming(
-        trace,
-        inputs,
-        Some(move |s: analysis::Streamed<'_>| {
-            let mut p = PerfettoWriter::new(s.trace, s.spec, s.classes, s.clocks);
-            let mut w = w;
-            p.write_head(&mut w, s.matching)?;
-            let w = p.write_events_from(w, s.batches)?;
-            Ok::<_, std::io::Error>((w, p.node_tracks, p.next_uuid))
-        }),
-    );
-    let mut phase = Phase::new();
-    let (mut w, node_tracks, next_uuid) = written.expect("a stream was given")?;
-    // The tail names its events inline and adds tracks after the head's.
-    let mut p = PerfettoWriter::new(&a.trace, &a.spec, &a.classes, &a.clocks);
-    p.node_tracks = node_tracks;
-    p.next_uuid = next_uuid;
-    p.write_tail(&a, &mut w)?;
-    w.flush()?;
-    phase.done("rest of the Perfetto trace");
-    Ok(a)
+pub fn analyze_to_perfetto<W: Write + Send>(trace: Trace, inputs: Inputs, mut out: W) -> std::io::Result<Analysis> {
+    crate::report::analyze_to(trace, inputs, None, Some(&mut out), None).map(|(a, _)| a)
 }
 
 /// Analyzes and writes both the JSON report and the trace, the events of each while the
@@ -913,55 +891,10 @@ pub fn analyze_to_perfetto<W: Write + Send>(trace: Trace, inputs: Inputs, out: W
 pub fn analyze_to_json_and_perfetto<J: Write + Send, P: Write + Send>(
     trace: Trace,
     inputs: Inputs,
-    json: J,
-    perfetto: P,
+    mut json: J,
+    mut perfetto: P,
 ) -> std::io::Result<Analysis> {
-    let jw = std::io::BufWriter::with_capacity(64 << 10, json);
-    let pw = std::io::BufWriter::with_capacity(64 << 10, perfetto);
-    let (a, written) = analysis::analyze_streaming(
-        trace,
-        inputs,
-        Some(move |s: analysis::Streamed<'_>| {
-            let analysis::Streamed { trace, spec, classes, clocks, matching, batches } = s;
-            let (jtx, jrx) = std::sync::mpsc::sync_channel::<Vec<Placed>>(4);
-            let (ptx, prx) = std::sync::mpsc::sync_channel::<Vec<Placed>>(4);
-            std::thread::scope(|scope| {
-                let pf = scope.spawn(move || {
-                    let mut p = PerfettoWriter::new(trace, spec, classes, clocks);
-                    let mut w = pw;
-                    p.write_head(&mut w, matching)?;
-                    let w = p.write_events_from(w, prx)?;
-                    Ok::<_, std::io::Error>((w, p.node_tracks, p.next_uuid))
-                });
-                let js = scope.spawn(move || {
-                    let json = EventJson::new(trace, spec, classes);
-                    let mut w = jw;
-                    json.write_head(&mut w, clocks)?;
-                    json.write_events_from(w, jrx)
-                });
-                // A writer that failed stopped reading: its error is reported when joined.
-                for b in batches {
-                    let _ = ptx.send(b.clone());
-                    let _ = jtx.send(b);
-                }
-                drop((ptx, jtx));
-                (js.join().expect("the JSON stream panicked"), pf.join().expect("the Perfetto stream panicked"))
-            })
-        }),
-    );
-    let mut phase = Phase::new();
-    let (jw, pw) = written.expect("a stream was given");
-    let mut jw = jw?;
-    crate::report::json::write_json_tail(&a, &mut jw)?;
-    jw.flush()?;
-    let (mut pw, node_tracks, next_uuid) = pw?;
-    let mut p = PerfettoWriter::new(&a.trace, &a.spec, &a.classes, &a.clocks);
-    p.node_tracks = node_tracks;
-    p.next_uuid = next_uuid;
-    p.write_tail(&a, &mut pw)?;
-    pw.flush()?;
-    phase.done("rest of the JSON and the Perfetto trace");
-    Ok(a)
+    crate::report::analyze_to(trace, inputs, Some(&mut json), Some(&mut perfetto), None).map(|(a, _)| a)
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub enum Which {
     Perfetto,
     /// The report's relational stages through DataFusion (`wgo-sql`) at 10 M and 50 M events, 4 GiB cap (docs/scale.md).
     Scale,
+    /// The Parquet tables (`--parquet`): time, peak memory and size, with and without them, 1 M and 10 M events.
+    Parquet,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -43,6 +45,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Collect => collect::run(),
         Which::Perfetto => perfetto(),
         Which::Scale => scale::run(),
+        Which::Parquet => parquet(),
     }
 }
 
@@ -395,6 +398,103 @@ fn perfetto() -> anyhow::Result<()> {
             pf.2 / 1e6,
             pf.2 / events,
             pf.2 / js.2
+        );
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+/// The Parquet tables' cost on the same synthetic dumps, 1 M and 10 M events: `wgo report`
+/// with no output, `--parquet`, `--json` and `--json --parquet`, three rounds interleaved so
+/// that the machine's drift hits all four; medians of time, the highest peak memory (as
+/// the report logs it), and the tables' size.
+fn parquet() -> anyhow::Result<()> {
+    crate::build::all()?;
+    let (wgo, peer) = (root().join("target/release/wgo"), root().join("target/release/wgo-peer"));
+    let tmp = std::env::temp_dir().join(format!("wgo-bench-parquet-{}", std::process::id()));
+    println!("simulated 5-node dumps, --spec sim.toml; `wgo report` end to end, 3 rounds of the four interleaved;");
+    println!("seconds: median; peak: the highest of the report's logged peak memory, MiB; tables: the --parquet directory's size.");
+    println!(
+        "{:>10}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}",
+        "events",
+        "none s",
+        "+pq s",
+        "json s",
+        "+js+pq s",
+        "none MiB",
+        "+pq MiB",
+        "json MiB",
+        "js+pq MiB",
+        "pq/none",
+        "tables MB",
+        "tbl B/ev"
+    );
+    let size = |dir: &std::path::Path| -> u64 {
+        fn walk(p: &std::path::Path) -> u64 {
+            std::fs::read_dir(p).map_or(0, |d| {
+                d.flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+        }
+        walk(dir)
+    };
+    for target in [1_000_000u64, 10_000_000] {
+        let _ = std::fs::remove_dir_all(&tmp);
+        let out = testbed::run(Command::new(&peer).args(["synth", "--events", &target.to_string(), "--out"]).arg(&tmp))?;
+        let events: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().context("synth output")?;
+        let (json, tables) = (tmp.join("out.json"), tmp.join("tables"));
+        let mut times: [Vec<f64>; 4] = Default::default();
+        let mut peaks = [0f64; 4];
+        let mut tables_bytes = 0;
+        testbed::run(&mut Command::new("sync"))?;
+        for _ in 0..3 {
+            for (k, (with_json, with_tables)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
+                let _ = std::fs::remove_file(&json);
+                let _ = std::fs::remove_dir_all(&tables);
+                testbed::run(&mut Command::new("sync"))?;
+                let mut cmd = Command::new(&wgo);
+                cmd.arg("report").arg(&tmp).arg("--spec").arg(tmp.join("sim.toml")).env("WGO_LOG", "info");
+                if with_json {
+                    cmd.arg("--json").arg(&json);
+                }
+                if with_tables {
+                    cmd.arg("--parquet").arg(&tables);
+                }
+                let t = std::time::Instant::now();
+                let rep = testbed::run(&mut cmd)?;
+                times[k].push(t.elapsed().as_secs_f64());
+                let err = String::from_utf8_lossy(&rep.stderr);
+                let kib: f64 = err
+                    .lines()
+                    .find_map(|l| l.split("peak memory ").nth(1))
+                    .and_then(|s| s.split_whitespace().next())
+                    .and_then(|s| s.parse().ok())
+                    .context("wgo report logged no peak memory")?;
+                peaks[k] = peaks[k].max(kib / 1024.0);
+                if with_tables {
+                    tables_bytes = size(&tables);
+                }
+            }
+        }
+        let t: Vec<f64> = times.iter().map(|v| median(v)).collect();
+        println!(
+            "{events:>10.0}  {:>8.2}  {:>8.2}  {:>8.2}  {:>8.2}  {:>8.0}  {:>8.0}  {:>8.0}  {:>8.0}  {:>7.2}x  {:>8.0}  {:>9.1}",
+            t[0],
+            t[1],
+            t[2],
+            t[3],
+            peaks[0],
+            peaks[1],
+            peaks[2],
+            peaks[3],
+            t[1] / t[0],
+            tables_bytes as f64 / 1e6,
+            tables_bytes as f64 / events
         );
     }
     let _ = std::fs::remove_dir_all(&tmp);
