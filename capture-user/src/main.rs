@@ -24,6 +24,7 @@ fn main() {
         Command::Ship(args) => cli::ship::run(args),
         Command::Secret(args) => cli::secret::run(args),
         Command::Thaw(args) => cli::thaw::run(args),
+        Command::Sql(args) => cli::sql::run(args),
     };
     if let Err(e) = result {
         eprintln!("wgo: error: {e:#}");

@@ -22,6 +22,8 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
             .current_dir(crate::build::root())
             .env("WGO_BPF_OBJECT", crate::build::bpf_object())
             .env("WGO_BIN_DIR", crate::build::bin_dir())
+            // --workspace: wgo-sql too, which is not a default member (DataFusion stays out
+            // of the demo's build) but is built, linted and tested here.
             .args(["test", "--workspace", "--features", "wgo-tests/bpf-tests"])
             .args(extra)
             // One at a time: floods and benchmarks-in-tests must not disturb each other.

@@ -8,6 +8,7 @@ pub mod report;
 pub mod secret;
 pub mod serve;
 pub mod ship;
+pub mod sql;
 pub mod thaw;
 pub mod trigger;
 
@@ -46,6 +47,8 @@ pub enum Command {
     Secret(secret::SecretArgs),
     /// Thaw an application that `--on-trigger freeze` left frozen.
     Thaw(thaw::ThawArgs),
+    /// SQL over the tables of `wgo report --parquet DIR` (runs the `wgo-sql` binary).
+    Sql(sql::SqlArgs),
 }
 
 /// The UDP port agents hear triggers on unless told otherwise.

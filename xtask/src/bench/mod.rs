@@ -1,6 +1,7 @@
 //! Benchmarks. Every figure is a ratio against a baseline measured in the same run.
 
 mod collect;
+mod scale;
 
 use std::process::Command;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub enum Which {
     Collect,
     /// The Perfetto trace (`--perfetto`) against the JSON report: size and time, 1 M and 10 M events.
     Perfetto,
+    /// The report's relational stages through DataFusion (`wgo-sql`) at 10 M and 50 M events, 4 GiB cap (docs/scale.md).
+    Scale,
     /// The Parquet tables (`--parquet`): time, peak memory and size, with and without them, 1 M and 10 M events.
     Parquet,
 }
@@ -41,6 +44,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Timeline => timeline(),
         Which::Collect => collect::run(),
         Which::Perfetto => perfetto(),
+        Which::Scale => scale::run(),
         Which::Parquet => parquet(),
     }
 }
