@@ -48,8 +48,13 @@ fn pooled(links: &BTreeMap<(NodeId, NodeId), Link>, keep: impl Fn(&(NodeId, Node
 /// this first baseline does not find lossy. (The median of the links' rates would be no
 /// baseline: with a few losses per link most links lose none, and it is zero.)
 fn baseline(links: &BTreeMap<(NodeId, NodeId), Link>, nodes: usize, lossy: &dyn Fn(&Link, f64) -> bool) -> f64 {
+    // A node that every link touches (a server and its clients) leaves nothing to compare
+    // with: the network itself is then taken to lose nothing, as a healthy LAN does.
     let first = (0..nodes as NodeId)
-        .filter_map(|x| pooled(links, |k| k.0 != x && k.1 != x))
+        .filter_map(|x| {
+            pooled(links, |k| k.0 != x && k.1 != x)
+                .or_else(|| (!links.is_empty() && links.keys().all(|k| k.0 == x || k.1 == x)).then_some(0.0))
+        })
         .min_by(f64::total_cmp)
         .or_else(|| pooled(links, |_| true))
         .unwrap_or(0.0);
@@ -298,6 +303,23 @@ mod tests {
         assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
         assert_eq!(lossy[0].cause.map(|c| c.kind), Some(CauseKind::ReceiverKernel));
         assert!(lossy[0].text.contains("dropped by the receiver's firewall"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn a_hub_all_of_whose_links_lose_is_lossy_though_nothing_else_compares() {
+        // n1 serves n2 and n3, which never talk to each other; every link of n1 loses a fifth.
+        let msgs = mesh(3, (100 * MS, 4100 * MS), 50 * MS, |_, a, b, k| match (a, b) {
+            (1, 2) | (2, 1) => Fate::Delivered,
+            _ if k % 5 == 2 => Fate::Lost,
+            _ => Fate::Delivered,
+        })
+        .into_iter()
+        .filter(|&(_, a, b, _)| !matches!((a, b), (1, 2) | (2, 1)))
+        .collect::<Vec<_>>();
+        let found = anomalies(&trace(traffic_fates(3, &msgs)));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{found:?}");
+        assert_eq!(lossy[0].detail.as_deref().unwrap().all_links_of, Some(0), "{:?}", lossy[0]);
     }
 
     #[test]
