@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::manifest::Manifest;
 use super::spool::hex;
-use super::wire::{self, Frame, Heard, Secret};
+use super::wire::{self, Channel, Frame, Heard, Secret, Side};
 use crate::clock;
 
 /// Largest dump accepted from one agent.
@@ -606,8 +606,8 @@ fn bad(m: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, m.into())
 }
 
-/// Reads one frame within `limit`, refusing oversized lengths before allocating.
-async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame> {
+/// Reads one frame's payload within `limit`, refusing oversized lengths before allocating.
+async fn read_payload(s: &mut TcpStream, limit: Duration) -> std::io::Result<Vec<u8>> {
     let read = async {
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await?;
@@ -617,13 +617,24 @@ async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame
         }
         let mut b = vec![0u8; len];
         s.read_exact(&mut b).await?;
-        Frame::decode(&b).map_err(|e| bad(e.to_string()))
+        Ok(b)
     };
     tokio::time::timeout(limit, read).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "too slow to send a frame"))?
 }
 
-async fn write_frame(s: &mut TcpStream, f: Frame, limit: Duration) -> std::io::Result<()> {
-    tokio::time::timeout(limit, s.write_all(&f.encode()))
+/// Reads one plain frame (the hello) within `limit`.
+async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame> {
+    Frame::decode(&read_payload(s, limit).await?).map_err(|e| bad(e.to_string()))
+}
+
+/// Reads and opens one sealed frame within `limit`.
+async fn read_sealed(s: &mut TcpStream, ch: &mut Channel, limit: Duration) -> std::io::Result<Frame> {
+    let b = read_payload(s, limit).await?;
+    ch.open(b).map_err(|e| bad(e.to_string()))
+}
+
+async fn write_bytes(s: &mut TcpStream, b: &[u8], limit: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(limit, s.write_all(b))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "too slow to take a frame"))?
 }
@@ -639,8 +650,16 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     let left = || handshake_end.saturating_duration_since(tokio::time::Instant::now());
     let Frame::Hello { node, nonce } = read_frame(&mut s, left()).await? else { return Err(bad("expected hello")) };
     let cnonce: [u8; 16] = wire::random_bytes();
-    write_frame(&mut s, Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) }, left()).await?;
-    let Frame::Offer(offer) = read_frame(&mut s, left()).await? else { return Err(bad("expected offer")) };
+    let challenge = Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) };
+    write_bytes(&mut s, &challenge.encode(), left()).await?;
+    // Sealed from here on, the refusal included.
+    let mut ch = Channel::new(secret, &nonce, &cnonce, &node, Side::Collector);
+    let offer = match read_sealed(&mut s, &mut ch, left()).await {
+        Ok(Frame::Offer(offer)) => offer,
+        Ok(_) => return Err(bad("expected offer")),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(bad(format!("{node} failed authentication ({e})"))),
+        Err(e) => return Err(e),
+    };
     if !wire::check_agent_mac(secret, &nonce, &cnonce, &node, &offer) {
         return Err(bad(format!("{node} failed authentication (wrong secret?)")));
     }
@@ -688,7 +707,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     };
     if let Some(reason) = refusal {
         tracing::error!("refused {node} from {from_ip}: {reason}");
-        write_frame(&mut s, Frame::Refuse { reason: reason.clone() }, limits.idle_deadline).await?;
+        write_bytes(&mut s, &ch.seal(&Frame::Refuse { reason: reason.clone() }), limits.idle_deadline).await?;
         return Err(bad(reason));
     }
     // One of a bounded number of transfers at a time: the agent waits for its Resume. So
@@ -721,7 +740,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         sha2::Digest::update(&mut hash, &buf[..want]);
         read += want as u64;
     }
-    write_frame(&mut s, Frame::Resume { offset: have }, limits.idle_deadline).await?;
+    write_bytes(&mut s, &ch.seal(&Frame::Resume { offset: have }), limits.idle_deadline).await?;
 
     let bar = ctx.state.lock().expect("lock").bars.as_ref().map(|m| {
         let b = m.add(indicatif::ProgressBar::new(offer.size));
@@ -736,22 +755,27 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     });
     let mut got = have;
     while got < offer.size {
-        let want = buf.len().min((offer.size - got) as usize);
-        let n = match tokio::time::timeout(limits.idle_deadline, s.read(&mut buf[..want])).await {
-            Ok(r) => r?,
-            Err(_) => 0,
+        let bytes = match read_sealed(&mut s, &mut ch, limits.idle_deadline).await {
+            Ok(Frame::Data(b)) if !b.is_empty() && b.len() as u64 <= offer.size - got => Ok(b),
+            Ok(Frame::Data(b)) => Err(bad(format!("a data frame of {} bytes at {got} of {}", b.len(), offer.size))),
+            Ok(_) => Err(bad("expected dump bytes")),
+            Err(e) => Err(e),
         };
-        if n == 0 {
-            f.sync_data().await?;
-            let why = format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size);
-            if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
-                inc.failures.insert(node.clone(), format!("transfer stopped at {got} of {} bytes", offer.size));
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                // What arrived intact stays, for the agent's retry to resume after.
+                f.sync_data().await?;
+                let why = format!("{node} stopped sending at {got} of {} bytes ({e}; it will resume)", offer.size);
+                if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
+                    inc.failures.insert(node.clone(), format!("transfer stopped at {got} of {} bytes ({e})", offer.size));
+                }
+                return Err(bad(why));
             }
-            return Err(bad(why));
-        }
-        f.write_all(&buf[..n]).await?;
-        sha2::Digest::update(&mut hash, &buf[..n]);
-        got += n as u64;
+        };
+        f.write_all(&bytes).await?;
+        sha2::Digest::update(&mut hash, &bytes);
+        got += bytes.len() as u64;
         if let Some(b) = &bar {
             b.set_position(got);
         }
@@ -797,7 +821,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         }
         tracing::warn!("{node}: digest mismatch, asking for it again");
     }
-    write_frame(&mut s, Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }, limits.idle_deadline).await?;
+    write_bytes(&mut s, &ch.seal(&Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }), limits.idle_deadline).await?;
     Ok(())
 }
 
@@ -1319,6 +1343,109 @@ mod tests {
         assert_eq!(reclosed.lock().unwrap()[0].nodes.len(), 2);
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 2, "no third incident");
         let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool));
+    }
+
+    /// What an on-path attacker does to the connections it relays.
+    #[derive(Clone, Copy, PartialEq)]
+    enum OnPath {
+        /// Relays every byte, and keeps a copy.
+        Watch,
+        /// Puts a refusal of its own in place of the collector's answer to the offer.
+        InjectRefusal,
+        /// Flips a bit of the agent's first dump frame, on the first connection only.
+        FlipFirstDumpFrame,
+    }
+
+    /// A relay between agents and the collector at `to`; returns its address and what it saw.
+    fn on_path(to: SocketAddr, mode: OnPath) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+        use std::io::{Read, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let seen2 = seen.clone();
+        // One frame (length and payload) from `r`, or None at its end.
+        fn frame(r: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len).ok()?;
+            let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+            r.read_exact(&mut b).ok()?;
+            Some([len.to_vec(), b].concat())
+        }
+        std::thread::spawn(move || {
+            for (k, agent) in l.incoming().flatten().enumerate() {
+                let Ok(collector) = std::net::TcpStream::connect(to) else { continue };
+                for (mut from, mut to, up) in
+                    [(agent.try_clone().unwrap(), collector.try_clone().unwrap(), true), (collector, agent, false)]
+                {
+                    let seen = seen2.clone();
+                    std::thread::spawn(move || {
+                        let mut n = 0;
+                        while let Some(mut f) = frame(&mut from) {
+                            seen.lock().unwrap().extend_from_slice(&f);
+                            if mode == OnPath::InjectRefusal && !up && n == 1 {
+                                f = Frame::Refuse { reason: "injected on the path".into() }.encode();
+                            }
+                            if mode == OnPath::FlipFirstDumpFrame && up && n == 2 && k == 0 {
+                                f[100] ^= 1;
+                            }
+                            n += 1;
+                            if to.write_all(&f).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A spooled dump that holds `marker` many times over.
+    fn spooled_with(spool: &std::path::Path, node: &str, trigger_id: u64, marker: &[u8], copies: usize) -> SpoolEntry {
+        let bytes = marker.repeat(copies);
+        let e = SpoolEntry {
+            node: node.into(),
+            trigger_id,
+            heard_ns: 1,
+            collector: String::new(),
+            size: bytes.len() as u64,
+            sha256: hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            shipped: false,
+        };
+        std::fs::write(e.dump_path(spool), &bytes).unwrap();
+        e
+    }
+
+    #[test]
+    fn nobody_on_the_path_reads_a_dump_or_forges_a_refusal() {
+        let (dir, spool) = (tempdir("onpath"), tempdir("onpath-spool"));
+        let (l, u, addr) = sockets();
+        let collector = std::thread::spawn({
+            let o = options(&dir, Expect::Names(vec!["n1".into(), "n2".into()]), Some(4), Limits::default());
+            move || collect(o, l, u, || {})
+        });
+        // What crosses the wire holds none of the dump's bytes in the clear.
+        let marker = b"PAYLOAD-MARKER-0451";
+        let (watched, seen) = on_path(addr, OnPath::Watch);
+        let e = spooled_with(&spool, "n1", 4, marker, 20_000);
+        ship_to(&e, &spool, watched).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() as u64 > e.size, "the relay saw the transfer ({} bytes)", seen.len());
+        assert!(!seen.windows(marker.len()).any(|w| w == marker), "a payload marker crossed the wire in the clear");
+        assert_eq!(std::fs::read(dir.join("n1.pcapng")).unwrap(), std::fs::read(e.dump_path(&spool)).unwrap());
+
+        // A refusal injected on the path is no refusal: a transport error, retried until the deadline.
+        let (forging, _) = on_path(addr, OnPath::InjectRefusal);
+        let e2 = spooled(&spool, "n2", 4, 70_000);
+        let err = ship_within(&e2, &spool, forging, Duration::from_millis(1500)).unwrap_err();
+        assert!(matches!(&err, ship::ShipError::Deadline { attempts, last, .. } if *attempts > 1 && last.contains("integrity")), "{err}");
+        // A bit flipped in a dump frame ends that attempt; the retry resumes and delivers the dump intact.
+        let (flipping, _) = on_path(addr, OnPath::FlipFirstDumpFrame);
+        ship_to(&e2, &spool, flipping).unwrap();
+        assert_eq!(std::fs::read(dir.join("n2.pcapng")).unwrap(), std::fs::read(e2.dump_path(&spool)).unwrap());
+        assert!(collector.join().unwrap().unwrap().complete);
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
     }
 
     fn wait_until(mut ok: impl FnMut() -> bool) {
