@@ -75,11 +75,24 @@ pub struct Limits {
     pub transfers: usize,
     /// Authenticated agents waiting for a turn; past this, a new one is dropped and retries later.
     pub waiting: usize,
+    /// Of those, what one source address may hold: an insider on one host cannot take
+    /// every slot, nor every place in the queue.
+    pub per_source_transfers: usize,
+    pub per_source_waiting: usize,
     /// From connect to a valid offer.
     pub handshake_deadline: Duration,
     /// Longest wait for any bytes while receiving a dump.
     pub idle_deadline: Duration,
+    /// Slowest transfer kept, bytes per second over each `rate_window`: one that trickles
+    /// is stopped, its slot freed, and the agent resumes later where its bytes end.
+    pub min_rate: u64,
+    pub rate_window: Duration,
 }
+
+/// The slowest `--ship-rate` an agent takes (0 aside, unlimited).
+pub const MIN_SHIP_RATE: u64 = 4096;
+/// The default [`Limits::min_rate`]: half the slowest agent's, for its pacing and the network's jitter.
+pub const MIN_RATE: u64 = MIN_SHIP_RATE / 2;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -87,8 +100,12 @@ impl Default for Limits {
             handshakes: 256,
             transfers: 32,
             waiting: 512,
+            per_source_transfers: 16,
+            per_source_waiting: 256,
             handshake_deadline: Duration::from_secs(10),
             idle_deadline: Duration::from_secs(30),
+            min_rate: MIN_RATE,
+            rate_window: Duration::from_secs(10),
         }
     }
 }
@@ -553,7 +570,18 @@ struct Ctx {
     limits: Limits,
     transfers: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
+    /// Each source address's own share of the transfers and of the queue.
+    sources: Mutex<HashMap<IpAddr, Source>>,
 }
+
+#[derive(Clone)]
+struct Source {
+    transfers: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+}
+
+/// Source addresses remembered at most; past it, those that hold nothing are forgotten.
+const MAX_SOURCES: usize = 4096;
 
 impl Ctx {
     fn new(state: State, secret: Secret, limits: Limits) -> Ctx {
@@ -563,7 +591,21 @@ impl Ctx {
             limits,
             transfers: Arc::new(Semaphore::new(limits.transfers.max(1))),
             waiting: Arc::new(Semaphore::new(limits.waiting.max(1))),
+            sources: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn source(&self, ip: IpAddr) -> Source {
+        let mut m = self.sources.lock().expect("lock");
+        if m.len() >= MAX_SOURCES {
+            m.retain(|_, s| Arc::strong_count(&s.transfers) > 1 || Arc::strong_count(&s.waiting) > 1);
+        }
+        m.entry(ip)
+            .or_insert_with(|| Source {
+                transfers: Arc::new(Semaphore::new(self.limits.per_source_transfers.clamp(1, self.limits.transfers.max(1)))),
+                waiting: Arc::new(Semaphore::new(self.limits.per_source_waiting.clamp(1, self.limits.waiting.max(1)))),
+            })
+            .clone()
     }
 }
 
@@ -712,9 +754,15 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     }
     // One of a bounded number of transfers at a time: the agent waits for its Resume. So
     // many may wait, no more: the others are let go, and retry after a backoff.
-    let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| bad(format!("{node}: too many agents waiting; it will retry")))?;
+    // Its source's share first, then the collector's: what one host holds or queues for
+    // never keeps the others out.
+    let src = ctx.source(from_ip);
+    let too_many = || bad(format!("{node}: too many agents waiting; it will retry"));
+    let src_waiting = src.waiting.clone().try_acquire_owned().map_err(|_| too_many())?;
+    let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| too_many())?;
+    let _src_turn = src.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
     let _turn = ctx.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
-    drop(waiting);
+    drop((waiting, src_waiting));
     let part = part_path(&out, &node, &offer);
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
@@ -754,17 +802,40 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         b
     });
     let mut got = have;
+    // Written a buffer at a time (each write is a hop to tokio's blocking pool), not a frame at a time.
+    let mut pending: Vec<u8> = Vec::with_capacity(1 << 20);
+    // Each window must bring `min_rate` bytes a second; a frame must arrive whole within one.
+    let window = limits.rate_window.max(Duration::from_millis(1));
+    let frame_limit = limits.idle_deadline.min(window);
+    let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
     while got < offer.size {
-        let bytes = match read_sealed(&mut s, &mut ch, limits.idle_deadline).await {
+        let bytes = match read_sealed(&mut s, &mut ch, frame_limit).await {
             Ok(Frame::Data(b)) if !b.is_empty() && b.len() as u64 <= offer.size - got => Ok(b),
             Ok(Frame::Data(b)) => Err(bad(format!("a data frame of {} bytes at {got} of {}", b.len(), offer.size))),
             Ok(_) => Err(bad("expected dump bytes")),
             Err(e) => Err(e),
         };
+        let bytes = bytes.and_then(|b| {
+            window_bytes += b.len() as u64;
+            let elapsed = window_start.elapsed();
+            if elapsed >= window {
+                let least = (limits.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+                if window_bytes < least {
+                    return Err(bad(format!(
+                        "too slow: {window_bytes} bytes in {:.1} s, below the {} bytes/s a transfer must keep",
+                        elapsed.as_secs_f64(),
+                        limits.min_rate
+                    )));
+                }
+                (window_start, window_bytes) = (Instant::now(), 0);
+            }
+            Ok(b)
+        });
         let bytes = match bytes {
             Ok(b) => b,
             Err(e) => {
                 // What arrived intact stays, for the agent's retry to resume after.
+                f.write_all(&pending).await?;
                 f.sync_data().await?;
                 let why = format!("{node} stopped sending at {got} of {} bytes ({e}; it will resume)", offer.size);
                 if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
@@ -773,13 +844,18 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
                 return Err(bad(why));
             }
         };
-        f.write_all(&bytes).await?;
         sha2::Digest::update(&mut hash, &bytes);
+        pending.extend_from_slice(&bytes);
         got += bytes.len() as u64;
+        if pending.len() >= 1 << 20 {
+            f.write_all(&pending).await?;
+            pending.clear();
+        }
         if let Some(b) = &bar {
             b.set_position(got);
         }
     }
+    f.write_all(&pending).await?;
     f.sync_all().await?;
     drop(f);
     let digest: [u8; 32] = sha2::Digest::finalize(hash).into();
@@ -984,6 +1060,7 @@ mod tests {
             waiting: 4,
             handshake_deadline: Duration::from_millis(800),
             idle_deadline: Duration::from_secs(5),
+            ..Limits::default()
         };
         let opts = options(&dir, Expect::Names(vec!["good".into()]), Some(7), limits);
         let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
@@ -1445,6 +1522,93 @@ mod tests {
         ship_to(&e2, &spool, flipping).unwrap();
         assert_eq!(std::fs::read(dir.join("n2.pcapng")).unwrap(), std::fs::read(e2.dump_path(&spool)).unwrap());
         assert!(collector.join().unwrap().unwrap().complete);
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    /// An insider (it holds the secret) at `from`: offers a `size`-byte dump of `node` and
+    /// returns the connection once the collector gave it a turn (its Resume), or None if it
+    /// was let go or refused.
+    fn insider_offer(to: SocketAddr, from: std::net::IpAddr, node: &str, size: u64) -> Option<(std::net::TcpStream, Channel)> {
+        use std::io::Write;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        sock.bind(&SocketAddr::new(from, 0).into()).ok()?;
+        sock.connect(&to.into()).ok()?;
+        let mut s: std::net::TcpStream = sock.into();
+        let nonce = [7u8; 16];
+        s.write_all(&Frame::Hello { node: node.into(), nonce }.encode()).ok()?;
+        let Frame::Challenge { nonce: cnonce, .. } = wire::read_frame(&mut s).ok()? else { return None };
+        let mut ch = Channel::new(&secret(), &nonce, &cnonce, node, Side::Agent);
+        let mut offer = wire::Offer { trigger_id: 11, heard_ns: 1, size, sha256: [3; 32], mac: [0; 32] };
+        offer.mac = wire::agent_mac(&secret(), &nonce, &cnonce, node, &offer);
+        s.write_all(&ch.seal(&Frame::Offer(offer))).ok()?;
+        match wire::read_sealed(&mut s, &mut ch).ok()? {
+            Frame::Resume { .. } => Some((s, ch)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_insider_trickling_from_one_host_cannot_hold_every_transfer_slot() {
+        use std::io::{Read, Write};
+        let (dir, spool) = (tempdir("insider"), tempdir("insider-spool"));
+        let (l, u, addr) = sockets();
+        let limits = Limits {
+            transfers: 4,
+            waiting: 8,
+            per_source_transfers: 2,
+            per_source_waiting: 4,
+            min_rate: 4096,
+            rate_window: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let mut o = options(&dir, Expect::Names(vec!["real".into()]), Some(11), limits);
+        o.wait = Duration::from_secs(30);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        // From 127.0.0.2: offers of 1 GiB that send a byte every 50 ms, and more offers
+        // queued behind them, reopened whenever the collector lets one go.
+        let insider: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cut, held) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let trickle = {
+            let (stop, cut, held) = (stop.clone(), cut.clone(), held.clone());
+            std::thread::spawn(move || {
+                let mut workers = Vec::new();
+                for k in 0..12 {
+                    let (stop, cut, held) = (stop.clone(), cut.clone(), held.clone());
+                    workers.push(std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some((mut s, mut ch)) = insider_offer(addr, insider, &format!("ghost{k}"), 1 << 30) else {
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            };
+                            held.fetch_add(1, Ordering::Relaxed);
+                            while !stop.load(Ordering::Relaxed) && s.write_all(&ch.seal_data(b"x")).is_ok() {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            // The collector closes a transfer it stopped.
+                            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                            if matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_)) && !stop.load(Ordering::Relaxed) {
+                                cut.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }));
+                }
+                for w in workers {
+                    w.join().unwrap();
+                }
+            })
+        };
+        wait_until(|| held.load(Ordering::Relaxed) >= 2);
+        // A real agent on another host still gets a turn, and delivers.
+        let e = spooled(&spool, "real", 11, 300_000);
+        ship_within(&e, &spool, addr, Duration::from_secs(15)).expect("the real agent gets through");
+        // The trickling transfers are stopped for their rate, not kept until their idle deadline.
+        wait_until(|| cut.load(Ordering::Relaxed) >= 2);
+        stop.store(true, Ordering::Relaxed);
+        trickle.join().unwrap();
+        let m = collector.join().unwrap().unwrap();
+        assert!(m.complete);
+        assert_eq!(std::fs::read(dir.join("real.pcapng")).unwrap(), std::fs::read(e.dump_path(&spool)).unwrap());
         let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
     }
 
