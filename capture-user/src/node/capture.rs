@@ -92,6 +92,8 @@ pub struct Capture {
     capacity: u64,
     /// Names of the kernel's drop reasons by number, when its drops are recorded.
     drop_reasons: Option<Vec<Option<String>>>,
+    /// The network namespaces in the drop program's `NETNS`.
+    followed: std::collections::BTreeSet<u32>,
 }
 
 pub(crate) fn check_root() -> Result<(), CaptureError> {
@@ -100,21 +102,16 @@ pub(crate) fn check_root() -> Result<(), CaptureError> {
     if uid != 0 { Err(CaptureError::NotRoot(uid)) } else { Ok(()) }
 }
 
-/// The drop program's settings for `cgroup`: its id and depth, this namespace, and the
+/// The drop program's settings for `cgroup`: its id and depth, and the
 /// offsets of the fields it reads, from the kernel's BTF; and the drop reasons' names.
 fn drop_config(cgroup: &Path) -> Result<(DropConfig, Vec<Option<String>>), String> {
-    use std::os::unix::fs::MetadataExt;
     let btf = super::btf::Btf::from_sys_fs().map_err(|e| e.to_string())?;
     let (cgroup_id, level) = super::cgroup::id_and_level(cgroup).map_err(|e| e.to_string())?;
-    // The application's network namespace: that of a process in the cgroup, else ours.
-    let ns = super::cgroup::processes(cgroup).ok().and_then(|p| p.first().map(|pid| format!("/proc/{pid}/ns/net")));
-    let ns = ns.filter(|p| std::path::Path::new(p).exists()).unwrap_or_else(|| "/proc/self/ns/net".into());
-    let netns_ino = std::fs::metadata(&ns).map_err(|e| format!("{ns}: {e}"))?.ino() as u32;
     let at = |name: &str, path: &[&str]| btf.offset(name, path).map_err(|e| e.to_string());
     let cfg = DropConfig {
         cgroup_id,
         level,
-        netns_ino,
+        pad0: 0,
         skb_head: at("sk_buff", &["head"])?,
         skb_network_header: at("sk_buff", &["network_header"])?,
         skb_tail: at("sk_buff", &["tail"])?,
@@ -201,7 +198,18 @@ impl Capture {
         let states = Mapped::new(&take(names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
         let wake = RingBuf::try_from(aya::maps::Map::RingBuf(take(names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
 
-        Ok(Capture { areas, states, wake, signals: None, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64, drop_reasons })
+        Ok(Capture {
+            areas,
+            states,
+            wake,
+            signals: None,
+            _cgroup: cgroup_file,
+            ebpf,
+            cpus,
+            capacity: ring_bytes as u64,
+            drop_reasons,
+            followed: Default::default(),
+        })
     }
 
     /// Attaches the drop program (`skb:kfree_skb`) for the cgroup's packets, with the
@@ -268,6 +276,36 @@ impl Capture {
     }
 
     /// Stops recording packets whose local UDP/TCP port is `port` (the agent's own sockets).
+    /// Makes the drop program follow the network namespaces `wanted` (inode numbers) for
+    /// drops no socket claims, and no others; returns those added and those removed. Past
+    /// [`capture_ebpf::MAX_NETNS`], the rest are left out (and logged by the caller).
+    pub(crate) fn follow_netns(&mut self, wanted: &std::collections::BTreeSet<u32>) -> Result<(Vec<u32>, Vec<u32>), CaptureError> {
+        if self.drop_reasons.is_none() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut map: aya::maps::HashMap<&mut MapData, u32, u8> = self
+            .ebpf
+            .map_mut(names::NETNS)
+            .ok_or_else(|| CaptureError::Map(format!("map {} missing", names::NETNS)))?
+            .try_into()
+            .map_err(|e| CaptureError::Map(format!("{}: {e}", names::NETNS)))?;
+        let gone: Vec<u32> = self.followed.difference(wanted).copied().collect();
+        for ino in &gone {
+            map.remove(ino).map_err(|e| CaptureError::Map(format!("NETNS[{ino}]: {e}")))?;
+            self.followed.remove(ino);
+        }
+        let mut added = Vec::new();
+        for &ino in wanted.difference(&self.followed.clone()) {
+            if self.followed.len() >= capture_ebpf::MAX_NETNS as usize {
+                break;
+            }
+            map.insert(ino, 1, 0).map_err(|e| CaptureError::Map(format!("NETNS[{ino}]: {e}")))?;
+            self.followed.insert(ino);
+            added.push(ino);
+        }
+        Ok((added, gone))
+    }
+
     pub(crate) fn exclude_port(&mut self, port: u16) -> Result<(), CaptureError> {
         let mut map: Array<&mut MapData, u8> = array_mut(&mut self.ebpf, names::EXCLUDED_PORTS)?;
         map.set(port as u32, 1, 0).map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS[{port}]: {e}")))

@@ -1,4 +1,4 @@
-//! Shipping dumps from an agent's spool to a collector: authenticated both ways,
+//! Shipping dumps from an agent's spool to a collector: authenticated both ways, encrypted,
 //! rate-limited, resumable, retried with backoff until a deadline.
 
 use std::io::{Read, Seek, SeekFrom, Write};
