@@ -14,6 +14,7 @@ use aya_ebpf::{
     macros::{btf_map, raw_tracepoint},
     programs::RawTracePointContext,
 };
+use aya_log_ebpf::debug;
 use capture_ebpf::{
     CaptureConfig, Direction, DropConfig, EventKind, MAX_CAPTURE, MAX_HEADERS, MAX_NETNS, RECORD_HEADER_SIZE, RecordHeader,
 };
@@ -39,7 +40,13 @@ static NETNS: HashMap<u32, u8, { MAX_NETNS as usize }> = HashMap::new();
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn wgo_kfree_skb(ctx: RawTracePointContext) -> i32 {
-    let _ = try_drop(&ctx);
+    // Negative: a kernel read failed (errno), most likely at an offset that does not fit
+    // this kernel's structures; 0: nothing to record, or a full ring (counted).
+    if let Err(e) = try_drop(&ctx)
+        && e < 0
+    {
+        debug!(&ctx, "reading a dropped packet's kernel structures failed (error {}): a BTF offset may not fit this kernel", e);
+    }
     0
 }
 

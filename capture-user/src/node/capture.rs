@@ -94,6 +94,27 @@ pub struct Capture {
     drop_reasons: Option<Vec<Option<String>>>,
     /// The network namespaces in the drop program's `NETNS`.
     followed: std::collections::BTreeSet<u32>,
+    /// The programs' log of their rare conditions (aya-log), forwarded into `tracing`.
+    log: Option<aya_log::EbpfLogger<ToTracing>>,
+}
+
+/// Where the eBPF programs' log goes in `tracing` (`WGO_LOG=wgo::ebpf=debug` shows it alone).
+pub const EBPF_LOG_TARGET: &str = "wgo::ebpf";
+/// aya-log's `Level::Debug`, which the programs' level global compares with.
+const AYA_LOG_DEBUG: u8 = 4;
+
+/// aya-log hands records to a `log` logger: this one forwards them into `tracing`, at
+/// debug level, whatever level the program gave (they are rare conditions, not errors).
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::debug!(target: EBPF_LOG_TARGET, "{}", record.args());
+    }
+    fn flush(&self) {}
 }
 
 pub(crate) fn check_root() -> Result<(), CaptureError> {
@@ -155,9 +176,13 @@ impl Capture {
             return Err(CaptureError::BadKernelRing(ring_bytes));
         }
         let cpus = possible_cpus();
+        // The programs' own log (aya-log) is off unless debug is on for it: then a log
+        // statement costs one load of this global, and it sits off the common path anyway.
+        let log_level: u8 = if tracing::enabled!(target: EBPF_LOG_TARGET, tracing::Level::DEBUG) { AYA_LOG_DEBUG } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::RING_AREAS, cpus as u32)
             .map_max_entries(names::RING_STATE, cpus as u32)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
         let mut config: Array<&mut MapData, CaptureConfig> = array_mut(&mut ebpf, names::CONFIG)?;
@@ -185,6 +210,13 @@ impl Capture {
                 None
             }
         };
+        let log = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("the eBPF programs' log is not read: {e}");
+                None
+            }
+        };
         // Taken out of the Ebpf only now: loading the programs needs them in it. From here
         // the programs and the mappings keep them alive.
         let mut take = |name: &str| -> Result<MapData, CaptureError> {
@@ -209,6 +241,7 @@ impl Capture {
             capacity: ring_bytes as u64,
             drop_reasons,
             followed: Default::default(),
+            log,
         })
     }
 
@@ -249,6 +282,9 @@ impl Capture {
             }
         }
         while self.wake.next().is_some() {}
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
         // Every ring, not just the one that asked: the others drain on this timer.
         let mut count = 0;
         for cpu in 0..self.cpus {
