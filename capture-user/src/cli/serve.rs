@@ -199,11 +199,18 @@ mod tests {
         let pids = std::fs::read_to_string(&pidfile).unwrap();
         for pid in pids.split_whitespace() {
             let pid: i32 = pid.parse().unwrap();
-            // SAFETY: signal 0 only asks whether the process exists.
-            let alive = unsafe { libc::kill(pid, 0) } == 0;
-            // The sleep may linger as a zombie for a moment, reaped by init.
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "));
-            assert!(!alive || zombie, "process {pid} of the report still runs");
+            // SIGKILL takes effect asynchronously, and the orphaned sleep may linger as a
+            // zombie until init reaps it: wait (bounded) for it to be gone or a zombie.
+            let gone = || {
+                // SAFETY: signal 0 only asks whether the process exists.
+                let alive = unsafe { libc::kill(pid, 0) } == 0;
+                !alive || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+            };
+            let until = std::time::Instant::now() + Duration::from_secs(10);
+            while !gone() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(gone(), "process {pid} of the report still runs");
         }
         let _ = std::fs::remove_dir_all(dir);
     }
