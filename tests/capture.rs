@@ -377,3 +377,38 @@ fn records_and_matches_packets_of_any_ip_protocol() {
     assert!(matched[0] >= COUNT && matched[1] >= COUNT, "matched receives on node1, node2: {matched:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_kernel_programs_rare_conditions_reach_the_log_at_debug_level() {
+    require_root();
+    let dir = tempdir("ebpf-log");
+    let bed = Testbed::new(2).unwrap();
+    let (n1, n2) = (bed.node("node1"), bed.node("node2"));
+    // node1's recorder logs the kernel programs' conditions (debug); node2's does not (info).
+    let record = |n: &wgo_tests::testbed::Node, log: &str| {
+        wgo_tests::testbed::WgoProcess::spawn(
+            Command::new(wgo())
+                .args(["record", "--node", &n.name, "--cgroup"])
+                .arg(&n.cgroup)
+                .arg("--out")
+                .arg(dir.join(format!("{}.pcapng", n.name)))
+                .env("WGO_LOG", log),
+            "recording",
+            Duration::from_secs(15),
+        )
+        .unwrap()
+    };
+    let (debug, info) = (record(n1, "info,wgo::ebpf=debug"), record(n2, "info"));
+    // "TCP" packets of a few bytes from a raw socket: no TCP header to parse, both ways.
+    let mut echo = n2.spawn(n2.command(peer()).unwrap().args(["raw-echo", "--proto", "6"]).stdout(std::process::Stdio::piped())).unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(echo.child().stdout.as_mut().unwrap()), &mut ready).unwrap();
+    run(n1.command(peer()).unwrap().args(["raw-request", "--to", &n2.ipv4.to_string(), "--proto", "6", "--size", "4", "--count", "3"]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, _, debug_log) = debug.stop(Duration::from_secs(30)).unwrap();
+    let (_, _, info_log) = info.stop(Duration::from_secs(30)).unwrap();
+    assert!(debug_log.contains("could not be parsed (its headers end early)"), "{debug_log}");
+    assert!(!info_log.contains("could not be parsed"), "at info level the programs log nothing: {info_log}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -155,3 +155,62 @@ fn a_lossy_bridge_is_the_networks_doing() {
     assert_eq!(found, [((7206, "network".to_string(), String::new()), truth)].into_iter().collect(), "{text}");
     assert!(v["anomalies"].as_array().unwrap().iter().all(|a| a["kind"] != "kernel_drop"), "no kernel dropped anything");
 }
+
+#[test]
+fn drops_get_their_cause_when_the_app_starts_after_the_recorder() {
+    require_root();
+    let dir = tempdir("drops-late");
+    let bed = Testbed::new(2).unwrap();
+    let (n1, n2) = (bed.node("node1"), bed.node("node2"));
+    // Both cgroups empty when recording starts (systemd starts the agent first; a
+    // container's namespace is made after it).
+    let recs: Vec<_> = bed
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), start_record(n, &dir.join(format!("{}.pcapng", n.name)), &["--ring-seconds", "120"])))
+        .collect();
+    // Then the app joins node2's cgroup, in node2's namespace; the recorder follows it there.
+    let mut cmd = n2.command(peer()).unwrap();
+    let _sink = n2.spawn(cmd.args(["udp-sink", "--bind", "0.0.0.0:7201", "--idle-ms", "100000"])).unwrap();
+    // Requests both ways on another port: they tell the clocks.
+    let _echo = n2.spawn(n2.command(peer()).unwrap().args(["udp-echo", "--bind", "0.0.0.0:7207"])).unwrap();
+    let requests = || {
+        run(n1.command(peer()).unwrap().args(["udp-request", "--to", &format!("{}:7207", n2.ipv4), "--count", "10"])).unwrap();
+    };
+    n2.nft("table inet wgo_test {\n chain input {\n  type filter hook input priority 0; policy accept;\n  udp dport 7201 drop\n }\n}\n")
+        .unwrap();
+    let rec2 = &recs.iter().find(|(n, _)| n == "node2").unwrap().1;
+    let t = std::time::Instant::now();
+    while !rec2.stderr().contains("recording the kernel's drops in network namespace") {
+        assert!(t.elapsed() < Duration::from_secs(10), "node2's recorder never followed its app's namespace:\n{}", rec2.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The host's own loopback drops (a closed port on 127.0.0.1) are no node's.
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for k in 0..SENT {
+        host.send_to(format!("HOST{k}").as_bytes(), "127.0.0.1:7299").unwrap();
+    }
+    let to = |port: u16| format!("{}:{port}", n2.ipv4);
+    requests();
+    for port in [7201, 7204] {
+        run(n1.command(peer()).unwrap().args(["udp-send", "--to", &to(port), "--count", &SENT.to_string(), "--tag", &format!("P{port}")]))
+            .unwrap();
+    }
+    requests();
+    std::thread::sleep(Duration::from_millis(300));
+    for (_, r) in recs {
+        let (status, _, err) = r.stop(Duration::from_secs(30)).expect("wgo record stops");
+        assert!(status.success(), "wgo record failed: {err}");
+    }
+    let (v, text) = report(&dir);
+    let expected: BTreeMap<(u16, String, String), usize> =
+        [((7201, "receiver_kernel", "netfilter_drop"), SENT), ((7204, "receiver_kernel", "no_socket"), SENT)]
+            .into_iter()
+            .map(|((p, c, r), n)| ((p, c.to_string(), r.to_string()), n))
+            .collect();
+    assert_eq!(losses(&v), expected, "losses by port, cause and reason:\n{text}");
+    for node in ["node1", "node2"] {
+        let loopback = tshark(&dir.join(format!("{node}.pcapng"))).iter().filter(|p| p.dst == "127.0.0.1").count();
+        assert_eq!(loopback, 0, "{node}'s dump holds the host's loopback drops");
+    }
+}

@@ -4,16 +4,20 @@
 //!
 //! Whose drop it is: the socket's cgroup when a socket holds the packet (a send, or a
 //! receive the socket could not take); else the network namespace the packet arrived in
-//! (a firewall drop, a port nobody listens on). Structure fields are read at offsets the
+//! (a firewall drop, a port nobody listens on), when it is one of those the agent follows
+//! in [`NETNS`]: the namespaces of the cgroup's processes, as they come and go. Structure fields are read at offsets the
 //! agent found in the kernel's BTF ([`DropConfig`]), so nothing here depends on one kernel's layout.
 
 use aya_ebpf::{
-    btf_maps::Array,
+    btf_maps::{Array, HashMap},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{btf_map, raw_tracepoint},
     programs::RawTracePointContext,
 };
-use capture_ebpf::{CaptureConfig, Direction, DropConfig, EventKind, MAX_CAPTURE, MAX_HEADERS, RECORD_HEADER_SIZE, RecordHeader};
+use aya_log_ebpf::debug;
+use capture_ebpf::{
+    CaptureConfig, Direction, DropConfig, EventKind, MAX_CAPTURE, MAX_HEADERS, MAX_NETNS, RECORD_HEADER_SIZE, RecordHeader,
+};
 
 use crate::ring::Ring;
 use crate::skb::{CONFIG, EXCLUDED_PORTS};
@@ -28,10 +32,21 @@ const MAX_LEVEL: u32 = 64;
 #[btf_map]
 static DROP_CONFIG: Array<DropConfig, 1> = Array::new();
 
+/// Network namespaces (inode numbers) whose socketless drops are the recording's; the
+/// agent keeps it to those of the cgroup's processes.
+#[btf_map]
+static NETNS: HashMap<u32, u8, { MAX_NETNS as usize }> = HashMap::new();
+
 /// `kfree_skb(struct sk_buff *skb, void *location, enum skb_drop_reason reason, struct sock *rx_sk)`.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn wgo_kfree_skb(ctx: RawTracePointContext) -> i32 {
-    let _ = try_drop(&ctx);
+    // Negative: a kernel read failed (errno), most likely at an offset that does not fit
+    // this kernel's structures; 0: nothing to record, or a full ring (counted).
+    if let Err(e) = try_drop(&ctx)
+        && e < 0
+    {
+        debug!(&ctx, "reading a dropped packet's kernel structures failed (error {}): a BTF offset may not fit this kernel", e);
+    }
     0
 }
 
@@ -99,7 +114,8 @@ fn try_drop(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         let net: u64 = read(dev, cfg.dev_net)?;
         let inum: u32 = read(net, cfg.net_inum)?;
-        if inum != cfg.netns_ino {
+        // SAFETY: a u8 value read once, never held; the agent's updates replace it whole.
+        if unsafe { NETNS.get(inum) }.is_none() {
             return Ok(());
         }
         Direction::Ingress

@@ -191,9 +191,7 @@ pub struct DropConfig {
     /// The recorded cgroup (v2 id), at depth `level`; 0 records no drops.
     pub cgroup_id: u64,
     pub level: u32,
-    /// The recording's network namespace (inode number): drops no socket claims are
-    /// recorded when they happen in it.
-    pub netns_ino: u32,
+    pub pad0: u32,
     /// `sk_buff`: `head`, `network_header`, `tail`, `sk`, `dev`.
     pub skb_head: u32,
     pub skb_network_header: u32,
@@ -220,6 +218,10 @@ pub struct DropConfig {
 
 /// Bytes of the ring buffer the signal programs write to.
 pub const SIGNAL_RING_BYTES: u32 = 64 << 10;
+
+/// Network namespaces followed at once for drops no socket claims (the distinct namespaces
+/// of the recorded cgroup's processes).
+pub const MAX_NETNS: u32 = 256;
 
 pub const SIGNAL_EVENT_SIZE: usize = 64;
 const _: () = assert!(core::mem::size_of::<KillSent>() == 24);
@@ -249,6 +251,7 @@ pub mod names {
     pub const KILLS: &str = "KILLS";
     pub const SIGNALS: &str = "SIGNALS";
     pub const DROP_CONFIG: &str = "DROP_CONFIG";
+    pub const NETNS: &str = "NETNS";
     pub const KFREE_SKB: &str = "wgo_kfree_skb";
     pub const TP_KFREE_SKB: &str = "kfree_skb";
     /// Raw tracepoints: programs and the kernel tracepoints they attach to.

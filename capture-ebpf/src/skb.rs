@@ -6,7 +6,8 @@ use aya_ebpf::{
     macros::{btf_map, cgroup_skb},
     programs::SkBuffContext,
 };
-use capture_ebpf::{CaptureConfig, Direction, EventKind, MAX_CAPTURE, RECORD_HEADER_SIZE, RecordHeader};
+use aya_log_ebpf::debug;
+use capture_ebpf::{CaptureConfig, Direction, EventKind, FRAME_SIZE, MAX_CAPTURE, RECORD_HEADER_SIZE, RecordHeader};
 
 use crate::ring::Ring;
 
@@ -30,14 +31,25 @@ pub(crate) static EXCLUDED_PORTS: Array<u8, 65536> = Array::new();
 
 #[cgroup_skb]
 pub fn wgo_ingress(ctx: SkBuffContext) -> i32 {
-    let _ = try_record(&ctx, Direction::Ingress);
+    if let Err(Skip::Truncated) = try_record(&ctx, Direction::Ingress) {
+        unparsed(&ctx);
+    }
     PASS
 }
 
 #[cgroup_skb]
 pub fn wgo_egress(ctx: SkBuffContext) -> i32 {
-    let _ = try_record(&ctx, Direction::Egress);
+    if let Err(Skip::Truncated) = try_record(&ctx, Direction::Egress) {
+        unparsed(&ctx);
+    }
     PASS
+}
+
+/// Logs a packet whose headers end before they say (rare: the stack checked them first).
+/// Out of line, so that the common path stays as it was.
+#[inline(never)]
+fn unparsed(ctx: &SkBuffContext) {
+    debug!(ctx, "a packet of {} bytes could not be parsed (its headers end early): not recorded", ctx.len());
 }
 
 /// Why a packet was not recorded; only `RingFull` is a loss.
@@ -70,7 +82,14 @@ fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
     let seq = ring.next_seq();
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let ktime_ns = unsafe { bpf_ktime_get_ns() };
-    let slot = ring.reserve(cfg.ring_bytes, RECORD_HEADER_SIZE as u32 + want).ok_or(Skip::RingFull)?;
+    let Some(slot) = ring.reserve(cfg.ring_bytes, RECORD_HEADER_SIZE as u32 + want) else {
+        // A full ring is counted, never logged (it is the common case under a flood); a
+        // record that can never fit is logged.
+        if FRAME_SIZE as u32 + RECORD_HEADER_SIZE as u32 + want > cfg.ring_bytes {
+            too_large(ctx, want, cfg.ring_bytes);
+        }
+        return Err(Skip::RingFull);
+    };
     let body = slot.body();
     // SAFETY: the slot's body holds RECORD_HEADER_SIZE + want bytes.
     let cap = load_packet(ctx, unsafe { body.add(RECORD_HEADER_SIZE) }, want as usize);
@@ -90,6 +109,11 @@ fn try_record(ctx: &SkBuffContext, direction: Direction) -> Result<(), Skip> {
     unsafe { core::ptr::write_unaligned(body.cast::<RecordHeader>(), header) };
     slot.commit(cfg.wakeup_bytes, cpu);
     Ok(())
+}
+
+#[inline(never)]
+fn too_large(ctx: &SkBuffContext, want: u32, ring_bytes: u32) {
+    debug!(ctx, "a record of {} packet bytes is too large for the kernel ring of {} bytes: not recorded", want, ring_bytes);
 }
 
 /// Copies `want` bytes of the packet to `dst`; returns how many it copied (0 if it failed:

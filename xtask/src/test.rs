@@ -106,6 +106,7 @@ fn seed_corpus(dir: &std::path::Path) -> anyhow::Result<()> {
         Frame::Resume { offset: 9 },
         Frame::Refuse { reason: "no".into() },
         Frame::Done { ok: true, mac: [6; 32] },
+        Frame::Data(b"dump bytes".to_vec()),
     ] {
         all.extend(f.encode());
     }

@@ -33,7 +33,7 @@ pub struct AgentArgs {
     #[arg(long, default_value = "/var/lib/wgo/spool")]
     pub spool_dir: PathBuf,
     /// Shipping rate limit, bytes per second (0: unlimited).
-    #[arg(long, default_value_t = 8 << 20)]
+    #[arg(long, default_value_t = 8 << 20, value_parser = super::ship_rate)]
     pub ship_rate: u64,
     /// Give up shipping after this many seconds (the dump stays in the spool).
     #[arg(long, default_value_t = 600.0, value_parser = positive_f64)]

@@ -92,6 +92,16 @@ pub fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A shipping rate: 0 (unlimited), or at least the slowest the collector keeps a transfer at.
+pub fn ship_rate(s: &str) -> Result<u64, String> {
+    let min = wgo::transport::collector::MIN_SHIP_RATE;
+    match s.parse::<u64>() {
+        Ok(v) if v == 0 || v >= min => Ok(v),
+        Ok(_) => Err(format!("'{s}' bytes/s is below the least a collector keeps a transfer at ({min}; 0: unlimited)")),
+        Err(_) => Err(format!("'{s}' is not a number of bytes per second")),
+    }
+}
+
 pub fn non_negative_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),

@@ -20,7 +20,7 @@ pub struct ShipArgs {
     #[arg(long)]
     pub secret_file: PathBuf,
     /// Rate limit, bytes per second (0: unlimited).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = super::ship_rate)]
     pub ship_rate: u64,
     /// Give up after this many seconds per dump.
     #[arg(long, default_value_t = 60.0, value_parser = positive_f64)]

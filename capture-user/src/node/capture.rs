@@ -92,6 +92,29 @@ pub struct Capture {
     capacity: u64,
     /// Names of the kernel's drop reasons by number, when its drops are recorded.
     drop_reasons: Option<Vec<Option<String>>>,
+    /// The network namespaces in the drop program's `NETNS`.
+    followed: std::collections::BTreeSet<u32>,
+    /// The programs' log of their rare conditions (aya-log), forwarded into `tracing`.
+    log: Option<aya_log::EbpfLogger<ToTracing>>,
+}
+
+/// Where the eBPF programs' log goes in `tracing` (`WGO_LOG=wgo::ebpf=debug` shows it alone).
+pub const EBPF_LOG_TARGET: &str = "wgo::ebpf";
+/// aya-log's `Level::Debug`, which the programs' level global compares with.
+const AYA_LOG_DEBUG: u8 = 4;
+
+/// aya-log hands records to a `log` logger: this one forwards them into `tracing`, at
+/// debug level, whatever level the program gave (they are rare conditions, not errors).
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::debug!(target: EBPF_LOG_TARGET, "{}", record.args());
+    }
+    fn flush(&self) {}
 }
 
 pub(crate) fn check_root() -> Result<(), CaptureError> {
@@ -100,21 +123,16 @@ pub(crate) fn check_root() -> Result<(), CaptureError> {
     if uid != 0 { Err(CaptureError::NotRoot(uid)) } else { Ok(()) }
 }
 
-/// The drop program's settings for `cgroup`: its id and depth, this namespace, and the
+/// The drop program's settings for `cgroup`: its id and depth, and the
 /// offsets of the fields it reads, from the kernel's BTF; and the drop reasons' names.
 fn drop_config(cgroup: &Path) -> Result<(DropConfig, Vec<Option<String>>), String> {
-    use std::os::unix::fs::MetadataExt;
     let btf = super::btf::Btf::from_sys_fs().map_err(|e| e.to_string())?;
     let (cgroup_id, level) = super::cgroup::id_and_level(cgroup).map_err(|e| e.to_string())?;
-    // The application's network namespace: that of a process in the cgroup, else ours.
-    let ns = super::cgroup::processes(cgroup).ok().and_then(|p| p.first().map(|pid| format!("/proc/{pid}/ns/net")));
-    let ns = ns.filter(|p| std::path::Path::new(p).exists()).unwrap_or_else(|| "/proc/self/ns/net".into());
-    let netns_ino = std::fs::metadata(&ns).map_err(|e| format!("{ns}: {e}"))?.ino() as u32;
     let at = |name: &str, path: &[&str]| btf.offset(name, path).map_err(|e| e.to_string());
     let cfg = DropConfig {
         cgroup_id,
         level,
-        netns_ino,
+        pad0: 0,
         skb_head: at("sk_buff", &["head"])?,
         skb_network_header: at("sk_buff", &["network_header"])?,
         skb_tail: at("sk_buff", &["tail"])?,
@@ -158,9 +176,13 @@ impl Capture {
             return Err(CaptureError::BadKernelRing(ring_bytes));
         }
         let cpus = possible_cpus();
+        // The programs' own log (aya-log) is off unless debug is on for it: then a log
+        // statement costs one load of this global, and it sits off the common path anyway.
+        let log_level: u8 = if tracing::enabled!(target: EBPF_LOG_TARGET, tracing::Level::DEBUG) { AYA_LOG_DEBUG } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::RING_AREAS, cpus as u32)
             .map_max_entries(names::RING_STATE, cpus as u32)
+            .override_global("AYA_LOG_LEVEL", &log_level, false)
             .load(BPF_OBJECT)
             .map_err(|e| CaptureError::Load(error_chain(&e)))?;
         let mut config: Array<&mut MapData, CaptureConfig> = array_mut(&mut ebpf, names::CONFIG)?;
@@ -188,6 +210,13 @@ impl Capture {
                 None
             }
         };
+        let log = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!("the eBPF programs' log is not read: {e}");
+                None
+            }
+        };
         // Taken out of the Ebpf only now: loading the programs needs them in it. From here
         // the programs and the mappings keep them alive.
         let mut take = |name: &str| -> Result<MapData, CaptureError> {
@@ -201,7 +230,19 @@ impl Capture {
         let states = Mapped::new(&take(names::RING_STATE)?, cpus * size_of::<RingState>(), "the ring positions")?;
         let wake = RingBuf::try_from(aya::maps::Map::RingBuf(take(names::WAKE)?)).map_err(|e| CaptureError::Map(format!("WAKE: {e}")))?;
 
-        Ok(Capture { areas, states, wake, signals: None, _cgroup: cgroup_file, ebpf, cpus, capacity: ring_bytes as u64, drop_reasons })
+        Ok(Capture {
+            areas,
+            states,
+            wake,
+            signals: None,
+            _cgroup: cgroup_file,
+            ebpf,
+            cpus,
+            capacity: ring_bytes as u64,
+            drop_reasons,
+            followed: Default::default(),
+            log,
+        })
     }
 
     /// Attaches the drop program (`skb:kfree_skb`) for the cgroup's packets, with the
@@ -241,6 +282,9 @@ impl Capture {
             }
         }
         while self.wake.next().is_some() {}
+        if let Some(log) = &mut self.log {
+            log.flush();
+        }
         // Every ring, not just the one that asked: the others drain on this timer.
         let mut count = 0;
         for cpu in 0..self.cpus {
@@ -268,6 +312,36 @@ impl Capture {
     }
 
     /// Stops recording packets whose local UDP/TCP port is `port` (the agent's own sockets).
+    /// Makes the drop program follow the network namespaces `wanted` (inode numbers) for
+    /// drops no socket claims, and no others; returns those added and those removed. Past
+    /// [`capture_ebpf::MAX_NETNS`], the rest are left out (and logged by the caller).
+    pub(crate) fn follow_netns(&mut self, wanted: &std::collections::BTreeSet<u32>) -> Result<(Vec<u32>, Vec<u32>), CaptureError> {
+        if self.drop_reasons.is_none() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut map: aya::maps::HashMap<&mut MapData, u32, u8> = self
+            .ebpf
+            .map_mut(names::NETNS)
+            .ok_or_else(|| CaptureError::Map(format!("map {} missing", names::NETNS)))?
+            .try_into()
+            .map_err(|e| CaptureError::Map(format!("{}: {e}", names::NETNS)))?;
+        let gone: Vec<u32> = self.followed.difference(wanted).copied().collect();
+        for ino in &gone {
+            map.remove(ino).map_err(|e| CaptureError::Map(format!("NETNS[{ino}]: {e}")))?;
+            self.followed.remove(ino);
+        }
+        let mut added = Vec::new();
+        for &ino in wanted.difference(&self.followed.clone()) {
+            if self.followed.len() >= capture_ebpf::MAX_NETNS as usize {
+                break;
+            }
+            map.insert(ino, 1, 0).map_err(|e| CaptureError::Map(format!("NETNS[{ino}]: {e}")))?;
+            self.followed.insert(ino);
+            added.push(ino);
+        }
+        Ok((added, gone))
+    }
+
     pub(crate) fn exclude_port(&mut self, port: u16) -> Result<(), CaptureError> {
         let mut map: Array<&mut MapData, u8> = array_mut(&mut self.ebpf, names::EXCLUDED_PORTS)?;
         map.set(port as u32, 1, 0).map_err(|e| CaptureError::Map(format!("EXCLUDED_PORTS[{port}]: {e}")))

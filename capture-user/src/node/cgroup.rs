@@ -136,6 +136,33 @@ pub fn processes(path: &Path) -> Result<Vec<u32>, CgroupError> {
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
+/// Cgroups walked at most below a recorded one, when finding its processes.
+const MAX_CGROUPS: usize = 4096;
+
+/// The processes of the cgroup at `path` and of every cgroup below it (bounded by
+/// [`MAX_CGROUPS`]); cgroups that vanish meanwhile are skipped.
+pub fn processes_below(path: &Path) -> Vec<u32> {
+    let (mut todo, mut pids, mut seen) = (vec![path.to_path_buf()], Vec::new(), 0);
+    while let Some(dir) = todo.pop() {
+        seen += 1;
+        if seen > MAX_CGROUPS {
+            break;
+        }
+        pids.extend(processes(&dir).unwrap_or_default());
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        todo.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    }
+    pids
+}
+
+/// The network namespaces (inode numbers) of `pids`, read from `proc` (`/proc`): the ones a
+/// process is in now, so a process that entered another namespace since it joined the cgroup
+/// (`nsenter --net`) counts in its new one. Processes gone meanwhile are skipped.
+pub fn netns_of(proc: &Path, pids: &[u32]) -> std::collections::BTreeSet<u32> {
+    use std::os::unix::fs::MetadataExt;
+    pids.iter().filter_map(|pid| std::fs::metadata(proc.join(pid.to_string()).join("ns/net")).ok()).map(|m| m.ino() as u32).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +180,30 @@ mod tests {
         assert_eq!(parse_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/sda rw\n"), None);
         assert_eq!(parse_v1_mount(hybrid, "freezer"), Some(PathBuf::from("/sys/fs/cgroup/freezer")));
         assert_eq!(parse_v1_mount(hybrid, "memory"), None);
+    }
+
+    #[test]
+    fn processes_below_a_cgroup_and_their_namespaces() {
+        let d = std::env::temp_dir().join(format!("wgo-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        std::fs::write(d.join("cgroup.procs"), "").unwrap();
+        std::fs::write(d.join("a/cgroup.procs"), "12\n").unwrap();
+        std::fs::write(d.join("a/b/cgroup.procs"), "13\n14\n").unwrap();
+        let mut pids = processes_below(&d);
+        pids.sort();
+        assert_eq!(pids, [12, 13, 14]);
+        // A fake /proc: 12 and 13 share a namespace, 14 is in another, 99 is gone.
+        let proc = d.join("proc");
+        for (pid, ns) in [(12, "x"), (13, "x"), (14, "y")] {
+            std::fs::create_dir_all(proc.join(format!("{pid}/ns"))).unwrap();
+            let target = proc.join(ns);
+            std::fs::write(&target, "").unwrap();
+            std::os::unix::fs::symlink(&target, proc.join(format!("{pid}/ns/net"))).unwrap();
+        }
+        assert_eq!(netns_of(&proc, &[12, 13, 14, 99]).len(), 2);
+        assert!(netns_of(&proc, &[99]).is_empty(), "an empty cgroup follows no namespace, not ours");
+        let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]

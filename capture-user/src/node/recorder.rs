@@ -44,7 +44,16 @@ pub struct Recorder {
     info: DumpInfo,
     reported_drops: u64,
     last_drop_check: Instant,
+    /// The recorded cgroup, whose processes' network namespaces are followed for drops.
+    cgroup: PathBuf,
+    last_netns_check: Instant,
+    /// Said that the cgroup's namespaces are more than can be followed.
+    netns_over: bool,
 }
+
+/// How often the cgroup's processes are looked at for network namespaces to follow: a
+/// namespace made, or entered, by the app is followed within this long.
+const NETNS_EVERY: Duration = Duration::from_millis(200);
 
 impl Recorder {
     pub fn start(opts: &RecordOptions) -> Result<Recorder, RecordError> {
@@ -60,7 +69,50 @@ impl Recorder {
             drop_reasons: capture.drop_reasons().map(<[_]>::to_vec).unwrap_or_default(),
             ..DumpInfo::default()
         };
-        Ok(Recorder { capture, ring, batch: Vec::new(), batch_bytes: Vec::new(), info, reported_drops: 0, last_drop_check: Instant::now() })
+        let mut r = Recorder {
+            capture,
+            ring,
+            batch: Vec::new(),
+            batch_bytes: Vec::new(),
+            info,
+            reported_drops: 0,
+            last_drop_check: Instant::now(),
+            cgroup,
+            last_netns_check: Instant::now(),
+            netns_over: false,
+        };
+        r.follow_netns();
+        Ok(r)
+    }
+
+    /// Follows the network namespaces the cgroup's processes are in now, for the drops no
+    /// socket claims (a firewall's INPUT drop, a closed port): the app may start, or make
+    /// its namespace, after the recorder, and come and go. An empty cgroup follows none:
+    /// not the agent's own, whose drops (the host's loopback, say) are not the app's.
+    fn follow_netns(&mut self) {
+        self.last_netns_check = Instant::now();
+        let wanted = super::cgroup::netns_of(std::path::Path::new("/proc"), &super::cgroup::processes_below(&self.cgroup));
+        match self.capture.follow_netns(&wanted) {
+            Ok((added, gone)) => {
+                for ino in added {
+                    tracing::info!("recording the kernel's drops in network namespace net:[{ino}] (a process of the cgroup is in it)");
+                }
+                for ino in gone {
+                    tracing::info!(
+                        "no process of the cgroup is in network namespace net:[{ino}] any more: its drops are no longer recorded"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("following the cgroup's network namespaces: {e}"),
+        }
+        let over = wanted.len() > capture_ebpf::MAX_NETNS as usize;
+        if over && !std::mem::replace(&mut self.netns_over, true) {
+            tracing::warn!(
+                "the cgroup's processes are in {} network namespaces; drops are recorded in {} of them",
+                wanted.len(),
+                capture_ebpf::MAX_NETNS
+            );
+        }
     }
 
     /// Moves whatever the kernel has into the ring, waiting up to `timeout_ms` for it.
@@ -77,6 +129,9 @@ impl Recorder {
         self.batch.sort_by_key(|(t, h, _)| (*t, h.cpu, h.seq));
         for (t, h, r) in &self.batch {
             self.ring.push(clock::to_wall(*t, offset), h, &self.batch_bytes[r.clone()]);
+        }
+        if self.last_netns_check.elapsed() >= NETNS_EVERY {
+            self.follow_netns();
         }
         if self.last_drop_check.elapsed() >= Duration::from_secs(1) {
             self.last_drop_check = Instant::now();

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::manifest::Manifest;
 use super::spool::hex;
-use super::wire::{self, Frame, Heard, Secret};
+use super::wire::{self, Channel, Frame, Heard, Secret, Side};
 use crate::clock;
 
 /// Largest dump accepted from one agent.
@@ -75,11 +75,24 @@ pub struct Limits {
     pub transfers: usize,
     /// Authenticated agents waiting for a turn; past this, a new one is dropped and retries later.
     pub waiting: usize,
+    /// Of those, what one source address may hold: an insider on one host cannot take
+    /// every slot, nor every place in the queue.
+    pub per_source_transfers: usize,
+    pub per_source_waiting: usize,
     /// From connect to a valid offer.
     pub handshake_deadline: Duration,
     /// Longest wait for any bytes while receiving a dump.
     pub idle_deadline: Duration,
+    /// Slowest transfer kept, bytes per second over each `rate_window`: one that trickles
+    /// is stopped, its slot freed, and the agent resumes later where its bytes end.
+    pub min_rate: u64,
+    pub rate_window: Duration,
 }
+
+/// The slowest `--ship-rate` an agent takes (0 aside, unlimited).
+pub const MIN_SHIP_RATE: u64 = 4096;
+/// The default [`Limits::min_rate`]: half the slowest agent's, for its pacing and the network's jitter.
+pub const MIN_RATE: u64 = MIN_SHIP_RATE / 2;
 
 impl Default for Limits {
     fn default() -> Limits {
@@ -87,8 +100,12 @@ impl Default for Limits {
             handshakes: 256,
             transfers: 32,
             waiting: 512,
+            per_source_transfers: 16,
+            per_source_waiting: 256,
             handshake_deadline: Duration::from_secs(10),
             idle_deadline: Duration::from_secs(30),
+            min_rate: MIN_RATE,
+            rate_window: Duration::from_secs(10),
         }
     }
 }
@@ -553,7 +570,18 @@ struct Ctx {
     limits: Limits,
     transfers: Arc<Semaphore>,
     waiting: Arc<Semaphore>,
+    /// Each source address's own share of the transfers and of the queue.
+    sources: Mutex<HashMap<IpAddr, Source>>,
 }
+
+#[derive(Clone)]
+struct Source {
+    transfers: Arc<Semaphore>,
+    waiting: Arc<Semaphore>,
+}
+
+/// Source addresses remembered at most; past it, those that hold nothing are forgotten.
+const MAX_SOURCES: usize = 4096;
 
 impl Ctx {
     fn new(state: State, secret: Secret, limits: Limits) -> Ctx {
@@ -563,7 +591,21 @@ impl Ctx {
             limits,
             transfers: Arc::new(Semaphore::new(limits.transfers.max(1))),
             waiting: Arc::new(Semaphore::new(limits.waiting.max(1))),
+            sources: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn source(&self, ip: IpAddr) -> Source {
+        let mut m = self.sources.lock().expect("lock");
+        if m.len() >= MAX_SOURCES {
+            m.retain(|_, s| Arc::strong_count(&s.transfers) > 1 || Arc::strong_count(&s.waiting) > 1);
+        }
+        m.entry(ip)
+            .or_insert_with(|| Source {
+                transfers: Arc::new(Semaphore::new(self.limits.per_source_transfers.clamp(1, self.limits.transfers.max(1)))),
+                waiting: Arc::new(Semaphore::new(self.limits.per_source_waiting.clamp(1, self.limits.waiting.max(1)))),
+            })
+            .clone()
     }
 }
 
@@ -606,8 +648,8 @@ fn bad(m: impl Into<String>) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, m.into())
 }
 
-/// Reads one frame within `limit`, refusing oversized lengths before allocating.
-async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame> {
+/// Reads one frame's payload within `limit`, refusing oversized lengths before allocating.
+async fn read_payload(s: &mut TcpStream, limit: Duration) -> std::io::Result<Vec<u8>> {
     let read = async {
         let mut len = [0u8; 4];
         s.read_exact(&mut len).await?;
@@ -617,13 +659,24 @@ async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame
         }
         let mut b = vec![0u8; len];
         s.read_exact(&mut b).await?;
-        Frame::decode(&b).map_err(|e| bad(e.to_string()))
+        Ok(b)
     };
     tokio::time::timeout(limit, read).await.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "too slow to send a frame"))?
 }
 
-async fn write_frame(s: &mut TcpStream, f: Frame, limit: Duration) -> std::io::Result<()> {
-    tokio::time::timeout(limit, s.write_all(&f.encode()))
+/// Reads one plain frame (the hello) within `limit`.
+async fn read_frame(s: &mut TcpStream, limit: Duration) -> std::io::Result<Frame> {
+    Frame::decode(&read_payload(s, limit).await?).map_err(|e| bad(e.to_string()))
+}
+
+/// Reads and opens one sealed frame within `limit`.
+async fn read_sealed(s: &mut TcpStream, ch: &mut Channel, limit: Duration) -> std::io::Result<Frame> {
+    let b = read_payload(s, limit).await?;
+    ch.open(b).map_err(|e| bad(e.to_string()))
+}
+
+async fn write_bytes(s: &mut TcpStream, b: &[u8], limit: Duration) -> std::io::Result<()> {
+    tokio::time::timeout(limit, s.write_all(b))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "too slow to take a frame"))?
 }
@@ -639,8 +692,16 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     let left = || handshake_end.saturating_duration_since(tokio::time::Instant::now());
     let Frame::Hello { node, nonce } = read_frame(&mut s, left()).await? else { return Err(bad("expected hello")) };
     let cnonce: [u8; 16] = wire::random_bytes();
-    write_frame(&mut s, Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) }, left()).await?;
-    let Frame::Offer(offer) = read_frame(&mut s, left()).await? else { return Err(bad("expected offer")) };
+    let challenge = Frame::Challenge { nonce: cnonce, mac: wire::collector_mac(secret, &nonce, &cnonce) };
+    write_bytes(&mut s, &challenge.encode(), left()).await?;
+    // Sealed from here on, the refusal included.
+    let mut ch = Channel::new(secret, &nonce, &cnonce, &node, Side::Collector);
+    let offer = match read_sealed(&mut s, &mut ch, left()).await {
+        Ok(Frame::Offer(offer)) => offer,
+        Ok(_) => return Err(bad("expected offer")),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(bad(format!("{node} failed authentication ({e})"))),
+        Err(e) => return Err(e),
+    };
     if !wire::check_agent_mac(secret, &nonce, &cnonce, &node, &offer) {
         return Err(bad(format!("{node} failed authentication (wrong secret?)")));
     }
@@ -688,14 +749,20 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
     };
     if let Some(reason) = refusal {
         tracing::error!("refused {node} from {from_ip}: {reason}");
-        write_frame(&mut s, Frame::Refuse { reason: reason.clone() }, limits.idle_deadline).await?;
+        write_bytes(&mut s, &ch.seal(&Frame::Refuse { reason: reason.clone() }), limits.idle_deadline).await?;
         return Err(bad(reason));
     }
     // One of a bounded number of transfers at a time: the agent waits for its Resume. So
     // many may wait, no more: the others are let go, and retry after a backoff.
-    let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| bad(format!("{node}: too many agents waiting; it will retry")))?;
+    // Its source's share first, then the collector's: what one host holds or queues for
+    // never keeps the others out.
+    let src = ctx.source(from_ip);
+    let too_many = || bad(format!("{node}: too many agents waiting; it will retry"));
+    let src_waiting = src.waiting.clone().try_acquire_owned().map_err(|_| too_many())?;
+    let waiting = ctx.waiting.clone().try_acquire_owned().map_err(|_| too_many())?;
+    let _src_turn = src.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
     let _turn = ctx.transfers.clone().acquire_owned().await.map_err(|_| bad("collector stopping"))?;
-    drop(waiting);
+    drop((waiting, src_waiting));
     let part = part_path(&out, &node, &offer);
     let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0).min(offer.size);
     // Private: a dump holds payload bytes.
@@ -721,7 +788,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         sha2::Digest::update(&mut hash, &buf[..want]);
         read += want as u64;
     }
-    write_frame(&mut s, Frame::Resume { offset: have }, limits.idle_deadline).await?;
+    write_bytes(&mut s, &ch.seal(&Frame::Resume { offset: have }), limits.idle_deadline).await?;
 
     let bar = ctx.state.lock().expect("lock").bars.as_ref().map(|m| {
         let b = m.add(indicatif::ProgressBar::new(offer.size));
@@ -735,27 +802,60 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         b
     });
     let mut got = have;
+    // Written a buffer at a time (each write is a hop to tokio's blocking pool), not a frame at a time.
+    let mut pending: Vec<u8> = Vec::with_capacity(1 << 20);
+    // Each window must bring `min_rate` bytes a second; a frame must arrive whole within one.
+    let window = limits.rate_window.max(Duration::from_millis(1));
+    let frame_limit = limits.idle_deadline.min(window);
+    let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
     while got < offer.size {
-        let want = buf.len().min((offer.size - got) as usize);
-        let n = match tokio::time::timeout(limits.idle_deadline, s.read(&mut buf[..want])).await {
-            Ok(r) => r?,
-            Err(_) => 0,
+        let bytes = match read_sealed(&mut s, &mut ch, frame_limit).await {
+            Ok(Frame::Data(b)) if !b.is_empty() && b.len() as u64 <= offer.size - got => Ok(b),
+            Ok(Frame::Data(b)) => Err(bad(format!("a data frame of {} bytes at {got} of {}", b.len(), offer.size))),
+            Ok(_) => Err(bad("expected dump bytes")),
+            Err(e) => Err(e),
         };
-        if n == 0 {
-            f.sync_data().await?;
-            let why = format!("{node} stopped sending at {got} of {} bytes (it will resume)", offer.size);
-            if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
-                inc.failures.insert(node.clone(), format!("transfer stopped at {got} of {} bytes", offer.size));
+        let bytes = bytes.and_then(|b| {
+            window_bytes += b.len() as u64;
+            let elapsed = window_start.elapsed();
+            if elapsed >= window {
+                let least = (limits.min_rate as f64 * elapsed.as_secs_f64()) as u64;
+                if window_bytes < least {
+                    return Err(bad(format!(
+                        "too slow: {window_bytes} bytes in {:.1} s, below the {} bytes/s a transfer must keep",
+                        elapsed.as_secs_f64(),
+                        limits.min_rate
+                    )));
+                }
+                (window_start, window_bytes) = (Instant::now(), 0);
             }
-            return Err(bad(why));
+            Ok(b)
+        });
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                // What arrived intact stays, for the agent's retry to resume after.
+                f.write_all(&pending).await?;
+                f.sync_data().await?;
+                let why = format!("{node} stopped sending at {got} of {} bytes ({e}; it will resume)", offer.size);
+                if let Ok(inc) = ctx.state.lock().expect("lock").incident(offer.trigger_id, offer.heard_ns) {
+                    inc.failures.insert(node.clone(), format!("transfer stopped at {got} of {} bytes ({e})", offer.size));
+                }
+                return Err(bad(why));
+            }
+        };
+        sha2::Digest::update(&mut hash, &bytes);
+        pending.extend_from_slice(&bytes);
+        got += bytes.len() as u64;
+        if pending.len() >= 1 << 20 {
+            f.write_all(&pending).await?;
+            pending.clear();
         }
-        f.write_all(&buf[..n]).await?;
-        sha2::Digest::update(&mut hash, &buf[..n]);
-        got += n as u64;
         if let Some(b) = &bar {
             b.set_position(got);
         }
     }
+    f.write_all(&pending).await?;
     f.sync_all().await?;
     drop(f);
     let digest: [u8; 32] = sha2::Digest::finalize(hash).into();
@@ -797,7 +897,7 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         }
         tracing::warn!("{node}: digest mismatch, asking for it again");
     }
-    write_frame(&mut s, Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }, limits.idle_deadline).await?;
+    write_bytes(&mut s, &ch.seal(&Frame::Done { ok, mac: wire::done_mac(secret, &nonce, ok) }), limits.idle_deadline).await?;
     Ok(())
 }
 
@@ -960,6 +1060,7 @@ mod tests {
             waiting: 4,
             handshake_deadline: Duration::from_millis(800),
             idle_deadline: Duration::from_secs(5),
+            ..Limits::default()
         };
         let opts = options(&dir, Expect::Names(vec!["good".into()]), Some(7), limits);
         let collector = std::thread::spawn(move || collect(opts, l, u, || {}));
@@ -1319,6 +1420,196 @@ mod tests {
         assert_eq!(reclosed.lock().unwrap()[0].nodes.len(), 2);
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 2, "no third incident");
         let _ = (std::fs::remove_dir_all(root), std::fs::remove_dir_all(spool));
+    }
+
+    /// What an on-path attacker does to the connections it relays.
+    #[derive(Clone, Copy, PartialEq)]
+    enum OnPath {
+        /// Relays every byte, and keeps a copy.
+        Watch,
+        /// Puts a refusal of its own in place of the collector's answer to the offer.
+        InjectRefusal,
+        /// Flips a bit of the agent's first dump frame, on the first connection only.
+        FlipFirstDumpFrame,
+    }
+
+    /// A relay between agents and the collector at `to`; returns its address and what it saw.
+    fn on_path(to: SocketAddr, mode: OnPath) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+        use std::io::{Read, Write};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let seen2 = seen.clone();
+        // One frame (length and payload) from `r`, or None at its end.
+        fn frame(r: &mut std::net::TcpStream) -> Option<Vec<u8>> {
+            let mut len = [0u8; 4];
+            r.read_exact(&mut len).ok()?;
+            let mut b = vec![0u8; u32::from_be_bytes(len) as usize];
+            r.read_exact(&mut b).ok()?;
+            Some([len.to_vec(), b].concat())
+        }
+        std::thread::spawn(move || {
+            for (k, agent) in l.incoming().flatten().enumerate() {
+                let Ok(collector) = std::net::TcpStream::connect(to) else { continue };
+                for (mut from, mut to, up) in
+                    [(agent.try_clone().unwrap(), collector.try_clone().unwrap(), true), (collector, agent, false)]
+                {
+                    let seen = seen2.clone();
+                    std::thread::spawn(move || {
+                        let mut n = 0;
+                        while let Some(mut f) = frame(&mut from) {
+                            seen.lock().unwrap().extend_from_slice(&f);
+                            if mode == OnPath::InjectRefusal && !up && n == 1 {
+                                f = Frame::Refuse { reason: "injected on the path".into() }.encode();
+                            }
+                            if mode == OnPath::FlipFirstDumpFrame && up && n == 2 && k == 0 {
+                                f[100] ^= 1;
+                            }
+                            n += 1;
+                            if to.write_all(&f).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    /// A spooled dump that holds `marker` many times over.
+    fn spooled_with(spool: &std::path::Path, node: &str, trigger_id: u64, marker: &[u8], copies: usize) -> SpoolEntry {
+        let bytes = marker.repeat(copies);
+        let e = SpoolEntry {
+            node: node.into(),
+            trigger_id,
+            heard_ns: 1,
+            collector: String::new(),
+            size: bytes.len() as u64,
+            sha256: hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+            shipped: false,
+        };
+        std::fs::write(e.dump_path(spool), &bytes).unwrap();
+        e
+    }
+
+    #[test]
+    fn nobody_on_the_path_reads_a_dump_or_forges_a_refusal() {
+        let (dir, spool) = (tempdir("onpath"), tempdir("onpath-spool"));
+        let (l, u, addr) = sockets();
+        let collector = std::thread::spawn({
+            let o = options(&dir, Expect::Names(vec!["n1".into(), "n2".into()]), Some(4), Limits::default());
+            move || collect(o, l, u, || {})
+        });
+        // What crosses the wire holds none of the dump's bytes in the clear.
+        let marker = b"PAYLOAD-MARKER-0451";
+        let (watched, seen) = on_path(addr, OnPath::Watch);
+        let e = spooled_with(&spool, "n1", 4, marker, 20_000);
+        ship_to(&e, &spool, watched).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.len() as u64 > e.size, "the relay saw the transfer ({} bytes)", seen.len());
+        assert!(!seen.windows(marker.len()).any(|w| w == marker), "a payload marker crossed the wire in the clear");
+        assert_eq!(std::fs::read(dir.join("n1.pcapng")).unwrap(), std::fs::read(e.dump_path(&spool)).unwrap());
+
+        // A refusal injected on the path is no refusal: a transport error, retried until the deadline.
+        let (forging, _) = on_path(addr, OnPath::InjectRefusal);
+        let e2 = spooled(&spool, "n2", 4, 70_000);
+        let err = ship_within(&e2, &spool, forging, Duration::from_millis(1500)).unwrap_err();
+        assert!(matches!(&err, ship::ShipError::Deadline { attempts, last, .. } if *attempts > 1 && last.contains("integrity")), "{err}");
+        // A bit flipped in a dump frame ends that attempt; the retry resumes and delivers the dump intact.
+        let (flipping, _) = on_path(addr, OnPath::FlipFirstDumpFrame);
+        ship_to(&e2, &spool, flipping).unwrap();
+        assert_eq!(std::fs::read(dir.join("n2.pcapng")).unwrap(), std::fs::read(e2.dump_path(&spool)).unwrap());
+        assert!(collector.join().unwrap().unwrap().complete);
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
+    }
+
+    /// An insider (it holds the secret) at `from`: offers a `size`-byte dump of `node` and
+    /// returns the connection once the collector gave it a turn (its Resume), or None if it
+    /// was let go or refused.
+    fn insider_offer(to: SocketAddr, from: std::net::IpAddr, node: &str, size: u64) -> Option<(std::net::TcpStream, Channel)> {
+        use std::io::Write;
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+        sock.bind(&SocketAddr::new(from, 0).into()).ok()?;
+        sock.connect(&to.into()).ok()?;
+        let mut s: std::net::TcpStream = sock.into();
+        let nonce = [7u8; 16];
+        s.write_all(&Frame::Hello { node: node.into(), nonce }.encode()).ok()?;
+        let Frame::Challenge { nonce: cnonce, .. } = wire::read_frame(&mut s).ok()? else { return None };
+        let mut ch = Channel::new(&secret(), &nonce, &cnonce, node, Side::Agent);
+        let mut offer = wire::Offer { trigger_id: 11, heard_ns: 1, size, sha256: [3; 32], mac: [0; 32] };
+        offer.mac = wire::agent_mac(&secret(), &nonce, &cnonce, node, &offer);
+        s.write_all(&ch.seal(&Frame::Offer(offer))).ok()?;
+        match wire::read_sealed(&mut s, &mut ch).ok()? {
+            Frame::Resume { .. } => Some((s, ch)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_insider_trickling_from_one_host_cannot_hold_every_transfer_slot() {
+        use std::io::{Read, Write};
+        let (dir, spool) = (tempdir("insider"), tempdir("insider-spool"));
+        let (l, u, addr) = sockets();
+        let limits = Limits {
+            transfers: 4,
+            waiting: 8,
+            per_source_transfers: 2,
+            per_source_waiting: 4,
+            min_rate: 4096,
+            rate_window: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let mut o = options(&dir, Expect::Names(vec!["real".into()]), Some(11), limits);
+        o.wait = Duration::from_secs(30);
+        let collector = std::thread::spawn(move || collect(o, l, u, || {}));
+        // From 127.0.0.2: offers of 1 GiB that send a byte every 50 ms, and more offers
+        // queued behind them, reopened whenever the collector lets one go.
+        let insider: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (cut, held) = (Arc::new(std::sync::atomic::AtomicUsize::new(0)), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let trickle = {
+            let (stop, cut, held) = (stop.clone(), cut.clone(), held.clone());
+            std::thread::spawn(move || {
+                let mut workers = Vec::new();
+                for k in 0..12 {
+                    let (stop, cut, held) = (stop.clone(), cut.clone(), held.clone());
+                    workers.push(std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some((mut s, mut ch)) = insider_offer(addr, insider, &format!("ghost{k}"), 1 << 30) else {
+                                std::thread::sleep(Duration::from_millis(20));
+                                continue;
+                            };
+                            held.fetch_add(1, Ordering::Relaxed);
+                            while !stop.load(Ordering::Relaxed) && s.write_all(&ch.seal_data(b"x")).is_ok() {
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                            // The collector closes a transfer it stopped.
+                            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                            if matches!(s.read(&mut [0u8; 64]), Ok(0) | Err(_)) && !stop.load(Ordering::Relaxed) {
+                                cut.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }));
+                }
+                for w in workers {
+                    w.join().unwrap();
+                }
+            })
+        };
+        wait_until(|| held.load(Ordering::Relaxed) >= 2);
+        // A real agent on another host still gets a turn, and delivers.
+        let e = spooled(&spool, "real", 11, 300_000);
+        ship_within(&e, &spool, addr, Duration::from_secs(15)).expect("the real agent gets through");
+        // The trickling transfers are stopped for their rate, not kept until their idle deadline.
+        wait_until(|| cut.load(Ordering::Relaxed) >= 2);
+        stop.store(true, Ordering::Relaxed);
+        trickle.join().unwrap();
+        let m = collector.join().unwrap().unwrap();
+        assert!(m.complete);
+        assert_eq!(std::fs::read(dir.join("real.pcapng")).unwrap(), std::fs::read(e.dump_path(&spool)).unwrap());
+        let _ = (std::fs::remove_dir_all(dir), std::fs::remove_dir_all(spool));
     }
 
     fn wait_until(mut ok: impl FnMut() -> bool) {

@@ -1,4 +1,4 @@
-//! Shipping dumps from an agent's spool to a collector: authenticated both ways,
+//! Shipping dumps from an agent's spool to a collector: authenticated both ways, encrypted,
 //! rate-limited, resumable, retried with backoff until a deadline.
 
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::spool::SpoolEntry;
-use super::wire::{self, Frame, Offer, Secret};
+use super::wire::{self, Channel, Frame, Offer, Secret, Side};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -151,10 +151,13 @@ fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: Sock
         // real collector may still answer at this address, so keep trying until the deadline.
         return Err(Attempt::Retry("the collector failed authentication (wrong secret, or not the collector)".into()));
     }
+    // Sealed from here on: a frame that does not open (a refusal injected on the path, say)
+    // is a failed attempt, retried, never taken for the collector's word.
+    let mut ch = Channel::new(opts.secret, &nonce, &cnonce, &entry.node, Side::Agent);
     let mut offer = Offer { trigger_id: entry.trigger_id, heard_ns: entry.heard_ns, size: entry.size, sha256: *digest, mac: [0; 32] };
     offer.mac = wire::agent_mac(opts.secret, &nonce, &cnonce, &entry.node, &offer);
-    s.write_all(&Frame::Offer(offer).encode())?;
-    let offset = match wire::read_frame(&mut s)? {
+    s.write_all(&ch.seal(&Frame::Offer(offer)))?;
+    let offset = match wire::read_sealed(&mut s, &mut ch)? {
         Frame::Resume { offset } if offset <= entry.size => offset,
         Frame::Resume { offset } => return Err(Attempt::Retry(format!("collector asked to resume at {offset}, past the end"))),
         Frame::Refuse { reason } => return Err(Attempt::Refused(reason)),
@@ -169,7 +172,7 @@ fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: Sock
         Source::Memory(bytes) => Box::new(bytes.get(offset as usize..).unwrap_or(&[])),
     };
     let mut pacer = Pacer { rate: opts.rate, start: Instant::now(), sent: 0 };
-    let chunk = if opts.rate == 0 { 1 << 20 } else { (opts.rate as usize / 20).clamp(1024, 1 << 20) };
+    let chunk = if opts.rate == 0 { wire::DATA_CHUNK } else { (opts.rate as usize / 20).clamp(1024, wire::DATA_CHUNK) };
     let mut buf = vec![0u8; chunk];
     let mut done = offset;
     while done < entry.size {
@@ -181,11 +184,11 @@ fn ship_once(entry: &SpoolEntry, source: Source<'_>, digest: &[u8; 32], to: Sock
         }
         let want = buf.len().min((entry.size - done) as usize);
         f.read_exact(&mut buf[..want])?;
-        s.write_all(&buf[..want])?;
+        s.write_all(&ch.seal_data(&buf[..want]))?;
         done += want as u64;
         pacer.wait(want as u64);
     }
-    match wire::read_frame(&mut s)? {
+    match wire::read_sealed(&mut s, &mut ch)? {
         Frame::Done { ok: true, mac } if wire::check_done_mac(opts.secret, &nonce, true, &mac) => Ok(()),
         Frame::Done { ok: false, .. } => Err(Attempt::Retry("the collector's copy did not match the digest; sending it again".into())),
         _ => Err(Attempt::Retry("no valid confirmation from the collector".into())),

@@ -11,13 +11,21 @@
 //! Shipping (TCP), every message a frame `len u32 BE | kind u8 | body`:
 //! 1. agent → `Hello { node, nonce }`
 //! 2. collector → `Challenge { nonce, mac = H(k, "collector" | agent nonce | collector nonce) }`
+//!
+//! From here on every frame is sealed ([`Channel`]): `len u32 BE | ChaCha20-Poly1305(kind u8 |
+//! body)`, with a key per direction derived by HKDF-SHA256 from the secret, both nonces and the
+//! node name, and the frame's number in its direction as the AEAD nonce. A frame that does not
+//! open (altered, injected, replayed, reordered, or from someone without the secret) ends the
+//! connection: nobody on the path can read a dump or forge a refusal.
 //! 3. agent → `Offer { trigger id, heard at, size, sha256, mac = H(k, "agent" | both nonces | node | offer) }`
 //! 4. collector → `Resume { offset }` or `Refuse { reason }`
-//! 5. agent → raw bytes from `offset` to `size`
+//! 5. agent → `Data { bytes }` frames from `offset` to `size`
 //! 6. collector → `Done { ok, mac }` after checking the SHA-256 of the whole file.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -29,6 +37,10 @@ pub const TRIGGER_MIN_LEN: usize = 4 + 1 + 3 + 8 + 8 + 1 + 2 + 16 + 1 + 1 + 32;
 /// Longest reason a trigger carries, bytes.
 pub const MAX_TRIGGER_REASON: usize = 255;
 pub const MAX_FRAME: usize = 64 * 1024;
+/// Most dump bytes in one `Data` frame: it fits [`MAX_FRAME`] sealed.
+pub const DATA_CHUNK: usize = 60 * 1024;
+/// What sealing adds to a frame: the Poly1305 tag.
+pub const SEAL_OVERHEAD: usize = 16;
 pub const MAX_NAME: usize = 64;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -47,6 +59,8 @@ pub enum ProtoError {
     Stale(i64),
     #[error("malformed: {0}")]
     Malformed(&'static str),
+    #[error("a frame failed its integrity check (altered or injected on the way, or not from the peer)")]
+    Sealed,
 }
 
 /// A shared secret, at least 16 bytes.
@@ -235,12 +249,27 @@ pub fn check_name(name: &str) -> Result<(), ProtoError> {
 /// Shipping frames.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    Hello { node: String, nonce: [u8; 16] },
-    Challenge { nonce: [u8; 16], mac: [u8; 32] },
+    Hello {
+        node: String,
+        nonce: [u8; 16],
+    },
+    Challenge {
+        nonce: [u8; 16],
+        mac: [u8; 32],
+    },
     Offer(Offer),
-    Resume { offset: u64 },
-    Refuse { reason: String },
-    Done { ok: bool, mac: [u8; 32] },
+    Resume {
+        offset: u64,
+    },
+    Refuse {
+        reason: String,
+    },
+    Done {
+        ok: bool,
+        mac: [u8; 32],
+    },
+    /// Dump bytes, at most [`DATA_CHUNK`].
+    Data(Vec<u8>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,6 +349,10 @@ impl Frame {
                 body.extend_from_slice(mac);
                 6
             }
+            Frame::Data(bytes) => {
+                body.extend_from_slice(bytes);
+                7
+            }
         };
         let mut out = Vec::with_capacity(5 + body.len());
         out.extend_from_slice(&(1 + body.len() as u32).to_be_bytes());
@@ -364,6 +397,8 @@ impl Frame {
                 exact(33)?;
                 Frame::Done { ok: body[0] == 1, mac: body[1..].try_into().expect("32") }
             }
+            7 if body.len() <= DATA_CHUNK => Frame::Data(body.to_vec()),
+            7 => return Err(ProtoError::Length(body.len())),
             _ => return Err(ProtoError::Malformed("frame kind")),
         })
     }
@@ -381,17 +416,112 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Reads one frame from a stream, refusing oversized lengths before allocating.
-pub fn read_frame(r: &mut impl std::io::Read) -> std::io::Result<Frame> {
+/// Reads one frame's payload (after its length) from a stream, refusing oversized lengths
+/// before allocating.
+fn read_payload(r: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
     let len = u32::from_be_bytes(len) as usize;
     if len == 0 || len > MAX_FRAME {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("frame length {len} out of range")));
+        return Err(invalid(format!("frame length {len} out of range")));
     }
     let mut b = vec![0u8; len];
     r.read_exact(&mut b)?;
-    Frame::decode(&b).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+    Ok(b)
+}
+
+fn invalid(e: impl ToString) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+/// Reads one plain frame (the handshake's first two) from a stream.
+pub fn read_frame(r: &mut impl std::io::Read) -> std::io::Result<Frame> {
+    Frame::decode(&read_payload(r)?).map_err(invalid)
+}
+
+/// Reads one sealed frame from a stream and opens it.
+pub fn read_sealed(r: &mut impl std::io::Read, ch: &mut Channel) -> std::io::Result<Frame> {
+    ch.open(read_payload(r)?).map_err(invalid)
+}
+
+/// Which end of a shipping connection a [`Channel`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Agent,
+    Collector,
+}
+
+/// The sealed part of a shipping connection: a ChaCha20-Poly1305 key per direction, from
+/// HKDF-SHA256 over the secret with both nonces as salt and the direction and node name as
+/// info, and a frame counter per direction as the AEAD nonce. Fresh nonces on both sides make
+/// fresh keys for every connection, so a counter never repeats under a key.
+#[derive(Clone)]
+pub struct Channel {
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+    sent: u64,
+    received: u64,
+}
+
+impl Channel {
+    pub fn new(secret: &Secret, agent_nonce: &[u8; 16], collector_nonce: &[u8; 16], node: &str, side: Side) -> Channel {
+        let mut salt = [0u8; 32];
+        salt[..16].copy_from_slice(agent_nonce);
+        salt[16..].copy_from_slice(collector_nonce);
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), &secret.0);
+        let key = |dir: &[u8]| {
+            let mut k = [0u8; 32];
+            let info = [b"wgo ship v1 ".as_slice(), dir, b" ", node.as_bytes()].concat();
+            hk.expand(&info, &mut k).expect("32 bytes is a valid HKDF-SHA256 length");
+            ChaCha20Poly1305::new(&k.into())
+        };
+        let (up, down) = (key(b"agent to collector"), key(b"collector to agent"));
+        let (send, recv) = match side {
+            Side::Agent => (up, down),
+            Side::Collector => (down, up),
+        };
+        Channel { send, recv, sent: 0, received: 0 }
+    }
+
+    fn nonce(n: u64) -> chacha20poly1305::Nonce {
+        let mut b = [0u8; 12];
+        b[4..].copy_from_slice(&n.to_be_bytes());
+        b.into()
+    }
+
+    /// The frame sealed, with its length in front, ready to send.
+    pub fn seal(&mut self, f: &Frame) -> Vec<u8> {
+        self.seal_encoded(f.encode())
+    }
+
+    /// `Frame::Data(bytes)` sealed, without copying the bytes into a frame first.
+    pub fn seal_data(&mut self, bytes: &[u8]) -> Vec<u8> {
+        assert!(bytes.len() <= DATA_CHUNK, "a data frame holds at most DATA_CHUNK bytes");
+        let mut b = Vec::with_capacity(5 + bytes.len() + SEAL_OVERHEAD);
+        b.extend_from_slice(&[0, 0, 0, 0, 7]);
+        b.extend_from_slice(bytes);
+        self.seal_encoded(b)
+    }
+
+    /// Seals an encoded frame (length, kind, body) in place.
+    fn seal_encoded(&mut self, mut b: Vec<u8>) -> Vec<u8> {
+        let tag = self
+            .send
+            .encrypt_in_place_detached(&Self::nonce(self.sent), b"", &mut b[4..])
+            .expect("a frame is far below ChaCha20's length limit");
+        self.sent += 1;
+        b.extend_from_slice(&tag);
+        let len = (b.len() - 4) as u32;
+        b[..4].copy_from_slice(&len.to_be_bytes());
+        b
+    }
+
+    /// Opens one sealed frame's payload (after its length): only the next frame the peer sealed opens.
+    pub fn open(&mut self, mut sealed: Vec<u8>) -> Result<Frame, ProtoError> {
+        self.recv.decrypt_in_place(&Self::nonce(self.received), b"", &mut sealed).map_err(|_| ProtoError::Sealed)?;
+        self.received += 1;
+        Frame::decode(&sealed)
+    }
 }
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -456,6 +586,7 @@ mod tests {
             Frame::Resume { offset: 12345 },
             Frame::Refuse { reason: "no".into() },
             Frame::Done { ok: true, mac: [6; 32] },
+            Frame::Data(vec![7; DATA_CHUNK]),
         ] {
             let b = f.encode();
             assert_eq!(read_frame(&mut &b[..]).unwrap(), f);
@@ -467,6 +598,42 @@ mod tests {
         assert_eq!(Frame::decode(&once.encode()[4..]).unwrap(), once);
         assert!(Frame::decode(&[1; 20]).is_err(), "name with bad characters");
         assert!(read_frame(&mut &[0xff, 0xff, 0xff, 0xff][..]).is_err());
+        assert_eq!(Frame::decode(&[[7].as_slice(), &[0; DATA_CHUNK + 1]].concat()), Err(ProtoError::Length(DATA_CHUNK + 1)));
+    }
+
+    #[test]
+    fn sealed_frames_open_only_in_order_unaltered_and_with_the_secret() {
+        let s = secret();
+        let (a, c) = ([1u8; 16], [2u8; 16]);
+        let mut agent = Channel::new(&s, &a, &c, "n1", Side::Agent);
+        let mut coll = Channel::new(&s, &a, &c, "n1", Side::Collector);
+        let marker = b"PAYLOAD-MARKER";
+        let data = agent.seal_data(&marker.repeat(10));
+        assert!(!data.windows(marker.len()).any(|w| w == marker), "sealed bytes hold no plaintext");
+        assert_eq!(u32::from_be_bytes(data[..4].try_into().unwrap()) as usize, data.len() - 4);
+        assert_eq!(coll.open(data[4..].to_vec()), Ok(Frame::Data(marker.repeat(10))));
+        let refuse = coll.seal(&Frame::Refuse { reason: "full".into() });
+        assert_eq!(agent.open(refuse[4..].to_vec()), Ok(Frame::Refuse { reason: "full".into() }));
+        // Replayed, altered, reflected, or from another connection or secret: none opens.
+        assert_eq!(agent.open(refuse[4..].to_vec()), Err(ProtoError::Sealed), "a replay");
+        let next = coll.seal(&Frame::Resume { offset: 5 });
+        let mut altered = next[4..].to_vec();
+        altered[0] ^= 1;
+        assert_eq!(agent.clone().open(altered), Err(ProtoError::Sealed), "an altered frame");
+        let own = agent.clone().seal(&Frame::Resume { offset: 5 });
+        assert_eq!(agent.clone().open(own[4..].to_vec()), Err(ProtoError::Sealed), "the agent's own frame sent back");
+        let plain = Frame::Refuse { reason: "injected".into() }.encode();
+        assert_eq!(agent.clone().open(plain[4..].to_vec()), Err(ProtoError::Sealed), "a plain frame");
+        let other = Secret::new(b"another-secret-of-16+".to_vec()).unwrap();
+        for mut wrong in [
+            Channel::new(&other, &a, &c, "n1", Side::Agent),
+            Channel::new(&s, &c, &a, "n1", Side::Agent),
+            Channel::new(&s, &a, &c, "n2", Side::Agent),
+        ] {
+            wrong.received = 1;
+            assert_eq!(wrong.open(next[4..].to_vec()), Err(ProtoError::Sealed));
+        }
+        assert_eq!(agent.open(next[4..].to_vec()), Ok(Frame::Resume { offset: 5 }));
     }
 
     #[test]
