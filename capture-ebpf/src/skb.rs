@@ -21,7 +21,7 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 /// How far the IPv6 extension header walk goes: real chains are one or two headers long.
 const MAX_IPV6_EXTENSIONS: usize = 4;
-const MAX_IPV6_HEADERS: u32 = 256;
+const MAX_IPV6_HEADERS: u32 = 128;
 
 #[btf_map]
 pub(crate) static CONFIG: Array<CaptureConfig, 1> = Array::new();

@@ -52,6 +52,7 @@ pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> Str
     let e = &trace.events[id as usize];
     let what = match classes.get(id as usize) {
         Some(&c) if c != UNKNOWN => spec.label(c as usize, trace.payload(e)),
+        _ if !e.proto.has_ports() => format!("{} {} -> {}", e.proto.name(), trace.addr(e.src), trace.addr(e.dst)),
         _ => format!("{} {}:{} -> {}:{}", e.proto.name(), trace.addr(e.src), e.sport, trace.addr(e.dst), e.dport),
     };
     let verb = if e.dir == Dir::Send { "sent by" } else { "received by" };

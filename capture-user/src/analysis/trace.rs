@@ -63,24 +63,43 @@ pub struct Event {
 
 const _: () = assert!(std::mem::size_of::<Event>() <= 64);
 
-/// Protocol as one byte.
+/// The IP protocol number (for IPv6, of the last header of its chain); ICMPv6 is
+/// [`ProtoCode::Icmp`], as the analysis treats both alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ProtoCode {
-    Udp = 17,
-    Tcp = 6,
-    Icmp = 1,
-    Other = 0,
-}
+pub struct ProtoCode(pub u8);
 
+#[allow(non_upper_case_globals)]
 impl ProtoCode {
-    pub fn name(self) -> &'static str {
-        match self {
-            ProtoCode::Udp => "UDP",
-            ProtoCode::Tcp => "TCP",
-            ProtoCode::Icmp => "ICMP",
-            ProtoCode::Other => "IP",
+    pub const Udp: ProtoCode = ProtoCode(17);
+    pub const Tcp: ProtoCode = ProtoCode(6);
+    pub const Icmp: ProtoCode = ProtoCode(1);
+
+    fn of(p: Proto, ip_proto: u8) -> ProtoCode {
+        match p {
+            Proto::Udp => ProtoCode::Udp,
+            Proto::Tcp => ProtoCode::Tcp,
+            Proto::Icmp => ProtoCode::Icmp,
+            Proto::Other(_) => ProtoCode(ip_proto),
         }
+    }
+
+    /// Neither UDP, TCP nor ICMP: VRRP, OSPF, SCTP, a raw socket's own protocol. Its
+    /// payload starts right after the IP headers, and it has no ports.
+    pub fn is_other(self) -> bool {
+        !matches!(self, ProtoCode::Udp | ProtoCode::Tcp | ProtoCode::Icmp)
+    }
+
+    /// Whether the packet has ports (UDP, TCP).
+    pub fn has_ports(self) -> bool {
+        matches!(self, ProtoCode::Udp | ProtoCode::Tcp)
+    }
+
+    /// Its usual name ("UDP", "VRRP"), or "IP 253" for a number without one.
+    pub fn name(self) -> &'static str {
+        static NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            (0..=255u8).map(|n| crate::packet::ip_proto_name(n).map_or_else(|| format!("IP {n}"), str::to_string)).collect()
+        });
+        &NAMES[self.0 as usize]
     }
 }
 
@@ -377,12 +396,7 @@ impl TraceBuilder {
             return false;
         };
         let data = &p.data[..p.data.len().min(u16::MAX as usize)];
-        let (proto, tcp) = match pkt.proto {
-            Proto::Udp => (ProtoCode::Udp, None),
-            Proto::Tcp => (ProtoCode::Tcp, pkt.tcp),
-            Proto::Icmp => (ProtoCode::Icmp, None),
-            Proto::Other(_) => (ProtoCode::Other, None),
-        };
+        let (proto, tcp) = (ProtoCode::of(pkt.proto, pkt.ip_proto), pkt.tcp);
         let src = self.trace.intern(pkt.src);
         let dst = self.trace.intern(pkt.dst);
         let arena = &mut self.trace.arenas[node as usize];

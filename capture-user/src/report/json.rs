@@ -17,7 +17,7 @@ use crate::analysis::{self, Analysis, Inputs, Phase, push_label};
 
 /// `addr:port` (IPv6 bracketed), or just the address for ICMP.
 fn push_endpoint(buf: &mut String, addr: &str, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
-    if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
+    if !proto.has_ports() {
         buf.push_str(addr.trim_start_matches('[').trim_end_matches(']'));
     } else {
         buf.push_str(addr);
@@ -174,7 +174,9 @@ impl<'a> EventJson<'a> {
             }
             buf.push_str(",\"proto\":\"");
             buf.push_str(e.proto.name());
-            buf.push_str("\",\"src\":\"");
+            buf.push_str("\",\"ip_proto\":");
+            buf.push_str(num.format(e.proto.0));
+            buf.push_str(",\"src\":\"");
             push_endpoint(buf, &self.addrs[e.src as usize], e.sport, e.proto, &mut num);
             buf.push_str("\",\"dst\":\"");
             push_endpoint(buf, &self.addrs[e.dst as usize], e.dport, e.proto, &mut num);
