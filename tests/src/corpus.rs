@@ -856,7 +856,8 @@ fn inject(system: System, scenario: Scenario, bed: &Testbed, dir: &Path, procs: 
         }
         Scenario::Crash => {
             let i = main(procs, t.stall)?;
-            procs[i].guard.signal(libc::SIGKILL);
+            // The whole tree, as a stop: keepalived's VRRP child must not outlive it.
+            signal_all(&process_tree(procs[i].guard.child().id()), libc::SIGKILL);
             let _ = procs[i].guard.child().wait();
             std::thread::sleep(rng.ms(1500, 3000));
             let mut cmd = system.servers(bed, dir, t.stall)?.into_iter().next().context("a server to restart")?;
