@@ -11,7 +11,7 @@ use rustc_hash::FxHasher;
 use capture_ebpf::Direction;
 
 use crate::dump::{DumpReader, Item};
-use crate::packet::{Packet, Proto};
+use crate::packet::Packet;
 
 /// Payload bytes that go into an event's match hash.
 pub const MATCH_BYTES: usize = 16;
@@ -63,8 +63,7 @@ pub struct Event {
 
 const _: () = assert!(std::mem::size_of::<Event>() <= 64);
 
-/// The IP protocol number (for IPv6, of the last header of its chain); ICMPv6 is
-/// [`ProtoCode::Icmp`], as the analysis treats both alike.
+/// The IP protocol number (for IPv6, of the last header of its chain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProtoCode(pub u8);
 
@@ -73,20 +72,11 @@ impl ProtoCode {
     pub const Udp: ProtoCode = ProtoCode(17);
     pub const Tcp: ProtoCode = ProtoCode(6);
     pub const Icmp: ProtoCode = ProtoCode(1);
+    pub const Icmpv6: ProtoCode = ProtoCode(58);
 
-    fn of(p: Proto, ip_proto: u8) -> ProtoCode {
-        match p {
-            Proto::Udp => ProtoCode::Udp,
-            Proto::Tcp => ProtoCode::Tcp,
-            Proto::Icmp => ProtoCode::Icmp,
-            Proto::Other(_) => ProtoCode(ip_proto),
-        }
-    }
-
-    /// Neither UDP, TCP nor ICMP: VRRP, OSPF, SCTP, a raw socket's own protocol. Its
-    /// payload starts right after the IP headers, and it has no ports.
-    pub fn is_other(self) -> bool {
-        !matches!(self, ProtoCode::Udp | ProtoCode::Tcp | ProtoCode::Icmp)
+    /// ICMP or ICMPv6, which the analysis treats alike.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, ProtoCode::Icmp | ProtoCode::Icmpv6)
     }
 
     /// Whether the packet has ports (UDP, TCP).
@@ -243,7 +233,7 @@ impl Trace {
         h.write_u32(e.payload_len);
         let payload = self.payload(e);
         h.write(&payload[..payload.len().min(bytes)]);
-        if e.proto == ProtoCode::Icmp {
+        if e.proto.is_icmp() {
             let off = e.payload_off as usize;
             h.write(self.data(e).get(off.saturating_sub(8)..off).unwrap_or(&[]));
         }
@@ -396,7 +386,7 @@ impl TraceBuilder {
             return false;
         };
         let data = &p.data[..p.data.len().min(u16::MAX as usize)];
-        let (proto, tcp) = (ProtoCode::of(pkt.proto, pkt.ip_proto), pkt.tcp);
+        let (proto, tcp) = (ProtoCode(pkt.ip_proto), pkt.tcp);
         let src = self.trace.intern(pkt.src);
         let dst = self.trace.intern(pkt.dst);
         let arena = &mut self.trace.arenas[node as usize];
