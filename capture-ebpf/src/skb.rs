@@ -123,7 +123,7 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
             (4, ((vihl & 0x0f) as u32) * 4, l4proto)
         }
         ETH_P_IPV6 => {
-            let (l3, next) = ipv6_last_header(ctx, bytes_at(ctx, 6)?[0])?;
+            let (l3, next) = ipv6_last_header(ctx, bytes_at(ctx, 6)?[0]);
             (6, l3, next)
         }
         _ => return Err(Skip::NotIp),
@@ -141,33 +141,30 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
 
 /// Walks IPv6's extension headers (at most [`MAX_IPV6_EXTENSIONS`], within the first
 /// [`MAX_IPV6_HEADERS`] bytes): where the last header's payload starts, and its protocol.
-/// A chain longer than that, ESP (opaque) or No Next Header ends the walk where it is.
+/// A longer chain, one cut short, ESP (opaque) or No Next Header ends the walk where it is:
+/// the packet is still recorded.
 #[inline(always)]
-fn ipv6_last_header(ctx: &SkBuffContext, first: u8) -> Result<(u32, u8), Skip> {
+fn ipv6_last_header(ctx: &SkBuffContext, first: u8) -> (u32, u8) {
     let (mut off, mut next) = (40u32, first);
     for _ in 0..MAX_IPV6_EXTENSIONS {
+        // Hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6.
+        if !matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140) {
+            break;
+        }
+        let Ok(h) = bytes_at(ctx, off as usize) else { break };
         let len = match next {
-            // Hop-by-hop, routing, destination options, mobility, HIP, shim6: 8-byte units after the first 8.
-            0 | 43 | 60 | 135 | 139 | 140 => {
-                let h = bytes_at(ctx, off as usize)?;
-                (h[1] as u32 + 1) * 8
-            }
-            // Fragment: 8 bytes.
             44 => 8,
-            // Authentication header: 4-byte units after the first 8.
-            51 => {
-                let h = bytes_at(ctx, off as usize)?;
-                (h[1] as u32 + 2) * 4
-            }
-            _ => break,
+            // AH counts 4-byte units after the first 8; the others 8-byte units after the first 8.
+            51 => (h[1] as u32 + 2) * 4,
+            _ => (h[1] as u32 + 1) * 8,
         };
         if off + len > MAX_IPV6_HEADERS {
             break;
         }
-        next = bytes_at(ctx, off as usize)?[0];
+        next = h[0];
         off += len;
     }
-    Ok((off, next))
+    (off, next)
 }
 
 /// Two packet bytes: read directly when they are in the linear area (no helper call),
