@@ -74,9 +74,9 @@ fn try_drop(ctx: &RawTracePointContext) -> Result<(), i64> {
         _ => return Ok(()),
     };
     // Every IP protocol, as the skb programs record them (the IPv6 chain is not walked
-    // here: a packet behind extension headers is recorded without its ports' check).
-    let ports = matches!(proto, 6 | 17);
-    if ports && l3 + 4 > hdr.len() {
+    // here: a packet behind extension headers is recorded without its ports' check). The
+    // bound holds for every protocol, as before: the port reads below rely on it.
+    if l3 + 4 > hdr.len() {
         return Ok(());
     }
     // ICMP's unspecified and socketless frees are the stack's own (an echo reply's
@@ -84,8 +84,8 @@ fn try_drop(ctx: &RawTracePointContext) -> Result<(), i64> {
     if matches!(proto, 1 | 58) && (reason == cfg.icmp_quiet[0] || reason == cfg.icmp_quiet[1]) {
         return Ok(());
     }
-    let (sport, dport) =
-        if ports { (u16::from_be_bytes([hdr[l3], hdr[l3 + 1]]), u16::from_be_bytes([hdr[l3 + 2], hdr[l3 + 3]])) } else { (0, 0) };
+    let ports = matches!(proto, 6 | 17);
+    let (sport, dport) = (u16::from_be_bytes([hdr[l3], hdr[l3 + 1]]), u16::from_be_bytes([hdr[l3 + 2], hdr[l3 + 3]]));
 
     // Whose it is, and which way it went.
     let direction = if sk != 0 {
