@@ -416,8 +416,7 @@ pub fn analyze_to_json<W: Write + Send>(trace: Trace, inputs: Inputs, out: W) ->
 mod tests {
     #[test]
     fn another_ip_protocol_is_named_and_numbered_without_ports() {
-        use crate::analysis::testkit::{addr, recv, send, trace};
-        use crate::packet::tests::ip4;
+        use crate::analysis::testkit::{addr, ip4, recv, send, trace};
         let vrrp = || ip4(addr(0), [224, 0, 0, 18], 112, 7, b"\x31\x33advert");
         let raw = || ip4(addr(0), addr(1), 253, 8, b"raw");
         let t = trace(vec![vec![send(100, vrrp()), send(200, raw())], vec![recv(150, vrrp()), recv(250, raw())]]);
