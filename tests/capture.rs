@@ -316,9 +316,10 @@ fn report_on_real_captures_finds_one_shared_clock_and_causal_order() {
 }
 
 /// Any IP protocol of the cgroup is recorded, not only UDP, TCP and ICMP: raw sockets of an
-/// experimental protocol (253, RFC 3692) carry requests and echoes between two recorded
-/// nodes. Each packet is in its node's dump with its IP header and payload (read by tshark),
-/// and wgo matches every receive to its send (by IP id, length and payload).
+/// experimental protocol (253, RFC 3692) and of VRRP (112) carry requests and echoes between
+/// two recorded nodes. Each packet is in its node's dump with its IP header and payload (read
+/// by tshark), and wgo matches every receive to its send (by IP id, length and payload), of
+/// the same protocol, named in the JSON where it has a name.
 #[test]
 fn records_and_matches_packets_of_any_ip_protocol() {
     require_root();
@@ -326,36 +327,48 @@ fn records_and_matches_packets_of_any_ip_protocol() {
     let bed = Testbed::new(2).unwrap();
     let (n1, n2) = (bed.node("node1"), bed.node("node2"));
     const COUNT: usize = 5;
+    const PROTOS: [(u8, &str, &str); 2] = [(253, "IP 253", "RAW"), (112, "VRRP", "VRP")];
     record_all(&bed, &dir, || {
-        let mut echo =
-            n2.spawn(n2.command(peer()).unwrap().args(["raw-echo", "--proto", "253"]).stdout(std::process::Stdio::piped())).unwrap();
-        let mut ready = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(echo.child().stdout.as_mut().unwrap()), &mut ready).unwrap();
-        assert_eq!(ready.trim(), "ready");
-        let to = n2.ipv4.to_string();
-        run(n1.command(peer()).unwrap().args([
-            "raw-request",
-            "--to",
-            &to,
-            "--proto",
-            "253",
-            "--count",
-            &COUNT.to_string(),
-            "--tag",
-            "RAW",
-        ]))
-        .unwrap();
+        for (proto, _, tag) in PROTOS {
+            let proto = proto.to_string();
+            let mut echo =
+                n2.spawn(n2.command(peer()).unwrap().args(["raw-echo", "--proto", &proto]).stdout(std::process::Stdio::piped())).unwrap();
+            let mut ready = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(echo.child().stdout.as_mut().unwrap()), &mut ready).unwrap();
+            assert_eq!(ready.trim(), "ready");
+            let to = n2.ipv4.to_string();
+            run(n1.command(peer()).unwrap().args([
+                "raw-request",
+                "--to",
+                &to,
+                "--proto",
+                &proto,
+                "--count",
+                &COUNT.to_string(),
+                "--tag",
+                tag,
+            ]))
+            .unwrap();
+        }
     });
     let (a1, a2) = (n1.ipv4.to_string(), n2.ipv4.to_string());
-    for (node, local, peer_addr) in [("node1", &a1, &a2), ("node2", &a2, &a1)] {
-        let pkts: Vec<Tshark> =
-            tshark(&dir.join(format!("{node}.pcapng"))).into_iter().filter(|p| p.payload.starts_with(b"RAW #")).collect();
-        let out = pkts.iter().filter(|p| p.outbound && &p.src == local && &p.dst == peer_addr).count();
-        let inb = pkts.iter().filter(|p| !p.outbound && &p.src == peer_addr && &p.dst == local).count();
-        assert!(out >= COUNT && inb >= COUNT, "{node}: {out} sent, {inb} received of IP protocol 253: {pkts:?}");
-        for p in &pkts {
-            assert_eq!((p.len, p.cap_len, p.payload.len()), (20 + 32, 20 + 32, 32), "{node}: the IP header and the whole payload: {p:?}");
-            assert_eq!((p.sport, p.dport), (None, None));
+    for (_, name, tag) in PROTOS {
+        for (node, local, peer_addr) in [("node1", &a1, &a2), ("node2", &a2, &a1)] {
+            let pkts: Vec<Tshark> = tshark(&dir.join(format!("{node}.pcapng")))
+                .into_iter()
+                .filter(|p| p.payload.starts_with(format!("{tag} #").as_bytes()))
+                .collect();
+            let out = pkts.iter().filter(|p| p.outbound && &p.src == local && &p.dst == peer_addr).count();
+            let inb = pkts.iter().filter(|p| !p.outbound && &p.src == peer_addr && &p.dst == local).count();
+            assert!(out >= COUNT && inb >= COUNT, "{node}: {out} sent, {inb} received of {name}: {pkts:?}");
+            for p in &pkts {
+                assert_eq!(
+                    (p.len, p.cap_len, p.payload.len()),
+                    (20 + 32, 20 + 32, 32),
+                    "{node}: the IP header and the whole payload: {p:?}"
+                );
+                assert_eq!((p.sport, p.dport), (None, None));
+            }
         }
     }
     let json = dir.join("report.json");
@@ -364,17 +377,19 @@ fn records_and_matches_packets_of_any_ip_protocol() {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let events: std::collections::HashMap<u64, &serde_json::Value> =
         v["events"].as_array().unwrap().iter().map(|e| (e["id"].as_u64().unwrap(), e)).collect();
-    let raw = |e: &serde_json::Value| e["proto"] == "IP" && [&a1, &a2].iter().any(|a| e["src"] == a.as_str());
     let sent_by: std::collections::HashMap<u64, u64> =
         v["messages"].as_array().unwrap().iter().map(|m| (m["recv"].as_u64().unwrap(), m["send"].as_u64().unwrap())).collect();
-    let mut matched = [0; 2];
-    for e in events.values().filter(|e| raw(e) && e["dir"] == "recv") {
-        let s = sent_by.get(&e["id"].as_u64().unwrap()).unwrap_or_else(|| panic!("a receive of IP protocol 253 left unmatched: {e}"));
-        let s = events[s];
-        assert!(raw(s) && s["dir"] == "send" && s["src"] == e["src"] && s["dst"] == e["dst"] && s["node"] != e["node"], "{s} → {e}");
-        matched[(e["node"] == "node2") as usize] += 1;
+    for (proto, name, _) in PROTOS {
+        let raw = |e: &serde_json::Value| e["proto"] == name && e["ip_proto"] == proto && [&a1, &a2].iter().any(|a| e["src"] == a.as_str());
+        let mut matched = [0; 2];
+        for e in events.values().filter(|e| raw(e) && e["dir"] == "recv") {
+            let s = sent_by.get(&e["id"].as_u64().unwrap()).unwrap_or_else(|| panic!("a receive of {name} left unmatched: {e}"));
+            let s = events[s];
+            assert!(raw(s) && s["dir"] == "send" && s["src"] == e["src"] && s["dst"] == e["dst"] && s["node"] != e["node"], "{s} → {e}");
+            matched[(e["node"] == "node2") as usize] += 1;
+        }
+        assert!(matched[0] >= COUNT && matched[1] >= COUNT, "{name}: matched receives on node1, node2: {matched:?}");
     }
-    assert!(matched[0] >= COUNT && matched[1] >= COUNT, "matched receives on node1, node2: {matched:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

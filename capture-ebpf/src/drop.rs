@@ -88,7 +88,10 @@ fn try_drop(ctx: &RawTracePointContext) -> Result<(), i64> {
         6 => (6, 40, hdr[6], 40 + u16::from_be_bytes([hdr[4], hdr[5]]) as u32),
         _ => return Ok(()),
     };
-    if !matches!(proto, 1 | 6 | 17 | 58) || l3 + 4 > hdr.len() {
+    // Every IP protocol, as the skb programs record them (the IPv6 chain is not walked
+    // here: a packet behind extension headers is recorded without its ports' check). The
+    // bound holds for every protocol, as before: the port reads below rely on it.
+    if l3 + 4 > hdr.len() {
         return Ok(());
     }
     // ICMP's unspecified and socketless frees are the stack's own (an echo reply's

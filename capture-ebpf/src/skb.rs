@@ -20,6 +20,9 @@ const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
+/// How far the IPv6 extension header walk goes: real chains are one or two headers long.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+const MAX_IPV6_HEADERS: u32 = 128;
 
 #[btf_map]
 pub(crate) static CONFIG: Array<CaptureConfig, 1> = Array::new();
@@ -144,10 +147,8 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
             (4, ((vihl & 0x0f) as u32) * 4, l4proto)
         }
         ETH_P_IPV6 => {
-            // Extension headers are not walked: their packets are recorded with IPv6's 40 bytes
-            // counted as the header and the rest as payload.
-            let next = bytes_at(ctx, 6)?[0];
-            (6, 40, next)
+            let (l3, next) = ipv6_last_header(ctx, bytes_at(ctx, 6)?[0]);
+            (6, l3, next)
         }
         _ => return Err(Skip::NotIp),
     };
@@ -160,6 +161,34 @@ fn header_len(ctx: &SkBuffContext, len: u32) -> Result<(u32, u32, u32, bool), Sk
         _ => 0,
     };
     Ok((version, (l3 + l4).min(len), l3, matches!(l4proto, IPPROTO_TCP | IPPROTO_UDP)))
+}
+
+/// Walks IPv6's extension headers (at most [`MAX_IPV6_EXTENSIONS`], within the first
+/// [`MAX_IPV6_HEADERS`] bytes): where the last header's payload starts, and its protocol.
+/// A longer chain, one cut short, ESP (opaque) or No Next Header ends the walk where it is:
+/// the packet is still recorded.
+#[inline(always)]
+fn ipv6_last_header(ctx: &SkBuffContext, first: u8) -> (u32, u8) {
+    let (mut off, mut next) = (40u32, first);
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        // Hop-by-hop, routing, fragment, AH, destination options, mobility, HIP, shim6.
+        if !matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140) {
+            break;
+        }
+        let Ok(h) = bytes_at(ctx, off as usize) else { break };
+        let len = match next {
+            44 => 8,
+            // AH counts 4-byte units after the first 8; the others 8-byte units after the first 8.
+            51 => (h[1] as u32 + 2) * 4,
+            _ => (h[1] as u32 + 1) * 8,
+        };
+        if off + len > MAX_IPV6_HEADERS {
+            break;
+        }
+        next = h[0];
+        off += len;
+    }
+    (off, next)
 }
 
 /// Two packet bytes: read directly when they are in the linear area (no helper call),

@@ -7,6 +7,12 @@ use wgo::analysis::trace::TraceBuilder;
 use wgo::analysis::{Inputs, analyze};
 
 fuzz_target!(|data: &[u8]| {
+    // The bytes as one captured packet too (any IP protocol, IPv6 chains): never panics,
+    // and its payload starts within the capped headers (IPv6's 128 bytes of chain and
+    // TCP's 60), which the trace keeps in a byte.
+    if let Ok(p) = wgo::packet::Packet::parse(data, data.len() as u32) {
+        assert!(p.payload_offset <= 128 + 60, "{p:?}");
+    }
     let mut b = TraceBuilder::default();
     if b.read_dump(data, std::path::Path::new("fuzz.pcapng")).is_err() {
         return;

@@ -38,6 +38,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("chronyd", "chrony"),
     ("haproxy", "haproxy"),
     ("curl", "curl"),
+    ("keepalived", "keepalived"),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +68,10 @@ pub enum System {
     /// HAProxy: three instances whose stick tables (requests per client address) are synced
     /// by the peers protocol over TCP; on each node curl asks the next node's instance.
     Haproxy,
+    /// keepalived: three VRRP routers of one virtual router (priorities 150, 100, 50), whose
+    /// master multicasts an advertisement to 224.0.0.18 every 100 ms (VRRPv3: v2 counts in
+    /// whole seconds), IP protocol 112, no ports.
+    Keepalived,
 }
 
 impl System {
@@ -81,6 +86,7 @@ impl System {
         System::Knot,
         System::Chrony,
         System::Haproxy,
+        System::Keepalived,
     ];
 
     /// The held-out half: never looked at while choosing a detector's rules or numbers.
@@ -88,7 +94,7 @@ impl System {
     pub fn held_out(self) -> bool {
         match self {
             System::Dnsmasq | System::Redis | System::Etcd | System::Sentinel => false,
-            System::Nats | System::Serf | System::Bird | System::Knot | System::Chrony | System::Haproxy => true,
+            System::Nats | System::Serf | System::Bird | System::Knot | System::Chrony | System::Haproxy | System::Keepalived => true,
         }
     }
 
@@ -96,7 +102,14 @@ impl System {
         match self {
             System::Redis | System::Sentinel => 4,
             System::Serf => 5,
-            System::Dnsmasq | System::Etcd | System::Nats | System::Bird | System::Knot | System::Chrony | System::Haproxy => 3,
+            System::Dnsmasq
+            | System::Etcd
+            | System::Nats
+            | System::Bird
+            | System::Knot
+            | System::Chrony
+            | System::Haproxy
+            | System::Keepalived => 3,
         }
     }
 
@@ -107,6 +120,8 @@ impl System {
             // Clients to the server (node1) only; the writer talks to the master only.
             // Knot: the primary with each secondary.
             System::Dnsmasq | System::Redis | System::Knot => a != b && (a == 0 || b == 0),
+            // Only the master (node1, the highest priority) advertises; backups are silent.
+            System::Keepalived => a == 0 && b != 0,
             System::Etcd | System::Sentinel | System::Nats | System::Serf | System::Bird | System::Chrony | System::Haproxy => a != b,
         }
     }
@@ -290,6 +305,24 @@ impl System {
                 cmd.args(["-db", "-L", &n.name, "-f"]).arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
                 out.push(cmd);
             }
+            System::Keepalived => {
+                let text = format!(
+                    "global_defs {{\n  router_id {name}\n  vrrp_version 3\n}}\n\
+                     vrrp_instance wgo {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  priority {prio}\n\
+                     advert_int 0.1\n  virtual_ipaddress {{\n    {vip}/24\n  }}\n}}\n",
+                    name = n.name,
+                    prio = 150 - 50 * k,
+                    vip = KEEPALIVED_VIP,
+                );
+                let conf = dir.join(format!("keepalived-{}.conf", n.name));
+                std::fs::write(&conf, text)?;
+                let pid = |what: &str| dir.join(format!("keepalived-{}-{what}.pid", n.name));
+                let mut cmd = n.command("keepalived")?;
+                // In the foreground, VRRP only, pid files of its own (the nodes share /run).
+                cmd.args(["-n", "-P", "-G", "-f"]).arg(&conf).arg("-p").arg(pid("main")).arg("-r").arg(pid("vrrp"));
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                out.push(cmd);
+            }
             _ => {}
         }
         Ok(out)
@@ -364,7 +397,7 @@ impl System {
                     (k, format!("while :; do curl -s -m 1 -o /dev/null http://{next}/; sleep 0.05; done"))
                 })
                 .collect(),
-            System::Etcd | System::Serf | System::Bird | System::Chrony => Vec::new(),
+            System::Etcd | System::Serf | System::Bird | System::Chrony | System::Keepalived => Vec::new(),
         }
     }
 
@@ -407,6 +440,10 @@ impl System {
                 }
                 Ok(loaded == bed.nodes.len() - 1)
             }),
+            System::Keepalived => wait_for(bed, "node1 to hold the virtual address", |bed| {
+                let out = run(bed.nodes[0].command_in("ip", None)?.args(["-4", "addr", "show", "dev", "eth0"]))?;
+                Ok(String::from_utf8_lossy(&out.stdout).contains(&format!("{KEEPALIVED_VIP}/")))
+            }),
             System::Dnsmasq | System::Redis | System::Sentinel | System::Nats | System::Chrony | System::Haproxy => Ok(()),
         }
     }
@@ -420,7 +457,7 @@ impl System {
             System::Redis | System::Sentinel => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
             System::Nats | System::Bird => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
             System::Serf => Targets { cut: 4, link: (0, 1), stall: 2, hub: 0 },
-            System::Knot | System::Chrony | System::Haproxy => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
+            System::Knot | System::Chrony | System::Haproxy | System::Keepalived => Targets { cut: 2, link: (0, 1), stall: 0, hub: 0 },
             System::Etcd => {
                 let leader = etcd_leader(bed)?;
                 let l = bed.nodes.iter().position(|n| n.name == leader).context("the leader is a node")?;
@@ -440,6 +477,9 @@ impl System {
         }
     }
 }
+
+/// The address keepalived's master holds (outside every node's own).
+const KEEPALIVED_VIP: &str = "10.99.0.200";
 
 /// Polls `ok` until it holds, for up to 20 s.
 fn wait_for(bed: &Testbed, what: &str, ok: impl Fn(&Testbed) -> anyhow::Result<bool>) -> anyhow::Result<()> {
@@ -696,6 +736,28 @@ fn switch_cut(bed: &Testbed, islands: &[Vec<usize>], one_way: bool) -> anyhow::R
     bed.switch_drop("wgo_cut", Some(&rules))
 }
 
+/// `pid` and its descendants, parents first (from /proc's `children` lists).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut k = 0;
+    while k < out.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", out[k])).into_iter().flatten().flatten();
+        for task in tasks {
+            let kids = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(kids.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+        }
+        k += 1;
+    }
+    out
+}
+
+fn signal_all(pids: &[u32], sig: i32) {
+    for &p in pids {
+        // SAFETY: kill has no memory effects; these are the test's own processes.
+        unsafe { libc::kill(p as i32, sig) };
+    }
+}
+
 /// Injects `scenario` on the running system and undoes it; returns the truth.
 fn inject(system: System, scenario: Scenario, bed: &Testbed, dir: &Path, procs: &mut [Proc], rng: &mut Rng) -> anyhow::Result<Truth> {
     let n = bed.nodes.len();
@@ -777,10 +839,12 @@ fn inject(system: System, scenario: Scenario, bed: &Testbed, dir: &Path, procs: 
             Fault::Lossy { links: named(&links), used: named(&used), node }
         }
         Scenario::Stop(ms) => {
-            let p = &procs[main(procs, t.stall)?].guard;
-            p.signal(libc::SIGSTOP);
+            let i = main(procs, t.stall)?;
+            // The server and its children: keepalived's VRRP runs in a child of the process started.
+            let pids = process_tree(procs[i].guard.child().id());
+            signal_all(&pids, libc::SIGSTOP);
             std::thread::sleep(Duration::from_millis(ms.into()));
-            p.signal(libc::SIGCONT);
+            signal_all(&pids, libc::SIGCONT);
             Fault::Stall { node: name(t.stall) }
         }
         Scenario::Freeze(ms) => {
@@ -792,7 +856,8 @@ fn inject(system: System, scenario: Scenario, bed: &Testbed, dir: &Path, procs: 
         }
         Scenario::Crash => {
             let i = main(procs, t.stall)?;
-            procs[i].guard.signal(libc::SIGKILL);
+            // The whole tree, as a stop: keepalived's VRRP child must not outlive it.
+            signal_all(&process_tree(procs[i].guard.child().id()), libc::SIGKILL);
             let _ = procs[i].guard.child().wait();
             std::thread::sleep(rng.ms(1500, 3000));
             let mut cmd = system.servers(bed, dir, t.stall)?.into_iter().next().context("a server to restart")?;

@@ -97,7 +97,8 @@ pub fn tshark(path: &Path) -> Vec<Tshark> {
         "tcp.flags",
     ];
     let mut cmd = Command::new("tshark");
-    cmd.args(["-n", "-r"]).arg(path).args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]);
+    // VRRP undissected: the tests' raw VRRP packets carry test bytes, read as `data.data`.
+    cmd.args(["-n", "--disable-protocol", "vrrp", "-r"]).arg(path).args(["-T", "fields", "-E", "separator=|", "-E", "occurrence=f"]);
     for f in fields {
         cmd.args(["-e", f]);
     }

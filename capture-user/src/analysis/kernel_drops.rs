@@ -69,7 +69,7 @@ pub fn unexplained(ctx: &Context<'_>, drops: &DropIndex, explained: &[bool], out
         let e = &d.event;
         let reason = trace.drop_reasons.get(d.reason as usize).map_or("?", String::as_str);
         if explained[k]
-            || matches!(e.proto, ProtoCode::Icmp | ProtoCode::Other)
+            || !e.proto.has_ports()
             || is_group_address(trace.addr(e.dst))
             || (e.proto == ProtoCode::Tcp && reason.starts_with("tcp_"))
             || received[k]

@@ -36,24 +36,13 @@ impl Key {
             sport: e.sport,
             dport: e.dport,
             ip_id: e.ip_id,
-            proto: ip_protocol(trace, e),
+            proto: e.proto.0,
             tcp_flags: e.tcp_flags,
             hash: trace.content_hash(e),
             tcp_seq: e.tcp_seq,
             tcp_ack: e.tcp_ack,
         }
     }
-}
-
-/// The IP protocol number: the code itself for UDP, TCP and ICMP; read from the IP header
-/// for the rest, which share one code, so that two protocols' packets never match.
-fn ip_protocol(trace: &Trace, e: &Event) -> u8 {
-    if e.proto != ProtoCode::Other {
-        return e.proto as u8;
-    }
-    let ip = trace.data(e);
-    let at = if ip.first().is_some_and(|b| b >> 4 == 6) { 6 } else { 9 };
-    ip.get(at).copied().unwrap_or(0)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -655,6 +644,21 @@ mod tests {
         let m = matched(&t);
         assert_eq!(m.messages, vec![(0, 2)]);
         assert_eq!((m.unmatched_sends.as_slice(), m.unmatched_recvs.as_slice()), (&[1][..], &[3][..]));
+    }
+
+    #[test]
+    fn ipv6_packets_match_by_the_protocol_of_their_chains_last_header() {
+        use crate::packet::tests::ip6;
+        // Behind a hop-by-hop header, the same bytes as VRRP and as OSPF: the OSPF receive
+        // is not the VRRP send's (their first header, hop-by-hop, is the same).
+        let t = trace(vec![
+            vec![send(100, ip6(&[(0, 6)], 112, b"advert"))],
+            vec![recv(150, ip6(&[(0, 6)], 112, b"advert")), recv(160, ip6(&[(0, 6)], 89, b"advert"))],
+        ]);
+        assert_eq!((t.events[0].proto, t.events[2].proto), (ProtoCode(112), ProtoCode(89)));
+        let m = matched(&t);
+        assert_eq!(m.messages, vec![(0, 1)]);
+        assert_eq!(m.unmatched_recvs, vec![2]);
     }
 
     #[test]

@@ -222,7 +222,8 @@ pub fn push_label(trace: &Trace, spec: &Spec, classes: &[u16], id: usize, out: &
     let e = &trace.events[id];
     match classes[id] {
         rules::UNKNOWN => match e.proto {
-            trace::ProtoCode::Icmp => out.push_str("ICMP"),
+            // No ports: ICMP, VRRP, OSPF, a raw socket's protocol.
+            p if !p.has_ports() => out.push_str(p.name()),
             p => {
                 out.push_str(p.name());
                 out.push(' ');

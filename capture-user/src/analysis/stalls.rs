@@ -239,7 +239,7 @@ pub fn stalls(
         let mut ports: Vec<_> = by_port.into_iter().filter(|(_, u)| u.sends.len() >= STALL_MIN_SENDS).collect();
         // A node with one endpoint says on it what it says as a whole.
         if ports.len() > 1 {
-            ports.sort_unstable_by_key(|(k, _)| (k.0 as u8, k.1));
+            ports.sort_unstable_by_key(|(k, _)| (k.0.0, k.1));
             units.extend(ports.into_iter().map(|(k, u)| Unit { port: Some(k), ..u }));
         }
         let mut found: Vec<Stall> = Vec::new();

@@ -7,6 +7,9 @@ use super::detect::find;
 use super::matching::{MatchIndex, TimeMap, match_messages, resolve_by_time};
 use super::trace::{Dir, EventId, NodeId, NodeInfo, RawPacket, Trace, TraceBuilder};
 
+/// Packets of any IP protocol, for tests of the layers after analysis too.
+pub use crate::packet::tests::ip4;
+
 /// A node's address.
 pub fn addr(node: u8) -> [u8; 4] {
     [10, 0, 0, node + 1]

@@ -11,7 +11,7 @@ use rustc_hash::FxHasher;
 use capture_ebpf::Direction;
 
 use crate::dump::{DumpReader, Item};
-use crate::packet::{Packet, Proto};
+use crate::packet::Packet;
 
 /// Payload bytes that go into an event's match hash.
 pub const MATCH_BYTES: usize = 16;
@@ -63,24 +63,33 @@ pub struct Event {
 
 const _: () = assert!(std::mem::size_of::<Event>() <= 64);
 
-/// Protocol as one byte.
+/// The IP protocol number (for IPv6, of the last header of its chain).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u8)]
-pub enum ProtoCode {
-    Udp = 17,
-    Tcp = 6,
-    Icmp = 1,
-    Other = 0,
-}
+pub struct ProtoCode(pub u8);
 
+#[allow(non_upper_case_globals)]
 impl ProtoCode {
+    pub const Udp: ProtoCode = ProtoCode(17);
+    pub const Tcp: ProtoCode = ProtoCode(6);
+    pub const Icmp: ProtoCode = ProtoCode(1);
+    pub const Icmpv6: ProtoCode = ProtoCode(58);
+
+    /// ICMP or ICMPv6, which the analysis treats alike.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, ProtoCode::Icmp | ProtoCode::Icmpv6)
+    }
+
+    /// Whether the packet has ports (UDP, TCP).
+    pub fn has_ports(self) -> bool {
+        matches!(self, ProtoCode::Udp | ProtoCode::Tcp)
+    }
+
+    /// Its usual name ("UDP", "VRRP"), or "IP 253" for a number without one.
     pub fn name(self) -> &'static str {
-        match self {
-            ProtoCode::Udp => "UDP",
-            ProtoCode::Tcp => "TCP",
-            ProtoCode::Icmp => "ICMP",
-            ProtoCode::Other => "IP",
-        }
+        static NAMES: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+            (0..=255u8).map(|n| crate::packet::ip_proto_name(n).map_or_else(|| format!("IP {n}"), str::to_string)).collect()
+        });
+        &NAMES[self.0 as usize]
     }
 }
 
@@ -224,7 +233,7 @@ impl Trace {
         h.write_u32(e.payload_len);
         let payload = self.payload(e);
         h.write(&payload[..payload.len().min(bytes)]);
-        if e.proto == ProtoCode::Icmp {
+        if e.proto.is_icmp() {
             let off = e.payload_off as usize;
             h.write(self.data(e).get(off.saturating_sub(8)..off).unwrap_or(&[]));
         }
@@ -377,12 +386,7 @@ impl TraceBuilder {
             return false;
         };
         let data = &p.data[..p.data.len().min(u16::MAX as usize)];
-        let (proto, tcp) = match pkt.proto {
-            Proto::Udp => (ProtoCode::Udp, None),
-            Proto::Tcp => (ProtoCode::Tcp, pkt.tcp),
-            Proto::Icmp => (ProtoCode::Icmp, None),
-            Proto::Other(_) => (ProtoCode::Other, None),
-        };
+        let (proto, tcp) = (ProtoCode(pkt.ip_proto), pkt.tcp);
         let src = self.trace.intern(pkt.src);
         let dst = self.trace.intern(pkt.dst);
         let arena = &mut self.trace.arenas[node as usize];

@@ -5,7 +5,7 @@
 
 use super::anomalies::{Anomaly, Cause, CauseKind, Facts, Kind};
 use super::diagnosis::{Finding, FindingKind};
-use super::fmt::{fmt_endpoint, fmt_ns, fmt_time};
+use super::fmt::{fmt_addr, fmt_endpoint, fmt_ns, fmt_time};
 use super::matching::{Matching, MessageKind, TimeMap};
 use super::order::EdgeKind;
 use super::rules::{Broken, Violation};
@@ -78,6 +78,7 @@ pub fn describe(trace: &Trace, spec: &Spec, classes: &[u16], id: EventId) -> Str
     let e = &trace.events[id as usize];
     let what = match classes.get(id as usize) {
         Some(&c) if c != super::rules::UNKNOWN => spec.label(c as usize, trace.payload(e)),
+        _ if !e.proto.has_ports() => format!("{} {} -> {}", e.proto.name(), fmt_addr(trace.addr(e.src)), fmt_addr(trace.addr(e.dst))),
         _ => format!("{} {} -> {}", e.proto.name(), fmt_endpoint(trace.addr(e.src), e.sport), fmt_endpoint(trace.addr(e.dst), e.dport)),
     };
     let verb = if e.dir == Dir::Send { "sent by" } else { "received by" };

@@ -97,7 +97,7 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
     blob.column("id", "u32", &disp, |v| v.to_le_bytes().to_vec());
     blob.column("node", "u16", &(0..n).map(|k| ev(k).node).collect::<Vec<_>>(), |v| v.to_le_bytes().to_vec());
     blob.column("dir", "u8", &(0..n).map(|k| (ev(k).dir == Dir::Send) as u8).collect::<Vec<_>>(), |v| vec![v]);
-    blob.column("proto", "u8", &(0..n).map(|k| ev(k).proto as u8).collect::<Vec<_>>(), |v| vec![v]);
+    blob.column("proto", "u8", &(0..n).map(|k| ev(k).proto.0).collect::<Vec<_>>(), |v| vec![v]);
     blob.column("cpu", "u16", &(0..n).map(|k| ev(k).cpu).collect::<Vec<_>>(), |v| v.to_le_bytes().to_vec());
     blob.column("seq", "f64", &(0..n).map(|k| if ev(k).seq == u64::MAX { -1.0 } else { ev(k).seq as f64 }).collect::<Vec<_>>(), f64le);
     blob.column("len", "u32", &(0..n).map(|k| ev(k).orig_len).collect::<Vec<_>>(), |v| v.to_le_bytes().to_vec());
@@ -196,6 +196,8 @@ pub fn write_html<W: Write>(an: &Analysis, mut out: W, title: &str) -> std::io::
             json!({"name": nd.name, "offset_ns": c.offset_ns, "uncertainty_ns": c.uncertainty_ns, "quality": c.quality, "events": t.node_ranges[i].len(), "steps": steps})
         }).collect::<Vec<_>>(),
         "addrs": super::addr_texts(t),
+        // Each IP protocol number's name ("VRRP", "IP 253"), by number.
+        "protos": (0..=255u8).map(|n| crate::analysis::trace::ProtoCode(n).name()).collect::<Vec<_>>(),
         "types": messages_by_type,
         "kinds": KINDS.iter().map(|k| k.name()).collect::<Vec<_>>(),
         "anomalies": anomalies,

@@ -17,7 +17,7 @@ use crate::analysis::{Analysis, Inputs, push_label};
 
 /// `addr:port` (IPv6 bracketed), or just the address for ICMP.
 fn push_endpoint(buf: &mut String, addr: &str, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
-    if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
+    if !proto.has_ports() {
         buf.push_str(addr.trim_start_matches('[').trim_end_matches(']'));
     } else {
         buf.push_str(addr);
@@ -174,7 +174,9 @@ impl<'a> EventJson<'a> {
             }
             buf.push_str(",\"proto\":\"");
             buf.push_str(e.proto.name());
-            buf.push_str("\",\"src\":\"");
+            buf.push_str("\",\"ip_proto\":");
+            buf.push_str(num.format(e.proto.0));
+            buf.push_str(",\"src\":\"");
             push_endpoint(buf, &self.addrs[e.src as usize], e.sport, e.proto, &mut num);
             buf.push_str("\",\"dst\":\"");
             push_endpoint(buf, &self.addrs[e.dst as usize], e.dport, e.proto, &mut num);
@@ -395,6 +397,23 @@ pub fn analyze_to_json<W: Write + Send>(trace: Trace, inputs: Inputs, mut out: W
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn another_ip_protocol_is_named_and_numbered_without_ports() {
+        use crate::analysis::testkit::{addr, ip4, recv, send, trace};
+        let vrrp = || ip4(addr(0), [224, 0, 0, 18], 112, 7, b"\x31\x33advert");
+        let raw = || ip4(addr(0), addr(1), 253, 8, b"raw");
+        let t = trace(vec![vec![send(100, vrrp()), send(200, raw())], vec![recv(150, vrrp()), recv(250, raw())]]);
+        let mut out = Vec::new();
+        super::write_json(&crate::analysis::analyze(t, Default::default()), &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let events = v["events"].as_array().unwrap();
+        let of = |n: u64| events.iter().filter(|e| e["ip_proto"] == n).collect::<Vec<_>>();
+        assert_eq!(of(112).len(), 2);
+        assert!(of(112).iter().all(|e| e["proto"] == "VRRP" && e["src"] == "10.0.0.1" && e["dst"] == "224.0.0.18"), "{:?}", of(112));
+        assert!(of(253).iter().all(|e| e["proto"] == "IP 253" && e["dst"] == "10.0.0.2"), "{:?}", of(253));
+        assert_eq!(v["messages"].as_array().unwrap().len(), 2, "both matched: {}", v["messages"]);
+    }
+
     #[test]
     fn json_strings_escape_what_json_requires_and_keep_the_rest() {
         for s in ["", "plain", "TASK #17 → node2", "quote \" and \\ back", "tab\tnew\nline\r", "\u{1}ctl\u{1f}", "é\"ü"] {

@@ -35,7 +35,7 @@ use crate::analysis::matching::{Matching, TimeMap};
 use crate::analysis::order::{NO_GROUP, Placed};
 use crate::analysis::rules::UNKNOWN;
 use crate::analysis::spec::{Spec, Value};
-use crate::analysis::trace::{Dir, ProtoCode, Trace};
+use crate::analysis::trace::{Dir, Trace};
 use crate::analysis::{Analysis, Phase, push_label};
 
 /// The tables' schema version: raised whenever a column changes meaning or type, or goes.
@@ -1030,7 +1030,7 @@ impl<'a> EventTables<'a> {
             proto.append_value(e.proto.name());
             src.append_value(&self.addrs[e.src as usize]);
             dst.append_value(&self.addrs[e.dst as usize]);
-            let ports = !matches!(e.proto, ProtoCode::Icmp | ProtoCode::Other);
+            let ports = e.proto.has_ports();
             sport.append_option(ports.then_some(e.sport));
             dport.append_option(ports.then_some(e.dport));
             len.append_value(e.orig_len);

@@ -567,7 +567,7 @@ impl<'a> PerfettoWriter<'a> {
                 }
             }
             // The flow's text is made and interned once per protocol and endpoints.
-            let key = (e.proto as u8, e.src, e.sport, e.dst, e.dport);
+            let key = (e.proto.0, e.src, e.sport, e.dst, e.dport);
             let iid = match self.flow_iids.get(&key) {
                 Some(&iid) => iid,
                 None => {
@@ -670,7 +670,7 @@ impl<'a> PerfettoWriter<'a> {
 
     fn push_endpoint(&self, buf: &mut String, addr: u32, port: u16, proto: ProtoCode, num: &mut itoa::Buffer) {
         let a = &self.addrs[addr as usize];
-        if proto == ProtoCode::Icmp || proto == ProtoCode::Other {
+        if !proto.has_ports() {
             buf.push_str(a.trim_start_matches('[').trim_end_matches(']'));
         } else {
             buf.push_str(a);
