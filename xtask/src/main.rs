@@ -28,6 +28,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, lint and test `wgo sql`'s crate (DataFusion; its first build is long).
+    TestSql,
     /// Build and run the demo: real traffic in network namespaces, recorded and summarised.
     Demo {
         /// The armed variant: one demo app crashes with SIGSEGV mid-run; the agents trigger
@@ -53,6 +55,7 @@ fn main() {
     let result = match Cli::parse().cmd {
         Cmd::Build => build::all(),
         Cmd::Test { args } => test::run(&args),
+        Cmd::TestSql => test::sql(),
         Cmd::Demo { crash } => demo::run(crash),
         Cmd::Screenshots => screenshots::run(),
         Cmd::Corpus => corpus::run(),
