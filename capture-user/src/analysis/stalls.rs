@@ -159,10 +159,20 @@ fn silences(
     // What reached its host and died there, or that its kernel refused (nobody was there to
     // take it: a crash), shows it was there to answer.
     let mut dropped_there: Vec<i64> = lost.iter().filter(mine).filter(|l| !l.2.on_path(trace)).map(|l| corr(l.0)).collect();
+    // A refusal says its socket went away only where it had spoken from that port before: a
+    // peer that reaches it while it starts is no crash.
+    let mut first_from: FxHashMap<(ProtoCode, u16), i64> = FxHashMap::default();
+    for &(t, s) in sends {
+        let e = &trace.events[s as usize];
+        first_from.entry((e.proto, e.sport)).or_insert(t);
+    }
     dropped_there.extend(
         refused
             .iter()
-            .filter(|&&(s, r)| r == x && from_answered(&trace.events[s as usize]) && at_port(&trace.events[s as usize]))
+            .filter(|&&(s, r)| {
+                let e = &trace.events[s as usize];
+                r == x && from_answered(e) && at_port(e) && first_from.get(&(e.proto, e.dport)).is_some_and(|&t0| t0 < corr(s))
+            })
             .map(|&(s, _)| corr(s)),
     );
     for (from, to, until_end, last_send) in spans {
