@@ -35,10 +35,11 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
     }
     retries::find(ctx, &mut out);
     let end_of = |n: NodeId| ctx.clocks.corrected(n, trace.nodes[n as usize].window.1);
-    // Sends the receiver's kernel refused (its socket was gone: a crash), as (send, receiver).
+    // Sends the receiver's kernel refused with a reset (its socket was gone: a crash), as
+    // (send, receiver); a peer's orderly close (FIN) says nothing of the kind.
     let refused: Vec<(EventId, NodeId)> = out
         .iter()
-        .filter(|a| a.kind == Kind::ClosedConnection && a.nodes.len() == 2)
+        .filter(|a| a.kind == Kind::ClosedConnection && a.nodes.len() == 2 && matches!(a.facts(), Facts::Closed { how: "RST" }))
         .flat_map(|a| a.events.iter().map(move |&s| (s, a.nodes[1])))
         .collect();
     let stalls = stalls::stalls(trace, &found.lost, &refused, &|id| ctx.corr(id), &end_of);
