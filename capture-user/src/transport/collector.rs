@@ -802,8 +802,11 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         b
     });
     let mut got = have;
-    // Written a buffer at a time (each write is a hop to tokio's blocking pool), not a frame at a time.
+    // Written a buffer at a time (each write is a hop to tokio's blocking pool), not a frame at
+    // a time; but at least every quarter second, so that a slow transfer's bytes reach the disk
+    // and a collector killed mid-transfer loses at most that much of it (the agent resumes).
     let mut pending: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut last_write = Instant::now();
     // Each window must bring `min_rate` bytes a second; a frame must arrive whole within one.
     let window = limits.rate_window.max(Duration::from_millis(1));
     let frame_limit = limits.idle_deadline.min(window);
@@ -847,9 +850,10 @@ async fn serve_agent(mut s: TcpStream, from: SocketAddr, ctx: &Ctx, authenticate
         sha2::Digest::update(&mut hash, &bytes);
         pending.extend_from_slice(&bytes);
         got += bytes.len() as u64;
-        if pending.len() >= 1 << 20 {
+        if pending.len() >= 1 << 20 || last_write.elapsed() >= Duration::from_millis(250) {
             f.write_all(&pending).await?;
             pending.clear();
+            last_write = Instant::now();
         }
         if let Some(b) = &bar {
             b.set_position(got);
