@@ -23,6 +23,10 @@ pub const PARTITION_BUSY_NS: i64 = 250_000_000;
 /// Deliveries between a pair's losses in this many places make it a lossy link, not a cut:
 /// more than the one or two stragglers that get through while a cut is being made.
 const LOSSY_INTERLEAVINGS: usize = 3;
+/// Losses in a row on a link are a cut only where the link's own loss rate, outside the
+/// partition, would make a run that long somewhere less often than this: at 50% a run of
+/// four or five is expected among thirty messages.
+const CHANCE: f64 = 1e-3;
 /// How long one pair's losses with nothing delivered between them stay one cut: longer
 /// than any retry backoff seen in practice, short enough to keep two cuts apart.
 pub const PARTITION_MAX_GAP_NS: i64 = 10_000_000_000;
@@ -37,6 +41,21 @@ pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
 struct LinkLosses {
     ks: Vec<usize>,
     same: Vec<bool>,
+    /// How many messages it delivered, and lost, outside every episode: its own rate.
+    outside: (usize, usize),
+}
+
+/// Whether `k` losses in a row on a link are what its own loss rate makes somewhere by
+/// chance: the rate outside every episode (a cut is no rate), among `sent` messages in all.
+/// The expected number of runs that long is p^k at the start plus (1 - p) p^k after each
+/// delivery.
+fn by_chance(k: usize, (delivered, lost): (usize, usize), sent: usize) -> bool {
+    if lost == 0 {
+        return false;
+    }
+    let p = lost as f64 / (delivered + lost) as f64;
+    let runs = p.powi(k.min(i32::MAX as usize) as i32) * (1.0 + sent.saturating_sub(k) as f64 * (1.0 - p));
+    runs >= CHANCE
 }
 
 /// A pair's deliveries within an episode: earliest receipt, latest send, how many.
@@ -162,7 +181,18 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
                 let d = delivered[e - 1].entry((a, b)).or_insert((tr, ts, 0));
                 *d = (d.0.min(tr), d.1.max(ts), d.2 + 1);
             }
+        } else if lossy_pair[a as usize * n + b as usize] || lossy_pair[b as usize * n + a as usize] {
+            for l in [by_pair.get_mut(&(a, b)), by_both.get_mut(&pair(a, b))].into_iter().flatten() {
+                l.outside.0 += 1;
+            }
         }
+    }
+    let outside = |t: i64| {
+        let e = episodes.partition_point(|e| e.0 <= t);
+        e == 0 || t > episodes[e - 1].1
+    };
+    for l in by_pair.values_mut().chain(by_both.values_mut()) {
+        l.outside.1 = l.ks.iter().filter(|&&k| outside(losses[k].0)).count();
     }
     let mut out = Vec::new();
     for (e, span) in episodes.iter().enumerate() {
@@ -187,7 +217,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
                         [ab, ba].into_iter().flatten().fold((i64::MAX, i64::MIN, 0), |(f, s, c), d| (f.min(d.0), s.max(d.1), c + d.2));
                     let around = first_receipt < losses[l.ks[g0]].0 && last_send > losses[l.ks[g1]].0;
                     let between = mine.iter().skip(1).filter(|&&g| l.same[g]).count();
-                    if !((between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS)) {
+                    let lossy = (between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS);
+                    if !lossy && !by_chance(mine.len(), l.outside, l.outside.0 + l.ks.len()) {
                         return false;
                     }
                 }
@@ -195,10 +226,14 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
             // Each way that lost delivered more than a straggler or two then, that way.
             [(a, b), (b, a)].iter().all(|link| {
                 let Some(l) = by_pair.get(link) else { return true };
-                in_range(l).is_empty() || got(link).map_or(0, |d| d.2) >= LOSSY_INTERLEAVINGS
+                let k = in_range(l).len();
+                k == 0 || got(link).map_or(0, |d| d.2) >= LOSSY_INTERLEAVINGS || by_chance(k, l.outside, l.outside.0 + l.ks.len())
             })
         };
-        let pairs: std::collections::BTreeSet<(NodeId, NodeId)> = delivered[e].keys().map(|&(a, b)| pair(a, b)).collect();
+        // The pairs that delivered then, and those that only lost then: their own loss rate
+        // may explain it.
+        let pairs: std::collections::BTreeSet<(NodeId, NodeId)> =
+            delivered[e].keys().map(|&(a, b)| pair(a, b)).chain(losses[range.clone()].iter().map(|l| pair(l.1, l.2))).collect();
         let connected: Vec<(NodeId, NodeId)> = pairs.into_iter().filter(|&(a, b)| connects(a, b)).collect();
         let connected = connected.into_iter();
         if let Some(a) = episode(ctx, &losses[range.clone()], connected) {
@@ -504,5 +539,33 @@ mod tests {
         let parts = of(&found, Kind::Partition);
         assert_eq!(parts.len(), 1, "{parts:?}");
         assert_eq!(parts[0].islands, vec![vec![0, 1], vec![2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_run_of_losses_that_a_links_own_rate_explains_is_no_partition() {
+        // n2 asks n1 every 400 ms and loses about half its questions, five in a row once
+        // (1.6 s): at its rate over the rest, a run that long is expected among twenty.
+        // n3 asks n1 too, and loses nothing.
+        let fates = b"DLDDLLLLLDLDDLDLDLDDLD";
+        let mut msgs = Vec::new();
+        for (k, f) in fates.iter().enumerate() {
+            let t = 100 * MS + k as i64 * 400 * MS;
+            let delivered = *f == b'D';
+            msgs.push((t, 1, 0, delivered));
+            if delivered {
+                msgs.push((t + MS, 0, 1, true));
+            }
+            msgs.push((t + 200 * MS, 2, 0, true));
+            msgs.push((t + 201 * MS, 0, 2, true));
+        }
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        assert!(of(&found, Kind::Partition).is_empty(), "{found:?}");
+        // The same run on a link that loses nothing else is a cut.
+        let msgs: Vec<_> =
+            msgs.into_iter().map(|(t, a, b, d)| (t, a, b, d || !(1700 * MS..2100 * MS + 4 * 400 * MS).contains(&t))).collect();
+        let found = anomalies(&trace(traffic(3, &msgs)));
+        let parts = of(&found, Kind::Partition);
+        assert_eq!(parts.len(), 1, "{found:?}");
+        assert_eq!(parts[0].islands, vec![vec![0, 2], vec![1]]);
     }
 }
