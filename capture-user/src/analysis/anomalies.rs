@@ -241,6 +241,21 @@ pub struct Context<'a> {
     pub identity: &'a dyn Fn(EventId) -> Option<u64>,
 }
 
+/// Each matched message's receiving node and receipt time (reference clock), in the order
+/// of `Matching::messages`, read once: the detectors walk every message, and a receive's
+/// event is a cache miss each time.
+pub struct Receipts {
+    pub node: Vec<NodeId>,
+    pub at: Vec<i64>,
+}
+
+impl Receipts {
+    pub fn new(ctx: &Context<'_>) -> Self {
+        let (node, at) = ctx.matching.messages.iter().map(|&(_, r)| (ctx.trace.events[r as usize].node, ctx.corr(r))).unzip();
+        Receipts { node, at }
+    }
+}
+
 impl Context<'_> {
     /// An event's time on the reference clock.
     pub fn corr(&self, id: EventId) -> i64 {

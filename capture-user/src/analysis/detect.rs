@@ -3,7 +3,7 @@
 //! kernels' drops, resends, stalls, partitions (which leave stalled nodes' losses to the
 //! stalls) and lossy links (which leave the partitions' and stalls' losses to them).
 
-use super::anomalies::{Anomaly, Context, Facts, Kind, NodeList};
+use super::anomalies::{Anomaly, Context, Facts, Kind, NodeList, Receipts};
 use super::kernel_drops::{self, DropIndex};
 use super::partitions::{self, PARTITION_WINDOW_NS};
 use super::trace::{EventId, NodeId};
@@ -44,7 +44,8 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
         .collect();
     let stalls = stalls::stalls(trace, &found.lost, &refused, &|id| ctx.corr(id), &end_of);
     stalls::to_anomalies(&stalls, &mut out);
-    let parts = partitions::find(ctx, &found.lost, &stalls);
+    let receipts = Receipts::new(ctx);
+    let parts = partitions::find(ctx, &found.lost, &stalls, &receipts);
     // A partition is known to a window or two: losses across it just outside are its own too.
     let explained = |from: NodeId, to: NodeId, at: i64| {
         let island = |isl: &Vec<Vec<NodeId>>, n: NodeId| isl.iter().position(|x| x.contains(&n));
@@ -53,7 +54,7 @@ pub fn find(ctx: &Context<'_>) -> Vec<Anomaly> {
                 && island(&p.islands, from) != island(&p.islands, to)
         }) || stalls.iter().any(|st| st.from <= at && at <= st.to && (st.node == from || st.node == to))
     };
-    out.extend(lossy::find(ctx, &found.lost, &explained));
+    out.extend(lossy::find(ctx, &found.lost, &explained, &receipts.node));
     out.extend(parts);
     for name in ctx.missing_nodes {
         out.push(Anomaly::with_facts(Kind::MissingNode, Vec::new(), Facts::MissingNode { name: name.clone() }));

@@ -63,8 +63,14 @@ fn baseline(links: &BTreeMap<(NodeId, NodeId), Link>, nodes: usize, lossy: &dyn 
 
 /// Lossy links, from the lost messages (send, receiver, cause): only losses on the path
 /// count, the network's and the firewalls'. `explained` says whether a partition or a stall
-/// explains a loss from `from` to `to` at a time.
-pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dyn Fn(NodeId, NodeId, i64) -> bool) -> Vec<Anomaly> {
+/// explains a loss from `from` to `to` at a time. `receivers` are the matched messages'
+/// receiving nodes.
+pub fn find(
+    ctx: &Context<'_>,
+    lost: &[(EventId, NodeId, Cause)],
+    explained: &dyn Fn(NodeId, NodeId, i64) -> bool,
+    receivers: &[NodeId],
+) -> Vec<Anomaly> {
     let t = ctx.trace;
     // Sends per directed link: delivered messages and losses (unicast to an owned address).
     let owners = address_owners(t);
@@ -72,10 +78,10 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
     let n = t.nodes.len();
     let group: Vec<bool> = t.addrs.iter().map(|a| is_group_address(*a)).collect();
     let mut sent = vec![0usize; n * n];
-    for &(s, r) in &ctx.matching.messages {
-        let (se, re) = (&t.events[s as usize], &t.events[r as usize]);
-        if se.node != re.node && !group[se.dst as usize] {
-            sent[se.node as usize * n + re.node as usize] += 1;
+    for (&(s, _), &to) in ctx.matching.messages.iter().zip(receivers) {
+        let se = &t.events[s as usize];
+        if se.node != to && !group[se.dst as usize] {
+            sent[se.node as usize * n + to as usize] += 1;
         }
     }
     let mut links: BTreeMap<(NodeId, NodeId), Link> = BTreeMap::new();
@@ -106,10 +112,10 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], explained: &dy
         links.iter().filter(|(_, l)| l.lost.len() >= LOSSY_MIN_LOST).filter_map(|(k, l)| span_of(l).map(|s| (*k, s))).collect();
     if !spans.is_empty() {
         let mut delivered: BTreeMap<(NodeId, NodeId), usize> = BTreeMap::new();
-        for &(s, r) in &ctx.matching.messages {
-            let (se, re) = (&t.events[s as usize], &t.events[r as usize]);
-            let k = (se.node, re.node);
-            if let Some(&(a, b)) = spans.get(&k).filter(|_| se.node != re.node && !group[se.dst as usize]) {
+        for (&(s, _), &to) in ctx.matching.messages.iter().zip(receivers) {
+            let se = &t.events[s as usize];
+            let k = (se.node, to);
+            if let Some(&(a, b)) = spans.get(&k).filter(|_| se.node != to && !group[se.dst as usize]) {
                 let at = ctx.corr(s);
                 if a <= at && at <= b {
                     *delivered.entry(k).or_default() += 1;

@@ -75,14 +75,25 @@ pub struct Matching {
 /// Maps an address to the one recorded node that owns it (sends from it, or receives on
 /// it). An address two nodes use (a virtual IP that moved, NAT) belongs to neither: who
 /// should have received a packet sent to it cannot be told.
-pub fn address_owners(trace: &Trace) -> HashMap<AddrId, NodeId> {
-    let mut m: HashMap<AddrId, Option<NodeId>> = HashMap::new();
+pub fn address_owners(trace: &Trace) -> Owners {
+    let mut m: Vec<Option<Option<NodeId>>> = vec![None; trace.addrs.len()];
     for (i, n) in trace.nodes.iter().enumerate() {
-        for a in &n.addrs {
-            m.entry(*a).and_modify(|o| *o = None).or_insert(Some(i as NodeId));
+        for &a in &n.addrs {
+            let o = &mut m[a as usize];
+            *o = Some(if o.is_some() { None } else { Some(i as NodeId) });
         }
     }
-    m.into_iter().filter_map(|(a, o)| Some((a, o?))).collect()
+    Owners(m.into_iter().map(Option::flatten).collect())
+}
+
+/// Which node owns each address (one node only: an address two nodes claim is nobody's),
+/// indexed by `AddrId`: the detectors look it up for every event.
+pub struct Owners(Vec<Option<NodeId>>);
+
+impl Owners {
+    pub fn get(&self, a: &AddrId) -> Option<&NodeId> {
+        self.0.get(*a as usize).and_then(Option::as_ref)
+    }
 }
 
 pub use super::trace::is_group_address;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use super::anomalies::{Anomaly, Cause, CauseKind, Context, Facts, Kind, Span};
+use super::anomalies::{Anomaly, Cause, CauseKind, Context, Facts, Kind, Receipts, Span};
 use super::stalls::Stall;
 use super::trace::{EventId, NodeId};
 
@@ -75,7 +75,8 @@ fn root(p: &mut [usize], x: usize) -> usize {
 
 /// The partitions in `lost` (send, receiver, cause): only losses on the path count (the
 /// network's and the firewalls'), and none to or from a node stalled then (the stall's).
-pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stall]) -> Vec<Anomaly> {
+/// `receivers` are the matched messages' receiving nodes.
+pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stall], receipts: &Receipts) -> Vec<Anomaly> {
     let trace = ctx.trace;
     let n = trace.nodes.len();
     if n < 2 {
@@ -111,18 +112,17 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         v.same = vec![false; v.ks.len() + 1];
     }
     let messages = &ctx.matching.messages;
-    let ends = |s: EventId, r: EventId| (ctx.corr(s), ctx.corr(r));
     // Which pairs lost anything, in a dense table: this runs once per delivered message.
     let mut lossy_pair = vec![false; n * n];
     for &(x, y) in by_pair.keys() {
         lossy_pair[x as usize * n + y as usize] = true;
     }
-    for &(s, r) in messages {
-        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+    for ((&(s, _), &b), &tr) in messages.iter().zip(&receipts.node).zip(&receipts.at) {
+        let a = trace.events[s as usize].node;
         if !lossy_pair[a as usize * n + b as usize] && !lossy_pair[b as usize * n + a as usize] {
             continue;
         }
-        let (ts, tr) = ends(s, r);
+        let ts = ctx.corr(s);
         for l in [by_pair.get_mut(&(a, b)), by_both.get_mut(&pair(a, b))].into_iter().flatten() {
             let g = l.ks.partition_point(|&k| losses[k].0 < ts);
             if g > 0 && losses[l.ks[g - 1]].0 < ts && l.ks.get(g).is_some_and(|&k| tr < losses[k].0) {
@@ -168,15 +168,14 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     // The directed links that delivered a message both sent and received within each
     // episode, with their earliest receipt and latest send then, and how many.
     let mut delivered: Vec<BTreeMap<(NodeId, NodeId), Delivered>> = vec![BTreeMap::new(); episodes.len()];
-    for &(s, r) in messages {
-        let (a, b) = (trace.events[s as usize].node, trace.events[r as usize].node);
+    for ((&(s, _), &b), &tr) in messages.iter().zip(&receipts.node).zip(&receipts.at) {
+        let a = trace.events[s as usize].node;
         if a == b {
             continue;
         }
         let ts = ctx.corr(s);
         let e = episodes.partition_point(|e| e.0 <= ts);
         if e > 0 && ts <= episodes[e - 1].1 {
-            let tr = ctx.corr(r);
             if tr <= episodes[e - 1].1 {
                 let d = delivered[e - 1].entry((a, b)).or_insert((tr, ts, 0));
                 *d = (d.0.min(tr), d.1.max(ts), d.2 + 1);

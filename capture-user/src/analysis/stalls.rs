@@ -6,10 +6,10 @@
 use std::collections::BTreeSet;
 
 use super::anomalies::{Anomaly, Cause, Facts, Kind, NodeList};
-use super::matching::address_owners;
+use super::matching::{Owners, address_owners};
 use rustc_hash::FxHashMap;
 
-use super::trace::{AddrId, Dir, Event, EventId, NodeId, ProtoCode, Trace};
+use super::trace::{Dir, Event, EventId, NodeId, ProtoCode, Trace};
 
 /// A node is stalled when it sends nothing for this many times its usual longest gap
 /// between sends (the 90th percentile)...
@@ -60,7 +60,7 @@ struct Unit {
 /// Where a node talks with a peer: protocol, its local port, the peer.
 type Conversation = (ProtoCode, u16, NodeId);
 
-fn conversation(owners: &std::collections::HashMap<AddrId, NodeId>, e: &Event) -> Option<Conversation> {
+fn conversation(owners: &Owners, e: &Event) -> Option<Conversation> {
     match e.dir {
         Dir::Send => owners.get(&e.dst).map(|&p| (e.proto, e.sport, p)),
         Dir::Recv => owners.get(&e.src).map(|&p| (e.proto, e.dport, p)),
@@ -71,12 +71,7 @@ fn conversation(owners: &std::collections::HashMap<AddrId, NodeId>, e: &Event) -
 /// usually waits for its next word there (the median, which a stall's own long waits do not
 /// move while they are fewer than the rest): microseconds for a request, half a second for
 /// a replication stream answered once a second. Unknown below 5 waits.
-fn answer_times(
-    trace: &Trace,
-    owners: &std::collections::HashMap<AddrId, NodeId>,
-    unit: &Unit,
-    corr: &dyn Fn(EventId) -> i64,
-) -> FxHashMap<Conversation, i64> {
+fn answer_times(trace: &Trace, owners: &Owners, unit: &Unit, corr: &dyn Fn(EventId) -> i64) -> FxHashMap<Conversation, i64> {
     let mut events: Vec<(i64, EventId)> = unit.sends.iter().chain(&unit.recvs).map(|&i| (corr(i), i)).collect();
     events.sort_unstable();
     let mut pending: FxHashMap<Conversation, (Vec<i64>, Vec<i64>)> = FxHashMap::default();
@@ -108,7 +103,7 @@ fn answer_times(
 #[allow(clippy::too_many_arguments)]
 fn silences(
     trace: &Trace,
-    owners: &std::collections::HashMap<AddrId, NodeId>,
+    owners: &Owners,
     lost: &[(EventId, NodeId, Cause)],
     refused: &[(EventId, NodeId)],
     corr: &dyn Fn(EventId) -> i64,
@@ -244,6 +239,14 @@ pub fn stalls(
                 _ => {}
             }
         }
+        // The node's own events' times, computed once: each is read by several units.
+        let start = range.start;
+        let local: Vec<i64> = range.clone().map(|i| corr(i as EventId)).collect();
+        let corr = |i: EventId| match (i as usize).checked_sub(start) {
+            Some(k) if k < local.len() => local[k],
+            _ => corr(i),
+        };
+        let corr: &dyn Fn(EventId) -> i64 = &corr;
         let answer = answer_times(trace, &owners, &whole, corr);
         units.push(whole);
         let mut ports: Vec<_> = by_port.into_iter().filter(|(_, u)| u.sends.len() >= STALL_MIN_SENDS).collect();
