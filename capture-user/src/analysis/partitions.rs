@@ -40,6 +40,8 @@ pub const PARTITION_WINDOW_NS: i64 = 250_000_000;
 #[derive(Default)]
 struct LinkLosses {
     ks: Vec<usize>,
+    /// The losses' send times, beside `ks`: searched once per delivered message.
+    ts: Vec<i64>,
     same: Vec<bool>,
     /// How many messages it delivered, and lost, outside every episode: its own rate.
     outside: (usize, usize),
@@ -101,12 +103,16 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
     // merged retransmission delivered after the heal, prove nothing.
     let mut by_pair: FxHashMap<(NodeId, NodeId), LinkLosses> = FxHashMap::default();
     for (k, l) in losses.iter().enumerate() {
-        by_pair.entry((l.1, l.2)).or_default().ks.push(k);
+        let v = by_pair.entry((l.1, l.2)).or_default();
+        v.ks.push(k);
+        v.ts.push(l.0);
     }
     // The same per pair, either way (`same` then is delivered either way).
     let mut by_both: FxHashMap<(NodeId, NodeId), LinkLosses> = FxHashMap::default();
     for (k, l) in losses.iter().enumerate() {
-        by_both.entry(pair(l.1, l.2)).or_default().ks.push(k);
+        let v = by_both.entry(pair(l.1, l.2)).or_default();
+        v.ks.push(k);
+        v.ts.push(l.0);
     }
     for v in by_pair.values_mut().chain(by_both.values_mut()) {
         v.same = vec![false; v.ks.len() + 1];
@@ -124,8 +130,8 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
         }
         let ts = ctx.corr(s);
         for l in [by_pair.get_mut(&(a, b)), by_both.get_mut(&pair(a, b))].into_iter().flatten() {
-            let g = l.ks.partition_point(|&k| losses[k].0 < ts);
-            if g > 0 && losses[l.ks[g - 1]].0 < ts && l.ks.get(g).is_some_and(|&k| tr < losses[k].0) {
+            let g = l.ts.partition_point(|&t| t < ts);
+            if g > 0 && l.ts.get(g).is_some_and(|&t| tr < t) {
                 l.same[g] = true;
             }
         }

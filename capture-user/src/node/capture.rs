@@ -117,6 +117,12 @@ impl log::Log for ToTracing {
     fn flush(&self) {}
 }
 
+/// Runs the programs' log reader, which panics on a record it cannot parse (aya-log's
+/// `flush` unwraps): a bad log record must not end the recording. False if it panicked.
+fn flush_guarded(flush: impl FnOnce()) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(flush)).is_ok()
+}
+
 pub(crate) fn check_root() -> Result<(), CaptureError> {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -282,8 +288,13 @@ impl Capture {
             }
         }
         while self.wake.next().is_some() {}
-        if let Some(log) = &mut self.log {
-            log.flush();
+        if let Some(log) = &mut self.log
+            && !flush_guarded(|| log.flush())
+        {
+            tracing::warn!(
+                "the eBPF programs' log held a record aya-log could not read; their log is read no more (the recording goes on)"
+            );
+            self.log = None;
         }
         // Every ring, not just the one that asked: the others drain on this timer.
         let mut count = 0;
@@ -530,6 +541,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_reader_that_panics_is_caught_and_said() {
+        let mut read = 0;
+        assert!(flush_guarded(|| read += 1));
+        assert_eq!(read, 1);
+        assert!(!flush_guarded(|| panic!("aya-log: a record it cannot parse")));
+    }
 
     fn header(seq: u64, cap_len: u32) -> RecordHeader {
         RecordHeader {
