@@ -8,16 +8,97 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use wgo_tests::corpus::{Fault, Judged, Scenario, System, TABLE_HEAD, Tally, judge, line, rejudge, run_scenario, seed};
+use wgo_tests::corpus::{
+    Fault, Judged, Run, Scenario, StepJudged, System, TABLE_HEAD, Tally, judge, judge_step, line, rejudge, run_scenario, seed, stepped,
+};
 use wgo_tests::helpers::{require_root, tempdir};
 
-/// Runs `scenarios` of `system`; returns the tally and the failures (a missed fault, a false
+/// What a half's runs gave: as recorded, and again with a clock step added to each.
+#[derive(Default)]
+struct Tallies {
+    recorded: Tally,
+    stepped: Tally,
+    steps: StepJudged,
+}
+
+impl Tallies {
+    fn merge(&mut self, o: &Tallies) {
+        self.recorded.merge(&o.recorded);
+        self.stepped.merge(&o.stepped);
+        self.steps.found += o.steps.found;
+        self.steps.false_steps += o.steps.false_steps;
+        self.steps.missed += o.steps.missed;
+    }
+
+    /// The tables' rows: as recorded, with a step, and how the steps were found.
+    fn rows(&self, label: &str) -> String {
+        let s = &self.steps;
+        let recall = if s.found + s.missed > 0 { format!("{:.2}", s.found as f64 / (s.found + s.missed) as f64) } else { "–".into() };
+        format!(
+            "{}{}| | clock_step (added) | {} | {} | {} | | {recall} |\n",
+            self.recorded.rows(label),
+            self.stepped.rows(&format!("{label}, one clock stepped")),
+            s.found,
+            s.false_steps,
+            s.missed
+        )
+    }
+}
+
+/// The run's dumps again with one node's clock stepped: reported, judged and printed. The
+/// step must be found, and must hide nothing that the recording as made shows.
+fn with_step(r: &Run, dir: &Path, bin: &Path, judged: &[Judged], t: &mut Tallies) -> Result<(), String> {
+    let (mut sr, step) = stepped(r, dir, bin).map_err(|e| format!("{e:#}"))?;
+    // The step's own finding is judged by `judge_step`, from the nodes' steps; the rest as in
+    // any run (a healthy run stays quiet).
+    sr.findings.retain(|f| f["kind"] != "clock_step");
+    let sj = judge(&sr);
+    let steps = judge_step(dir, &step).map_err(|e| format!("{e:#}"))?;
+    println!(
+        "  with {}'s clock stepped {:+} ms at {}: {} ; step {steps:?}",
+        step.node,
+        step.size_ns / 1_000_000,
+        step.at_ns,
+        line(&sr, &sj)
+    );
+    t.stepped.add(&sr, &sj);
+    t.steps.found += steps.found;
+    t.steps.false_steps += steps.false_steps;
+    t.steps.missed += steps.missed;
+    let worse: Vec<&str> =
+        judged.iter().zip(&sj).filter(|(a, b)| b.found < a.found || b.false_claims > a.false_claims).map(|(a, _)| a.kind).collect();
+    // A healthy run says no more with the step than without it.
+    let noise = r.truth.fault == Fault::Healthy && sr.findings.len() > r.findings.len();
+    if steps.missed > 0 || steps.false_steps > 0 || !worse.is_empty() || noise {
+        return Err(format!(
+            "{} with {}'s clock stepped {} ns at {} (in {}): step {steps:?}, worse for {worse:?}, {} findings:\n{}",
+            line(r, judged),
+            step.node,
+            step.size_ns,
+            step.at_ns,
+            dir.join("stepped").display(),
+            sr.findings.len(),
+            sr.summary
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `scenarios` of `system`; returns the tallies and the failures (a missed fault, a false
 /// claim, any finding in a healthy run), keeping those runs' dumps for a look.
 /// `tolerated`: finding kinds whose false claims and misses are printed but are no failure
 /// (a known open problem, named in BENCHMARKS.md).
 /// `keep`: a directory where every run's dumps and truth stay (for `rejudge`).
-fn scenarios(system: System, scenarios: &[Scenario], seed: u64, tolerated: &[&str], keep: Option<&Path>) -> (Tally, Vec<String>) {
-    let mut tally = Tally::default();
+/// `steps_fail`: whether a clock step that is missed or hides a fault is a failure.
+fn scenarios(
+    system: System,
+    scenarios: &[Scenario],
+    seed: u64,
+    tolerated: &[&str],
+    keep: Option<&Path>,
+    steps_fail: bool,
+) -> (Tallies, Vec<String>) {
+    let mut t = Tallies::default();
     let mut failures = Vec::new();
     for &sc in scenarios.iter().filter(|s| s.applies(system.nodes())) {
         let dir = match keep {
@@ -37,18 +118,29 @@ fn scenarios(system: System, scenarios: &[Scenario], seed: u64, tolerated: &[&st
             }
         };
         let judged = judge(&r);
-        tally.add(&r, &judged);
+        t.recorded.add(&r, &judged);
         print_run(&r, &judged);
+        let step = with_step(&r, &dir, &wgo_tests::bins::wgo(), &judged, &mut t);
         let counts = |j: &Judged| !tolerated.contains(&j.kind) && (j.false_claims > 0 || j.missed > 0);
         let healthy_noise =
             r.truth.fault == Fault::Healthy && r.findings.iter().any(|f| !f["kind"].as_str().is_some_and(|k| tolerated.contains(&k)));
+        let mut failed = false;
         if judged.iter().any(counts) || healthy_noise {
             failures.push(format!("{} (in {}):\n{}", line(&r, &judged), dir.display(), r.summary));
-        } else if keep.is_none() {
+            failed = true;
+        }
+        if let Err(e) = step {
+            println!("  clock step: {e}");
+            if steps_fail && !tolerated.contains(&"clock_step") {
+                failures.push(e);
+                failed = true;
+            }
+        }
+        if !failed && keep.is_none() {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-    (tally, failures)
+    (t, failures)
 }
 
 fn print_run(r: &wgo_tests::corpus::Run, judged: &[Judged]) {
@@ -62,7 +154,7 @@ fn ci(system: System, tolerated: &[&str]) {
     require_root();
     let seed = seed();
     println!("corpus seed {seed} (WGO_CORPUS_SEED={seed} repeats it)");
-    let (tally, failures) = scenarios(system, Scenario::CI, seed, tolerated, None);
+    let (tally, failures) = scenarios(system, Scenario::CI, seed, tolerated, None, true);
     print!("\n{TABLE_HEAD}{}", tally.rows(&format!("{system:?}")));
     assert!(failures.is_empty(), "seed {seed}:\n{}", failures.join("\n\n"));
 }
@@ -87,7 +179,11 @@ fn etcd_raft() {
 const TOLERATED_SENTINEL: &[&str] = &["stalled_node"];
 const TOLERATED_NATS: &[&str] = &["partition", "stalled_node"];
 const TOLERATED_SERF: &[&str] = &["partition", "lossy_link", "stalled_node"];
-const TOLERATED_BIRD: &[&str] = &["partition"];
+// BGP's keep-alives are sparse: at seed 180715 the 50%-lossy link carried four sends in the
+// fault's 6 s (three lost copies of one keep-alive within 0.42 s, then node2's hold timer
+// reset the session), too few and too brief for a lossy link; the matrix's BIRD lossy_link
+// recall was 2 of 6 (BENCHMARKS.md).
+const TOLERATED_BIRD: &[&str] = &["partition", "lossy_link"];
 const TOLERATED_KNOT: &[&str] = &["partition", "lossy_link", "stalled_node"];
 const TOLERATED_CHRONY: &[&str] = &[];
 const TOLERATED_HAPROXY: &[&str] = &["lossy_link", "stalled_node"];
@@ -156,11 +252,11 @@ fn matrix() {
     let keep = std::env::var_os("WGO_CORPUS_KEEP").map(PathBuf::from);
     println!("corpus seed {seed} (WGO_CORPUS_SEED={seed} repeats it)");
     let began = Instant::now();
-    let (mut tuning, mut held_out) = (Tally::default(), Tally::default());
+    let (mut tuning, mut held_out) = (Tallies::default(), Tallies::default());
     let mut per_system = String::new();
     let mut broken = Vec::new();
     for &system in System::ALL.iter().filter(|s| wanted(s)) {
-        let (t, failures) = scenarios(system, &chosen, seed, &["partition", "lossy_link", "stalled_node"], keep.as_deref());
+        let (t, failures) = scenarios(system, &chosen, seed, &["partition", "lossy_link", "stalled_node"], keep.as_deref(), false);
         broken.extend(failures.into_iter().filter(|f| f.contains("did not run")));
         per_system += &t.rows(&format!("{system:?}{}", if system.held_out() { " (held out)" } else { "" }));
         if system.held_out() { &mut held_out } else { &mut tuning }.merge(&t);
@@ -181,20 +277,21 @@ fn rejudge_kept() {
     let bin = PathBuf::from(std::env::var_os("WGO_CORPUS_WGO").expect("WGO_CORPUS_WGO: the wgo to report with"));
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&keep).expect("the kept runs").flatten().map(|e| e.path()).collect();
     dirs.sort();
-    let (mut tuning, mut held_out) = (Tally::default(), Tally::default());
-    let mut per_system: Vec<(System, Tally)> = Vec::new();
+    let (mut tuning, mut held_out) = (Tallies::default(), Tallies::default());
+    let mut per_system: Vec<(System, Tallies)> = Vec::new();
     for dir in dirs.iter().filter(|d| d.join("truth.json").exists()) {
         let r = rejudge(dir, &bin).unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
         let judged = judge(&r);
         print_run(&r, &judged);
-        if r.system.held_out() { &mut held_out } else { &mut tuning }.add(&r, &judged);
+        let mut t = Tallies::default();
+        t.recorded.add(&r, &judged);
+        if let Err(e) = with_step(&r, dir, &bin, &judged, &mut t) {
+            println!("  clock step: {e}");
+        }
+        if r.system.held_out() { &mut held_out } else { &mut tuning }.merge(&t);
         match per_system.iter_mut().find(|(s, _)| *s == r.system) {
-            Some((_, t)) => t.add(&r, &judged),
-            None => {
-                let mut t = Tally::default();
-                t.add(&r, &judged);
-                per_system.push((r.system, t));
-            }
+            Some((_, all)) => all.merge(&t),
+            None => per_system.push((r.system, t)),
         }
     }
     println!("\n{TABLE_HEAD}{}{}", tuning.rows("**tuning half**"), held_out.rows("**held-out half**"));

@@ -952,6 +952,73 @@ pub fn rejudge(dir: &Path, bin: &Path) -> anyhow::Result<Run> {
     report(system, scenario, v["seed"].as_u64().ok_or_else(bad)?, Truth { fault, span_ns }, dir, bin)
 }
 
+/// A clock step added to a run after it was recorded: the nodes share this machine's clock,
+/// so none can step while the program runs. From `at_ns` on (`node`'s clock) every time
+/// reads `size_ns` more.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub node: String,
+    pub at_ns: i64,
+    pub size_ns: i64,
+}
+
+/// The run's dumps again with one node's clock stepped, chosen from the seed (the node; a
+/// time between a fifth and four fifths of its packets; 0.2 to 3 s forward or back), in
+/// `dir/stepped`, reported on by the `wgo` at `bin`: the same fault must be found as in
+/// the recording as made, and the step named ([`judge_step`]).
+pub fn stepped(r: &Run, dir: &Path, bin: &Path) -> anyhow::Result<(Run, Step)> {
+    let mut rng = Rng::new(r.seed ^ 0x57e9, r.system, r.scenario);
+    let node = format!("node{}", 1 + rng.next() % r.system.nodes() as u64);
+    let (from, to) = (dir.join("dumps"), dir.join("stepped/dumps"));
+    std::fs::create_dir_all(&to)?;
+    let times = crate::edit::packet_times(&from.join(format!("{node}.pcapng")))?;
+    if times.len() < 10 {
+        bail!("{node} recorded only {} packets: nothing to step", times.len());
+    }
+    let at_ns = times[times.len() / 5 + (rng.next() as usize) % (times.len() * 3 / 5)];
+    let size_ns = rng.ms(200, 3000).as_nanos() as i64 * if rng.next() % 2 == 0 { 1 } else { -1 };
+    for e in std::fs::read_dir(&from)? {
+        let path = e?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else { continue };
+        if name == format!("{node}.pcapng") {
+            crate::edit::edit_dump(&path, &to.join(&name), crate::edit::Edit { step: Some((at_ns, size_ns)), trigger_late_ns: 0 })?;
+        } else if name.ends_with(".pcapng") {
+            std::fs::copy(&path, to.join(&name))?;
+        }
+    }
+    let run = report(r.system, r.scenario, r.seed, r.truth.clone(), &dir.join("stepped"), bin)?;
+    Ok((run, Step { node, at_ns, size_ns }))
+}
+
+/// How a stepped run's report saw its step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepJudged {
+    /// 1 when a step of the stepped node was found, sized within 2 ms or 2%.
+    pub found: usize,
+    /// Steps found anywhere else, or sized wrong.
+    pub false_steps: usize,
+    /// 1 when the step was not found.
+    pub missed: usize,
+}
+
+/// Judges the steps of a stepped run's report (`dir/stepped/report.json`).
+pub fn judge_step(dir: &Path, step: &Step) -> anyhow::Result<StepJudged> {
+    let path = dir.join("stepped/report.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    let steps: Vec<&serde_json::Value> =
+        v["nodes"].as_array().into_iter().flatten().flat_map(|n| n["clock_steps"].as_array().into_iter().flatten()).collect();
+    Ok(step_verdict(&steps, step))
+}
+
+fn step_verdict(steps: &[&serde_json::Value], step: &Step) -> StepJudged {
+    let right = |s: &&&serde_json::Value| {
+        let size = s["size_ns"].as_i64().unwrap_or(0);
+        s["node"] == step.node.as_str() && (size - step.size_ns).abs() <= (step.size_ns.abs() / 50).max(2_000_000)
+    };
+    let good = steps.iter().filter(right).count().min(1);
+    StepJudged { found: good, false_steps: steps.len() - good, missed: 1 - good }
+}
+
 /// The structural finding kinds a fault is judged on.
 pub const KINDS: &[&str] = &["partition", "lossy_link", "stalled_node"];
 
@@ -1218,6 +1285,17 @@ mod tests {
         let mut t = Tally::default();
         t.add(&r, &j);
         assert_eq!((t.healthy_runs, t.healthy_findings), (1, 1));
+    }
+
+    #[test]
+    fn a_step_is_found_on_its_node_at_its_size() {
+        let step = Step { node: "node2".into(), at_ns: 5 * S, size_ns: -1_500_000_000 };
+        let s = |node: &str, size: i64| json!({"node": node, "size_ns": size});
+        let (near, far, other) = (s("node2", -1_501_000_000), s("node2", -1_200_000_000), s("node3", -1_500_000_000));
+        assert_eq!(step_verdict(&[&near], &step), StepJudged { found: 1, false_steps: 0, missed: 0 });
+        assert_eq!(step_verdict(&[&far], &step), StepJudged { found: 0, false_steps: 1, missed: 1 }, "sized wrong");
+        assert_eq!(step_verdict(&[&other, &near], &step), StepJudged { found: 1, false_steps: 1, missed: 0 }, "the peer is no step");
+        assert_eq!(step_verdict(&[], &step), StepJudged { found: 0, false_steps: 0, missed: 1 });
     }
 
     #[test]

@@ -76,3 +76,15 @@ pub fn edit_dump(input: &Path, output: &Path, edit: Edit) -> std::io::Result<usi
     w.finish(&info).map_err(std::io::Error::other)?;
     Ok(count)
 }
+
+/// The times of a dump's packets, in the order recorded (ns, the node's clock).
+pub fn packet_times(input: &Path) -> std::io::Result<Vec<i64>> {
+    let mut reader = DumpReader::new(std::io::BufReader::new(std::fs::File::open(input)?));
+    let mut times = Vec::new();
+    while let Some(item) = reader.next_item().map_err(std::io::Error::other)? {
+        if let Item::Packet(p) = item {
+            times.push(p.time_ns as i64);
+        }
+    }
+    Ok(times)
+}
