@@ -976,7 +976,7 @@ pub fn stepped(r: &Run, dir: &Path, bin: &Path) -> anyhow::Result<(Run, Step)> {
         bail!("{node} recorded only {} packets: nothing to step", times.len());
     }
     let at_ns = times[times.len() / 5 + (rng.next() as usize) % (times.len() * 3 / 5)];
-    let size_ns = rng.ms(200, 3000).as_nanos() as i64 * if rng.next() % 2 == 0 { 1 } else { -1 };
+    let size_ns = rng.ms(200, 3000).as_nanos() as i64 * if rng.next().is_multiple_of(2) { 1 } else { -1 };
     for e in std::fs::read_dir(&from)? {
         let path = e?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else { continue };
