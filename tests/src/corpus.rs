@@ -1001,13 +1001,21 @@ pub struct StepJudged {
     pub missed: usize,
 }
 
-/// Judges the steps of a stepped run's report (`dir/stepped/report.json`).
-pub fn judge_step(dir: &Path, step: &Step) -> anyhow::Result<StepJudged> {
-    let path = dir.join("stepped/report.json");
+/// The clock steps a report (`dir/report.json`) found, on every node.
+fn steps_found(dir: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let path = dir.join("report.json");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
-    let steps: Vec<&serde_json::Value> =
-        v["nodes"].as_array().into_iter().flatten().flat_map(|n| n["clock_steps"].as_array().into_iter().flatten()).collect();
-    Ok(step_verdict(&steps, step))
+    Ok(v["nodes"].as_array().into_iter().flatten().flat_map(|n| n["clock_steps"].as_array().cloned().unwrap_or_default()).collect())
+}
+
+/// Judges the steps of a run: none in the recording as made (the nodes share one clock),
+/// the added one in its stepped copy (`dir/stepped/report.json`).
+pub fn judge_step(dir: &Path, step: &Step) -> anyhow::Result<StepJudged> {
+    let unstepped = steps_found(dir)?.len();
+    let steps = steps_found(&dir.join("stepped"))?;
+    let mut j = step_verdict(&steps.iter().collect::<Vec<_>>(), step);
+    j.false_steps += unstepped;
+    Ok(j)
 }
 
 fn step_verdict(steps: &[&serde_json::Value], step: &Step) -> StepJudged {

@@ -124,6 +124,7 @@ pub fn find(trace: &Trace, messages: &[(EventId, EventId)]) -> Vec<ClockStep> {
     let shifts = pair_shifts(trace, &partner);
     // A shift is its node's step when its other peers agree, and not when they disagree.
     let mut open = Vec::new();
+    let mut held: Vec<(NodeId, NodeId)> = Vec::new();
     for c in &shifts {
         let ev = &trace.events[trace.node_ranges[c.node as usize].clone()];
         if explained(&steps, trace, &partner, c) {
@@ -133,8 +134,16 @@ pub fn find(trace: &Trace, messages: &[(EventId, EventId)]) -> Vec<ClockStep> {
         let others = shifts_at(trace, &partner, c.node, b, Some(c.peer));
         let tol = (c.size.abs() / 10).max(MIN_STEP_NS / 2);
         let agree = others.iter().filter(|s| (s.1.point - c.size).abs() <= tol).count();
-        let disagree = others.len() - agree;
+        // A peer whose bounds only loosely enclose the shift (one side of them late: a cut's
+        // resends, delivered after the heal) neither agrees nor objects, unless they exclude it.
+        let objects = |s: &Shift| {
+            let consistent = s.lo - tol as f64 <= c.size as f64 && c.size as f64 <= s.hi + tol as f64;
+            (s.point - c.size).abs() > tol && (!consistent || s.hi - s.lo <= 2.0 * tol as f64)
+        };
+        let disagree = others.iter().filter(|s| objects(&s.1)).count();
         if disagree > 0 {
+            // Its other peers saw no shift: this node's clock held, against this peer too.
+            held.push((c.node, c.peer));
             continue;
         }
         if agree == 0 {
@@ -144,13 +153,18 @@ pub fn find(trace: &Trace, messages: &[(EventId, EventId)]) -> Vec<ClockStep> {
         let (size, unc) = sized(trace, &partner, c, b);
         steps.push(step_at(trace, c.node, b, size, unc, None, None));
     }
-    // Only one peer to ask: the pair shows the step from both ends, once as a step forward.
+    // No other peer told: the pair shows the step from both ends, once as a step forward;
+    // it is this node's for sure where the peer's own other peers saw the peer's clock hold.
     for (c, b) in open {
-        if c.size <= 0 || explained(&steps, trace, &partner, c) {
+        if explained(&steps, trace, &partner, c) {
+            continue;
+        }
+        let peer_held = held.contains(&(c.peer, c.node));
+        if c.size <= 0 && !peer_held {
             continue;
         }
         let (size, unc) = sized(trace, &partner, c, b);
-        steps.push(step_at(trace, c.node, b, size, unc, None, Some(c.peer)));
+        steps.push(step_at(trace, c.node, b, size, unc, None, (!peer_held).then_some(c.peer)));
     }
     steps.retain(|s| s.seen_in_order || s.size_ns.abs() >= MIN_STEP_NS);
     steps.sort_by_key(|s| (s.node, s.at_raw));
@@ -405,6 +419,12 @@ mod tests {
     /// 20 ms for 4 s, 100–300 µs on the wire; `step` = (node, true time, size) and `quiet`
     /// = (node, from, to) when it sends nothing. Events in program order.
     fn cluster(step: Option<(usize, i64, i64)>, quiet: Option<(usize, i64, i64)>) -> Trace {
+        cluster_late(step, quiet, None)
+    }
+
+    /// The same, and `late` = (from, to, from, to): what `from` sends `to` in that time
+    /// arrives 1.5 s late (a cut's resends, delivered after the heal).
+    fn cluster_late(step: Option<(usize, i64, i64)>, quiet: Option<(usize, i64, i64)>, late: Option<(usize, usize, i64, i64)>) -> Trace {
         let offsets = [0i64, 5_000_000, -3_000_000];
         let raw = |n: usize, t: i64| t + offsets[n] + step.filter(|s| s.0 == n && t >= s.1).map_or(0, |s| s.2);
         let mut nodes: Vec<Vec<(i64, Ev)>> = (0..3).map(|_| Vec::new()).collect();
@@ -414,7 +434,8 @@ mod tests {
             if quiet.is_some_and(|q| q.0 == from && (q.1..q.2).contains(&t)) {
                 continue;
             }
-            let d = 100_000 + i * 7919 % 200_000;
+            let late_by = late.filter(|l| l.0 == from && l.1 == to && (l.2..l.3).contains(&t)).map_or(0, |_| 1_500_000_000);
+            let d = 100_000 + i * 7919 % 200_000 + late_by;
             let p = || udp(addr(from as u8), addr(to as u8), i as u16, b"tick");
             nodes[from].push((t, send(raw(from, t), p())));
             nodes[to].push((t + d, recv(raw(to, t + d), p())));
@@ -455,6 +476,17 @@ mod tests {
         apply(&mut t, &s);
         let after = steps_of(&t);
         assert!(after.is_empty(), "undone: {after:?}");
+    }
+
+    #[test]
+    fn a_step_is_found_though_one_peer_bounds_it_only_loosely_after() {
+        // n3 steps forward as a one-way cut begins: what it sends n1 then arrives only after
+        // the heal, so its offset against n1 after the step is bounded on one side only.
+        let t = cluster_late(Some((2, 2_000_000_000, 700_000_000)), None, Some((2, 0, 2_000_000_000, 2_700_000_000)));
+        let s = steps_of(&t);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!((s[0].node, s[0].or_peer), (2, None));
+        assert!((s[0].size_ns - 700_000_000).abs() <= s[0].uncertainty_ns.unwrap().max(2_000_000), "{s:?}");
     }
 
     #[test]
