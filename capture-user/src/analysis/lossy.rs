@@ -10,8 +10,6 @@ use super::trace::{EventId, NodeId};
 
 /// A link is lossy when at least this many of its messages were lost...
 pub const LOSSY_MIN_LOST: usize = 3;
-/// ...at least this share of them...
-pub const LOSSY_MIN_RATE: f64 = 0.05;
 /// ...at least this many times the cluster's usual rate, and three standard deviations more
 /// losses than that rate gives (a link that is only unlucky is not lossy)...
 pub const LOSSY_VS_OTHERS: f64 = 3.0;
@@ -127,13 +125,17 @@ pub fn find(
             l.while_lossy = Some(l.lost.len() + delivered.get(&k).copied().unwrap_or(0));
         }
     }
+    // The least rate this recording can tell from none: the rule of three over every
+    // message it sent (no loss in N trials bounds the rate below 3 / N at 95%).
+    let total: usize = links.values().map(|l| l.sent).sum();
+    let resolvable = 3.0 / total.max(1) as f64;
     // High enough a rate to be this fault, whatever the counts.
     let high_vs =
-        |l: &Link, usual: f64| l.judged() > 0 && l.lost.len() as f64 / l.judged() as f64 >= LOSSY_MIN_RATE.max(LOSSY_VS_OTHERS * usual);
+        |l: &Link, usual: f64| l.judged() > 0 && l.lost.len() as f64 / l.judged() as f64 >= LOSSY_VS_OTHERS * usual.max(resolvable);
     let lossy_vs = |l: &Link, usual: f64| {
         // More losses than chance over the whole recording (a window chosen where the losses
         // are would make any few of them stand out), at a high rate while it lost.
-        let expected = usual * l.sent as f64;
+        let expected = usual.max(resolvable) * l.sent as f64;
         let stands_out = l.lost.len() as f64 >= expected + 3.0 * expected.sqrt();
         // A link loses over time: a burst of losses within moments is an event, not the link.
         let lasting = span_of(l).is_some_and(|(a, b)| b - a >= LOSSY_MIN_SPAN_NS);
@@ -237,6 +239,31 @@ mod tests {
         let d = lossy[0].detail.as_deref().unwrap();
         assert_eq!((d.links.as_slice(), d.all_links_of), (&[(0, 2)][..], None));
         assert!(lossy[0].text.starts_with("lossy link n1 → n3: 16 of 76 messages lost (21%)"), "{}", lossy[0].text);
+    }
+
+    #[test]
+    fn a_low_rate_is_lossy_where_the_rest_of_the_recording_loses_nothing_and_chance_is_none() {
+        // 20 s of a mesh: n1 → n3 loses one message in 30 (3%, under the old 5% floor) while
+        // the other links, 2,000 messages, lose nothing: far more than chance at the least
+        // rate the rest could hide (3 / messages).
+        let msgs = mesh(
+            3,
+            (100 * MS, 20100 * MS),
+            50 * MS,
+            |_, a, b, k| {
+                if (a, b) == (0, 2) && k % 30 == 7 { Fate::Lost } else { Fate::Delivered }
+            },
+        );
+        let found = anomalies(&trace(traffic_fates(3, &msgs)));
+        let lossy = of(&found, Kind::LossyLink);
+        assert_eq!(lossy.len(), 1, "{found:?}");
+        assert_eq!(lossy[0].nodes.as_slice(), &[0, 2]);
+        // One loss in 400 on one link, and one on another: no rate the traffic can tell.
+        let msgs = mesh(3, (100 * MS, 20100 * MS), 50 * MS, |_, a, b, k| {
+            if ((a, b) == (0, 2) || (a, b) == (1, 0)) && k == 200 { Fate::Lost } else { Fate::Delivered }
+        });
+        let found = anomalies(&trace(traffic_fates(3, &msgs)));
+        assert!(of(&found, Kind::LossyLink).is_empty(), "{found:?}");
     }
 
     #[test]
