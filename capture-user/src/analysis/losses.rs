@@ -221,10 +221,18 @@ pub fn find(ctx: &Context<'_>, gaps: &[RecorderGap], drops: &DropIndex, out: &mu
     losses.extend(tcp_resent_before_arrival(ctx, &blind));
     losses.sort_unstable();
     losses.dedup();
-    closed_connections(ctx, &mut losses, out);
+    let met_closed = closed_connections(ctx, &mut losses, out);
     // Where each lost message died: a drop record of it on the sender (going out) or on
     // the receiver (coming in) names the kernel and its reason; without one, the network.
     let mut explained = vec![false; trace.drops.len()];
+    // A segment that met a closed connection is its anomaly's: the receiving kernel's
+    // refusal of it (no socket any more) is that story, not a finding of its own.
+    for &(s, r) in &met_closed {
+        let e = &trace.events[s as usize];
+        for k in drops.of(trace, e, r, Dir::Recv).into_iter().chain(drops.of(trace, e, e.node, Dir::Send)) {
+            explained[k] = true;
+        }
+    }
     let cause_of = |s: EventId, r: NodeId, explained: &mut Vec<bool>| {
         let e = &trace.events[s as usize];
         let sender = drops.of(trace, e, e.node, Dir::Send);
@@ -354,13 +362,13 @@ fn tcp_resent_before_arrival(ctx: &Context<'_>, blind: &dyn Fn(NodeId, i64) -> b
 
 /// TCP data that met a closed connection is no network loss: the peer had sent its FIN
 /// or RST before, or answers it with a RST (its socket is gone). Those leave `losses` and
-/// become one closed-connection anomaly per flow.
-fn closed_connections(ctx: &Context<'_>, losses: &mut Vec<(EventId, NodeId)>, out: &mut Vec<Anomaly>) {
+/// become one closed-connection anomaly per flow; returns them, (send, receiver).
+fn closed_connections(ctx: &Context<'_>, losses: &mut Vec<(EventId, NodeId)>, out: &mut Vec<Anomaly>) -> Vec<(EventId, NodeId)> {
     let trace = ctx.trace;
     let corr = |id: EventId| ctx.corr(id);
     // Only worth a pass over every event when a TCP send is in question.
     if !losses.iter().any(|&(s, _)| trace.events[s as usize].proto == ProtoCode::Tcp) {
-        return;
+        return Vec::new();
     }
     let closes = tcp_closes(trace, &corr);
     let closed_by = |s: EventId| {
@@ -382,13 +390,16 @@ fn closed_connections(ctx: &Context<'_>, losses: &mut Vec<(EventId, NodeId)>, ou
         }
         None => true,
     });
+    let mut met = Vec::new();
     for (_, (sends, r, how)) in closed {
         let e = &trace.events[sends[0] as usize];
+        met.extend(sends.iter().map(|&s| (s, r)));
         let mut a = Anomaly::with_facts(Kind::ClosedConnection, sends.clone(), Facts::Closed { how });
         a.nodes = NodeList::from_slice(&[e.node, r]);
         a.span = Some((corr(sends[0]), corr(*sends.last().expect("non-empty"))));
         out.push(a);
     }
+    met
 }
 
 /// One direction of a flow: source address and port, destination address and port.
@@ -509,6 +520,24 @@ mod tests {
             vec![tcp_ev(1001 * MS, Dir::Recv, data(1)), tcp_ev(1500 * MS, Dir::Send, tcp_segment(b, a, (8000, 40000), 1, 0, 0x10))],
         ]);
         assert_eq!(of(&anomalies(&t), Kind::NetworkLoss).len(), 1);
+        // The receiver's kernel refusing that segment (its socket gone) is the closed
+        // connection's story, not a kernel drop of its own (HAProxy's healthy run).
+        let t = trace(vec![
+            vec![
+                tcp_ev(1000 * MS, Dir::Send, data(1)),
+                tcp_ev(1501 * MS, Dir::Recv, fin()),
+                tcp_ev(2000 * MS, Dir::Send, data(101)),
+                tcp_ev(2001 * MS, Dir::Recv, rst()),
+            ],
+            vec![
+                tcp_ev(1001 * MS, Dir::Recv, data(1)),
+                tcp_ev(1500 * MS, Dir::Send, fin()),
+                dropped(tcp_ev(2000 * MS + 100_000, Dir::Recv, data(101)), "no_socket"),
+            ],
+        ]);
+        let found = anomalies(&t);
+        assert_eq!(of(&found, Kind::ClosedConnection).len(), 1, "{found:?}");
+        assert!(of(&found, Kind::KernelDrop).is_empty(), "{found:?}");
     }
 
     #[test]
