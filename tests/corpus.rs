@@ -89,15 +89,8 @@ fn with_step(r: &Run, dir: &Path, bin: &Path, judged: &[Judged], t: &mut Tallies
 /// `tolerated`: finding kinds whose false claims and misses are printed but are no failure
 /// (a known open problem, named in BENCHMARKS.md).
 /// `keep`: a directory where every run's dumps and truth stay (for `rejudge`).
-/// `steps_fail`: whether a clock step that is missed or hides a fault is a failure.
-fn scenarios(
-    system: System,
-    scenarios: &[Scenario],
-    seed: u64,
-    tolerated: &[&str],
-    keep: Option<&Path>,
-    steps_fail: bool,
-) -> (Tallies, Vec<String>) {
+/// A clock step that is missed or hides a fault is printed, not failed: see `ci`.
+fn scenarios(system: System, scenarios: &[Scenario], seed: u64, tolerated: &[&str], keep: Option<&Path>) -> (Tallies, Vec<String>) {
     let mut t = Tallies::default();
     let mut failures = Vec::new();
     for &sc in scenarios.iter().filter(|s| s.applies(system.nodes())) {
@@ -131,10 +124,6 @@ fn scenarios(
         }
         if let Err(e) = step {
             println!("  clock step: {e}");
-            if steps_fail && !tolerated.contains(&"clock_step") {
-                failures.push(e);
-                failed = true;
-            }
         }
         if !failed && keep.is_none() {
             let _ = std::fs::remove_dir_all(dir);
@@ -157,7 +146,7 @@ fn ci(system: System, tolerated: &[&str]) {
     // The clock-step judgement is printed, not failed, here: CI seeds 746444 (Redis, a
     // replica stepped while cut off, its one peer the master) missed steps the matrix
     // measures (BENCHMARKS.md).
-    let (tally, failures) = scenarios(system, Scenario::CI, seed, tolerated, None, false);
+    let (tally, failures) = scenarios(system, Scenario::CI, seed, tolerated, None);
     print!("\n{TABLE_HEAD}{}", tally.rows(&format!("{system:?}")));
     assert!(failures.is_empty(), "seed {seed}:\n{}", failures.join("\n\n"));
 }
@@ -266,7 +255,7 @@ fn matrix() {
     let mut per_system = String::new();
     let mut broken = Vec::new();
     for &system in System::ALL.iter().filter(|s| wanted(s)) {
-        let (t, failures) = scenarios(system, &chosen, seed, &["partition", "lossy_link", "stalled_node"], keep.as_deref(), false);
+        let (t, failures) = scenarios(system, &chosen, seed, &["partition", "lossy_link", "stalled_node"], keep.as_deref());
         broken.extend(failures.into_iter().filter(|f| f.contains("did not run")));
         per_system += &t.rows(&format!("{system:?}{}", if system.held_out() { " (held out)" } else { "" }));
         if system.held_out() { &mut held_out } else { &mut tuning }.merge(&t);

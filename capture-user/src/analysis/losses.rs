@@ -496,15 +496,16 @@ mod tests {
         let data = |seq| tcp(a, b, seq, 100);
         let fin = || tcp_segment(b, a, (8000, 40000), 1, 0, 0x11);
         let rst = || tcp_segment(b, a, (8000, 40000), 1, 0, 0x14);
-        let t = trace(vec![
+        // n1 sends after n2's FIN, and n2 answers with a RST.
+        let sender = || {
             vec![
                 tcp_ev(1000 * MS, Dir::Send, data(1)),
                 tcp_ev(1501 * MS, Dir::Recv, fin()),
                 tcp_ev(2000 * MS, Dir::Send, data(101)),
                 tcp_ev(2001 * MS, Dir::Recv, rst()),
-            ],
-            vec![tcp_ev(1001 * MS, Dir::Recv, data(1)), tcp_ev(1500 * MS, Dir::Send, fin())],
-        ]);
+            ]
+        };
+        let t = trace(vec![sender(), vec![tcp_ev(1001 * MS, Dir::Recv, data(1)), tcp_ev(1500 * MS, Dir::Send, fin())]]);
         let found = anomalies(&t);
         assert!(of(&found, Kind::NetworkLoss).is_empty(), "{found:?}");
         let closed = of(&found, Kind::ClosedConnection);
@@ -523,12 +524,7 @@ mod tests {
         // The receiver's kernel refusing that segment (its socket gone) is the closed
         // connection's story, not a kernel drop of its own (HAProxy's healthy run).
         let t = trace(vec![
-            vec![
-                tcp_ev(1000 * MS, Dir::Send, data(1)),
-                tcp_ev(1501 * MS, Dir::Recv, fin()),
-                tcp_ev(2000 * MS, Dir::Send, data(101)),
-                tcp_ev(2001 * MS, Dir::Recv, rst()),
-            ],
+            sender(),
             vec![
                 tcp_ev(1001 * MS, Dir::Recv, data(1)),
                 tcp_ev(1500 * MS, Dir::Send, fin()),
