@@ -611,7 +611,7 @@ mod tests {
         // with 50% loss on n1's links). Nothing was cut. n3 talks to n1 and loses nothing.
         let calm = b"DDLDLDDDLDDLLDDDLDDLDDDLLDDLDDDLDDLD";
         let mut msgs = Vec::new();
-        let mut ask = |t: i64, f: &u8, g: &u8, msgs: &mut Vec<(i64, u8, u8, bool)>| {
+        let ask = |t: i64, f: &u8, g: &u8, msgs: &mut Vec<(i64, u8, u8, bool)>| {
             msgs.push((t, 1, 0, *f == b'D'));
             if *f == b'D' {
                 msgs.push((t + 10 * MS, 0, 1, *g == b'D'));
