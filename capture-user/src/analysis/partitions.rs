@@ -74,11 +74,19 @@ fn longest_run(l: &LinkLosses, mine: &[usize]) -> usize {
     best
 }
 
-/// A link's delivered and lost messages to judge its runs by: outside every episode (a cut
-/// is no rate), and within this one too where it delivered between its losses then (no cut,
-/// so its stretches that lost most are its rate too, not only the rest).
-fn rate(l: &LinkLosses, between: usize, delivered: usize, lost: usize) -> (usize, usize) {
-    if between > 0 { (l.outside.0 + delivered, l.outside.1 + lost) } else { l.outside }
+/// How many of the gaps between the losses `mine` (consecutive indices into `l.ks`) saw a
+/// delivery.
+fn between(l: &LinkLosses, mine: &[usize]) -> usize {
+    mine.iter().skip(1).filter(|&&g| l.same[g]).count()
+}
+
+/// Whether the link's longest run among its losses `mine` is what its own rate makes by
+/// chance. The rate is outside every episode (a cut is no rate), and within this one too
+/// where it delivered between its losses then (`between`: no cut, so its stretches that
+/// lost most are its rate too, not only the rest; `delivered` then).
+fn run_by_chance(l: &LinkLosses, mine: &[usize], between: usize, delivered: usize) -> bool {
+    let rate = if between > 0 { (l.outside.0 + delivered, l.outside.1 + mine.len()) } else { l.outside };
+    by_chance(longest_run(l, mine), rate, l.outside.0 + l.ks.len())
 }
 
 /// A pair's deliveries within an episode: earliest receipt, latest send, how many.
@@ -246,9 +254,9 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
                     let (first_receipt, last_send, count) =
                         [ab, ba].into_iter().flatten().fold((i64::MAX, i64::MIN, 0), |(f, s, c), d| (f.min(d.0), s.max(d.1), c + d.2));
                     let around = first_receipt < losses[l.ks[g0]].0 && last_send > losses[l.ks[g1]].0;
-                    let between = mine.iter().skip(1).filter(|&&g| l.same[g]).count();
+                    let between = between(l, &mine);
                     let lossy = (between > 0 || around) && (count > mine.len() || between >= LOSSY_INTERLEAVINGS);
-                    if !lossy && !by_chance(longest_run(l, &mine), rate(l, between, count, mine.len()), l.outside.0 + l.ks.len()) {
+                    if !lossy && !run_by_chance(l, &mine, between, count) {
                         return false;
                     }
                 }
@@ -258,10 +266,7 @@ pub fn find(ctx: &Context<'_>, lost: &[(EventId, NodeId, Cause)], stalls: &[Stal
                 let Some(l) = by_pair.get(link) else { return true };
                 let mine = in_range(l);
                 let count = got(link).map_or(0, |d| d.2);
-                let between = mine.iter().skip(1).filter(|&&g| l.same[g]).count();
-                mine.is_empty()
-                    || count >= LOSSY_INTERLEAVINGS
-                    || by_chance(longest_run(l, &mine), rate(l, between, count, mine.len()), l.outside.0 + l.ks.len())
+                mine.is_empty() || count >= LOSSY_INTERLEAVINGS || run_by_chance(l, &mine, between(l, &mine), count)
             })
         };
         // The pairs that delivered then, and those that only lost then: their own loss rate
